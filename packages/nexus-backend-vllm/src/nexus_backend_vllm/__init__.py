@@ -1,0 +1,1 @@
+"""Nexus backend type `vllm`."""

@@ -1,0 +1,222 @@
+"""The backend adapter contract: what every backend type implements, and the types it speaks in.
+
+An adapter is as small as an HTTP transport: ``probe`` (health, models, capabilities, load),
+``send`` (forward one request body and hand back the upstream response), ``close``; a class method
+``detect`` recognises the server behind an unknown URL. Everything else (routing, failover,
+accounting) lives outside adapters.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from nexus_core.config import BackendConfig
+    from nexus_core.http import HttpClients
+
+
+class BackendStatus(enum.StrEnum):
+    """Where a backend stands, as the health loop sees it."""
+
+    UNKNOWN = "unknown"
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    LOADING = "loading"
+    DRAINING = "draining"
+
+
+class Endpoint(enum.StrEnum):
+    """The OpenAI-wire operations a request can be for."""
+
+    CHAT = "chat"
+    COMPLETIONS = "completions"
+    EMBEDDINGS = "embeddings"
+
+
+OPENAI_PATHS: Mapping[Endpoint, str] = {
+    Endpoint.CHAT: "/chat/completions",
+    Endpoint.COMPLETIONS: "/completions",
+    Endpoint.EMBEDDINGS: "/embeddings",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """One model a backend serves and what it can do.
+
+    None means unknown: the router never excludes a model for a capability it is not sure of.
+    """
+
+    id: str
+    context_length: int | None = None
+    vision: bool | None = None
+    tools: bool | None = None
+    json_mode: bool | None = None
+    embeddings: bool | None = None
+    owned_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSignal:
+    """What a backend says about how busy it is; every field is optional."""
+
+    queue_depth: int | None = None
+    busy_slots: int | None = None
+    total_slots: int | None = None
+    kv_cache_usage: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """The outcome of one health probe."""
+
+    status: BackendStatus
+    models: tuple[ModelInfo, ...] = ()
+    load: LoadSignal | None = None
+    version: str | None = None
+    detail: str | None = None
+
+
+class ErrorKind(enum.StrEnum):
+    """Why an upstream call failed; failover keys on this."""
+
+    CONNECT = "connect_error"
+    TIMEOUT = "timeout"
+    OVERLOADED = "overloaded"
+    SERVER_ERROR = "upstream_5xx"
+    CLIENT_ERROR = "client_error"
+    MALFORMED = "malformed_response"
+
+
+RETRYABLE_KINDS = frozenset(
+    {ErrorKind.CONNECT, ErrorKind.TIMEOUT, ErrorKind.OVERLOADED, ErrorKind.SERVER_ERROR}
+)
+
+
+class BackendError(Exception):
+    """An upstream call failed before any byte reached the client (or, in a stream, after)."""
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        status: int | None = None,
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.body = body
+        self.headers: Mapping[str, str] = headers or {}
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        """True when another backend may well succeed (connect, timeout, 429, 5xx)."""
+        return self.kind in RETRYABLE_KINDS
+
+    @classmethod
+    def from_status(
+        cls,
+        status: int,
+        body: bytes,
+        headers: Mapping[str, str] | None = None,
+    ) -> BackendError:
+        """Classify a non-2xx upstream answer."""
+        headers = headers or {}
+        retry_after = _parse_retry_after(headers.get("retry-after") or headers.get("Retry-After"))
+        if status == 429:
+            kind = ErrorKind.OVERLOADED
+        elif status >= 500:
+            kind = ErrorKind.SERVER_ERROR
+        else:
+            kind = ErrorKind.CLIENT_ERROR
+        return cls(
+            kind,
+            f"backend answered HTTP {status}",
+            status=status,
+            body=body,
+            headers=headers,
+            retry_after=retry_after,
+        )
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Per-attempt timeouts (seconds): connect, until response headers, between stream events."""
+
+    connect: float = 5.0
+    first_byte: float = 120.0
+    idle: float = 60.0
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    """A 2xx upstream answer: a whole body, or an iterator of complete SSE events (raw bytes)."""
+
+    status: int
+    content_type: str
+    body: bytes | None = None
+    events: AsyncIterator[bytes] | None = None
+    release: Callable[[], Awaitable[None]] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    async def aclose(self) -> None:
+        """Give the upstream connection back (or drop it) whatever happened."""
+        if self.release is not None:
+            release, self.release = self.release, None
+            await release()
+
+
+@runtime_checkable
+class BackendAdapter(Protocol):
+    """What the gateway needs from a backend of any type."""
+
+    name: str
+    url: str
+    type_name: ClassVar[str]
+    is_cloud: ClassVar[bool]
+
+    async def probe(self) -> ProbeResult:
+        """Check health, list models with capabilities and, where the server tells, its load."""
+        ...
+
+    async def send(
+        self, endpoint: Endpoint, body: bytes, *, stream: bool, timeouts: Timeouts
+    ) -> UpstreamResponse:
+        """Forward one request body; raise ``BackendError`` for anything but a 2xx answer."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the adapter holds."""
+        ...
+
+
+class AdapterFactory(Protocol):
+    """A backend type as plugins register it: a class (or callable) building adapters."""
+
+    type_name: ClassVar[str]
+    is_cloud: ClassVar[bool]
+
+    def __call__(self, config: BackendConfig, clients: HttpClients) -> BackendAdapter: ...
+
+    @classmethod
+    async def detect(cls, url: str, clients: HttpClients) -> bool:
+        """Return True when the server at ``url`` looks like this type."""
+        ...

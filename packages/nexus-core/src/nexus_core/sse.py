@@ -1,0 +1,84 @@
+"""Incremental Server-Sent Events framing: bytes in, complete events out, nothing lost or doubled.
+
+The relay forwards each event the moment its blank line arrives. Events may be split across TCP
+chunks anywhere (even between ``\\r`` and ``\\n``), use CRLF, LF or CR line ends, carry comments
+(``: keep-alive``) or several ``data:`` lines. Output events are normalised to LF line ends and
+end in a blank line; comment lines are dropped (they carry no data for an OpenAI client).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+DONE = b"data: [DONE]\n\n"
+
+
+class SSEParser:
+    """Feed raw bytes, get back complete events (each ending in ``\\n\\n``)."""
+
+    __slots__ = ("_buffer", "_pending_cr")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._pending_cr = False
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """Add a chunk; return the events it completed, in order."""
+        if self._pending_cr:
+            chunk = b"\r" + chunk
+            self._pending_cr = False
+        if b"\r" in chunk:
+            if chunk.endswith(b"\r"):
+                # The \n that may follow is in the next chunk; decide then.
+                chunk = chunk[:-1]
+                self._pending_cr = True
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        buffer = self._buffer + chunk if self._buffer else chunk
+        if b"\n\n" not in buffer:
+            self._buffer = buffer
+            return []
+        blocks = buffer.split(b"\n\n")
+        self._buffer = blocks.pop()
+        events: list[bytes] = []
+        for block in blocks:
+            event = _clean(block)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def flush(self) -> bytes | None:
+        """An event left without its closing blank line when the stream ended, if any."""
+        block, self._buffer = self._buffer, b""
+        if self._pending_cr:
+            self._pending_cr = False
+        return _clean(block.rstrip(b"\n")) if block.strip() else None
+
+
+def _clean(block: bytes) -> bytes | None:
+    if not block:
+        return None
+    if block[:1] == b":" or b"\n:" in block:
+        lines = [line for line in block.split(b"\n") if line and line[:1] != b":"]
+        if not lines:
+            return None
+        block = b"\n".join(lines)
+    return block + b"\n\n"
+
+
+def event_data(event: bytes) -> bytes:
+    """The ``data`` field of one event: its ``data:`` lines joined by ``\\n``."""
+    parts: list[bytes] = []
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            value = line[5:]
+            parts.append(value[1:] if value[:1] == b" " else value)
+    return b"\n".join(parts)
+
+
+def error_event(message: str, *, kind: str = "upstream_error", code: str | None = None) -> bytes:
+    """An SSE event the OpenAI SDK raises as an error: ``data: {"error": {...}}``."""
+    payload: dict[str, Any] = {
+        "error": {"message": message, "type": kind, "param": None, "code": code}
+    }
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
