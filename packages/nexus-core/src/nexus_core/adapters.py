@@ -209,14 +209,20 @@ class BackendAdapter(Protocol):
 
 
 class AdapterFactory(Protocol):
-    """A backend type as plugins register it: a class (or callable) building adapters."""
+    """A backend type as plugins register it: usually the adapter class itself."""
 
-    type_name: ClassVar[str]
-    is_cloud: ClassVar[bool]
+    @property
+    def type_name(self) -> str:
+        """The type name used in config (``type = "..."``)."""
+        ...
+
+    @property
+    def is_cloud(self) -> bool:
+        """True for cloud APIs: zone ``open`` by default, an API key required."""
+        ...
 
     def __call__(self, config: BackendConfig, clients: HttpClients) -> BackendAdapter: ...
 
-    @classmethod
-    async def detect(cls, url: str, clients: HttpClients) -> bool:
+    async def detect(self, url: str, clients: HttpClients) -> bool:
         """Return True when the server at ``url`` looks like this type."""
         ...

@@ -1,7 +1,11 @@
 """Configuration: pydantic models for every section, and the loader (file < env < CLI).
 
 Strict on purpose: an unknown key, a wrong enum or an alias cycle refuses to load with a message
-that names the key path and the file, so a typo never silently changes what the gateway does.
+that names the key path and where the value came from (the file, an environment variable or the
+command line), so a typo never silently changes what the gateway does.
+
+Secrets never live in the configuration: it only holds the *names* of environment variables
+(``*_env`` keys), read when the key is needed and masked wherever the config is printed.
 """
 
 from __future__ import annotations
@@ -11,9 +15,10 @@ import enum
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Self, get_args, get_origin
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -24,6 +29,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 # Types whose servers live outside the operator's network; they need a key and default to "open".
 CLOUD_TYPES = frozenset(
@@ -31,6 +37,7 @@ CLOUD_TYPES = frozenset(
 )
 MAX_ALIAS_DEPTH = 3
 DEFAULT_CONFIG_FILE = "nexus.toml"
+CONFIG_ENV_VAR = "NEXUS_CONFIG"
 
 
 def _lower(value: Any) -> Any:
@@ -83,6 +90,52 @@ class StateBackend(LowerEnum):
     MEMORY = "memory"
 
 
+class ConfigKeyError(ValueError):
+    """A cross-field problem found by a model validator, located at ``key`` below that model.
+
+    Pydantic reports model-level errors at the model's own location; carrying the key lets the
+    message name ``backends[1].name`` rather than ``(top level)``.
+    """
+
+    def __init__(self, message: str, *key: str | int) -> None:
+        super().__init__(message)
+        self.key: tuple[str | int, ...] = key
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _env_name(value: Any) -> Any:
+    # The message never repeats the value: a pasted secret must not end up in logs.
+    if isinstance(value, str) and not _ENV_NAME.match(value):
+        raise ValueError(
+            "must be the NAME of an environment variable (such as OPENAI_API_KEY), "
+            "never the secret itself"
+        )
+    return value
+
+
+def _http_url(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    problem = ""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        problem = str(exc)
+    else:
+        if parts.scheme not in ("http", "https"):
+            problem = "scheme must be http or https"
+        elif not parts.hostname:
+            problem = "no host"
+        elif any(char.isspace() for char in value):
+            problem = "contains white space"
+    if problem:
+        raise ValueError(f"must be an http:// or https:// URL ({problem})")
+    return value.rstrip("/")
+
+
 Strategy = Annotated[RoutingStrategy, BeforeValidator(_lower)]
 ZoneName = Annotated[Zone, BeforeValidator(_lower)]
 Privacy = Annotated[PolicyPrivacy, BeforeValidator(_lower)]
@@ -92,6 +145,8 @@ Level = Annotated[LogLevel, BeforeValidator(_lower)]
 StateKind = Annotated[StateBackend, BeforeValidator(_lower)]
 Tier = Annotated[int, Field(ge=1, le=5)]
 PositiveSeconds = Annotated[float, Field(gt=0)]
+EnvName = Annotated[str, BeforeValidator(_env_name)]
+HttpUrl = Annotated[str, BeforeValidator(_http_url)]
 
 
 class Section(BaseModel):
@@ -101,76 +156,224 @@ class Section(BaseModel):
 
 
 class ServerConfig(Section):
-    host: str = "0.0.0.0"
-    port: int = Field(default=8000, ge=1, le=65535)
-    request_timeout_seconds: PositiveSeconds = 300.0
-    connect_timeout_seconds: PositiveSeconds = 5.0
-    first_byte_timeout_seconds: PositiveSeconds = 120.0
-    idle_timeout_seconds: PositiveSeconds = 60.0
-    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
-    drain_timeout_seconds: float = Field(default=30.0, ge=0)
+    """``[server]``: the HTTP listener and request deadlines."""
+
+    host: str = Field(
+        default="0.0.0.0",
+        description="Address to listen on: 0.0.0.0 for every interface, 127.0.0.1 for this "
+        "machine only.",
+    )
+    port: int = Field(
+        default=8000,
+        ge=1,
+        le=65535,
+        description="TCP port of the API, the dashboard and /metrics.",
+    )
+    request_timeout_seconds: PositiveSeconds = Field(
+        default=300.0,
+        description="Overall deadline for a response to start, across every failover attempt "
+        "and fallback model (a healthy stream is never cut by it).",
+    )
+    connect_timeout_seconds: PositiveSeconds = Field(
+        default=5.0, description="Time allowed to open a connection to a backend."
+    )
+    first_byte_timeout_seconds: PositiveSeconds = Field(
+        default=120.0,
+        description="Time allowed for a backend to send the first byte of its answer "
+        "(model loading included).",
+    )
+    idle_timeout_seconds: PositiveSeconds = Field(
+        default=60.0, description="Longest silence allowed between two events of a stream."
+    )
+    max_body_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted; a bigger one gets HTTP 413.",
+    )
+    drain_timeout_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="On shut-down, how long requests in flight get to finish.",
+    )
 
 
 class DiscoveryConfig(Section):
-    enabled: bool = True
-    service_types: list[str] = Field(
-        default_factory=lambda: ["_ollama._tcp.local.", "_llm._tcp.local.", "_exo._tcp.local."]
+    """``[discovery]``: finding backends on the local network over mDNS."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Browse the local network for inference servers over mDNS (zeroconf).",
     )
-    grace_period_seconds: float = Field(default=60.0, ge=0)
+    service_types: list[str] = Field(
+        default_factory=lambda: ["_ollama._tcp.local.", "_llm._tcp.local.", "_exo._tcp.local."],
+        description="mDNS service types to browse.",
+    )
+    grace_period_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a vanished service stays (as unknown) before it is removed.",
+    )
 
 
 class HealthCheckConfig(Section):
-    enabled: bool = True
-    interval_seconds: PositiveSeconds = 30.0
-    timeout_seconds: PositiveSeconds = 5.0
-    failure_threshold: int = Field(default=3, ge=1)
-    recovery_threshold: int = Field(default=2, ge=1)
+    """``[health_check]``: the background probe loop."""
+
+    enabled: bool = Field(default=True, description="Probe every backend in the background.")
+    interval_seconds: PositiveSeconds = Field(
+        default=30.0, description="Time between two probes of one backend (with jitter)."
+    )
+    timeout_seconds: PositiveSeconds = Field(default=5.0, description="Timeout of one probe.")
+    failure_threshold: int = Field(
+        default=3,
+        ge=1,
+        description="Consecutive failed probes before a backend is marked unhealthy.",
+    )
+    recovery_threshold: int = Field(
+        default=2,
+        ge=1,
+        description="Consecutive good probes before an unhealthy backend is healthy again.",
+    )
 
 
 class WeightsConfig(Section):
-    priority: float = Field(default=50.0, ge=0)
-    load: float = Field(default=30.0, ge=0)
-    latency: float = Field(default=20.0, ge=0)
+    """``[routing.weights]``: the parts of the ``smart`` score (relative, normalised)."""
+
+    priority: float = Field(
+        default=50.0, ge=0, description="Weight of the configured backend priority."
+    )
+    load: float = Field(
+        default=30.0, ge=0, description="Weight of the current load (requests in flight, queue)."
+    )
+    latency: float = Field(default=20.0, ge=0, description="Weight of the measured latency.")
 
 
-_GLOB_OK = re.compile(r"^[^\[\]]*(\[[^\[\]]+\][^\[\]]*)*$")
+def _glob_problem(pattern: str) -> str | None:
+    """Why ``pattern`` is not a usable fnmatch glob, or None."""
+    if not pattern.strip():
+        return "must be a non-empty glob such as 'gpt-*'"
+    inside = False
+    start = 0
+    for index, char in enumerate(pattern):
+        if char == "[" and not inside:
+            inside, start = True, index
+        elif char == "[" and inside:
+            return f"invalid glob {pattern!r}: '[' inside [...] at position {index}"
+        elif char == "]" and inside:
+            body = pattern[start + 1 : index].removeprefix("!")
+            if not body:
+                return f"invalid glob {pattern!r}: empty [...] at position {start}"
+            inside = False
+        elif char == "]":
+            return f"invalid glob {pattern!r}: ']' without '[' at position {index}"
+    if inside:
+        return f"invalid glob {pattern!r}: '[' at position {start} is never closed"
+    return None
 
 
 class PolicyConfig(Section):
-    model_pattern: str
-    privacy: Privacy = PolicyPrivacy.UNRESTRICTED
-    min_tier: Tier | None = None
+    """``[[routing.policies]]``: rules by model name; the first matching policy wins."""
+
+    model_pattern: str = Field(
+        description="Glob on the requested model name (*, ?, [abc], [!abc]).",
+        examples=["internal-*"],
+    )
+    privacy: Privacy = Field(
+        default=PolicyPrivacy.UNRESTRICTED,
+        description="restricted: matching requests never reach an open (cloud) backend, "
+        "not by failover, not by fallback.",
+        examples=["restricted"],
+    )
+    min_tier: Tier | None = Field(
+        default=None,
+        description="Lowest backend tier (1-5) allowed to serve matching requests.",
+        examples=[3],
+    )
 
     @field_validator("model_pattern")
     @classmethod
     def _valid_glob(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must be a non-empty glob such as 'gpt-*'")
-        if not _GLOB_OK.match(value):
-            raise ValueError(f"invalid glob {value!r}: unbalanced or empty [...]")
+        problem = _glob_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
 
 class PriceConfig(Section):
-    input_per_million: float = Field(ge=0)
-    output_per_million: float = Field(ge=0)
+    """``[routing.budget.pricing."<model>"]``: USD per million tokens."""
+
+    input_per_million: float = Field(
+        ge=0, description="USD per million prompt tokens.", examples=[2.5]
+    )
+    output_per_million: float = Field(
+        ge=0, description="USD per million completion tokens.", examples=[10.0]
+    )
 
 
 class BudgetConfig(Section):
-    monthly_limit_usd: float | None = Field(default=None, ge=0)
-    soft_limit_percent: float = Field(default=75.0, gt=0, le=100)
-    hard_limit_action: Action = HardLimitAction.WARN
-    pricing: dict[str, PriceConfig] = Field(default_factory=dict)
+    """``[routing.budget]``: monthly spend limit on priced (cloud) backends."""
+
+    monthly_limit_usd: float | None = Field(
+        default=None,
+        ge=0,
+        description="Spend limit per calendar month (UTC) in USD; unset means no budget.",
+        examples=[50.0],
+    )
+    soft_limit_percent: float = Field(
+        default=75.0,
+        gt=0,
+        le=100,
+        description="Share of the limit from which local backends are preferred.",
+    )
+    hard_limit_action: Action = Field(
+        default=HardLimitAction.WARN,
+        description="At 100 %: warn (log and header only), block_cloud (cloud backends "
+        "refused) or block_all (every request refused).",
+    )
+    pricing: dict[str, PriceConfig] = Field(
+        default_factory=dict,
+        description="Prices per model id, adding to or overriding the built-in table.",
+        json_schema_extra={"key_name": "model"},
+        examples=[{"gpt-4o": {"input_per_million": 2.5, "output_per_million": 10.0}}],
+    )
 
 
 class RoutingConfig(Section):
-    strategy: Strategy = RoutingStrategy.SMART
-    max_retries: int = Field(default=2, ge=0, le=20)
-    weights: WeightsConfig = Field(default_factory=WeightsConfig)
-    aliases: dict[str, str] = Field(default_factory=dict)
-    fallbacks: dict[str, list[str]] = Field(default_factory=dict)
-    policies: list[PolicyConfig] = Field(default_factory=list)
-    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    """``[routing]``: how a backend is chosen and what happens when it fails."""
+
+    strategy: Strategy = Field(
+        default=RoutingStrategy.SMART,
+        description="smart (score of priority, load and latency), round_robin, priority_only, "
+        "random or least_loaded.",
+    )
+    max_retries: int = Field(
+        default=2,
+        ge=0,
+        le=20,
+        description="How many other backends a failed request may move to (before the first "
+        "byte reaches the client).",
+    )
+    weights: WeightsConfig = Field(
+        default_factory=WeightsConfig,
+        description="Weights of the smart strategy (relative: they are normalised).",
+    )
+    aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description="Requested model name -> model to use; chains up to 3, cycles refused.",
+        json_schema_extra={"key_name": "alias"},
+        examples=[{"gpt-4": "llama3.1:70b"}],
+    )
+    fallbacks: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Model -> models to try in order when no backend could serve it.",
+        json_schema_extra={"key_name": "model"},
+        examples=[{"llama3.1:70b": ["llama3.1:8b"]}],
+    )
+    policies: list[PolicyConfig] = Field(
+        default_factory=list, description="Rules by model name (privacy, minimum tier)."
+    )
+    budget: BudgetConfig = Field(
+        default_factory=BudgetConfig, description="Monthly spend limit and prices."
+    )
 
     @model_validator(mode="after")
     def _aliases_resolve(self) -> Self:
@@ -181,31 +384,97 @@ class RoutingConfig(Section):
                 current = self.aliases[current]
                 if current in seen:
                     chain = " -> ".join([*seen, current])
-                    raise ValueError(f"aliases: cycle {chain}")
+                    raise ConfigKeyError(f"alias cycle {chain}", "aliases", start)
                 seen.append(current)
                 if len(seen) > MAX_ALIAS_DEPTH + 1:
                     chain = " -> ".join(seen)
-                    raise ValueError(f"aliases: chain longer than {MAX_ALIAS_DEPTH}: {chain}")
+                    raise ConfigKeyError(
+                        f"alias chain longer than {MAX_ALIAS_DEPTH}: {chain}", "aliases", start
+                    )
         return self
 
 
-class BackendConfig(Section):
-    name: str = Field(min_length=1)
-    url: str
-    type: str = "generic"
-    priority: int = Field(default=50, ge=0, le=100)
-    zone: ZoneName | None = None
-    tier: Tier = 1
-    api_key_env: str | None = None
-    max_concurrent: int | None = Field(default=None, ge=1)
-    models: list[str] = Field(default_factory=list)
+class ModelDeclaration(Section):
+    """``[[backends.models]]``: a model the operator declares, with what it can do."""
 
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(f"must be an http:// or https:// URL (got {value!r})")
-        return value.rstrip("/")
+    id: str = Field(
+        min_length=1, description="The model id as the backend knows it.", examples=["llava"]
+    )
+    context_length: int | None = Field(
+        default=None,
+        ge=1,
+        description="Context window in tokens; unset: as the server says.",
+        examples=[8192],
+    )
+    vision: bool | None = Field(
+        default=None, description="Accepts image inputs; unset: unknown.", examples=[True]
+    )
+    tools: bool | None = Field(
+        default=None, description="Supports tool (function) calling.", examples=[False]
+    )
+    json_mode: bool | None = Field(
+        default=None, description="Supports response_format JSON.", examples=[True]
+    )
+    embeddings: bool | None = Field(
+        default=None, description="Serves embeddings.", examples=[False]
+    )
+
+
+def _model_declaration(value: Any) -> Any:
+    return {"id": value} if isinstance(value, str) else value
+
+
+DeclaredModel = Annotated[ModelDeclaration, BeforeValidator(_model_declaration)]
+
+
+class BackendConfig(Section):
+    """``[[backends]]``: one statically configured inference server."""
+
+    name: str = Field(
+        min_length=1,
+        description="Unique name, shown in X-Nexus-Backend, logs, metrics and the dashboard.",
+        examples=["gpu-box"],
+    )
+    url: HttpUrl = Field(
+        description="Base URL of the server (scheme, host and port).",
+        examples=["http://192.168.1.20:11434"],
+    )
+    type: str = Field(
+        default="generic",
+        description="Backend type registered by a plugin (`nexus plugins` lists them); "
+        "generic is any OpenAI-compatible server.",
+        examples=["ollama"],
+    )
+    priority: int = Field(
+        default=50,
+        ge=0,
+        le=100,
+        description="0-100, lower numbers are preferred.",
+    )
+    zone: ZoneName | None = Field(
+        default=None,
+        description="Privacy zone: restricted (default for local types) or open (default for "
+        "cloud types).",
+        examples=["restricted"],
+    )
+    tier: Tier = Field(default=1, description="Capability tier, 1 (small) to 5 (frontier).")
+    api_key_env: EnvName | None = Field(
+        default=None,
+        description="Name of the environment variable holding the API key (required for "
+        "cloud types).",
+        examples=["GPU_BOX_API_KEY"],
+    )
+    max_concurrent: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most requests in flight at once; more wait in the queue. Unset: no limit.",
+        examples=[4],
+    )
+    models: list[DeclaredModel] = Field(
+        default_factory=list,
+        description="Models this backend is known to serve, added to what the server lists: "
+        "ids, or tables whose capabilities override what the server reports.",
+    )
 
     @field_validator("type")
     @classmethod
@@ -218,9 +487,10 @@ class BackendConfig(Section):
     @model_validator(mode="after")
     def _cloud_needs_key(self) -> Self:
         if self.type in CLOUD_TYPES and not self.api_key_env:
-            raise ValueError(
-                f"type {self.type!r} is a cloud API: set api_key_env to the name of the "
-                "environment variable that holds its key"
+            raise ConfigKeyError(
+                f"required for the cloud type {self.type!r}: the name of the environment "
+                "variable that holds its API key",
+                "api_key_env",
             )
         return self
 
@@ -237,85 +507,272 @@ class BackendConfig(Section):
 
 
 class QueueConfig(Section):
-    enabled: bool = True
-    max_size: int = Field(default=100, ge=0)
-    max_wait_seconds: float = Field(default=30.0, ge=0)
+    """``[queue]``: where requests wait when every candidate backend is full."""
+
+    enabled: bool = Field(
+        default=True, description="Queue requests when every candidate is at max_concurrent."
+    )
+    max_size: int = Field(
+        default=100, ge=0, description="Most requests waiting at once; more get 503."
+    )
+    max_wait_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="Longest wait for a free slot, then 503 with Retry-After.",
+    )
 
 
 class QualityConfig(Section):
-    error_rate_threshold: float = Field(default=0.5, gt=0, le=1)
-    window_seconds: PositiveSeconds = 300.0
-    min_requests: int = Field(default=5, ge=1)
-    cooldown_seconds: PositiveSeconds = 30.0
-    ttft_penalty_threshold_ms: float = Field(default=3000.0, ge=0)
+    """``[quality]``: cooling down backends whose requests keep failing."""
+
+    error_rate_threshold: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Error rate (0-1) over the window above which a backend is cooled down.",
+    )
+    window_seconds: PositiveSeconds = Field(
+        default=300.0, description="Window over which request outcomes are counted."
+    )
+    min_requests: int = Field(
+        default=5,
+        ge=1,
+        description="Requests needed in the window before the error rate is trusted.",
+    )
+    cooldown_seconds: PositiveSeconds = Field(
+        default=30.0,
+        description="How long a cooled-down backend is skipped before a half-open retry.",
+    )
+    ttft_penalty_threshold_ms: float = Field(
+        default=3000.0,
+        ge=0,
+        description="Time to first token above which a backend's score is penalised.",
+    )
 
 
 class ApiKeyConfig(Section):
-    name: str = Field(min_length=1)
-    key_env: str = Field(min_length=1)
-    models: list[str] = Field(default_factory=list)
-    rate_limit_per_minute: int | None = Field(default=None, ge=1)
-    monthly_budget_usd: float | None = Field(default=None, ge=0)
+    """``[[auth.keys]]``: one gateway API key."""
+
+    name: str = Field(
+        min_length=1, description="Name of the key in logs and stats.", examples=["team-a"]
+    )
+    key_env: EnvName = Field(
+        min_length=1,
+        description="Name of the environment variable holding the key clients send.",
+        examples=["NEXUS_KEY_TEAM_A"],
+    )
+    models: list[str] = Field(
+        default_factory=list,
+        description="Globs of models this key may use; empty means every model.",
+    )
+    rate_limit_per_minute: int | None = Field(
+        default=None, ge=1, description="Requests per minute; unset: no limit.", examples=[60]
+    )
+    monthly_budget_usd: float | None = Field(
+        default=None, ge=0, description="Spend limit of this key per month.", examples=[20.0]
+    )
 
 
 class AuthConfig(Section):
-    enabled: bool = False
-    keys: list[ApiKeyConfig] = Field(default_factory=list)
-    admin_key_env: str | None = None
+    """``[auth]``: gateway API keys (off by default)."""
+
+    enabled: bool = Field(default=False, description="Require a gateway API key on requests.")
+    keys: list[ApiKeyConfig] = Field(
+        default_factory=list,
+        description="Gateway API keys; clients send one as Authorization: Bearer or x-api-key.",
+    )
+    admin_key_env: EnvName | None = Field(
+        default=None,
+        description="Name of the environment variable holding the key for /admin; unset: "
+        "/admin answers loopback clients only.",
+        examples=["NEXUS_ADMIN_KEY"],
+    )
 
 
 class LoggingConfig(Section):
-    level: Level = LogLevel.INFO
-    format: Format = LogFormat.PRETTY
-    enable_content_logging: bool = False
-    component_levels: dict[str, Level] = Field(default_factory=dict)
+    """``[logging]``."""
+
+    level: Level = Field(default=LogLevel.INFO, description="debug, info, warning or error.")
+    format: Format = Field(
+        default=LogFormat.PRETTY, description="pretty (for people) or json (for collectors)."
+    )
+    enable_content_logging: bool = Field(
+        default=False, description="Log prompt and answer contents (off: never logged)."
+    )
+    component_levels: dict[str, Level] = Field(
+        default_factory=dict,
+        description="Log level per component (the logger name after 'nexus.', such as health "
+        "or routing), overriding level.",
+        json_schema_extra={"key_name": "component"},
+        examples=[{"health": "debug"}],
+    )
 
 
 class StateConfig(Section):
-    backend: StateKind = StateBackend.SQLITE
-    path: str = "~/.local/state/nexus/state.sqlite3"
-    redis_url_env: str | None = None
-    key_prefix: str = "nexus:"
+    """``[state]``: where durable state (spend, rate limits) lives."""
+
+    backend: StateKind = Field(
+        default=StateBackend.SQLITE,
+        description="sqlite (a local file), redis (shared by several replicas) or memory "
+        "(lost on restart).",
+    )
+    path: str = Field(
+        default="~/.local/state/nexus/state.sqlite3", description="SQLite file (sqlite only)."
+    )
+    redis_url_env: EnvName | None = Field(
+        default=None,
+        description="Name of the environment variable holding the Redis URL (redis only).",
+        examples=["NEXUS_REDIS_URL"],
+    )
+    key_prefix: str = Field(default="nexus:", description="Prefix of every Redis key (redis only).")
 
     @model_validator(mode="after")
     def _redis_needs_url(self) -> Self:
         if self.backend is StateBackend.REDIS and not self.redis_url_env:
-            raise ValueError(
-                "backend 'redis' needs redis_url_env: the name of the environment variable "
-                "holding the Redis URL"
+            raise ConfigKeyError(
+                "required when backend is 'redis': the name of the environment variable "
+                "holding the Redis URL",
+                "redis_url_env",
             )
         return self
 
 
 class TelemetryConfig(Section):
-    enabled: bool = False
-    otlp_endpoint: str | None = None
-    service_name: str = "nexus"
+    """``[telemetry]``: OpenTelemetry traces."""
+
+    enabled: bool = Field(default=False, description="Export OpenTelemetry spans.")
+    otlp_endpoint: HttpUrl | None = Field(
+        default=None,
+        description="OTLP/HTTP endpoint; unset: the OTEL_EXPORTER_OTLP_* variables apply.",
+        examples=["http://localhost:4318"],
+    )
+    service_name: str = Field(default="nexus", description="service.name of the spans.")
 
 
 class NexusConfig(Section):
     """The whole configuration; every section has defaults, so an empty file is valid."""
 
-    server: ServerConfig = Field(default_factory=ServerConfig)
-    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
-    health_check: HealthCheckConfig = Field(default_factory=HealthCheckConfig)
-    routing: RoutingConfig = Field(default_factory=RoutingConfig)
-    backends: list[BackendConfig] = Field(default_factory=list)
-    queue: QueueConfig = Field(default_factory=QueueConfig)
-    quality: QualityConfig = Field(default_factory=QualityConfig)
-    auth: AuthConfig = Field(default_factory=AuthConfig)
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
-    state: StateConfig = Field(default_factory=StateConfig)
-    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    server: ServerConfig = Field(
+        default_factory=ServerConfig, description="The HTTP listener and request deadlines."
+    )
+    discovery: DiscoveryConfig = Field(
+        default_factory=DiscoveryConfig,
+        description="Finding inference servers on the local network over mDNS.",
+    )
+    health_check: HealthCheckConfig = Field(
+        default_factory=HealthCheckConfig, description="The background health probes."
+    )
+    routing: RoutingConfig = Field(
+        default_factory=RoutingConfig,
+        description="How a backend is chosen, and what happens when it fails.",
+    )
+    backends: list[BackendConfig] = Field(
+        default_factory=list,
+        description="Statically configured backends (discovered ones are added to these).",
+    )
+    queue: QueueConfig = Field(
+        default_factory=QueueConfig,
+        description="Where requests wait when every candidate backend is busy.",
+    )
+    quality: QualityConfig = Field(
+        default_factory=QualityConfig,
+        description="Cooling down backends whose requests keep failing.",
+    )
+    auth: AuthConfig = Field(
+        default_factory=AuthConfig, description="Gateway API keys (off by default)."
+    )
+    logging: LoggingConfig = Field(
+        default_factory=LoggingConfig, description="Log level and format."
+    )
+    state: StateConfig = Field(
+        default_factory=StateConfig,
+        description="Where durable state (monthly spend, rate limits) lives.",
+    )
+    telemetry: TelemetryConfig = Field(
+        default_factory=TelemetryConfig, description="OpenTelemetry traces."
+    )
 
     @model_validator(mode="after")
     def _unique_backend_names(self) -> Self:
-        seen: set[str] = set()
-        for backend in self.backends:
-            if backend.name in seen:
-                raise ValueError(f"backends: duplicate backend name {backend.name!r}")
-            seen.add(backend.name)
+        first: dict[str, int] = {}
+        for index, backend in enumerate(self.backends):
+            if backend.name in first:
+                raise ConfigKeyError(
+                    f"duplicate backend name {backend.name!r} "
+                    f"(already used by backends[{first[backend.name]}])",
+                    "backends",
+                    index,
+                    "name",
+                )
+            first[backend.name] = index
         return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Walking the models (for docs, the example file and error hints)
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    """``X | None`` -> ``X``; ``Annotated[X, ...]`` -> ``X``; anything else unchanged."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+            continue
+        args = [arg for arg in get_args(annotation) if arg is not type(None)]
+        if origin is not None and type(None) in get_args(annotation) and len(args) == 1:
+            annotation = args[0]
+            continue
+        return annotation
+
+
+def _as_model(annotation: Any) -> type[BaseModel] | None:
+    annotation = _unwrap_optional(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def field_shape(field: FieldInfo) -> tuple[str, type[BaseModel] | None]:
+    """How a field nests: ``("model"|"list"|"dict"|"value", item model or None)``."""
+    annotation = _unwrap_optional(field.annotation)
+    model = _as_model(annotation)
+    if model is not None:
+        return "model", model
+    origin = get_origin(annotation)
+    args = get_args(annotation)
+    if origin is list and args:
+        return "list", _as_model(args[0])
+    if origin is dict and len(args) == 2:
+        return "dict", _as_model(args[1])
+    return "value", None
+
+
+def dict_key_name(field: FieldInfo) -> str:
+    """The placeholder for the keys of a dict field (``model`` in ``pricing.<model>``)."""
+    extra = field.json_schema_extra
+    name = extra.get("key_name") if isinstance(extra, dict) else None
+    return str(name) if name else "name"
+
+
+def config_key_paths(model: type[BaseModel] = NexusConfig, prefix: str = "") -> Iterator[str]:
+    """Every key path of the configuration, e.g. ``backends[].api_key_env``.
+
+    Lists of tables add ``[]`` and tables keyed by user names add a placeholder such as
+    ``routing.budget.pricing.<model>.input_per_million``.
+    """
+    for name, field in model.model_fields.items():
+        path = f"{prefix}.{name}" if prefix else name
+        yield path
+        shape, inner = field_shape(field)
+        if inner is None:
+            continue
+        if shape == "list":
+            yield from config_key_paths(inner, f"{path}[]")
+        elif shape == "dict":
+            yield from config_key_paths(inner, f"{path}.<{dict_key_name(field)}>")
+        else:
+            yield from config_key_paths(inner, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,15 +797,21 @@ ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
 }
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+COMMAND_LINE = "command line"
 
 
-def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+def find_config_file(
+    explicit: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> Path | None:
     """The file to read: explicit path, else ``NEXUS_CONFIG``, else ``./nexus.toml`` if present."""
     if explicit:
-        return Path(explicit)
-    env = os.environ.get("NEXUS_CONFIG")
-    if env:
-        return Path(env)
+        return Path(explicit).expanduser()
+    environ = os.environ if environ is None else environ
+    named = environ.get(CONFIG_ENV_VAR)
+    if named:
+        return Path(named).expanduser()
     default = Path(DEFAULT_CONFIG_FILE)
     return default if default.is_file() else None
 
@@ -362,141 +825,303 @@ def load_config(
 ) -> NexusConfig:
     """Load the configuration with precedence overrides (CLI) > environment > file > defaults.
 
-    ``overrides`` maps dotted keys (``"server.port"``) to values. Raises ``ConfigError``.
+    ``overrides`` maps dotted keys (``"server.port"``) to values; ``None`` values are skipped so
+    unset flags can be passed straight through. Raises ``ConfigError`` listing every problem.
     """
     environ = os.environ if environ is None else environ
-    file = find_config_file(path) if use_default_locations else (Path(path) if path else None)
+    if use_default_locations:
+        file = find_config_file(path, environ=environ)
+    else:
+        file = Path(path).expanduser() if path else None
     data: dict[str, Any] = {}
-    source = str(file) if file else "defaults"
     if file is not None:
-        data = read_toml(file)
+        from_env = use_default_locations and not path and bool(environ.get(CONFIG_ENV_VAR))
+        data = read_toml(file, named_by=CONFIG_ENV_VAR if from_env else None)
+    origins: dict[tuple[str, ...], str] = {}
     errors: list[str] = []
     for var, (section, key) in ENV_OVERRIDES.items():
         raw = environ.get(var)
-        if raw is None or raw == "":
+        if raw is None or raw.strip() == "":
             continue
-        value: Any = raw
+        value: Any = raw.strip()
         if key == "enabled":
             lowered = raw.strip().lower()
-            if lowered in _TRUE:
-                value = True
-            elif lowered in _FALSE:
-                value = False
-            else:
-                errors.append(f"environment {var}: expected true or false (got {raw!r})")
+            if lowered not in _TRUE | _FALSE:
+                errors.append(
+                    f"environment variable {var}: {section}.{key}: must be true or false "
+                    f"(got {raw!r})"
+                )
                 continue
-        data.setdefault(section, {})
-        if not isinstance(data[section], dict):
-            continue
-        data[section][key] = value
+            value = lowered in _TRUE
+        _set_path(data, (section, key), value)
+        origins[(section, key)] = f"environment variable {var}"
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
-        target = data
-        *parents, last = dotted.split(".")
-        for part in parents:
-            target = target.setdefault(part, {})
-        target[last] = value
+        key_path = tuple(dotted.split("."))
+        _set_path(data, key_path, value)
+        origins[key_path] = COMMAND_LINE
+    source = str(file) if file is not None else "defaults"
+    try:
+        config = validate_config(data, source=source, origins=origins)
+    except ConfigError as exc:
+        raise ConfigError(errors + exc.errors) from None
     if errors:
         raise ConfigError(errors)
-    return validate_config(data, source=source)
+    return config
 
 
-def read_toml(file: Path) -> dict[str, Any]:
+def _set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    """Set ``data[a][b]... = value``, leaving a non-table in the way for validation to report."""
+    target = data
+    for part in path[:-1]:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            return
+    target[path[-1]] = value
+
+
+def read_toml(file: Path, *, named_by: str | None = None) -> dict[str, Any]:
     """Parse a TOML file, turning a missing file or a syntax error into ``ConfigError``."""
+    note = f" (named by {named_by})" if named_by else ""
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError([f"{file}: no such file"]) from None
+        raise ConfigError([f"{file}: no such file{note}"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{file}: is a directory, not a TOML file{note}"]) from None
     except OSError as exc:
-        raise ConfigError([f"{file}: cannot read: {exc.strerror}"]) from None
+        raise ConfigError([f"{file}: cannot read: {exc.strerror}{note}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{file}: invalid TOML: {exc}"]) from None
 
 
-def validate_config(data: Mapping[str, Any], *, source: str = "config") -> NexusConfig:
-    """Validate a raw mapping into ``NexusConfig``, with errors naming key paths and ``source``."""
+def validate_config(
+    data: Mapping[str, Any],
+    *,
+    source: str = "config",
+    origins: Mapping[tuple[str, ...], str] | None = None,
+) -> NexusConfig:
+    """Validate a raw mapping into ``NexusConfig``, with errors naming key paths and ``source``.
+
+    ``origins`` names where overridden keys came from (``environment variable NEXUS_PORT``), so
+    an error in such a value blames the variable rather than the file.
+    """
     try:
         return NexusConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_describe(err, data, source) for err in exc.errors()]) from None
+        lines = [_describe(err, source, origins or {}) for err in exc.errors()]
+        raise ConfigError(list(dict.fromkeys(lines))) from None
 
 
-def _path_text(loc: tuple[int | str, ...]) -> str:
+# ---------------------------------------------------------------------------------------------
+# Error messages
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _key_text(key: str) -> str:
+    if _BARE_KEY.match(key):
+        return key
+    return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def format_key_path(loc: tuple[str | int, ...]) -> str:
+    """``("backends", 2, "zone")`` -> ``backends[2].zone``; odd keys are quoted as in TOML."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            out += f".{_key_text(part)}" if out else _key_text(part)
     return out
 
 
-def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
-    """The model class that owns the key at ``loc`` (for "did you mean" suggestions)."""
-    model: type[BaseModel] | None = NexusConfig
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part) if model is not None else None
-        if field is None:
-            return None
-        model = _inner_model(field.annotation)
-    return model
+def _clean_loc(raw: tuple[int | str, ...]) -> tuple[tuple[str | int, ...], type[BaseModel] | None]:
+    """Keep only the parts of a pydantic location that are real keys; also return the model
+    that owns the last key (for "did you mean")."""
+    loc: list[str | int] = []
+    owner: type[BaseModel] | None = NexusConfig
+    # What the next location part indexes into: a model, a list, a dict, or a plain value.
+    shape, inner = "model", owner
+    for part in raw:
+        if shape == "model" and inner is not None and isinstance(part, str):
+            loc.append(part)
+            owner = inner
+            field = inner.model_fields.get(part)
+            if field is None:
+                shape, inner = "value", None
+            else:
+                shape, inner = field_shape(field)
+        elif (shape == "list" and isinstance(part, int)) or (
+            shape == "dict" and isinstance(part, str)
+        ):
+            loc.append(part)
+            shape = "model" if inner is not None else "value"
+        elif shape == "value" and isinstance(part, (int, str)) and not _is_tag(part):
+            loc.append(part)
+    return tuple(loc), owner
 
 
-def _inner_model(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _inner_model(arg)
-        if found is not None:
-            return found
-    return None
+def _is_tag(part: int | str) -> bool:
+    """Pydantic's names for validator functions and union branches in a location."""
+    return isinstance(part, str) and ("[" in part or part in ("int", "str", "float", "bool"))
 
 
-def _describe(err: Any, data: Mapping[str, Any], source: str) -> str:
-    loc: tuple[int | str, ...] = tuple(
-        part for part in err["loc"] if not (isinstance(part, str) and part.startswith("function-"))
-    )
-    # pydantic puts enum/literal/union branch names into loc; keep only real keys.
-    loc = tuple(p for p in loc if isinstance(p, int) or not p[:1].isupper() or p in ("",))
-    where = _path_text(loc) or "(top level)"
+_SECRET_WORDS = ("key", "token", "secret", "password")
+
+
+def _unknown_key(loc: tuple[str | int, ...], owner: type[BaseModel] | None) -> str:
+    key = str(loc[-1])
+    if owner is None:
+        return "unknown key"
+    known = list(owner.model_fields)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+    if any(word in key.lower() for word in _SECRET_WORDS) and not key.endswith("_env"):
+        hint += (
+            " (secrets are never read from the config file: put the value in an environment "
+            "variable and name the variable in a *_env key)"
+        )
+    return f"unknown key{hint}"
+
+
+def _message(err: Mapping[str, Any]) -> str:
     kind = err["type"]
-    if kind == "extra_forbidden":
-        parent = _model_at(loc[:-1])
-        key = str(loc[-1])
-        hint = ""
-        if parent is not None:
-            known = list(parent.model_fields)
-            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
-        return f"{source}: {where}: unknown key{hint}"
-    message = str(err["msg"])
-    if message.startswith("Value error, "):
-        message = message[len("Value error, ") :]
+    ctx = err.get("ctx") or {}
+    simple = {
+        "int_parsing": "must be an integer",
+        "int_type": "must be an integer",
+        "int_from_float": "must be a whole number",
+        "float_parsing": "must be a number",
+        "float_type": "must be a number",
+        "bool_parsing": "must be true or false",
+        "bool_type": "must be true or false",
+        "string_type": "must be a string",
+        "list_type": "must be an array",
+        "dict_type": "must be a table",
+        "model_type": "must be a table",
+        "model_attributes_type": "must be a table",
+        "missing": "required key is missing",
+        "finite_number": "must be a finite number",
+    }
+    if kind in simple:
+        return simple[kind]
+    bounds = {
+        "greater_than_equal": ("ge", ">="),
+        "greater_than": ("gt", ">"),
+        "less_than_equal": ("le", "<="),
+        "less_than": ("lt", "<"),
+    }
+    if kind in bounds:
+        name, symbol = bounds[kind]
+        return f"must be {symbol} {ctx.get(name)}"
     if kind == "enum":
-        expected = err.get("ctx", {}).get("expected", "")
-        message = f"must be one of {expected}"
+        return f"must be {ctx.get('expected', '')} (any case)"
+    if kind == "string_too_short":
+        return "must not be empty"
+    message = str(err["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message, with any password in a URL masked."""
+    if isinstance(value, str):
+        return repr(mask_url(value))
+    return repr(value)
+
+
+def _describe(err: Mapping[str, Any], source: str, origins: Mapping[tuple[str, ...], str]) -> str:
+    loc, owner = _clean_loc(tuple(err["loc"]))
+    kind = err["type"]
+    original = (err.get("ctx") or {}).get("error")
+    if isinstance(original, ConfigKeyError):
+        loc = loc + original.key
+    where = format_key_path(loc) or "(top level)"
+    origin = origins.get(tuple(str(part) for part in loc), source)
+    if kind == "extra_forbidden":
+        return f"{origin}: {where}: {_unknown_key(loc, owner)}"
+    message = _message(err)
     got = err.get("input")
-    suffix = ""
-    if kind not in ("value_error", "missing") and not isinstance(got, (dict, list)):
-        suffix = f" (got {got!r})"
-    return f"{source}: {where}: {message}{suffix}"
+    secret_field = bool(loc) and str(loc[-1]).endswith("_env")
+    show_input = (
+        kind not in ("value_error", "missing", "extra_forbidden")
+        and not isinstance(got, (dict, list))
+        and not secret_field
+    )
+    suffix = f" (got {_shown(got)})" if show_input else ""
+    return f"{origin}: {where}: {message}{suffix}"
 
 
-def mask_secrets(config: NexusConfig) -> dict[str, Any]:
-    """The config as plain data for printing; values of referenced secrets never appear.
+# ---------------------------------------------------------------------------------------------
+# Printing
 
-    Only the *names* of environment variables are stored in the config, so this shows them
-    with a note of whether each is set, never the value.
+
+def mask_url(url: str) -> str:
+    """The URL with any user-info password replaced by ``***``."""
+    if "@" not in url or "://" not in url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def secret_status(
+    config: NexusConfig, *, environ: Mapping[str, str] | None = None
+) -> dict[str, bool]:
+    """Each ``*_env`` key that names a variable, by key path, and whether the variable is set."""
+    environ = os.environ if environ is None else environ
+    status: dict[str, bool] = {}
+    for index, backend in enumerate(config.backends):
+        if backend.api_key_env:
+            status[f"backends[{index}].api_key_env"] = bool(environ.get(backend.api_key_env))
+    for index, key in enumerate(config.auth.keys):
+        status[f"auth.keys[{index}].key_env"] = bool(environ.get(key.key_env))
+    if config.auth.admin_key_env:
+        status["auth.admin_key_env"] = bool(environ.get(config.auth.admin_key_env))
+    if config.state.redis_url_env:
+        status["state.redis_url_env"] = bool(environ.get(config.state.redis_url_env))
+    return status
+
+
+def mask_secrets(
+    config: NexusConfig, *, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The config as plain JSON-ready data for printing, with no secret in it.
+
+    The config only holds the *names* of environment variables, so the result stays a valid
+    configuration; as a second line of defence, passwords in URLs and the value of every
+    referenced secret variable, wherever it appears in a string, are replaced by ``***``.
     """
-    data = config.model_dump(mode="json")
-    for backend in data.get("backends", []):
-        if backend.get("api_key_env"):
-            backend["api_key"] = "***" if os.environ.get(backend["api_key_env"]) else "(unset)"
-    for key in data.get("auth", {}).get("keys", []):
-        key["key"] = "***" if os.environ.get(key["key_env"]) else "(unset)"
-    return data
+    environ = os.environ if environ is None else environ
+    names = [
+        *(b.api_key_env for b in config.backends),
+        *(k.key_env for k in config.auth.keys),
+        config.auth.admin_key_env,
+        config.state.redis_url_env,
+    ]
+    # Short values are left alone: masking every "on" or "1" would garble the output.
+    secrets = {environ[name] for name in names if name and len(environ.get(name, "")) >= 8}
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: clean(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [clean(item) for item in value]
+        if isinstance(value, str):
+            for secret in secrets:
+                value = value.replace(secret, "***")
+            return mask_url(value)
+        return value
+
+    result: dict[str, Any] = clean(config.model_dump(mode="json"))
+    return result

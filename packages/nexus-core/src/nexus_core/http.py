@@ -20,6 +20,7 @@ from nexus_core.adapters import BackendError, ErrorKind, Timeouts, UpstreamRespo
 from nexus_core.sse import SSEParser
 
 _FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
+_DONE_PREFIXES = (b"data: [DONE]", b"data:[DONE]")
 
 
 class UpstreamTransport(Protocol):
@@ -47,6 +48,7 @@ class AiohttpTransport:
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._connect_timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     def _get_session(self) -> aiohttp.ClientSession:
         session = self._session
@@ -71,25 +73,32 @@ class AiohttpTransport:
         timeouts: Timeouts,
     ) -> UpstreamResponse:
         """POST and classify the answer; a stream comes back as an event iterator."""
-        session = self._get_session()
+        session = self._session
+        if session is None or session.closed:
+            session = self._get_session()
+        connect_timeout = self._connect_timeouts.get(timeouts.connect)
+        if connect_timeout is None:
+            connect_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect)
+            self._connect_timeouts[timeouts.connect] = connect_timeout
         try:
             async with asyncio.timeout(timeouts.first_byte):
                 response = await session.post(
                     url,
                     data=body,
                     headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect),
+                    timeout=connect_timeout,
                 )
+        except aiohttp.ServerTimeoutError:
+            # Before ``TimeoutError``: aiohttp's connect timeout is a subclass of it.
+            raise BackendError(
+                ErrorKind.TIMEOUT, f"connect timed out after {timeouts.connect:g} s"
+            ) from None
         except TimeoutError:
             raise BackendError(
                 ErrorKind.TIMEOUT, f"no response within {timeouts.first_byte:g} s"
             ) from None
         except aiohttp.ClientConnectorError as exc:
             raise BackendError(ErrorKind.CONNECT, f"cannot connect: {exc.os_error}") from None
-        except aiohttp.ServerTimeoutError:
-            raise BackendError(
-                ErrorKind.TIMEOUT, f"connect timed out after {timeouts.connect:g} s"
-            ) from None
         except aiohttp.ClientError as exc:
             raise BackendError(ErrorKind.CONNECT, f"connection failed: {exc}") from None
 
@@ -109,6 +118,11 @@ class AiohttpTransport:
         except aiohttp.ClientError as exc:
             response.close()
             raise BackendError(ErrorKind.CONNECT, f"connection lost: {exc}") from None
+        except asyncio.CancelledError:
+            # The client went away while the body was read: drop the socket so the backend
+            # sees it now, not when the response object happens to be collected.
+            response.close()
+            raise
 
         async def release() -> None:
             # Closing (not releasing) drops the socket, so the upstream sees the client go away.
@@ -132,8 +146,9 @@ async def _events(response: aiohttp.ClientResponse, idle: float) -> AsyncIterato
     """Complete SSE events from the upstream body; errors mid-stream become ``BackendError``."""
     parser = SSEParser()
     content = response.content
-    last = b""
-    saw_done = False
+    # Complete when [DONE] came or some event carried a finish_reason (servers that omit
+    # [DONE] may still send a usage chunk after the finish chunk).
+    complete = False
     try:
         while True:
             try:
@@ -148,20 +163,22 @@ async def _events(response: aiohttp.ClientResponse, idle: float) -> AsyncIterato
             if not chunk:
                 break
             for event in parser.feed(chunk):
-                if event.startswith((b"data: [DONE]", b"data:[DONE]")):
-                    saw_done = True
-                last = event
+                if not complete:
+                    complete = _completes(event)
                 yield event
         tail = parser.flush()
         if tail is not None:
-            if tail.startswith(b"data: [DONE]"):
-                saw_done = True
-            last = tail
+            if not complete:
+                complete = _completes(tail)
             yield tail
-        if not saw_done and not _FINISHED.search(last):
+        if not complete:
             raise BackendError(ErrorKind.MALFORMED, "stream ended before the answer was complete")
     finally:
         response.close()
+
+
+def _completes(event: bytes) -> bool:
+    return event.startswith(_DONE_PREFIXES) or _FINISHED.search(event) is not None
 
 
 def _lower_headers(headers: Mapping[str, str]) -> dict[str, str]:

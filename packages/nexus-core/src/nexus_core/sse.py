@@ -17,22 +17,23 @@ DONE = b"data: [DONE]\n\n"
 class SSEParser:
     """Feed raw bytes, get back complete events (each ending in ``\\n\\n``)."""
 
-    __slots__ = ("_buffer", "_pending_cr")
+    __slots__ = ("_buffer", "_skip_lf")
 
     def __init__(self) -> None:
         self._buffer = b""
-        self._pending_cr = False
+        # The last chunk ended in "\r": a "\n" opening the next one belongs to that line end.
+        self._skip_lf = False
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Add a chunk; return the events it completed, in order."""
-        if self._pending_cr:
-            chunk = b"\r" + chunk
-            self._pending_cr = False
+        if self._skip_lf and chunk:
+            self._skip_lf = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
         if b"\r" in chunk:
-            if chunk.endswith(b"\r"):
-                # The \n that may follow is in the next chunk; decide then.
-                chunk = chunk[:-1]
-                self._pending_cr = True
+            # A trailing "\r" already ends its line (so a CR-only event is not held back until
+            # more bytes come); a "\n" at the start of the next chunk is then swallowed.
+            self._skip_lf = chunk[-1:] == b"\r"
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buffer = self._buffer + chunk if self._buffer else chunk
         if b"\n\n" not in buffer:
@@ -50,12 +51,14 @@ class SSEParser:
     def flush(self) -> bytes | None:
         """An event left without its closing blank line when the stream ended, if any."""
         block, self._buffer = self._buffer, b""
-        if self._pending_cr:
-            self._pending_cr = False
-        return _clean(block.rstrip(b"\n")) if block.strip() else None
+        self._skip_lf = False
+        return _clean(block.rstrip(b"\n"))
 
 
 def _clean(block: bytes) -> bytes | None:
+    if block[:1] == b"\n":
+        # More than one blank line between events leaves line ends at the start of a block.
+        block = block.lstrip(b"\n")
     if not block:
         return None
     if block[:1] == b":" or b"\n:" in block:
@@ -73,6 +76,8 @@ def event_data(event: bytes) -> bytes:
         if line.startswith(b"data:"):
             value = line[5:]
             parts.append(value[1:] if value[:1] == b" " else value)
+        elif line == b"data":  # a field name alone is that field with an empty value
+            parts.append(b"")
     return b"\n".join(parts)
 
 

@@ -1,0 +1,1 @@
+"""Built-in plugins: features of the core that register themselves like any third-party plugin."""

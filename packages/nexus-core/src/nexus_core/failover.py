@@ -1,0 +1,281 @@
+"""Failover: try the planned routes in order until one answers, before any byte reaches the client.
+
+After the first byte has gone out nothing can be retried; a stream that breaks then ends with one
+``data: {"error": ...}`` event and no ``[DONE]``, so a truncated answer never looks complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nexus_core.adapters import BackendError, Endpoint, ErrorKind, Timeouts, UpstreamResponse
+from nexus_core.errors import GatewayError
+from nexus_core.registry import Backend
+from nexus_core.routing import RequestNeeds, Route, replace_model
+from nexus_core.sse import error_event
+
+log = logging.getLogger("nexus.failover")
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One failed try, kept for the error message and logs."""
+
+    backend: str
+    kind: str
+    message: str
+    status: int | None = None
+
+
+@dataclass(slots=True)
+class ProxyResult:
+    """A 2xx answer chosen by failover: a whole body, or a stream ready to relay."""
+
+    route: Route
+    requested_model: str
+    content_type: str
+    body: bytes | None = None
+    stream: ProxyStream | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    status: int = 200
+    data: Any = None
+
+    @property
+    def route_reason(self) -> str:
+        """What ``X-Nexus-Route-Reason`` says."""
+        if self.route.fallback:
+            return "fallback-model"
+        return "failover" if self.attempts else self.route.reason
+
+    def headers(self) -> dict[str, str]:
+        """The ``X-Nexus-*`` response headers for this answer."""
+        backend = self.route.backend
+        out = {
+            "X-Nexus-Backend": backend.name,
+            "X-Nexus-Backend-Type": backend.kind,
+            "X-Nexus-Route-Reason": self.route_reason,
+            "X-Nexus-Privacy-Zone": backend.zone.value,
+        }
+        if self.route.fallback:
+            out["X-Nexus-Fallback-Model"] = self.route.model
+        return out
+
+
+class ProxyStream:
+    """Relays upstream SSE events; releases the backend exactly once, however it ends."""
+
+    __slots__ = ("_backend", "_done", "_first", "_on_close", "_upstream", "error")
+
+    def __init__(
+        self,
+        backend: Backend,
+        upstream: UpstreamResponse,
+        first: bytes,
+        on_close: Callable[[ProxyStream], None] | None = None,
+    ) -> None:
+        self._backend = backend
+        self._upstream = upstream
+        self._first = first
+        self._done = False
+        self._on_close = on_close
+        self.error: BackendError | None = None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        events = self._upstream.events
+        try:
+            yield self._first
+            if events is None:
+                return
+            try:
+                async for event in events:
+                    yield event
+            except BackendError as exc:
+                self.error = exc
+                self._backend.errors_total += 1
+                log.warning("stream from %s broke: %s", self._backend.name, exc.message)
+                yield error_event(
+                    f"The upstream stream from backend '{self._backend.name}' broke: {exc.message}",
+                    kind="upstream_error",
+                    code=exc.kind.value,
+                )
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the upstream and release the backend's pending slot (idempotent)."""
+        if self._done:
+            return
+        self._done = True
+        self._backend.pending -= 1
+        try:
+            await self._upstream.aclose()
+        finally:
+            if self._on_close is not None:
+                self._on_close(self)
+
+
+async def execute(
+    routes: list[Route],
+    endpoint: Endpoint,
+    body: bytes,
+    needs: RequestNeeds,
+    *,
+    timeouts: Timeouts,
+    deadline_seconds: float,
+) -> ProxyResult:
+    """Try ``routes`` in order within one overall deadline; return the first 2xx answer."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deadline_seconds
+    attempts: list[Attempt] = []
+    last_error: BackendError | None = None
+    stream = needs.stream
+    for route in routes:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        backend = route.backend
+        payload = body if route.model == needs.model else replace_model(body, route.model)
+        if remaining < timeouts.first_byte:
+            attempt_timeouts = Timeouts(timeouts.connect, remaining, timeouts.idle)
+        else:
+            attempt_timeouts = timeouts
+        backend.pending += 1
+        backend.requests_total += 1
+        started = time.perf_counter()
+        released = False
+        try:
+            upstream = await backend.adapter.send(
+                endpoint, payload, stream=stream, timeouts=attempt_timeouts
+            )
+            if upstream.events is not None:
+                try:
+                    async with asyncio.timeout(attempt_timeouts.first_byte):
+                        first = await anext(upstream.events)
+                except StopAsyncIteration:
+                    await upstream.aclose()
+                    raise BackendError(
+                        ErrorKind.MALFORMED, "stream ended before its first event"
+                    ) from None
+                except TimeoutError:
+                    await upstream.aclose()
+                    raise BackendError(
+                        ErrorKind.TIMEOUT,
+                        f"no first event within {attempt_timeouts.first_byte:g} s",
+                    ) from None
+                except BaseException:
+                    await upstream.aclose()
+                    raise
+                backend.observe_latency((time.perf_counter() - started) * 1000)
+                released = True  # the stream releases the slot when it ends
+                return ProxyResult(
+                    route=route,
+                    requested_model=needs.model,
+                    content_type=upstream.content_type,
+                    stream=ProxyStream(backend, upstream, first),
+                    attempts=attempts,
+                )
+            backend.observe_latency((time.perf_counter() - started) * 1000)
+            data = None
+            if endpoint is not Endpoint.EMBEDDINGS and upstream.body is not None:
+                try:
+                    data = json.loads(upstream.body)
+                except ValueError:
+                    raise BackendError(ErrorKind.MALFORMED, "the body is not JSON") from None
+            return ProxyResult(
+                route=route,
+                requested_model=needs.model,
+                content_type=upstream.content_type,
+                body=upstream.body,
+                attempts=attempts,
+                data=data,
+            )
+        except BackendError as exc:
+            backend.errors_total += 1
+            attempts.append(Attempt(backend.name, exc.kind.value, exc.message, exc.status))
+            if not exc.retryable:
+                raise _as_gateway_error(exc, backend, attempts) from None
+            log.info(
+                "backend %s failed (%s: %s); trying the next", backend.name, exc.kind, exc.message
+            )
+            last_error = exc
+        finally:
+            if not released:
+                backend.pending -= 1
+    raise _exhausted(last_error, attempts, deadline_seconds, bool(routes))
+
+
+def _as_gateway_error(exc: BackendError, backend: Backend, attempts: list[Attempt]) -> GatewayError:
+    if exc.kind is ErrorKind.CLIENT_ERROR and exc.status is not None:
+        # Upstream 4xx: the client's own mistake, returned exactly as the backend said it.
+        return GatewayError(
+            exc.status,
+            exc.message,
+            raw_body=exc.body or None,
+            content_type=exc.headers.get("content-type", "application/json"),
+            headers={"X-Nexus-Backend": backend.name},
+        )
+    return GatewayError(
+        502,
+        f"Backend '{backend.name}' sent an invalid response: {exc.message}",
+        type="upstream_error",
+        code="bad_gateway",
+        details=[_attempt_detail(a) for a in attempts],
+    )
+
+
+def _exhausted(
+    last: BackendError | None, attempts: list[Attempt], deadline: float, had_routes: bool
+) -> GatewayError:
+    details = [_attempt_detail(a) for a in attempts]
+    summary = "; ".join(f"{a.backend}: {a.message}" for a in attempts)
+    if last is None:
+        return GatewayError(
+            504,
+            f"No backend answered within the request timeout of {deadline:g} s"
+            + (f" ({summary})" if summary else ""),
+            type="timeout_error",
+            code="upstream_timeout",
+            details=details,
+        )
+    if last.kind is ErrorKind.OVERLOADED and last.status is not None:
+        headers = {"Retry-After": f"{last.retry_after:g}"} if last.retry_after is not None else {}
+        return GatewayError(
+            429,
+            f"Every backend is rate limiting or overloaded ({summary})",
+            type="rate_limit_error",
+            code="upstream_overloaded",
+            details=details,
+            headers=headers,
+        )
+    if last.kind is ErrorKind.TIMEOUT and all(a.kind == ErrorKind.TIMEOUT.value for a in attempts):
+        return GatewayError(
+            504,
+            f"Every backend tried timed out ({summary})",
+            type="timeout_error",
+            code="upstream_timeout",
+            details=details,
+        )
+    return GatewayError(
+        502,
+        f"Every backend tried failed ({summary})",
+        type="upstream_error",
+        code="bad_gateway",
+        details=details,
+    )
+
+
+def _attempt_detail(attempt: Attempt) -> dict[str, object]:
+    detail: dict[str, object] = {
+        "backend": attempt.backend,
+        "error": attempt.kind,
+        "message": attempt.message,
+    }
+    if attempt.status is not None:
+        detail["status"] = attempt.status
+    return detail

@@ -1,0 +1,352 @@
+"""The Gateway facade: everything the server does, as an async Python API with no server needed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
+from typing import Any, Literal, Self, overload
+
+from nexus_core.adapters import AdapterFactory, BackendStatus, Endpoint, Timeouts
+from nexus_core.config import BackendConfig, NexusConfig, validate_config
+from nexus_core.errors import GatewayError
+from nexus_core.failover import ProxyResult, ProxyStream, execute
+from nexus_core.health import HealthChecker
+from nexus_core.http import HttpClients
+from nexus_core.registry import Backend, Registry
+from nexus_core.routing import Router, analyze
+from nexus_core.sse import event_data
+
+log = logging.getLogger("nexus.gateway")
+
+__all__ = ["Gateway", "ProxyResult", "ProxyStream"]
+
+
+class Gateway:
+    """One OpenAI-compatible entry point over many backends, usable in-process.
+
+    ``async with Gateway(config) as gateway:`` starts health checks; the methods mirror the
+    HTTP API (chat, completions, embeddings, models, backends).
+    """
+
+    def __init__(
+        self,
+        config: NexusConfig | Mapping[str, Any] | None = None,
+        *,
+        backend_types: Mapping[str, AdapterFactory] | None = None,
+        clients: HttpClients | None = None,
+    ) -> None:
+        if config is None:
+            config = NexusConfig()
+        elif not isinstance(config, NexusConfig):
+            config = validate_config(config, source="Gateway(config)")
+        self.config: NexusConfig = config
+        self.registry = Registry()
+        self.router = Router(self.registry, config.routing)
+        self.health = HealthChecker(self.registry, config.health_check)
+        self.clients = clients or HttpClients()
+        self._backend_types = dict(backend_types) if backend_types is not None else None
+        server = config.server
+        self.timeouts = Timeouts(
+            connect=server.connect_timeout_seconds,
+            first_byte=server.first_byte_timeout_seconds,
+            idle=server.idle_timeout_seconds,
+        )
+        self.request_timeout = server.request_timeout_seconds
+        self.started_at = time.time()
+        self._started = False
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    @property
+    def backend_types(self) -> Mapping[str, AdapterFactory]:
+        """Backend types known to this gateway (from plugins unless given)."""
+        if self._backend_types is None:
+            from nexus_core import plugins
+
+            self._backend_types = dict(plugins.backend_types())
+        return self._backend_types
+
+    async def start(self) -> None:
+        """Create configured backends, probe them once, start the health loop and plugins."""
+        if self._started:
+            return
+        self._started = True
+        self.started_at = time.time()
+        await asyncio.gather(*(self.add_backend(b, source="static") for b in self.config.backends))
+        from nexus_core import plugins
+
+        await plugins.call_startup(self)
+
+    async def stop(self) -> None:
+        """Stop health checks, close adapters and HTTP clients."""
+        if not self._started:
+            return
+        self._started = False
+        from nexus_core import plugins
+
+        try:
+            await plugins.call_shutdown(self)
+        finally:
+            await self.health.stop()
+            for backend in self.registry:
+                await backend.adapter.close()
+            await self.clients.aclose()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- backends -----------------------------------------------------------------------------
+
+    async def add_backend(
+        self, backend: BackendConfig | Mapping[str, Any], *, source: str = "api"
+    ) -> Backend:
+        """Register a backend, probe it once, and keep probing it."""
+        config = backend if isinstance(backend, BackendConfig) else BackendConfig(**backend)
+        if config.name in self.registry:
+            raise GatewayError(
+                409, f"A backend named '{config.name}' exists already", code="backend_exists"
+            )
+        factory = self.backend_types.get(config.type)
+        if factory is None:
+            known = ", ".join(sorted(self.backend_types)) or "none"
+            raise GatewayError(
+                400,
+                f"Unknown backend type '{config.type}' for backend '{config.name}' "
+                f"(installed types: {known})",
+                param="type",
+                code="unknown_backend_type",
+            )
+        adapter = factory(config, self.clients)
+        entry = Backend(
+            name=config.name,
+            config=config,
+            adapter=adapter,
+            zone=config.effective_zone,
+            is_cloud=factory.is_cloud,
+            source=source,
+        )
+        self.registry.add(entry)
+        self.registry.set_models(entry, ())  # what the config declares, before any probe
+        await self.health.check(entry)
+        if self.config.health_check.enabled:
+            self.health.watch(entry)
+        else:
+            # Trusted as healthy: the one probe above only taught us its models.
+            self.registry.set_status(entry, BackendStatus.HEALTHY, "health checks disabled")
+        return entry
+
+    async def remove_backend(self, name: str) -> bool:
+        """Remove a backend; requests already on it finish. False if there was none."""
+        await self.health.unwatch(name)
+        backend = self.registry.remove(name)
+        if backend is None:
+            return False
+        await backend.adapter.close()
+        return True
+
+    def backends(self) -> list[dict[str, Any]]:
+        """Every backend as a JSON-ready snapshot."""
+        return [backend.snapshot() for backend in self.registry]
+
+    # -- models and health --------------------------------------------------------------------
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """Models on healthy backends, one entry per id, with capabilities and backends."""
+        merged: dict[str, dict[str, Any]] = {}
+        healthy = BackendStatus.HEALTHY
+        created = int(self.started_at)
+        for backend in self.registry:
+            if backend.status is not healthy:
+                continue
+            for model in backend.models.values():
+                entry = merged.get(model.id)
+                if entry is None:
+                    entry = merged[model.id] = {
+                        "id": model.id,
+                        "object": "model",
+                        "created": created,
+                        "owned_by": model.owned_by or backend.type_name,
+                        "context_length": model.context_length,
+                        "capabilities": {
+                            "vision": model.vision,
+                            "tools": model.tools,
+                            "json_mode": model.json_mode,
+                            "embeddings": model.embeddings,
+                        },
+                        "backends": [],
+                    }
+                else:
+                    _merge_capabilities(entry, model.context_length, model)
+                entry["backends"].append(backend.name)
+        aliases = self.config.routing.aliases
+        for alias in aliases:
+            target = merged.get(self.router.resolve(alias))
+            if target is not None and alias not in merged:
+                merged[alias] = {**target, "id": alias, "alias_of": target["id"]}
+        return sorted(merged.values(), key=lambda m: str(m["id"]))
+
+    def get_model(self, model_id: str) -> dict[str, Any] | None:
+        """One entry of ``list_models``, or None."""
+        for entry in self.list_models():
+            if entry["id"] == model_id:
+                return entry
+        return None
+
+    def health_summary(self) -> dict[str, Any]:
+        """``healthy`` when every backend is, ``degraded`` when some are, else ``unhealthy``."""
+        counts = {status.value: 0 for status in BackendStatus}
+        for backend in self.registry:
+            counts[backend.status.value] += 1
+        total = len(self.registry)
+        healthy = counts["healthy"]
+        if total and healthy == total:
+            status = "healthy"
+        elif healthy:
+            status = "degraded"
+        else:
+            status = "unhealthy"
+        from nexus_core import __version__
+
+        return {
+            "status": status,
+            "version": __version__,
+            "uptime_seconds": round(time.time() - self.started_at, 3),
+            "backends": {"total": total, **counts},
+            "models": len(self.list_models()),
+        }
+
+    # -- requests -----------------------------------------------------------------------------
+
+    async def proxy(
+        self,
+        endpoint: Endpoint,
+        body: bytes,
+        *,
+        data: Any = None,
+    ) -> ProxyResult:
+        """Route and forward one raw request body; raise ``GatewayError`` if it cannot be served."""
+        if data is None:
+            try:
+                data = json.loads(body)
+            except ValueError as exc:
+                raise GatewayError(
+                    400, f"The request body is not valid JSON: {exc}", code="invalid_json"
+                ) from None
+        needs = analyze(endpoint, data)
+        if needs.stream and endpoint is Endpoint.EMBEDDINGS:
+            needs.stream = False
+        routes = self.router.plan(needs)
+        return await execute(
+            routes,
+            endpoint,
+            body,
+            needs,
+            timeouts=self.timeouts,
+            deadline_seconds=self.request_timeout,
+        )
+
+    @overload
+    async def chat_completions(
+        self, request: Mapping[str, Any], *, stream: Literal[False] = False
+    ) -> dict[str, Any]: ...
+
+    @overload
+    async def chat_completions(
+        self, request: Mapping[str, Any], *, stream: Literal[True]
+    ) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def chat_completions(
+        self, request: Mapping[str, Any], *, stream: bool = False
+    ) -> dict[str, Any] | AsyncIterator[dict[str, Any]]:
+        """A chat completion: the response dict, or (``stream=True``) an iterator of chunks."""
+        return await self._call(Endpoint.CHAT, request, stream)
+
+    @overload
+    async def completions(
+        self, request: Mapping[str, Any], *, stream: Literal[False] = False
+    ) -> dict[str, Any]: ...
+
+    @overload
+    async def completions(
+        self, request: Mapping[str, Any], *, stream: Literal[True]
+    ) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def completions(
+        self, request: Mapping[str, Any], *, stream: bool = False
+    ) -> dict[str, Any] | AsyncIterator[dict[str, Any]]:
+        """A legacy text completion, whole or streamed."""
+        return await self._call(Endpoint.COMPLETIONS, request, stream)
+
+    async def embeddings(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Embeddings for a string or a list of strings."""
+        result = await self._call(Endpoint.EMBEDDINGS, request, False)
+        assert isinstance(result, dict)
+        return result
+
+    async def _call(
+        self, endpoint: Endpoint, request: Mapping[str, Any], stream: bool
+    ) -> dict[str, Any] | AsyncIterator[dict[str, Any]]:
+        payload = dict(request)
+        if stream:
+            payload["stream"] = True
+        else:
+            payload.pop("stream", None)
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        result = await self.proxy(endpoint, body, data=payload)
+        if result.stream is not None:
+            return _chunks(result.stream)
+        data = result.data if result.data is not None else json.loads(result.body or b"null")
+        if not isinstance(data, dict):
+            raise GatewayError(502, "Backend answered something other than a JSON object")
+        return data
+
+
+def _merge_capabilities(entry: dict[str, Any], context: int | None, model: Any) -> None:
+    if context is not None:
+        current = entry["context_length"]
+        entry["context_length"] = context if current is None else max(current, context)
+    caps = entry["capabilities"]
+    for key in ("vision", "tools", "json_mode", "embeddings"):
+        value = getattr(model, key)
+        if value is True or caps[key] is None:
+            caps[key] = value
+
+
+async def _chunks(stream: ProxyStream) -> AsyncIterator[dict[str, Any]]:
+    """Decode relayed SSE events into chunk dicts; an error event raises ``GatewayError``."""
+    try:
+        async for event in stream:
+            data = event_data(event)
+            if not data or data == b"[DONE]":
+                continue
+            chunk = json.loads(data)
+            if isinstance(chunk, dict) and "error" in chunk and len(chunk) == 1:
+                error = chunk["error"]
+                raise GatewayError(
+                    502,
+                    str(error.get("message", "stream failed")),
+                    type=str(error.get("type", "upstream_error")),
+                    code=error.get("code"),
+                )
+            yield chunk
+    finally:
+        await stream.aclose()
+
+
+def new_request_id() -> str:
+    """A fresh request id."""
+    return uuid.uuid4().hex

@@ -1,0 +1,216 @@
+"""The registry: the one place backend state lives, with a model index kept current on change."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from nexus_core.adapters import BackendAdapter, BackendStatus, LoadSignal, ModelInfo
+from nexus_core.config import BackendConfig, Zone
+
+log = logging.getLogger("nexus.registry")
+
+LATENCY_SMOOTHING = 0.2
+
+
+@dataclass(eq=False, slots=True)
+class Backend:
+    """A backend and everything known about it right now."""
+
+    name: str
+    config: BackendConfig
+    adapter: BackendAdapter
+    zone: Zone
+    is_cloud: bool
+    source: str = "static"
+    status: BackendStatus = BackendStatus.UNKNOWN
+    models: dict[str, ModelInfo] = field(default_factory=dict)
+    pending: int = 0
+    latency_ms: float | None = None
+    last_error: str | None = None
+    last_checked: float | None = None
+    consecutive_failures: int = 0
+    consecutive_successes: int = 0
+    load: LoadSignal | None = None
+    version: str | None = None
+    requests_total: int = 0
+    errors_total: int = 0
+    seq: int = 0
+    # Copied from config once: the router reads them per request.
+    priority: int = 50
+    tier: int = 1
+    max_concurrent: int | None = None
+
+    def __post_init__(self) -> None:
+        self.priority = self.config.priority
+        self.tier = self.config.tier
+        self.max_concurrent = self.config.max_concurrent
+
+    @property
+    def type_name(self) -> str:
+        """The backend type (``ollama``, ``vllm``, ...)."""
+        return self.config.type
+
+    @property
+    def kind(self) -> str:
+        """``cloud`` or ``local``, as the X-Nexus-Backend-Type header says."""
+        return "cloud" if self.is_cloud else "local"
+
+    def observe_latency(self, milliseconds: float) -> None:
+        """Fold one latency sample into the moving average."""
+        current = self.latency_ms
+        self.latency_ms = (
+            milliseconds
+            if current is None
+            else current + LATENCY_SMOOTHING * (milliseconds - current)
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-ready view for APIs and the CLI."""
+        return {
+            "name": self.name,
+            "url": self.config.url,
+            "type": self.type_name,
+            "kind": self.kind,
+            "source": self.source,
+            "status": self.status.value,
+            "zone": self.zone.value,
+            "tier": self.tier,
+            "priority": self.priority,
+            "max_concurrent": self.max_concurrent,
+            "pending": self.pending,
+            "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 3),
+            "last_error": self.last_error,
+            "last_checked": self.last_checked,
+            "version": self.version,
+            "requests_total": self.requests_total,
+            "errors_total": self.errors_total,
+            "models": [
+                {
+                    "id": m.id,
+                    "context_length": m.context_length,
+                    "vision": m.vision,
+                    "tools": m.tools,
+                    "json_mode": m.json_mode,
+                    "embeddings": m.embeddings,
+                }
+                for m in self.models.values()
+            ],
+        }
+
+
+class Registry:
+    """Backends by name, and by model id (any status) for cheap routing lookups."""
+
+    def __init__(self) -> None:
+        self._backends: dict[str, Backend] = {}
+        self._by_model: dict[str, tuple[Backend, ...]] = {}
+        self._listeners: list[Callable[[str, Backend], None]] = []
+        self._next_seq = 0
+        self.started_at = time.time()
+
+    def __len__(self) -> int:
+        return len(self._backends)
+
+    def __iter__(self) -> Iterator[Backend]:
+        return iter(list(self._backends.values()))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._backends
+
+    def get(self, name: str) -> Backend | None:
+        """The backend called ``name``, if any."""
+        return self._backends.get(name)
+
+    def add(self, backend: Backend) -> None:
+        """Add a backend; its name must be new."""
+        if backend.name in self._backends:
+            raise ValueError(f"a backend named {backend.name!r} exists already")
+        self._next_seq += 1
+        backend.seq = self._next_seq
+        self._backends[backend.name] = backend
+        self._index(backend, backend.models)
+        self._notify("added", backend)
+
+    def remove(self, name: str) -> Backend | None:
+        """Remove and return the backend called ``name``."""
+        backend = self._backends.pop(name, None)
+        if backend is not None:
+            self._unindex(backend)
+            self._notify("removed", backend)
+        return backend
+
+    def set_models(self, backend: Backend, models: Iterable[ModelInfo]) -> None:
+        """Replace a backend's model list (plus what its config declares); re-index on change."""
+        new = {model.id: model for model in models}
+        for declared in backend.config.models:
+            base = new.get(declared.id) or ModelInfo(declared.id)
+            overrides = {
+                key: value
+                for key in ("context_length", "vision", "tools", "json_mode", "embeddings")
+                if (value := getattr(declared, key)) is not None
+            }
+            new[declared.id] = dataclasses.replace(base, **overrides) if overrides else base
+        if new == backend.models:
+            return
+        self._unindex(backend)
+        backend.models = new
+        if backend.name in self._backends:
+            self._index(backend, new)
+        self._notify("models", backend)
+
+    def serving(self, model: str) -> tuple[Backend, ...]:
+        """Backends (any status) that list ``model``, in registration order."""
+        return self._by_model.get(model, ())
+
+    def model_ids(self) -> list[str]:
+        """Every model id any backend lists."""
+        return list(self._by_model)
+
+    def set_status(
+        self, backend: Backend, status: BackendStatus, reason: str | None = None
+    ) -> None:
+        """Change status, logging the transition once."""
+        if backend.status is status:
+            return
+        old = backend.status
+        backend.status = status
+        level = logging.INFO if status is BackendStatus.HEALTHY else logging.WARNING
+        log.log(
+            level,
+            "backend %s: %s -> %s%s",
+            backend.name,
+            old.value,
+            status.value,
+            f" ({reason})" if reason else "",
+        )
+        self._notify("status", backend)
+
+    def subscribe(self, listener: Callable[[str, Backend], None]) -> None:
+        """Call ``listener(event, backend)`` on add/remove/status/models changes."""
+        self._listeners.append(listener)
+
+    def _index(self, backend: Backend, models: Iterable[str]) -> None:
+        for model in models:
+            current = [*self._by_model.get(model, ()), backend]
+            current.sort(key=lambda b: b.seq)
+            self._by_model[model] = tuple(current)
+
+    def _unindex(self, backend: Backend) -> None:
+        for model in backend.models:
+            remaining = tuple(b for b in self._by_model.get(model, ()) if b is not backend)
+            if remaining:
+                self._by_model[model] = remaining
+            else:
+                self._by_model.pop(model, None)
+
+    def _notify(self, event: str, backend: Backend) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event, backend)
+            except Exception:
+                log.exception("registry listener failed")

@@ -1,0 +1,366 @@
+"""Routing: what a request needs, which backends can take it, and in what order to try them."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from nexus_core.adapters import BackendStatus, Endpoint, ModelInfo
+from nexus_core.config import MAX_ALIAS_DEPTH, RoutingConfig
+from nexus_core.errors import GatewayError, bad_request, model_not_found, no_backend
+from nexus_core.registry import Backend, Registry
+
+# Rough bytes-per-token used to estimate prompt size before the context-length check.
+CHARS_PER_TOKEN = 4
+
+
+@dataclass(slots=True)
+class RequestNeeds:
+    """What routing needs to know about a request, parsed once."""
+
+    model: str
+    stream: bool = False
+    vision: bool = False
+    tools: bool = False
+    json_mode: bool = False
+    estimated_tokens: int = 0
+
+
+def analyze(endpoint: Endpoint, data: Any) -> RequestNeeds:
+    """Read the fields routing depends on; refuse bodies the gateway cannot route."""
+    if not isinstance(data, dict):
+        raise bad_request("The request body must be a JSON object")
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("You must provide a model parameter", param="model", code="missing_model")
+    needs = RequestNeeds(model=model, stream=data.get("stream") is True)
+    if endpoint is Endpoint.CHAT:
+        messages = data.get("messages")
+        if not isinstance(messages, list):
+            raise bad_request("'messages' must be an array of messages", param="messages")
+        chars = 0
+        for message in messages:
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, str):
+                chars += len(content)
+            elif isinstance(content, list):
+                for part in content:
+                    if not isinstance(part, dict):
+                        continue
+                    kind = part.get("type")
+                    if kind == "text":
+                        text = part.get("text")
+                        chars += len(text) if isinstance(text, str) else 0
+                    elif kind in ("image_url", "input_image", "image"):
+                        needs.vision = True
+        needs.estimated_tokens = chars // CHARS_PER_TOKEN
+        needs.tools = bool(data.get("tools")) or bool(data.get("functions"))
+        response_format = data.get("response_format")
+        if isinstance(response_format, dict) and response_format.get("type") in (
+            "json_object",
+            "json_schema",
+        ):
+            needs.json_mode = True
+    elif endpoint is Endpoint.COMPLETIONS:
+        prompt = data.get("prompt")
+        if isinstance(prompt, str):
+            needs.estimated_tokens = len(prompt) // CHARS_PER_TOKEN
+        elif isinstance(prompt, list):
+            needs.estimated_tokens = sum(len(p) for p in prompt if isinstance(p, str)) // 4
+    elif endpoint is Endpoint.EMBEDDINGS and "input" not in data:
+        raise bad_request("You must provide an input parameter", param="input")
+    return needs
+
+
+def replace_model(body: bytes, model: str) -> bytes:
+    """The body with only the top-level ``model`` value replaced; every other byte is kept."""
+    text = body.decode("utf-8")
+    decoder = json.JSONDecoder()
+    scan = json.decoder.scanstring  # type: ignore[attr-defined]
+    index = _skip_ws(text, 0)
+    if text[index : index + 1] != "{":
+        raise ValueError("not a JSON object")
+    index = _skip_ws(text, index + 1)
+    while index < len(text) and text[index] == '"':
+        key, index = scan(text, index + 1)
+        index = _skip_ws(text, index)
+        index = _skip_ws(text, index + 1)  # past ':'
+        _, end = decoder.raw_decode(text, index)
+        if key == "model":
+            replacement = json.dumps(model, ensure_ascii=False)
+            return (text[:index] + replacement + text[end:]).encode("utf-8")
+        index = _skip_ws(text, end)
+        if text[index : index + 1] == ",":
+            index = _skip_ws(text, index + 1)
+    raise ValueError("no top-level model key")
+
+
+def _skip_ws(text: str, index: int) -> int:
+    length = len(text)
+    while index < length and text[index] in " \t\r\n":
+        index += 1
+    return index
+
+
+@dataclass(slots=True, frozen=True)
+class Route:
+    """One attempt: which backend, for which model, and why."""
+
+    backend: Backend
+    model: str
+    reason: str
+    fallback: bool = False
+
+
+class Strategy(Protocol):
+    """Orders eligible backends best-first; the first is the pick, the rest the failover order."""
+
+    reason: str
+
+    def order(self, candidates: Sequence[Backend], model: str) -> list[Backend]: ...
+
+
+def load_ratio(backend: Backend) -> float:
+    """Busy fraction in [0, 1]: pending over the limit, or pending/10 without a limit."""
+    limit = backend.max_concurrent
+    pending = backend.pending
+    if limit:
+        return min(1.0, pending / limit)
+    return min(1.0, pending / 10)
+
+
+class SmartStrategy:
+    """Weighted score of priority, current load and latency (weights from config)."""
+
+    reason = "highest-score"
+
+    def __init__(self, priority: float, load: float, latency: float) -> None:
+        total = priority + load + latency or 1.0
+        self.weights = (priority / total, load / total, latency / total)
+
+    def score(self, backend: Backend) -> float:
+        """0..100, higher is better."""
+        w_priority, w_load, w_latency = self.weights
+        latency = backend.latency_ms
+        latency_score = 50.0 if latency is None else 100.0 - min(latency / 10.0, 100.0)
+        return (
+            w_priority * (100.0 - min(backend.priority, 100))
+            + w_load * (100.0 - 100.0 * load_ratio(backend))
+            + w_latency * latency_score
+        )
+
+    def order(self, candidates: Sequence[Backend], model: str) -> list[Backend]:
+        """Best score first; ties keep registration order."""
+        w_priority, w_load, w_latency = self.weights
+        # Inlined score(): this runs per request over every candidate.
+        scored = []
+        for index, b in enumerate(candidates):
+            latency = b.latency_ms
+            limit = b.max_concurrent
+            busy = b.pending / limit if limit else b.pending / 10
+            scored.append(
+                (
+                    -(
+                        w_priority * (100.0 - (b.priority if b.priority < 100 else 100))
+                        + w_load * (100.0 - 100.0 * (busy if busy < 1.0 else 1.0))
+                        + w_latency
+                        * (
+                            50.0
+                            if latency is None
+                            else 100.0 - (latency / 10.0 if latency < 1000.0 else 100.0)
+                        )
+                    ),
+                    index,
+                    b,
+                )
+            )
+        scored.sort()
+        return [item[2] for item in scored]
+
+
+class RoundRobinStrategy:
+    """Each model's candidates in turn."""
+
+    reason = "round-robin"
+
+    def __init__(self) -> None:
+        self._counters: dict[str, itertools.count[int]] = {}
+
+    def order(self, candidates: Sequence[Backend], model: str) -> list[Backend]:
+        """Rotate the candidate list by this model's counter."""
+        counter = self._counters.get(model)
+        if counter is None:
+            counter = self._counters[model] = itertools.count()
+        start = next(counter) % len(candidates)
+        return [*candidates[start:], *candidates[:start]]
+
+
+class PriorityStrategy:
+    """Lowest priority number first; ties keep registration order."""
+
+    reason = "priority"
+
+    def order(self, candidates: Sequence[Backend], model: str) -> list[Backend]:
+        """Sort by configured priority."""
+        return sorted(candidates, key=lambda b: b.priority)
+
+
+class RandomStrategy:
+    """Uniformly random order."""
+
+    reason = "random"
+
+    def order(self, candidates: Sequence[Backend], model: str) -> list[Backend]:
+        """Shuffle."""
+        shuffled = list(candidates)
+        random.shuffle(shuffled)
+        return shuffled
+
+
+class LeastLoadedStrategy:
+    """Fewest pending requests (relative to the limit) first, then lowest latency."""
+
+    reason = "least-loaded"
+
+    def order(self, candidates: Sequence[Backend], model: str) -> list[Backend]:
+        """Sort by load, then latency."""
+        return sorted(
+            candidates,
+            key=lambda b: (load_ratio(b), b.latency_ms if b.latency_ms is not None else 0.0),
+        )
+
+
+def builtin_strategies(config: RoutingConfig) -> dict[str, Strategy]:
+    """The five strategies the config can name."""
+    weights = config.weights
+    return {
+        "smart": SmartStrategy(weights.priority, weights.load, weights.latency),
+        "round_robin": RoundRobinStrategy(),
+        "priority_only": PriorityStrategy(),
+        "random": RandomStrategy(),
+        "least_loaded": LeastLoadedStrategy(),
+    }
+
+
+def _lacks(model: ModelInfo | None, needs: RequestNeeds) -> str | None:
+    if model is None:
+        return None
+    missing = [
+        name
+        for name, needed, has in (
+            ("vision", needs.vision, model.vision),
+            ("tools", needs.tools, model.tools),
+            ("json_mode", needs.json_mode, model.json_mode),
+        )
+        if needed and has is False
+    ]
+    if missing:
+        return f"model {model.id} lacks {', '.join(missing)}"
+    if model.context_length is not None and needs.estimated_tokens > model.context_length:
+        return (
+            f"prompt of about {needs.estimated_tokens} tokens exceeds the context length "
+            f"{model.context_length} of {model.id}"
+        )
+    return None
+
+
+class Router:
+    """Turns a request into an ordered list of attempts, or a clear 404/503."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        config: RoutingConfig,
+        strategy: Strategy | None = None,
+    ) -> None:
+        self.registry = registry
+        self.config = config
+        self.strategy: Strategy = strategy or builtin_strategies(config)[config.strategy.value]
+        self._aliases: Mapping[str, str] = dict(config.aliases)
+        self._fallbacks: Mapping[str, list[str]] = {k: list(v) for k, v in config.fallbacks.items()}
+
+    def resolve(self, model: str) -> str:
+        """Follow aliases (at most three hops; cycles were refused at load)."""
+        aliases = self._aliases
+        for _ in range(MAX_ALIAS_DEPTH):
+            target = aliases.get(model)
+            if target is None:
+                break
+            model = target
+        return model
+
+    def eligible(
+        self, model: str, needs: RequestNeeds, reasons: list[dict[str, str]] | None = None
+    ) -> list[Backend]:
+        """Backends that serve ``model``, are healthy and can do what the request needs."""
+        serving = self.registry.serving(model)
+        healthy = BackendStatus.HEALTHY
+        plain = not (needs.vision or needs.tools or needs.json_mode or needs.estimated_tokens)
+        if plain and reasons is None:
+            return [b for b in serving if b.status is healthy]
+        out: list[Backend] = []
+        for backend in serving:
+            status = backend.status
+            if status is not healthy:
+                if reasons is not None:
+                    detail = f": {backend.last_error}" if backend.last_error else ""
+                    reasons.append({"backend": backend.name, "reason": f"{status.value}{detail}"})
+                continue
+            if not plain:
+                lack = _lacks(backend.models.get(model), needs)
+                if lack is not None:
+                    if reasons is not None:
+                        reasons.append({"backend": backend.name, "reason": lack})
+                    continue
+            out.append(backend)
+        return out
+
+    def plan(self, needs: RequestNeeds) -> list[Route]:
+        """Attempts in order: best backend, up to ``max_retries`` others, then fallback models."""
+        requested = needs.model
+        model = self.resolve(requested)
+        limit = self.config.max_retries + 1
+        routes: list[Route] = []
+        candidates = self.eligible(model, needs)
+        if candidates:
+            ordered = self._order(candidates, model)
+            first_reason = self.strategy.reason if len(ordered) > 1 else "only-candidate"
+            for index, backend in enumerate(ordered[:limit]):
+                routes.append(Route(backend, model, first_reason if index == 0 else "failover"))
+        for fallback in self._fallbacks.get(model, ()):
+            fallback_model = self.resolve(fallback)
+            fallback_candidates = self.eligible(fallback_model, needs)
+            if not fallback_candidates:
+                continue
+            ordered = self._order(fallback_candidates, fallback_model)
+            for backend in ordered[:limit]:
+                routes.append(Route(backend, fallback_model, "fallback-model", fallback=True))
+        if routes:
+            return routes
+        raise self.unroutable(requested, model, needs)
+
+    def _order(self, candidates: list[Backend], model: str) -> list[Backend]:
+        """Strategy order, with backends at their concurrency limit moved last."""
+        if len(candidates) == 1:
+            return candidates
+        ordered = self.strategy.order(candidates, model)
+        full = [
+            b for b in ordered if b.max_concurrent is not None and b.pending >= b.max_concurrent
+        ]
+        if full:
+            ordered = [b for b in ordered if b not in full] + full
+        return ordered
+
+    def unroutable(self, requested: str, model: str, needs: RequestNeeds) -> GatewayError:
+        """404 when nothing lists the model (or its fallbacks), else 503 with reasons."""
+        chain = [model, *(self.resolve(f) for f in self._fallbacks.get(model, ()))]
+        if not any(self.registry.serving(m) for m in chain):
+            return model_not_found(requested, self.registry.model_ids())
+        reasons: list[dict[str, str]] = []
+        for candidate_model in chain:
+            self.eligible(candidate_model, needs, reasons)
+        return no_backend(requested, reasons)

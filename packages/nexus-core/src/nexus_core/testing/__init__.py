@@ -1,0 +1,24 @@
+"""Test kit for Nexus and for adapter authors: fake backends that speak the real wire protocol.
+
+``FakeBackend`` is a real HTTP server on ``127.0.0.1`` speaking the OpenAI wire protocol; tell it
+to misbehave with a ``Behaviour`` (delays, 5xx/429 with ``Retry-After``, connection reset, hang,
+a stream cut after N events, malformed JSON, a missing ``[DONE]``...). ``closed_port_url`` gives
+an address that refuses connections, ``blackhole_url`` one where connecting hangs.
+
+    async with FakeBackend("a", ["llama3"]) as fb:
+        fb.push(Behaviour(status=503, retry_after=2))
+        ...  # point a client at fb.url; the first request gets a 503, the next ones succeed
+        assert fb.inference_requests[0].json["model"] == "llama3"
+"""
+
+from nexus_core.testing.fake_backend import Behaviour, FakeBackend, RecordedRequest
+from nexus_core.testing.net import blackhole_url, closed_port_url, free_port
+
+__all__ = [
+    "Behaviour",
+    "FakeBackend",
+    "RecordedRequest",
+    "blackhole_url",
+    "closed_port_url",
+    "free_port",
+]

@@ -1,0 +1,48 @@
+"""The configuration reference (docs/configuration.md) documents every key of the models.
+
+Convention: each key appears in the reference as its full path in backticks, e.g. `server.port`,
+`backends[].api_key_env` (an item of a ``[[table]]`` array) or
+`routing.budget.pricing.<model>.input_per_million` (a table keyed by a name the user picks).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from nexus_core.config import ENV_OVERRIDES, config_key_paths
+
+REFERENCE = Path(__file__).resolve().parents[3] / "docs" / "configuration.md"
+
+
+def test_key_walk_covers_nested_models() -> None:
+    paths = set(config_key_paths())
+    assert {
+        "server.port",
+        "routing.weights.latency",
+        "backends[].api_key_env",
+        "routing.policies[].min_tier",
+        "routing.budget.pricing.<model>.input_per_million",
+        "auth.keys[].key_env",
+    } <= paths
+
+
+def test_every_config_key_is_in_the_reference() -> None:
+    text = REFERENCE.read_text(encoding="utf-8")
+    missing = [path for path in config_key_paths() if f"`{path}`" not in text]
+    assert not missing, f"add these keys to {REFERENCE.name}: {', '.join(missing)}"
+
+
+def test_the_reference_names_no_key_that_does_not_exist() -> None:
+    text = REFERENCE.read_text(encoding="utf-8")
+    paths = set(config_key_paths())
+    sections = {path.split(".")[0].split("[")[0] for path in paths}
+    mentioned = set(re.findall(r"`([a-z_]+(?:\[\])?(?:\.[a-z_<>\[\]]+)+)`", text))
+    unknown = [m for m in mentioned if m.split(".")[0].split("[")[0] in sections]
+    assert sorted(m for m in unknown if m not in paths) == []
+
+
+def test_every_environment_variable_is_in_the_reference() -> None:
+    text = REFERENCE.read_text(encoding="utf-8")
+    for variable in [*ENV_OVERRIDES, "NEXUS_CONFIG"]:
+        assert f"`{variable}`" in text, variable

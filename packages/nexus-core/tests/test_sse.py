@@ -1,0 +1,200 @@
+"""SSE framing: however the bytes are cut, the same complete events come out."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from nexus_core.sse import DONE, SSEParser, error_event, event_data
+
+EVENTS = [
+    b'data: {"id":"1","choices":[{"delta":{"content":"Hel"}}]}\n\n',
+    b": keep-alive\n\n",
+    b"event: message\nid: 7\ndata: line one\ndata: line two\n\n",
+    b": comment inside\ndata: {}\n\n",
+    b"data:no-space\n\n",
+    DONE,
+]
+STREAM = b"".join(EVENTS)
+EXPECTED = [
+    b'data: {"id":"1","choices":[{"delta":{"content":"Hel"}}]}\n\n',
+    b"event: message\nid: 7\ndata: line one\ndata: line two\n\n",
+    b"data: {}\n\n",
+    b"data:no-space\n\n",
+    DONE,
+]
+
+
+def parse(*chunks: bytes) -> list[bytes]:
+    parser = SSEParser()
+    events: list[bytes] = []
+    for chunk in chunks:
+        events.extend(parser.feed(chunk))
+    tail = parser.flush()
+    if tail is not None:
+        events.append(tail)
+    return events
+
+
+def test_whole_stream() -> None:
+    assert parse(STREAM) == EXPECTED
+
+
+def test_split_at_every_byte_boundary() -> None:
+    for cut in range(len(STREAM) + 1):
+        assert parse(STREAM[:cut], STREAM[cut:]) == EXPECTED, cut
+
+
+def test_one_byte_at_a_time() -> None:
+    assert parse(*(STREAM[i : i + 1] for i in range(len(STREAM)))) == EXPECTED
+
+
+def test_events_come_out_as_soon_as_their_blank_line_arrives() -> None:
+    parser = SSEParser()
+    assert parser.feed(b"data: a\n") == []
+    assert parser.feed(b"\ndata: b") == [b"data: a\n\n"]
+    assert parser.feed(b"\n") == []
+    assert parser.feed(b"\n") == [b"data: b\n\n"]
+    assert parser.flush() is None
+
+
+def test_crlf_line_ends_are_normalised() -> None:
+    crlf = STREAM.replace(b"\n", b"\r\n")
+    assert parse(crlf) == EXPECTED
+    for cut in range(len(crlf) + 1):
+        assert parse(crlf[:cut], crlf[cut:]) == EXPECTED, cut
+
+
+def test_cr_only_line_ends() -> None:
+    cr = STREAM.replace(b"\n", b"\r")
+    assert parse(cr) == EXPECTED
+    for cut in range(len(cr) + 1):
+        assert parse(cr[:cut], cr[cut:]) == EXPECTED, cut
+
+
+def test_cr_at_the_end_of_a_chunk_then_lf_is_one_line_end() -> None:
+    parser = SSEParser()
+    assert parser.feed(b"data: a\r") == []
+    # If "\r" and "\n" counted as two line ends, this would complete the event.
+    assert parser.feed(b"\n") == []
+    assert parser.feed(b"\r") == [b"data: a\n\n"]  # the blank line is there already
+    assert parser.feed(b"\n") == []  # ...and its "\n" is swallowed, not a third line end
+    assert parser.feed(b"data: b\r") == []
+    assert parser.feed(b"\ndata: c\r\n\r\n") == [b"data: b\ndata: c\n\n"]
+    assert parser.flush() is None
+
+
+def test_cr_only_events_are_not_held_back() -> None:
+    parser = SSEParser()
+    assert parser.feed(b"data: a\r\r") == [b"data: a\n\n"]
+    assert parser.feed(b"data: [DONE]\r\r") == [DONE]
+    assert parser.feed(b"") == []
+    assert parser.feed(b"data: b\r\r") == [b"data: b\n\n"]
+
+
+def test_comment_only_events_are_dropped() -> None:
+    assert parse(b": ping\n\n:\n\n: a\n: b\n\n") == []
+
+
+def test_comment_lines_inside_an_event_are_dropped() -> None:
+    assert parse(b": start\ndata: x\n: middle\ndata: y\n\n") == [b"data: x\ndata: y\n\n"]
+
+
+def test_several_blank_lines_between_events() -> None:
+    assert parse(b"data: a\n\n\n\n\ndata: b\n\n\n") == [b"data: a\n\n", b"data: b\n\n"]
+
+
+def test_flush_returns_an_unterminated_last_event() -> None:
+    assert parse(b"data: a\n\ndata: b") == [b"data: a\n\n", b"data: b\n\n"]
+    assert parse(b"data: a\n\ndata: b\n") == [b"data: a\n\n", b"data: b\n\n"]
+    assert parse(b"data: a\n\ndata: b\r") == [b"data: a\n\n", b"data: b\n\n"]
+    assert parse(b"data: a\n\n: only a comment") == [b"data: a\n\n"]
+
+
+def test_flush_resets_the_parser() -> None:
+    parser = SSEParser()
+    parser.feed(b"data: a\r")
+    assert parser.flush() == b"data: a\n\n"
+    assert parser.flush() is None
+    assert parser.feed(b"\ndata: b\n\n") == [b"data: b\n\n"]
+
+
+def test_event_data_joins_data_lines() -> None:
+    assert event_data(b"data: line one\ndata: line two\n\n") == b"line one\nline two"
+    assert event_data(b"event: x\nid: 3\ndata:{}\n\n") == b"{}"
+    assert event_data(b"data:  two spaces\n\n") == b" two spaces"  # only one space is dropped
+    assert event_data(b"data\n\n") == b""
+    assert event_data(DONE) == b"[DONE]"
+    assert event_data(b"event: ping\n\n") == b""
+
+
+def test_error_event_is_what_the_openai_sdk_raises_on() -> None:
+    event = error_event("backend went away", code="upstream_cut")
+    assert event.startswith(b"data: ")
+    assert event.endswith(b"\n\n")
+    assert event.count(b"\n") == 2
+    assert json.loads(event_data(event)) == {
+        "error": {
+            "message": "backend went away",
+            "type": "upstream_error",
+            "param": None,
+            "code": "upstream_cut",
+        }
+    }
+    assert parse(event) == [event]
+    custom = json.loads(event_data(error_event('say "hi"\nnow', kind="timeout")))
+    assert custom["error"]["type"] == "timeout"
+    assert custom["error"]["message"] == 'say "hi"\nnow'
+    assert custom["error"]["code"] is None
+
+
+# -- property: any chunking of any stream gives the events of the whole ---------------------
+
+_text = st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=12)
+_line = st.one_of(
+    _text.map(lambda text: b"data: " + text.encode()),
+    _text.map(lambda text: b"data:" + text.encode()),
+    _text.map(lambda text: b":" + text.encode()),
+    _text.map(lambda text: b"event: " + text.encode()),
+    st.integers(0, 999).map(lambda number: b"id: " + str(number).encode()),
+)
+_events = st.lists(st.lists(_line, min_size=1, max_size=4), max_size=6)
+
+
+def _expected(events: list[list[bytes]]) -> list[bytes]:
+    result = []
+    for lines in events:
+        kept = [line for line in lines if not line.startswith(b":")]
+        if kept:
+            result.append(b"\n".join(kept) + b"\n\n")
+    return result
+
+
+@given(
+    events=_events,
+    line_end=st.sampled_from([b"\n", b"\r\n", b"\r"]),
+    blank_lines=st.integers(min_value=1, max_value=3),
+    terminated=st.booleans(),
+    cuts=st.lists(st.integers(min_value=0), max_size=20),
+)
+@example(
+    events=[[b"data: a"], [b"data: b"]],
+    line_end=b"\r\n",
+    blank_lines=1,
+    terminated=True,
+    cuts=[8, 9, 10],
+)
+def test_any_chunking_gives_the_same_events(
+    events: list[list[bytes]], line_end: bytes, blank_lines: int, terminated: bool, cuts: list[int]
+) -> None:
+    blocks = [b"".join(line + line_end for line in lines) for lines in events]
+    separator = line_end * blank_lines
+    stream = separator.join(blocks) + (separator if terminated and blocks else b"")
+    points = sorted({cut % (len(stream) + 1) for cut in cuts})
+    chunks = [stream[start:end] for start, end in itertools.pairwise([0, *points, len(stream)])]
+    expected = _expected(events)
+    assert parse(stream) == expected
+    assert parse(*chunks) == expected

@@ -1,0 +1,215 @@
+"""The HTTP application: Litestar for the small endpoints, plain ASGI for the proxy hot path."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar, Request, Response, get
+from litestar.exceptions import HTTPException, NotFoundException
+from litestar.handlers import asgi
+from litestar.params import FromPath
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from nexus_core.adapters import Endpoint
+from nexus_core.config import BackendConfig
+from nexus_core.errors import GatewayError, model_not_found
+from nexus_core.gateway import Gateway
+from nexus_server.proxy import REQUEST_ID_KEY, Message, ProxyEndpoint, Receive, Scope, Send
+
+log = logging.getLogger("nexus.server")
+
+DEFAULT_OLLAMA_URL = "http://localhost:11434"
+
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+_CODE_BY_STATUS = {404: "not_found", 405: "method_not_allowed", 415: "unsupported_media_type"}
+
+
+def _envelope_response(error: GatewayError) -> Response[bytes]:
+    return Response(
+        content=error.body(),
+        status_code=error.status,
+        media_type="application/json",
+        headers=error.headers,
+    )
+
+
+def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    status = exc.status_code
+    code: str | None
+    if isinstance(exc, NotFoundException):
+        message = f"Unknown path {request.method} {request.url.path}"
+        code = "not_found"
+    else:
+        message = exc.detail or "Request failed"
+        code = _CODE_BY_STATUS.get(status)
+    headers = dict(exc.headers or {})
+    return _envelope_response(
+        GatewayError(
+            status,
+            message,
+            type=_TYPE_BY_STATUS.get(status, "server_error"),
+            code=code,
+            headers=headers,
+        )
+    )
+
+
+def _gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
+    return _envelope_response(exc)
+
+
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return _envelope_response(
+        GatewayError(
+            HTTP_500_INTERNAL_SERVER_ERROR,
+            "Internal error in the gateway",
+            type="server_error",
+            code="internal_error",
+        )
+    )
+
+
+def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
+    """The ASGI app: Litestar wrapped in a thin layer that gives every response a request id."""
+
+    @get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": gateway.list_models()}
+
+    @get("/v1/models/{model_id:path}")
+    async def get_model(model_id: FromPath[str]) -> dict[str, Any]:
+        model_id = model_id.lstrip("/")
+        entry = gateway.get_model(model_id)
+        if entry is None:
+            raise model_not_found(model_id, [m["id"] for m in gateway.list_models()])
+        return entry
+
+    @get("/health")
+    async def health() -> dict[str, Any]:
+        return gateway.health_summary()
+
+    @get("/health/ready")
+    async def ready() -> Response[dict[str, Any]]:
+        summary = gateway.health_summary()
+        ok = summary["backends"]["healthy"] > 0
+        return Response(
+            {"ready": ok, **summary}, status_code=200 if ok else 503, media_type="application/json"
+        )
+
+    proxies = {
+        "/v1/chat/completions": ProxyEndpoint(gateway, Endpoint.CHAT),
+        "/v1/completions": ProxyEndpoint(gateway, Endpoint.COMPLETIONS),
+        "/v1/embeddings": ProxyEndpoint(gateway, Endpoint.EMBEDDINGS),
+    }
+
+    def proxy_route(path: str) -> Any:
+        # Normally reached through NexusApp's direct dispatch; registered so that paths with a
+        # trailing slash or a root_path still arrive here.
+        app = proxies[path]
+
+        async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+            await app(scope, receive, send)
+
+        return asgi(path, name=f"proxy-{app.endpoint.value}", copy_scope=False)(handler)
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        await gateway.start()
+        if default_ollama and not gateway.config.backends:
+            await _add_default_ollama(gateway)
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    litestar_app = Litestar(
+        route_handlers=[
+            list_models,
+            get_model,
+            health,
+            ready,
+            *(proxy_route(path) for path in proxies),
+        ],
+        exception_handlers={
+            GatewayError: _gateway_error,
+            HTTPException: _http_exception,
+            Exception: _unexpected,
+        },
+        lifespan=[lifespan],
+        openapi_config=None,
+        logging_config=None,
+        debug=False,
+    )
+    litestar_app.state.gateway = gateway
+    return NexusApp(litestar_app, proxies)
+
+
+async def _add_default_ollama(gateway: Gateway) -> None:
+    kind = "ollama" if "ollama" in gateway.backend_types else "generic"
+    try:
+        backend = await gateway.add_backend(
+            BackendConfig(name="local-ollama", url=DEFAULT_OLLAMA_URL, type=kind),
+            source="default",
+        )
+    except GatewayError as exc:
+        log.warning("could not add the local Ollama backend: %s", exc.message)
+        return
+    log.info(
+        "no backends configured: trying a local Ollama at %s (status %s)",
+        DEFAULT_OLLAMA_URL,
+        backend.status.value,
+    )
+
+
+class NexusApp:
+    """The outer ASGI app: request ids on every response, proxy paths dispatched directly.
+
+    The proxy endpoints skip Litestar's router and middleware: they do their own error
+    handling, and on the hot path every layer costs requests per second.
+    """
+
+    def __init__(self, app: Any, proxies: dict[str, ProxyEndpoint]) -> None:
+        self.app = app
+        self.proxies = proxies
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                if 0 < len(value) <= 200:
+                    request_id = value
+                break
+        if request_id is None:
+            request_id = uuid.uuid4().hex.encode()
+        scope[REQUEST_ID_KEY] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
+            await send(message)
+
+        proxy = self.proxies.get(scope["path"])
+        if proxy is not None:
+            await proxy(scope, receive, send_with_id)
+        else:
+            await self.app(scope, receive, send_with_id)

@@ -1,0 +1,196 @@
+"""The proxy endpoints as plain ASGI: the hot path, kept free of framework work per request.
+
+Each request: read the body (bounded), parse it once, let the gateway route and fail over, then
+answer with the upstream body or relay its SSE events one by one. A watcher task notices the
+client going away and cancels the work, so the upstream connection is closed within
+milliseconds and every counter is released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from nexus_core.adapters import Endpoint
+from nexus_core.errors import GatewayError, payload_too_large
+from nexus_core.failover import ProxyResult
+from nexus_core.gateway import Gateway
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+JSON = b"application/json"
+REQUEST_ID_KEY = "nexus.request_id"
+
+
+async def send_json(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """Send a complete response."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", JSON), (b"content-length", b"%d" % len(body)), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(send: Send, error: GatewayError) -> None:
+    """Send a ``GatewayError`` as its envelope (or the upstream's own body)."""
+    body = error.body()
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
+    await send(
+        {
+            "type": "http.response.start",
+            "status": error.status,
+            "headers": [
+                (b"content-type", error.content_type.encode("latin-1")),
+                (b"content-length", b"%d" % len(body)),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class ProxyEndpoint:
+    """ASGI app for one OpenAI endpoint (chat, completions or embeddings)."""
+
+    def __init__(self, gateway: Gateway, endpoint: Endpoint) -> None:
+        self.gateway = gateway
+        self.endpoint = endpoint
+        self.max_body = gateway.config.server.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST":
+            await send_error(
+                send,
+                GatewayError(
+                    405,
+                    f"Method {scope['method']} is not allowed here; use POST",
+                    code="method_not_allowed",
+                    headers={"Allow": "POST"},
+                ),
+            )
+            return
+        try:
+            body = await self._read_body(scope, receive)
+        except GatewayError as error:
+            await send_error(send, error)
+            return
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            await send_error(
+                send,
+                GatewayError(
+                    400, f"The request body is not valid JSON: {exc}", code="invalid_json"
+                ),
+            )
+            return
+
+        task = asyncio.current_task()
+        assert task is not None
+        gone = asyncio.Event()
+        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, gone))
+        try:
+            await self._serve(send, body, data)
+        except asyncio.CancelledError:
+            if not gone.is_set():
+                raise
+            task.uncancel()
+        finally:
+            watcher.cancel()
+
+    async def _serve(self, send: Send, body: bytes, data: Any) -> None:
+        try:
+            result = await self.gateway.proxy(self.endpoint, body, data=data)
+        except GatewayError as error:
+            await send_error(send, error)
+            return
+        headers = _route_headers(result)
+        if result.stream is None:
+            payload = result.body or b""
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": result.status,
+                    "headers": [
+                        (b"content-type", result.content_type.encode("latin-1")),
+                        (b"content-length", b"%d" % len(payload)),
+                        *headers,
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": payload})
+            return
+        stream = result.stream
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"text/event-stream; charset=utf-8"),
+                        (b"cache-control", b"no-cache"),
+                        (b"x-accel-buffering", b"no"),
+                        *headers,
+                    ],
+                }
+            )
+            async for event in stream:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            await stream.aclose()
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self.max_body
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    if int(value) > limit:
+                        raise payload_too_large(limit)
+                except ValueError:
+                    raise GatewayError(400, "Invalid Content-Length header") from None
+                break
+        message = await receive()
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body", False):
+            if len(body) > limit:
+                raise payload_too_large(limit)
+            return body
+        parts = [body]
+        size = len(body)
+        while message.get("more_body", False):
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise GatewayError(400, "The client went away while sending the body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise payload_too_large(limit)
+            parts.append(chunk)
+        return b"".join(parts)
+
+
+def _route_headers(result: ProxyResult) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in result.headers().items()]
+
+
+async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], gone: asyncio.Event) -> None:
+    """Cancel ``task`` when the client disconnects."""
+    with contextlib.suppress(Exception):
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+                task.cancel()
+                return

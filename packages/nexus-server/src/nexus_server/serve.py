@@ -1,0 +1,90 @@
+"""``nexus serve``: run the gateway under uvicorn (uvloop + httptools) until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Generator
+
+import uvicorn
+
+from nexus_core.config import LogFormat, NexusConfig
+from nexus_core.gateway import Gateway
+from nexus_server.app import create_app
+
+log = logging.getLogger("nexus.server")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (and exception text)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(config: NexusConfig) -> None:
+    """Configure the root logger from ``[logging]``."""
+    level = getattr(logging, config.logging.level.value.upper())
+    handler = logging.StreamHandler(sys.stderr)
+    if config.logging.format is LogFormat.JSON:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    for component, component_level in config.logging.component_levels.items():
+        logging.getLogger(f"nexus.{component}").setLevel(component_level.value.upper())
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server, but a SIGTERM/SIGINT that drained cleanly ends the process with 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """Handle signals as uvicorn does, without re-raising them after a clean shutdown."""
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
+
+
+def build_server(config: NexusConfig) -> uvicorn.Server:
+    """A uvicorn server for the gateway described by ``config``."""
+    gateway = Gateway(config)
+    app = create_app(gateway, default_ollama=True)
+    server_config = uvicorn.Config(
+        app,
+        host=config.server.host,
+        port=config.server.port,
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=config.logging.level.value,
+        log_config=None,
+        timeout_graceful_shutdown=int(config.server.drain_timeout_seconds) or None,
+        server_header=False,
+        proxy_headers=False,
+    )
+    return GatewayServer(server_config)
+
+
+def run(config: NexusConfig) -> int:
+    """Serve until stopped; 0 on a clean shutdown (SIGTERM drains in-flight requests first)."""
+    setup_logging(config)
+    if config.discovery.enabled:
+        log.info("mDNS discovery is not part of this version yet; using configured backends")
+    server = build_server(config)
+    log.info("nexus listening on http://%s:%d", config.server.host, config.server.port)
+    server.run()
+    return 0 if server.started else 1

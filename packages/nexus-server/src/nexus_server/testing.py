@@ -1,0 +1,72 @@
+"""Run a real Nexus server in a background thread, for end-to-end tests with real clients."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+from nexus_core.adapters import AdapterFactory
+from nexus_core.config import NexusConfig, validate_config
+from nexus_core.gateway import Gateway
+from nexus_server.app import create_app
+
+
+@dataclass
+class RunningServer:
+    """A server started by ``running_server``: its base URL and its gateway."""
+
+    url: str
+    gateway: Gateway
+    server: uvicorn.Server
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI SDK ``base_url`` (``.../v1``)."""
+        return self.url + "/v1"
+
+
+@contextmanager
+def running_server(
+    config: NexusConfig | Mapping[str, Any],
+    *,
+    backend_types: Mapping[str, AdapterFactory] | None = None,
+    startup_timeout: float = 15.0,
+) -> Iterator[RunningServer]:
+    """Serve ``config`` on 127.0.0.1 (a free port) in a thread until the block ends."""
+    if not isinstance(config, NexusConfig):
+        config = validate_config(config, source="test config")
+    gateway = Gateway(config, backend_types=backend_types)
+    app = create_app(gateway)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            loop="asyncio",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_config=None,
+            timeout_graceful_shutdown=5,
+            proxy_headers=False,
+        )
+    )
+    thread = threading.Thread(target=server.run, name="nexus-test-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield RunningServer(url=f"http://127.0.0.1:{port}", gateway=gateway, server=server)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)

@@ -1,0 +1,410 @@
+"""The ``nexus`` command line, run in-process through cyclopts and as a real subprocess."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import httpx
+import pytest
+from cyclopts import App
+
+from nexus_core import plugins as plugin_host
+from nexus_core.config import NexusConfig, validate_config
+from nexus_core.config_template import example_config
+from nexus_server import __version__
+from nexus_server.cli import app
+
+CLI_PAGE = Path(__file__).resolve().parents[3] / "docs" / "cli.md"
+BUNDLED_TYPES = {"ollama", "vllm", "llamacpp", "lmstudio", "exo", "openai", "localai"}
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No NEXUS_* variable from the developer's shell, and a working directory of our own."""
+    for name in list(os.environ):
+        if name.startswith("NEXUS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def nexus(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run ``nexus ARGS`` in-process; return (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = app(list(args), result_action="return_value")
+    out, err = capsys.readouterr()
+    assert isinstance(code, int)
+    return code, out, err
+
+
+def nexus_process(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nexus_server.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+# --- version -----------------------------------------------------------------------------------
+
+
+def test_version_as_a_process() -> None:
+    result = nexus_process("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == __version__
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / ("nexus.exe" if os.name == "nt" else "nexus")
+    assert script.exists()
+    result = subprocess.run(
+        [str(script), "--version"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.stdout.strip() == __version__
+
+
+def test_cli_module_imports_no_server_or_config_code() -> None:
+    code = (
+        "import sys, nexus_server.cli; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'litestar', 'uvicorn', 'pydantic', 'nexus_core'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+# --- config init / check ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("minimal", [False, True])
+def test_init_then_check_round_trip(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, minimal: bool
+) -> None:
+    args = ["config", "init", *(["--minimal"] if minimal else [])]
+    code, out, _ = nexus(capsys, *args)
+    assert code == 0
+    assert "nexus.toml" in out
+    written = (tmp_path / "nexus.toml").read_text(encoding="utf-8")
+    assert written == example_config(minimal)
+
+    code, out, err = nexus(capsys, "config", "check", "nexus.toml")
+    assert (code, err) == (0, "")
+    assert validate_config(tomllib.loads(out)) == NexusConfig()
+
+    code, out, err = nexus(capsys, "config", "check", "nexus.toml", "--format", "json")
+    assert (code, err) == (0, "")
+    assert validate_config(json.loads(out)) == NexusConfig()
+
+
+def test_init_refuses_to_overwrite_without_force(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    target = tmp_path / "mine.toml"
+    target.write_text("# my settings\n", encoding="utf-8")
+    code, out, err = nexus(capsys, "config", "init", "--output", str(target))
+    assert code == 1
+    assert out == ""
+    assert err == f"{target} already exists; pass --force to overwrite it\n"
+    assert target.read_text(encoding="utf-8") == "# my settings\n"
+
+    code, _, _ = nexus(capsys, "config", "init", "--output", str(target), "--force")
+    assert code == 0
+    assert target.read_text(encoding="utf-8") == example_config(False)
+
+
+def test_init_to_standard_output(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = nexus(capsys, "config", "init", "--minimal", "--output", "-")
+    assert code == 0
+    assert out == example_config(True)
+    assert not (tmp_path / "nexus.toml").exists()
+
+
+def test_check_reports_every_error_and_exits_1(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[sever]\n[routing]\nstrategy = 'best'\n", encoding="utf-8")
+    code, out, err = nexus(capsys, "config", "check", str(path))
+    assert code == 1
+    assert out == ""
+    assert sorted(err.splitlines()) == [
+        f"{path}: routing.strategy: must be 'smart', 'round_robin', 'priority_only', 'random' "
+        "or 'least_loaded' (any case) (got 'best')",
+        f"{path}: sever: unknown key; did you mean 'server'?",
+    ]
+
+
+def test_check_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = nexus(capsys, "config", "check", "absent.toml")
+    assert (code, err) == (1, "absent.toml: no such file\n")
+
+
+def test_check_refuses_unregistered_backend_types(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "nexus.toml"
+    path.write_text(
+        "[[backends]]\nname = 'box'\nurl = 'http://box:11434'\ntype = 'olama'\n", encoding="utf-8"
+    )
+    code, out, err = nexus(capsys, "config", "check")
+    assert code == 1
+    assert out == ""
+    assert err.startswith(
+        "nexus.toml: backends[0].type: unknown backend type 'olama'; did you mean 'ollama'? "
+        "(installed types: "
+    )
+
+
+def test_check_applies_the_environment(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEXUS_PORT", "9123")
+    monkeypatch.setenv("NEXUS_LOG_LEVEL", "DEBUG")
+    code, out, _ = nexus(capsys, "config", "check", "--format", "json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["server"]["port"] == 9123
+    assert data["logging"]["level"] == "debug"
+
+    monkeypatch.setenv("NEXUS_PORT", "many")
+    code, out, err = nexus(capsys, "config", "check")
+    assert (code, out) == (1, "")
+    assert err == "environment variable NEXUS_PORT: server.port: must be an integer (got 'many')\n"
+
+
+def test_check_never_prints_secrets(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = tmp_path / "nexus.toml"
+    path.write_text(
+        "[[backends]]\nname = 'cloud'\nurl = 'https://api.openai.com'\ntype = 'openai'\n"
+        "api_key_env = 'NEXUS_TEST_OPENAI_KEY'\n"
+        "[[backends]]\nname = 'box'\nurl = 'http://admin:hunter2@box:8000'\n"
+        "[state]\nbackend = 'redis'\nredis_url_env = 'NEXUS_TEST_REDIS_URL'\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("NEXUS_TEST_OPENAI_KEY", "sk-test-0123456789")
+    for output_format in ("toml", "json"):
+        code, out, err = nexus(capsys, "config", "check", "--format", output_format)
+        assert code == 0
+        assert "sk-test-0123456789" not in out + err
+        assert "hunter2" not in out + err
+        assert "NEXUS_TEST_OPENAI_KEY" in out
+        assert err == (
+            "warning: state.redis_url_env: the variable it names is NOT set in this environment\n"
+        )
+        if output_format == "toml":
+            assert "# backends[0].api_key_env: the variable it names is set" in out.splitlines()
+
+
+def test_check_output_loads_back_as_the_same_config(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    source = tmp_path / "nexus.toml"
+    source.write_text(example_config(False, include_examples=True), encoding="utf-8")
+    code, out, _ = nexus(capsys, "config", "check")
+    assert code == 0
+    printed = tmp_path / "printed.toml"
+    printed.write_text(out, encoding="utf-8")
+    code, again, _ = nexus(capsys, "config", "check", str(printed))
+    assert code == 0
+    assert tomllib.loads(again) == tomllib.loads(out)
+    expected = validate_config(tomllib.loads(source.read_text(encoding="utf-8")))
+    assert validate_config(tomllib.loads(out)) == expected
+
+
+# --- plugins ---------------------------------------------------------------------------------
+
+
+def test_plugins_json_lists_generic_and_the_bundled_types(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = nexus(capsys, "plugins", "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert out.rstrip("\n") == json.dumps(
+        [dataclasses.asdict(info) for info in plugin_host.plugin_report()], indent=2
+    )
+    fields = {"name", "distribution", "version", "module", "backend_types", "error"}
+    assert all(set(entry) == fields for entry in report)
+    types = {name for entry in report for name in entry["backend_types"]}
+    assert {"generic", *BUNDLED_TYPES} <= types
+    ollama = next(entry for entry in report if "ollama" in entry["backend_types"])
+    assert ollama["distribution"] == "nexusgw-backend-ollama"
+    assert ollama["error"] is None
+
+
+def test_plugins_table_shows_plugins_and_failures(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report = [
+        plugin_host.PluginInfo("ollama", "nexusgw-backend-ollama", "0.1.0", "x", ["ollama"]),
+        plugin_host.PluginInfo(
+            "broken", "nexusgw-backend-broken", "9.9", "broken_mod", error="ImportError: nope"
+        ),
+    ]
+    monkeypatch.setattr(plugin_host, "plugin_report", lambda: report)
+    code, out, _ = nexus(capsys, "plugins")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["PLUGIN", "DISTRIBUTION", "VERSION", "BACKEND", "TYPES", "STATUS"]
+    assert lines[1].split() == ["ollama", "nexusgw-backend-ollama", "0.1.0", "ollama", "ok"]
+    assert lines[2].split() == ["broken", "nexusgw-backend-broken", "9.9", "-", "FAILED"]
+    assert "broken (broken_mod) failed: ImportError: nope" in lines
+
+
+def test_plugins_table_with_the_real_plugins(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = nexus(capsys, "plugins")
+    assert code == 0
+    for backend_type in ("generic", *BUNDLED_TYPES):
+        assert backend_type in out
+
+
+# --- completions -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completions(capsys: pytest.CaptureFixture[str], shell: str) -> None:
+    code, out, _ = nexus(capsys, "completions", shell)
+    assert code == 0
+    assert "nexus" in out
+    for word in ("serve", "config", "plugins", "no-discovery"):
+        assert word in out, word
+
+
+def test_completions_for_an_unknown_shell_fail() -> None:
+    result = nexus_process("completions", "tcsh")
+    assert result.returncode != 0
+    assert result.stdout == ""
+
+
+# --- serve -----------------------------------------------------------------------------------
+
+
+def test_serve_turns_flags_into_overrides(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import nexus_server.serve
+
+    seen: list[NexusConfig] = []
+
+    def fake_run(config: NexusConfig) -> int:
+        seen.append(config)
+        return 7
+
+    monkeypatch.setattr(nexus_server.serve, "run", fake_run)
+    path = tmp_path / "custom.toml"
+    path.write_text("[server]\nport = 9000\nhost = '10.0.0.1'\n", encoding="utf-8")
+    monkeypatch.setenv("NEXUS_PORT", "9100")
+
+    code, _, _ = nexus(capsys, "serve", "--config", str(path))
+    assert code == 7
+    assert (seen[-1].server.host, seen[-1].server.port) == ("10.0.0.1", 9100)
+    assert seen[-1].discovery.enabled
+    assert seen[-1].health_check.enabled
+
+    args = ["--host", "127.0.0.1", "--port", "9200", "--no-discovery", "--no-health-check"]
+    code, _, _ = nexus(capsys, "serve", "--config", str(path), *args)
+    assert code == 7
+    assert (seen[-1].server.host, seen[-1].server.port) == ("127.0.0.1", 9200)
+    assert not seen[-1].discovery.enabled
+    assert not seen[-1].health_check.enabled
+
+
+def test_serve_with_a_bad_configuration_exits_1(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nexus_server.serve
+
+    monkeypatch.setattr(nexus_server.serve, "run", lambda config: pytest.fail("must not run"))
+    code, out, err = nexus(capsys, "serve", "--port", "0")
+    assert (code, out) == (1, "")
+    assert err == "command line: server.port: must be >= 1 (got 0)\n"
+    code, _, err = nexus(capsys, "serve", "--config", "absent.toml")
+    assert (code, err) == (1, "absent.toml: no such file\n")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.mark.slow
+def test_serve_runs_the_gateway_until_sigterm(tmp_path: Path) -> None:
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "nexus_server.cli", "serve", "--host", "127.0.0.1"),
+            *("--port", str(port), "--no-discovery", "--no-health-check"),
+        ],
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        response = None
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert response is not None, "nexus serve did not answer"
+        assert response.status_code == 200
+        assert response.json()["version"] == __version__
+        process.send_signal(signal.SIGTERM)
+        # uvicorn re-raises SIGTERM once it has shut down cleanly, so either code is a clean stop.
+        assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        output = process.communicate(timeout=10)[0]
+    assert "listening" in output
+
+
+# --- documentation -----------------------------------------------------------------------------
+
+
+def _commands(parent: App, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], App]]:
+    found: list[tuple[tuple[str, ...], App]] = []
+    for name in parent:
+        if name.startswith("-"):
+            continue
+        command = parent[name]
+        if any(not sub.startswith("-") for sub in command):
+            found += _commands(command, (*prefix, name))
+        else:
+            found.append(((*prefix, name), command))
+    return found
+
+
+def test_every_command_and_flag_is_on_the_cli_page() -> None:
+    text = CLI_PAGE.read_text(encoding="utf-8")
+    commands = _commands(app)
+    assert {path for path, _ in commands} >= {("serve",), ("config", "init"), ("plugins",)}
+    for path, command in commands:
+        assert f"## `nexus {' '.join(path)}`" in text, path
+        for argument in command.assemble_argument_collection():
+            if argument.field_info.kind is inspect.Parameter.KEYWORD_ONLY:
+                assert f"`{argument.names[0]}" in text, (path, argument.names[0])
