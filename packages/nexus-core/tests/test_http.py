@@ -1,4 +1,4 @@
-"""The hot-path client (AiohttpTransport) against a real fake backend over 127.0.0.1."""
+"""The hot-path clients (aiohttp, and httpx for comparison) against a real fake backend."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import json
 import ssl
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import httpx
 import pytest
 
 from nexus_core.adapters import BackendError, ErrorKind, Timeouts, UpstreamResponse
-from nexus_core.http import AiohttpTransport
+from nexus_core.http import AiohttpTransport, make_transport
 from nexus_core.testing import Behaviour, FakeBackend, blackhole_url, closed_port_url
 
 pytestmark = pytest.mark.anyio
@@ -36,9 +37,10 @@ async def fake(anyio_backend: str) -> AsyncIterator[FakeBackend]:
         yield fb
 
 
-@pytest.fixture
-async def transport(anyio_backend: str) -> AsyncIterator[AiohttpTransport]:
-    client = AiohttpTransport()
+@pytest.fixture(params=["aiohttp", "httpx"])
+async def transport(anyio_backend: str, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """Both hot-path clients must behave the same; aiohttp is the default."""
+    client = make_transport(request.param)
     yield client
     await client.aclose()
 

@@ -303,6 +303,8 @@ class Router:
         if plain and reasons is None:
             return [b for b in serving if b.status is healthy]
         out: list[Backend] = []
+        vision, tools, json_mode = needs.vision, needs.tools, needs.json_mode
+        tokens = needs.estimated_tokens
         for backend in serving:
             status = backend.status
             if status is not healthy:
@@ -310,12 +312,16 @@ class Router:
                     detail = f": {backend.last_error}" if backend.last_error else ""
                     reasons.append({"backend": backend.name, "reason": f"{status.value}{detail}"})
                 continue
-            if not plain:
-                lack = _lacks(backend.models.get(model), needs)
-                if lack is not None:
-                    if reasons is not None:
-                        reasons.append({"backend": backend.name, "reason": lack})
-                    continue
+            info = backend.models.get(model)
+            if info is not None and (
+                (vision and info.vision is False)
+                or (tools and info.tools is False)
+                or (json_mode and info.json_mode is False)
+                or (info.context_length is not None and tokens > info.context_length)
+            ):
+                if reasons is not None:
+                    reasons.append({"backend": backend.name, "reason": _lacks(info, needs) or ""})
+                continue
             out.append(backend)
         return out
 
