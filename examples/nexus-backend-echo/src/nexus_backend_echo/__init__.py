@@ -108,7 +108,7 @@ class EchoAdapter:
         """Nothing to release."""
 
     @classmethod
-    async def detect(cls, url: str, clients: HttpClients) -> bool:
+    async def detect(cls, url: str, clients: HttpClients, api_key: str | None = None) -> bool:
         """Never: there is no echo server on the network to recognise."""
         return False
 

@@ -26,7 +26,7 @@ class ExoAdapter(OpenAIWireAdapter):
     is_cloud: ClassVar[bool] = False
 
     @classmethod
-    async def detect(cls, url: str, clients: HttpClients) -> bool:
+    async def detect(cls, url: str, clients: HttpClients, api_key: str | None = None) -> bool:
         """True when ``/v1/models`` lists a card owned by ``exo``."""
         try:
             response = await clients.probe.get(api_base(url) + cls.models_path)

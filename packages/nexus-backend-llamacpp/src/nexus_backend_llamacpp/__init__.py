@@ -62,7 +62,7 @@ class LlamaCppAdapter(OpenAIWireAdapter):
         )
 
     @classmethod
-    async def detect(cls, url: str, clients: HttpClients) -> bool:
+    async def detect(cls, url: str, clients: HttpClients, api_key: str | None = None) -> bool:
         """True when ``/health`` answers like llama-server: ``{"status": "ok"}`` or loading."""
         root = api_base(url).removesuffix("/v1")
         try:

@@ -26,7 +26,7 @@ class LMStudioAdapter(OpenAIWireAdapter):
     is_cloud: ClassVar[bool] = False
 
     @classmethod
-    async def detect(cls, url: str, clients: HttpClients) -> bool:
+    async def detect(cls, url: str, clients: HttpClients, api_key: str | None = None) -> bool:
         """True when ``GET /api/v0/models`` answers a model list."""
         root = api_base(url).removesuffix("/v1")
         try:

@@ -43,7 +43,7 @@ class LocalAIAdapter(OpenAIWireAdapter):
         return await super().probe()
 
     @classmethod
-    async def detect(cls, url: str, clients: HttpClients) -> bool:
+    async def detect(cls, url: str, clients: HttpClients, api_key: str | None = None) -> bool:
         """True when ``/readyz`` answers 200 and ``/v1/models`` an OpenAI model list."""
         root = api_base(url).removesuffix("/v1")
         try:

@@ -61,7 +61,7 @@ class OllamaAdapter(OpenAIWireAdapter):
         )
 
     @classmethod
-    async def detect(cls, url: str, clients: HttpClients) -> bool:
+    async def detect(cls, url: str, clients: HttpClients, api_key: str | None = None) -> bool:
         """True when ``GET /api/version`` answers ``{"version": "..."}``."""
         root = api_base(url).removesuffix("/v1")
         try:

@@ -29,7 +29,7 @@ class OpenAIAdapter(OpenAIWireAdapter):
     is_cloud: ClassVar[bool] = True
 
     @classmethod
-    async def detect(cls, url: str, clients: HttpClients) -> bool:
+    async def detect(cls, url: str, clients: HttpClients, api_key: str | None = None) -> bool:
         """True for ``api.openai.com``; no request is made."""
         try:
             return httpx.URL(url).host == OPENAI_HOST

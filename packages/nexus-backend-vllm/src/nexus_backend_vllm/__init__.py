@@ -44,7 +44,7 @@ class VLLMAdapter(OpenAIWireAdapter):
         return await super().probe()
 
     @classmethod
-    async def detect(cls, url: str, clients: HttpClients) -> bool:
+    async def detect(cls, url: str, clients: HttpClients, api_key: str | None = None) -> bool:
         """True when ``/v1/models`` lists a vLLM model card."""
         try:
             response = await clients.probe.get(api_base(url) + cls.models_path)

@@ -223,6 +223,6 @@ class AdapterFactory(Protocol):
 
     def __call__(self, config: BackendConfig, clients: HttpClients) -> BackendAdapter: ...
 
-    async def detect(self, url: str, clients: HttpClients) -> bool:
-        """Return True when the server at ``url`` looks like this type."""
+    async def detect(self, url: str, clients: HttpClients, api_key: str | None = None) -> bool:
+        """Return True when the server at ``url`` looks like this type (cheap, no side effects)."""
         ...

@@ -233,6 +233,11 @@ class HealthCheckConfig(Section):
         ge=1,
         description="Consecutive good probes before an unhealthy backend is healthy again.",
     )
+    load_interval_seconds: PositiveSeconds = Field(
+        default=2.0,
+        description="Time between two reads of a backend's load (busy slots, queue) for adapters "
+        "whose server reports it.",
+    )
 
 
 class WeightsConfig(Section):

@@ -147,6 +147,7 @@ class Gateway:
         else:
             # Trusted as healthy: the one probe above only taught us its models.
             self.registry.set_status(entry, BackendStatus.HEALTHY, "health checks disabled")
+            self.health.watch(entry, probe=False)
         return entry
 
     async def remove_backend(self, name: str) -> bool:

@@ -25,6 +25,7 @@ class HealthChecker:
         self.registry = registry
         self.config = config
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._load_tasks: dict[str, asyncio.Task[None]] = {}
 
     async def check(self, backend: Backend) -> ProbeResult:
         """Probe one backend now and apply the result."""
@@ -54,7 +55,8 @@ class HealthChecker:
             backend.last_error = None
             backend.observe_latency(elapsed_ms)
             registry.set_models(backend, result.models)
-            backend.load = result.load
+            if result.load is not None:
+                backend.set_load(result.load)
             backend.version = result.version or backend.version
             if backend.status is BackendStatus.DRAINING:
                 return
@@ -80,26 +82,55 @@ class HealthChecker:
         ):
             registry.set_status(backend, BackendStatus.UNHEALTHY, result.detail)
 
-    def watch(self, backend: Backend) -> None:
-        """Start the periodic probe task of one backend."""
-        if backend.name in self._tasks:
-            return
-        self._tasks[backend.name] = asyncio.get_running_loop().create_task(
-            self._loop(backend), name=f"nexus-health-{backend.name}"
-        )
+    def watch(self, backend: Backend, *, probe: bool = True) -> None:
+        """Start the periodic tasks of one backend: probes, and load reads if it reports load."""
+        loop = asyncio.get_running_loop()
+        if probe and backend.name not in self._tasks:
+            self._tasks[backend.name] = loop.create_task(
+                self._loop(backend), name=f"nexus-health-{backend.name}"
+            )
+        if getattr(backend.adapter, "load", None) is not None and backend.name not in (
+            self._load_tasks
+        ):
+            self._load_tasks[backend.name] = loop.create_task(
+                self._load_loop(backend), name=f"nexus-load-{backend.name}"
+            )
 
     async def unwatch(self, name: str) -> None:
         """Stop probing one backend."""
-        task = self._tasks.pop(name, None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for tasks in (self._tasks, self._load_tasks):
+            task = tasks.pop(name, None)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def stop(self) -> None:
         """Stop every probe task."""
-        for name in list(self._tasks):
+        for name in {*self._tasks, *self._load_tasks}:
             await self.unwatch(name)
+
+    async def read_load(self, backend: Backend) -> None:
+        """Ask a backend for its load now (adapters with an optional ``load()`` method)."""
+        reader = getattr(backend.adapter, "load", None)
+        if reader is None:
+            return
+        try:
+            async with asyncio.timeout(self.config.timeout_seconds):
+                signal = await reader()
+        except Exception as exc:  # load is advisory: a failure only means "unknown"
+            log.debug("load read of %s failed: %r", backend.name, exc)
+            signal = None
+        backend.set_load(signal)
+
+    async def _load_loop(self, backend: Backend) -> None:
+        interval = self.config.load_interval_seconds
+        while True:
+            await asyncio.sleep(interval * random.uniform(1 - JITTER, 1 + JITTER))
+            if self.registry.get(backend.name) is not backend:
+                return
+            if backend.status is BackendStatus.HEALTHY:
+                await self.read_load(backend)
 
     async def _loop(self, backend: Backend) -> None:
         interval = self.config.interval_seconds

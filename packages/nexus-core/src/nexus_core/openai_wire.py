@@ -111,10 +111,11 @@ class OpenAIWireAdapter:
         """Nothing of its own to release: the HTTP clients are shared."""
 
     @classmethod
-    async def detect(cls, url: str, clients: HttpClients) -> bool:
+    async def detect(cls, url: str, clients: HttpClients, api_key: str | None = None) -> bool:
         """True when ``GET {url}/v1/models`` answers an OpenAI model list."""
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         try:
-            response = await clients.probe.get(api_base(url) + cls.models_path)
+            response = await clients.probe.get(api_base(url) + cls.models_path, headers=headers)
             return response.status_code == 200 and isinstance(response.json().get("data"), list)
         except (httpx.HTTPError, ValueError, AttributeError):
             return False

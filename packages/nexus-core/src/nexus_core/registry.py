@@ -44,6 +44,8 @@ class Backend:
     priority: int = 50
     tier: int = 1
     max_concurrent: int | None = None
+    #: How busy the server says it is, 0..1, from ``load`` (0 when it says nothing).
+    load_busy: float = 0.0
 
     def __post_init__(self) -> None:
         self.priority = self.config.priority
@@ -59,6 +61,11 @@ class Backend:
     def kind(self) -> str:
         """``cloud`` or ``local``, as the X-Nexus-Backend-Type header says."""
         return "cloud" if self.is_cloud else "local"
+
+    def set_load(self, signal: LoadSignal | None) -> None:
+        """Record what the server reports about its load, and the 0..1 busy figure from it."""
+        self.load = signal
+        self.load_busy = busy_fraction(signal)
 
     def observe_latency(self, milliseconds: float) -> None:
         """Fold one latency sample into the moving average."""
@@ -101,6 +108,21 @@ class Backend:
                 for m in self.models.values()
             ],
         }
+
+
+def busy_fraction(signal: LoadSignal | None) -> float:
+    """0..1: the larger of slot use, queue pressure and KV-cache use that a server reports."""
+    if signal is None:
+        return 0.0
+    busy = 0.0
+    total = signal.total_slots
+    if total:
+        busy = ((signal.busy_slots or 0) + (signal.queue_depth or 0)) / total
+    elif signal.queue_depth:
+        busy = signal.queue_depth / 10
+    if signal.kv_cache_usage is not None:
+        busy = max(busy, signal.kv_cache_usage)
+    return min(1.0, max(0.0, busy))
 
 
 class Registry:

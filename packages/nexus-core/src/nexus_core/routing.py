@@ -125,12 +125,15 @@ class Strategy(Protocol):
 
 
 def load_ratio(backend: Backend) -> float:
-    """Busy fraction in [0, 1]: pending over the limit, or pending/10 without a limit."""
+    """Busy fraction in [0, 1]: the larger of Nexus's own count and what the server reports.
+
+    Nexus's count is pending over ``max_concurrent`` (pending/10 without a limit).
+    """
     limit = backend.max_concurrent
     pending = backend.pending
-    if limit:
-        return min(1.0, pending / limit)
-    return min(1.0, pending / 10)
+    own = pending / limit if limit else pending / 10
+    busy = own if own > backend.load_busy else backend.load_busy
+    return busy if busy < 1.0 else 1.0
 
 
 class SmartStrategy:
@@ -162,6 +165,8 @@ class SmartStrategy:
             latency = b.latency_ms
             limit = b.max_concurrent
             busy = b.pending / limit if limit else b.pending / 10
+            if b.load_busy > busy:
+                busy = b.load_busy
             scored.append(
                 (
                     -(

@@ -122,11 +122,18 @@ class _Done:
 class FakeBackend:
     """A fake OpenAI-compatible server on ``127.0.0.1``.
 
+    Fakes of other servers subclass it: ``inference_paths`` adds their own request paths (which
+    behaviours apply to), ``route`` answers their own endpoints before the OpenAI ones, and
+    ``error_body`` gives their error shape.
+
     ``async with FakeBackend() as fb:`` runs it in the current event loop;
     ``with FakeBackend().running() as fb:`` runs it in its own loop in a daemon thread, for
     synchronous tests and for a gateway running in another thread. ``behave``, ``push``,
     ``reset`` and the recorded lists are safe to use from any thread.
     """
+
+    #: Paths whose requests are inference (behaviours apply), and what kind each is.
+    inference_paths: Mapping[str, str] = _INFERENCE_PATHS
 
     def __init__(
         self,
@@ -181,7 +188,7 @@ class FakeBackend:
     @property
     def inference_requests(self) -> list[RecordedRequest]:
         """The requests to chat, completions and embeddings (not health checks or model lists)."""
-        return [r for r in list(self.requests) if r.path in _INFERENCE_PATHS]
+        return [r for r in list(self.requests) if r.path in self.inference_paths]
 
     def behave(self, behaviour: Behaviour) -> None:
         """Set the default behaviour (or, if ``behaviour.times`` is set, queue it like ``push``)."""
@@ -323,7 +330,7 @@ class FakeBackend:
         )
         with self._lock:
             self.requests.append(record)
-        kind = _INFERENCE_PATHS.get(path) if request.method == "POST" else None
+        kind = self.inference_paths.get(path) if request.method == "POST" else None
         behaviour = self._next_behaviour(inference=kind is not None)
         exchange = _Exchange()
         task = asyncio.current_task()
@@ -403,12 +410,15 @@ class FakeBackend:
         if behaviour.status >= 400:
             error = behaviour.error_body
             if error is None:
-                error = shapes.default_error(behaviour.status)
+                error = self.error_body(behaviour.status)
             headers = {}
             if behaviour.retry_after is not None:
                 headers["Retry-After"] = f"{behaviour.retry_after:g}"
             return _json(error, behaviour.status, headers)
 
+        custom = await self.route(request, body, kind, behaviour, exchange)
+        if custom is not None:
+            return custom
         if method == "GET" and path == "/health":
             return self._ok(behaviour, {"status": "ok"}, extra=False)
         if method == "GET" and path == "/v1/models":
@@ -456,6 +466,23 @@ class FakeBackend:
         if kind == "embeddings":
             return self._embeddings(behaviour, payload, model)
         return await self._generate(request, behaviour, payload, model, kind, exchange)
+
+    # -- what subclasses for other servers override ----------------------------------------------
+
+    async def route(
+        self,
+        request: web.Request,
+        body: bytes,
+        kind: str | None,
+        behaviour: Behaviour,
+        exchange: _Exchange,
+    ) -> web.StreamResponse | None:
+        """Answer a server-specific endpoint, or None to fall through to the OpenAI ones."""
+        return None
+
+    def error_body(self, status: int) -> dict[str, Any]:
+        """The error body this server sends for ``status`` (OpenAI's envelope here)."""
+        return shapes.default_error(status)
 
     def _model_ids(self) -> set[str]:
         return {

@@ -1,0 +1,33 @@
+"""pytest plugin (entry point ``pytest11``): fixtures for adapter authors.
+
+Installed with nexusgw-core, so any project that tests an adapter gets:
+
+- ``nexus_fake_backend``: a running ``FakeBackend`` (OpenAI wire) on 127.0.0.1, reset per test;
+- ``nexus_http_clients``: the ``HttpClients`` adapters are built with, closed after the test.
+
+The contract suite is a class to subclass: ``nexus_core.testing.contract.AdapterContract``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from nexus_core.http import HttpClients
+from nexus_core.testing.fake_backend import FakeBackend
+
+
+@pytest.fixture
+def nexus_fake_backend() -> Iterator[FakeBackend]:
+    """An OpenAI-wire fake server (its own thread), serving ``fake-model``."""
+    with FakeBackend("fake").running() as backend:
+        yield backend
+
+
+@pytest.fixture
+async def nexus_http_clients() -> AsyncIterator[HttpClients]:
+    """Shared HTTP clients for adapters under test (use inside async tests)."""
+    clients = HttpClients()
+    yield clients
+    await clients.aclose()
