@@ -36,6 +36,8 @@ CLOUD_TYPES = frozenset(
     {"openai", "anthropic", "azure", "groq", "together", "mistral", "openrouter"}
 )
 MAX_ALIAS_DEPTH = 3
+#: The backend type meaning "probe the server and pick the most specific type that answers".
+AUTO_TYPE = "auto"
 DEFAULT_CONFIG_FILE = "nexus.toml"
 CONFIG_ENV_VAR = "NEXUS_CONFIG"
 
@@ -445,9 +447,9 @@ class BackendConfig(Section):
         examples=["http://192.168.1.20:11434"],
     )
     type: str = Field(
-        default="generic",
+        default=AUTO_TYPE,
         description="Backend type registered by a plugin (`nexus plugins` lists them); "
-        "generic is any OpenAI-compatible server.",
+        "generic is any OpenAI-compatible server; auto asks the server what it is.",
         examples=["ollama"],
     )
     priority: int = Field(

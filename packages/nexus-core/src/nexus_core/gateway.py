@@ -10,9 +10,10 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any, Literal, Self, overload
+from urllib.parse import urlsplit
 
 from nexus_core.adapters import AdapterFactory, BackendStatus, Endpoint, Timeouts
-from nexus_core.config import BackendConfig, NexusConfig, validate_config
+from nexus_core.config import AUTO_TYPE, BackendConfig, NexusConfig, validate_config
 from nexus_core.errors import GatewayError
 from nexus_core.failover import ProxyResult, ProxyStream, execute
 from nexus_core.health import HealthChecker
@@ -24,6 +25,9 @@ from nexus_core.sse import event_data
 log = logging.getLogger("nexus.gateway")
 
 __all__ = ["Gateway", "ProxyResult", "ProxyStream"]
+
+#: Rank of a backend type without a ``detect_rank`` attribute (lower is more specific).
+DEFAULT_DETECT_RANK = 50
 
 
 class Gateway:
@@ -59,6 +63,9 @@ class Gateway:
         self.request_timeout = server.request_timeout_seconds
         self.started_at = time.time()
         self._started = False
+        self._undetected: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self.registry.subscribe(self._on_registry_event)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -112,14 +119,27 @@ class Gateway:
     # -- backends -----------------------------------------------------------------------------
 
     async def add_backend(
-        self, backend: BackendConfig | Mapping[str, Any], *, source: str = "api"
+        self, backend: BackendConfig | Mapping[str, Any] | str, *, source: str = "api"
     ) -> Backend:
-        """Register a backend, probe it once, and keep probing it."""
-        config = backend if isinstance(backend, BackendConfig) else BackendConfig(**backend)
+        """Register a backend (a config, a dict, or just a URL), probe it once, keep probing it.
+
+        With type ``auto`` (the default) the server is asked what it is first.
+        """
+        if isinstance(backend, str):
+            config = BackendConfig(name=_name_from_url(backend), url=backend)
+        elif isinstance(backend, BackendConfig):
+            config = backend
+        else:
+            config = BackendConfig(**backend)
         if config.name in self.registry:
             raise GatewayError(
                 409, f"A backend named '{config.name}' exists already", code="backend_exists"
             )
+        undetected = False
+        if config.type == AUTO_TYPE:
+            detected = await self.detect_type(config.url, api_key=config.api_key())
+            undetected = detected is None
+            config = config.model_copy(update={"type": detected or "generic"})
         factory = self.backend_types.get(config.type)
         if factory is None:
             known = ", ".join(sorted(self.backend_types)) or "none"
@@ -130,15 +150,16 @@ class Gateway:
                 param="type",
                 code="unknown_backend_type",
             )
-        adapter = factory(config, self.clients)
         entry = Backend(
             name=config.name,
             config=config,
-            adapter=adapter,
+            adapter=factory(config, self.clients),
             zone=config.effective_zone,
             is_cloud=factory.is_cloud,
             source=source,
         )
+        if undetected:
+            self._undetected.add(entry.name)
         self.registry.add(entry)
         self.registry.set_models(entry, ())  # what the config declares, before any probe
         await self.health.check(entry)
@@ -149,6 +170,69 @@ class Gateway:
             self.registry.set_status(entry, BackendStatus.HEALTHY, "health checks disabled")
             self.health.watch(entry, probe=False)
         return entry
+
+    async def detect_type(self, url: str, *, api_key: str | None = None) -> str | None:
+        """The most specific installed backend type that recognises the server at ``url``.
+
+        Every type's ``detect`` runs at once (bounded by the probe timeout); among the types
+        that answer yes, the lowest ``detect_rank`` wins (default 50, then by name), and
+        ``generic`` only when nothing more specific does. None when nothing recognises it.
+        """
+        timeout = self.config.health_check.timeout_seconds
+
+        async def check(name: str, factory: AdapterFactory) -> str | None:
+            try:
+                async with asyncio.timeout(timeout):
+                    found = await factory.detect(url, self.clients, api_key=api_key)
+            except Exception as exc:  # a detector that raises only means "not this type"
+                log.debug("detect of %s as %s failed: %r", url, name, exc)
+                return None
+            return name if found else None
+
+        types = self.backend_types
+        answers = await asyncio.gather(*(check(name, factory) for name, factory in types.items()))
+        matches = [name for name in answers if name is not None]
+        if not matches:
+            return None
+        return min(
+            matches,
+            key=lambda name: (
+                name == "generic",
+                getattr(types[name], "detect_rank", DEFAULT_DETECT_RANK),
+                name,
+            ),
+        )
+
+    def _on_registry_event(self, event: str, backend: Backend) -> None:
+        # A backend added while its server was down was typed generic; ask again once it is up.
+        if (
+            event == "status"
+            and backend.status is BackendStatus.HEALTHY
+            and backend.name in self._undetected
+        ):
+            self._undetected.discard(backend.name)
+            task = asyncio.get_running_loop().create_task(self._redetect(backend))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _redetect(self, backend: Backend) -> None:
+        detected = await self.detect_type(backend.config.url, api_key=backend.config.api_key())
+        if detected is None or detected == backend.config.type:
+            return
+        if self.registry.get(backend.name) is not backend:
+            return
+        factory = self.backend_types[detected]
+        config = backend.config.model_copy(update={"type": detected})
+        old = backend.adapter
+        backend.config = config
+        backend.adapter = factory(config, self.clients)
+        backend.is_cloud = factory.is_cloud
+        backend.zone = config.effective_zone
+        log.info("backend %s: detected type %s", backend.name, detected)
+        await old.close()
+        await self.health.unwatch(backend.name)
+        await self.health.check(backend)
+        self.health.watch(backend, probe=self.config.health_check.enabled)
 
     async def remove_backend(self, name: str) -> bool:
         """Remove a backend; requests already on it finish. False if there was none."""
@@ -346,6 +430,12 @@ async def _chunks(stream: ProxyStream) -> AsyncIterator[dict[str, Any]]:
             yield chunk
     finally:
         await stream.aclose()
+
+
+def _name_from_url(url: str) -> str:
+    """A backend name from a URL: ``http://10.0.0.5:11434/v1`` -> ``10.0.0.5-11434``."""
+    netloc = urlsplit(url).netloc or url
+    return netloc.rsplit("@", 1)[-1].replace(":", "-").strip("[]") or "backend"
 
 
 def new_request_id() -> str:

@@ -172,12 +172,13 @@ def _backend_type_problems(config: NexusConfig, source: str) -> list[str]:
     """One line per backend whose type no installed plugin registers."""
     import difflib
 
+    from nexus_core.config import AUTO_TYPE
     from nexus_core.plugins import backend_types, plugin_report
 
     known = sorted(backend_types())
     problems: list[str] = []
     for index, backend in enumerate(config.backends):
-        if backend.type in known:
+        if backend.type in known or backend.type == AUTO_TYPE:
             continue
         close = difflib.get_close_matches(backend.type, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
