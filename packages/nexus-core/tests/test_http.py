@@ -180,12 +180,25 @@ async def test_connect_timeout(transport: AiohttpTransport) -> None:
 async def test_connection_reset_before_any_response(
     fake: FakeBackend, transport: AiohttpTransport
 ) -> None:
-    fake.push(Behaviour(reset=True))
+    # aiohttp's transport retries once on a fresh connection (see the next test): reset both.
+    fake.push(Behaviour(reset=True, times=2 if isinstance(transport, AiohttpTransport) else 1))
     with pytest.raises(BackendError) as caught:
         await post(transport, fake)
     assert caught.value.kind is ErrorKind.CONNECT
     # The pool recovers: the next request gets a fresh connection.
     assert (await post(transport, fake)).status == 200
+
+
+async def test_a_dropped_connection_is_retried_once_afresh(fake: FakeBackend) -> None:
+    """A pooled connection the server closed without saying so costs one quiet retry."""
+    transport = AiohttpTransport()
+    try:
+        assert (await post(transport, fake)).status == 200
+        fake.push(Behaviour(reset=True))
+        assert (await post(transport, fake)).status == 200
+        assert len(fake.inference_requests) == 3
+    finally:
+        await transport.aclose()
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -244,3 +244,21 @@ def test_replace_model_changes_only_the_model(
     assert json.loads(out) == {**data, "model": new_model}
     prefix = body[: body.index(b'"model"')]
     assert out.startswith(prefix)
+
+
+def test_backends_where_the_model_is_loaded_come_first() -> None:
+    registry = Registry()
+    make_backend(registry, "cold", [ModelInfo("m", loaded=False)], priority=1)
+    make_backend(registry, "warm", [ModelInfo("m", loaded=True)], priority=90)
+    make_backend(registry, "unknown", [ModelInfo("m")], priority=50)
+    names = [r.backend.name for r in Router(registry, RoutingConfig()).plan(chat("m"))]
+    assert names == ["unknown", "warm", "cold"]
+
+
+def test_untagged_name_means_latest() -> None:
+    registry = Registry()
+    make_backend(registry, "o", ["llama3.2:latest", "qwen:7b"])
+    router = Router(registry, RoutingConfig())
+    assert router.plan(chat("llama3.2"))[0].model == "llama3.2:latest"
+    with pytest.raises(GatewayError):
+        router.plan(chat("qwen"))  # only :latest is implied, never another tag

@@ -1,29 +1,139 @@
-"""Nexus backend type ``exo``: an exo cluster's API (default port 52415).
+"""Nexus backend type ``exo``: an exo cluster's API, on its API port (52415 by default).
 
-Implemented: probing with ``GET /v1/models`` (the base class; exo states ``context_length``);
-recognising a server by its model cards (``owned_by: exo``). Requests go to ``/v1/...`` unchanged.
-Not yet: which models have a running instance (``/state``); exo lists every model card it knows.
+exo's ``GET /v1/models`` lists every model card it knows, whether or not it runs; a chat for a
+model without a running instance is a 404. A probe therefore reads the cards (``context_length``,
+0 meaning unknown; ``capabilities`` such as ``vision``; ``tasks``, to leave out image models) and
+keeps the models that ``GET /ollama/api/ps`` says have an instance (every text card when that
+endpoint is missing). exo serves chat only: no ``/v1/completions``, no ``/v1/embeddings``.
+
+Requests go to ``/v1/chat/completions`` unchanged. Its streams carry SSE comments
+(``: keep-alive``, ``: prefill_progress``...) that the SSE parser drops, the usage on the finish
+chunk, and chunks whose ``object`` says ``chat.completion``, which the adapter corrects to
+``chat.completion.chunk``. Errors (``{"error": {"type": "<HTTP phrase>", "code": <int>}}``) become
+OpenAI envelopes; a 404 for a model without an instance (stopped since the last probe) moves the
+request to another backend.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import dataclasses
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, ClassVar
 
 import httpx
 
 from nexus_core import hookimpl
+from nexus_core.adapters import (
+    BackendError,
+    BackendStatus,
+    Endpoint,
+    ErrorKind,
+    ModelInfo,
+    ProbeResult,
+    Timeouts,
+    UpstreamResponse,
+)
+from nexus_core.config import BackendConfig
 from nexus_core.http import HttpClients
-from nexus_core.openai_wire import OpenAIWireAdapter, api_base
+from nexus_core.openai_wire import OpenAIWireAdapter, api_base, dumps
 
-__all__ = ["ExoAdapter", "register_backends"]
+__all__ = ["EXO_API_PORT", "ExoAdapter", "register_backends"]
+
+log = logging.getLogger("nexus.backend.exo")
+
+#: exo's default API (and dashboard) port (``--api-port``).
+EXO_API_PORT = 52415
+NO_INSTANCE = "No instance found for model"
+# exo dumps its chunks with pydantic (compact, "id" first): the first occurrence is the top level.
+_CHUNK_OBJECT = (b'"object":"chat.completion",', b'"object":"chat.completion.chunk",')
+_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
 
 class ExoAdapter(OpenAIWireAdapter):
-    """exo: an OpenAI-wire server whose model cards say ``owned_by: exo``."""
+    """exo: model cards from ``/v1/models``, running instances from ``/ollama/api/ps``."""
 
     type_name: ClassVar[str] = "exo"
     is_cloud: ClassVar[bool] = False
+
+    def __init__(self, config: BackendConfig, clients: HttpClients) -> None:
+        super().__init__(config, clients)
+        parsed = httpx.URL(config.url)
+        if parsed.scheme == "http" and parsed.port is None:
+            log.warning(
+                "backend %s: exo listens on port %d by default, but %s names no port",
+                config.name,
+                EXO_API_PORT,
+                config.url,
+            )
+
+    async def probe(self) -> ProbeResult:
+        """Healthy when the cards list; the models are the text cards with a running instance."""
+        # Both at once: the probe's duration counts as the backend's latency.
+        result, running = await asyncio.gather(super().probe(), self._running())
+        if result.status is not BackendStatus.HEALTHY or running is None:
+            return result
+        models = tuple(model for model in result.models if model.id in running)
+        return dataclasses.replace(result, models=models)
+
+    async def _running(self) -> set[str] | None:
+        """Models with an instance, from exo's Ollama shim; None when it does not answer."""
+        url = self.api_base.removesuffix("/v1") + "/ollama/api/ps"
+        try:
+            response = await self.clients.probe.get(url, headers=self._probe_headers())
+            payload = response.json()
+        except (httpx.HTTPError, ValueError):
+            return None
+        models = payload.get("models") if isinstance(payload, dict) else None
+        if response.status_code != 200 or not isinstance(models, list):
+            return None
+        return {
+            entry["model"]
+            for entry in models
+            if isinstance(entry, dict) and isinstance(entry.get("model"), str)
+        }
+
+    def parse_models(self, payload: Any) -> list[ModelInfo]:
+        """Text-generation cards only (image cards cannot chat)."""
+        entries = payload["data"]
+        if not isinstance(entries, list):
+            raise TypeError("'data' is not a list")
+        return [
+            self.model_info(entry)
+            for entry in entries
+            if isinstance(entry, dict) and _generates_text(entry.get("tasks"))
+        ]
+
+    def model_info(self, entry: Mapping[str, Any]) -> ModelInfo:
+        """A card: ``context_length`` (0 is unknown) and ``vision`` from ``capabilities``."""
+        context = entry.get("context_length")
+        capabilities = entry.get("capabilities")
+        owned_by = entry.get("owned_by")
+        return ModelInfo(
+            id=str(entry["id"]),
+            context_length=context if isinstance(context, int) and context > 0 else None,
+            vision=(
+                "vision" in capabilities
+                if isinstance(capabilities, list) and capabilities
+                else None
+            ),
+            embeddings=False,
+            owned_by=owned_by if isinstance(owned_by, str) else None,
+        )
+
+    async def send(
+        self, endpoint: Endpoint, body: bytes, *, stream: bool, timeouts: Timeouts
+    ) -> UpstreamResponse:
+        """Forward unchanged; streamed chunks get ``object: chat.completion.chunk``."""
+        try:
+            response = await super().send(endpoint, body, stream=stream, timeouts=timeouts)
+        except BackendError as exc:
+            raise normalise_error(exc) from None
+        if response.events is not None:
+            response.events = _as_chunks(response.events)
+        return response
 
     @classmethod
     async def detect(cls, url: str, clients: HttpClients, api_key: str | None = None) -> bool:
@@ -36,6 +146,54 @@ class ExoAdapter(OpenAIWireAdapter):
         return isinstance(entries, list) and any(
             isinstance(entry, dict) and entry.get("owned_by") == "exo" for entry in entries
         )
+
+
+def _generates_text(tasks: Any) -> bool:
+    return not isinstance(tasks, list) or not tasks or "TextGeneration" in tasks
+
+
+async def _as_chunks(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    old, new = _CHUNK_OBJECT
+    try:
+        async for event in events:
+            yield event.replace(old, new, 1)
+    finally:
+        close = getattr(events, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def normalise_error(exc: BackendError) -> BackendError:
+    """An OpenAI envelope for exo's error body; "no instance" becomes worth a failover."""
+    if exc.status is None:
+        return exc
+    try:
+        payload = json.loads(exc.body)
+    except ValueError:
+        payload = None
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, dict):
+        message = str(error.get("message") or f"exo answered HTTP {exc.status}")
+    elif isinstance(payload, dict) and isinstance(payload.get("detail"), str):
+        message = payload["detail"]  # FastAPI's own 404/405/422
+    else:
+        return exc
+    kind = exc.kind
+    if exc.status == 404 and message.startswith(NO_INSTANCE):
+        # Listed at the last probe, stopped since: another backend may well have it.
+        kind = ErrorKind.SERVER_ERROR
+    error_type = _TYPES.get(
+        exc.status, "server_error" if exc.status >= 500 else "invalid_request_error"
+    )
+    body = dumps({"error": {"message": message, "type": error_type, "param": None, "code": None}})
+    return BackendError(
+        kind,
+        exc.message if kind is exc.kind else f"exo has no running instance: {message}",
+        status=exc.status,
+        body=body,
+        headers={**exc.headers, "content-type": "application/json"},
+        retry_after=exc.retry_after,
+    )
 
 
 @hookimpl

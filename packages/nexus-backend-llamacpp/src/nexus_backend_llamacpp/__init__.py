@@ -1,85 +1,326 @@
-"""Nexus backend type ``llamacpp``: llama.cpp's ``llama-server``.
+"""Nexus backend type ``llamacpp``: llama.cpp's ``llama-server`` (one model, or router mode).
 
-Implemented: probing with ``GET /health`` (503 while the model loads = ``loading``) then
-``GET /v1/models`` (models, per-slot context size from ``meta.n_ctx``, vision from
-``architecture.input_modalities``); recognising a server by the JSON its ``/health`` answers.
-Requests go to ``/v1/...`` unchanged.
-Not yet: ``/props`` (tools support, total context), the load signal from ``/slots`` or ``/metrics``.
+What it reads (see README.md): ``GET /health`` (503 while the model loads = ``loading``),
+``GET /v1/models`` (models, per-slot context ``meta.n_ctx``, router-mode ``status``), ``GET /props``
+(context, ``total_slots``, ``modalities.vision``, ``chat_template_caps.supports_tools``) and, for
+the load, ``GET /slots`` (busy slots) or ``GET /metrics`` (``llamacpp:requests_processing``,
+``llamacpp:requests_deferred``). Requests go to ``/v1/...`` unchanged; error bodies, whose
+``code`` llama-server sends as an int, are normalised.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeGuard
 
 import httpx
 
-from nexus_core import hookimpl
-from nexus_core.adapters import BackendStatus, ModelInfo, ProbeResult
+from nexus_core import hookimpl, prometheus
+from nexus_core.adapters import (
+    BackendError,
+    BackendStatus,
+    Endpoint,
+    LoadSignal,
+    ModelInfo,
+    ProbeResult,
+    Timeouts,
+    UpstreamResponse,
+)
+from nexus_core.config import BackendConfig
 from nexus_core.http import HttpClients
-from nexus_core.openai_wire import OpenAIWireAdapter, api_base
+from nexus_core.openai_wire import OpenAIWireAdapter, api_base, dumps
 
-__all__ = ["LlamaCppAdapter", "register_backends"]
+__all__ = ["LlamaCppAdapter", "metrics_load", "normalise_error_body", "register_backends"]
+
+PROCESSING = "llamacpp:requests_processing"
+DEFERRED = "llamacpp:requests_deferred"
+_METRICS = frozenset({PROCESSING, DEFERRED})
+#: Router-mode model states in which a child server runs (``status.value``).
+RUNNING_STATES = frozenset({"loaded", "loading", "sleeping"})
 
 
 class LlamaCppAdapter(OpenAIWireAdapter):
-    """llama-server: ``/health`` tells loading from ready, ``/v1/models`` lists the model."""
+    """llama-server: loading state, slot context, capabilities from ``/props``, slot load."""
 
     type_name: ClassVar[str] = "llamacpp"
     is_cloud: ClassVar[bool] = False
 
+    def __init__(self, config: BackendConfig, clients: HttpClients) -> None:
+        super().__init__(config, clients)
+        self.root = self.api_base.removesuffix("/v1")
+        #: Whether the last probe found a router (``--models-dir``) rather than one model.
+        self.router = False
+        #: Router mode: the models whose child server runs, as the last probe saw them.
+        self.running_models: tuple[str, ...] = ()
+        self._total_slots: int | None = None
+        self._slots_endpoint = True
+
+    # -- probing -------------------------------------------------------------------------------
+
     async def probe(self) -> ProbeResult:
-        """``loading`` on 503 from ``/health``, else the model list decides."""
-        root = self.api_base.removesuffix("/v1")
+        """``loading`` while ``/health`` is 503; then models and capabilities (README.md)."""
+        headers = self._probe_headers()
         try:
-            health = await self.clients.probe.get(root + "/health", headers=self._probe_headers())
+            health = await self.clients.probe.get(self.root + "/health", headers=headers)
+            if health.status_code == 503:
+                return ProbeResult(BackendStatus.LOADING, detail=_loading_detail(health))
+            if health.status_code != 200:
+                return ProbeResult(
+                    BackendStatus.UNHEALTHY, detail=f"/health answered HTTP {health.status_code}"
+                )
+            listing = await self.clients.probe.get(self.api_base + "/models", headers=headers)
+            if listing.status_code == 503:
+                return ProbeResult(BackendStatus.LOADING, detail=_loading_detail(listing))
+            if listing.status_code != 200:
+                return ProbeResult(
+                    BackendStatus.UNHEALTHY,
+                    detail=f"/v1/models answered HTTP {listing.status_code}: "
+                    f"{_error_message(listing)}",
+                )
+            entries = listing.json()["data"]
+            if not isinstance(entries, list):
+                raise TypeError("'data' is not a list")
+            cards = [entry for entry in entries if isinstance(entry, dict)]
+            self.router = any(isinstance(card.get("status"), dict) for card in cards)
+            if self.router:
+                models = await self._router_models(cards, headers)
+            else:
+                models = await self._single_model(cards, headers)
         except httpx.TimeoutException:
             return ProbeResult(BackendStatus.UNHEALTHY, detail="probe timed out")
         except httpx.HTTPError as exc:
             return ProbeResult(BackendStatus.UNHEALTHY, detail=f"cannot connect: {exc}")
-        if health.status_code == 503:
-            return ProbeResult(BackendStatus.LOADING, detail="llama-server is loading the model")
-        if health.status_code != 200:
-            return ProbeResult(
-                BackendStatus.UNHEALTHY, detail=f"/health answered HTTP {health.status_code}"
-            )
-        return await super().probe()
+        except (ValueError, TypeError, KeyError) as exc:
+            return ProbeResult(BackendStatus.UNHEALTHY, detail=f"unreadable model list: {exc}")
+        # A restarted server may have gained or lost --slots: try /slots again.
+        self._slots_endpoint = True
+        return ProbeResult(BackendStatus.HEALTHY, models=tuple(models))
+
+    async def _single_model(
+        self, cards: list[dict[str, Any]], headers: Mapping[str, str]
+    ) -> list[ModelInfo]:
+        props = await self._props(self.root + "/props", headers)
+        total = props.get("total_slots")
+        self._total_slots = total if _is_int(total) and total > 0 else None
+        self.running_models = ()
+        return [self._with_props(self.model_info(card), card, props) for card in cards]
+
+    async def _router_models(
+        self, cards: list[dict[str, Any]], headers: Mapping[str, str]
+    ) -> list[ModelInfo]:
+        router_props = await self._props(self.root + "/props", headers)
+        # Without autoload the router answers 400 "model is not loaded" for a stopped model.
+        autoload = router_props.get("models_autoload") is not False
+        self._total_slots = None
+        running: list[str] = []
+        models: list[ModelInfo] = []
+        for card in cards:
+            status = card["status"] if isinstance(card.get("status"), dict) else {}
+            state = status.get("value")
+            # A model whose last load crashed (status.failed) stays offered: only a request can
+            # make the router try it again, and failover covers a second crash.
+            if state not in RUNNING_STATES and not autoload:
+                continue
+            info = self.model_info(card)
+            if state in RUNNING_STATES:
+                running.append(info.id)
+            if state == "loaded":
+                # autoload=false: read the child's props without waking or loading anything.
+                query = {"model": info.id, "autoload": "false"}
+                props = await self._props(self.root + "/props", headers, query)
+                info = self._with_props(info, card, props)
+            models.append(info)
+        self.running_models = tuple(running)
+        return models
+
+    async def _props(
+        self, url: str, headers: Mapping[str, str], params: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """``/props``, or ``{}`` when it cannot be read: it only refines what the list says."""
+        try:
+            response = await self.clients.probe.get(url, headers=headers, params=params)
+            body = response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return {}
+        return body if isinstance(body, dict) else {}
 
     def model_info(self, entry: Mapping[str, Any]) -> ModelInfo:
-        """Add the per-slot context (``meta.n_ctx``) and vision from the input modalities."""
+        """One ``/v1/models`` card: slot context from ``meta``, vision from its modalities."""
         info = super().model_info(entry)
         meta = entry.get("meta")
-        n_ctx = meta.get("n_ctx") if isinstance(meta, dict) else None
+        context = None
+        if isinstance(meta, dict):
+            context = next(
+                (meta[key] for key in ("n_ctx", "n_ctx_train") if _is_int(meta.get(key))), None
+            )
         architecture = entry.get("architecture")
         modalities = (
             architecture.get("input_modalities") if isinstance(architecture, dict) else None
         )
         return dataclasses.replace(
             info,
-            context_length=n_ctx if isinstance(n_ctx, int) else info.context_length,
+            context_length=context if context is not None else info.context_length,
             vision="image" in modalities if isinstance(modalities, list) else info.vision,
+            # llama-server turns response_format (json_object / json_schema) into a grammar.
+            json_mode=True,
         )
+
+    def _with_props(
+        self, info: ModelInfo, card: Mapping[str, Any], props: Mapping[str, Any]
+    ) -> ModelInfo:
+        """Refine a model with ``/props``: runtime slot context, vision, template tool support."""
+        settings = props.get("default_generation_settings")
+        n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
+        meta = card.get("meta")
+        has_slot_context = isinstance(meta, dict) and _is_int(meta.get("n_ctx"))
+        if _is_int(n_ctx) and n_ctx > 0 and not has_slot_context:
+            info = dataclasses.replace(info, context_length=n_ctx)
+        modalities = props.get("modalities")
+        vision = modalities.get("vision") if isinstance(modalities, dict) else None
+        caps = props.get("chat_template_caps")
+        tools = caps.get("supports_tools") if isinstance(caps, dict) else None
+        return dataclasses.replace(
+            info,
+            vision=vision if isinstance(vision, bool) else info.vision,
+            tools=tools if isinstance(tools, bool) else info.tools,
+        )
+
+    # -- load ------------------------------------------------------------------------------------
+
+    async def load(self) -> LoadSignal | None:
+        """Busy and total slots from ``/slots`` (summed over a router's running models); from
+        ``/metrics`` (busy and deferred requests) when the server has no ``/slots``."""
+        headers = self._probe_headers()
+        try:
+            if self.router:
+                return await self._router_load(headers)
+            if self._slots_endpoint:
+                response = await self.clients.probe.get(self.root + "/slots", headers=headers)
+                if response.status_code == 200:
+                    return _slots_load(response.json())
+                if response.status_code == 501:  # started with --no-slots
+                    self._slots_endpoint = False
+            response = await self.clients.probe.get(self.root + "/metrics", headers=headers)
+        except (httpx.HTTPError, ValueError):
+            return None
+        if response.status_code != 200:
+            return None
+        return metrics_load(response.text, self._total_slots)
+
+    async def _router_load(self, headers: Mapping[str, str]) -> LoadSignal | None:
+        busy = total = 0
+        for model in self.running_models:
+            response = await self.clients.probe.get(
+                self.root + "/slots", headers=headers, params={"model": model, "autoload": "false"}
+            )
+            signal = _slots_load(response.json()) if response.status_code == 200 else None
+            if signal is not None:
+                busy += signal.busy_slots or 0
+                total += signal.total_slots or 0
+        return LoadSignal(busy_slots=busy, total_slots=total) if total else None
+
+    # -- requests and detection ------------------------------------------------------------------
+
+    async def send(
+        self, endpoint: Endpoint, body: bytes, *, stream: bool, timeouts: Timeouts
+    ) -> UpstreamResponse:
+        """Forward the body unchanged; an error's body comes back with a string ``code``."""
+        try:
+            return await self.clients.transport.post(
+                self._urls[endpoint], body, self._headers, stream=stream, timeouts=timeouts
+            )
+        except BackendError as exc:
+            if exc.body:
+                exc.body = normalise_error_body(exc.body)
+            raise
 
     @classmethod
     async def detect(cls, url: str, clients: HttpClients, api_key: str | None = None) -> bool:
-        """True when ``/health`` answers like llama-server: ``{"status": "ok"}`` or loading."""
+        """True when ``/health`` answers like llama-server and ``/props`` is llama-server's."""
         root = api_base(url).removesuffix("/v1")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         try:
-            response = await clients.probe.get(root + "/health")
-            body = response.json()
+            health = await clients.probe.get(root + "/health")
+            body = health.json()
+            if not isinstance(body, dict):
+                return False
+            if health.status_code == 503:
+                # The model is still loading: every other endpoint answers the same 503.
+                return _error_type(body) == "unavailable_error"
+            if health.status_code != 200 or body.get("status") != "ok":
+                return False
+            props = await clients.probe.get(root + "/props", headers=headers)
+            payload = props.json()
         except (httpx.HTTPError, ValueError):
             return False
-        if not isinstance(body, dict):
+        if not isinstance(payload, dict):
             return False
-        if response.status_code == 200:
-            return body.get("status") == "ok"
-        error = body.get("error")
-        return (
-            response.status_code == 503
-            and isinstance(error, dict)
-            and error.get("type") == "unavailable_error"
+        if props.status_code == 401:
+            return _error_type(payload) == "authentication_error"
+        return props.status_code == 200 and (
+            isinstance(payload.get("default_generation_settings"), dict)
+            or payload.get("role") == "router"
         )
+
+
+def normalise_error_body(body: bytes) -> bytes:
+    """llama-server's error body with its int ``code`` as a string, as OpenAI clients expect."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return body
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(error, dict) or not _is_int(error.get("code")):
+        return body
+    return dumps({**payload, "error": {**error, "code": str(error["code"])}})
+
+
+def metrics_load(text: str, total_slots: int | None) -> LoadSignal | None:
+    """Busy and deferred requests from a llama-server ``/metrics`` page (needs ``--metrics``)."""
+    samples = prometheus.parse(text, _METRICS)
+    processing = prometheus.total(samples, PROCESSING)
+    deferred = prometheus.total(samples, DEFERRED)
+    if processing is None and deferred is None:
+        return None
+    return LoadSignal(
+        busy_slots=None if processing is None else int(processing),
+        queue_depth=None if deferred is None else int(deferred),
+        total_slots=total_slots,
+    )
+
+
+def _slots_load(slots: Any) -> LoadSignal | None:
+    if not isinstance(slots, list):
+        return None
+    states = [slot.get("is_processing") for slot in slots if isinstance(slot, dict)]
+    return LoadSignal(busy_slots=sum(state is True for state in states), total_slots=len(states))
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _error_type(payload: Mapping[str, Any]) -> str | None:
+    error = payload.get("error")
+    kind = error.get("type") if isinstance(error, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        return response.text[:200]
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    return response.text[:200]
+
+
+def _loading_detail(response: httpx.Response) -> str:
+    message = _error_message(response) or "Loading model"
+    return f"llama-server: {message}"
 
 
 @hookimpl

@@ -1,92 +1,374 @@
-"""Nexus backend type ``ollama``: an Ollama server, used through its OpenAI-compatible ``/v1`` API.
+"""Nexus backend type ``ollama``: an Ollama server.
 
-Implemented: probing with ``GET /api/version`` (liveness and version) then ``GET /api/tags`` (the
-models, with the context length and capabilities Ollama 0.33+ puts there; older servers leave them
-unknown); recognising a server by ``/api/version``. Requests go to ``/v1/...`` unchanged.
-Not yet: capabilities from ``/api/show`` for older servers, loaded models from ``/api/ps``.
+A probe reads ``/api/version`` (health, version), ``/api/tags`` (the models) and ``/api/ps`` (the
+models in memory) at once. Capabilities and context length come from the tags when the server
+puts them there (v0.33+), else from ``/api/show``, asked once per model version (its digest and
+``modified_at``), a few at a time and within a time budget so a probe stays cheap. Chat and
+completions go through Ollama's OpenAI-compatible ``/v1`` unchanged; embeddings through
+``/api/embed``, translated from and back to the OpenAI shape (``embeddings.py``). A full request
+queue (503 ``server busy``) is "overloaded", so the request fails over. See README.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import httpx
 
+from nexus_backend_ollama import embeddings
 from nexus_core import hookimpl
-from nexus_core.adapters import BackendStatus, ModelInfo, ProbeResult
+from nexus_core.adapters import (
+    BackendError,
+    BackendStatus,
+    Endpoint,
+    ModelInfo,
+    ProbeResult,
+    Timeouts,
+    UpstreamResponse,
+)
+from nexus_core.config import BackendConfig
 from nexus_core.http import HttpClients
 from nexus_core.openai_wire import OpenAIWireAdapter, api_base
 
-__all__ = ["OllamaAdapter", "register_backends"]
+__all__ = ["LoadedModel", "OllamaAdapter", "ShownModel", "register_backends"]
+
+#: What ``GET /`` answers on every Ollama.
+BANNER = "Ollama is running"
+#: ``/api/show`` requests one adapter runs at once.
+SHOW_CONCURRENCY = 4
+#: How long a probe waits for ``/api/show`` answers; slower ones land in the next probe.
+SHOW_BUDGET_SECONDS = 2.0
+
+ModelVersion = tuple[str | None, str | None]  # (digest, modified_at) of one model in /api/tags
+
+
+@dataclass(frozen=True, slots=True)
+class ShownModel:
+    """What ``/api/show`` said about one version of a model (None: it did not say)."""
+
+    version: ModelVersion
+    capabilities: frozenset[str] | None
+    context_length: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A model in memory, as ``/api/ps`` lists it."""
+
+    name: str
+    #: The context the model runs with now (``num_ctx``), not the one it was trained for.
+    context_length: int | None
+    expires_at: str | None
 
 
 class OllamaAdapter(OpenAIWireAdapter):
-    """Ollama: health and models from its native API, requests through ``/v1``."""
+    """Ollama: health, models and capabilities from its native API, requests through ``/v1``."""
 
     type_name: ClassVar[str] = "ollama"
     is_cloud: ClassVar[bool] = False
 
-    async def probe(self) -> ProbeResult:
-        """Healthy when ``/api/version`` and ``/api/tags`` answer; models come from the tags."""
-        root = self.api_base.removesuffix("/v1")
-        headers = self._probe_headers()
+    def __init__(self, config: BackendConfig, clients: HttpClients) -> None:
+        super().__init__(config, clients)
+        self.root = self.api_base.removesuffix("/v1")
+        self._embed_url = self.root + "/api/embed"
+        self.show_budget_seconds = SHOW_BUDGET_SECONDS
+        self._show_slots = asyncio.Semaphore(SHOW_CONCURRENCY)
+        self._shown: dict[str, ShownModel] = {}
+        self._showing: dict[str, asyncio.Task[None]] = {}
+        self._loaded: dict[str, LoadedModel] | None = None
+
+    # -- requests --------------------------------------------------------------------------------
+
+    async def send(
+        self, endpoint: Endpoint, body: bytes, *, stream: bool, timeouts: Timeouts
+    ) -> UpstreamResponse:
+        """Chat and completions through ``/v1``; embeddings through ``/api/embed``."""
+        if endpoint is Endpoint.EMBEDDINGS:
+            return await self._embed(body, timeouts)
         try:
-            version_response = await self.clients.probe.get(root + "/api/version", headers=headers)
-            if version_response.status_code != 200:
-                return ProbeResult(
-                    BackendStatus.UNHEALTHY,
-                    detail=f"/api/version answered HTTP {version_response.status_code}",
-                )
-            tags_response = await self.clients.probe.get(root + "/api/tags", headers=headers)
-        except httpx.TimeoutException:
-            return ProbeResult(BackendStatus.UNHEALTHY, detail="probe timed out")
-        except httpx.HTTPError as exc:
-            return ProbeResult(BackendStatus.UNHEALTHY, detail=f"cannot connect: {exc}")
+            return await self.clients.transport.post(
+                self._urls[endpoint], body, self._headers, stream=stream, timeouts=timeouts
+            )
+        except BackendError as exc:
+            raise embeddings.classify(exc) from None
+
+    async def _embed(self, body: bytes, timeouts: Timeouts) -> UpstreamResponse:
+        request = embeddings.to_native(body)
+        try:
+            upstream = await self.clients.transport.post(
+                self._embed_url, request.body, self._headers, stream=False, timeouts=timeouts
+            )
+        except BackendError as exc:
+            raise embeddings.native_error(exc) from None
+        return UpstreamResponse(
+            status=upstream.status,
+            content_type="application/json",
+            body=embeddings.from_native(upstream.body or b"", request),
+        )
+
+    # -- probing ---------------------------------------------------------------------------------
+
+    @property
+    def loaded_models(self) -> Mapping[str, LoadedModel] | None:
+        """Models in memory at the last probe, by name; None when ``/api/ps`` did not answer."""
+        return self._loaded
+
+    async def probe(self) -> ProbeResult:
+        """Healthy when ``/api/version`` and ``/api/tags`` answer; models with what is known."""
+        headers = self._probe_headers()
+        version_response, tags_response, ps_response = await asyncio.gather(
+            _get(self.clients.probe, self.root + "/api/version", headers),
+            _get(self.clients.probe, self.root + "/api/tags", headers),
+            _get(self.clients.probe, self.root + "/api/ps", headers),
+        )
+        if isinstance(version_response, httpx.HTTPError):
+            return _unreachable(version_response)
+        version: str | None = None
+        if version_response.status_code == 200:
+            version = _field(version_response, "version")
+        elif version_response.status_code != 404 or not await self._banner(headers):
+            # Only a server older than /api/version may answer 404 there; "/" still says so.
+            return ProbeResult(
+                BackendStatus.UNHEALTHY,
+                detail=f"/api/version answered HTTP {version_response.status_code}",
+            )
+        if isinstance(tags_response, httpx.HTTPError):
+            return _unreachable(tags_response)
         if tags_response.status_code != 200:
             return ProbeResult(
                 BackendStatus.UNHEALTHY,
                 detail=f"/api/tags answered HTTP {tags_response.status_code}",
             )
         try:
-            version = version_response.json().get("version")
-            entries = tags_response.json()["models"]
-            models = tuple(tag_model(entry) for entry in entries if isinstance(entry, dict))
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            entries = [e for e in tags_response.json()["models"] if isinstance(e, dict)]
+            tags = [(str(entry["name"]), entry) for entry in entries]
+        except (ValueError, TypeError, KeyError) as exc:
             return ProbeResult(BackendStatus.UNHEALTHY, detail=f"unreadable model list: {exc}")
+        self._loaded = _loaded_models(ps_response)
+        await self._show_new(tags)
         return ProbeResult(
             BackendStatus.HEALTHY,
-            models=models,
-            version=version if isinstance(version, str) else None,
+            models=tuple(self._model(name, entry) for name, entry in tags),
+            version=version,
         )
+
+    async def _banner(self, headers: Mapping[str, str]) -> bool:
+        response = await _get(self.clients.probe, self.root + "/", headers)
+        return not isinstance(response, httpx.HTTPError) and _is_banner(response)
+
+    async def _show_new(self, tags: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """Ask ``/api/show`` about models the tags do not describe and that are new or changed."""
+        names = {name for name, _ in tags}
+        for name in [name for name in self._shown if name not in names]:
+            del self._shown[name]
+        waiting: list[asyncio.Task[None]] = []
+        for name, entry in tags:
+            capabilities, context = _tag_facts(entry)
+            if capabilities is not None and context is not None:
+                continue
+            version = _version(entry)
+            shown = self._shown.get(name)
+            if shown is not None and shown.version == version:
+                continue
+            task = self._showing.get(name)
+            if task is None:
+                task = asyncio.get_running_loop().create_task(
+                    self._show(name, version), name=f"nexus-ollama-show-{name}"
+                )
+                self._showing[name] = task
+            waiting.append(task)
+        if waiting:
+            # Not cancelled when the budget runs out: a late answer is kept for the next probe.
+            await asyncio.wait(waiting, timeout=self.show_budget_seconds)
+
+    async def _show(self, name: str, version: ModelVersion) -> None:
+        try:
+            async with self._show_slots:
+                response = await self.clients.probe.post(
+                    self.root + "/api/show", json={"model": name}, headers=self._probe_headers()
+                )
+            if response.status_code >= 500:
+                return  # may pass: ask again at the next probe
+            capabilities, context = (None, None)
+            if response.status_code == 200:
+                capabilities, context = _show_facts(response)
+            # A 4xx is an answer too (a model without details): not asked again until it changes.
+            self._shown[name] = ShownModel(version, capabilities, context)
+        except httpx.HTTPError:
+            return
+        finally:
+            if self._showing.get(name) is asyncio.current_task():
+                del self._showing[name]
+
+    def _model(self, name: str, entry: Mapping[str, Any]) -> ModelInfo:
+        capabilities, context = _tag_facts(entry)
+        shown = self._shown.get(name)
+        if shown is not None and shown.version == _version(entry):
+            capabilities = capabilities if capabilities is not None else shown.capabilities
+            context = context if context is not None else shown.context_length
+
+        def has(capability: str) -> bool | None:
+            return None if capabilities is None else capability in capabilities
+
+        loaded = self._loaded
+        return ModelInfo(
+            id=name,
+            context_length=context,
+            vision=has("vision"),
+            tools=has("tools"),
+            # Ollama constrains output to JSON (format / response_format) for any model that
+            # generates text.
+            json_mode=has("completion"),
+            embeddings=has("embedding"),
+            owned_by=namespace(name),
+            # A model not in memory costs seconds to load: the router prefers warm backends.
+            loaded=None if loaded is None else name in loaded,
+        )
+
+    async def close(self) -> None:
+        """Stop ``/api/show`` requests still running."""
+        tasks = list(self._showing.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     @classmethod
     async def detect(cls, url: str, clients: HttpClients, api_key: str | None = None) -> bool:
-        """True when ``GET /api/version`` answers ``{"version": "..."}``."""
+        """True when ``/`` says ``Ollama is running`` and ``/api/version`` answers a version.
+
+        Both: many web applications have an ``/api/version``; only Ollama has that banner. A
+        server older than ``/api/version`` answers 404 there.
+        """
         root = api_base(url).removesuffix("/v1")
-        try:
-            response = await clients.probe.get(root + "/api/version")
-            return response.status_code == 200 and isinstance(response.json().get("version"), str)
-        except (httpx.HTTPError, ValueError, AttributeError):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        banner, version = await asyncio.gather(
+            _get(clients.probe, root + "/", headers),
+            _get(clients.probe, root + "/api/version", headers),
+        )
+        if isinstance(version, httpx.HTTPError) or isinstance(banner, httpx.HTTPError):
             return False
+        if not _is_banner(banner):
+            return False
+        if version.status_code == 404:
+            return True
+        return version.status_code == 200 and _field(version, "version") is not None
 
 
-def tag_model(entry: Mapping[str, Any]) -> ModelInfo:
-    """One ``/api/tags`` entry; what the server does not say stays unknown."""
-    details = entry.get("details")
-    context = details.get("context_length") if isinstance(details, dict) else None
-    capabilities = entry.get("capabilities")
+def namespace(name: str) -> str:
+    """Who a model belongs to, as Ollama's ``/v1/models`` says: ``library`` for plain names."""
+    parts = name.rsplit(":", 1)[0].split("/") if "/" in name else [name]
+    return parts[-2] if len(parts) > 1 else "library"
 
-    def has(capability: str) -> bool | None:
-        return capability in capabilities if isinstance(capabilities, list) else None
 
-    return ModelInfo(
-        id=str(entry["name"]),
-        context_length=context if isinstance(context, int) else None,
-        vision=has("vision"),
-        tools=has("tools"),
-        embeddings=has("embedding"),
+async def _get(
+    client: httpx.AsyncClient, url: str, headers: Mapping[str, str]
+) -> httpx.Response | httpx.HTTPError:
+    try:
+        return await client.get(url, headers=headers)
+    except httpx.HTTPError as exc:
+        return exc
+
+
+def _unreachable(exc: httpx.HTTPError) -> ProbeResult:
+    if isinstance(exc, httpx.TimeoutException):
+        return ProbeResult(BackendStatus.UNHEALTHY, detail="probe timed out")
+    return ProbeResult(BackendStatus.UNHEALTHY, detail=f"cannot connect: {exc}")
+
+
+def _field(response: httpx.Response, key: str) -> str | None:
+    try:
+        value = response.json().get(key)
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _is_banner(response: httpx.Response) -> bool:
+    return response.status_code == 200 and response.text.startswith(BANNER)
+
+
+def _version(entry: Mapping[str, Any]) -> ModelVersion:
+    digest, modified = entry.get("digest"), entry.get("modified_at")
+    return (
+        digest if isinstance(digest, str) else None,
+        modified if isinstance(modified, str) else None,
     )
+
+
+def _positive(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _capabilities(value: Any) -> frozenset[str] | None:
+    if not isinstance(value, list) or not value:
+        return None
+    return frozenset(item for item in value if isinstance(item, str))
+
+
+def _tag_facts(entry: Mapping[str, Any]) -> tuple[frozenset[str] | None, int | None]:
+    """Capabilities and context length from an ``/api/tags`` entry (v0.33+ has them)."""
+    details = entry.get("details")
+    context = _positive(details.get("context_length")) if isinstance(details, dict) else None
+    return _capabilities(entry.get("capabilities")), context
+
+
+def _show_facts(response: httpx.Response) -> tuple[frozenset[str] | None, int | None]:
+    """Capabilities and training context length from an ``/api/show`` answer."""
+    try:
+        payload = response.json()
+    except ValueError:
+        return None, None
+    if not isinstance(payload, dict):
+        return None, None
+    context = None
+    info = payload.get("model_info")
+    if isinstance(info, dict):
+        architecture = info.get("general.architecture")
+        context = _positive(info.get(f"{architecture}.context_length"))
+        if context is None:
+            context = next(
+                (
+                    found
+                    for key, value in info.items()
+                    if key.endswith(".context_length") and (found := _positive(value))
+                ),
+                None,
+            )
+    if context is None:
+        details = payload.get("details")
+        if isinstance(details, dict):
+            context = _positive(details.get("context_length"))
+    return _capabilities(payload.get("capabilities")), context
+
+
+def _loaded_models(
+    response: httpx.Response | httpx.HTTPError,
+) -> dict[str, LoadedModel] | None:
+    """The models ``/api/ps`` lists, or None when it did not answer."""
+    if isinstance(response, httpx.HTTPError) or response.status_code != 200:
+        return None
+    try:
+        entries = response.json()["models"]
+        loaded = {}
+        for entry in entries:
+            if not isinstance(entry, dict):
+                continue
+            name = str(entry.get("name") or entry["model"])
+            expires = entry.get("expires_at")
+            loaded[name] = LoadedModel(
+                name=name,
+                context_length=_positive(entry.get("context_length")),
+                expires_at=expires if isinstance(expires, str) else None,
+            )
+    except (ValueError, TypeError, KeyError):
+        return None
+    return loaded
 
 
 @hookimpl

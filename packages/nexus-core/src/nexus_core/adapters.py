@@ -57,6 +57,9 @@ class ModelInfo:
     json_mode: bool | None = None
     embeddings: bool | None = None
     owned_by: str | None = None
+    #: Whether the server has the model in memory now (None: it does not say). A cold model
+    #: costs seconds to load, so the router prefers backends where it is loaded.
+    loaded: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +178,7 @@ class UpstreamResponse:
     body: bytes | None = None
     events: AsyncIterator[bytes] | None = None
     release: Callable[[], Awaitable[None]] | None = None
+    #: The upstream's response headers, looked up case-insensitively.
     headers: Mapping[str, str] = field(default_factory=dict)
 
     async def aclose(self) -> None:

@@ -425,7 +425,7 @@ async def _chunks(stream: ProxyStream) -> AsyncIterator[dict[str, Any]]:
                     502,
                     str(error.get("message", "stream failed")),
                     type=str(error.get("type", "upstream_error")),
-                    code=error.get("code"),
+                    code=None if error.get("code") is None else str(error.get("code")),
                 )
             yield chunk
     finally:

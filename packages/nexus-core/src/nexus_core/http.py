@@ -85,9 +85,18 @@ class AiohttpTransport:
         try:
             # One deadline for the headers and, when the answer is not a stream, the body.
             async with asyncio.timeout(timeouts.first_byte):
-                response = await session.post(
-                    url, data=body, headers=headers, timeout=connect_timeout
-                )
+                try:
+                    response = await session.post(
+                        url, data=body, headers=headers, timeout=connect_timeout
+                    )
+                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                    if isinstance(exc, aiohttp.ClientConnectorError):
+                        raise
+                    # A pooled keep-alive connection the server had already closed (llama-server
+                    # closes after a stream despite advertising keep-alive): once more, afresh.
+                    response = await session.post(
+                        url, data=body, headers=headers, timeout=connect_timeout
+                    )
                 status = response.status
                 content_type = response.headers.get("Content-Type", "application/json")
                 if status >= 300 or not stream or not content_type.startswith("text/event-stream"):
@@ -97,7 +106,12 @@ class AiohttpTransport:
                         raise BackendError.from_status(
                             status, data, _lower_headers(response.headers)
                         )
-                    return UpstreamResponse(status=status, content_type=content_type, body=data)
+                    return UpstreamResponse(
+                        status=status,
+                        content_type=content_type,
+                        body=data,
+                        headers=response.headers,
+                    )
         except aiohttp.ServerTimeoutError:
             # Before ``TimeoutError``: aiohttp's connect timeout is a subclass of it.
             raise BackendError(
@@ -133,6 +147,7 @@ class AiohttpTransport:
             content_type=content_type,
             events=sse_events(_aiohttp_chunks(response), timeouts.idle, release),
             release=release,
+            headers=response.headers,
         )
 
     async def aclose(self) -> None:
@@ -252,7 +267,12 @@ class HttpxTransport:
                     await response.aclose()
                     if status >= 300:
                         raise BackendError.from_status(status, data, dict(response.headers))
-                    return UpstreamResponse(status=status, content_type=content_type, body=data)
+                    return UpstreamResponse(
+                        status=status,
+                        content_type=content_type,
+                        body=data,
+                        headers=response.headers,
+                    )
         except httpx.ConnectTimeout:
             raise BackendError(
                 ErrorKind.TIMEOUT, f"connect timed out after {timeouts.connect:g} s"
@@ -286,6 +306,7 @@ class HttpxTransport:
             content_type=content_type,
             events=sse_events(_httpx_chunks(opened), timeouts.idle, release),
             release=release,
+            headers=opened.headers,
         )
 
     async def aclose(self) -> None:

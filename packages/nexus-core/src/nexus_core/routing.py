@@ -273,6 +273,14 @@ def _lacks(model: ModelInfo | None, needs: RequestNeeds) -> str | None:
     return None
 
 
+def _demotion(backend: Backend, model: str) -> int:
+    """0 for a warm backend with room, 1 when the model is not loaded there, 2 when it is full."""
+    if backend.max_concurrent is not None and backend.pending >= backend.max_concurrent:
+        return 2
+    info = backend.models.get(model)
+    return 1 if info is not None and info.loaded is False else 0
+
+
 class Router:
     """Turns a request into an ordered list of attempts, or a clear 404/503."""
 
@@ -289,13 +297,20 @@ class Router:
         self._fallbacks: Mapping[str, list[str]] = {k: list(v) for k, v in config.fallbacks.items()}
 
     def resolve(self, model: str) -> str:
-        """Follow aliases (at most three hops; cycles were refused at load)."""
+        """Follow aliases (at most three hops; cycles were refused at load).
+
+        A name without a tag that no backend lists, but whose ``:latest`` one does, means that
+        one (Ollama's convention: ``llama3.2`` is ``llama3.2:latest``).
+        """
         aliases = self._aliases
         for _ in range(MAX_ALIAS_DEPTH):
             target = aliases.get(model)
             if target is None:
                 break
             model = target
+        serving = self.registry.serving
+        if ":" not in model and not serving(model) and serving(model + ":latest"):
+            return model + ":latest"
         return model
 
     def eligible(
@@ -355,15 +370,17 @@ class Router:
         raise self.unroutable(requested, model, needs)
 
     def _order(self, candidates: list[Backend], model: str) -> list[Backend]:
-        """Strategy order, with backends at their concurrency limit moved last."""
+        """Strategy order; then backends where the model is cold, then full ones, go last."""
         if len(candidates) == 1:
             return candidates
         ordered = self.strategy.order(candidates, model)
-        full = [
-            b for b in ordered if b.max_concurrent is not None and b.pending >= b.max_concurrent
-        ]
-        if full:
-            ordered = [b for b in ordered if b not in full] + full
+        for b in ordered:
+            info = b.models.get(model)
+            if (info is not None and info.loaded is False) or (
+                b.max_concurrent is not None and b.pending >= b.max_concurrent
+            ):
+                ordered.sort(key=lambda b: _demotion(b, model))  # stable: strategy order within
+                break
         return ordered
 
     def unroutable(self, requested: str, model: str, needs: RequestNeeds) -> GatewayError:

@@ -11,12 +11,26 @@ an address that refuses connections, ``blackhole_url`` one where connecting hang
         assert fb.inference_requests[0].json["model"] == "llama3"
 """
 
+from nexus_core.testing.exo import FakeExo
 from nexus_core.testing.fake_backend import Behaviour, FakeBackend, RecordedRequest
+from nexus_core.testing.llamacpp import FakeLlamaCpp
+from nexus_core.testing.lmstudio import FakeLMStudio
+from nexus_core.testing.localai import FakeLocalAI
 from nexus_core.testing.net import blackhole_url, closed_port_url, free_port
+from nexus_core.testing.ollama import FakeOllama
+from nexus_core.testing.openai import FakeOpenAI
+from nexus_core.testing.vllm import FakeVLLM
 
 __all__ = [
     "Behaviour",
     "FakeBackend",
+    "FakeExo",
+    "FakeLMStudio",
+    "FakeLlamaCpp",
+    "FakeLocalAI",
+    "FakeOllama",
+    "FakeOpenAI",
+    "FakeVLLM",
     "RecordedRequest",
     "blackhole_url",
     "closed_port_url",

@@ -123,8 +123,9 @@ class FakeBackend:
     """A fake OpenAI-compatible server on ``127.0.0.1``.
 
     Fakes of other servers subclass it: ``inference_paths`` adds their own request paths (which
-    behaviours apply to), ``route`` answers their own endpoints before the OpenAI ones, and
-    ``error_body`` gives their error shape.
+    behaviours apply to), ``public_paths`` the paths open without the API key, ``route`` answers
+    their own endpoints before the OpenAI ones, ``error_body`` gives their error shape (the 401
+    for a missing key included) and ``response_headers`` their extra headers.
 
     ``async with FakeBackend() as fb:`` runs it in the current event loop;
     ``with FakeBackend().running() as fb:`` runs it in its own loop in a daemon thread, for
@@ -134,6 +135,8 @@ class FakeBackend:
 
     #: Paths whose requests are inference (behaviours apply), and what kind each is.
     inference_paths: Mapping[str, str] = _INFERENCE_PATHS
+    #: Paths answered without the API key; the others get ``error_body(401)`` without it.
+    public_paths: frozenset[str] = frozenset({"/health"})
 
     def __init__(
         self,
@@ -149,7 +152,7 @@ class FakeBackend:
         #: The models served; may be changed at run time (the next ``/v1/models`` shows it).
         self.models: list[str | Mapping[str, Any]] = list(models)
         self.embeddings_dim = embeddings_dim
-        #: When set, every endpoint but ``/health`` requires ``Authorization: Bearer <api_key>``.
+        #: When set, endpoints outside ``public_paths`` need ``Authorization: Bearer <api_key>``.
         self.api_key = api_key
         #: While True the server answers 503 "Loading model" (llama-server's shape) everywhere.
         self.loading = False
@@ -287,6 +290,7 @@ class FakeBackend:
             return
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
+        app.on_response_prepare.append(self._add_response_headers)
         # handler_cancellation: a handler is cancelled when its client goes away, which is how
         # the fake notices a disconnect while it waits (delay, hang) between writes.
         runner = web.AppRunner(
@@ -396,17 +400,10 @@ class FakeBackend:
         path, method = request.path, request.method
         if (
             self.api_key is not None
-            and path != "/health"
+            and path not in self.public_paths
             and request.headers.get("Authorization") != f"Bearer {self.api_key}"
         ):
-            return _json(
-                shapes.error_body(
-                    "Incorrect API key provided.",
-                    "invalid_request_error",
-                    code="invalid_api_key",
-                ),
-                401,
-            )
+            return _json(self.error_body(401), 401)
         if behaviour.status >= 400:
             error = behaviour.error_body
             if error is None:
@@ -483,6 +480,16 @@ class FakeBackend:
     def error_body(self, status: int) -> dict[str, Any]:
         """The error body this server sends for ``status`` (OpenAI's envelope here)."""
         return shapes.default_error(status)
+
+    def response_headers(self, request: web.Request) -> Mapping[str, str]:
+        """Headers this server adds to every response (rate limits, versions...); none here."""
+        return {}
+
+    async def _add_response_headers(
+        self, request: web.Request, response: web.StreamResponse
+    ) -> None:
+        # Streams are prepared before their first write, so headers can only go in here.
+        response.headers.update(self.response_headers(request))
 
     def _model_ids(self) -> set[str]:
         return {

@@ -1,0 +1,23 @@
+"""Fixtures for the llama.cpp adapter's tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from nexus_core.http import HttpClients
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """aiohttp, the hot-path client, runs on asyncio."""
+    return "asyncio"
+
+
+@pytest.fixture
+async def clients(anyio_backend: str) -> AsyncIterator[HttpClients]:
+    """The HTTP clients adapters share, closed after the test."""
+    shared = HttpClients()
+    yield shared
+    await shared.aclose()

@@ -1,0 +1,257 @@
+"""The lmstudio adapter against a fake LM Studio: the contract, model states and types, streams."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from nexus_backend_lmstudio import LMStudioAdapter
+from nexus_core.adapters import BackendError, BackendStatus, Endpoint, ErrorKind, ModelInfo
+from nexus_core.config import BackendConfig
+from nexus_core.http import HttpClients
+from nexus_core.sse import event_data
+from nexus_core.testing import (
+    Behaviour,
+    FakeBackend,
+    FakeExo,
+    FakeLMStudio,
+    FakeLocalAI,
+    FakeOllama,
+    FakeOpenAI,
+)
+from nexus_core.testing.contract import FAST, AdapterContract
+from nexus_server.testing import running_server
+
+pytestmark = pytest.mark.anyio
+
+VLM = "qwen2-vl-7b-instruct"
+LLM = "meta-llama-3.1-8b-instruct"
+EMBED = "text-embedding-nomic-embed-text-v1.5"
+MODELS: list[dict[str, Any]] = [
+    {"id": VLM, "type": "vlm", "state": "not-loaded", "max_context_length": 32768},
+    {
+        "id": LLM,
+        "type": "llm",
+        "state": "loaded",
+        "max_context_length": 131072,
+        "loaded_context_length": 8192,
+    },
+    {"id": EMBED, "type": "embeddings", "state": "not-loaded", "max_context_length": 2048},
+]
+
+
+class TestLMStudioContract(AdapterContract):
+    adapter_class = LMStudioAdapter
+    fake_class = FakeLMStudio
+
+
+class TestLMStudioContractWithToken(AdapterContract):
+    """LM Studio's optional API token (``Authorization: Bearer``)."""
+
+    adapter_class = LMStudioAdapter
+    fake_class = FakeLMStudio
+    api_key = "lms-token"
+
+
+def lmstudio(url: str, clients: HttpClients) -> LMStudioAdapter:
+    return LMStudioAdapter(BackendConfig(name="lms", url=url, type="lmstudio"), clients)
+
+
+def chat(model: str, **extra: Any) -> bytes:
+    payload = {"model": model, "messages": [{"role": "user", "content": "Hi"}], **extra}
+    return json.dumps(payload).encode()
+
+
+async def test_probe_maps_type_state_and_context(clients: HttpClients) -> None:
+    async with FakeLMStudio("lms", MODELS) as fake:
+        adapter = lmstudio(fake.url, clients)
+        assert adapter.model_loaded(LLM) is None  # nothing known before the first probe
+        result = await adapter.probe()
+    assert result.status is BackendStatus.HEALTHY
+    assert result.models == (
+        ModelInfo(
+            id=VLM,
+            context_length=32768,
+            vision=True,
+            embeddings=False,
+            owned_by="organization_owner",
+        ),
+        # Loaded: the window it was loaded with, not the model's maximum.
+        ModelInfo(
+            id=LLM,
+            context_length=8192,
+            vision=False,
+            embeddings=False,
+            owned_by="organization_owner",
+        ),
+        ModelInfo(
+            id=EMBED,
+            context_length=2048,
+            vision=False,
+            tools=False,
+            json_mode=False,
+            embeddings=True,
+            owned_by="organization_owner",
+        ),
+    )
+    assert adapter.loaded_models == {LLM}
+    assert (adapter.model_loaded(LLM), adapter.model_loaded(VLM)) == (True, False)
+
+
+async def test_loaded_model_without_loaded_context_reports_its_maximum(
+    clients: HttpClients,
+) -> None:
+    model = {"id": LLM, "state": "loaded", "max_context_length": 131072}
+    async with FakeLMStudio("lms", [{**model, "loaded_context_length": None}]) as fake:
+        result = await lmstudio(fake.url, clients).probe()
+    assert [m.context_length for m in result.models] == [131072]
+
+
+async def test_without_jit_only_loaded_models_are_listed(clients: HttpClients) -> None:
+    async with FakeLMStudio("lms", MODELS, jit=False) as fake:
+        result = await lmstudio(fake.url, clients).probe()
+    # A not-loaded model cannot be served without just-in-time loading: not listed at all.
+    assert [m.id for m in result.models] == [LLM]
+
+
+async def test_a_request_loads_the_model_and_the_next_probe_sees_it(
+    clients: HttpClients,
+) -> None:
+    async with FakeLMStudio("lms", MODELS) as fake:
+        adapter = lmstudio(fake.url, clients)
+        await adapter.probe()
+        before = adapter.model_loaded(VLM)
+        response = await adapter.send(Endpoint.CHAT, chat(VLM), stream=False, timeouts=FAST)
+        await adapter.probe()
+        after = adapter.model_loaded(VLM)
+    assert response.status == 200
+    assert (before, after) == (False, True)
+
+
+async def test_older_server_falls_back_to_v1_models(clients: HttpClients) -> None:
+    async with FakeLMStudio("lms", MODELS, rest_api=False) as fake:
+        # LM Studio before 0.3.6: /api/v0 is an "unexpected endpoint", answered with 200.
+        async with httpx.AsyncClient() as client:
+            quirk = await client.get(fake.url + "/api/v0/models")
+        adapter = lmstudio(fake.url, clients)
+        result = await adapter.probe()
+        detected = await LMStudioAdapter.detect(fake.url, clients)
+    assert adapter.model_loaded(LLM) is None
+    assert quirk.status_code == 200
+    assert quirk.json() == {"error": "Unexpected endpoint or method. (GET /api/v0/models)"}
+    assert result.status is BackendStatus.HEALTHY
+    assert result.models == tuple(
+        ModelInfo(id=m["id"], owned_by="organization_owner") for m in MODELS
+    )
+    assert detected
+
+
+async def test_probe_reads_the_rest_api_with_the_token(
+    clients: HttpClients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LMS_TOKEN", "lms-token")
+    async with FakeLMStudio("lms", MODELS, api_key="lms-token") as fake:
+        config = BackendConfig(name="lms", url=fake.url, type="lmstudio", api_key_env="LMS_TOKEN")
+        adapter = LMStudioAdapter(config, clients)
+        result = await adapter.probe()
+    assert [m.context_length for m in result.models] == [32768, 8192, 2048]
+    assert adapter.loaded_models == {LLM}
+
+
+async def test_stream_without_usage_is_complete(clients: HttpClients) -> None:
+    async with FakeLMStudio("lms", MODELS) as fake:
+        body = chat(LLM, stream=True, stream_options={"include_usage": True})
+        response = await lmstudio(fake.url, clients).send(
+            Endpoint.CHAT, body, stream=True, timeouts=FAST
+        )
+        assert response.events is not None
+        events = [event async for event in response.events]
+        await response.aclose()
+    datas = [event_data(event) for event in events]
+    assert datas[-1] == b"[DONE]"
+    chunks = [json.loads(data) for data in datas[:-1]]
+    # LM Studio ignores include_usage; the stream still counts as complete (no error raised).
+    assert not any(chunk.get("usage") for chunk in chunks)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_string_error_bodies_become_envelopes(clients: HttpClients) -> None:
+    async with FakeLMStudio("lms", MODELS) as fake:
+        fake.push(Behaviour(status=400, error_body={"error": "Invalid 'messages' field"}))
+        with pytest.raises(BackendError) as info:
+            await lmstudio(fake.url, clients).send(
+                Endpoint.CHAT, chat(LLM), stream=False, timeouts=FAST
+            )
+    assert info.value.kind is ErrorKind.CLIENT_ERROR
+    assert json.loads(info.value.body) == {
+        "error": {
+            "message": "Invalid 'messages' field",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+    }
+
+
+async def test_unknown_model_is_lm_studios_404(clients: HttpClients) -> None:
+    async with FakeLMStudio("lms", MODELS, jit=False) as fake:
+        with pytest.raises(BackendError) as info:
+            await lmstudio(fake.url, clients).send(
+                Endpoint.CHAT, chat(VLM), stream=False, timeouts=FAST
+            )
+    assert info.value.status == 404
+    assert json.loads(info.value.body)["error"]["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize(
+    "fake_class",
+    [FakeBackend, FakeExo, FakeLocalAI, FakeOllama, FakeOpenAI],
+    ids=lambda c: c.__name__,
+)
+async def test_detect_claims_no_other_server(
+    fake_class: type[FakeBackend], clients: HttpClients
+) -> None:
+    async with fake_class("other", ["m"]) as fake:
+        assert not await LMStudioAdapter.detect(fake.url, clients, api_key="sk-x")
+
+
+# -- end to end: the openai SDK -> Nexus -> fake LM Studio ----------------------------------------
+
+
+@pytest.fixture
+def fake_lmstudio() -> Iterator[FakeLMStudio]:
+    with FakeLMStudio("lms", MODELS).running() as fake:
+        yield fake
+
+
+def nexus_config(fake: FakeLMStudio) -> dict[str, Any]:
+    return {
+        "server": {"first_byte_timeout_seconds": 2.0, "request_timeout_seconds": 10.0},
+        "discovery": {"enabled": False},
+        "health_check": {"interval_seconds": 3600},
+        "backends": [{"name": "lms", "url": fake.url, "type": "lmstudio"}],
+    }
+
+
+def test_streaming_through_nexus_without_usage(fake_lmstudio: FakeLMStudio) -> None:
+    with running_server(nexus_config(fake_lmstudio)) as nexus:
+        client = openai.OpenAI(base_url=nexus.base_url, api_key="sk-test", max_retries=0)
+        stream = client.chat.completions.create(
+            model=LLM,
+            messages=[{"role": "user", "content": "Hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = list(stream)
+        listed = {m["id"]: m for m in httpx.get(nexus.base_url + "/models").json()["data"]}
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+        "Hello from lms"
+    )
+    assert all(chunk.usage is None for chunk in chunks)
+    assert listed[LLM]["context_length"] == 8192
+    assert listed[EMBED]["context_length"] == 2048

@@ -1,0 +1,483 @@
+"""The vLLM adapter against FakeVLLM: contract, loading, LoRA, metrics, errors, routing."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from nexus_backend_llamacpp import LlamaCppAdapter
+from nexus_backend_vllm import VLLMAdapter, load_from_metrics, normalise_error_body
+from nexus_core.adapters import (
+    BackendAdapter,
+    BackendError,
+    BackendStatus,
+    Endpoint,
+    ErrorKind,
+    LoadSignal,
+    Timeouts,
+)
+from nexus_core.config import BackendConfig
+from nexus_core.http import HttpClients
+from nexus_core.openai_wire import OpenAIWireAdapter
+from nexus_core.registry import busy_fraction
+from nexus_core.sse import event_data
+from nexus_core.testing import (
+    Behaviour,
+    FakeBackend,
+    FakeLlamaCpp,
+    FakeVLLM,
+    closed_port_url,
+    free_port,
+)
+from nexus_core.testing.contract import AdapterContract
+from nexus_server.testing import running_server
+
+FAST = Timeouts(connect=2.0, first_byte=5.0, idle=5.0)
+CHAT = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}
+
+
+def make_adapter(url: str, clients: HttpClients, **settings: Any) -> VLLMAdapter:
+    return VLLMAdapter(BackendConfig(name="v", url=url, type="vllm", **settings), clients)
+
+
+def chat(model: str = "fake-model", **extra: Any) -> bytes:
+    return json.dumps({"model": model, **CHAT, **extra}).encode()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+# -- the contract -------------------------------------------------------------------------------
+
+
+class TestVLLMContract(AdapterContract):
+    adapter_class = VLLMAdapter
+    fake_class = FakeVLLM
+
+    async def test_contract_probe_of_a_dead_server_is_unhealthy(
+        self, adapter: BackendAdapter, fake: FakeBackend
+    ) -> None:
+        """Once it has answered, a vLLM server that refuses connections is unhealthy.
+
+        (Before its first answer a refused connection means "still loading": see below.)
+        """
+        assert (await adapter.probe()).status is BackendStatus.HEALTHY
+        await fake.stop()
+        result = await adapter.probe()
+        assert result.status is BackendStatus.UNHEALTHY
+        assert result.detail is not None
+        assert result.detail.startswith("cannot connect")
+
+
+class TestVLLMContractWithKey(TestVLLMContract):
+    api_key = "sk-vllm"
+
+    async def test_model_list_needs_the_key_but_metrics_do_not(self, fake: FakeVLLM) -> None:
+        async with httpx.AsyncClient() as client:
+            models = await client.get(fake.url + "/v1/models")
+            metrics = await client.get(fake.url + "/metrics")
+            health = await client.get(fake.url + "/health")
+        assert models.status_code == 401
+        assert models.json() == {"error": "Unauthorized"}
+        assert (metrics.status_code, health.status_code) == (200, 200)
+
+
+# -- loading: vLLM refuses connections until its model is loaded --------------------------------
+
+
+async def test_refused_before_the_first_answer_is_loading_then_healthy(
+    clients: HttpClients,
+) -> None:
+    port = free_port()
+    adapter = make_adapter(f"http://127.0.0.1:{port}", clients)
+    loading = await adapter.probe()
+    assert loading.status is BackendStatus.LOADING
+    assert loading.detail is not None
+    assert "refuses connections while it loads" in loading.detail
+    assert "10 min" in loading.detail
+    async with FakeVLLM(port=port) as fake:
+        healthy = await adapter.probe()
+        assert healthy.status is BackendStatus.HEALTHY
+        assert healthy.version == "0.33.0"
+        await fake.stop()
+        # It answered once: refusing now means it went away, not that it is loading.
+        gone = await adapter.probe()
+    assert gone.status is BackendStatus.UNHEALTHY
+
+
+async def test_refused_for_longer_than_the_grace_is_unhealthy(
+    clients: HttpClients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    adapter = make_adapter(closed_port_url(), clients)
+    assert (await adapter.probe()).status is BackendStatus.LOADING
+    monkeypatch.setattr(adapter, "startup_grace_seconds", 0.0)
+    result = await adapter.probe()
+    assert result.status is BackendStatus.UNHEALTHY
+    assert result.detail is not None
+    assert result.detail.startswith("cannot connect")
+
+
+async def test_an_unresolvable_host_is_unhealthy_not_loading(clients: HttpClients) -> None:
+    result = await make_adapter("http://nexus-vllm-test.invalid:8000", clients).probe()
+    assert result.status is BackendStatus.UNHEALTHY
+
+
+async def test_a_dead_engine_is_unhealthy(clients: HttpClients) -> None:
+    async with FakeVLLM() as fake:
+        fake.engine_dead = True
+        result = await make_adapter(fake.url, clients).probe()
+    assert result.status is BackendStatus.UNHEALTHY
+    assert result.detail == "/health answered HTTP 503"
+
+
+def test_the_gateway_shows_a_starting_vllm_as_loading() -> None:
+    port = free_port()
+    config = {
+        "discovery": {"enabled": False},
+        "health_check": {"interval_seconds": 0.1},
+        "backends": [{"name": "gpu", "url": f"http://127.0.0.1:{port}", "type": "vllm"}],
+    }
+    with running_server(config) as nexus:
+        backend = nexus.gateway.registry.get("gpu")
+        assert backend is not None
+        assert backend.status is BackendStatus.LOADING
+        with FakeVLLM(port=port).running():
+            wait_until(lambda: backend.status is BackendStatus.HEALTHY)
+            models = httpx.get(nexus.url + "/v1/models").json()["data"]
+        assert [model["id"] for model in models] == ["fake-model"]
+
+
+# -- models, context length, LoRA ----------------------------------------------------------------
+
+
+async def test_models_carry_max_model_len_and_loras_their_parents(clients: HttpClients) -> None:
+    fake = FakeVLLM(
+        models=["llama-8b", {"id": "qwen-7b", "max_model_len": 32768}],
+        max_model_len=8192,
+        lora_modules={"sql-lora": "llama-8b", "chat-lora": "qwen-7b", "orphan-lora": "gone"},
+    )
+    async with fake:
+        result = await make_adapter(fake.url, clients).probe()
+    contexts = {model.id: model.context_length for model in result.models}
+    assert contexts == {
+        "llama-8b": 8192,
+        "qwen-7b": 32768,
+        "sql-lora": 8192,
+        "chat-lora": 32768,
+        "orphan-lora": None,  # its base is not served: unknown, not invented
+    }
+    assert all(model.owned_by == "vllm" for model in result.models)
+    # vLLM's API says nothing about capabilities: they stay unknown.
+    assert {(m.vision, m.tools, m.json_mode, m.embeddings) for m in result.models} == {
+        (None, None, None, None)
+    }
+
+
+async def test_a_lora_adapter_is_a_routable_model(clients: HttpClients) -> None:
+    async with FakeVLLM(models=["base"], lora_modules={"sql-lora": "base"}) as fake:
+        adapter = make_adapter(fake.url, clients)
+        response = await adapter.send(Endpoint.CHAT, chat("sql-lora"), stream=False, timeouts=FAST)
+    assert response.body is not None
+    assert json.loads(response.body)["model"] == "sql-lora"
+
+
+def test_the_fake_lists_lora_cards_as_vllm_does() -> None:
+    with FakeVLLM(models=["base"], lora_modules={"sql-lora": "base"}).running() as fake:
+        cards = httpx.get(fake.url + "/v1/models").json()["data"]
+    base, lora = cards
+    assert (base["parent"], base["max_model_len"], base["owned_by"]) == (None, 8192, "vllm")
+    assert (lora["id"], lora["parent"], lora["max_model_len"]) == ("sql-lora", "base", None)
+    assert lora["permission"][0]["object"] == "model_permission"
+
+
+# -- load from /metrics ---------------------------------------------------------------------------
+
+METRICS = """\
+# HELP python_gc_objects_collected_total Objects collected during gc
+# TYPE python_gc_objects_collected_total counter
+python_gc_objects_collected_total{generation="0"} 12873.0
+# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 7.0
+vllm:num_requests_running{engine="1",model_name="meta-llama/Llama-3.1-8B-Instruct"} 5.0
+# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 2.0
+vllm:num_requests_waiting{engine="1",model_name="meta-llama/Llama-3.1-8B-Instruct"} 1.0
+# HELP vllm:num_requests_waiting_by_reason Number of requests waiting, by reason.
+# TYPE vllm:num_requests_waiting_by_reason gauge
+vllm:num_requests_waiting_by_reason{engine="0",model_name="m",reason="capacity"} 99.0
+# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 0.42
+vllm:kv_cache_usage_perc{engine="1",model_name="meta-llama/Llama-3.1-8B-Instruct"} 0.87
+# HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.
+# TYPE vllm:time_to_first_token_seconds histogram
+vllm:time_to_first_token_seconds_bucket{engine="0",le="0.1",model_name="m"} 3.0
+vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf",model_name="m"} 9.0
+"""
+
+
+def test_load_sums_running_and_waiting_over_engines_and_takes_the_fullest_cache() -> None:
+    assert load_from_metrics(METRICS) == LoadSignal(
+        busy_slots=12, queue_depth=3, total_slots=None, kv_cache_usage=0.87
+    )
+
+
+def test_load_reads_the_kv_cache_gauge_of_servers_before_0_9() -> None:
+    legacy = """\
+# HELP vllm:gpu_cache_usage_perc GPU KV-cache usage. 1 means 100 percent usage.
+# TYPE vllm:gpu_cache_usage_perc gauge
+vllm:gpu_cache_usage_perc{model_name="m"} 0.5
+vllm:num_requests_running{model_name="m"} 1.0
+vllm:num_requests_waiting{model_name="m"} 0.0
+"""
+    assert load_from_metrics(legacy) == LoadSignal(busy_slots=1, queue_depth=0, kv_cache_usage=0.5)
+    # Both served (0.9 - 0.10): the current name wins.
+    both = legacy + 'vllm:kv_cache_usage_perc{model_name="m"} 0.25\n'
+    signal = load_from_metrics(both)
+    assert signal is not None
+    assert signal.kv_cache_usage == 0.25
+
+
+def test_load_survives_odd_exposition_lines() -> None:
+    text = (
+        'vllm:num_requests_running{model_name="a \\"quoted\\" name, with} brace"} 2 1732000000000\n'
+        'vllm:num_requests_running{model_name="b"} NaN\n'
+        "vllm:num_requests_waiting 4e+00\n"
+        'vllm:kv_cache_usage_perc{engine="0",} 1.5\n'  # trailing comma; clipped to 1
+        "garbage line without a value\n"
+        'vllm:num_requests_waiting{broken="} 3\n'
+    )
+    assert load_from_metrics(text) == LoadSignal(busy_slots=2, queue_depth=4, kv_cache_usage=1.0)
+    assert load_from_metrics("# nothing here\nprocess_cpu_seconds_total 3.2\n") is None
+
+
+async def test_load_follows_the_requests_in_flight(clients: HttpClients) -> None:
+    async with FakeVLLM(max_num_seqs=1) as fake:
+        adapter = make_adapter(fake.url, clients)
+        assert await adapter.load() == LoadSignal(busy_slots=0, queue_depth=0, kv_cache_usage=0.0)
+        fake.behave(Behaviour(delay_between_events=0.5))
+        streams = [
+            await adapter.send(Endpoint.CHAT, chat(stream=True), stream=True, timeouts=FAST)
+            for _ in range(3)
+        ]
+        try:
+            assert await adapter.load() == LoadSignal(
+                busy_slots=1, queue_depth=2, kv_cache_usage=1.0
+            )
+        finally:
+            for stream in streams:
+                await stream.aclose()
+
+
+async def test_load_is_none_when_metrics_cannot_be_read(clients: HttpClients) -> None:
+    async with FakeBackend() as plain:  # an OpenAI-wire server: /metrics is 404
+        assert await make_adapter(plain.url, clients).load() is None
+    assert await make_adapter(closed_port_url(), clients).load() is None
+
+
+async def test_a_saturated_server_counts_as_fully_busy(clients: HttpClients) -> None:
+    async with FakeVLLM() as fake:
+        fake.set_load(running=256, waiting=40, kv_cache_usage=0.97)
+        signal = await make_adapter(fake.url, clients).load()
+    assert signal == LoadSignal(busy_slots=256, queue_depth=40, kv_cache_usage=0.97)
+    # max_num_seqs is not exposed, so the router scores it by queue and KV cache.
+    assert busy_fraction(signal) == 1.0
+
+
+# -- errors: vLLM's int codes ---------------------------------------------------------------------
+
+
+async def test_an_unknown_model_is_a_client_error_with_a_string_code(clients: HttpClients) -> None:
+    async with FakeVLLM() as fake:
+        with pytest.raises(BackendError) as info:
+            await make_adapter(fake.url, clients).send(
+                Endpoint.CHAT, chat("nope"), stream=False, timeouts=FAST
+            )
+    assert info.value.kind is ErrorKind.CLIENT_ERROR
+    assert info.value.status == 404
+    assert json.loads(info.value.body) == {
+        "error": {
+            "message": "The model `nope` does not exist.",
+            "type": "NotFoundError",
+            "param": "model",
+            "code": "404",
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "body_code", "kind"),
+    [
+        (500, 500, ErrorKind.SERVER_ERROR),
+        (503, 400, ErrorKind.SERVER_ERROR),  # the HTTP status decides, not the body
+        (429, 429, ErrorKind.OVERLOADED),
+        (400, 503, ErrorKind.CLIENT_ERROR),
+    ],
+)
+async def test_errors_are_classified_by_the_http_status(
+    clients: HttpClients, status: int, body_code: int, kind: ErrorKind
+) -> None:
+    body = {"error": {"message": "boom", "type": "X", "param": None, "code": body_code}}
+    async with FakeVLLM() as fake:
+        fake.push(Behaviour(status=status, error_body=body))
+        with pytest.raises(BackendError) as info:
+            await make_adapter(fake.url, clients).send(
+                Endpoint.CHAT, chat(), stream=False, timeouts=FAST
+            )
+    assert (info.value.kind, info.value.status) == (kind, status)
+    assert json.loads(info.value.body)["error"]["code"] == str(body_code)
+
+
+def test_error_bodies_are_normalised() -> None:
+    flat = {"object": "error", "message": "bad", "type": "BadRequestError", "param": None}
+    assert json.loads(normalise_error_body(json.dumps({**flat, "code": 400}).encode(), 400)) == {
+        "error": {"message": "bad", "type": "BadRequestError", "param": None, "code": "400"}
+    }
+    assert json.loads(normalise_error_body(b'{"error": "Unauthorized"}', 401)) == {
+        "error": {"message": "Unauthorized", "type": "Unauthorized", "param": None, "code": "401"}
+    }
+    already = b'{"error":{"message":"m","type":"t","param":null,"code":"x"}}'
+    assert normalise_error_body(already, 400) is already
+    assert normalise_error_body(b"Internal Server Error", 500) == b"Internal Server Error"
+
+
+async def test_an_error_event_before_the_first_token_fails_over(clients: HttpClients) -> None:
+    async with FakeVLLM() as fake:
+        adapter = make_adapter(fake.url, clients)
+        fake.fail_next_stream(status=500, message="EngineCore encountered an issue")
+        response = await adapter.send(Endpoint.CHAT, chat(stream=True), stream=True, timeouts=FAST)
+        assert response.events is not None
+        with pytest.raises(BackendError) as info:
+            await anext(response.events)
+        await response.aclose()
+        assert info.value.kind is ErrorKind.SERVER_ERROR
+        assert info.value.retryable
+        assert "EngineCore encountered an issue" in info.value.message
+
+        fake.fail_next_stream(status=400, message="bad request")
+        response = await adapter.send(Endpoint.CHAT, chat(stream=True), stream=True, timeouts=FAST)
+        assert response.events is not None
+        with pytest.raises(BackendError) as info:
+            await anext(response.events)
+        await response.aclose()
+    assert (info.value.kind, info.value.status) == (ErrorKind.CLIENT_ERROR, 400)
+    assert json.loads(info.value.body)["error"]["code"] == "400"
+
+
+async def test_a_later_error_event_is_relayed_with_a_string_code(clients: HttpClients) -> None:
+    async with FakeVLLM() as fake:
+        fake.fail_next_stream(after_events=2, status=500, message="oops")
+        adapter = make_adapter(fake.url, clients)
+        response = await adapter.send(Endpoint.CHAT, chat(stream=True), stream=True, timeouts=FAST)
+        assert response.events is not None
+        try:
+            datas = [event_data(event) async for event in response.events]
+        finally:
+            await response.aclose()
+    assert datas[-1] == b"[DONE]"
+    error = json.loads(datas[-2])["error"]
+    assert (error["message"], error["type"], error["code"]) == (
+        "oops",
+        "InternalServerError",
+        "500",
+    )
+
+
+def test_clients_see_vllm_errors_with_string_codes_through_nexus() -> None:
+    with (
+        FakeVLLM("a").running() as a,
+        FakeVLLM("b").running() as b,
+        running_server(gateway_config(a, b, strategy="priority_only")) as nexus,
+    ):
+        sdk = openai.OpenAI(base_url=nexus.base_url, api_key="unused", max_retries=0)
+        a.push(Behaviour(status=500))
+        raw = sdk.chat.completions.with_raw_response.create(model="fake-model", **CHAT)
+        assert raw.headers["x-nexus-backend"] == "b"  # a's 500 failed over
+        a.fail_next_stream(status=503, message="engine restarting")
+        stream = sdk.chat.completions.create(model="fake-model", stream=True, **CHAT)
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert b.inference_requests[-1].json["stream"] is True  # the stream failed over too
+        a.push(Behaviour(status=400, error_body=a.error_body(400)))
+        with pytest.raises(openai.BadRequestError) as info:
+            sdk.chat.completions.create(model="fake-model", **CHAT)
+    assert info.value.code == "400"
+    assert info.value.type == "BadRequestError"
+
+
+# -- detection ------------------------------------------------------------------------------------
+
+
+async def test_detect_tells_vllm_llamacpp_and_plain_openai_apart(clients: HttpClients) -> None:
+    async with FakeVLLM() as vllm, FakeLlamaCpp() as llama, FakeBackend() as plain:
+        assert await VLLMAdapter.detect(vllm.url, clients) is True
+        assert await VLLMAdapter.detect(llama.url, clients) is False
+        assert await VLLMAdapter.detect(plain.url, clients) is False
+        assert await LlamaCppAdapter.detect(vllm.url, clients) is False
+        assert await OpenAIWireAdapter.detect(vllm.url, clients) is True  # generic fits, too
+
+
+async def test_detect_a_keyed_vllm_with_or_without_the_key(clients: HttpClients) -> None:
+    async with FakeVLLM(api_key="k") as fake, FakeBackend(api_key="k") as plain:
+        assert await VLLMAdapter.detect(fake.url, clients, api_key="k") is True
+        # Without the key: /health (empty 200) and /version are public and tell it apart.
+        assert await VLLMAdapter.detect(fake.url, clients) is True
+        assert await VLLMAdapter.detect(plain.url, clients) is False
+
+
+# -- load-aware routing end to end ----------------------------------------------------------------
+
+
+def gateway_config(*fakes: FakeVLLM, strategy: str = "least_loaded") -> dict[str, Any]:
+    return {
+        "server": {"first_byte_timeout_seconds": 2.0, "request_timeout_seconds": 10.0},
+        "discovery": {"enabled": False},
+        "health_check": {"interval_seconds": 3600, "load_interval_seconds": 0.1},
+        "routing": {"strategy": strategy},
+        "backends": [
+            {"name": fake.name, "url": fake.url, "type": "vllm", "priority": 10 * (i + 1)}
+            for i, fake in enumerate(fakes)
+        ],
+    }
+
+
+@pytest.mark.parametrize("strategy", ["least_loaded", "smart"])
+def test_requests_avoid_the_saturated_vllm(strategy: str) -> None:
+    with (
+        FakeVLLM("a").running() as a,
+        FakeVLLM("b").running() as b,
+        running_server(gateway_config(a, b, strategy=strategy)) as nexus,
+    ):
+        backend_a = nexus.gateway.registry.get("a")
+        backend_b = nexus.gateway.registry.get("b")
+        assert backend_a is not None
+        assert backend_b is not None
+
+        def served_by() -> list[str]:
+            return [
+                httpx.post(
+                    nexus.base_url + "/chat/completions",
+                    json={"model": "fake-model", **CHAT},
+                ).headers["x-nexus-backend"]
+                for _ in range(4)
+            ]
+
+        a.set_load(running=200, waiting=30, kv_cache_usage=0.99)
+        wait_until(lambda: backend_a.load_busy == 1.0)
+        assert served_by() == ["b"] * 4
+
+        a.set_load()
+        b.set_load(running=180, waiting=12, kv_cache_usage=1.0)
+        wait_until(lambda: backend_a.load_busy == 0.0 and backend_b.load_busy == 1.0)
+        assert served_by() == ["a"] * 4

@@ -1,0 +1,350 @@
+"""A fake vLLM OpenAI-compatible server (``vllm serve``), built from vLLM 0.33's wire format.
+
+What it serves, as vLLM does (``reference/backend-apis.md`` §2.2):
+
+- ``GET /health``: 200 with an empty body; 503, empty, once ``engine_dead`` is set.
+- ``GET /version`` ``{"version": ...}``, ``GET /ping``, ``GET /load`` ``{"server_load": N}``.
+- ``GET /v1/models``: one card per served model (``owned_by: vllm``, ``root``, ``parent: null``,
+  ``max_model_len``, ``permission``) and one per LoRA adapter (``parent`` = its base model,
+  ``max_model_len: null``). LoRA adapters are served models too.
+- ``GET /metrics``: Prometheus text (``# HELP``/``# TYPE``, one label set per engine) with
+  ``vllm:num_requests_running``, ``vllm:num_requests_waiting``, ``vllm:kv_cache_usage_perc``
+  (``vllm:gpu_cache_usage_perc`` for a pre-0.9 server) and the usual counters and histograms.
+  The figures follow the requests in flight (over ``max_num_seqs`` they wait), or ``set_load``.
+- Errors ``{"error": {"message", "type": "NotFoundError"..., "param", "code": <int status>}}``;
+  with ``api_key``, ``/v1/...`` without the key is 401 ``{"error": "Unauthorized"}`` while
+  ``/health``, ``/metrics``, ``/version``, ``/load`` and ``/ping`` stay public.
+
+vLLM refuses connections while it loads a model (the port is bound but not listening): a test
+models that by pointing an adapter at a ``FakeVLLM(port=free_port())`` that is not started yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+
+from nexus_core.testing import openai_shapes as shapes
+from nexus_core.testing.fake_backend import Behaviour, FakeBackend, _Exchange, _json
+
+KV_CACHE_METRIC = "vllm:kv_cache_usage_perc"
+LEGACY_KV_CACHE_METRIC = "vllm:gpu_cache_usage_perc"
+
+# vLLM's error ``type`` per status (create_error_response); other statuses use the HTTP phrase.
+_ERROR_TYPES = {
+    400: "BadRequestError",
+    404: "NotFoundError",
+    422: "UnprocessableEntityError",
+    500: "InternalServerError",
+    501: "NotImplementedError",
+    503: "ServiceUnavailableError",
+}
+_PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class FakeVLLM(FakeBackend):
+    """A vLLM server on ``127.0.0.1``: OpenAI wire plus vLLM's health, models and metrics."""
+
+    public_paths = frozenset({"/health", "/ping", "/load", "/version", "/metrics"})
+
+    def __init__(
+        self,
+        name: str = "vllm",
+        models: Sequence[str | Mapping[str, Any]] = ("fake-model",),
+        *,
+        behaviour: Behaviour | None = None,
+        embeddings_dim: int = 8,
+        api_key: str | None = None,
+        port: int = 0,
+        max_model_len: int = 8192,
+        lora_modules: Mapping[str, str] | None = None,
+        max_num_seqs: int = 256,
+        engines: int = 1,
+        kv_cache_metric: str = KV_CACHE_METRIC,
+        version: str = "0.33.0",
+    ) -> None:
+        super().__init__(
+            name,
+            models,
+            behaviour=behaviour,
+            embeddings_dim=embeddings_dim,
+            api_key=api_key,
+            port=port,
+        )
+        self.max_model_len = max_model_len
+        #: LoRA adapter name -> the base model it applies to (``--lora-modules name=path``).
+        self.lora_modules: dict[str, str] = dict(lora_modules or {})
+        self.max_num_seqs = max_num_seqs
+        self.engines = engines
+        self.kv_cache_metric = kv_cache_metric
+        self.version = version
+        #: While True, ``/health`` answers 503 (vLLM's ``EngineDeadError``).
+        self.engine_dead = False
+        #: Generation requests being answered right now.
+        self.in_flight = 0
+        self._load_override: tuple[int | None, int | None, float | None] | None = None
+        self._stream_failures: list[tuple[int, int, str]] = []
+
+    def set_load(
+        self,
+        *,
+        running: int | None = None,
+        waiting: int | None = None,
+        kv_cache_usage: float | None = None,
+    ) -> None:
+        """Report these figures in ``/metrics`` (totals over engines); no argument: real ones."""
+        if running is None and waiting is None and kv_cache_usage is None:
+            self._load_override = None
+        else:
+            self._load_override = (running, waiting, kv_cache_usage)
+
+    def fail_next_stream(
+        self, *, after_events: int = 0, status: int = 500, message: str = "engine failure"
+    ) -> None:
+        """Make the next streamed answer send ``after_events`` chunks, then vLLM's in-stream
+        error event ``data: {"error": {..., "code": status}}`` and ``data: [DONE]``."""
+        self._stream_failures.append((after_events, status, message))
+
+    def reset(self) -> None:
+        """Forget requests and steering; back to a healthy, idle server."""
+        super().reset()
+        self.engine_dead = False
+        self._load_override = None
+        self._stream_failures.clear()
+
+    # -- serving -------------------------------------------------------------------------------
+
+    async def route(
+        self,
+        request: web.Request,
+        body: bytes,
+        kind: str | None,
+        behaviour: Behaviour,
+        exchange: _Exchange,
+    ) -> web.StreamResponse | None:
+        """vLLM's own endpoints, and its checks of an inference request."""
+        path, method = request.path, request.method
+        if kind is not None:
+            return self._check_request(body)
+        if method != "GET" and path != "/ping":
+            return None
+        if path == "/health":
+            return web.Response(status=503 if self.engine_dead else 200)
+        if path == "/version":
+            return _json({"version": self.version}, 200)
+        if path == "/ping":
+            return web.Response(status=503 if self.engine_dead else 200)
+        if path == "/load":
+            return _json({"server_load": self.in_flight}, 200)
+        if path == "/metrics":
+            return web.Response(
+                body=self.metrics_text().encode(), headers={"Content-Type": _PROMETHEUS}
+            )
+        if path == "/v1/models":
+            return self._ok(behaviour, {"object": "list", "data": self.model_cards()}, extra=False)
+        return _json(self._error("Not Found", 404, "Not Found"), 404)
+
+    def _check_request(self, body: bytes) -> web.Response | None:
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
+            return _json(self._error("Invalid JSON body", 400), 400)
+        model = payload.get("model")
+        if isinstance(model, str) and model not in self._model_ids():
+            error = self._error(f"The model `{model}` does not exist.", 404, param="model")
+            return _json(error, 404)
+        return None
+
+    async def _generate(
+        self,
+        request: web.Request,
+        behaviour: Behaviour,
+        payload: dict[str, Any],
+        model: str,
+        kind: str,
+        exchange: _Exchange,
+    ) -> web.StreamResponse:
+        self.in_flight += 1
+        try:
+            if payload.get("stream") is True and self._stream_failures:
+                return await self._failing_stream(request, behaviour, payload, model)
+            return await super()._generate(request, behaviour, payload, model, kind, exchange)
+        finally:
+            self.in_flight -= 1
+
+    async def _failing_stream(
+        self, request: web.Request, behaviour: Behaviour, payload: dict[str, Any], model: str
+    ) -> web.StreamResponse:
+        after_events, status, message = self._stream_failures.pop(0)
+        chunks = shapes.chat_chunks(
+            completion_id=f"chatcmpl-{uuid.uuid4().hex}",
+            model=model,
+            created=self._created,
+            content=behaviour.content or f"Hello from {self.name}",
+            tool_calls=None,
+            prompt_tokens=1,
+            include_usage=False,
+        )
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for chunk in chunks[:after_events]:
+            await response.write(b"data: " + shapes.dumps(chunk) + b"\n\n")
+            await asyncio.sleep(0)
+        # vLLM writes this one with json.dumps' default separators.
+        error = json.dumps(self._error(message, status))
+        await response.write(f"data: {error}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    def error_body(self, status: int) -> dict[str, Any]:
+        """vLLM's error envelope (``code`` is the int status); its API-key guard's 401 body."""
+        if status == 401:
+            return {"error": "Unauthorized"}
+        message = shapes.default_error(status)["error"]["message"]
+        return self._error(message, status)
+
+    def _error(
+        self, message: str, status: int, error_type: str | None = None, param: str | None = None
+    ) -> dict[str, Any]:
+        if error_type is None:
+            error_type = _ERROR_TYPES.get(status) or _phrase(status)
+        return {"error": {"message": message, "type": error_type, "param": param, "code": status}}
+
+    def _model_ids(self) -> set[str]:
+        return super()._model_ids() | set(self.lora_modules)
+
+    # -- what vLLM reports ---------------------------------------------------------------------
+
+    def model_cards(self) -> list[dict[str, Any]]:
+        """The ``data`` of ``/v1/models``: base models, then LoRA adapters."""
+        cards = []
+        for entry in self.models:
+            model = entry if isinstance(entry, str) else str(entry.get("id"))
+            card = self._card(model, root=model, parent=None, max_model_len=self.max_model_len)
+            if not isinstance(entry, str):
+                card.update(entry)
+            cards.append(card)
+        for lora, parent in self.lora_modules.items():
+            cards.append(
+                self._card(lora, root=f"/adapters/{lora}", parent=parent, max_model_len=None)
+            )
+        return cards
+
+    def _card(
+        self, model: str, *, root: str, parent: str | None, max_model_len: int | None
+    ) -> dict[str, Any]:
+        return {
+            "id": model,
+            "object": "model",
+            "created": self._created,
+            "owned_by": "vllm",
+            "root": root,
+            "parent": parent,
+            "max_model_len": max_model_len,
+            "permission": [
+                {
+                    "id": f"modelperm-{uuid.uuid4().hex}",
+                    "object": "model_permission",
+                    "created": self._created,
+                    "allow_create_engine": False,
+                    "allow_sampling": True,
+                    "allow_logprobs": True,
+                    "allow_search_indices": False,
+                    "allow_view": True,
+                    "allow_fine_tuning": False,
+                    "organization": "*",
+                    "group": None,
+                    "is_blocking": False,
+                }
+            ],
+        }
+
+    def current_load(self) -> tuple[int, int, float]:
+        """(running, waiting, KV-cache use) over all engines, as ``/metrics`` reports them."""
+        in_flight = self.in_flight
+        capacity = self.max_num_seqs * self.engines
+        running = min(in_flight, capacity)
+        waiting = in_flight - running
+        kv_cache = running / capacity if capacity else 0.0
+        if self._load_override is not None:
+            set_running, set_waiting, set_kv = self._load_override
+            running = running if set_running is None else set_running
+            waiting = waiting if set_waiting is None else set_waiting
+            kv_cache = kv_cache if set_kv is None else set_kv
+        return running, waiting, kv_cache
+
+    def metrics_text(self) -> str:
+        """The ``/metrics`` page, laid out as prometheus_client writes it."""
+        running, waiting, kv_cache = self.current_load()
+        first = self.models[0] if self.models else "model"
+        model = first if isinstance(first, str) else str(first.get("id"))
+        engines = [str(index) for index in range(self.engines)]
+        labels = {engine: f'engine="{engine}",model_name="{_escape(model)}"' for engine in engines}
+
+        def split(value: int) -> list[int]:
+            share, extra = divmod(value, self.engines)
+            return [share + (1 if index < extra else 0) for index in range(self.engines)]
+
+        lines = [
+            "# HELP python_gc_objects_collected_total Objects collected during gc",
+            "# TYPE python_gc_objects_collected_total counter",
+            'python_gc_objects_collected_total{generation="0"} 12873.0',
+            'python_gc_objects_collected_total{generation="1"} 1954.0',
+            "# HELP vllm:num_requests_running Number of requests in model execution batches.",
+            "# TYPE vllm:num_requests_running gauge",
+            *(
+                f"vllm:num_requests_running{{{labels[engine]}}} {float(count)}"
+                for engine, count in zip(engines, split(running), strict=True)
+            ),
+            "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.",
+            "# TYPE vllm:num_requests_waiting gauge",
+            *(
+                f"vllm:num_requests_waiting{{{labels[engine]}}} {float(count)}"
+                for engine, count in zip(engines, split(waiting), strict=True)
+            ),
+            "# HELP vllm:num_requests_waiting_by_reason Number of requests waiting, by reason.",
+            "# TYPE vllm:num_requests_waiting_by_reason gauge",
+            *(
+                f'vllm:num_requests_waiting_by_reason{{{labels[engine]},reason="capacity"}} '
+                f"{float(count)}"
+                for engine, count in zip(engines, split(waiting), strict=True)
+            ),
+            f"# HELP {self.kv_cache_metric} KV-cache usage. 1 means 100 percent usage.",
+            f"# TYPE {self.kv_cache_metric} gauge",
+            *(f"{self.kv_cache_metric}{{{labels[engine]}}} {kv_cache!r}" for engine in engines),
+            "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.",
+            "# TYPE vllm:prompt_tokens_total counter",
+            *(f"vllm:prompt_tokens_total{{{labels[engine]}}} 1234.0" for engine in engines),
+            *(f"vllm:prompt_tokens_created{{{labels[engine]}}} 1.7e+09" for engine in engines),
+            "# HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.",
+            "# TYPE vllm:time_to_first_token_seconds histogram",
+        ]
+        for engine in engines:
+            for bound, count in (("0.001", 0), ("0.1", 7), ("1.0", 9), ("+Inf", 9)):
+                lines.append(
+                    f'vllm:time_to_first_token_seconds_bucket{{{labels[engine]},le="{bound}"}} '
+                    f"{float(count)}"
+                )
+            lines.append(f"vllm:time_to_first_token_seconds_count{{{labels[engine]}}} 9.0")
+            lines.append(f"vllm:time_to_first_token_seconds_sum{{{labels[engine]}}} 0.42")
+        return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
