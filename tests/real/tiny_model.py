@@ -71,7 +71,7 @@ def write_tiny_model(
     vocab: str | os.PathLike[str],
     *,
     seed: int = 1234,
-    shape: Shape = Shape(),  # noqa: B008 - frozen, so sharing the default is safe
+    shape: Shape = Shape(),
     name: str = "tiny",
 ) -> Path:
     """Write the model to ``out`` (same seed and shape, same weights) and return its path."""

@@ -1,0 +1,1 @@
+"""Tests against real inference servers built from source (see scripts/build-llama-server.sh)."""
