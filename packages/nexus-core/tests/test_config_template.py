@@ -194,8 +194,11 @@ discovery = st.fixed_dictionaries(
     {},
     optional={
         "enabled": st.booleans(),
-        "service_types": st.lists(texts, max_size=3),
+        "service_types": st.lists(
+            st.from_regex(r"_[a-z0-9-]{1,15}\._(tcp|udp)\.local\.", fullmatch=True), max_size=3
+        ),
         "grace_period_seconds": non_negative,
+        "interfaces": st.lists(st.sampled_from(["192.168.1.20", "10.0.0.1", "fd00::1"])),
     },
 )
 health_check = st.fixed_dictionaries(

@@ -26,6 +26,8 @@ from nexus_core.http import HttpClients
 from nexus_core.openai_wire import OpenAIWireAdapter
 
 BUNDLED_TYPES = ("ollama", "vllm", "llamacpp", "lmstudio", "exo", "openai", "localai")
+# Part of the core, loaded whatever the allow- and deny-lists say.
+BUILTINS = ["builtin:generic", "builtin:mdns"]
 REPO_ROOT = Path(__file__).resolve().parents[3]
 HOOK_DOC = REPO_ROOT / "docs" / "plugin-hooks.md"
 
@@ -382,13 +384,13 @@ def test_broken_plugin_is_reported_and_skipped(
 def test_allow_list_loads_only_named_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
     # An entry-point name and a distribution name, spelled loosely: both select a plugin.
     monkeypatch.setenv(plugins.LOAD_ENV, " ollama , NEXUSGW_backend.vllm")
-    assert [info.name for info in plugins.plugin_report()] == ["builtin:generic", "ollama", "vllm"]
+    assert [info.name for info in plugins.plugin_report()] == [*BUILTINS, "ollama", "vllm"]
     assert set(plugins.backend_types()) == {"generic", "ollama", "vllm"}
 
 
 def test_empty_allow_list_loads_only_builtins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(plugins.LOAD_ENV, "")
-    assert [info.name for info in plugins.plugin_report()] == ["builtin:generic"]
+    assert [info.name for info in plugins.plugin_report()] == BUILTINS
     assert set(plugins.backend_types()) == {"generic"}
 
 
@@ -414,7 +416,7 @@ def test_deny_list_skips_named_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_deny_list_wins_over_allow_list(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(plugins.LOAD_ENV, "ollama,vllm")
     monkeypatch.setenv(plugins.DISABLE_ENV, "vllm")
-    assert [info.name for info in plugins.plugin_report()] == ["builtin:generic", "ollama"]
+    assert [info.name for info in plugins.plugin_report()] == [*BUILTINS, "ollama"]
 
 
 def test_trace_prints_every_hook_call(

@@ -383,6 +383,64 @@ def test_serve_runs_the_gateway_until_sigterm(tmp_path: Path) -> None:
     assert "listening" in output
 
 
+# --- advertise -------------------------------------------------------------------------------
+# Only the command line: publishing over mDNS is tested in tests/discovery_ns, in a private
+# network namespace; here ``run`` is replaced so that no zeroconf starts.
+
+
+def test_advertise_turns_flags_into_an_advertisement(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nexus_server.advertise
+    from nexus_core.discovery import Advertisement
+
+    seen: list[tuple[Advertisement, list[str]]] = []
+    monkeypatch.setattr(
+        nexus_server.advertise, "run", lambda ad, interfaces: seen.append((ad, interfaces)) or 0
+    )
+    args = ["--type", "llama.cpp", "--port", "8080", "--name", "Rack 1", "--api-path", "/v1"]
+    more = ["--models", "a, b,", "--address", "10.0.0.5", "--address", "fd00::5"]
+    code, _, err = nexus(capsys, "advertise", *args, *more, "--interface", "10.0.0.1")
+    assert (code, err) == (0, "")
+    ad, interfaces = seen[-1]
+    assert (ad.type, ad.port, ad.name, ad.api_path) == ("llamacpp", 8080, "Rack 1", "/v1")
+    assert (ad.models, ad.addresses, interfaces) == (
+        ("a", "b"),
+        ("10.0.0.5", "fd00::5"),
+        ["10.0.0.1"],
+    )
+    assert ad.service_type == "_llm._tcp.local."
+
+    code, _, err = nexus(capsys, "advertise", "--port", "11434", "--type", "Ollama")
+    assert (code, seen[-1][0].type, seen[-1][0].service_type) == (
+        0,
+        "ollama",
+        "_ollama._tcp.local.",
+    )
+    code, _, err = nexus(capsys, "advertise", "--port", "11434")
+    assert (code, seen[-1][0].type, seen[-1][0].txt()) == (0, None, {})
+    code, _, err = nexus(capsys, "advertise", "--port", "11434", "--type", "olama")
+    assert code == 0
+    assert err == "warning: 'olama' is not a backend type installed here; did you mean 'ollama'?\n"
+
+
+def test_advertise_refuses_bad_flags_before_touching_the_network(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nexus_server.advertise
+
+    monkeypatch.setattr(nexus_server.advertise, "run", lambda *args: pytest.fail("must not run"))
+    args = ["--port", "70000", "--address", "gpu-box", "--api-path", "/v1?x", "--name", "x" * 64]
+    code, out, err = nexus(capsys, "advertise", *args)
+    assert (code, out) == (1, "")
+    assert err.splitlines() == [
+        "--port: must be 1-65535 (got 70000)",
+        "--api-path: TXT api_path '/v1?x' is not a URL path",
+        "--address: not an IP address: 'gpu-box'",
+        f"--name: must be 1-63 bytes (got {'x' * 64!r})",
+    ]
+
+
 # --- documentation -----------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import ipaddress
 import os
 import re
 import tomllib
@@ -105,6 +106,8 @@ class ConfigKeyError(ValueError):
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# RFC 6763 service names: up to 15 letters, digits and hyphens, then the protocol, then the domain.
+_SERVICE_TYPE = re.compile(r"^_[A-Za-z0-9-]{1,15}\._(tcp|udp)\.local\.$")
 
 
 def _env_name(value: Any) -> Any:
@@ -207,14 +210,46 @@ class DiscoveryConfig(Section):
         description="Browse the local network for inference servers over mDNS (zeroconf).",
     )
     service_types: list[str] = Field(
-        default_factory=lambda: ["_ollama._tcp.local.", "_llm._tcp.local.", "_exo._tcp.local."],
-        description="mDNS service types to browse.",
+        default_factory=lambda: ["_ollama._tcp.local.", "_llm._tcp.local."],
+        description="mDNS (DNS-SD) service types to browse; the trailing dot may be left out.",
     )
     grace_period_seconds: float = Field(
         default=60.0,
         ge=0,
         description="How long a vanished service stays (as unknown) before it is removed.",
     )
+    interfaces: list[str] = Field(
+        default_factory=list,
+        description="Addresses of this machine's network interfaces to use for mDNS, e.g. "
+        '["192.168.1.20"]; empty: every IPv4 interface.',
+    )
+
+    @field_validator("service_types")
+    @classmethod
+    def _service_types(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            name = item.strip()
+            name = name if name.endswith(".") else name + "."
+            if not _SERVICE_TYPE.match(name):
+                raise ValueError(
+                    "each entry must be a DNS-SD service type such as '_ollama._tcp.local.' "
+                    f"(got {item!r})"
+                )
+            out.append(name)
+        return out
+
+    @field_validator("interfaces")
+    @classmethod
+    def _interface_addresses(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_address(item)
+            except ValueError:
+                raise ValueError(
+                    f"each entry must be an IP address of this machine (got {item!r})"
+                ) from None
+        return value
 
 
 class HealthCheckConfig(Section):

@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import Any, Literal, Self, overload
+from typing import TYPE_CHECKING, Any, Literal, Self, overload
 from urllib.parse import urlsplit
 
 from nexus_core.adapters import AdapterFactory, BackendStatus, Endpoint, Timeouts
@@ -22,6 +22,9 @@ from nexus_core.registry import Backend, Registry
 from nexus_core.routing import Router, analyze
 from nexus_core.sse import event_data
 
+if TYPE_CHECKING:
+    from nexus_core.discovery import DiscoverySource, DiscoverySourceFactory
+
 log = logging.getLogger("nexus.gateway")
 
 __all__ = ["Gateway", "ProxyResult", "ProxyStream"]
@@ -33,8 +36,8 @@ DEFAULT_DETECT_RANK = 50
 class Gateway:
     """One OpenAI-compatible entry point over many backends, usable in-process.
 
-    ``async with Gateway(config) as gateway:`` starts health checks; the methods mirror the
-    HTTP API (chat, completions, embeddings, models, backends).
+    ``async with Gateway(config) as gateway:`` starts health checks and discovery; the methods
+    mirror the HTTP API (chat, completions, embeddings, models, backends).
     """
 
     def __init__(
@@ -42,6 +45,7 @@ class Gateway:
         config: NexusConfig | Mapping[str, Any] | None = None,
         *,
         backend_types: Mapping[str, AdapterFactory] | None = None,
+        discovery_sources: Mapping[str, DiscoverySourceFactory] | None = None,
         clients: HttpClients | None = None,
     ) -> None:
         if config is None:
@@ -54,6 +58,9 @@ class Gateway:
         self.health = HealthChecker(self.registry, config.health_check)
         self.clients = clients or HttpClients()
         self._backend_types = dict(backend_types) if backend_types is not None else None
+        self._discovery_sources = dict(discovery_sources) if discovery_sources is not None else None
+        #: The discovery sources running now, by name (empty while discovery is off).
+        self.discovery: dict[str, DiscoverySource] = {}
         server = config.server
         self.timeouts = Timeouts(
             connect=server.connect_timeout_seconds,
@@ -79,7 +86,7 @@ class Gateway:
         return self._backend_types
 
     async def start(self) -> None:
-        """Create configured backends, probe them once, start the health loop and plugins."""
+        """Add and probe the configured backends, keep probing them, start discovery and plugins."""
         if self._started:
             return
         self._started = True
@@ -87,10 +94,27 @@ class Gateway:
         await asyncio.gather(*(self.add_backend(b, source="static") for b in self.config.backends))
         from nexus_core import plugins
 
+        if self.config.discovery.enabled:
+            await self._start_discovery()
         await plugins.call_startup(self)
 
+    async def _start_discovery(self) -> None:
+        from nexus_core import plugins
+
+        sources = self._discovery_sources
+        if sources is None:
+            sources = plugins.discovery_sources()
+        for name, factory in sources.items():
+            try:
+                source = factory(self)
+                await source.start()
+            except Exception:  # one broken source must not stop the gateway or the others
+                log.exception("discovery source %r failed to start; carrying on without it", name)
+                continue
+            self.discovery[name] = source
+
     async def stop(self) -> None:
-        """Stop health checks, close adapters and HTTP clients."""
+        """Stop plugins, discovery and health checks, close adapters and HTTP clients."""
         if not self._started:
             return
         self._started = False
@@ -99,6 +123,12 @@ class Gateway:
         try:
             await plugins.call_shutdown(self)
         finally:
+            for name, source in list(self.discovery.items()):
+                try:
+                    await source.stop()
+                except Exception:
+                    log.exception("discovery source %r failed to stop", name)
+            self.discovery.clear()
             await self.health.stop()
             for backend in self.registry:
                 await backend.adapter.close()
@@ -162,14 +192,49 @@ class Gateway:
             self._undetected.add(entry.name)
         self.registry.add(entry)
         self.registry.set_models(entry, ())  # what the config declares, before any probe
-        await self.health.check(entry)
+        await self.resume_backend(entry)
+        return entry
+
+    async def resume_backend(self, backend: Backend) -> None:
+        """Probe a registered backend now and keep probing it (its counters are kept)."""
+        await self.health.check(backend)
         if self.config.health_check.enabled:
-            self.health.watch(entry)
+            self.health.watch(backend)
         else:
             # Trusted as healthy: the one probe above only taught us its models.
-            self.registry.set_status(entry, BackendStatus.HEALTHY, "health checks disabled")
-            self.health.watch(entry, probe=False)
-        return entry
+            self.registry.set_status(backend, BackendStatus.HEALTHY, "health checks disabled")
+            self.health.watch(backend, probe=False)
+
+    async def suspend_backend(self, backend: Backend, reason: str) -> None:
+        """Stop probing a backend and mark it ``unknown`` (not routable), keeping it registered.
+
+        Requests already on it finish; ``resume_backend`` brings it back with its counters.
+        """
+        await self.health.unwatch(backend.name)
+        backend.last_error = reason
+        self.registry.set_status(backend, BackendStatus.UNKNOWN, reason)
+
+    async def reconfigure_backend(self, backend: Backend, config: BackendConfig) -> None:
+        """Swap a registered backend's config (URL, type...) and probe it again; counters stay."""
+        factory = self.backend_types.get(config.type)
+        if factory is None:
+            raise GatewayError(
+                400,
+                f"Unknown backend type '{config.type}' for backend '{backend.name}'",
+                param="type",
+                code="unknown_backend_type",
+            )
+        old = backend.adapter
+        backend.config = config
+        backend.adapter = factory(config, self.clients)
+        backend.is_cloud = factory.is_cloud
+        backend.zone = config.effective_zone
+        backend.priority = config.priority
+        backend.tier = config.tier
+        backend.max_concurrent = config.max_concurrent
+        await old.close()
+        await self.health.unwatch(backend.name)
+        await self.resume_backend(backend)
 
     async def detect_type(self, url: str, *, api_key: str | None = None) -> str | None:
         """The most specific installed backend type that recognises the server at ``url``.
@@ -221,18 +286,10 @@ class Gateway:
             return
         if self.registry.get(backend.name) is not backend:
             return
-        factory = self.backend_types[detected]
-        config = backend.config.model_copy(update={"type": detected})
-        old = backend.adapter
-        backend.config = config
-        backend.adapter = factory(config, self.clients)
-        backend.is_cloud = factory.is_cloud
-        backend.zone = config.effective_zone
         log.info("backend %s: detected type %s", backend.name, detected)
-        await old.close()
-        await self.health.unwatch(backend.name)
-        await self.health.check(backend)
-        self.health.watch(backend, probe=self.config.health_check.enabled)
+        await self.reconfigure_backend(
+            backend, backend.config.model_copy(update={"type": detected})
+        )
 
     async def remove_backend(self, name: str) -> bool:
         """Remove a backend; requests already on it finish. False if there was none."""

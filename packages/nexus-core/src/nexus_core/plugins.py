@@ -27,12 +27,15 @@ import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import metadata
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pluggy
 
 from nexus_core import hookspecs
 from nexus_core.adapters import AdapterFactory
+
+if TYPE_CHECKING:
+    from nexus_core.discovery import DiscoverySourceFactory
 
 logger = logging.getLogger("nexus.plugins")
 
@@ -45,6 +48,7 @@ CORE_DISTRIBUTION = "nexusgw-core"
 # Part of the core: loaded whatever the allow- and deny-lists say.
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("builtin:generic", "nexus_core.default_plugins.generic"),
+    ("builtin:mdns", "nexus_core.default_plugins.mdns"),
 )
 
 # The same rule the configuration applies to `[[backends]] type`.
@@ -155,9 +159,11 @@ def backend_types() -> dict[str, AdapterFactory]:
     return cast(dict[str, AdapterFactory], dict(_collect("register_backends").winners))
 
 
-def discovery_sources() -> dict[str, Any]:
+def discovery_sources() -> dict[str, DiscoverySourceFactory]:
     """Discovery source name -> source factory, from ``register_discovery_sources``."""
-    return dict(_collect("register_discovery_sources").winners)
+    return cast(
+        dict[str, "DiscoverySourceFactory"], dict(_collect("register_discovery_sources").winners)
+    )
 
 
 def routing_strategies() -> dict[str, Any]:

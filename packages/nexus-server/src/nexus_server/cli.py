@@ -251,6 +251,62 @@ def _plugin_table(report: list[PluginInfo]) -> str:
 
 
 @app.command
+def advertise(
+    *,
+    port: int,
+    backend_type: Annotated[str, Parameter(name="--type")] = "auto",
+    name: str | None = None,
+    api_path: str = "",
+    models: str = "",
+    address: list[str] | None = None,
+    interface: list[str] | None = None,
+) -> int:
+    """Announce an inference server over mDNS so that Nexus finds it, until Ctrl-C or SIGTERM.
+
+    Ollama (and most servers) do not announce themselves; run this next to them. Type ollama
+    is published as _ollama._tcp.local., any other type as _llm._tcp.local. with TXT type.
+
+    Parameters
+    ----------
+    port
+        TCP port of the server (11434 for Ollama).
+    backend_type
+        Backend type (ollama, vllm, llamacpp, ...); auto leaves it to Nexus to probe.
+    name
+        Instance name (default: this machine's host name and the type).
+    api_path
+        Base path of the server's API, if not at the root (TXT api_path).
+    models
+        Comma-separated models it serves, as a hint (TXT models).
+    address
+        Address clients reach the server at (repeatable; default: this machine's).
+    interface
+        Address of a local interface to send mDNS on (repeatable; default: every interface).
+    """
+    from nexus_core.discovery import TYPE_ALIASES, Advertisement
+    from nexus_core.plugins import backend_types
+
+    kind = backend_type.strip().lower()
+    kind = TYPE_ALIASES.get(kind, kind)
+    advertisement = Advertisement(
+        port=port,
+        type=None if kind == "auto" else kind,
+        name=name,
+        api_path=api_path,
+        models=tuple(m.strip() for m in models.split(",") if m.strip()),
+        addresses=tuple(address or ()),
+    )
+    from nexus_server.advertise import check, run
+
+    problems = check(advertisement, sorted(backend_types()))
+    for line in problems:
+        _error(line)
+    if problems:
+        return 1
+    return run(advertisement, list(interface or ()))
+
+
+@app.command
 def completions(shell: Literal["bash", "zsh", "fish"]) -> int:
     """Print a shell completion script, e.g. `nexus completions bash > ~/.nexus-complete.bash`.
 

@@ -83,8 +83,6 @@ def build_server(config: NexusConfig) -> uvicorn.Server:
 def run(config: NexusConfig) -> int:
     """Serve until stopped; 0 on a clean shutdown (SIGTERM drains in-flight requests first)."""
     setup_logging(config)
-    if config.discovery.enabled:
-        log.info("mDNS discovery is not part of this version yet; using configured backends")
     server = build_server(config)
     # Everything imported so far lives for the whole run: keep it out of the collector's scans,
     # and collect the young generation less often (fewer pauses under load).
