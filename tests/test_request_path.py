@@ -307,7 +307,8 @@ def test_no_healthy_backend_is_503_with_reasons(fakes: list[FakeBackend]) -> Non
     assert response.status_code == 503
     details = response.json()["error"]["details"]
     assert {d["backend"] for d in details} == {"a", "b"}
-    assert all("probe timed out" in d["reason"] for d in details)
+    assert all(d["reason"] == "unhealthy" for d in details)
+    assert all("probe timed out" in d["message"] for d in details)
 
 
 # -- failover -----------------------------------------------------------------------------------

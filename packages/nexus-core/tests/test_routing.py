@@ -116,10 +116,11 @@ def test_no_healthy_backend_is_503_with_reasons() -> None:
     with pytest.raises(GatewayError) as info:
         router.plan(chat("m"))
     assert info.value.status == 503
-    assert info.value.details == [
-        {"backend": "a", "reason": "unhealthy: connection refused"},
-        {"backend": "b", "reason": "loading"},
+    assert [(d["backend"], d["reason"], d["message"]) for d in info.value.details] == [
+        ("a", "unhealthy", "unhealthy: connection refused"),
+        ("b", "unhealthy", "loading"),
     ]
+    assert all(d["model"] == "m" and d["fix"] for d in info.value.details)
 
 
 def test_round_robin_per_model_spreads_evenly() -> None:

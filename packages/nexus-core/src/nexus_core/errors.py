@@ -74,7 +74,7 @@ def model_not_found(model: str, available: Iterable[str]) -> GatewayError:
 
 def no_backend(model: str, reasons: list[dict[str, str]]) -> GatewayError:
     """503 when the model exists but no backend can take the request, with per-backend reasons."""
-    summary = "; ".join(f"{r['backend']}: {r['reason']}" for r in reasons[:10])
+    summary = "; ".join(f"{r['backend']}: {r.get('message') or r['reason']}" for r in reasons[:10])
     return GatewayError(
         503,
         f"No backend can serve model '{model}' right now ({summary or 'no backends'})",

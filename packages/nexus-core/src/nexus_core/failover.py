@@ -48,7 +48,9 @@ class ProxyResult:
 
     @property
     def route_reason(self) -> str:
-        """What ``X-Nexus-Route-Reason`` says."""
+        """What ``X-Nexus-Route-Reason`` says; a restricted policy is named before anything else."""
+        if self.route.restricted:
+            return "privacy-restricted"
         if self.route.fallback:
             return "fallback-model"
         return "failover" if self.attempts else self.route.reason

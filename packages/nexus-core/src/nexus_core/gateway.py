@@ -379,8 +379,13 @@ class Gateway:
         body: bytes,
         *,
         data: Any = None,
+        flexible: bool = False,
     ) -> ProxyResult:
-        """Route and forward one raw request body; raise ``GatewayError`` if it cannot be served."""
+        """Route and forward one raw request body; raise ``GatewayError`` if it cannot be served.
+
+        ``flexible``: the tier mode; the client sent ``X-Nexus-Flexible: true`` and not
+        ``X-Nexus-Strict: true``. It never admits a backend below a policy's ``min_tier``.
+        """
         if data is None:
             try:
                 data = json.loads(body)
@@ -389,6 +394,7 @@ class Gateway:
                     400, f"The request body is not valid JSON: {exc}", code="invalid_json"
                 ) from None
         needs = analyze(endpoint, data)
+        needs.flexible = flexible
         if needs.stream and endpoint is Endpoint.EMBEDDINGS:
             needs.stream = False
         routes = self.router.plan(needs)

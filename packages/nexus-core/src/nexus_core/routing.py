@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import json
 import random
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nexus_core.adapters import BackendStatus, Endpoint, ModelInfo
-from nexus_core.config import MAX_ALIAS_DEPTH, RoutingConfig
+from nexus_core.config import MAX_ALIAS_DEPTH, PolicyConfig, PolicyPrivacy, RoutingConfig, Zone
 from nexus_core.errors import GatewayError, bad_request, model_not_found, no_backend
 from nexus_core.registry import Backend, Registry
 
@@ -28,6 +30,8 @@ class RequestNeeds:
     tools: bool = False
     json_mode: bool = False
     estimated_tokens: int = 0
+    #: Tier mode from ``X-Nexus-Flexible: true`` (and no ``X-Nexus-Strict: true``).
+    flexible: bool = False
 
 
 def analyze(endpoint: Endpoint, data: Any) -> RequestNeeds:
@@ -114,6 +118,46 @@ class Route:
     model: str
     reason: str
     fallback: bool = False
+    #: A ``privacy = "restricted"`` policy applied to this route.
+    restricted: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class CompiledPolicy:
+    """One ``[[routing.policies]]`` entry, its glob compiled once."""
+
+    pattern: str
+    match: Callable[[str], re.Match[str] | None]
+    restricted: bool
+    min_tier: int | None
+
+    @classmethod
+    def compile(cls, config: PolicyConfig) -> CompiledPolicy:
+        """Compile the (already validated) glob; matching is case-sensitive, like model ids."""
+        return cls(
+            pattern=config.model_pattern,
+            match=re.compile(fnmatch.translate(config.model_pattern)).match,
+            restricted=config.privacy is PolicyPrivacy.RESTRICTED,
+            min_tier=config.min_tier,
+        )
+
+
+@dataclass(slots=True, frozen=True)
+class Constraint:
+    """What the policies demand of a backend: the strictest of every policy that applied."""
+
+    restricted_by: str | None = None  # pattern of the restricted policy, if any
+    min_tier: int = 0  # 0: no tier floor
+    tier_by: str | None = None  # pattern that set ``min_tier``
+
+    def stricter(self, other: Constraint | None) -> Constraint:
+        """Both constraints at once: restricted if either is, the higher tier floor."""
+        if other is None:
+            return self
+        restricted_by = self.restricted_by or other.restricted_by
+        if other.min_tier > self.min_tier:
+            return Constraint(restricted_by, other.min_tier, other.tier_by)
+        return Constraint(restricted_by, self.min_tier, self.tier_by)
 
 
 class Strategy(Protocol):
@@ -295,6 +339,46 @@ class Router:
         self.strategy: Strategy = strategy or builtin_strategies(config)[config.strategy.value]
         self._aliases: Mapping[str, str] = dict(config.aliases)
         self._fallbacks: Mapping[str, list[str]] = {k: list(v) for k, v in config.fallbacks.items()}
+        self.policies: tuple[CompiledPolicy, ...] = tuple(
+            CompiledPolicy.compile(p) for p in config.policies
+        )
+
+    def policy_for(self, model: str) -> CompiledPolicy | None:
+        """The first policy whose glob matches ``model``."""
+        for policy in self.policies:
+            if policy.match(model):
+                return policy
+        return None
+
+    def constraint(self, names: Iterable[str]) -> Constraint | None:
+        """The strictest combination of the first matching policy of each name (None: no rule)."""
+        out: Constraint | None = None
+        for name in names:
+            policy = self.policy_for(name)
+            if policy is None or not (policy.restricted or policy.min_tier):
+                continue
+            found = Constraint(
+                policy.pattern if policy.restricted else None,
+                policy.min_tier or 0,
+                policy.pattern if policy.min_tier else None,
+            )
+            out = found if out is None else out.stricter(found)
+        return out
+
+    def names(self, model: str) -> list[str]:
+        """``model``, every alias hop from it, and what it finally resolves to."""
+        chain = [model]
+        aliases = self._aliases
+        for _ in range(MAX_ALIAS_DEPTH):
+            target = aliases.get(model)
+            if target is None:
+                break
+            model = target
+            chain.append(model)
+        resolved = self.resolve(chain[0])
+        if resolved != chain[-1]:
+            chain.append(resolved)
+        return chain
 
     def resolve(self, model: str) -> str:
         """Follow aliases (at most three hops; cycles were refused at load).
@@ -314,23 +398,72 @@ class Router:
         return model
 
     def eligible(
-        self, model: str, needs: RequestNeeds, reasons: list[dict[str, str]] | None = None
+        self,
+        model: str,
+        needs: RequestNeeds,
+        reasons: list[dict[str, str]] | None = None,
+        constraint: Constraint | None = None,
     ) -> list[Backend]:
-        """Backends that serve ``model``, are healthy and can do what the request needs."""
+        """Backends that serve ``model``, pass the policies, are healthy and can do the request.
+
+        With ``reasons``, each excluded backend is explained there: ``backend``, ``model``,
+        ``reason`` (a code: privacy, tier, unhealthy, missing_capability), ``message``, ``fix``.
+        """
         serving = self.registry.serving(model)
         healthy = BackendStatus.HEALTHY
         plain = not (needs.vision or needs.tools or needs.json_mode or needs.estimated_tokens)
-        if plain and reasons is None:
+        if plain and reasons is None and constraint is None:
             return [b for b in serving if b.status is healthy]
         out: list[Backend] = []
         vision, tools, json_mode = needs.vision, needs.tools, needs.json_mode
         tokens = needs.estimated_tokens
+        restricted_by = constraint.restricted_by if constraint is not None else None
+        min_tier = constraint.min_tier if constraint is not None else 0
+        open_zone = Zone.OPEN
         for backend in serving:
+            if restricted_by is not None and backend.zone is open_zone:
+                if reasons is not None:
+                    reasons.append(
+                        {
+                            "backend": backend.name,
+                            "model": model,
+                            "reason": "privacy",
+                            "message": f"zone open, policy for {restricted_by!r} is restricted",
+                            "fix": f"add a backend in the restricted zone that serves '{model}'",
+                        }
+                    )
+                continue
+            if backend.tier < min_tier:
+                if reasons is not None:
+                    assert constraint is not None
+                    mode = "flexible" if needs.flexible else "strict"
+                    reasons.append(
+                        {
+                            "backend": backend.name,
+                            "model": model,
+                            "reason": "tier",
+                            "message": f"tier {backend.tier} is below min_tier {min_tier} of the "
+                            f"policy for {constraint.tier_by!r} ({mode} mode never serves from "
+                            "a lower tier)",
+                            "fix": f"add a backend with tier >= {min_tier} that serves "
+                            f"'{model}', or lower min_tier in that policy",
+                        }
+                    )
+                continue
             status = backend.status
             if status is not healthy:
                 if reasons is not None:
                     detail = f": {backend.last_error}" if backend.last_error else ""
-                    reasons.append({"backend": backend.name, "reason": f"{status.value}{detail}"})
+                    reasons.append(
+                        {
+                            "backend": backend.name,
+                            "model": model,
+                            "reason": "unhealthy",
+                            "message": f"{status.value}{detail}",
+                            "fix": "wait for the health check to find it healthy again, "
+                            "or fix the backend",
+                        }
+                    )
                 continue
             info = backend.models.get(model)
             if info is not None and (
@@ -340,7 +473,16 @@ class Router:
                 or (info.context_length is not None and tokens > info.context_length)
             ):
                 if reasons is not None:
-                    reasons.append({"backend": backend.name, "reason": _lacks(info, needs) or ""})
+                    reasons.append(
+                        {
+                            "backend": backend.name,
+                            "model": model,
+                            "reason": "missing_capability",
+                            "message": _lacks(info, needs) or "",
+                            "fix": "use a model that supports what the request asks for, "
+                            "or drop that part of the request",
+                        }
+                    )
                 continue
             out.append(backend)
         return out
@@ -351,23 +493,44 @@ class Router:
         model = self.resolve(requested)
         limit = self.config.max_retries + 1
         routes: list[Route] = []
-        candidates = self.eligible(model, needs)
+        # The requested model's policy binds every route, fallback models included.
+        base = self.constraint(self.names(requested)) if self.policies else None
+        candidates = self.eligible(model, needs, None, base)
         if candidates:
             ordered = self._order(candidates, model)
             first_reason = self.strategy.reason if len(ordered) > 1 else "only-candidate"
+            restricted = base is not None and base.restricted_by is not None
             for index, backend in enumerate(ordered[:limit]):
-                routes.append(Route(backend, model, first_reason if index == 0 else "failover"))
+                reason = first_reason if index == 0 else "failover"
+                routes.append(Route(backend, model, reason, restricted=restricted))
         for fallback in self._fallbacks.get(model, ()):
             fallback_model = self.resolve(fallback)
-            fallback_candidates = self.eligible(fallback_model, needs)
+            constraint = self._fallback_constraint(base, fallback)
+            fallback_candidates = self.eligible(fallback_model, needs, None, constraint)
             if not fallback_candidates:
                 continue
             ordered = self._order(fallback_candidates, fallback_model)
+            restricted = constraint is not None and constraint.restricted_by is not None
             for backend in ordered[:limit]:
-                routes.append(Route(backend, fallback_model, "fallback-model", fallback=True))
+                routes.append(
+                    Route(
+                        backend,
+                        fallback_model,
+                        "fallback-model",
+                        fallback=True,
+                        restricted=restricted,
+                    )
+                )
         if routes:
             return routes
         raise self.unroutable(requested, model, needs)
+
+    def _fallback_constraint(self, base: Constraint | None, fallback: str) -> Constraint | None:
+        """The requested model's constraint and the fallback model's own: the stricter wins."""
+        if not self.policies:
+            return None
+        own = self.constraint(self.names(fallback))
+        return own if base is None else base.stricter(own)
 
     def _order(self, candidates: list[Backend], model: str) -> list[Backend]:
         """Strategy order; then backends where the model is cold, then full ones, go last."""
@@ -389,6 +552,9 @@ class Router:
         if not any(self.registry.serving(m) for m in chain):
             return model_not_found(requested, self.registry.model_ids())
         reasons: list[dict[str, str]] = []
-        for candidate_model in chain:
-            self.eligible(candidate_model, needs, reasons)
+        base = self.constraint(self.names(requested)) if self.policies else None
+        self.eligible(model, needs, reasons, base)
+        for fallback in self._fallbacks.get(model, ()):
+            constraint = self._fallback_constraint(base, fallback)
+            self.eligible(self.resolve(fallback), needs, reasons, constraint)
         return no_backend(requested, reasons)

@@ -80,8 +80,18 @@ class ProxyEndpoint:
                 ),
             )
             return
+        # One pass over the headers: the body size and the tier mode.
+        length: bytes | None = None
+        flexible = strict = False
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value
+            elif name == b"x-nexus-flexible":
+                flexible = value.strip().lower() == b"true"
+            elif name == b"x-nexus-strict":
+                strict = value.strip().lower() == b"true"
         try:
-            body = await self._read_body(scope, receive)
+            body = await self._read_body(length, receive)
         except GatewayError as error:
             await send_error(send, error)
             return
@@ -101,7 +111,7 @@ class ProxyEndpoint:
         gone = asyncio.Event()
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, gone))
         try:
-            await self._serve(send, body, data)
+            await self._serve(send, body, data, flexible and not strict)
         except asyncio.CancelledError:
             if not gone.is_set():
                 raise
@@ -109,9 +119,9 @@ class ProxyEndpoint:
         finally:
             watcher.cancel()
 
-    async def _serve(self, send: Send, body: bytes, data: Any) -> None:
+    async def _serve(self, send: Send, body: bytes, data: Any, flexible: bool) -> None:
         try:
-            result = await self.gateway.proxy(self.endpoint, body, data=data)
+            result = await self.gateway.proxy(self.endpoint, body, data=data, flexible=flexible)
         except GatewayError as error:
             await send_error(send, error)
             return
@@ -151,16 +161,14 @@ class ProxyEndpoint:
         finally:
             await stream.aclose()
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+    async def _read_body(self, length: bytes | None, receive: Receive) -> bytes:
         limit = self.max_body
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    if int(value) > limit:
-                        raise payload_too_large(limit)
-                except ValueError:
-                    raise GatewayError(400, "Invalid Content-Length header") from None
-                break
+        if length is not None:
+            try:
+                if int(length) > limit:
+                    raise payload_too_large(limit)
+            except ValueError:
+                raise GatewayError(400, "Invalid Content-Length header") from None
         message = await receive()
         body: bytes = message.get("body", b"")
         if not message.get("more_body", False):
