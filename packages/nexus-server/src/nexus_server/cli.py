@@ -45,7 +45,7 @@ def serve(
     no_discovery: bool = False,
     no_health_check: bool = False,
 ) -> int:
-    """Run the gateway: the OpenAI-compatible API, the dashboard and /metrics on one port.
+    """Run the gateway: the OpenAI-compatible API and its health endpoints, on one port.
 
     With no configuration file and no flags it works: discovery is on and a local Ollama
     (http://localhost:11434) is picked up if it answers.
