@@ -16,6 +16,7 @@ from typing import Any
 
 from nexus_core.adapters import BackendError, Endpoint, ErrorKind, Timeouts, UpstreamResponse
 from nexus_core.errors import GatewayError
+from nexus_core.queueing import CapacityQueue, release
 from nexus_core.registry import Backend
 from nexus_core.routing import RequestNeeds, Route, replace_model
 from nexus_core.sse import error_event
@@ -72,7 +73,7 @@ class ProxyResult:
 class ProxyStream:
     """Relays upstream SSE events; releases the backend exactly once, however it ends."""
 
-    __slots__ = ("_backend", "_done", "_first", "_on_close", "_upstream", "error")
+    __slots__ = ("_backend", "_done", "_first", "_on_close", "_queue", "_upstream", "error")
 
     def __init__(
         self,
@@ -80,12 +81,14 @@ class ProxyStream:
         upstream: UpstreamResponse,
         first: bytes,
         on_close: Callable[[ProxyStream], None] | None = None,
+        queue: CapacityQueue | None = None,
     ) -> None:
         self._backend = backend
         self._upstream = upstream
         self._first = first
         self._done = False
         self._on_close = on_close
+        self._queue = queue
         self.error: BackendError | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -114,7 +117,7 @@ class ProxyStream:
         if self._done:
             return
         self._done = True
-        self._backend.pending -= 1
+        release(self._backend, self._queue)
         try:
             await self._upstream.aclose()
         finally:
@@ -130,8 +133,12 @@ async def execute(
     *,
     timeouts: Timeouts,
     deadline_seconds: float,
+    queue: CapacityQueue | None = None,
 ) -> ProxyResult:
-    """Try ``routes`` in order within one overall deadline; return the first 2xx answer."""
+    """Try ``routes`` in order within one overall deadline; return the first 2xx answer.
+
+    Every slot taken here is given back through ``queue.release``, which wakes a waiter.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + deadline_seconds
     attempts: list[Attempt] = []
@@ -179,7 +186,7 @@ async def execute(
                     route=route,
                     requested_model=needs.model,
                     content_type=upstream.content_type,
-                    stream=ProxyStream(backend, upstream, first),
+                    stream=ProxyStream(backend, upstream, first, queue=queue),
                     attempts=attempts,
                 )
             backend.observe_latency((time.perf_counter() - started) * 1000)
@@ -208,7 +215,7 @@ async def execute(
             last_error = exc
         finally:
             if not released:
-                backend.pending -= 1
+                release(backend, queue)
     raise _exhausted(last_error, attempts, deadline_seconds, bool(routes))
 
 

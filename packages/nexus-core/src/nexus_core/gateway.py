@@ -18,8 +18,9 @@ from nexus_core.errors import GatewayError
 from nexus_core.failover import ProxyResult, ProxyStream, execute
 from nexus_core.health import HealthChecker
 from nexus_core.http import HttpClients
+from nexus_core.queueing import CapacityQueue, is_full
 from nexus_core.registry import Backend, Registry
-from nexus_core.routing import Router, analyze
+from nexus_core.routing import RequestNeeds, Route, Router, analyze
 from nexus_core.sse import event_data
 
 if TYPE_CHECKING:
@@ -68,6 +69,11 @@ class Gateway:
             idle=server.idle_timeout_seconds,
         )
         self.request_timeout = server.request_timeout_seconds
+        queue = config.queue
+        #: Requests waiting for a backend slot when every candidate is at ``max_concurrent``.
+        self.queue = CapacityQueue(
+            enabled=queue.enabled, max_size=queue.max_size, max_wait=queue.max_wait_seconds
+        )
         self.started_at = time.time()
         self._started = False
         self._undetected: set[str] = set()
@@ -380,11 +386,14 @@ class Gateway:
         *,
         data: Any = None,
         flexible: bool = False,
+        priority_high: bool = False,
     ) -> ProxyResult:
         """Route and forward one raw request body; raise ``GatewayError`` if it cannot be served.
 
         ``flexible``: the tier mode; the client sent ``X-Nexus-Flexible: true`` and not
         ``X-Nexus-Strict: true``. It never admits a backend below a policy's ``min_tier``.
+        ``priority_high``: ``X-Nexus-Priority: high``; served first when the request has to wait
+        in the queue because every planned backend is at its ``max_concurrent``.
         """
         if data is None:
             try:
@@ -398,6 +407,9 @@ class Gateway:
         if needs.stream and endpoint is Endpoint.EMBEDDINGS:
             needs.stream = False
         routes = self.router.plan(needs)
+        # Full backends are ordered last, so a first route with room means no wait (the hot path).
+        if routes and is_full(routes[0].backend) and all(is_full(r.backend) for r in routes):
+            routes = await self._wait_for_slot(needs, routes, priority_high)
         return await execute(
             routes,
             endpoint,
@@ -405,7 +417,25 @@ class Gateway:
             needs,
             timeouts=self.timeouts,
             deadline_seconds=self.request_timeout,
+            queue=self.queue,
         )
+
+    async def _wait_for_slot(
+        self, needs: RequestNeeds, routes: list[Route], high: bool
+    ) -> list[Route]:
+        """Queue until a planned backend has a free slot; then plan again (health may change)."""
+        seq: int | None = None
+        deadline: float | None = None
+        while True:
+            backends = [r.backend for r in routes]
+            seq, deadline = await self.queue.wait(backends, high=high, seq=seq, deadline=deadline)
+            try:
+                routes = self.router.plan(needs)
+            except BaseException:
+                self.queue.pass_on(backends)  # the wake-up this request got is not used
+                raise
+            if not routes or not all(is_full(r.backend) for r in routes):
+                return routes
 
     @overload
     async def chat_completions(

@@ -80,9 +80,9 @@ class ProxyEndpoint:
                 ),
             )
             return
-        # One pass over the headers: the body size and the tier mode.
+        # One pass over the headers: the body size, the tier mode and the queue priority.
         length: bytes | None = None
-        flexible = strict = False
+        flexible = strict = high = False
         for name, value in scope["headers"]:
             if name == b"content-length":
                 length = value
@@ -90,6 +90,8 @@ class ProxyEndpoint:
                 flexible = value.strip().lower() == b"true"
             elif name == b"x-nexus-strict":
                 strict = value.strip().lower() == b"true"
+            elif name == b"x-nexus-priority":
+                high = value.strip().lower() == b"high"
         try:
             body = await self._read_body(length, receive)
         except GatewayError as error:
@@ -111,7 +113,7 @@ class ProxyEndpoint:
         gone = asyncio.Event()
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, gone))
         try:
-            await self._serve(send, body, data, flexible and not strict)
+            await self._serve(send, body, data, flexible and not strict, high)
         except asyncio.CancelledError:
             if not gone.is_set():
                 raise
@@ -119,9 +121,11 @@ class ProxyEndpoint:
         finally:
             watcher.cancel()
 
-    async def _serve(self, send: Send, body: bytes, data: Any, flexible: bool) -> None:
+    async def _serve(self, send: Send, body: bytes, data: Any, flexible: bool, high: bool) -> None:
         try:
-            result = await self.gateway.proxy(self.endpoint, body, data=data, flexible=flexible)
+            result = await self.gateway.proxy(
+                self.endpoint, body, data=data, flexible=flexible, priority_high=high
+            )
         except GatewayError as error:
             await send_error(send, error)
             return
