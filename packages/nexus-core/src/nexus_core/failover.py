@@ -16,6 +16,7 @@ from typing import Any
 
 from nexus_core.adapters import BackendError, Endpoint, ErrorKind, Timeouts, UpstreamResponse
 from nexus_core.errors import GatewayError
+from nexus_core.quality import QualityTracker
 from nexus_core.queueing import CapacityQueue, release
 from nexus_core.registry import Backend
 from nexus_core.routing import RequestNeeds, Route, replace_model
@@ -134,10 +135,12 @@ async def execute(
     timeouts: Timeouts,
     deadline_seconds: float,
     queue: CapacityQueue | None = None,
+    quality: QualityTracker | None = None,
 ) -> ProxyResult:
     """Try ``routes`` in order within one overall deadline; return the first 2xx answer.
 
     Every slot taken here is given back through ``queue.release``, which wakes a waiter.
+    Each attempt's outcome goes to ``quality`` (a client's 4xx is not the backend's fault).
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + deadline_seconds
@@ -181,6 +184,8 @@ async def execute(
                     await upstream.aclose()
                     raise
                 backend.observe_latency((time.perf_counter() - started) * 1000)
+                if quality is not None:
+                    quality.record(backend.name, route.model, True)
                 released = True  # the stream releases the slot when it ends
                 return ProxyResult(
                     route=route,
@@ -196,6 +201,8 @@ async def execute(
                     data = json.loads(upstream.body)
                 except ValueError:
                     raise BackendError(ErrorKind.MALFORMED, "the body is not JSON") from None
+            if quality is not None:
+                quality.record(backend.name, route.model, True)
             return ProxyResult(
                 route=route,
                 requested_model=needs.model,
@@ -206,6 +213,8 @@ async def execute(
             )
         except BackendError as exc:
             backend.errors_total += 1
+            if quality is not None and exc.kind is not ErrorKind.CLIENT_ERROR:
+                quality.record(backend.name, route.model, False)
             attempts.append(Attempt(backend.name, exc.kind.value, exc.message, exc.status))
             if not exc.retryable:
                 raise _as_gateway_error(exc, backend, attempts) from None

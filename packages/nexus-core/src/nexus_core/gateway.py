@@ -18,6 +18,7 @@ from nexus_core.errors import GatewayError
 from nexus_core.failover import ProxyResult, ProxyStream, execute
 from nexus_core.health import HealthChecker
 from nexus_core.http import HttpClients
+from nexus_core.quality import QualityTracker
 from nexus_core.queueing import CapacityQueue, is_full
 from nexus_core.registry import Backend, Registry
 from nexus_core.routing import RequestNeeds, Route, Router, analyze
@@ -55,7 +56,8 @@ class Gateway:
             config = validate_config(config, source="Gateway(config)")
         self.config: NexusConfig = config
         self.registry = Registry()
-        self.router = Router(self.registry, config.routing)
+        self.quality = QualityTracker(config.quality)
+        self.router = Router(self.registry, config.routing, quality=self.quality)
         self.health = HealthChecker(self.registry, config.health_check)
         self.clients = clients or HttpClients()
         self._backend_types = dict(backend_types) if backend_types is not None else None
@@ -418,6 +420,7 @@ class Gateway:
             timeouts=self.timeouts,
             deadline_seconds=self.request_timeout,
             queue=self.queue,
+            quality=self.quality,
         )
 
     async def _wait_for_slot(

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from nexus_core.adapters import BackendStatus, Endpoint, ModelInfo
 from nexus_core.config import MAX_ALIAS_DEPTH, PolicyConfig, PolicyPrivacy, RoutingConfig, Zone
 from nexus_core.errors import GatewayError, bad_request, model_not_found, no_backend
+from nexus_core.quality import QualityTracker
 from nexus_core.registry import Backend, Registry
 
 # Rough bytes-per-token used to estimate prompt size before the context-length check.
@@ -333,8 +334,11 @@ class Router:
         registry: Registry,
         config: RoutingConfig,
         strategy: Strategy | None = None,
+        quality: QualityTracker | None = None,
     ) -> None:
         self.registry = registry
+        #: Cool-downs of failing backends; None: every healthy backend is routable.
+        self.quality = quality
         self.config = config
         self.strategy: Strategy = strategy or builtin_strategies(config)[config.strategy.value]
         self._aliases: Mapping[str, str] = dict(config.aliases)
@@ -407,13 +411,18 @@ class Router:
         """Backends that serve ``model``, pass the policies, are healthy and can do the request.
 
         With ``reasons``, each excluded backend is explained there: ``backend``, ``model``,
-        ``reason`` (a code: privacy, tier, unhealthy, missing_capability), ``message``, ``fix``.
+        ``reason`` (a code: privacy, tier, unhealthy, missing_capability, cooling_down),
+        ``message``, ``fix``. Cooling-down backends are kept when nothing else is left.
         """
         serving = self.registry.serving(model)
         healthy = BackendStatus.HEALTHY
         plain = not (needs.vision or needs.tools or needs.json_mode or needs.estimated_tokens)
+        quality = self.quality
         if plain and reasons is None and constraint is None:
-            return [b for b in serving if b.status is healthy]
+            found = [b for b in serving if b.status is healthy]
+            if quality is None or not quality.cooled:
+                return found
+            return self._cool(found, model, None)
         out: list[Backend] = []
         vision, tools, json_mode = needs.vision, needs.tools, needs.json_mode
         tokens = needs.estimated_tokens
@@ -485,7 +494,40 @@ class Router:
                     )
                 continue
             out.append(backend)
-        return out
+        if quality is None or not quality.cooled:
+            return out
+        return self._cool(out, model, reasons)
+
+    def _cool(
+        self, candidates: list[Backend], model: str, reasons: list[dict[str, str]] | None
+    ) -> list[Backend]:
+        """``candidates`` without cooling-down ones, unless that would leave none."""
+        assert self.quality is not None
+        cooling = self.quality.cooling
+        kept: list[Backend] = []
+        cooled: list[tuple[Backend, float]] = []
+        for backend in candidates:
+            left = cooling(backend.name, model)
+            if left > 0:
+                cooled.append((backend, left))
+            else:
+                kept.append(backend)
+        if not cooled:
+            return candidates
+        if not kept:
+            return candidates  # never exclude the last candidates: try them anyway
+        if reasons is not None:
+            for backend, left in cooled:
+                reasons.append(
+                    {
+                        "backend": backend.name,
+                        "model": model,
+                        "reason": "cooling_down",
+                        "message": f"too many recent upstream failures; retried in {left:.0f} s",
+                        "fix": "wait for the cool-down to end, or fix the backend",
+                    }
+                )
+        return kept
 
     def plan(self, needs: RequestNeeds) -> list[Route]:
         """Attempts in order: best backend, up to ``max_retries`` others, then fallback models."""

@@ -1,0 +1,160 @@
+"""Quality: cool-downs of failing backends, half-open retries, and routing around them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nexus_core.adapters import BackendStatus, Endpoint, ModelInfo
+from nexus_core.config import BackendConfig, QualityConfig, RoutingConfig
+from nexus_core.quality import MAX_BACKOFF_FACTOR, QualityTracker
+from nexus_core.registry import Backend, Registry
+from nexus_core.routing import Router, analyze
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def tracker(**overrides: Any) -> tuple[QualityTracker, Clock]:
+    values: dict[str, Any] = {
+        "error_rate_threshold": 0.5,
+        "window_seconds": 60.0,
+        "min_requests": 4,
+        "cooldown_seconds": 10.0,
+    }
+    values.update(overrides)
+    clock = Clock()
+    return QualityTracker(QualityConfig(**values), clock=clock), clock
+
+
+def test_needs_min_requests_before_cooling() -> None:
+    quality, _ = tracker()
+    for _ in range(3):
+        quality.record("a", "m", False)
+    assert quality.cooling("a", "m") == 0
+    quality.record("a", "m", False)
+    assert quality.cooling("a", "m") == 10.0
+    assert quality.cooling("a", "other") == 0
+    assert quality.cooled == 1
+
+
+def test_below_threshold_stays_routable() -> None:
+    quality, _ = tracker(min_requests=4, error_rate_threshold=0.75)
+    for ok in (True, False, True, False, True, False):
+        quality.record("a", "m", ok)
+    assert quality.cooling("a", "m") == 0
+
+
+def test_window_forgets_old_outcomes() -> None:
+    quality, clock = tracker()
+    for _ in range(3):
+        quality.record("a", "m", False)
+    clock.now += 61
+    quality.record("a", "m", False)
+    assert quality.cooling("a", "m") == 0
+
+
+def test_half_open_success_restores() -> None:
+    quality, clock = tracker()
+    for _ in range(4):
+        quality.record("a", "m", False)
+    clock.now += 4
+    assert quality.cooling("a", "m") == 6.0
+    clock.now += 6
+    assert quality.cooling("a", "m") == 0  # half-open: routable
+    quality.record("a", "m", True)
+    assert quality.cooled == 0
+    # Fully restored: it takes min_requests new failures to cool it down again.
+    for _ in range(3):
+        quality.record("a", "m", False)
+    assert quality.cooling("a", "m") == 0
+
+
+def test_half_open_failure_doubles_backoff_up_to_cap() -> None:
+    quality, clock = tracker()
+    for _ in range(4):
+        quality.record("a", "m", False)
+    expected = 10.0
+    for _ in range(6):
+        clock.now += expected
+        assert quality.cooling("a", "m") == 0
+        quality.record("a", "m", False)
+        expected = min(expected * 2, 10.0 * MAX_BACKOFF_FACTOR)
+        assert quality.cooling("a", "m") == expected
+    assert expected == 100.0
+    assert quality.cooled == 1
+    clock.now += expected
+    quality.record("a", "m", True)
+    assert quality.cooled == 0
+    for _ in range(4):
+        quality.record("a", "m", False)
+    assert quality.cooling("a", "m") == 10.0  # the back-off was reset by the success
+
+
+def test_failure_while_cooling_does_not_extend() -> None:
+    quality, clock = tracker()
+    for _ in range(5):
+        quality.record("a", "m", False)
+    clock.now += 3
+    quality.record("a", "m", False)
+    assert quality.cooling("a", "m") == 7.0
+
+
+class _NoAdapter:
+    name = "x"
+    url = "http://127.0.0.1:9"
+    type_name = "generic"
+    is_cloud = False
+
+
+def make_backend(registry: Registry, name: str, priority: int) -> Backend:
+    config = BackendConfig(name=name, url="http://127.0.0.1:9", priority=priority)
+    backend = Backend(
+        name=name,
+        config=config,
+        adapter=_NoAdapter(),  # type: ignore[arg-type]
+        zone=config.effective_zone,
+        is_cloud=False,
+    )
+    registry.add(backend)
+    registry.set_models(backend, [ModelInfo("m")])
+    backend.status = BackendStatus.HEALTHY
+    return backend
+
+
+def test_router_skips_cooling_backend_and_explains() -> None:
+    registry = Registry()
+    make_backend(registry, "a", 10)
+    make_backend(registry, "b", 20)
+    quality, _ = tracker()
+    router = Router(registry, RoutingConfig(strategy="priority_only"), quality=quality)
+    needs = analyze(Endpoint.CHAT, {"model": "m", "messages": []})
+    assert [r.backend.name for r in router.plan(needs)] == ["a", "b"]
+    for _ in range(4):
+        quality.record("a", "m", False)
+    assert [r.backend.name for r in router.plan(needs)] == ["b"]
+    reasons: list[dict[str, str]] = []
+    assert [b.name for b in router.eligible("m", needs, reasons)] == ["b"]
+    assert reasons[0]["backend"] == "a"
+    assert reasons[0]["reason"] == "cooling_down"
+    assert "10 s" in reasons[0]["message"]
+
+
+def test_router_keeps_last_candidates_when_all_cool() -> None:
+    registry = Registry()
+    make_backend(registry, "a", 10)
+    make_backend(registry, "b", 20)
+    quality, _ = tracker()
+    router = Router(registry, RoutingConfig(strategy="priority_only"), quality=quality)
+    needs = analyze(Endpoint.CHAT, {"model": "m", "messages": []})
+    for name in ("a", "b"):
+        for _ in range(4):
+            quality.record(name, "m", False)
+    assert [r.backend.name for r in router.plan(needs)] == ["a", "b"]
+    reasons: list[dict[str, str]] = []
+    assert len(router.eligible("m", needs, reasons)) == 2
+    assert reasons == []
