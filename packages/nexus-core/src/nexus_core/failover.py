@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,21 +74,19 @@ class ProxyResult:
 class ProxyStream:
     """Relays upstream SSE events; releases the backend exactly once, however it ends."""
 
-    __slots__ = ("_backend", "_done", "_first", "_on_close", "_queue", "_upstream", "error")
+    __slots__ = ("_backend", "_done", "_first", "_queue", "_upstream", "error")
 
     def __init__(
         self,
         backend: Backend,
         upstream: UpstreamResponse,
         first: bytes,
-        on_close: Callable[[ProxyStream], None] | None = None,
         queue: CapacityQueue | None = None,
     ) -> None:
         self._backend = backend
         self._upstream = upstream
         self._first = first
         self._done = False
-        self._on_close = on_close
         self._queue = queue
         self.error: BackendError | None = None
 
@@ -119,11 +117,7 @@ class ProxyStream:
             return
         self._done = True
         release(self._backend, self._queue)
-        try:
-            await self._upstream.aclose()
-        finally:
-            if self._on_close is not None:
-                self._on_close(self)
+        await self._upstream.aclose()
 
 
 async def execute(

@@ -6,13 +6,12 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, overload
 from urllib.parse import urlsplit
 
-from nexus_core.adapters import AdapterFactory, BackendStatus, Endpoint, Timeouts
+from nexus_core.adapters import AdapterFactory, BackendStatus, Endpoint, ModelInfo, Timeouts
 from nexus_core.config import AUTO_TYPE, BackendConfig, NexusConfig, validate_config
 from nexus_core.errors import GatewayError
 from nexus_core.failover import ProxyResult, ProxyStream, execute
@@ -340,7 +339,7 @@ class Gateway:
                         "backends": [],
                     }
                 else:
-                    _merge_capabilities(entry, model.context_length, model)
+                    _merge_capabilities(entry, model)
                 entry["backends"].append(backend.name)
         aliases = self.config.routing.aliases
         for alias in aliases:
@@ -496,7 +495,8 @@ class Gateway:
         return data
 
 
-def _merge_capabilities(entry: dict[str, Any], context: int | None, model: Any) -> None:
+def _merge_capabilities(entry: dict[str, Any], model: ModelInfo) -> None:
+    context = model.context_length
     if context is not None:
         current = entry["context_length"]
         entry["context_length"] = context if current is None else max(current, context)
@@ -532,8 +532,3 @@ def _name_from_url(url: str) -> str:
     """A backend name from a URL: ``http://10.0.0.5:11434/v1`` -> ``10.0.0.5-11434``."""
     netloc = urlsplit(url).netloc or url
     return netloc.rsplit("@", 1)[-1].replace(":", "-").strip("[]") or "backend"
-
-
-def new_request_id() -> str:
-    """A fresh request id."""
-    return uuid.uuid4().hex

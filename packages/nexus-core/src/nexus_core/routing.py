@@ -190,46 +190,24 @@ class SmartStrategy:
         total = priority + load + latency or 1.0
         self.weights = (priority / total, load / total, latency / total)
 
-    def score(self, backend: Backend) -> float:
-        """0..100, higher is better."""
+    def score(self, b: Backend) -> float:
+        """0..100, higher is better. Runs per request over every candidate: kept branch-light."""
         w_priority, w_load, w_latency = self.weights
-        latency = backend.latency_ms
-        latency_score = 50.0 if latency is None else 100.0 - min(latency / 10.0, 100.0)
+        limit = b.max_concurrent
+        busy = b.pending / limit if limit else b.pending / 10
+        if b.load_busy > busy:
+            busy = b.load_busy
+        latency = b.latency_ms
         return (
-            w_priority * (100.0 - min(backend.priority, 100))
-            + w_load * (100.0 - 100.0 * load_ratio(backend))
-            + w_latency * latency_score
+            w_priority * (100.0 - (b.priority if b.priority < 100 else 100))
+            + w_load * (100.0 - 100.0 * (busy if busy < 1.0 else 1.0))
+            + w_latency
+            * (50.0 if latency is None else 100.0 - (latency / 10.0 if latency < 1000.0 else 100.0))
         )
 
     def order(self, candidates: Sequence[Backend], model: str) -> list[Backend]:
-        """Best score first; ties keep registration order."""
-        w_priority, w_load, w_latency = self.weights
-        # Inlined score(): this runs per request over every candidate.
-        scored = []
-        for index, b in enumerate(candidates):
-            latency = b.latency_ms
-            limit = b.max_concurrent
-            busy = b.pending / limit if limit else b.pending / 10
-            if b.load_busy > busy:
-                busy = b.load_busy
-            scored.append(
-                (
-                    -(
-                        w_priority * (100.0 - (b.priority if b.priority < 100 else 100))
-                        + w_load * (100.0 - 100.0 * (busy if busy < 1.0 else 1.0))
-                        + w_latency
-                        * (
-                            50.0
-                            if latency is None
-                            else 100.0 - (latency / 10.0 if latency < 1000.0 else 100.0)
-                        )
-                    ),
-                    index,
-                    b,
-                )
-            )
-        scored.sort()
-        return [item[2] for item in scored]
+        """Best score first; ties keep registration order (the sort is stable)."""
+        return sorted(candidates, key=self.score, reverse=True)
 
 
 class RoundRobinStrategy:
