@@ -198,11 +198,10 @@ CASES = [
         id="unknown-key-in-backends",
     ),
     pytest.param(
-        "[routing.budget.pricing.'GPT-4o']\ninput_per_milion = 1\noutput_per_million = 2\n",
+        "[[pricing]]\nmodel = 'GPT-4o'\ninput_per_milion = 1\noutput_per_million = 2\n",
         [
-            "routing.budget.pricing.GPT-4o.input_per_million: required key is missing",
-            "routing.budget.pricing.GPT-4o.input_per_milion: unknown key; "
-            "did you mean 'input_per_million'?",
+            "pricing[0].input_per_million: required key is missing",
+            "pricing[0].input_per_milion: unknown key; did you mean 'input_per_million'?",
         ],
         id="unknown-key-in-pricing",
     ),

@@ -2,7 +2,7 @@
 
 Convention: each key appears in the reference as its full path in backticks, e.g. `server.port`,
 `backends[].api_key_env` (an item of a ``[[table]]`` array) or
-`routing.budget.pricing.<model>.input_per_million` (a table keyed by a name the user picks).
+`routing.policies[].min_tier` (a key of every item).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def test_key_walk_covers_nested_models() -> None:
         "routing.weights.latency",
         "backends[].api_key_env",
         "routing.policies[].min_tier",
-        "routing.budget.pricing.<model>.input_per_million",
+        "pricing[].cached_input_per_million",
         "auth.keys[].key_env",
     } <= paths
 

@@ -49,7 +49,7 @@ def test_example_with_its_commented_examples_enabled_is_valid(minimal: bool) -> 
     assert config.backends[0].name == "gpu-box"
     if not minimal:
         assert config.routing.policies[0].model_pattern == "internal-*"
-        assert config.routing.budget.pricing["gpt-4o"].output_per_million == 10.0
+        assert config.pricing[0].output_per_million == 10.0
         assert config.auth.keys[0].key_env == "NEXUS_KEY_TEAM_A"
         assert config.routing.aliases == {"gpt-4": "llama3.1:70b"}
         assert config.routing.budget.monthly_limit_usd == 50.0
@@ -64,9 +64,8 @@ def _leaf_keys() -> list[str]:
 def test_full_example_shows_every_key_with_a_comment() -> None:
     text = example_config(False)
     lines = text.splitlines()
-    for table_array in ("backends", "routing.policies", "auth.keys"):
+    for table_array in ("backends", "routing.policies", "pricing", "auth.keys"):
         assert f"# [[{table_array}]]" in lines
-    assert "# [routing.budget.pricing.gpt-4o]" in lines
     for path in _leaf_keys():
         if path.endswith(("routing.aliases", "routing.fallbacks", "logging.component_levels")):
             header = path.replace("[]", "")
@@ -216,7 +215,12 @@ policy = st.fixed_dictionaries(
     optional={"privacy": any_case(values_of(PolicyPrivacy)), "min_tier": st.integers(1, 5)},
 )
 price = st.fixed_dictionaries(
-    {"input_per_million": non_negative, "output_per_million": non_negative}
+    {
+        "model": st.one_of(names, globs),
+        "input_per_million": non_negative,
+        "output_per_million": non_negative,
+    },
+    optional={"backends": st.lists(names, max_size=2), "cached_input_per_million": non_negative},
 )
 budget = st.fixed_dictionaries(
     {},
@@ -224,7 +228,6 @@ budget = st.fixed_dictionaries(
         "monthly_limit_usd": non_negative,
         "soft_limit_percent": st.floats(min_value=0.01, max_value=100),
         "hard_limit_action": any_case(values_of(HardLimitAction)),
-        "pricing": st.dictionaries(names, price, max_size=3),
     },
 )
 
@@ -324,6 +327,7 @@ configs = st.fixed_dictionaries(
         "health_check": health_check,
         "routing": routing,
         "backends": backends,
+        "pricing": st.lists(price, max_size=3),
         "queue": st.fixed_dictionaries(
             {},
             optional={

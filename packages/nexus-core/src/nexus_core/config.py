@@ -340,15 +340,44 @@ class PolicyConfig(Section):
         return value
 
 
-class PriceConfig(Section):
-    """``[routing.budget.pricing."<model>"]``: USD per million tokens."""
+class PriceEntry(Section):
+    """``[[pricing]]``: what one model costs, in USD per million tokens.
 
+    Entries are tried in file order before the built-in table of cloud prices; the first whose
+    ``model`` and ``backends`` match wins. A local backend costs nothing unless an entry prices it.
+    """
+
+    model: str = Field(
+        min_length=1,
+        description="Model id; also prices dated variants (gpt-4o prices gpt-4o-2024-08-06); "
+        "a glob when it holds *, ? or [.",
+        examples=["gpt-4o"],
+    )
+    backends: list[str] = Field(
+        default_factory=list,
+        description="Names of the backends this price applies to; empty: every backend.",
+    )
     input_per_million: float = Field(
         ge=0, description="USD per million prompt tokens.", examples=[2.5]
     )
     output_per_million: float = Field(
         ge=0, description="USD per million completion tokens.", examples=[10.0]
     )
+    cached_input_per_million: float | None = Field(
+        default=None,
+        ge=0,
+        description="USD per million prompt tokens served from the provider's cache; unset: "
+        "the input price.",
+        examples=[1.25],
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _valid_glob(cls, value: str) -> str:
+        problem = _glob_problem(value) if any(c in value for c in "*?[]") else None
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class BudgetConfig(Section):
@@ -370,12 +399,6 @@ class BudgetConfig(Section):
         default=HardLimitAction.WARN,
         description="At 100 %: warn (log and header only), block_cloud (cloud backends "
         "refused) or block_all (every request refused).",
-    )
-    pricing: dict[str, PriceConfig] = Field(
-        default_factory=dict,
-        description="Prices per model id, adding to or overriding the built-in table.",
-        json_schema_extra={"key_name": "model"},
-        examples=[{"gpt-4o": {"input_per_million": 2.5, "output_per_million": 10.0}}],
     )
 
 
@@ -414,7 +437,7 @@ class RoutingConfig(Section):
         default_factory=list, description="Rules by model name (privacy, minimum tier)."
     )
     budget: BudgetConfig = Field(
-        default_factory=BudgetConfig, description="Monthly spend limit and prices."
+        default_factory=BudgetConfig, description="Monthly spend limit on priced backends."
     )
 
     @model_validator(mode="after")
@@ -712,6 +735,10 @@ class NexusConfig(Section):
         default_factory=list,
         description="Statically configured backends (discovered ones are added to these).",
     )
+    pricing: list[PriceEntry] = Field(
+        default_factory=list,
+        description="Model prices, tried before the built-in table of cloud prices.",
+    )
     queue: QueueConfig = Field(
         default_factory=QueueConfig,
         description="Where requests wait when every candidate backend is busy.",
@@ -801,7 +828,7 @@ def config_key_paths(model: type[BaseModel] = NexusConfig, prefix: str = "") -> 
     """Every key path of the configuration, e.g. ``backends[].api_key_env``.
 
     Lists of tables add ``[]`` and tables keyed by user names add a placeholder such as
-    ``routing.budget.pricing.<model>.input_per_million``.
+    ``logging.component_levels.<component>``.
     """
     for name, field in model.model_fields.items():
         path = f"{prefix}.{name}" if prefix else name
