@@ -8,7 +8,9 @@ is opened.
 
 from __future__ import annotations
 
+import os
 import socket
+import tempfile
 from typing import Any
 
 import pytest
@@ -32,3 +34,8 @@ def _guarded_init(self: zeroconf.Zeroconf, *args: Any, **kwargs: Any) -> None:
 
 
 zeroconf.Zeroconf.__init__ = _guarded_init  # type: ignore[method-assign]
+
+
+# Durable state (the budget's SQLite file) of every gateway a test starts without a [state]
+# section goes to a throw-away directory, never into the user's real one.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="nexus-test-state-")

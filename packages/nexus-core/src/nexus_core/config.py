@@ -673,6 +673,10 @@ class LoggingConfig(Section):
     )
 
 
+#: Where spend is kept by default (``$XDG_STATE_HOME/nexus/state.sqlite3`` when that is set).
+DEFAULT_SQLITE_PATH = "~/.local/state/nexus/state.sqlite3"
+
+
 class StateConfig(Section):
     """``[state]``: where durable state (spend, rate limits) lives."""
 
@@ -682,7 +686,8 @@ class StateConfig(Section):
         "(lost on restart).",
     )
     path: str = Field(
-        default="~/.local/state/nexus/state.sqlite3", description="SQLite file (sqlite only)."
+        default=DEFAULT_SQLITE_PATH,
+        description="SQLite file (sqlite only); the default is under $XDG_STATE_HOME when set.",
     )
     redis_url_env: EnvName | None = Field(
         default=None,

@@ -1,0 +1,505 @@
+"""Durable state: budget spend and rate-limit counters behind one small interface.
+
+``StateStore`` holds two things. Spend per ``(scope, period)`` — scope ``"global"`` or
+``"key:team-a"``, period ``"2026-11"``, amounts in integer nano-USD — and short-lived counters
+(``incr``) for rate limits. Three stores implement it: ``MemoryStore`` (lost on restart),
+``SqliteStore`` (one local file) and ``RedisStore`` (shared by several gateway replicas).
+
+Crash safety. A request first *reserves* its estimated cost under an id unique to that attempt;
+the reservation counts in ``total()`` at once. When the request ends, ``settle`` removes the
+reservation and adds the final cost in ONE atomic step (one SQLite transaction, one Redis Lua
+script). Whatever moment a process dies, exactly one of two states is stored: the reservation
+(counted at its estimate) or the settled amount (counted once). Spend is never lost and never
+counted twice; after a crash an unsettled reservation stays counted at its estimate, which errs
+on the side of the budget.
+
+``settle`` is therefore not idempotent: never retry it after an error. A failed settle leaves
+the reservation counted, or was applied; retrying could count the cost twice.
+
+Every method raises ``StateError`` when the backend fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+from nexus_core.config import DEFAULT_SQLITE_PATH, StateBackend, StateConfig
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
+__all__ = [
+    "MemoryStore",
+    "RedisStore",
+    "SqliteStore",
+    "StateError",
+    "StateStore",
+    "open_store",
+]
+
+_T = TypeVar("_T")
+
+
+class StateError(Exception):
+    """The state store cannot be opened or a read or write failed."""
+
+
+class StateStore(Protocol):
+    """Spend reservations and settled totals per (scope, period), and expiring counters."""
+
+    kind: str  # "memory" | "sqlite" | "redis"
+
+    async def open(self) -> None:
+        """Connect and create the schema; ``StateError`` if that is impossible."""
+
+    async def close(self) -> None:
+        """Release the connection; closing twice is harmless."""
+
+    async def reserve(self, scope: str, period: str, entry: str, amount: int) -> None:
+        """Record the outstanding estimate ``amount`` under ``entry``; counted until settled."""
+
+    async def settle(self, scope: str, period: str, entry: str, amount: int) -> None:
+        """Atomically drop the reservation ``entry`` (if any) and add ``amount`` to the total."""
+
+    async def total(self, scope: str, period: str) -> int:
+        """Settled total plus every outstanding reservation of ``(scope, period)``."""
+
+    async def incr(self, key: str, amount: int, ttl_seconds: float) -> int:
+        """Add ``amount`` to a counter that expires ``ttl_seconds`` after its creation."""
+
+
+def open_store(config: StateConfig, environ: Mapping[str, str] | None = None) -> StateStore:
+    """The store ``[state]`` describes, constructed but not opened."""
+    if config.backend is StateBackend.MEMORY:
+        return MemoryStore()
+    env = environ if environ is not None else os.environ
+    if config.backend is StateBackend.SQLITE:
+        return SqliteStore(sqlite_path(config, env))
+    name = config.redis_url_env
+    url = env.get(name) if name else None
+    if not url:
+        raise StateError(
+            f"[state] backend is 'redis' but the environment variable {name or '(unset)'} "
+            "holding the Redis URL is not set"
+        )
+    return RedisStore(url, key_prefix=config.key_prefix)
+
+
+def sqlite_path(config: StateConfig, environ: Mapping[str, str]) -> str:
+    """The SQLite file: ``path``, or the default one under ``$XDG_STATE_HOME`` when that is set."""
+    xdg = environ.get("XDG_STATE_HOME")
+    if xdg and config.path == DEFAULT_SQLITE_PATH:
+        return str(Path(xdg) / "nexus" / "state.sqlite3")
+    return config.path
+
+
+class MemoryStore:
+    """Everything in dictionaries of this process; gone on restart."""
+
+    kind = "memory"
+
+    def __init__(self) -> None:
+        self._settled: dict[tuple[str, str], int] = {}
+        self._pending: dict[tuple[str, str], dict[str, int]] = {}
+        # key -> (value, monotonic expiry)
+        self._counters: dict[str, tuple[int, float]] = {}
+
+    async def open(self) -> None:
+        """Nothing to connect to."""
+
+    async def close(self) -> None:
+        """Nothing to release; the data stays until the object goes."""
+
+    async def reserve(self, scope: str, period: str, entry: str, amount: int) -> None:
+        """Record the outstanding estimate ``amount`` under ``entry``; counted until settled."""
+        self._pending.setdefault((scope, period), {})[entry] = amount
+
+    async def settle(self, scope: str, period: str, entry: str, amount: int) -> None:
+        """Atomically drop the reservation ``entry`` (if any) and add ``amount`` to the total."""
+        pending = self._pending.get((scope, period))
+        if pending is not None:
+            pending.pop(entry, None)
+        self._settled[scope, period] = self._settled.get((scope, period), 0) + amount
+
+    async def total(self, scope: str, period: str) -> int:
+        """Settled total plus every outstanding reservation of ``(scope, period)``."""
+        pending = self._pending.get((scope, period), {})
+        return self._settled.get((scope, period), 0) + sum(pending.values())
+
+    async def incr(self, key: str, amount: int, ttl_seconds: float) -> int:
+        """Add ``amount`` to a counter that expires ``ttl_seconds`` after its creation."""
+        now = time.monotonic()
+        value, expires = self._counters.get(key, (0, 0.0))
+        if expires <= now:
+            value, expires = 0, now + ttl_seconds
+        value += amount
+        self._counters[key] = (value, expires)
+        return value
+
+
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spend (
+    scope TEXT NOT NULL,
+    period TEXT NOT NULL,
+    settled INTEGER NOT NULL,
+    PRIMARY KEY (scope, period)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reservations (
+    scope TEXT NOT NULL,
+    period TEXT NOT NULL,
+    entry TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    PRIMARY KEY (scope, period, entry)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+# Purge expired counters once every this many incr calls, so old rate-limit windows do not pile up.
+_PURGE_EVERY = 1024
+
+
+class SqliteStore:
+    """One SQLite file, all of its work on one dedicated thread; safe for several processes.
+
+    Every reserve, settle and incr is one ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction, and
+    ``total()`` reads the file, so two processes sharing a file see each other's spend.
+    """
+
+    kind = "sqlite"
+
+    def __init__(self, path: str | Path, busy_timeout_seconds: float = 10.0) -> None:
+        self.path = Path(path).expanduser()
+        self._busy_timeout = busy_timeout_seconds
+        self._executor: ThreadPoolExecutor | None = None
+        self._db: sqlite3.Connection | None = None
+        self._incr_calls = 0
+
+    async def open(self) -> None:
+        """Create the file, its directories and the schema; ``StateError`` if impossible."""
+        if self._executor is not None:
+            return
+        # One worker thread owns the connection: sqlite3 objects stay on the thread that made
+        # them, transactions never interleave, and the event loop never waits on the disk.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nexus-state")
+        try:
+            await self._run(self._connect)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    def _connect(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(
+                self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=True
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(f"cannot open the SQLite state file {self.path}: {exc}") from exc
+        try:
+            # WAL lets readers in other processes go on while one writes. synchronous=NORMAL in
+            # WAL mode: a COMMIT is in the OS's hands once it returns, so a killed process loses
+            # nothing; only a power cut can drop the last commits (never corrupting the file).
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > _SCHEMA_VERSION:
+                raise StateError(
+                    f"the SQLite state file {self.path} was written by a newer Nexus "
+                    f"(schema {version}, this one knows {_SCHEMA_VERSION})"
+                )
+            with _transaction(db):
+                # Not executescript: it would COMMIT first, outside this transaction.
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            _purge_counters(db)
+        except sqlite3.Error as exc:
+            db.close()
+            raise StateError(f"cannot use the SQLite state file {self.path}: {exc}") from exc
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
+    async def close(self) -> None:
+        """Close the connection and stop the worker thread; closing twice is harmless."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(executor, self._disconnect)
+        finally:
+            # The worker is idle now; it exits by itself without a blocking join here.
+            executor.shutdown(wait=False)
+
+    def _disconnect(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+    async def reserve(self, scope: str, period: str, entry: str, amount: int) -> None:
+        """Record the outstanding estimate ``amount`` under ``entry``; counted until settled."""
+        await self._run(self._reserve, scope, period, entry, amount)
+
+    def _reserve(self, scope: str, period: str, entry: str, amount: int) -> None:
+        db = self._connection()
+        with _transaction(db):
+            db.execute(
+                "INSERT OR REPLACE INTO reservations (scope, period, entry, amount) "
+                "VALUES (?, ?, ?, ?)",
+                (scope, period, entry, amount),
+            )
+
+    async def settle(self, scope: str, period: str, entry: str, amount: int) -> None:
+        """Atomically drop the reservation ``entry`` (if any) and add ``amount`` to the total."""
+        # Cancelling the caller does not stop the worker: the transaction commits or not, whole.
+        await self._run(self._settle, scope, period, entry, amount)
+
+    def _settle(self, scope: str, period: str, entry: str, amount: int) -> None:
+        db = self._connection()
+        with _transaction(db):
+            db.execute(
+                "DELETE FROM reservations WHERE scope = ? AND period = ? AND entry = ?",
+                (scope, period, entry),
+            )
+            db.execute(
+                "INSERT INTO spend (scope, period, settled) VALUES (?, ?, ?) "
+                "ON CONFLICT (scope, period) DO UPDATE SET settled = settled + excluded.settled",
+                (scope, period, amount),
+            )
+
+    async def total(self, scope: str, period: str) -> int:
+        """Settled total plus every outstanding reservation of ``(scope, period)``."""
+        return await self._run(self._total, scope, period)
+
+    def _total(self, scope: str, period: str) -> int:
+        # One statement reads one consistent snapshot of both tables.
+        row = (
+            self._connection()
+            .execute(
+                "SELECT (SELECT COALESCE(SUM(settled), 0) FROM spend"
+                " WHERE scope = ?1 AND period = ?2)"
+                " + (SELECT COALESCE(SUM(amount), 0) FROM reservations"
+                " WHERE scope = ?1 AND period = ?2)",
+                (scope, period),
+            )
+            .fetchone()
+        )
+        return int(row[0])
+
+    async def incr(self, key: str, amount: int, ttl_seconds: float) -> int:
+        """Add ``amount`` to a counter that expires ``ttl_seconds`` after its creation."""
+        return await self._run(self._incr, key, amount, ttl_seconds)
+
+    def _incr(self, key: str, amount: int, ttl_seconds: float) -> int:
+        db = self._connection()
+        # Wall-clock time: other processes sharing the file must agree on expiries.
+        now = time.time()
+        with _transaction(db):
+            row = db.execute(
+                "SELECT value, expires_at FROM counters WHERE key = ?", (key,)
+            ).fetchone()
+            if row is None or row[1] <= now:
+                value, expires_at = amount, now + ttl_seconds
+            else:
+                value, expires_at = row[0] + amount, row[1]
+            db.execute(
+                "INSERT OR REPLACE INTO counters (key, value, expires_at) VALUES (?, ?, ?)",
+                (key, value, expires_at),
+            )
+        self._incr_calls += 1
+        if self._incr_calls % _PURGE_EVERY == 0:
+            _purge_counters(db)
+        return int(value)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StateError("the SQLite state store is not open")
+        return self._db
+
+    async def _run(self, function: Callable[..., _T], *args: Any) -> _T:
+        if self._executor is None:
+            raise StateError("the SQLite state store is not open")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, function, *args)
+        except sqlite3.Error as exc:
+            raise StateError(f"SQLite state file {self.path}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    # IMMEDIATE takes the write lock up front: a read-then-write transaction can then never
+    # fail with SQLITE_BUSY half way when another process writes (it waits busy_timeout instead).
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _purge_counters(db: sqlite3.Connection) -> None:
+    with _transaction(db):
+        db.execute("DELETE FROM counters WHERE expires_at <= ?", (time.time(),))
+
+
+# Spend keys outlive their month by a comfortable margin, then go by themselves.
+_PERIOD_TTL_MS = 400 * 24 * 3600 * 1000
+_CONNECT_TIMEOUT_SECONDS = 5.0
+# How long a call waits for a free pooled connection before it fails.
+_POOL_WAIT_SECONDS = 10.0
+# One script, so removing the reservation and adding the final amount are one atomic step. The
+# amounts stay strings inside Lua: Lua numbers are doubles and would round large totals.
+_SETTLE = """
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('INCRBY', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 0
+"""
+
+
+class RedisStore:
+    """Redis shared by several replicas: spend in ``{prefix}spend:{scope}:{period}`` (an integer)
+    and ``{prefix}pending:{scope}:{period}`` (a hash entry -> amount); counters as plain keys.
+
+    Needs Redis 7 or newer (``PEXPIRE ... NX``) and the optional ``redis`` package:
+    ``pip install 'nexusgw-core[redis]'``.
+    """
+
+    kind = "redis"
+
+    def __init__(self, url: str, key_prefix: str = "nexus:", max_connections: int = 64) -> None:
+        self.url = url
+        self.key_prefix = key_prefix
+        self.max_connections = max_connections
+        self._client: Redis | None = None
+        self._settle_script: AsyncScript | None = None
+
+    async def open(self) -> None:
+        """Connect and PING; ``StateError`` if the package is missing or Redis is unreachable."""
+        if self._client is not None:
+            return
+        try:
+            from redis.asyncio import BlockingConnectionPool, Redis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+        except ImportError as exc:
+            raise StateError(
+                "[state] backend 'redis' needs the redis package: pip install 'nexusgw-core[redis]'"
+            ) from exc
+        try:
+            # A blocking pool: a burst of requests waits for a connection instead of failing
+            # with "Too many connections". No automatic retries: a settle re-sent after a lost
+            # reply would count twice.
+            pool = BlockingConnectionPool.from_url(
+                self.url,
+                max_connections=self.max_connections,
+                timeout=_POOL_WAIT_SECONDS,
+                socket_connect_timeout=_CONNECT_TIMEOUT_SECONDS,
+                retry=Retry(NoBackoff(), 0),
+            )
+        except ValueError as exc:
+            raise StateError(f"bad Redis URL {_without_password(self.url)}: {exc}") from exc
+        client = Redis.from_pool(pool)
+        try:
+            await client.ping()
+        except Exception as exc:
+            await client.aclose()
+            raise StateError(f"cannot reach Redis at {_without_password(self.url)}: {exc}") from exc
+        self._client = client
+        self._settle_script = client.register_script(_SETTLE)
+
+    async def close(self) -> None:
+        """Close the connection pool; closing twice is harmless."""
+        client, self._client = self._client, None
+        self._settle_script = None
+        if client is not None:
+            await client.aclose()
+
+    async def reserve(self, scope: str, period: str, entry: str, amount: int) -> None:
+        """Record the outstanding estimate ``amount`` under ``entry``; counted until settled."""
+        pending = self._key("pending", scope, period)
+        with self._errors():
+            async with self._redis().pipeline(transaction=True) as pipe:
+                pipe.hset(pending, entry, str(amount))
+                pipe.pexpire(pending, _PERIOD_TTL_MS)
+                await pipe.execute()
+
+    async def settle(self, scope: str, period: str, entry: str, amount: int) -> None:
+        """Atomically drop the reservation ``entry`` (if any) and add ``amount`` to the total."""
+        script = self._settle_script
+        if script is None:
+            raise StateError("the Redis state store is not open")
+        keys = [self._key("spend", scope, period), self._key("pending", scope, period)]
+        with self._errors():
+            await script(keys=keys, args=[entry, str(amount), _PERIOD_TTL_MS])
+
+    async def total(self, scope: str, period: str) -> int:
+        """Settled total plus every outstanding reservation of ``(scope, period)``."""
+        with self._errors():
+            # MULTI/EXEC: both reads see the same moment; summed here in exact integers.
+            async with self._redis().pipeline(transaction=True) as pipe:
+                pipe.get(self._key("spend", scope, period))
+                pipe.hvals(self._key("pending", scope, period))
+                settled, pending = await pipe.execute()
+        return int(settled or 0) + sum(int(value) for value in pending)
+
+    async def incr(self, key: str, amount: int, ttl_seconds: float) -> int:
+        """Add ``amount`` to a counter that expires ``ttl_seconds`` after its creation."""
+        ttl_ms = max(1, math.ceil(ttl_seconds * 1000))
+        with self._errors():
+            async with self._redis().pipeline(transaction=True) as pipe:
+                pipe.incrby(self.key_prefix + key, amount)
+                # NX (Redis 7): only a key without an expiry, i.e. the one INCRBY just created.
+                pipe.pexpire(self.key_prefix + key, ttl_ms, nx=True)
+                value, _ = await pipe.execute()
+        return int(value)
+
+    def _key(self, kind: str, scope: str, period: str) -> str:
+        return f"{self.key_prefix}{kind}:{scope}:{period}"
+
+    def _redis(self) -> Redis:
+        if self._client is None:
+            raise StateError("the Redis state store is not open")
+        return self._client
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        from redis.exceptions import RedisError
+
+        try:
+            yield
+        except RedisError as exc:
+            raise StateError(f"Redis at {_without_password(self.url)}: {exc}") from exc
+
+
+def _without_password(url: str) -> str:
+    """``url`` with the password (if any) left out, fit for messages and logs."""
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return url
+    user = userinfo.partition(":")[0]
+    netloc = f"{user}@{host}" if user else host
+    return parts._replace(netloc=netloc).geturl()

@@ -1,0 +1,327 @@
+"""Durable state: reserve/settle semantics on every store, crash safety, shared Redis replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import textwrap
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from nexus_core.config import StateBackend, StateConfig
+from nexus_core.state import (
+    MemoryStore,
+    RedisStore,
+    SqliteStore,
+    StateError,
+    StateStore,
+    open_store,
+)
+from nexus_core.testing.net import closed_port_url
+from nexus_core.testing.redis import redis_server, redis_server_binary
+
+pytestmark = pytest.mark.anyio
+
+PERIOD = "2026-11"
+
+
+def need_redis_server() -> None:
+    """Skip without ``redis-server``, except in CI, which must run these tests."""
+    if redis_server_binary() is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not on PATH, and CI must run the Redis tests")
+        pytest.skip("redis-server is not on PATH (Debian: apt-get install redis-server)")
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real redis-server for the module; each test uses its own key prefix."""
+    need_redis_server()
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+def redis_store(url: str, prefix: str) -> RedisStore:
+    return RedisStore(url, key_prefix=prefix)
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, anyio_backend: str
+) -> AsyncIterator[StateStore]:
+    """An open store of each kind, closed after the test."""
+    opened: StateStore
+    if request.param == "memory":
+        opened = MemoryStore()
+    elif request.param == "sqlite":
+        opened = SqliteStore(tmp_path / "state.sqlite3")
+    else:
+        url = request.getfixturevalue("redis_url")
+        opened = redis_store(url, f"test-{uuid.uuid4().hex}:")
+    await opened.open()
+    assert opened.kind == request.param
+    try:
+        yield opened
+    finally:
+        await opened.close()
+        await opened.close()  # idempotent
+
+
+async def test_reserve_counts_until_settled_at_the_final_amount(store: StateStore) -> None:
+    assert await store.total("global", PERIOD) == 0
+    await store.reserve("global", PERIOD, "req-1", 100)
+    assert await store.total("global", PERIOD) == 100
+    await store.settle("global", PERIOD, "req-1", 40)
+    assert await store.total("global", PERIOD) == 40
+
+
+async def test_total_is_settled_plus_outstanding(store: StateStore) -> None:
+    await store.settle("global", PERIOD, "done-1", 10)
+    await store.settle("global", PERIOD, "done-2", 20)
+    await store.reserve("global", PERIOD, "open-1", 300)
+    await store.reserve("global", PERIOD, "open-2", 4000)
+    assert await store.total("global", PERIOD) == 10 + 20 + 300 + 4000
+
+
+async def test_settle_without_reservation_adds_and_zero_settles_release(store: StateStore) -> None:
+    await store.settle("global", PERIOD, "never-reserved", 7)
+    assert await store.total("global", PERIOD) == 7
+    await store.reserve("global", PERIOD, "failed", 50)
+    await store.settle("global", PERIOD, "failed", 0)
+    assert await store.total("global", PERIOD) == 7
+
+
+async def test_settling_one_entry_leaves_another(store: StateStore) -> None:
+    await store.reserve("global", PERIOD, "a", 5)
+    await store.reserve("global", PERIOD, "b", 9)
+    await store.settle("global", PERIOD, "a", 1)
+    assert await store.total("global", PERIOD) == 1 + 9
+    await store.settle("global", PERIOD, "b", 2)
+    assert await store.total("global", PERIOD) == 1 + 2
+
+
+async def test_scopes_and_periods_are_independent(store: StateStore) -> None:
+    # One request counts against the global budget and its key's, under the same entry id.
+    await store.reserve("global", PERIOD, "req", 100)
+    await store.reserve("key:team-a", PERIOD, "req", 100)
+    await store.settle("global", "2026-10", "old", 3)
+    await store.settle("key:team-a", PERIOD, "req", 60)
+    assert await store.total("global", PERIOD) == 100
+    assert await store.total("key:team-a", PERIOD) == 60
+    assert await store.total("global", "2026-10") == 3
+    assert await store.total("key:team-b", PERIOD) == 0
+
+
+async def test_large_amounts_stay_exact(store: StateStore) -> None:
+    big = 2**53 + 1  # a double would round this
+    await store.reserve("global", PERIOD, "big", big)
+    await store.settle("global", PERIOD, "other", big)
+    assert await store.total("global", PERIOD) == 2 * big
+
+
+async def test_incr_counts_and_expires_from_creation(store: StateStore) -> None:
+    assert await store.incr("rl:a", 1, 0.5) == 1
+    assert await store.incr("rl:a", 2, 0.5) == 3
+    assert await store.incr("rl:b", 10, 0.5) == 10
+    await asyncio.sleep(0.3)
+    assert await store.incr("rl:a", 1, 0.5) == 4  # still alive; TTL not extended by this
+    await asyncio.sleep(0.35)  # 0.65 s after creation: gone (an extended TTL would last to 0.8)
+    assert await store.incr("rl:a", 5, 0.5) == 5
+    assert await store.incr("rl:b", 1, 0.5) == 1
+
+
+async def test_concurrent_settles_are_exact(store: StateStore) -> None:
+    async def one(n: int) -> None:
+        await store.reserve("global", PERIOD, f"req-{n}", 1000)
+        await store.settle("global", PERIOD, f"req-{n}", n)
+
+    await asyncio.gather(*(one(n) for n in range(200)))
+    assert await store.total("global", PERIOD) == sum(range(200))
+
+
+async def test_sqlite_totals_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "dirs" / "state.sqlite3"
+    first = SqliteStore(path)
+    await first.open()
+    await first.reserve("global", PERIOD, "open", 5)
+    await first.settle("global", PERIOD, "done", 11)
+    await first.close()
+    second = SqliteStore(path)
+    await second.open()
+    try:
+        assert await second.total("global", PERIOD) == 16
+        await second.settle("global", PERIOD, "open", 2)
+        assert await second.total("global", PERIOD) == 13
+    finally:
+        await second.close()
+
+
+async def test_sqlite_expands_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    store = open_store(StateConfig(backend=StateBackend.SQLITE, path="~/state/nexus.sqlite3"))
+    assert isinstance(store, SqliteStore)
+    await store.open()
+    await store.close()
+    assert (tmp_path / "state" / "nexus.sqlite3").is_file()
+
+
+async def test_sqlite_open_fails_clearly(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    store = SqliteStore(blocker / "state.sqlite3")  # its "directory" is a file
+    with pytest.raises(StateError, match="cannot open the SQLite state file"):
+        await store.open()
+    await store.close()
+    with pytest.raises(StateError, match="not open"):
+        await store.total("global", PERIOD)
+
+
+_CRASH = """
+import asyncio, os, signal, sys
+from nexus_core.state import SqliteStore
+
+async def main():
+    store = SqliteStore(sys.argv[1])
+    await store.open()
+    await store.reserve("global", "2026-11", "A", 5)
+    await store.reserve("global", "2026-11", "B", 7)
+    await store.settle("global", "2026-11", "B", 3)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+asyncio.run(main())
+"""
+
+
+async def test_sqlite_survives_sigkill_without_loss_or_double_count(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    result = await anyio.run_process(
+        [sys.executable, "-c", textwrap.dedent(_CRASH), str(path)], check=False
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        # A is still counted at its estimate, B once at its final amount.
+        assert await store.total("global", PERIOD) == 5 + 3
+    finally:
+        await store.close()
+
+
+_WRITER = """
+import asyncio, sys
+from nexus_core.state import SqliteStore
+
+async def main():
+    store = SqliteStore(sys.argv[1])
+    await store.open()
+    for n in range(100):
+        await store.reserve("global", "2026-11", f"child-{n}", 1000)
+        await store.settle("global", "2026-11", f"child-{n}", 2)
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_sqlite_two_processes_share_one_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        child = asyncio.create_task(
+            anyio.run_process([sys.executable, "-c", textwrap.dedent(_WRITER), str(path)])
+        )
+        for n in range(100):
+            await store.reserve("global", PERIOD, f"parent-{n}", 1000)
+            await store.settle("global", PERIOD, f"parent-{n}", 1)
+        await child
+        assert await store.total("global", PERIOD) == 100 * 1 + 100 * 2
+    finally:
+        await store.close()
+
+
+async def test_redis_replicas_share_spend(redis_url: str) -> None:
+    prefix = f"test-{uuid.uuid4().hex}:"
+    one, two = redis_store(redis_url, prefix), redis_store(redis_url, prefix)
+    await one.open()
+    await two.open()
+    try:
+        await one.reserve("global", PERIOD, "r1", 100)
+        assert await two.total("global", PERIOD) == 100
+        await two.settle("global", PERIOD, "r1", 30)  # settled by the other replica
+        assert await one.total("global", PERIOD) == 30
+
+        async def spend(replica: RedisStore, name: str, n: int) -> None:
+            await replica.reserve("global", PERIOD, f"{name}-{n}", 1000)
+            await replica.settle("global", PERIOD, f"{name}-{n}", n)
+
+        await asyncio.gather(
+            *(spend(one, "one", n) for n in range(150)),
+            *(spend(two, "two", n) for n in range(150)),
+        )
+        assert await one.total("global", PERIOD) == 30 + 2 * sum(range(150))
+        assert await two.incr("rl", 1, 10) == 1
+        assert await one.incr("rl", 1, 10) == 2
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_redis_keys_have_the_documented_names_and_expire(redis_url: str) -> None:
+    from redis.asyncio import Redis
+
+    prefix = f"test-{uuid.uuid4().hex}:"
+    store = redis_store(redis_url, prefix)
+    await store.open()
+    raw = Redis.from_url(redis_url)
+    try:
+        await store.reserve("key:team-a", PERIOD, "open", 5)
+        await store.settle("key:team-a", PERIOD, "done", 7)
+        assert await raw.get(f"{prefix}spend:key:team-a:{PERIOD}") == b"7"
+        assert await raw.hgetall(f"{prefix}pending:key:team-a:{PERIOD}") == {b"open": b"5"}
+        for kind in ("spend", "pending"):
+            ttl = await raw.ttl(f"{prefix}{kind}:key:team-a:{PERIOD}")
+            assert 399 * 86400 < ttl <= 400 * 86400
+    finally:
+        await raw.aclose()
+        await store.close()
+
+
+async def test_unreachable_redis_fails_on_open_without_leaking_the_password() -> None:
+    url = closed_port_url().replace("http://", "redis://user:s3cret@") + "/0"
+    store = RedisStore(url)
+    expected = r"cannot reach Redis at redis://user@127\.0\.0\.1:"
+    with pytest.raises(StateError, match=expected) as info:
+        await store.open()
+    assert "s3cret" not in str(info.value)
+    await store.close()
+
+
+async def test_redis_package_missing_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(sys.modules):
+        if name == "redis" or name.startswith("redis."):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "redis", None)
+    with pytest.raises(StateError, match=r"pip install 'nexusgw-core\[redis\]'"):
+        await RedisStore("redis://127.0.0.1:1/0").open()
+
+
+async def test_open_store_builds_the_configured_store(tmp_path: Path) -> None:
+    assert isinstance(open_store(StateConfig(backend=StateBackend.MEMORY)), MemoryStore)
+    sqlite = open_store(StateConfig(backend=StateBackend.SQLITE, path=str(tmp_path / "s.db")))
+    assert isinstance(sqlite, SqliteStore)
+    assert sqlite.path == tmp_path / "s.db"
+    config = StateConfig(
+        backend=StateBackend.REDIS, redis_url_env="NEXUS_TEST_REDIS", key_prefix="x:"
+    )
+    redis = open_store(config, {"NEXUS_TEST_REDIS": "redis://127.0.0.1:1/0"})
+    assert isinstance(redis, RedisStore)
+    assert (redis.url, redis.key_prefix) == ("redis://127.0.0.1:1/0", "x:")
+    with pytest.raises(StateError, match="NEXUS_TEST_REDIS"):
+        open_store(config, {})
