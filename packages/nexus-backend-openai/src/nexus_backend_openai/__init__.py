@@ -9,7 +9,7 @@ adapter sends its own headers only.
 A probe lists ``GET /v1/models`` with the key, keeps the models Nexus can serve (chat,
 completions, embeddings; not speech, transcription, images, moderation, realtime or
 Responses-only models) and fills in what the list does not say (context window, vision, tools,
-JSON mode, embeddings) from ``models_table``, which also holds the prices (``price``).
+JSON mode, embeddings) from ``models_table``. Prices are core's (``nexus_core.pricing``).
 The ``x-ratelimit-*`` headers of each answer become the backend's load signal (``load``).
 """
 
@@ -70,7 +70,7 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 class OpenAIAdapter(OpenAIWireAdapter):
-    """OpenAI and OpenAI-wire clouds: filtered models, a capability and price table, rate limits."""
+    """OpenAI and OpenAI-wire clouds: filtered models, a capability table, rate limits."""
 
     type_name: ClassVar[str] = "openai"
     is_cloud: ClassVar[bool] = True
@@ -137,10 +137,6 @@ class OpenAIAdapter(OpenAIWireAdapter):
             embeddings=spec.embeddings,
             owned_by=listed.owned_by,
         )
-
-    def price(self, model: str) -> tuple[float, float] | None:
-        """USD per million (input, output) tokens, from ``models_table`` (None: unknown)."""
-        return models_table.price(model)
 
     @classmethod
     async def detect(cls, url: str, clients: HttpClients, api_key: str | None = None) -> bool:
