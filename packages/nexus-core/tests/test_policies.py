@@ -110,6 +110,19 @@ def test_only_open_backend_left_is_503_with_privacy_reason() -> None:
         "fix": "add a backend in the restricted zone that serves 'secret-a'",
     }
     assert details["local"]["reason"] == "unhealthy"
+    # Waiting can help: the unhealthy local backend is probed again within the health interval.
+    assert details["local"]["retry_after"] == 30
+    assert info.value.headers["Retry-After"] == "30"
+
+
+def test_no_retry_after_when_waiting_cannot_help() -> None:
+    registry = Registry()
+    make_backend(registry, "cloud", ["secret-a"], zone="open")
+    config = routing(policies=[{"model_pattern": "secret-*", "privacy": "restricted"}])
+    with pytest.raises(GatewayError) as info:
+        Router(registry, config).plan(chat("secret-a"))
+    assert info.value.status == 503
+    assert [d["reason"] for d in info.value.details] == ["privacy"]
     assert "Retry-After" not in info.value.headers
 
 

@@ -158,3 +158,42 @@ def test_router_keeps_last_candidates_when_all_cool() -> None:
     reasons: list[dict[str, str]] = []
     assert len(router.eligible("m", needs, reasons)) == 2
     assert reasons == []
+
+
+def test_slow_time_to_first_token_lowers_the_score_factor() -> None:
+    quality, _ = tracker(ttft_penalty_threshold_ms=1000.0)
+    quality.observe_ttft("a", "m", 500.0)
+    assert quality.ttft_factor("a", "m") == 1.0
+    assert not quality.slow
+    quality.observe_ttft("b", "m", 2000.0)
+    assert quality.ttft_factor("b", "m") == 0.5
+    assert quality.ttft_factor("b", "other") == 1.0
+    quality.observe_ttft("c", "m", 100_000.0)
+    assert quality.ttft_factor("c", "m") == 0.25  # never below MIN_TTFT_FACTOR
+    # The moving average comes down with fast samples, and the penalty goes away.
+    for _ in range(10):
+        quality.observe_ttft("b", "m", 100.0)
+    assert quality.ttft_factor("b", "m") == 1.0
+    assert ("b", "m") not in quality.slow
+    assert quality.ttft_ms("b", "m") is not None
+
+
+def test_zero_threshold_turns_the_ttft_penalty_off() -> None:
+    quality, _ = tracker(ttft_penalty_threshold_ms=0.0)
+    quality.observe_ttft("a", "m", 60_000.0)
+    assert quality.ttft_factor("a", "m") == 1.0
+
+
+def test_smart_strategy_prefers_the_backend_with_fast_first_tokens() -> None:
+    registry = Registry()
+    for name in ("slow", "fast"):
+        make_backend(registry, name, 50)
+    quality, _ = tracker(ttft_penalty_threshold_ms=1000.0)
+    router = Router(registry, RoutingConfig(), quality=quality)
+    needs = analyze(Endpoint.CHAT, {"model": "m", "messages": []})
+    # Equal scores: registration order decides.
+    assert [r.backend.name for r in router.plan(needs)] == ["slow", "fast"]
+    quality.observe_ttft("slow", "m", 4000.0)
+    assert [r.backend.name for r in router.plan(needs)] == ["fast", "slow"]
+    # Only the slow model is penalised: another model on the same backend is not.
+    assert quality.ttft_factor("slow", "other") == 1.0

@@ -14,7 +14,7 @@ from nexus_core.adapters import BackendStatus, Endpoint, ModelInfo
 from nexus_core.config import BackendConfig, RoutingConfig
 from nexus_core.errors import GatewayError
 from nexus_core.registry import Backend, Registry
-from nexus_core.routing import RequestNeeds, Router, analyze, replace_model
+from nexus_core.routing import RequestNeeds, Router, analyze, replace_model, with_include_usage
 
 
 class _NoAdapter:
@@ -263,3 +263,36 @@ def test_untagged_name_means_latest() -> None:
     assert router.plan(chat("llama3.2"))[0].model == "llama3.2:latest"
     with pytest.raises(GatewayError):
         router.plan(chat("qwen"))  # only :latest is implied, never another tag
+
+
+def test_with_include_usage_inserts_the_option_and_keeps_every_other_byte() -> None:
+    body = b'{"model": "m",  "stream": true, "messages": [{"role":"user","content":"\\u00e9"}]}'
+    out = with_include_usage(body)
+    assert out == b'{"stream_options":{"include_usage":true},' + body[1:]
+    assert json.loads(out)["stream_options"] == {"include_usage": True}
+
+
+def test_with_include_usage_keeps_the_clients_other_stream_options() -> None:
+    body = json.dumps(
+        {"model": "m", "stream": True, "stream_options": {"include_usage": False, "x": 1}}
+    ).encode()
+    assert json.loads(with_include_usage(body))["stream_options"] == {
+        "include_usage": True,
+        "x": 1,
+    }
+    # "stream_options" inside a message is not the top-level option.
+    quoted = json.dumps({"model": "m", "messages": [{"content": '"stream_options"'}]}).encode()
+    data = json.loads(with_include_usage(quoted))
+    assert data["stream_options"] == {"include_usage": True}
+    assert data["messages"] == [{"content": '"stream_options"'}]
+
+
+def test_analyze_notes_whether_a_stream_client_asked_for_usage() -> None:
+    asked = {
+        "model": "m",
+        "messages": [],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    assert analyze(Endpoint.CHAT, asked).include_usage
+    assert not analyze(Endpoint.CHAT, {"model": "m", "messages": [], "stream": True}).include_usage

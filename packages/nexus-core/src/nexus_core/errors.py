@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -72,15 +73,22 @@ def model_not_found(model: str, available: Iterable[str]) -> GatewayError:
     )
 
 
-def no_backend(model: str, reasons: list[dict[str, str]]) -> GatewayError:
-    """503 when the model exists but no backend can take the request, with per-backend reasons."""
+def no_backend(model: str, reasons: list[dict[str, Any]]) -> GatewayError:
+    """503 when the model exists but no backend can take the request, with per-backend reasons.
+
+    ``Retry-After`` is set when waiting can help: the soonest ``retry_after`` of the reasons
+    (a health re-check, the end of a cool-down, the budget's new month).
+    """
     summary = "; ".join(f"{r['backend']}: {r.get('message') or r['reason']}" for r in reasons[:10])
+    waits = [r["retry_after"] for r in reasons if isinstance(r.get("retry_after"), int | float)]
+    headers = {"Retry-After": str(max(1, math.ceil(min(waits))))} if waits else {}
     return GatewayError(
         503,
         f"No backend can serve model '{model}' right now ({summary or 'no backends'})",
         type="service_unavailable",
         code="no_backend_available",
         details=reasons,
+        headers=headers,
     )
 
 

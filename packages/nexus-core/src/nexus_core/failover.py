@@ -14,12 +14,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from nexus_core.accounting import Accountant, Charge, StreamMeter, completion_estimate, usd
 from nexus_core.adapters import BackendError, Endpoint, ErrorKind, Timeouts, UpstreamResponse
 from nexus_core.errors import GatewayError
+from nexus_core.pricing import estimate_nano_usd
 from nexus_core.quality import QualityTracker
 from nexus_core.queueing import CapacityQueue, release
 from nexus_core.registry import Backend
-from nexus_core.routing import RequestNeeds, Route, replace_model
+from nexus_core.routing import RequestNeeds, Route, replace_model, with_include_usage
 from nexus_core.sse import error_event
 
 log = logging.getLogger("nexus.failover")
@@ -47,6 +49,10 @@ class ProxyResult:
     attempts: list[Attempt] = field(default_factory=list)
     status: int = 200
     data: Any = None
+    #: The cost of this answer, when its route is priced.
+    charge: Charge | None = None
+    #: ``X-Nexus-Budget-*`` headers, when a monthly budget is set.
+    budget_headers: dict[str, str] | None = None
 
     @property
     def route_reason(self) -> str:
@@ -68,13 +74,35 @@ class ProxyResult:
         }
         if self.route.fallback:
             out["X-Nexus-Fallback-Model"] = self.route.model
+        charge = self.charge
+        if charge is not None:
+            # A whole answer's actual cost; a stream's headers leave before it is known.
+            cost = charge.settled if charge.settled is not None else charge.estimate
+            out["X-Nexus-Cost-Estimated"] = f"{usd(cost):.6f}"
+        if self.budget_headers:
+            out.update(self.budget_headers)
         return out
 
 
 class ProxyStream:
-    """Relays upstream SSE events; releases the backend exactly once, however it ends."""
+    """Relays upstream SSE events; releases the backend exactly once, however it ends.
 
-    __slots__ = ("_backend", "_done", "_first", "_queue", "_upstream", "error")
+    The stream's outcome goes to ``quality`` when it ends (a break after the first byte counts
+    as a failure); ``meter`` reads the usage of a priced stream and settles its cost.
+    """
+
+    __slots__ = (
+        "_backend",
+        "_completed",
+        "_done",
+        "_first",
+        "_meter",
+        "_model",
+        "_quality",
+        "_queue",
+        "_upstream",
+        "error",
+    )
 
     def __init__(
         self,
@@ -82,23 +110,40 @@ class ProxyStream:
         upstream: UpstreamResponse,
         first: bytes,
         queue: CapacityQueue | None = None,
+        *,
+        model: str = "",
+        quality: QualityTracker | None = None,
+        meter: StreamMeter | None = None,
     ) -> None:
         self._backend = backend
         self._upstream = upstream
         self._first = first
         self._done = False
         self._queue = queue
+        self._model = model
+        self._quality = quality
+        self._meter = meter
+        self._completed = False
         self.error: BackendError | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         events = self._upstream.events
+        meter = self._meter
         try:
-            yield self._first
+            if meter is None or not meter.observe(self._first):
+                yield self._first
             if events is None:
+                self._completed = True
                 return
             try:
-                async for event in events:
-                    yield event
+                if meter is None:
+                    async for event in events:
+                        yield event
+                else:
+                    async for event in events:
+                        if not meter.observe(event):
+                            yield event
+                self._completed = True
             except BackendError as exc:
                 self.error = exc
                 self._backend.errors_total += 1
@@ -112,11 +157,20 @@ class ProxyStream:
             await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the upstream and release the backend's pending slot (idempotent)."""
+        """Close the upstream, settle the cost and release the pending slot (idempotent)."""
         if self._done:
             return
         self._done = True
         release(self._backend, self._queue)
+        if self._meter is not None:
+            self._meter.finish()
+        quality = self._quality
+        if quality is not None:
+            if self.error is not None:
+                quality.record(self._backend.name, self._model, False)
+            elif self._completed:
+                quality.record(self._backend.name, self._model, True)
+            # Ended by the client: says nothing about the backend.
         await self._upstream.aclose()
 
 
@@ -130,11 +184,15 @@ async def execute(
     deadline_seconds: float,
     queue: CapacityQueue | None = None,
     quality: QualityTracker | None = None,
+    accountant: Accountant | None = None,
+    data: Any = None,
 ) -> ProxyResult:
     """Try ``routes`` in order within one overall deadline; return the first 2xx answer.
 
     Every slot taken here is given back through ``queue.release``, which wakes a waiter.
     Each attempt's outcome goes to ``quality`` (a client's 4xx is not the backend's fault).
+    An attempt on a priced route reserves its estimated cost with ``accountant`` first and
+    settles the actual cost from the answer's ``usage`` (``data``: the parsed request body).
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + deadline_seconds
@@ -147,6 +205,14 @@ async def execute(
             break
         backend = route.backend
         payload = body if route.model == needs.model else replace_model(body, route.model)
+        price = accountant.price(backend, route.model) if accountant is not None else None
+        charge: Charge | None = None
+        if price is not None:
+            assert accountant is not None
+            completion = completion_estimate(data) if isinstance(data, dict) else 0
+            charge = await accountant.open_charge(price, needs.estimated_tokens, completion)
+            if stream and not needs.include_usage:
+                payload = with_include_usage(payload)
         if remaining < timeouts.first_byte:
             attempt_timeouts = Timeouts(timeouts.connect, remaining, timeouts.idle)
         else:
@@ -177,36 +243,62 @@ async def execute(
                 except BaseException:
                     await upstream.aclose()
                     raise
-                backend.observe_latency((time.perf_counter() - started) * 1000)
+                elapsed = (time.perf_counter() - started) * 1000
+                backend.observe_latency(elapsed)
                 if quality is not None:
-                    quality.record(backend.name, route.model, True)
-                released = True  # the stream releases the slot when it ends
+                    quality.observe_ttft(backend.name, route.model, elapsed)
+                meter = None
+                if charge is not None:
+                    meter = StreamMeter(
+                        charge,
+                        hide_usage=not needs.include_usage,
+                        prompt_tokens=needs.estimated_tokens,
+                    )
+                released = True  # the stream releases the slot (and settles) when it ends
                 return ProxyResult(
                     route=route,
                     requested_model=needs.model,
                     content_type=upstream.content_type,
-                    stream=ProxyStream(backend, upstream, first, queue=queue),
+                    stream=ProxyStream(
+                        backend,
+                        upstream,
+                        first,
+                        queue=queue,
+                        model=route.model,
+                        quality=quality,
+                        meter=meter,
+                    ),
                     attempts=attempts,
+                    charge=charge,
                 )
             backend.observe_latency((time.perf_counter() - started) * 1000)
-            data = None
-            if endpoint is not Endpoint.EMBEDDINGS and upstream.body is not None:
+            parsed = None
+            if upstream.body is not None and (
+                endpoint is not Endpoint.EMBEDDINGS or charge is not None
+            ):
                 try:
-                    data = json.loads(upstream.body)
+                    parsed = json.loads(upstream.body)
                 except ValueError:
                     raise BackendError(ErrorKind.MALFORMED, "the body is not JSON") from None
             if quality is not None:
                 quality.record(backend.name, route.model, True)
+            if charge is not None:
+                usage = parsed.get("usage") if isinstance(parsed, dict) else None
+                cost = charge.cost_of(usage)
+                charge.settle(charge.estimate if cost is None else cost)
             return ProxyResult(
                 route=route,
                 requested_model=needs.model,
                 content_type=upstream.content_type,
                 body=upstream.body,
                 attempts=attempts,
-                data=data,
+                data=None if endpoint is Endpoint.EMBEDDINGS else parsed,
+                charge=charge,
             )
         except BackendError as exc:
             backend.errors_total += 1
+            if charge is not None:
+                charge.settle(0)  # providers do not bill a request that failed
             if quality is not None and exc.kind is not ErrorKind.CLIENT_ERROR:
                 quality.record(backend.name, route.model, False)
             attempts.append(Attempt(backend.name, exc.kind.value, exc.message, exc.status))
@@ -219,6 +311,9 @@ async def execute(
         finally:
             if not released:
                 release(backend, queue)
+                if charge is not None and charge.settled is None:
+                    # Cancelled on the way: the prompt may have been processed (and billed).
+                    charge.settle(estimate_nano_usd(charge.price, needs.estimated_tokens, 0))
     raise _exhausted(last_error, attempts, deadline_seconds, bool(routes))
 
 

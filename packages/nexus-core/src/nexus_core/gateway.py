@@ -5,14 +5,23 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, overload
 from urllib.parse import urlsplit
 
+from nexus_core.accounting import Accountant
 from nexus_core.adapters import AdapterFactory, BackendStatus, Endpoint, ModelInfo, Timeouts
-from nexus_core.config import AUTO_TYPE, BackendConfig, NexusConfig, validate_config
+from nexus_core.config import (
+    AUTO_TYPE,
+    DEFAULT_SQLITE_PATH,
+    BackendConfig,
+    NexusConfig,
+    StateBackend,
+    validate_config,
+)
 from nexus_core.errors import GatewayError
 from nexus_core.failover import ProxyResult, ProxyStream, execute
 from nexus_core.health import HealthChecker
@@ -22,6 +31,7 @@ from nexus_core.queueing import CapacityQueue, is_full
 from nexus_core.registry import Backend, Registry
 from nexus_core.routing import RequestNeeds, Route, Router, analyze
 from nexus_core.sse import event_data
+from nexus_core.state import MemoryStore, StateError, StateStore, open_store
 
 if TYPE_CHECKING:
     from nexus_core.discovery import DiscoverySource, DiscoverySourceFactory
@@ -48,6 +58,8 @@ class Gateway:
         backend_types: Mapping[str, AdapterFactory] | None = None,
         discovery_sources: Mapping[str, DiscoverySourceFactory] | None = None,
         clients: HttpClients | None = None,
+        state: StateStore | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if config is None:
             config = NexusConfig()
@@ -56,7 +68,17 @@ class Gateway:
         self.config: NexusConfig = config
         self.registry = Registry()
         self.quality = QualityTracker(config.quality)
-        self.router = Router(self.registry, config.routing, quality=self.quality)
+        #: Prices, spend and the monthly budget (``state``: where spend is kept, else ``[state]``).
+        self.accountant = Accountant(
+            config.routing.budget,
+            config.pricing,
+            state if state is not None else open_store(config.state),
+            clock=clock,
+        )
+        self.router = Router(
+            self.registry, config.routing, quality=self.quality, budget=self.accountant
+        )
+        self.router.health_interval = config.health_check.interval_seconds
         self.health = HealthChecker(self.registry, config.health_check)
         self.clients = clients or HttpClients()
         self._backend_types = dict(backend_types) if backend_types is not None else None
@@ -98,12 +120,25 @@ class Gateway:
             return
         self._started = True
         self.started_at = time.time()
+        await self._start_accounting()
         await asyncio.gather(*(self.add_backend(b, source="static") for b in self.config.backends))
         from nexus_core import plugins
 
         if self.config.discovery.enabled:
             await self._start_discovery()
         await plugins.call_startup(self)
+
+    async def _start_accounting(self) -> None:
+        try:
+            await self.accountant.start()
+        except StateError as exc:
+            state = self.config.state
+            if state.backend is not StateBackend.SQLITE or state.path != DEFAULT_SQLITE_PATH:
+                raise
+            # The default file cannot be used (a read-only home, say): serve, but say so loudly.
+            log.error("%s; spend is kept in memory only and lost on restart", exc)
+            self.accountant.store = MemoryStore()
+            await self.accountant.start()
 
     async def _start_discovery(self) -> None:
         from nexus_core import plugins
@@ -140,6 +175,7 @@ class Gateway:
             for backend in self.registry:
                 await backend.adapter.close()
             await self.clients.aclose()
+            await self.accountant.stop()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -404,6 +440,9 @@ class Gateway:
                     400, f"The request body is not valid JSON: {exc}", code="invalid_json"
                 ) from None
         needs = analyze(endpoint, data)
+        accountant = self.accountant
+        if accountant.blocks_all:
+            raise _budget_exhausted(accountant)
         needs.flexible = flexible
         if needs.stream and endpoint is Endpoint.EMBEDDINGS:
             needs.stream = False
@@ -411,7 +450,7 @@ class Gateway:
         # Full backends are ordered last, so a first route with room means no wait (the hot path).
         if routes and is_full(routes[0].backend) and all(is_full(r.backend) for r in routes):
             routes = await self._wait_for_slot(needs, routes, priority_high)
-        return await execute(
+        result = await execute(
             routes,
             endpoint,
             body,
@@ -420,7 +459,12 @@ class Gateway:
             deadline_seconds=self.request_timeout,
             queue=self.queue,
             quality=self.quality,
+            accountant=accountant,
+            data=data,
         )
+        if accountant.limit is not None:
+            result.budget_headers = accountant.headers()
+        return result
 
     async def _wait_for_slot(
         self, needs: RequestNeeds, routes: list[Route], high: bool
@@ -493,6 +537,21 @@ class Gateway:
         if not isinstance(data, dict):
             raise GatewayError(502, "Backend answered something other than a JSON object")
         return data
+
+
+def _budget_exhausted(accountant: Accountant) -> GatewayError:
+    wait = math.ceil(accountant.seconds_to_rollover())
+    summary = accountant.summary()
+    return GatewayError(
+        503,
+        f"The monthly budget of ${summary['limit_usd']:.2f} is spent "
+        f"(${summary['spent_usd']:.4f}) and routing.budget.hard_limit_action is block_all: "
+        "no request is served until the month rolls over (00:00 UTC on the 1st)",
+        type="service_unavailable",
+        code="budget_exceeded",
+        details={"budget": summary},
+        headers={"Retry-After": str(max(1, wait))},
+    )
 
 
 def _merge_capabilities(entry: dict[str, Any], model: ModelInfo) -> None:

@@ -7,8 +7,13 @@ consecutive cool-down doubles that, capped at ``MAX_BACKOFF_FACTOR`` times. When
 ends the pair is half-open: routable again, and its next outcome decides. A success restores
 it fully (counters and back-off reset); a failure cools it down again with the doubled back-off.
 
-Only upstream failures count (connect, timeout, 5xx, 429, malformed), never a client's 4xx.
-Recording is O(1) and allocates nothing after a pair's first outcome.
+Only upstream failures count (connect, timeout, 5xx, 429, malformed, a stream that breaks after
+its first byte), never a client's 4xx. Recording is O(1) and allocates nothing after a pair's
+first outcome.
+
+Time to first token (of streams) is kept per pair as a moving average; a pair whose average is
+above ``ttft_penalty_threshold_ms`` gets a score factor below 1 (threshold / average, at least
+``MIN_TTFT_FACTOR``) that the smart strategy multiplies its score by.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ from nexus_core.config import QualityConfig
 
 #: A cool-down never grows beyond this many times ``cooldown_seconds``.
 MAX_BACKOFF_FACTOR = 10.0
+#: The smallest score factor a slow time to first token can cost.
+MIN_TTFT_FACTOR = 0.25
+#: Weight of the newest sample in the TTFT moving average.
+TTFT_SMOOTHING = 0.3
 
 
 class _Stats:
@@ -38,7 +47,7 @@ class _Stats:
 class QualityTracker:
     """Request outcomes per (backend, model) and the cool-downs they lead to."""
 
-    __slots__ = ("_clock", "_stats", "config", "cooled")
+    __slots__ = ("_clock", "_stats", "_ttft", "config", "cooled", "slow")
 
     def __init__(
         self, config: QualityConfig, *, clock: Callable[[], float] = time.monotonic
@@ -48,6 +57,31 @@ class QualityTracker:
         self._stats: dict[tuple[str, str], _Stats] = {}
         #: How many pairs are cooled down or half-open; 0 lets routing skip every look-up.
         self.cooled = 0
+        self._ttft: dict[tuple[str, str], float] = {}
+        #: Score factors (< 1) of pairs whose TTFT is over the threshold; empty: none is slow.
+        self.slow: dict[tuple[str, str], float] = {}
+
+    def observe_ttft(self, backend: str, model: str, milliseconds: float) -> None:
+        """Fold one time-to-first-token sample into the pair's moving average."""
+        key = (backend, model)
+        current = self._ttft.get(key)
+        average = (
+            milliseconds if current is None else current + TTFT_SMOOTHING * (milliseconds - current)
+        )
+        self._ttft[key] = average
+        threshold = self.config.ttft_penalty_threshold_ms
+        if threshold and average > threshold:
+            self.slow[key] = max(MIN_TTFT_FACTOR, threshold / average)
+        elif key in self.slow:
+            del self.slow[key]
+
+    def ttft_ms(self, backend: str, model: str) -> float | None:
+        """The pair's average time to first token (None: no stream measured yet)."""
+        return self._ttft.get((backend, model))
+
+    def ttft_factor(self, backend: str, model: str) -> float:
+        """What a slow TTFT does to the pair's score: 1.0 when it is not over the threshold."""
+        return self.slow.get((backend, model), 1.0)
 
     def record(self, backend: str, model: str, ok: bool) -> None:
         """Count one outcome of a request to ``backend`` for ``model``."""

@@ -5,17 +5,21 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import json
+import math
 import random
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nexus_core.adapters import BackendStatus, Endpoint, ModelInfo
 from nexus_core.config import MAX_ALIAS_DEPTH, PolicyConfig, PolicyPrivacy, RoutingConfig, Zone
 from nexus_core.errors import GatewayError, bad_request, model_not_found, no_backend
 from nexus_core.quality import QualityTracker
 from nexus_core.registry import Backend, Registry
+
+if TYPE_CHECKING:
+    from nexus_core.accounting import Accountant
 
 # Rough bytes-per-token used to estimate prompt size before the context-length check.
 CHARS_PER_TOKEN = 4
@@ -33,6 +37,8 @@ class RequestNeeds:
     estimated_tokens: int = 0
     #: Tier mode from ``X-Nexus-Flexible: true`` (and no ``X-Nexus-Strict: true``).
     flexible: bool = False
+    #: A stream whose client asked for ``stream_options.include_usage``.
+    include_usage: bool = False
 
 
 def analyze(endpoint: Endpoint, data: Any) -> RequestNeeds:
@@ -43,6 +49,9 @@ def analyze(endpoint: Endpoint, data: Any) -> RequestNeeds:
     if not isinstance(model, str) or not model:
         raise bad_request("You must provide a model parameter", param="model", code="missing_model")
     needs = RequestNeeds(model=model, stream=data.get("stream") is True)
+    if needs.stream:
+        options = data.get("stream_options")
+        needs.include_usage = isinstance(options, dict) and options.get("include_usage") is True
     if endpoint is Endpoint.CHAT:
         messages = data.get("messages")
         if not isinstance(messages, list):
@@ -102,6 +111,24 @@ def replace_model(body: bytes, model: str) -> bytes:
         if text[index : index + 1] == ",":
             index = _skip_ws(text, index + 1)
     raise ValueError("no top-level model key")
+
+
+def with_include_usage(body: bytes) -> bytes:
+    """The body asking for ``stream_options.include_usage`` (to price a stream from its usage).
+
+    Without a top-level ``stream_options`` the member is inserted and every other byte kept;
+    otherwise the body is re-encoded with ``include_usage`` set in the existing options.
+    """
+    if b'"stream_options"' not in body:
+        start = body.index(b"{") + 1
+        return body[:start] + b'"stream_options":{"include_usage":true},' + body[start:]
+    data = json.loads(body)
+    options = data.get("stream_options")
+    data["stream_options"] = {
+        **(options if isinstance(options, dict) else {}),
+        "include_usage": True,
+    }
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def _skip_ws(text: str, index: int) -> int:
@@ -186,9 +213,17 @@ class SmartStrategy:
 
     reason = "highest-score"
 
-    def __init__(self, priority: float, load: float, latency: float) -> None:
+    def __init__(
+        self,
+        priority: float,
+        load: float,
+        latency: float,
+        quality: QualityTracker | None = None,
+    ) -> None:
         total = priority + load + latency or 1.0
         self.weights = (priority / total, load / total, latency / total)
+        #: A slow time to first token for the requested model lowers a backend's score.
+        self.quality = quality
 
     def score(self, b: Backend) -> float:
         """0..100, higher is better. Runs per request over every candidate: kept branch-light."""
@@ -207,6 +242,11 @@ class SmartStrategy:
 
     def order(self, candidates: Sequence[Backend], model: str) -> list[Backend]:
         """Best score first; ties keep registration order (the sort is stable)."""
+        quality = self.quality
+        if quality is not None and quality.slow:
+            factor = quality.ttft_factor
+            score = self.score
+            return sorted(candidates, key=lambda b: score(b) * factor(b.name, model), reverse=True)
         return sorted(candidates, key=self.score, reverse=True)
 
 
@@ -262,11 +302,13 @@ class LeastLoadedStrategy:
         )
 
 
-def builtin_strategies(config: RoutingConfig) -> dict[str, Strategy]:
-    """The five strategies the config can name."""
+def builtin_strategies(
+    config: RoutingConfig, quality: QualityTracker | None = None
+) -> dict[str, Strategy]:
+    """The five strategies the config can name (``quality``: TTFT penalties for smart)."""
     weights = config.weights
     return {
-        "smart": SmartStrategy(weights.priority, weights.load, weights.latency),
+        "smart": SmartStrategy(weights.priority, weights.load, weights.latency, quality),
         "round_robin": RoundRobinStrategy(),
         "priority_only": PriorityStrategy(),
         "random": RandomStrategy(),
@@ -304,6 +346,14 @@ def _demotion(backend: Backend, model: str) -> int:
     return 1 if info is not None and info.loaded is False else 0
 
 
+def _budget_demotion(backend: Backend, model: str) -> int:
+    """Past the soft limit: warm local 0, cold local 1, cloud 2, full (any kind) 3."""
+    demotion = _demotion(backend, model)
+    if demotion == 2:
+        return 3
+    return 2 if backend.is_cloud else demotion
+
+
 class Router:
     """Turns a request into an ordered list of attempts, or a clear 404/503."""
 
@@ -313,12 +363,19 @@ class Router:
         config: RoutingConfig,
         strategy: Strategy | None = None,
         quality: QualityTracker | None = None,
+        budget: Accountant | None = None,
     ) -> None:
         self.registry = registry
+        #: The budget's state: cloud backends go last past the soft limit, or are refused.
+        self.budget = budget
+        #: Seconds until an unhealthy backend is probed again (the Retry-After hint).
+        self.health_interval = 30.0
         #: Cool-downs of failing backends; None: every healthy backend is routable.
         self.quality = quality
         self.config = config
-        self.strategy: Strategy = strategy or builtin_strategies(config)[config.strategy.value]
+        self.strategy: Strategy = (
+            strategy or builtin_strategies(config, quality)[config.strategy.value]
+        )
         self._aliases: Mapping[str, str] = dict(config.aliases)
         self._fallbacks: Mapping[str, list[str]] = {k: list(v) for k, v in config.fallbacks.items()}
         self.policies: tuple[CompiledPolicy, ...] = tuple(
@@ -383,7 +440,7 @@ class Router:
         self,
         model: str,
         needs: RequestNeeds,
-        reasons: list[dict[str, str]] | None = None,
+        reasons: list[dict[str, Any]] | None = None,
         constraint: Constraint | None = None,
     ) -> list[Backend]:
         """Backends that serve ``model``, pass the policies, are healthy and can do the request.
@@ -396,7 +453,9 @@ class Router:
         healthy = BackendStatus.HEALTHY
         plain = not (needs.vision or needs.tools or needs.json_mode or needs.estimated_tokens)
         quality = self.quality
-        if plain and reasons is None and constraint is None:
+        budget = self.budget
+        blocks_cloud = budget is not None and budget.blocks_cloud
+        if plain and reasons is None and constraint is None and not blocks_cloud:
             found = [b for b in serving if b.status is healthy]
             if quality is None or not quality.cooled:
                 return found
@@ -417,6 +476,22 @@ class Router:
                             "reason": "privacy",
                             "message": f"zone open, policy for {restricted_by!r} is restricted",
                             "fix": f"add a backend in the restricted zone that serves '{model}'",
+                        }
+                    )
+                continue
+            if blocks_cloud and backend.is_cloud:
+                if reasons is not None:
+                    assert budget is not None
+                    reasons.append(
+                        {
+                            "backend": backend.name,
+                            "model": model,
+                            "reason": "budget",
+                            "message": "the monthly budget is exhausted and "
+                            "hard_limit_action is block_cloud",
+                            "fix": "raise routing.budget.monthly_limit_usd, or wait for the "
+                            "month to roll over (00:00 UTC on the 1st)",
+                            "retry_after": math.ceil(budget.seconds_to_rollover()),
                         }
                     )
                 continue
@@ -449,6 +524,7 @@ class Router:
                             "message": f"{status.value}{detail}",
                             "fix": "wait for the health check to find it healthy again, "
                             "or fix the backend",
+                            "retry_after": math.ceil(self.health_interval),
                         }
                     )
                 continue
@@ -477,7 +553,7 @@ class Router:
         return self._cool(out, model, reasons)
 
     def _cool(
-        self, candidates: list[Backend], model: str, reasons: list[dict[str, str]] | None
+        self, candidates: list[Backend], model: str, reasons: list[dict[str, Any]] | None
     ) -> list[Backend]:
         """``candidates`` without cooling-down ones, unless that would leave none."""
         assert self.quality is not None
@@ -503,6 +579,7 @@ class Router:
                         "reason": "cooling_down",
                         "message": f"too many recent upstream failures; retried in {left:.0f} s",
                         "fix": "wait for the cool-down to end, or fix the backend",
+                        "retry_after": math.ceil(left),
                     }
                 )
         return kept
@@ -557,6 +634,11 @@ class Router:
         if len(candidates) == 1:
             return candidates
         ordered = self.strategy.order(candidates, model)
+        budget = self.budget
+        if budget is not None and budget.prefer_local:
+            # Past the soft limit: local first (strategy order within), then cloud ones.
+            ordered.sort(key=lambda b: _budget_demotion(b, model))
+            return ordered
         for b in ordered:
             info = b.models.get(model)
             if (info is not None and info.loaded is False) or (
@@ -571,7 +653,7 @@ class Router:
         chain = [model, *(self.resolve(f) for f in self._fallbacks.get(model, ()))]
         if not any(self.registry.serving(m) for m in chain):
             return model_not_found(requested, self.registry.model_ids())
-        reasons: list[dict[str, str]] = []
+        reasons: list[dict[str, Any]] = []
         base = self.constraint(self.names(requested)) if self.policies else None
         self.eligible(model, needs, reasons, base)
         for fallback in self._fallbacks.get(model, ()):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 
@@ -15,6 +16,8 @@ from nexus_core.adapters import AdapterFactory
 from nexus_core.config import NexusConfig, validate_config
 from nexus_core.gateway import Gateway
 from nexus_server.app import create_app
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -24,6 +27,12 @@ class RunningServer:
     url: str
     gateway: Gateway
     server: uvicorn.Server
+    #: The server's event loop (it runs in another thread).
+    loop: asyncio.AbstractEventLoop
+
+    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+        """Run ``coroutine`` on the server's loop (where the gateway lives); return its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     @property
     def base_url(self) -> str:
@@ -66,7 +75,10 @@ def running_server(
         time.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield RunningServer(url=f"http://127.0.0.1:{port}", gateway=gateway, server=server)
+        loop = server.servers[0].get_loop()
+        yield RunningServer(
+            url=f"http://127.0.0.1:{port}", gateway=gateway, server=server, loop=loop
+        )
     finally:
         server.should_exit = True
         thread.join(timeout=15)
