@@ -1,0 +1,1326 @@
+"""Translation between Anthropic's Messages API and OpenAI's chat completions, as plain dict work.
+
+Two directions:
+
+- front door (``POST /v1/messages`` served by OpenAI-wire backends): ``messages_to_chat`` for the
+  request, ``chat_to_message`` for the answer, ``ChatStreamToMessages`` for a streamed answer;
+- backend (an Anthropic cloud backend behind the OpenAI front door): ``chat_to_messages``,
+  ``message_to_chat`` and ``MessagesStreamToChat``.
+
+Where the formats do not map one to one, the rule chosen is written next to the code and
+summarised here:
+
+- Adjacent text blocks of one request message (and the blocks of ``system`` and of a
+  ``tool_result``) are joined with a blank line into one string: every OpenAI-wire server accepts a
+  string, not all of them accept arrays of text parts. Text blocks of one *answer* are joined with
+  nothing, since they are pieces of one generated text.
+- An assistant turn's text comes before its tool calls in OpenAI's format, so text written after a
+  ``tool_use`` block moves before the tool calls. ``thinking`` and ``redacted_thinking`` blocks in
+  the history are dropped: their signatures mean nothing to another model.
+- ``tool_result`` blocks become ``role: tool`` messages placed before the rest of the user turn,
+  as OpenAI requires; ``is_error`` is kept by prefixing the content with ``"Error: "``. Images in a
+  tool result (OpenAI tool messages carry text only) move into the user message that follows.
+- Tool-call arguments that are not a JSON object are kept as ``{"_raw_arguments": "<text>"}`` and
+  turned back into the same raw text when the history returns to an OpenAI backend.
+- OpenAI does not say which stop sequence ended an answer; vLLM does (``choice.stop_reason``). When
+  that names one of the request's ``stop_sequences`` the stop reason is ``stop_sequence``, otherwise
+  ``end_turn``.
+- Anthropic counts cached input apart: ``input_tokens = prompt_tokens - cached_tokens`` and
+  ``cache_read_input_tokens = cached_tokens``, and the reverse on the way back.
+- Request fields with no OpenAI counterpart (``thinking``, ``service_tier``, ``container``,
+  ``cache_control``, ``output_config.effort``, ...) are dropped; OpenAI fields with no Anthropic
+  counterpart (``response_format: json_object``, ``seed``, penalties, ``logprobs``, ...) likewise.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+JSONDict = dict[str, Any]
+
+#: Joins the text blocks of one request message into one string.
+TEXT_SEPARATOR = "\n\n"
+#: Key under which tool-call arguments that are not a JSON object are kept.
+RAW_ARGUMENTS_KEY = "_raw_arguments"
+#: Prefix marking a ``tool_result`` with ``is_error: true`` in the OpenAI tool message.
+TOOL_ERROR_PREFIX = "Error: "
+#: Tokens counted for one image by ``count_tokens`` (Anthropic's cap for a full-size image).
+IMAGE_TOKEN_ESTIMATE = 1600
+
+_STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
+_FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+_TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    409: "conflict_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    # Nexus answers 503 when no backend can take the request now: "try again later".
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+_DROPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})
+
+
+class TranslationError(ValueError):
+    """A request that cannot be translated; the message suits a 400 ``invalid_request_error``."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(f"{param}: {message}" if param else message)
+        self.param = param
+
+
+class AnthropicStreamError(RuntimeError):
+    """An ``error`` event in an Anthropic stream."""
+
+    def __init__(self, message: str, error_type: str = "api_error") -> None:
+        super().__init__(message)
+        self.message = message
+        self.error_type = error_type
+
+
+# --------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _sse(event_type: str, data: Mapping[str, Any]) -> bytes:
+    return f"event: {event_type}\ndata: {_dumps(data)}\n\n".encode()
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def new_tool_use_id() -> str:
+    """A fresh Anthropic-style tool use id, for tool calls that arrive without one."""
+    return "toolu_" + uuid.uuid4().hex[:24]
+
+
+def message_id_from(openai_id: Any) -> str:
+    """An Anthropic ``msg_`` id derived from an OpenAI completion id (or a fresh one)."""
+    if isinstance(openai_id, str) and openai_id:
+        if openai_id.startswith("msg_"):
+            return openai_id
+        return "msg_" + openai_id.removeprefix("chatcmpl-")
+    return "msg_" + uuid.uuid4().hex[:24]
+
+
+def parse_arguments(arguments: Any) -> JSONDict:
+    """Tool-call arguments as an input object; anything else is kept under ``_raw_arguments``."""
+    if isinstance(arguments, dict):
+        return arguments
+    if arguments is None or arguments == "":
+        return {}
+    if not isinstance(arguments, str):
+        return {RAW_ARGUMENTS_KEY: _dumps(arguments)}
+    try:
+        parsed = json.loads(arguments)
+    except ValueError:
+        return {RAW_ARGUMENTS_KEY: arguments}
+    return parsed if isinstance(parsed, dict) else {RAW_ARGUMENTS_KEY: arguments}
+
+
+def dump_arguments(tool_input: Any) -> str:
+    """A tool input as OpenAI ``arguments`` text: compact JSON, or the raw text it came from."""
+    if (
+        isinstance(tool_input, dict)
+        and len(tool_input) == 1
+        and isinstance(tool_input.get(RAW_ARGUMENTS_KEY), str)
+    ):
+        raw: str = tool_input[RAW_ARGUMENTS_KEY]
+        return raw
+    return _dumps(tool_input)
+
+
+def stop_reason_from(
+    finish_reason: Any,
+    *,
+    has_tool_calls: bool = False,
+    matched_stop: Any = None,
+    stop_sequences: Sequence[str] = (),
+) -> tuple[str, str | None]:
+    """Anthropic ``(stop_reason, stop_sequence)`` for an OpenAI ``finish_reason``."""
+    if finish_reason == "length":
+        return "max_tokens", None
+    # Some servers (older Ollama) say "stop" while returning tool calls.
+    if has_tool_calls:
+        return "tool_use", None
+    if finish_reason == "stop" and isinstance(matched_stop, str) and matched_stop in stop_sequences:
+        return "stop_sequence", matched_stop
+    return _STOP_REASONS.get(finish_reason, "end_turn"), None
+
+
+def finish_reason_from(stop_reason: Any) -> str:
+    """OpenAI ``finish_reason`` for an Anthropic ``stop_reason``."""
+    return _FINISH_REASONS.get(stop_reason, "stop")
+
+
+def usage_from_openai(usage: Any) -> JSONDict:
+    """Anthropic usage from OpenAI usage, with cached prompt tokens counted apart."""
+    if not isinstance(usage, Mapping):
+        usage = {}
+    prompt = _int(usage.get("prompt_tokens"))
+    details = usage.get("prompt_tokens_details")
+    cached = _int(details.get("cached_tokens")) if isinstance(details, Mapping) else 0
+    return {
+        "input_tokens": max(prompt - cached, 0),
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": cached,
+        "output_tokens": _int(usage.get("completion_tokens")),
+    }
+
+
+def usage_from_anthropic(usage: Any) -> JSONDict:
+    """OpenAI usage from Anthropic usage; prompt tokens include cache reads and writes."""
+    if not isinstance(usage, Mapping):
+        usage = {}
+    cached = _int(usage.get("cache_read_input_tokens"))
+    prompt = (
+        _int(usage.get("input_tokens")) + cached + _int(usage.get("cache_creation_input_tokens"))
+    )
+    completion = _int(usage.get("output_tokens"))
+    result: JSONDict = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if cached:
+        result["prompt_tokens_details"] = {"cached_tokens": cached}
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+def anthropic_error_type(status: int) -> str:
+    """Anthropic's error ``type`` for an HTTP status."""
+    known = _ERROR_TYPES.get(status)
+    if known is not None:
+        return known
+    return "api_error" if status >= 500 else "invalid_request_error"
+
+
+def anthropic_error_body(status: int, message: str, *, request_id: str | None = None) -> bytes:
+    """An Anthropic error body: ``{"type": "error", "error": {"type", "message"}}``."""
+    body: JSONDict = {
+        "type": "error",
+        "error": {"type": anthropic_error_type(status), "message": message},
+    }
+    if request_id:
+        body["request_id"] = request_id
+    return _dumps(body).encode()
+
+
+# --------------------------------------------------------------------------------------------
+# Front door: Anthropic request -> OpenAI request
+
+
+def messages_to_chat(request: Mapping[str, Any]) -> JSONDict:
+    """Translate an Anthropic Messages request into an OpenAI chat completions request."""
+    if not isinstance(request, Mapping):
+        raise TranslationError("request body must be a JSON object")
+    model = request.get("model")
+    if not isinstance(model, str) or not model:
+        raise TranslationError("field required (a model name)", "model")
+    max_tokens = request.get("max_tokens")
+    if max_tokens is None:
+        raise TranslationError("field required", "max_tokens")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise TranslationError("must be an integer of at least 1", "max_tokens")
+    messages_in = request.get("messages")
+    if messages_in is None:
+        raise TranslationError("field required", "messages")
+    if not isinstance(messages_in, list):
+        raise TranslationError("must be a list of messages", "messages")
+
+    messages: list[JSONDict] = []
+    system = request.get("system")
+    if system is not None:
+        system_text = _system_text(system, "system")
+        if system_text:
+            messages.append({"role": "system", "content": system_text})
+    for i, message in enumerate(messages_in):
+        path = f"messages.{i}"
+        if not isinstance(message, Mapping):
+            raise TranslationError("must be an object", path)
+        role = message.get("role")
+        content = message.get("content")
+        if role == "user":
+            messages.extend(_user_to_chat(content, path))
+        elif role == "assistant":
+            messages.append(_assistant_to_chat(content, path))
+        elif role == "system":
+            messages.append({"role": "system", "content": _system_text(content, path + ".content")})
+        else:
+            raise TranslationError(
+                f"unexpected role {role!r}; expected 'user' or 'assistant'", path + ".role"
+            )
+
+    chat: JSONDict = {"model": model, "messages": messages, "max_tokens": max_tokens}
+    for key in ("temperature", "top_p", "top_k"):
+        if request.get(key) is not None:
+            chat[key] = request[key]
+    stop_sequences = request.get("stop_sequences")
+    if stop_sequences is not None:
+        if not isinstance(stop_sequences, list) or not all(
+            isinstance(s, str) for s in stop_sequences
+        ):
+            raise TranslationError("must be a list of strings", "stop_sequences")
+        if stop_sequences:
+            chat["stop"] = list(stop_sequences)
+    if request.get("stream") is True:
+        chat["stream"] = True
+        chat["stream_options"] = {"include_usage": True}
+    metadata = request.get("metadata")
+    if isinstance(metadata, Mapping) and isinstance(metadata.get("user_id"), str):
+        chat["user"] = metadata["user_id"]
+    tools = request.get("tools")
+    if tools:
+        chat["tools"] = _tools_to_chat(tools)
+        tool_choice = request.get("tool_choice")
+        if tool_choice is not None:
+            _tool_choice_to_chat(tool_choice, chat)
+    output_config = request.get("output_config")
+    if isinstance(output_config, Mapping):
+        output_format = output_config.get("format")
+        if isinstance(output_format, Mapping) and output_format.get("type") == "json_schema":
+            chat["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "response",
+                    "schema": output_format.get("schema"),
+                    "strict": True,
+                },
+            }
+    return chat
+
+
+def _system_text(system: Any, path: str) -> str:
+    if isinstance(system, str):
+        return system
+    if not isinstance(system, list):
+        raise TranslationError("must be a string or a list of text blocks", path)
+    texts: list[str] = []
+    for j, block in enumerate(system):
+        if not isinstance(block, Mapping) or block.get("type") != "text":
+            raise TranslationError("only text blocks are allowed here", f"{path}.{j}")
+        text = block.get("text")
+        if not isinstance(text, str):
+            raise TranslationError("field required", f"{path}.{j}.text")
+        if text:
+            texts.append(text)
+    return TEXT_SEPARATOR.join(texts)
+
+
+def _block_type(block: Any, path: str) -> str:
+    if not isinstance(block, Mapping):
+        raise TranslationError("content block must be an object", path)
+    block_type = block.get("type")
+    if not isinstance(block_type, str):
+        raise TranslationError("field required", path + ".type")
+    return block_type
+
+
+def _block_text(block: Mapping[str, Any], path: str) -> str:
+    text = block.get("text")
+    if not isinstance(text, str):
+        raise TranslationError("field required", path + ".text")
+    return text
+
+
+def _append_text(parts: list[JSONDict], text: str) -> None:
+    if not text:
+        return
+    if parts and parts[-1]["type"] == "text":
+        parts[-1]["text"] += TEXT_SEPARATOR + text
+    else:
+        parts.append({"type": "text", "text": text})
+
+
+def _image_part(block: Mapping[str, Any], path: str) -> JSONDict:
+    source = block.get("source")
+    if not isinstance(source, Mapping):
+        raise TranslationError("field required", path + ".source")
+    source_type = source.get("type")
+    if source_type == "base64":
+        media_type, data = source.get("media_type"), source.get("data")
+        if not isinstance(media_type, str) or not isinstance(data, str):
+            raise TranslationError("base64 source needs media_type and data", path + ".source")
+        url = f"data:{media_type};base64,{data}"
+    elif source_type == "url":
+        if not isinstance(source.get("url"), str):
+            raise TranslationError("field required", path + ".source.url")
+        url = source["url"]
+    else:
+        raise TranslationError(
+            f"image source type {source_type!r} is not supported here", path + ".source.type"
+        )
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _document_parts(block: Mapping[str, Any], path: str) -> list[JSONDict]:
+    source = block.get("source")
+    source_type = source.get("type") if isinstance(source, Mapping) else None
+    if source_type == "text" and isinstance(source, Mapping):
+        return [{"type": "text", "text": str(source.get("data", ""))}]
+    if source_type == "content" and isinstance(source, Mapping):
+        parts: list[JSONDict] = []
+        inner = source.get("content")
+        if isinstance(inner, str):
+            _append_text(parts, inner)
+            return parts
+        for k, item in enumerate(inner if isinstance(inner, list) else []):
+            item_path = f"{path}.source.content.{k}"
+            item_type = _block_type(item, item_path)
+            if item_type == "text":
+                _append_text(parts, _block_text(item, item_path))
+            elif item_type == "image":
+                parts.append(_image_part(item, item_path))
+            else:
+                raise TranslationError(f"unsupported block type {item_type!r}", item_path)
+        return parts
+    if source_type == "base64" and isinstance(source, Mapping):
+        media_type = source.get("media_type", "application/pdf")
+        title = block.get("title")
+        return [
+            {
+                "type": "file",
+                "file": {
+                    "filename": title if isinstance(title, str) and title else "document.pdf",
+                    "file_data": f"data:{media_type};base64,{source.get('data', '')}",
+                },
+            }
+        ]
+    raise TranslationError(
+        f"document source type {source_type!r} is not supported here", path + ".source"
+    )
+
+
+def _tool_result_to_chat(block: Mapping[str, Any], path: str, parts: list[JSONDict]) -> JSONDict:
+    tool_use_id = block.get("tool_use_id")
+    if not isinstance(tool_use_id, str):
+        raise TranslationError("field required", path + ".tool_use_id")
+    content = block.get("content", "")
+    if isinstance(content, str):
+        text = content
+    elif isinstance(content, list):
+        texts: list[str] = []
+        for k, item in enumerate(content):
+            item_path = f"{path}.content.{k}"
+            item_type = _block_type(item, item_path)
+            if item_type == "text":
+                item_text = _block_text(item, item_path)
+                if item_text:
+                    texts.append(item_text)
+            elif item_type == "image":
+                # OpenAI tool messages carry text only: the image goes to the user message.
+                parts.append(_image_part(item, item_path))
+            elif item_type == "document":
+                for part in _document_parts(item, item_path):
+                    if part["type"] == "text":
+                        texts.append(part["text"])
+                    else:
+                        parts.append(part)
+            else:
+                raise TranslationError(f"unsupported block type {item_type!r}", item_path)
+        text = TEXT_SEPARATOR.join(texts)
+    else:
+        raise TranslationError("must be a string or a list of blocks", path + ".content")
+    if block.get("is_error") is True:
+        text = TOOL_ERROR_PREFIX + text
+    return {"role": "tool", "tool_call_id": tool_use_id, "content": text}
+
+
+def _user_to_chat(content: Any, path: str) -> list[JSONDict]:
+    if isinstance(content, str):
+        return [{"role": "user", "content": content}]
+    if not isinstance(content, list):
+        raise TranslationError("must be a string or a list of blocks", path + ".content")
+    tool_messages: list[JSONDict] = []
+    parts: list[JSONDict] = []
+    for j, block in enumerate(content):
+        block_path = f"{path}.content.{j}"
+        block_type = _block_type(block, block_path)
+        if block_type == "text":
+            _append_text(parts, _block_text(block, block_path))
+        elif block_type == "image":
+            parts.append(_image_part(block, block_path))
+        elif block_type == "tool_result":
+            tool_messages.append(_tool_result_to_chat(block, block_path, parts))
+        elif block_type == "document":
+            for part in _document_parts(block, block_path):
+                if part["type"] == "text":
+                    _append_text(parts, part["text"])
+                else:
+                    parts.append(part)
+        elif block_type in _DROPPED_BLOCKS:
+            continue
+        else:
+            raise TranslationError(
+                f"block type {block_type!r} is not supported in a user message",
+                block_path + ".type",
+            )
+    if not parts:
+        return tool_messages or [{"role": "user", "content": ""}]
+    if len(parts) == 1 and parts[0]["type"] == "text":
+        tool_messages.append({"role": "user", "content": parts[0]["text"]})
+    else:
+        tool_messages.append({"role": "user", "content": parts})
+    return tool_messages
+
+
+def _assistant_to_chat(content: Any, path: str) -> JSONDict:
+    if isinstance(content, str):
+        return {"role": "assistant", "content": content}
+    if not isinstance(content, list):
+        raise TranslationError("must be a string or a list of blocks", path + ".content")
+    texts: list[str] = []
+    tool_calls: list[JSONDict] = []
+    for j, block in enumerate(content):
+        block_path = f"{path}.content.{j}"
+        block_type = _block_type(block, block_path)
+        if block_type == "text":
+            text = _block_text(block, block_path)
+            if text:
+                texts.append(text)
+        elif block_type == "tool_use":
+            tool_id, name, tool_input = block.get("id"), block.get("name"), block.get("input")
+            if not isinstance(tool_id, str) or not isinstance(name, str):
+                raise TranslationError("tool_use needs an id and a name", block_path)
+            if not isinstance(tool_input, dict):
+                raise TranslationError("must be an object", block_path + ".input")
+            tool_calls.append(
+                {
+                    "id": tool_id,
+                    "type": "function",
+                    "function": {"name": name, "arguments": dump_arguments(tool_input)},
+                }
+            )
+        elif block_type in _DROPPED_BLOCKS:
+            continue
+        else:
+            raise TranslationError(
+                f"block type {block_type!r} is not supported in an assistant message",
+                block_path + ".type",
+            )
+    message: JSONDict = {"role": "assistant", "content": TEXT_SEPARATOR.join(texts)}
+    if tool_calls:
+        if not texts:
+            message["content"] = None
+        message["tool_calls"] = tool_calls
+    return message
+
+
+def _tools_to_chat(tools: Any) -> list[JSONDict]:
+    if not isinstance(tools, list):
+        raise TranslationError("must be a list of tools", "tools")
+    result: list[JSONDict] = []
+    for i, tool in enumerate(tools):
+        path = f"tools.{i}"
+        if not isinstance(tool, Mapping):
+            raise TranslationError("must be an object", path)
+        tool_type = tool.get("type")
+        if tool_type not in (None, "custom"):
+            raise TranslationError(
+                f"tool type {tool_type!r} is an Anthropic-defined tool this backend cannot run",
+                path + ".type",
+            )
+        name, schema = tool.get("name"), tool.get("input_schema")
+        if not isinstance(name, str) or not name:
+            raise TranslationError("field required", path + ".name")
+        if not isinstance(schema, Mapping):
+            raise TranslationError("field required", path + ".input_schema")
+        function: JSONDict = {"name": name}
+        if isinstance(tool.get("description"), str):
+            function["description"] = tool["description"]
+        function["parameters"] = schema
+        if isinstance(tool.get("strict"), bool):
+            function["strict"] = tool["strict"]
+        result.append({"type": "function", "function": function})
+    return result
+
+
+def _tool_choice_to_chat(tool_choice: Any, chat: JSONDict) -> None:
+    choice_type = tool_choice.get("type") if isinstance(tool_choice, Mapping) else None
+    if choice_type in _TOOL_CHOICES:
+        chat["tool_choice"] = _TOOL_CHOICES[choice_type]
+    elif choice_type == "tool":
+        name = tool_choice.get("name")
+        if not isinstance(name, str) or not name:
+            raise TranslationError("field required", "tool_choice.name")
+        chat["tool_choice"] = {"type": "function", "function": {"name": name}}
+    else:
+        raise TranslationError(
+            "must be {'type': 'auto' | 'any' | 'tool' | 'none'}", "tool_choice.type"
+        )
+    if tool_choice.get("disable_parallel_tool_use") is True and choice_type != "none":
+        chat["parallel_tool_calls"] = False
+
+
+# --------------------------------------------------------------------------------------------
+# Front door: OpenAI answer -> Anthropic answer
+
+
+def _openai_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part.get("text") or part.get("refusal") or ""
+            for part in content
+            if isinstance(part, Mapping)
+        )
+    return ""
+
+
+def _reasoning_of(message: Mapping[str, Any]) -> str:
+    # vLLM, llama.cpp and DeepSeek use reasoning_content; Ollama and newer vLLM use reasoning.
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    return reasoning if isinstance(reasoning, str) else ""
+
+
+def chat_to_message(
+    response: Mapping[str, Any],
+    *,
+    model: str,
+    stop_sequences: Sequence[str] = (),
+    include_thinking: bool = False,
+) -> JSONDict:
+    """Translate an OpenAI chat completion into an Anthropic message.
+
+    ``stop_sequences`` are the request's, to recognise a ``stop_sequence`` stop; with
+    ``include_thinking`` the server's reasoning text becomes a ``thinking`` block (unsigned).
+    """
+    choices = response.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else {}
+    message = choice.get("message") or {}
+    content: list[JSONDict] = []
+    if include_thinking:
+        reasoning = _reasoning_of(message)
+        if reasoning:
+            content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
+    text = _openai_text(message.get("content"))
+    if text:
+        content.append({"type": "text", "text": text})
+    tool_calls = message.get("tool_calls") or []
+    for call in tool_calls:
+        function = call.get("function") or {}
+        content.append(
+            {
+                "type": "tool_use",
+                "id": call.get("id") or new_tool_use_id(),
+                "name": function.get("name") or "",
+                "input": parse_arguments(function.get("arguments")),
+            }
+        )
+    stop_reason, stop_sequence = stop_reason_from(
+        choice.get("finish_reason"),
+        has_tool_calls=bool(tool_calls),
+        matched_stop=choice.get("stop_reason"),
+        stop_sequences=stop_sequences,
+    )
+    return {
+        "id": message_id_from(response.get("id")),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
+        "usage": usage_from_openai(response.get("usage")),
+    }
+
+
+class _ToolCall:
+    __slots__ = ("block", "id", "name", "pending")
+
+    def __init__(self) -> None:
+        self.block: int | None = None
+        self.id = ""
+        self.name = ""
+        self.pending: list[str] = []
+
+
+class ChatStreamToMessages:
+    """Turns OpenAI chat stream chunks into Anthropic SSE events, one chunk at a time.
+
+    Call ``start`` (optional: ``feed`` starts the stream itself), ``feed`` for every chunk and
+    ``finish`` after the upstream's last chunk; or ``error`` when the upstream breaks. The caller
+    can read ``finish_reason`` to tell a complete stream from a truncated one.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        message_id: str | None = None,
+        input_tokens: int = 0,
+        stop_sequences: Sequence[str] = (),
+        include_thinking: bool = False,
+    ) -> None:
+        self.model = model
+        self.message_id = message_id or message_id_from(None)
+        self.input_tokens = input_tokens
+        self.stop_sequences = tuple(stop_sequences)
+        self.include_thinking = include_thinking
+        self.finish_reason: str | None = None
+        self._matched_stop: Any = None
+        self._usage: Mapping[str, Any] | None = None
+        self._started = False
+        self._next_block = 0
+        self._open_block: int | None = None
+        self._open_kind: str | None = None
+        self._tools: dict[int, _ToolCall] = {}
+        self._last_tool: int | None = None
+
+    def start(self) -> bytes:
+        """The ``message_start`` event (once; later calls return nothing)."""
+        if self._started:
+            return b""
+        self._started = True
+        message: JSONDict = {
+            "id": self.message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": self.input_tokens,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "output_tokens": 0,
+            },
+        }
+        return _sse("message_start", {"type": "message_start", "message": message})
+
+    def feed(self, chunk: Mapping[str, Any]) -> bytes:
+        """The events one OpenAI chunk makes (often one delta, sometimes nothing)."""
+        out: list[bytes] = []
+        if not self._started:
+            out.append(self.start())
+        usage = chunk.get("usage")
+        if isinstance(usage, Mapping):
+            self._usage = usage
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            if self.include_thinking:
+                reasoning = _reasoning_of(delta)
+                if reasoning:
+                    self._delta(out, "thinking", {"type": "thinking_delta", "thinking": reasoning})
+            text = delta.get("content")
+            if isinstance(text, str) and text:
+                self._delta(out, "text", {"type": "text_delta", "text": text})
+            for call in delta.get("tool_calls") or ():
+                self._tool_delta(out, call)
+            finish_reason = choice.get("finish_reason")
+            if finish_reason:
+                self.finish_reason = finish_reason
+                self._matched_stop = choice.get("stop_reason")
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        """Close the open block; then ``message_delta`` (stop reason, usage), ``message_stop``."""
+        out: list[bytes] = []
+        if not self._started:
+            out.append(self.start())
+        for call in self._tools.values():
+            if call.block is None:  # arguments but never a name: still worth handing over
+                self._open_tool(out, call)
+        self._close(out)
+        stop_reason, stop_sequence = stop_reason_from(
+            self.finish_reason,
+            has_tool_calls=bool(self._tools),
+            matched_stop=self._matched_stop,
+            stop_sequences=self.stop_sequences,
+        )
+        usage = usage_from_openai(self._usage)
+        if self._usage is None:
+            usage["input_tokens"] = self.input_tokens
+        out.append(
+            _sse(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+                    "usage": usage,
+                },
+            )
+        )
+        out.append(_sse("message_stop", {"type": "message_stop"}))
+        return b"".join(out)
+
+    @staticmethod
+    def error(message: str, error_type: str = "api_error") -> bytes:
+        """An ``error`` event, which the Anthropic SDK raises as an exception."""
+        return _sse("error", {"type": "error", "error": {"type": error_type, "message": message}})
+
+    @staticmethod
+    def ping() -> bytes:
+        """A ``ping`` event (keeps idle connections open)."""
+        return b'event: ping\ndata: {"type":"ping"}\n\n'
+
+    def _close(self, out: list[bytes]) -> None:
+        if self._open_block is not None:
+            out.append(
+                _sse(
+                    "content_block_stop", {"type": "content_block_stop", "index": self._open_block}
+                )
+            )
+            self._open_block = None
+            self._open_kind = None
+
+    def _open(self, out: list[bytes], kind: str, block: JSONDict) -> int:
+        self._close(out)
+        index = self._next_block
+        self._next_block += 1
+        self._open_block, self._open_kind = index, kind
+        out.append(
+            _sse(
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": block},
+            )
+        )
+        return index
+
+    def _delta(self, out: list[bytes], kind: str, delta: JSONDict) -> None:
+        if self._open_kind != kind:
+            start: JSONDict = (
+                {"type": "text", "text": ""}
+                if kind == "text"
+                else {"type": "thinking", "thinking": "", "signature": ""}
+            )
+            self._open(out, kind, start)
+        self._emit_delta(out, self._open_block, delta)
+
+    @staticmethod
+    def _emit_delta(out: list[bytes], index: int | None, delta: JSONDict) -> None:
+        out.append(
+            _sse(
+                "content_block_delta",
+                {"type": "content_block_delta", "index": index, "delta": delta},
+            )
+        )
+
+    def _tool_delta(self, out: list[bytes], call: Mapping[str, Any]) -> None:
+        call_id = call.get("id")
+        index = call.get("index")
+        if not isinstance(index, int):
+            # A server that leaves out the index: a new id opens a call, else the last one grows.
+            known = [i for i, c in self._tools.items() if call_id and c.id == call_id]
+            if known:
+                index = known[0]
+            elif call_id or self._last_tool is None:
+                index = len(self._tools)
+            else:
+                index = self._last_tool
+        state = self._tools.get(index)
+        if state is None:
+            state = self._tools[index] = _ToolCall()
+        self._last_tool = index
+        if isinstance(call_id, str) and call_id and not state.id:
+            state.id = call_id
+        function = call.get("function") or {}
+        name = function.get("name")
+        if isinstance(name, str) and name and not state.name:
+            state.name = name
+        arguments = function.get("arguments")
+        if arguments is not None and not isinstance(arguments, str):
+            arguments = _dumps(arguments)
+        if arguments:
+            state.pending.append(arguments)
+        if state.block is None:
+            if not state.name:
+                return  # wait for the name before opening the block
+            self._open_tool(out, state)
+        elif state.pending:
+            # A server interleaving parallel calls may add to a call whose block is closed
+            # already; the delta still names that block, which is how SDKs accumulate.
+            self._flush_arguments(out, state)
+
+    def _open_tool(self, out: list[bytes], state: _ToolCall) -> None:
+        state.id = state.id or new_tool_use_id()
+        state.block = self._open(
+            out, "tool", {"type": "tool_use", "id": state.id, "name": state.name, "input": {}}
+        )
+        self._flush_arguments(out, state)
+
+    def _flush_arguments(self, out: list[bytes], state: _ToolCall) -> None:
+        if state.pending:
+            partial = "".join(state.pending)
+            state.pending.clear()
+            self._emit_delta(
+                out, state.block, {"type": "input_json_delta", "partial_json": partial}
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# Token estimate
+
+
+def count_tokens(request: Mapping[str, Any]) -> int:
+    """An estimate of a Messages request's input tokens: characters / 4, images a fixed amount.
+
+    Not a tokenizer: good enough for Claude Code's context bookkeeping, never exact.
+    """
+    if not isinstance(request, Mapping):
+        raise TranslationError("request body must be a JSON object")
+    messages = request.get("messages")
+    if not isinstance(messages, list):
+        raise TranslationError("field required", "messages")
+    chars = 0
+    images = 0
+
+    def walk(value: Any) -> None:
+        nonlocal chars, images
+        if isinstance(value, str):
+            chars += len(value)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+        elif isinstance(value, Mapping):
+            block_type = value.get("type")
+            if block_type == "image" or (
+                block_type == "document"
+                and isinstance(value.get("source"), Mapping)
+                and value["source"].get("type") in ("base64", "url", "file")
+            ):
+                images += 1
+            elif block_type == "text":
+                walk(value.get("text"))
+            elif block_type == "tool_use":
+                chars += len(value.get("name") or "") + len(_dumps(value.get("input") or {}))
+            elif block_type == "tool_result":
+                walk(value.get("content"))
+            elif block_type in ("thinking", "redacted_thinking"):
+                walk(value.get("thinking"))
+            elif block_type == "document":
+                walk(
+                    value["source"].get("data")
+                    if isinstance(value.get("source"), Mapping)
+                    else None
+                )
+            else:
+                walk(value.get("content"))
+
+    walk(request.get("system"))
+    for message in messages:
+        if isinstance(message, Mapping):
+            chars += 16  # role and turn markers
+            walk(message.get("content"))
+    tools = request.get("tools")
+    if isinstance(tools, list):
+        chars += len(_dumps(tools))
+    return max(1, -(-chars // 4) + images * IMAGE_TOKEN_ESTIMATE)
+
+
+# --------------------------------------------------------------------------------------------
+# Backend: OpenAI request -> Anthropic request
+
+
+def _image_block(url: Any, path: str) -> JSONDict:
+    if not isinstance(url, str):
+        raise TranslationError("field required", path)
+    if url.startswith("data:"):
+        header, sep, data = url[5:].partition(",")
+        media_type, _, encoding = header.partition(";")
+        if not sep or encoding != "base64":
+            raise TranslationError("data URLs must be base64-encoded", path)
+        return {
+            "type": "image",
+            "source": {"type": "base64", "media_type": media_type, "data": data},
+        }
+    return {"type": "image", "source": {"type": "url", "url": url}}
+
+
+def _openai_parts_to_blocks(content: Any, path: str) -> list[JSONDict]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    if content is None:
+        return []
+    if not isinstance(content, list):
+        raise TranslationError("must be a string or a list of parts", path)
+    blocks: list[JSONDict] = []
+    for j, part in enumerate(content):
+        part_path = f"{path}.{j}"
+        part_type = part.get("type") if isinstance(part, Mapping) else None
+        if part_type in ("text", "refusal"):
+            text = part.get(part_type)
+            if isinstance(text, str) and text:
+                blocks.append({"type": "text", "text": text})
+        elif part_type == "image_url":
+            image_url = part.get("image_url")
+            url = image_url.get("url") if isinstance(image_url, Mapping) else image_url
+            blocks.append(_image_block(url, part_path + ".image_url.url"))
+        elif part_type == "file":
+            file = part.get("file") or {}
+            data = file.get("file_data")
+            if not isinstance(data, str) or not data.startswith("data:"):
+                raise TranslationError("only inline file_data is supported", part_path)
+            header, _, encoded = data[5:].partition(",")
+            document: JSONDict = {
+                "type": "document",
+                "source": {
+                    "type": "base64",
+                    "media_type": header.partition(";")[0],
+                    "data": encoded,
+                },
+            }
+            if isinstance(file.get("filename"), str):
+                document["title"] = file["filename"]
+            blocks.append(document)
+        else:
+            raise TranslationError(f"content part type {part_type!r} is not supported", part_path)
+    return blocks
+
+
+def chat_to_messages(request: Mapping[str, Any], *, default_max_tokens: int = 4096) -> JSONDict:
+    """Translate an OpenAI chat completions request into an Anthropic Messages request."""
+    if not isinstance(request, Mapping):
+        raise TranslationError("request body must be a JSON object")
+    model = request.get("model")
+    if not isinstance(model, str) or not model:
+        raise TranslationError("field required", "model")
+    messages_in = request.get("messages")
+    if not isinstance(messages_in, list):
+        raise TranslationError("field required (a list of messages)", "messages")
+    n = request.get("n")
+    if isinstance(n, int) and n > 1:
+        raise TranslationError("Anthropic models return one choice; n must be 1", "n")
+
+    system: list[str] = []
+    messages: list[JSONDict] = []
+    # The user turn that consecutive tool messages (and a user message after them) fill.
+    tool_turn: list[JSONDict] | None = None
+    for i, message in enumerate(messages_in):
+        path = f"messages.{i}"
+        if not isinstance(message, Mapping):
+            raise TranslationError("must be an object", path)
+        role = message.get("role")
+        content = message.get("content")
+        if role in ("system", "developer"):
+            # Anthropic has one system prompt: every system message joins it, in order.
+            text = _openai_text(content)
+            if text:
+                system.append(text)
+        elif role == "tool":
+            tool_call_id = message.get("tool_call_id")
+            if not isinstance(tool_call_id, str):
+                raise TranslationError("field required", path + ".tool_call_id")
+            result: JSONDict = {"type": "tool_result", "tool_use_id": tool_call_id}
+            result["content"] = (
+                content if isinstance(content, str) else _openai_parts_to_blocks(content, path)
+            )
+            if tool_turn is None:
+                tool_turn = []
+                messages.append({"role": "user", "content": tool_turn})
+            tool_turn.append(result)
+        elif role == "user":
+            if tool_turn is not None:
+                tool_turn.extend(_openai_parts_to_blocks(content, path + ".content"))
+                tool_turn = None
+            elif isinstance(content, str):
+                messages.append({"role": "user", "content": content})
+            else:
+                messages.append(
+                    {"role": "user", "content": _openai_parts_to_blocks(content, path + ".content")}
+                )
+        elif role == "assistant":
+            tool_turn = None
+            messages.append(_assistant_to_messages(message, path))
+        else:
+            raise TranslationError(f"role {role!r} is not supported", path + ".role")
+
+    max_tokens = request.get("max_completion_tokens") or request.get("max_tokens")
+    body: JSONDict = {
+        "model": model,
+        "messages": messages,
+        "max_tokens": max_tokens if isinstance(max_tokens, int) else default_max_tokens,
+    }
+    if system:
+        body["system"] = TEXT_SEPARATOR.join(system)
+    temperature = request.get("temperature")
+    if isinstance(temperature, int | float):
+        body["temperature"] = min(temperature, 1.0)  # OpenAI allows up to 2, Anthropic 1
+    for key in ("top_p", "top_k"):
+        if request.get(key) is not None:
+            body[key] = request[key]
+    stop = request.get("stop")
+    if isinstance(stop, str):
+        body["stop_sequences"] = [stop]
+    elif isinstance(stop, list) and stop:
+        body["stop_sequences"] = list(stop)
+    if request.get("stream") is True:
+        body["stream"] = True
+    if isinstance(request.get("user"), str):
+        body["metadata"] = {"user_id": request["user"]}
+    tools = request.get("tools")
+    if tools:
+        body["tools"] = _tools_to_messages(tools)
+        tool_choice = _tool_choice_to_messages(request.get("tool_choice"))
+        if request.get("parallel_tool_calls") is False:
+            tool_choice = tool_choice or {"type": "auto"}
+            if tool_choice["type"] != "none":
+                tool_choice["disable_parallel_tool_use"] = True
+        if tool_choice is not None:
+            body["tool_choice"] = tool_choice
+    response_format = request.get("response_format")
+    if isinstance(response_format, Mapping) and response_format.get("type") == "json_schema":
+        json_schema = response_format.get("json_schema") or {}
+        body["output_config"] = {
+            "format": {"type": "json_schema", "schema": json_schema.get("schema") or {}}
+        }
+    return body
+
+
+def _assistant_to_messages(message: Mapping[str, Any], path: str) -> JSONDict:
+    content = message.get("content")
+    tool_calls = message.get("tool_calls")
+    if not tool_calls and isinstance(content, str):
+        return {"role": "assistant", "content": content}
+    blocks = _openai_parts_to_blocks(content, path + ".content")
+    for k, call in enumerate(tool_calls or ()):
+        function = call.get("function") if isinstance(call, Mapping) else None
+        if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
+            raise TranslationError("tool call needs a function name", f"{path}.tool_calls.{k}")
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": call.get("id") or new_tool_use_id(),
+                "name": function["name"],
+                "input": parse_arguments(function.get("arguments")),
+            }
+        )
+    return {"role": "assistant", "content": blocks}
+
+
+def _tools_to_messages(tools: Any) -> list[JSONDict]:
+    if not isinstance(tools, list):
+        raise TranslationError("must be a list of tools", "tools")
+    result: list[JSONDict] = []
+    for i, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, Mapping) else None
+        if (
+            not isinstance(tool, Mapping)
+            or tool.get("type") != "function"
+            or not isinstance(function, Mapping)
+        ):
+            raise TranslationError("only function tools are supported", f"tools.{i}")
+        name = function.get("name")
+        if not isinstance(name, str) or not name:
+            raise TranslationError("field required", f"tools.{i}.function.name")
+        converted: JSONDict = {"name": name}
+        if isinstance(function.get("description"), str):
+            converted["description"] = function["description"]
+        converted["input_schema"] = function.get("parameters") or {
+            "type": "object",
+            "properties": {},
+        }
+        if isinstance(function.get("strict"), bool):
+            converted["strict"] = function["strict"]
+        result.append(converted)
+    return result
+
+
+def _tool_choice_to_messages(tool_choice: Any) -> JSONDict | None:
+    if tool_choice is None:
+        return None
+    if tool_choice == "auto":
+        return {"type": "auto"}
+    if tool_choice == "required":
+        return {"type": "any"}
+    if tool_choice == "none":
+        return {"type": "none"}
+    if isinstance(tool_choice, Mapping):
+        function = tool_choice.get("function")
+        if isinstance(function, Mapping) and isinstance(function.get("name"), str):
+            return {"type": "tool", "name": function["name"]}
+    raise TranslationError("must be 'auto', 'required', 'none' or a named function", "tool_choice")
+
+
+# --------------------------------------------------------------------------------------------
+# Backend: Anthropic answer -> OpenAI answer
+
+
+def _completion_id(message_id: Any) -> str:
+    if isinstance(message_id, str) and message_id:
+        return "chatcmpl-" + message_id.removeprefix("msg_")
+    return "chatcmpl-" + uuid.uuid4().hex[:24]
+
+
+def message_to_chat(message: Mapping[str, Any], *, created: int | None = None) -> JSONDict:
+    """Translate an Anthropic message into an OpenAI chat completion."""
+    texts: list[str] = []
+    reasoning: list[str] = []
+    tool_calls: list[JSONDict] = []
+    for block in message.get("content") or ():
+        block_type = block.get("type")
+        if block_type == "text":
+            texts.append(block.get("text") or "")
+        elif block_type == "thinking":
+            reasoning.append(block.get("thinking") or "")
+        elif block_type == "tool_use":
+            tool_calls.append(
+                {
+                    "id": block.get("id") or new_tool_use_id(),
+                    "type": "function",
+                    "function": {
+                        "name": block.get("name") or "",
+                        "arguments": dump_arguments(block.get("input") or {}),
+                    },
+                }
+            )
+    text = "".join(texts)
+    chat_message: JSONDict = {"role": "assistant", "content": text or None}
+    if reasoning:
+        chat_message["reasoning_content"] = "".join(reasoning)
+    if tool_calls:
+        chat_message["tool_calls"] = tool_calls
+    return {
+        "id": _completion_id(message.get("id")),
+        "object": "chat.completion",
+        "created": created if created is not None else int(time.time()),
+        "model": message.get("model") or "",
+        "choices": [
+            {
+                "index": 0,
+                "message": chat_message,
+                "logprobs": None,
+                "finish_reason": finish_reason_from(message.get("stop_reason")),
+            }
+        ],
+        "usage": usage_from_anthropic(message.get("usage")),
+    }
+
+
+class MessagesStreamToChat:
+    """Turns Anthropic stream events (parsed ``data`` objects) into OpenAI chunk dicts.
+
+    An ``error`` event raises ``AnthropicStreamError``. With ``include_usage`` (what
+    ``stream_options.include_usage`` asks for) a last chunk with ``choices: []`` carries usage.
+    """
+
+    def __init__(
+        self, model: str | None = None, *, include_usage: bool = True, created: int | None = None
+    ) -> None:
+        self.model = model
+        self.include_usage = include_usage
+        self.created = created if created is not None else int(time.time())
+        self.id = _completion_id(None)
+        self._usage: JSONDict = {}
+        self._tool_index: dict[int, int] = {}
+
+    def _chunk(self, delta: JSONDict, finish_reason: str | None = None) -> JSONDict:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model or "",
+            "choices": [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            ],
+        }
+
+    def feed(self, event: Mapping[str, Any]) -> list[JSONDict]:
+        """The OpenAI chunks one Anthropic event makes (often one, sometimes none)."""
+        event_type = event.get("type")
+        if event_type == "content_block_delta":
+            return self._block_delta(event)
+        if event_type == "content_block_start":
+            return self._block_start(event)
+        if event_type == "message_start":
+            message = event.get("message") or {}
+            self.id = _completion_id(message.get("id"))
+            self.model = self.model or message.get("model")
+            self._usage.update(message.get("usage") or {})
+            return [self._chunk({"role": "assistant", "content": ""})]
+        if event_type == "message_delta":
+            usage = event.get("usage") or {}
+            self._usage.update({k: v for k, v in usage.items() if v is not None})
+            delta = event.get("delta") or {}
+            return [self._chunk({}, finish_reason_from(delta.get("stop_reason")))]
+        if event_type == "message_stop":
+            if not self.include_usage:
+                return []
+            chunk = self._chunk({})
+            chunk["choices"] = []
+            chunk["usage"] = usage_from_anthropic(self._usage)
+            return [chunk]
+        if event_type == "error":
+            error = event.get("error") or {}
+            raise AnthropicStreamError(
+                str(error.get("message") or "upstream stream error"),
+                str(error.get("type") or "api_error"),
+            )
+        # ping, content_block_stop, and event types added after this was written
+        return []
+
+    def _block_start(self, event: Mapping[str, Any]) -> list[JSONDict]:
+        block = event.get("content_block") or {}
+        block_type = block.get("type")
+        if block_type == "text" and block.get("text"):
+            return [self._chunk({"content": block["text"]})]
+        if block_type == "tool_use":
+            tool_index = len(self._tool_index)
+            self._tool_index[_int(event.get("index"))] = tool_index
+            tool_input = block.get("input")
+            call = {
+                "index": tool_index,
+                "id": block.get("id") or new_tool_use_id(),
+                "type": "function",
+                "function": {
+                    "name": block.get("name") or "",
+                    "arguments": dump_arguments(tool_input) if tool_input else "",
+                },
+            }
+            return [self._chunk({"tool_calls": [call]})]
+        return []
+
+    def _block_delta(self, event: Mapping[str, Any]) -> list[JSONDict]:
+        delta = event.get("delta") or {}
+        delta_type = delta.get("type")
+        if delta_type == "text_delta" and delta.get("text"):
+            return [self._chunk({"content": delta["text"]})]
+        if delta_type == "input_json_delta" and delta.get("partial_json"):
+            tool_index = self._tool_index.get(_int(event.get("index")))
+            if tool_index is None:
+                return []
+            call = {"index": tool_index, "function": {"arguments": delta["partial_json"]}}
+            return [self._chunk({"tool_calls": [call]})]
+        if delta_type == "thinking_delta" and delta.get("thinking"):
+            return [self._chunk({"reasoning_content": delta["thinking"]})]
+        return []
