@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from litestar import Litestar, Request, Response, get
+from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.handlers import asgi
 from litestar.params import FromPath
@@ -18,6 +18,8 @@ from nexus_core.adapters import Endpoint
 from nexus_core.config import BackendConfig
 from nexus_core.errors import GatewayError, model_not_found
 from nexus_core.gateway import Gateway
+from nexus_server import __version__, ollama
+from nexus_server.anthropic import CountTokensEndpoint, MessagesEndpoint
 from nexus_server.proxy import REQUEST_ID_KEY, Message, ProxyEndpoint, Receive, Scope, Send
 
 log = logging.getLogger("nexus.server")
@@ -113,10 +115,38 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
             {"ready": ok, **summary}, status_code=200 if ok else 503, media_type="application/json"
         )
 
-    proxies = {
+    @get("/api/tags")
+    async def ollama_tags() -> dict[str, Any]:
+        return ollama.tags(gateway)
+
+    @get("/api/ps")
+    async def ollama_ps() -> dict[str, Any]:
+        return ollama.ps(gateway)
+
+    @get("/api/version")
+    async def ollama_version() -> dict[str, Any]:
+        # The Ollama API version this front door follows; Nexus's own is in /health.
+        return {"version": ollama.OLLAMA_API_VERSION, "nexus_version": __version__}
+
+    @post("/api/show", status_code=200)
+    async def ollama_show(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+        try:
+            data = await request.json()
+        except Exception:
+            return Response({"error": "the request body is not valid JSON"}, status_code=400)
+        status, body = ollama.show(gateway, data)
+        return Response(body, status_code=status)
+
+    proxies: dict[str, ProxyEndpoint] = {
         "/v1/chat/completions": ProxyEndpoint(gateway, Endpoint.CHAT),
         "/v1/completions": ProxyEndpoint(gateway, Endpoint.COMPLETIONS),
         "/v1/embeddings": ProxyEndpoint(gateway, Endpoint.EMBEDDINGS),
+        "/v1/messages": MessagesEndpoint(gateway),
+        "/v1/messages/count_tokens": CountTokensEndpoint(gateway),
+        "/api/chat": ollama.ChatEndpoint(gateway),
+        "/api/generate": ollama.GenerateEndpoint(gateway),
+        "/api/embed": ollama.EmbedEndpoint(gateway),
+        "/api/embeddings": ollama.EmbedEndpoint(gateway, legacy=True),
     }
 
     def proxy_route(path: str) -> Any:
@@ -127,7 +157,7 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
         async def handler(scope: Scope, receive: Receive, send: Send) -> None:
             await app(scope, receive, send)
 
-        return asgi(path, name=f"proxy-{app.endpoint.value}", copy_scope=False)(handler)
+        return asgi(path, name=f"proxy{path.replace('/', '-')}", copy_scope=False)(handler)
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -145,6 +175,10 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
             get_model,
             health,
             ready,
+            ollama_tags,
+            ollama_ps,
+            ollama_version,
+            ollama_show,
             *(proxy_route(path) for path in proxies),
         ],
         exception_handlers={

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 from nexus_core.adapters import Endpoint
 from nexus_core.errors import GatewayError, payload_too_large
-from nexus_core.failover import ProxyResult
+from nexus_core.failover import ProxyResult, ProxyStream
 from nexus_core.gateway import Gateway
+from nexus_core.sse import event_data
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -61,16 +62,24 @@ async def send_error(send: Send, error: GatewayError) -> None:
 
 
 class ProxyEndpoint:
-    """ASGI app for one OpenAI endpoint (chat, completions or embeddings)."""
+    """ASGI app for one OpenAI endpoint (chat, completions or embeddings).
+
+    The other front doors (Anthropic, Ollama) subclass it: they keep the body reading, the
+    header pass and the disconnect watcher, and replace ``serve`` and ``send_error``.
+    """
 
     def __init__(self, gateway: Gateway, endpoint: Endpoint) -> None:
         self.gateway = gateway
         self.endpoint = endpoint
         self.max_body = gateway.config.server.max_body_bytes
 
+    async def send_error(self, send: Send, error: GatewayError) -> None:
+        """Answer ``error`` in this front door's error shape (OpenAI's envelope here)."""
+        await send_error(send, error)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
-            await send_error(
+            await self.send_error(
                 send,
                 GatewayError(
                     405,
@@ -95,12 +104,12 @@ class ProxyEndpoint:
         try:
             body = await self._read_body(length, receive)
         except GatewayError as error:
-            await send_error(send, error)
+            await self.send_error(send, error)
             return
         try:
             data = json.loads(body)
         except ValueError as exc:
-            await send_error(
+            await self.send_error(
                 send,
                 GatewayError(
                     400, f"The request body is not valid JSON: {exc}", code="invalid_json"
@@ -113,7 +122,7 @@ class ProxyEndpoint:
         gone = asyncio.Event()
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, gone))
         try:
-            await self._serve(send, body, data, flexible and not strict, high)
+            await self.serve(send, body, data, flexible and not strict, high)
         except asyncio.CancelledError:
             if not gone.is_set():
                 raise
@@ -121,15 +130,16 @@ class ProxyEndpoint:
         finally:
             watcher.cancel()
 
-    async def _serve(self, send: Send, body: bytes, data: Any, flexible: bool, high: bool) -> None:
+    async def serve(self, send: Send, body: bytes, data: Any, flexible: bool, high: bool) -> None:
+        """Route ``body`` (``data`` parsed) and answer: the whole body, or the relayed stream."""
         try:
             result = await self.gateway.proxy(
                 self.endpoint, body, data=data, flexible=flexible, priority_high=high
             )
         except GatewayError as error:
-            await send_error(send, error)
+            await self.send_error(send, error)
             return
-        headers = _route_headers(result)
+        headers = route_headers(result)
         if result.stream is None:
             payload = result.body or b""
             await send(
@@ -193,7 +203,8 @@ class ProxyEndpoint:
         return b"".join(parts)
 
 
-def _route_headers(result: ProxyResult) -> list[tuple[bytes, bytes]]:
+def route_headers(result: ProxyResult) -> list[tuple[bytes, bytes]]:
+    """The ``X-Nexus-*`` headers of an answer, ready for ``http.response.start``."""
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in result.headers().items()]
 
 
@@ -206,3 +217,76 @@ async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], gone: asy
                 gone.set()
                 task.cancel()
                 return
+
+
+class StreamBroke(Exception):
+    """The relayed stream ended with Nexus's error event (the upstream broke after the start)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+async def openai_chunks(stream: ProxyStream) -> AsyncIterator[dict[str, Any]]:
+    """A relayed OpenAI stream as chunk dicts, for front doors that translate it.
+
+    Ends at ``[DONE]`` or when the upstream ends; Nexus's error event raises ``StreamBroke``.
+    """
+    async for event in stream:
+        data = event_data(event)
+        if not data:
+            continue
+        if data == b"[DONE]":
+            return
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise StreamBroke("the backend sent a stream event that is not JSON") from None
+        if not isinstance(chunk, dict):
+            continue
+        error = chunk.get("error")
+        if error is not None and len(chunk) == 1:
+            message = error.get("message") if isinstance(error, dict) else error
+            raise StreamBroke(str(message or "the upstream stream broke"))
+        yield chunk
+
+
+async def start_response(
+    send: Send, status: int, content_type: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """Send ``http.response.start`` for a streamed body."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no"),
+                *headers,
+            ],
+        }
+    )
+
+
+async def send_chunk(send: Send, body: bytes) -> None:
+    """One piece of a streamed body."""
+    await send({"type": "http.response.body", "body": body, "more_body": True})
+
+
+async def send_whole(
+    send: Send, status: int, content_type: bytes, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """A complete response with a body."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", b"%d" % len(body)),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

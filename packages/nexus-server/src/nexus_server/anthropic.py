@@ -1,0 +1,150 @@
+"""The Anthropic Messages front door: ``POST /v1/messages`` and ``/v1/messages/count_tokens``.
+
+What Claude Code and the ``anthropic`` SDK speak. A request is translated to OpenAI chat
+(``nexus_core.anthropic_wire``), routed like any chat request (policies, budget, failover,
+queue, headers), and the answer translated back: a Message, or Anthropic's event stream. Errors
+use Anthropic's shape and status codes, so the SDK raises its usual exception classes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from nexus_core.adapters import Endpoint
+from nexus_core.anthropic_wire import (
+    ChatStreamToMessages,
+    TranslationError,
+    anthropic_error_body,
+    chat_to_message,
+    count_tokens,
+    messages_to_chat,
+)
+from nexus_core.errors import GatewayError
+from nexus_core.gateway import Gateway
+from nexus_server.proxy import (
+    JSON,
+    ProxyEndpoint,
+    Send,
+    StreamBroke,
+    openai_chunks,
+    route_headers,
+    send_chunk,
+    send_whole,
+    start_response,
+)
+
+SSE = b"text/event-stream; charset=utf-8"
+
+
+def _error_headers(error: GatewayError) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
+
+
+class MessagesEndpoint(ProxyEndpoint):
+    """``POST /v1/messages``: Anthropic in, OpenAI chat to the backend, Anthropic out."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__(gateway, Endpoint.CHAT)
+
+    async def send_error(self, send: Send, error: GatewayError) -> None:
+        """Anthropic's ``{"type": "error", "error": {...}}`` with the same status."""
+        body = anthropic_error_body(error.status, error.message)
+        await send_whole(send, error.status, JSON, body, _error_headers(error))
+
+    async def serve(self, send: Send, body: bytes, data: Any, flexible: bool, high: bool) -> None:
+        """Translate, route, and answer a Message or Anthropic's event stream."""
+        try:
+            if not isinstance(data, dict):
+                raise TranslationError("the request body must be a JSON object")
+            chat = messages_to_chat(data)
+        except TranslationError as exc:
+            await self.send_error(send, GatewayError(400, str(exc), param=exc.param))
+            return
+        model = str(data["model"])
+        stop_sequences = data.get("stop_sequences") or ()
+        if not isinstance(stop_sequences, list):
+            stop_sequences = ()
+        thinking = data.get("thinking")
+        include_thinking = isinstance(thinking, dict) and thinking.get("type") == "enabled"
+        payload = json.dumps(chat, ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            result = await self.gateway.proxy(
+                Endpoint.CHAT, payload, data=chat, flexible=flexible, priority_high=high
+            )
+        except GatewayError as error:
+            await self.send_error(send, error)
+            return
+        headers = route_headers(result)
+        if result.stream is None:
+            answer = result.data if result.data is not None else json.loads(result.body or b"{}")
+            message = chat_to_message(
+                answer,
+                model=model,
+                stop_sequences=stop_sequences,
+                include_thinking=include_thinking,
+            )
+            out = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+            await send_whole(send, result.status, JSON, out, headers)
+            return
+        stream = result.stream
+        converter = ChatStreamToMessages(
+            model,
+            input_tokens=count_tokens(data),
+            stop_sequences=stop_sequences,
+            include_thinking=include_thinking,
+        )
+        try:
+            await start_response(send, 200, SSE, headers)
+            # Anthropic opens every stream with message_start and a ping.
+            await send_chunk(send, converter.start() + converter.ping())
+            try:
+                async for chunk in openai_chunks(stream):
+                    events = converter.feed(chunk)
+                    if events:
+                        await send_chunk(send, events)
+            except StreamBroke as broke:
+                await send_chunk(send, converter.error(broke.message))
+            else:
+                if converter.finish_reason is None:
+                    # The upstream ended without finishing: never present it as a whole answer.
+                    await send_chunk(
+                        send, converter.error("the upstream stream ended before the answer did")
+                    )
+                else:
+                    await send_chunk(send, converter.finish())
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            await stream.aclose()
+
+
+class CountTokensEndpoint(ProxyEndpoint):
+    """``POST /v1/messages/count_tokens``: an estimate of the request's input tokens.
+
+    No backend is asked (an OpenAI-wire server has no such call): characters / 4 over the
+    system prompt, messages and tools, plus a fixed amount per image.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__(gateway, Endpoint.CHAT)
+
+    async def send_error(self, send: Send, error: GatewayError) -> None:
+        """Anthropic's error shape."""
+        body = anthropic_error_body(error.status, error.message)
+        await send_whole(send, error.status, JSON, body, _error_headers(error))
+
+    async def serve(self, send: Send, body: bytes, data: Any, flexible: bool, high: bool) -> None:
+        """``{"input_tokens": n}`` for a valid Messages request (``max_tokens`` not needed)."""
+        try:
+            if not isinstance(data, dict):
+                raise TranslationError("the request body must be a JSON object")
+            if not isinstance(data.get("model"), str) or not data["model"]:
+                raise TranslationError("model: field required", "model")
+            if not isinstance(data.get("messages"), list):
+                raise TranslationError("messages: field required", "messages")
+            tokens = count_tokens(data)
+        except TranslationError as exc:
+            await self.send_error(send, GatewayError(400, str(exc), param=exc.param))
+            return
+        out = json.dumps({"input_tokens": tokens}).encode()
+        await send_whole(send, 200, JSON, out, [])

@@ -1,0 +1,265 @@
+"""The Ollama front door: ``/api/chat``, ``/api/generate``, ``/api/embed`` and the listings.
+
+Ollama clients (Open WebUI, the ``ollama`` Python client, scripts) see Nexus as one big Ollama.
+Every request is translated to OpenAI chat, completions or embeddings (``nexus_core.ollama_wire``)
+and routed like any other, to any backend type (Ollama ones included, through their OpenAI
+endpoints); answers come back in Ollama's shapes, streamed as NDJSON by default. Errors are
+Ollama's ``{"error": "..."}`` with the same status codes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from nexus_core.adapters import Endpoint
+from nexus_core.errors import GatewayError
+from nexus_core.failover import ProxyResult
+from nexus_core.gateway import Gateway
+from nexus_core.ollama_wire import (
+    ChatStreamToOllama,
+    GenerateStreamToOllama,
+    TranslationError,
+    chat_is_load,
+    chat_to_openai,
+    embed_to_openai,
+    error_line,
+    generate_to_openai,
+    legacy_embeddings_to_openai,
+    load_response,
+    ollama_error,
+    openai_chat_to_ollama,
+    openai_chat_to_ollama_generate,
+    openai_completion_to_ollama_generate,
+    openai_embeddings_to_ollama,
+    openai_embeddings_to_ollama_legacy,
+    ps_entry,
+    show_response,
+    tags_entry,
+)
+from nexus_server.proxy import (
+    JSON,
+    ProxyEndpoint,
+    Send,
+    StreamBroke,
+    openai_chunks,
+    route_headers,
+    send_chunk,
+    send_whole,
+    start_response,
+)
+
+NDJSON = b"application/x-ndjson"
+#: The Ollama API version Nexus's front door follows (what ``GET /api/version`` answers).
+OLLAMA_API_VERSION = "0.12.6"
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _answer_data(result: ProxyResult) -> Any:
+    return result.data if result.data is not None else json.loads(result.body or b"{}")
+
+
+class _OllamaEndpoint(ProxyEndpoint):
+    """Shared by the Ollama endpoints: errors in Ollama's shape, and the proxy call."""
+
+    async def send_error(self, send: Send, error: GatewayError) -> None:
+        """``{"error": "..."}`` with the same status (the ``ollama`` client raises it)."""
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
+        await send_whole(send, error.status, JSON, ollama_error(error.message), headers)
+
+    async def route(
+        self, send: Send, endpoint: Endpoint, body: dict[str, Any], flexible: bool, high: bool
+    ) -> ProxyResult | None:
+        """Proxy a translated body; on a gateway error answer it and return None."""
+        payload = _dumps(body)
+        try:
+            return await self.gateway.proxy(
+                endpoint, payload, data=body, flexible=flexible, priority_high=high
+            )
+        except GatewayError as error:
+            await self.send_error(send, error)
+            return None
+
+    async def relay(
+        self,
+        send: Send,
+        result: ProxyResult,
+        converter: ChatStreamToOllama | GenerateStreamToOllama,
+    ) -> None:
+        """Stream the answer as NDJSON lines; a broken upstream ends with an error line."""
+        stream = result.stream
+        assert stream is not None
+        try:
+            await start_response(send, 200, NDJSON, route_headers(result))
+            try:
+                async for chunk in openai_chunks(stream):
+                    lines = converter.feed(chunk)
+                    if lines:
+                        await send_chunk(send, lines)
+            except StreamBroke as broke:
+                await send_chunk(send, error_line(broke.message))
+            else:
+                if converter.finish_reason is None:
+                    await send_chunk(
+                        send, error_line("the upstream stream ended before the answer did")
+                    )
+                else:
+                    await send_chunk(send, converter.finish())
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            await stream.aclose()
+
+    async def bad_request(self, send: Send, exc: TranslationError) -> None:
+        """A request Ollama would refuse: 400 with the reason."""
+        await self.send_error(send, GatewayError(400, str(exc), param=exc.param))
+
+
+class ChatEndpoint(_OllamaEndpoint):
+    """``POST /api/chat``."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__(gateway, Endpoint.CHAT)
+
+    async def serve(self, send: Send, body: bytes, data: Any, flexible: bool, high: bool) -> None:
+        """Chat, streamed as NDJSON unless ``"stream": false``."""
+        started = time.monotonic_ns()
+        try:
+            if not isinstance(data, dict):
+                raise TranslationError("the request body must be a JSON object")
+            chat = chat_to_openai(data)
+        except TranslationError as exc:
+            await self.bad_request(send, exc)
+            return
+        model = chat["model"]
+        if chat_is_load(data):
+            await send_whole(send, 200, JSON, _dumps(load_response(model, kind="chat")), [])
+            return
+        result = await self.route(send, Endpoint.CHAT, chat, flexible, high)
+        if result is None:
+            return
+        if result.stream is None:
+            answer = openai_chat_to_ollama(_answer_data(result), model=model, started_ns=started)
+            await send_whole(send, 200, JSON, _dumps(answer), route_headers(result))
+            return
+        await self.relay(send, result, ChatStreamToOllama(model, started_ns=started))
+
+
+class GenerateEndpoint(_OllamaEndpoint):
+    """``POST /api/generate``: chat for a prompt (and system), completions for raw or suffix."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__(gateway, Endpoint.COMPLETIONS)
+
+    async def serve(self, send: Send, body: bytes, data: Any, flexible: bool, high: bool) -> None:
+        """Generate, streamed as NDJSON unless ``"stream": false``."""
+        started = time.monotonic_ns()
+        try:
+            if not isinstance(data, dict):
+                raise TranslationError("the request body must be a JSON object")
+            kind, translated = generate_to_openai(data)
+        except TranslationError as exc:
+            await self.bad_request(send, exc)
+            return
+        model = str(data["model"])
+        if kind == "load":
+            answer = load_response(model, kind="generate")
+            await send_whole(send, 200, JSON, _dumps(answer), [])
+            return
+        endpoint = Endpoint.CHAT if kind == "chat" else Endpoint.COMPLETIONS
+        result = await self.route(send, endpoint, translated, flexible, high)
+        if result is None:
+            return
+        if result.stream is None:
+            convert = (
+                openai_chat_to_ollama_generate
+                if kind == "chat"
+                else openai_completion_to_ollama_generate
+            )
+            answer = convert(_answer_data(result), model=model, started_ns=started)
+            await send_whole(send, 200, JSON, _dumps(answer), route_headers(result))
+            return
+        await self.relay(send, result, GenerateStreamToOllama(model, started_ns=started))
+
+
+class EmbedEndpoint(_OllamaEndpoint):
+    """``POST /api/embed`` (``legacy``: the older ``/api/embeddings`` with one ``prompt``)."""
+
+    def __init__(self, gateway: Gateway, *, legacy: bool = False) -> None:
+        super().__init__(gateway, Endpoint.EMBEDDINGS)
+        self.legacy = legacy
+
+    async def serve(self, send: Send, body: bytes, data: Any, flexible: bool, high: bool) -> None:
+        """Embeddings in Ollama's shape; an empty input needs no backend, as in Ollama."""
+        try:
+            if not isinstance(data, dict):
+                raise TranslationError("the request body must be a JSON object")
+            translated = (legacy_embeddings_to_openai if self.legacy else embed_to_openai)(data)
+        except TranslationError as exc:
+            await self.bad_request(send, exc)
+            return
+        model = translated["model"]
+        if not translated["input"]:
+            response: dict[str, Any] = {"data": []}
+            headers: list[tuple[bytes, bytes]] = []
+        else:
+            result = await self.route(send, Endpoint.EMBEDDINGS, translated, flexible, high)
+            if result is None:
+                return
+            response = _answer_data(result)
+            headers = route_headers(result)
+        answer = (
+            openai_embeddings_to_ollama_legacy(response)
+            if self.legacy
+            else openai_embeddings_to_ollama(response, model=model)
+        )
+        await send_whole(send, 200, JSON, _dumps(answer), headers)
+
+
+def tags(gateway: Gateway) -> dict[str, Any]:
+    """``GET /api/tags``: every model Nexus can route, in Ollama's listing shape."""
+    return {
+        "models": [
+            tags_entry(
+                entry["id"],
+                context_length=entry["context_length"],
+                capabilities=entry["capabilities"],
+            )
+            for entry in gateway.list_models()
+        ]
+    }
+
+
+def show(gateway: Gateway, data: Any) -> tuple[int, dict[str, Any]]:
+    """``POST /api/show``: status and body (Ollama's 404 for a model nobody serves)."""
+    if not isinstance(data, dict):
+        return 400, {"error": "the request body must be a JSON object"}
+    name = data.get("model") or data.get("name")
+    if not isinstance(name, str) or not name:
+        return 400, {"error": "model is required"}
+    entry = gateway.get_model(name) or gateway.get_model(gateway.router.resolve(name))
+    if entry is None:
+        return 404, {"error": f"model '{name}' not found"}
+    return 200, show_response(
+        name, context_length=entry["context_length"], capabilities=entry["capabilities"]
+    )
+
+
+def ps(gateway: Gateway) -> dict[str, Any]:
+    """``GET /api/ps``: models a healthy backend reports loaded in memory right now."""
+    loaded: dict[str, int | None] = {}
+    for backend in gateway.registry:
+        if backend.status.value != "healthy":
+            continue
+        for model in backend.models.values():
+            if model.loaded is True:
+                loaded.setdefault(model.id, model.context_length)
+    return {
+        "models": [
+            ps_entry(model_id, context_length=context)
+            for model_id, context in sorted(loaded.items())
+        ]
+    }
