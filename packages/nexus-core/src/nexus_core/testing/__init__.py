@@ -11,6 +11,7 @@ an address that refuses connections, ``blackhole_url`` one where connecting hang
         assert fb.inference_requests[0].json["model"] == "llama3"
 """
 
+from nexus_core.testing.anthropic import FakeAnthropic
 from nexus_core.testing.exo import FakeExo
 from nexus_core.testing.fake_backend import Behaviour, FakeBackend, RecordedRequest
 from nexus_core.testing.llamacpp import FakeLlamaCpp
@@ -23,6 +24,7 @@ from nexus_core.testing.vllm import FakeVLLM
 
 __all__ = [
     "Behaviour",
+    "FakeAnthropic",
     "FakeBackend",
     "FakeExo",
     "FakeLMStudio",
