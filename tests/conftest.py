@@ -21,7 +21,7 @@ def anyio_backend() -> str:
 
 
 def gateway_config(*backends: FakeBackend | dict[str, Any], **routing: Any) -> dict[str, Any]:
-    """A config for the given fakes (in priority order), fast timeouts, no discovery."""
+    """A config for the fakes (in priority order): fast timeouts, no discovery, state in memory."""
     entries: list[dict[str, Any]] = []
     for index, backend in enumerate(backends):
         if isinstance(backend, FakeBackend):
@@ -38,6 +38,8 @@ def gateway_config(*backends: FakeBackend | dict[str, Any], **routing: Any) -> d
         "health_check": {"interval_seconds": 3600},
         "routing": routing,
         "backends": entries,
+        # Each test's spend starts at zero (tests that test durability set their own store).
+        "state": {"backend": "memory"},
     }
 
 

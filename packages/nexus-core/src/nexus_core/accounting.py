@@ -107,44 +107,30 @@ class Charge:
 
 
 class StreamMeter:
-    """Watches a relayed stream for its ``usage`` and settles the charge when it ends."""
+    """Settles a priced stream's charge from its usage, or from an estimate if none came."""
 
-    __slots__ = ("charge", "chunks", "hide_usage", "prompt_tokens", "usage")
+    __slots__ = ("charge", "prompt_tokens")
 
-    def __init__(self, charge: Charge, *, hide_usage: bool, prompt_tokens: int) -> None:
+    def __init__(self, charge: Charge, *, prompt_tokens: int) -> None:
         self.charge = charge
-        #: The client did not ask for usage: Nexus did, so the usage-only chunk is dropped.
-        self.hide_usage = hide_usage
         self.prompt_tokens = prompt_tokens
-        self.chunks = 0
-        self.usage: Mapping[str, Any] | None = None
 
-    def observe(self, event: bytes) -> bool:
-        """Look at one SSE event; True when it must not reach the client."""
-        self.chunks += 1
-        if b'"usage"' not in event or b'"usage":null' in event or b'"usage": null' in event:
-            return False
-        payload = _event_json(event)
-        if not isinstance(payload, dict):
-            return False
-        usage = payload.get("usage")
-        if not isinstance(usage, dict):
-            return False
-        self.usage = usage
+    def usage(self, usage: Mapping[str, Any]) -> None:
+        """The stream reported its usage: settle at its cost."""
         cost = self.charge.cost_of(usage)
         if cost is not None:
             self.charge.settle(cost)
-        return self.hide_usage and not payload.get("choices")
 
-    def finish(self) -> None:
+    def finish(self, chunks: int) -> None:
         """The stream ended: without a usage report, settle an estimate of what was produced."""
         if self.charge.settled is not None:
             return
         # One chunk is about one token; the provider bills what it generated before the break.
-        self.charge.settle(estimate_nano_usd(self.charge.price, self.prompt_tokens, self.chunks))
+        self.charge.settle(estimate_nano_usd(self.charge.price, self.prompt_tokens, chunks))
 
 
-def _event_json(event: bytes) -> Any:
+def event_json(event: bytes) -> Any:
+    """The JSON of an SSE event's data (None when it is not JSON)."""
     data = b"".join(
         line[5:].lstrip(b" ") for line in event.splitlines() if line.startswith(b"data:")
     )

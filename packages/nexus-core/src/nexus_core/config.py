@@ -708,8 +708,13 @@ class StateConfig(Section):
 
 
 class TelemetryConfig(Section):
-    """``[telemetry]``: OpenTelemetry traces."""
+    """``[telemetry]``: metrics and OpenTelemetry traces."""
 
+    metrics: bool = Field(
+        default=True,
+        description="Count requests for /metrics, /v1/stats and /v1/history; false: those "
+        "answer with nothing counted (request logs are [logging]'s).",
+    )
     enabled: bool = Field(default=False, description="Export OpenTelemetry spans.")
     otlp_endpoint: HttpUrl | None = Field(
         default=None,

@@ -32,6 +32,8 @@ class GatewayError(Exception):
         self.code = code
         self.details = details
         self.headers: dict[str, str] = dict(headers or {})
+        #: Backends tried and failed before this error, in order (for metrics and logs).
+        self.failed_backends: tuple[str, ...] = ()
         self.raw_body = raw_body
         self.content_type = content_type
 

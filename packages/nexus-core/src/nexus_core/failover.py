@@ -10,11 +10,18 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nexus_core.accounting import Accountant, Charge, StreamMeter, completion_estimate, usd
+from nexus_core.accounting import (
+    Accountant,
+    Charge,
+    StreamMeter,
+    completion_estimate,
+    event_json,
+    usd,
+)
 from nexus_core.adapters import BackendError, Endpoint, ErrorKind, Timeouts, UpstreamResponse
 from nexus_core.errors import GatewayError
 from nexus_core.pricing import estimate_nano_usd
@@ -23,6 +30,7 @@ from nexus_core.queueing import CapacityQueue, release
 from nexus_core.registry import Backend
 from nexus_core.routing import RequestNeeds, Route, replace_model, with_include_usage
 from nexus_core.sse import error_event
+from nexus_core.telemetry import RequestSpan
 
 log = logging.getLogger("nexus.failover")
 
@@ -53,6 +61,8 @@ class ProxyResult:
     charge: Charge | None = None
     #: ``X-Nexus-Budget-*`` headers, when a monthly budget is set.
     budget_headers: dict[str, str] | None = None
+    #: Seconds from sending to the stream's first event (streams only).
+    ttft: float | None = None
 
     @property
     def route_reason(self) -> str:
@@ -87,21 +97,27 @@ class ProxyResult:
 class ProxyStream:
     """Relays upstream SSE events; releases the backend exactly once, however it ends.
 
-    The stream's outcome goes to ``quality`` when it ends (a break after the first byte counts
-    as a failure); ``meter`` reads the usage of a priced stream and settles its cost.
+    On the way it counts the events and reads the ``usage`` a stream reports (hiding the
+    usage-only chunk when Nexus asked for it and the client did not). When it ends, its outcome
+    goes to ``quality`` (a break after the first byte counts as a failure), ``meter`` settles a
+    priced stream's cost, and ``on_end`` (the gateway's request record) is called.
     """
 
     __slots__ = (
         "_backend",
-        "_completed",
         "_done",
         "_first",
+        "_hide_usage",
         "_meter",
         "_model",
         "_quality",
         "_queue",
         "_upstream",
+        "chunks",
+        "completed",
         "error",
+        "on_end",
+        "usage",
     )
 
     def __init__(
@@ -114,6 +130,7 @@ class ProxyStream:
         model: str = "",
         quality: QualityTracker | None = None,
         meter: StreamMeter | None = None,
+        hide_usage: bool = False,
     ) -> None:
         self._backend = backend
         self._upstream = upstream
@@ -123,27 +140,52 @@ class ProxyStream:
         self._model = model
         self._quality = quality
         self._meter = meter
-        self._completed = False
+        self._hide_usage = hide_usage
+        #: Events relayed so far.
+        self.chunks = 0
+        #: The upstream ended cleanly (not broken, not abandoned by the client).
+        self.completed = False
         self.error: BackendError | None = None
+        #: The ``usage`` the stream reported, if it did.
+        self.usage: dict[str, Any] | None = None
+        self.on_end: Callable[[ProxyStream], None] | None = None
+
+    def _usage_event(self, event: bytes) -> bool:
+        """Read a chunk with a ``usage``; True when it must not reach the client."""
+        payload = event_json(event)
+        if not isinstance(payload, dict):
+            return False
+        usage = payload.get("usage")
+        if not isinstance(usage, dict):
+            return False
+        self.usage = usage
+        if self._meter is not None:
+            self._meter.usage(usage)
+        return self._hide_usage and not payload.get("choices")
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         events = self._upstream.events
-        meter = self._meter
         try:
-            if meter is None or not meter.observe(self._first):
-                yield self._first
+            first = self._first
+            if not (b'"usage"' in first and self._usage_event(first)):
+                self.chunks += 1
+                yield first
             if events is None:
-                self._completed = True
+                self.completed = True
                 return
             try:
-                if meter is None:
-                    async for event in events:
-                        yield event
-                else:
-                    async for event in events:
-                        if not meter.observe(event):
-                            yield event
-                self._completed = True
+                async for event in events:
+                    # A cheap test first: most chunks carry no usage, or "usage": null.
+                    if (
+                        b'"usage"' in event
+                        and b'"usage":null' not in event
+                        and b'"usage": null' not in event
+                        and self._usage_event(event)
+                    ):
+                        continue
+                    self.chunks += 1
+                    yield event
+                self.completed = True
             except BackendError as exc:
                 self.error = exc
                 self._backend.errors_total += 1
@@ -163,15 +205,19 @@ class ProxyStream:
         self._done = True
         release(self._backend, self._queue)
         if self._meter is not None:
-            self._meter.finish()
+            self._meter.finish(self.chunks)
         quality = self._quality
         if quality is not None:
             if self.error is not None:
                 quality.record(self._backend.name, self._model, False)
-            elif self._completed:
+            elif self.completed:
                 quality.record(self._backend.name, self._model, True)
             # Ended by the client: says nothing about the backend.
-        await self._upstream.aclose()
+        try:
+            await self._upstream.aclose()
+        finally:
+            if self.on_end is not None:
+                self.on_end(self)
 
 
 async def execute(
@@ -186,6 +232,7 @@ async def execute(
     quality: QualityTracker | None = None,
     accountant: Accountant | None = None,
     data: Any = None,
+    span: RequestSpan | None = None,
 ) -> ProxyResult:
     """Try ``routes`` in order within one overall deadline; return the first 2xx answer.
 
@@ -193,6 +240,8 @@ async def execute(
     Each attempt's outcome goes to ``quality`` (a client's 4xx is not the backend's fault).
     An attempt on a priced route reserves its estimated cost with ``accountant`` first and
     settles the actual cost from the answer's ``usage`` (``data``: the parsed request body).
+    With ``span`` (tracing on), each attempt is a child span whose ``traceparent`` the upstream
+    request carries.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + deadline_seconds
@@ -221,10 +270,24 @@ async def execute(
         backend.requests_total += 1
         started = time.perf_counter()
         released = False
-        try:
-            upstream = await backend.adapter.send(
-                endpoint, payload, stream=stream, timeouts=attempt_timeouts
+        attempt = None
+        if span is not None:
+            attempt = span.attempt(
+                backend=backend.name,
+                backend_type=backend.type_name,
+                url=backend.config.url,
+                model=route.model,
             )
+        try:
+            if attempt is None:
+                upstream = await backend.adapter.send(
+                    endpoint, payload, stream=stream, timeouts=attempt_timeouts
+                )
+            else:
+                with attempt:
+                    upstream = await backend.adapter.send(
+                        endpoint, payload, stream=stream, timeouts=attempt_timeouts
+                    )
             if upstream.events is not None:
                 try:
                     async with asyncio.timeout(attempt_timeouts.first_byte):
@@ -249,12 +312,10 @@ async def execute(
                     quality.observe_ttft(backend.name, route.model, elapsed)
                 meter = None
                 if charge is not None:
-                    meter = StreamMeter(
-                        charge,
-                        hide_usage=not needs.include_usage,
-                        prompt_tokens=needs.estimated_tokens,
-                    )
+                    meter = StreamMeter(charge, prompt_tokens=needs.estimated_tokens)
                 released = True  # the stream releases the slot (and settles) when it ends
+                if attempt is not None:
+                    attempt.end(status=200)
                 return ProxyResult(
                     route=route,
                     requested_model=needs.model,
@@ -267,9 +328,12 @@ async def execute(
                         model=route.model,
                         quality=quality,
                         meter=meter,
+                        # Nexus asked for usage to price the stream; the client did not.
+                        hide_usage=charge is not None and not needs.include_usage,
                     ),
                     attempts=attempts,
                     charge=charge,
+                    ttft=elapsed / 1000,
                 )
             backend.observe_latency((time.perf_counter() - started) * 1000)
             parsed = None
@@ -282,6 +346,8 @@ async def execute(
                     raise BackendError(ErrorKind.MALFORMED, "the body is not JSON") from None
             if quality is not None:
                 quality.record(backend.name, route.model, True)
+            if attempt is not None:
+                attempt.end(status=upstream.status)
             if charge is not None:
                 usage = parsed.get("usage") if isinstance(parsed, dict) else None
                 cost = charge.cost_of(usage)
@@ -297,24 +363,32 @@ async def execute(
             )
         except BackendError as exc:
             backend.errors_total += 1
+            if attempt is not None:
+                attempt.end(status=exc.status, error_type=exc.kind.value)
             if charge is not None:
                 charge.settle(0)  # providers do not bill a request that failed
             if quality is not None and exc.kind is not ErrorKind.CLIENT_ERROR:
                 quality.record(backend.name, route.model, False)
             attempts.append(Attempt(backend.name, exc.kind.value, exc.message, exc.status))
             if not exc.retryable:
-                raise _as_gateway_error(exc, backend, attempts) from None
+                error = _as_gateway_error(exc, backend, attempts)
+                error.failed_backends = tuple(a.backend for a in attempts)
+                raise error from None
             log.info(
                 "backend %s failed (%s: %s); trying the next", backend.name, exc.kind, exc.message
             )
             last_error = exc
         finally:
+            if attempt is not None:
+                attempt.end(error_type="cancelled")  # a no-op when it was ended above
             if not released:
                 release(backend, queue)
                 if charge is not None and charge.settled is None:
                     # Cancelled on the way: the prompt may have been processed (and billed).
                     charge.settle(estimate_nano_usd(charge.price, needs.estimated_tokens, 0))
-    raise _exhausted(last_error, attempts, deadline_seconds, bool(routes))
+    error = _exhausted(last_error, attempts, deadline_seconds, bool(routes))
+    error.failed_backends = tuple(a.backend for a in attempts)
+    raise error
 
 
 def _as_gateway_error(exc: BackendError, backend: Backend, attempts: list[Attempt]) -> GatewayError:

@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, overload
 from urllib.parse import urlsplit
 
-from nexus_core.accounting import Accountant
+from nexus_core.accounting import Accountant, usd
 from nexus_core.adapters import AdapterFactory, BackendStatus, Endpoint, ModelInfo, Timeouts
 from nexus_core.config import (
     AUTO_TYPE,
@@ -26,12 +26,14 @@ from nexus_core.errors import GatewayError
 from nexus_core.failover import ProxyResult, ProxyStream, execute
 from nexus_core.health import HealthChecker
 from nexus_core.http import HttpClients
+from nexus_core.observability import Monitor, RequestRecord
 from nexus_core.quality import QualityTracker
 from nexus_core.queueing import CapacityQueue, is_full
 from nexus_core.registry import Backend, Registry
 from nexus_core.routing import RequestNeeds, Route, Router, analyze
 from nexus_core.sse import event_data
 from nexus_core.state import MemoryStore, StateError, StateStore, open_store
+from nexus_core.telemetry import Tracing
 
 if TYPE_CHECKING:
     from nexus_core.discovery import DiscoverySource, DiscoverySourceFactory
@@ -60,6 +62,7 @@ class Gateway:
         clients: HttpClients | None = None,
         state: StateStore | None = None,
         clock: Callable[[], float] = time.time,
+        span_exporter: Any = None,
     ) -> None:
         if config is None:
             config = NexusConfig()
@@ -97,6 +100,15 @@ class Gateway:
         self.queue = CapacityQueue(
             enabled=queue.enabled, max_size=queue.max_size, max_wait=queue.max_wait_seconds
         )
+        #: Metrics, stats, history and request logs.
+        self.monitor = Monitor(
+            self.registry,
+            queue=self.queue,
+            accountant=self.accountant,
+            enabled=config.telemetry.metrics,
+        )
+        #: OpenTelemetry spans (``[telemetry]``; ``span_exporter`` turns it on, for tests).
+        self.tracing = Tracing(config.telemetry, exporter=span_exporter)
         self.started_at = time.time()
         self._started = False
         self._undetected: set[str] = set()
@@ -176,6 +188,7 @@ class Gateway:
                 await backend.adapter.close()
             await self.clients.aclose()
             await self.accountant.stop()
+            await self.tracing.aclose()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -424,6 +437,7 @@ class Gateway:
         data: Any = None,
         flexible: bool = False,
         priority_high: bool = False,
+        record: RequestRecord | None = None,
     ) -> ProxyResult:
         """Route and forward one raw request body; raise ``GatewayError`` if it cannot be served.
 
@@ -431,7 +445,73 @@ class Gateway:
         ``X-Nexus-Strict: true``. It never admits a backend below a policy's ``min_tier``.
         ``priority_high``: ``X-Nexus-Priority: high``; served first when the request has to wait
         in the queue because every planned backend is at its ``max_concurrent``.
+        ``record``: what the server knows of the request (id, front door, client); the gateway
+        completes it and hands it to ``monitor`` when the request ends (a stream: at its end).
         """
+        if record is None:
+            record = RequestRecord()
+        record.begin(endpoint.value)
+        try:
+            result = await self._proxy(endpoint, body, data, flexible, priority_high, record)
+        except GatewayError as error:
+            record.status = error.status
+            record.error = error.code or error.type
+            record.error_message = error.message
+            record.failed_backends = error.failed_backends
+            record.attempts = len(error.failed_backends)
+            self.monitor.finish(record)
+            raise
+        except asyncio.CancelledError:
+            record.status = 499
+            record.error = "client_closed"
+            self.monitor.finish(record)
+            raise
+        route = result.route
+        record.backend = route.backend.name
+        record.served_model = route.model
+        record.route_reason = result.route_reason
+        record.status = result.status
+        if result.attempts:
+            record.failed_backends = tuple(a.backend for a in result.attempts)
+        record.attempts = len(result.attempts) + 1
+        if route.fallback:
+            record.fallback_from = result.requested_model
+        stream = result.stream
+        if self.config.logging.enable_content_logging:
+            record.content = (_clip(body), None if result.body is None else _clip(result.body))
+        if stream is None:
+            usage = result.data.get("usage") if isinstance(result.data, dict) else None
+            if isinstance(usage, dict):
+                _tokens(record, usage)
+            _cost(record, result)
+            self.monitor.finish(record)
+        else:
+            record.ttft = result.ttft
+            stream.on_end = lambda ended: self._stream_ended(record, result, ended)
+        return result
+
+    def _stream_ended(
+        self, record: RequestRecord, result: ProxyResult, stream: ProxyStream
+    ) -> None:
+        if stream.usage is not None:
+            _tokens(record, stream.usage)
+        _cost(record, result)
+        if stream.error is not None:
+            record.error = "stream_broken"
+            record.error_message = stream.error.message
+        elif not stream.completed:
+            record.error = "client_closed"
+        self.monitor.finish(record)
+
+    async def _proxy(
+        self,
+        endpoint: Endpoint,
+        body: bytes,
+        data: Any,
+        flexible: bool,
+        priority_high: bool,
+        record: RequestRecord,
+    ) -> ProxyResult:
         if data is None:
             try:
                 data = json.loads(body)
@@ -440,12 +520,25 @@ class Gateway:
                     400, f"The request body is not valid JSON: {exc}", code="invalid_json"
                 ) from None
         needs = analyze(endpoint, data)
+        record.model = needs.model
+        tracing = self.tracing
+        if tracing.enabled:
+            record.span = tracing.start_request(
+                operation=_OPERATIONS[endpoint],
+                model=needs.model,
+                front_door=record.front_door,
+                request_id=record.request_id,
+                stream=needs.stream,
+                request=data if isinstance(data, dict) else None,
+                traceparent=record.traceparent,
+            )
         accountant = self.accountant
         if accountant.blocks_all:
             raise _budget_exhausted(accountant)
         needs.flexible = flexible
         if needs.stream and endpoint is Endpoint.EMBEDDINGS:
             needs.stream = False
+        record.stream = needs.stream
         routes = self.router.plan(needs)
         # Full backends are ordered last, so a first route with room means no wait (the hot path).
         if routes and is_full(routes[0].backend) and all(is_full(r.backend) for r in routes):
@@ -461,6 +554,7 @@ class Gateway:
             quality=self.quality,
             accountant=accountant,
             data=data,
+            span=record.span,
         )
         if accountant.limit is not None:
             result.budget_headers = accountant.headers()
@@ -537,6 +631,38 @@ class Gateway:
         if not isinstance(data, dict):
             raise GatewayError(502, "Backend answered something other than a JSON object")
         return data
+
+
+#: How much of a body content logging keeps.
+CONTENT_LOG_LIMIT = 4096
+
+
+def _clip(body: bytes) -> str:
+    text = body[:CONTENT_LOG_LIMIT].decode("utf-8", errors="replace")
+    return text + ("..." if len(body) > CONTENT_LOG_LIMIT else "")
+
+
+#: GenAI operation names of the endpoints.
+_OPERATIONS = {
+    Endpoint.CHAT: "chat",
+    Endpoint.COMPLETIONS: "text_completion",
+    Endpoint.EMBEDDINGS: "embeddings",
+}
+
+
+def _tokens(record: RequestRecord, usage: Mapping[str, Any]) -> None:
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens")
+    if isinstance(prompt, int):
+        record.prompt_tokens = prompt
+    if isinstance(completion, int):
+        record.completion_tokens = completion
+
+
+def _cost(record: RequestRecord, result: ProxyResult) -> None:
+    charge = result.charge
+    if charge is not None and charge.settled is not None:
+        record.cost_usd = usd(charge.settled)
 
 
 def _budget_exhausted(accountant: Accountant) -> GatewayError:

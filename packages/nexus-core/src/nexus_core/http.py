@@ -9,6 +9,7 @@ it can be swapped without touching adapters.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -22,6 +23,13 @@ from nexus_core.sse import SSEParser
 
 _FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
 _DONE_PREFIXES = (b"data: [DONE]", b"data:[DONE]")
+
+#: Trace-context headers (``traceparent``, ``tracestate``) for the upstream requests made in this
+#: context; set by ``nexus_core.telemetry`` around an attempt, ``None`` when tracing is off (so
+#: the untraced path costs one ``get()``).
+TRACE_HEADERS: contextvars.ContextVar[tuple[tuple[str, str], ...] | None] = contextvars.ContextVar(
+    "nexus_trace_headers", default=None
+)
 
 
 class UpstreamTransport(Protocol):
@@ -74,6 +82,9 @@ class AiohttpTransport:
         timeouts: Timeouts,
     ) -> UpstreamResponse:
         """POST and classify the answer; a stream comes back as an event iterator."""
+        trace_headers = TRACE_HEADERS.get()
+        if trace_headers is not None:
+            headers = {**headers, **dict(trace_headers)}
         session = self._session
         if session is None or session.closed:
             session = self._get_session()
@@ -248,6 +259,9 @@ class HttpxTransport:
         timeouts: Timeouts,
     ) -> UpstreamResponse:
         """POST and classify the answer; a stream comes back as an event iterator."""
+        trace_headers = TRACE_HEADERS.get()
+        if trace_headers is not None:
+            headers = {**headers, **dict(trace_headers)}
         client = self._get_client()
         request = client.build_request(
             "POST",

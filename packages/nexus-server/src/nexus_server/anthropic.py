@@ -22,6 +22,7 @@ from nexus_core.anthropic_wire import (
 )
 from nexus_core.errors import GatewayError
 from nexus_core.gateway import Gateway
+from nexus_core.observability import RequestRecord
 from nexus_server.proxy import (
     JSON,
     ProxyEndpoint,
@@ -44,6 +45,8 @@ def _error_headers(error: GatewayError) -> list[tuple[bytes, bytes]]:
 class MessagesEndpoint(ProxyEndpoint):
     """``POST /v1/messages``: Anthropic in, OpenAI chat to the backend, Anthropic out."""
 
+    front_door = "anthropic"
+
     def __init__(self, gateway: Gateway) -> None:
         super().__init__(gateway, Endpoint.CHAT)
 
@@ -52,14 +55,22 @@ class MessagesEndpoint(ProxyEndpoint):
         body = anthropic_error_body(error.status, error.message)
         await send_whole(send, error.status, JSON, body, _error_headers(error))
 
-    async def serve(self, send: Send, body: bytes, data: Any, flexible: bool, high: bool) -> None:
+    async def serve(
+        self,
+        send: Send,
+        body: bytes,
+        data: Any,
+        flexible: bool,
+        high: bool,
+        record: RequestRecord,
+    ) -> None:
         """Translate, route, and answer a Message or Anthropic's event stream."""
         try:
             if not isinstance(data, dict):
                 raise TranslationError("the request body must be a JSON object")
             chat = messages_to_chat(data)
         except TranslationError as exc:
-            await self.send_error(send, GatewayError(400, str(exc), param=exc.param))
+            await self.reject(send, record, GatewayError(400, str(exc), param=exc.param))
             return
         model = str(data["model"])
         stop_sequences = data.get("stop_sequences") or ()
@@ -70,7 +81,12 @@ class MessagesEndpoint(ProxyEndpoint):
         payload = json.dumps(chat, ensure_ascii=False, separators=(",", ":")).encode()
         try:
             result = await self.gateway.proxy(
-                Endpoint.CHAT, payload, data=chat, flexible=flexible, priority_high=high
+                Endpoint.CHAT,
+                payload,
+                data=chat,
+                flexible=flexible,
+                priority_high=high,
+                record=record,
             )
         except GatewayError as error:
             await self.send_error(send, error)
@@ -133,7 +149,15 @@ class CountTokensEndpoint(ProxyEndpoint):
         body = anthropic_error_body(error.status, error.message)
         await send_whole(send, error.status, JSON, body, _error_headers(error))
 
-    async def serve(self, send: Send, body: bytes, data: Any, flexible: bool, high: bool) -> None:
+    async def serve(
+        self,
+        send: Send,
+        body: bytes,
+        data: Any,
+        flexible: bool,
+        high: bool,
+        record: RequestRecord,
+    ) -> None:
         """``{"input_tokens": n}`` for a valid Messages request (``max_tokens`` not needed)."""
         try:
             if not isinstance(data, dict):

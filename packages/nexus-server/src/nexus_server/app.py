@@ -115,6 +115,18 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
             {"ready": ok, **summary}, status_code=200 if ok else 503, media_type="application/json"
         )
 
+    @get("/metrics", media_type="text/plain; version=0.0.4; charset=utf-8")
+    async def metrics() -> str:
+        return gateway.monitor.render_prometheus()
+
+    @get("/v1/stats")
+    async def stats() -> dict[str, Any]:
+        return gateway.monitor.stats()
+
+    @get("/v1/history")
+    async def history() -> dict[str, Any]:
+        return {"object": "list", "data": gateway.monitor.history_entries()}
+
     @get("/api/tags")
     async def ollama_tags() -> dict[str, Any]:
         return ollama.tags(gateway)
@@ -175,6 +187,9 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
             get_model,
             health,
             ready,
+            metrics,
+            stats,
+            history,
             ollama_tags,
             ollama_ps,
             ollama_version,

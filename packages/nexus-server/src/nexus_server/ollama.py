@@ -17,6 +17,7 @@ from nexus_core.adapters import Endpoint
 from nexus_core.errors import GatewayError
 from nexus_core.failover import ProxyResult
 from nexus_core.gateway import Gateway
+from nexus_core.observability import RequestRecord
 from nexus_core.ollama_wire import (
     ChatStreamToOllama,
     GenerateStreamToOllama,
@@ -66,19 +67,32 @@ def _answer_data(result: ProxyResult) -> Any:
 class _OllamaEndpoint(ProxyEndpoint):
     """Shared by the Ollama endpoints: errors in Ollama's shape, and the proxy call."""
 
+    front_door = "ollama"
+
     async def send_error(self, send: Send, error: GatewayError) -> None:
         """``{"error": "..."}`` with the same status (the ``ollama`` client raises it)."""
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
         await send_whole(send, error.status, JSON, ollama_error(error.message), headers)
 
     async def route(
-        self, send: Send, endpoint: Endpoint, body: dict[str, Any], flexible: bool, high: bool
+        self,
+        send: Send,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        flexible: bool,
+        high: bool,
+        record: RequestRecord,
     ) -> ProxyResult | None:
         """Proxy a translated body; on a gateway error answer it and return None."""
         payload = _dumps(body)
         try:
             return await self.gateway.proxy(
-                endpoint, payload, data=body, flexible=flexible, priority_high=high
+                endpoint,
+                payload,
+                data=body,
+                flexible=flexible,
+                priority_high=high,
+                record=record,
             )
         except GatewayError as error:
             await self.send_error(send, error)
@@ -113,9 +127,9 @@ class _OllamaEndpoint(ProxyEndpoint):
         finally:
             await stream.aclose()
 
-    async def bad_request(self, send: Send, exc: TranslationError) -> None:
+    async def bad_request(self, send: Send, record: RequestRecord, exc: TranslationError) -> None:
         """A request Ollama would refuse: 400 with the reason."""
-        await self.send_error(send, GatewayError(400, str(exc), param=exc.param))
+        await self.reject(send, record, GatewayError(400, str(exc), param=exc.param))
 
 
 class ChatEndpoint(_OllamaEndpoint):
@@ -124,7 +138,15 @@ class ChatEndpoint(_OllamaEndpoint):
     def __init__(self, gateway: Gateway) -> None:
         super().__init__(gateway, Endpoint.CHAT)
 
-    async def serve(self, send: Send, body: bytes, data: Any, flexible: bool, high: bool) -> None:
+    async def serve(
+        self,
+        send: Send,
+        body: bytes,
+        data: Any,
+        flexible: bool,
+        high: bool,
+        record: RequestRecord,
+    ) -> None:
         """Chat, streamed as NDJSON unless ``"stream": false``."""
         started = time.monotonic_ns()
         try:
@@ -132,13 +154,13 @@ class ChatEndpoint(_OllamaEndpoint):
                 raise TranslationError("the request body must be a JSON object")
             chat = chat_to_openai(data)
         except TranslationError as exc:
-            await self.bad_request(send, exc)
+            await self.bad_request(send, record, exc)
             return
         model = chat["model"]
         if chat_is_load(data):
             await send_whole(send, 200, JSON, _dumps(load_response(model, kind="chat")), [])
             return
-        result = await self.route(send, Endpoint.CHAT, chat, flexible, high)
+        result = await self.route(send, Endpoint.CHAT, chat, flexible, high, record)
         if result is None:
             return
         if result.stream is None:
@@ -154,7 +176,15 @@ class GenerateEndpoint(_OllamaEndpoint):
     def __init__(self, gateway: Gateway) -> None:
         super().__init__(gateway, Endpoint.COMPLETIONS)
 
-    async def serve(self, send: Send, body: bytes, data: Any, flexible: bool, high: bool) -> None:
+    async def serve(
+        self,
+        send: Send,
+        body: bytes,
+        data: Any,
+        flexible: bool,
+        high: bool,
+        record: RequestRecord,
+    ) -> None:
         """Generate, streamed as NDJSON unless ``"stream": false``."""
         started = time.monotonic_ns()
         try:
@@ -162,7 +192,7 @@ class GenerateEndpoint(_OllamaEndpoint):
                 raise TranslationError("the request body must be a JSON object")
             kind, translated = generate_to_openai(data)
         except TranslationError as exc:
-            await self.bad_request(send, exc)
+            await self.bad_request(send, record, exc)
             return
         model = str(data["model"])
         if kind == "load":
@@ -170,7 +200,7 @@ class GenerateEndpoint(_OllamaEndpoint):
             await send_whole(send, 200, JSON, _dumps(answer), [])
             return
         endpoint = Endpoint.CHAT if kind == "chat" else Endpoint.COMPLETIONS
-        result = await self.route(send, endpoint, translated, flexible, high)
+        result = await self.route(send, endpoint, translated, flexible, high, record)
         if result is None:
             return
         if result.stream is None:
@@ -192,21 +222,29 @@ class EmbedEndpoint(_OllamaEndpoint):
         super().__init__(gateway, Endpoint.EMBEDDINGS)
         self.legacy = legacy
 
-    async def serve(self, send: Send, body: bytes, data: Any, flexible: bool, high: bool) -> None:
+    async def serve(
+        self,
+        send: Send,
+        body: bytes,
+        data: Any,
+        flexible: bool,
+        high: bool,
+        record: RequestRecord,
+    ) -> None:
         """Embeddings in Ollama's shape; an empty input needs no backend, as in Ollama."""
         try:
             if not isinstance(data, dict):
                 raise TranslationError("the request body must be a JSON object")
             translated = (legacy_embeddings_to_openai if self.legacy else embed_to_openai)(data)
         except TranslationError as exc:
-            await self.bad_request(send, exc)
+            await self.bad_request(send, record, exc)
             return
         model = translated["model"]
         if not translated["input"]:
             response: dict[str, Any] = {"data": []}
             headers: list[tuple[bytes, bytes]] = []
         else:
-            result = await self.route(send, Endpoint.EMBEDDINGS, translated, flexible, high)
+            result = await self.route(send, Endpoint.EMBEDDINGS, translated, flexible, high, record)
             if result is None:
                 return
             response = _answer_data(result)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -18,6 +19,7 @@ from nexus_core.adapters import Endpoint
 from nexus_core.errors import GatewayError, payload_too_large
 from nexus_core.failover import ProxyResult, ProxyStream
 from nexus_core.gateway import Gateway
+from nexus_core.observability import RequestRecord
 from nexus_core.sse import event_data
 
 Scope = MutableMapping[str, Any]
@@ -68,6 +70,9 @@ class ProxyEndpoint:
     header pass and the disconnect watcher, and replace ``serve`` and ``send_error``.
     """
 
+    #: The ``front_door`` of this endpoint's request records and metrics.
+    front_door = "openai"
+
     def __init__(self, gateway: Gateway, endpoint: Endpoint) -> None:
         self.gateway = gateway
         self.endpoint = endpoint
@@ -77,10 +82,28 @@ class ProxyEndpoint:
         """Answer ``error`` in this front door's error shape (OpenAI's envelope here)."""
         await send_error(send, error)
 
+    async def reject(self, send: Send, record: RequestRecord, error: GatewayError) -> None:
+        """Answer a request refused before routing, and count it."""
+        record.begin(self.endpoint.value)
+        record.status = error.status
+        record.error = error.code or error.type
+        record.error_message = error.message
+        self.gateway.monitor.finish(record)
+        await self.send_error(send, error)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        record = RequestRecord(
+            request_id=scope.get(REQUEST_ID_KEY, b"").decode("latin-1"),
+            front_door=self.front_door,
+            client=client[0] if client else None,
+            started=time.time(),
+            started_perf=time.perf_counter(),
+        )
         if scope["method"] != "POST":
-            await self.send_error(
+            await self.reject(
                 send,
+                record,
                 GatewayError(
                     405,
                     f"Method {scope['method']} is not allowed here; use POST",
@@ -101,16 +124,19 @@ class ProxyEndpoint:
                 strict = value.strip().lower() == b"true"
             elif name == b"x-nexus-priority":
                 high = value.strip().lower() == b"high"
+            elif name == b"traceparent":
+                record.traceparent = value.decode("latin-1")
         try:
             body = await self._read_body(length, receive)
         except GatewayError as error:
-            await self.send_error(send, error)
+            await self.reject(send, record, error)
             return
         try:
             data = json.loads(body)
         except ValueError as exc:
-            await self.send_error(
+            await self.reject(
                 send,
+                record,
                 GatewayError(
                     400, f"The request body is not valid JSON: {exc}", code="invalid_json"
                 ),
@@ -122,7 +148,7 @@ class ProxyEndpoint:
         gone = asyncio.Event()
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, gone))
         try:
-            await self.serve(send, body, data, flexible and not strict, high)
+            await self.serve(send, body, data, flexible and not strict, high, record)
         except asyncio.CancelledError:
             if not gone.is_set():
                 raise
@@ -130,11 +156,24 @@ class ProxyEndpoint:
         finally:
             watcher.cancel()
 
-    async def serve(self, send: Send, body: bytes, data: Any, flexible: bool, high: bool) -> None:
+    async def serve(
+        self,
+        send: Send,
+        body: bytes,
+        data: Any,
+        flexible: bool,
+        high: bool,
+        record: RequestRecord,
+    ) -> None:
         """Route ``body`` (``data`` parsed) and answer: the whole body, or the relayed stream."""
         try:
             result = await self.gateway.proxy(
-                self.endpoint, body, data=data, flexible=flexible, priority_high=high
+                self.endpoint,
+                body,
+                data=data,
+                flexible=flexible,
+                priority_high=high,
+                record=record,
             )
         except GatewayError as error:
             await self.send_error(send, error)

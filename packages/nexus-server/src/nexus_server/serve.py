@@ -19,15 +19,22 @@ log = logging.getLogger("nexus.server")
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and exception text)."""
+    """One JSON object per line: time, level, logger, message, the request's fields, exception.
+
+    A request line (logger ``nexus.requests``) carries its fields under ``request`` (see
+    docs/observability.md for the schema).
+    """
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, object] = {
             "time": self.formatTime(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
         }
+        fields = getattr(record, "nexus", None)
+        if fields is not None:
+            entry["request"] = fields
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -42,6 +49,9 @@ def setup_logging(config: NexusConfig) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    # Libraries that log every HTTP call at INFO (the health probes' client) stay quiet.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     for component, component_level in config.logging.component_levels.items():
         logging.getLogger(f"nexus.{component}").setLevel(component_level.value.upper())
 
