@@ -486,7 +486,9 @@ class Gateway:
             _cost(record, result)
             self.monitor.finish(record)
         else:
-            record.ttft = result.ttft
+            # As the client sees it: from the request's arrival to the first event (queue and
+            # failed attempts included); quality keeps each backend's own.
+            record.ttft = time.perf_counter() - record.started_perf
             stream.on_end = lambda ended: self._stream_ended(record, result, ended)
         return result
 

@@ -414,7 +414,8 @@ class Monitor:
         _histograms(
             out,
             "nexus_time_to_first_token_seconds",
-            "Time from receiving a streamed request to its first event from the backend.",
+            "Time from receiving a streamed request to its first event (queue and failover "
+            "included).",
             self.ttfts,
         )
         _family(

@@ -8,11 +8,13 @@ import json
 import logging
 import sys
 from collections.abc import Generator
+from datetime import UTC, datetime
 
 import uvicorn
 
 from nexus_core.config import LogFormat, NexusConfig
 from nexus_core.gateway import Gateway
+from nexus_core.telemetry import TelemetryError
 from nexus_server.app import create_app
 
 log = logging.getLogger("nexus.server")
@@ -27,7 +29,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "time": self.formatTime(record),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -93,7 +95,11 @@ def build_server(config: NexusConfig) -> uvicorn.Server:
 def run(config: NexusConfig) -> int:
     """Serve until stopped; 0 on a clean shutdown (SIGTERM drains in-flight requests first)."""
     setup_logging(config)
-    server = build_server(config)
+    try:
+        server = build_server(config)
+    except TelemetryError as exc:  # [telemetry] enabled without the otel extra
+        log.error("%s", exc)
+        return 1
     # Everything imported so far lives for the whole run: keep it out of the collector's scans,
     # and collect the young generation less often (fewer pauses under load).
     gc.collect()
