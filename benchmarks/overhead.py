@@ -4,7 +4,8 @@ Needs Debian's nginx-light and wrk (`apt-get install -y nginx-light wrk`). Start
 OpenAI backend (nginx, ports 18001 plain / 18011 streaming), one `nexus serve` process pointing at
 it, and runs wrk against both. Prints requests/s and p50/p99 for each, and Nexus's added latency.
 
-Run: uv run python benchmarks/overhead.py [--duration 8] [--port 8000]
+Run: uv run python benchmarks/overhead.py [--duration 8] [--port 8000] [--metrics on|off]
+     [--log-level info|warning]
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ def wrk(url: str, connections: int, duration: float, stream: bool) -> dict[str, 
 
 
 @contextlib.contextmanager
-def nexus_serving(work: Path, backend: str, port: int) -> Iterator[str]:
+def nexus_serving(
+    work: Path, backend: str, port: int, *, metrics: bool = True, log_level: str = "warning"
+) -> Iterator[str]:
     """One `nexus serve` process in front of ``backend``; yields its chat completions URL."""
     config = work / "nexus.toml"
     config.write_text(
@@ -67,7 +70,9 @@ def nexus_serving(work: Path, backend: str, port: int) -> Iterator[str]:
 host = "127.0.0.1"
 port = {port}
 [logging]
-level = "warning"
+level = "{log_level}"
+[telemetry]
+metrics = {"true" if metrics else "false"}
 [[backends]]
 name = "canned"
 url = "{backend}"
@@ -84,6 +89,7 @@ url = "{backend}"
             "--no-discovery",
         ],
         env={**os.environ, "NEXUS_DISCOVERY": "false"},
+        stderr=subprocess.DEVNULL if log_level == "info" else None,
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -101,6 +107,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--metrics",
+        choices=("on", "off"),
+        default="on",
+        help="telemetry.metrics: count requests for /metrics, /v1/stats, /v1/history (default on)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        help="logging.level of the nexus process; 'info' adds one log line per request "
+        "(written to /dev/null). Default warning.",
+    )
+    parser.add_argument(
+        "--only", default="", help="run only the cases whose label contains this ('c=32')"
+    )
     args = parser.parse_args()
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
@@ -121,8 +142,16 @@ def main() -> int:
             ("stream c=1", 1, True),
             ("stream c=32", 32, True),
         ):
+            if args.only not in label:
+                continue
             backend = "http://127.0.0.1:18011" if stream else "http://127.0.0.1:18001"
-            with nexus_serving(work, backend, args.port) as through:
+            with nexus_serving(
+                work,
+                backend,
+                args.port,
+                metrics=args.metrics == "on",
+                log_level=args.log_level,
+            ) as through:
                 n = wrk(through, connections, args.duration, stream)
             d = wrk(direct_stream if stream else direct, connections, args.duration, stream)
             rows.append((label, d, n))
