@@ -285,7 +285,8 @@ api_key = st.fixed_dictionaries(
     {"name": names, "key_env": env_names},
     optional={
         "models": st.lists(globs, max_size=2),
-        "rate_limit_per_minute": st.integers(1, 10_000),
+        "requests_per_minute": st.integers(1, 10_000),
+        "tokens_per_minute": st.integers(1, 10_000_000),
         "monthly_budget_usd": non_negative,
     },
 )

@@ -325,3 +325,62 @@ async def test_open_store_builds_the_configured_store(tmp_path: Path) -> None:
     assert (redis.url, redis.key_prefix) == ("redis://127.0.0.1:1/0", "x:")
     with pytest.raises(StateError, match="NEXUS_TEST_REDIS"):
         open_store(config, {})
+
+
+async def test_records_put_items_delete(store: StateStore) -> None:
+    assert await store.items("backends") == {}
+    await store.put("backends", "gpu", '{"url": "http://gpu:1"}')
+    await store.put("backends", "cpu", '{"url": "http://cpu:1"}')
+    await store.put("keys", "team-a", '{"hash": "x"}')
+    await store.put("backends", "gpu", '{"url": "http://gpu:2"}')  # replaces
+    assert await store.items("backends") == {
+        "gpu": '{"url": "http://gpu:2"}',
+        "cpu": '{"url": "http://cpu:1"}',
+    }
+    assert await store.delete("backends", "cpu") is True
+    assert await store.delete("backends", "cpu") is False
+    assert await store.items("backends") == {"gpu": '{"url": "http://gpu:2"}'}
+    assert await store.items("keys") == {"team-a": '{"hash": "x"}'}
+
+
+async def test_sqlite_records_survive_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    first = SqliteStore(path)
+    await first.open()
+    await first.put("backends", "gpu", "{}")
+    await first.close()
+    second = SqliteStore(path)
+    await second.open()
+    try:
+        assert await second.items("backends") == {"gpu": "{}"}
+    finally:
+        await second.close()
+
+
+async def test_throttle_is_a_token_bucket(store: StateStore) -> None:
+    # 10 per minute: one unit every 6 s, a minute's worth (10) may come at once.
+    waits = [await store.throttle("key:a", 6.0, 60.0, 1) for _ in range(11)]
+    assert waits[:10] == [0.0] * 10
+    assert 5.0 < waits[10] <= 6.0
+    # Another key has its own bucket.
+    assert await store.throttle("key:b", 6.0, 60.0, 1) == 0.0
+    # A cost checked with 0 passes while there is room, and force takes it even past the top.
+    assert await store.throttle("tokens:a", 0.001, 60.0, 0) == 0.0
+    assert await store.throttle("tokens:a", 0.001, 60.0, 100_000, force=True) == 0.0
+    wait = await store.throttle("tokens:a", 0.001, 60.0, 0)
+    assert 39.0 < wait <= 40.0  # 100 s of tokens taken, 60 s of burst: 40 s to wait
+
+
+async def test_throttle_is_shared_by_two_replicas(redis_url: str) -> None:
+    prefix = f"test-{uuid.uuid4().hex}:"
+    one, two = redis_store(redis_url, prefix), redis_store(redis_url, prefix)
+    await one.open()
+    await two.open()
+    try:
+        results = await asyncio.gather(
+            *(store.throttle("key:shared", 6.0, 60.0, 1) for store in (one, two) for _ in range(8))
+        )
+        assert sum(1 for wait in results if wait == 0.0) == 10
+    finally:
+        await one.close()
+        await two.close()

@@ -51,6 +51,11 @@ OK, SOFT, EXCEEDED = 0, 1, 2
 STATUS_NAMES = ("ok", "soft_limit", "exceeded")
 
 
+def key_scope(name: str) -> str:
+    """The state-store scope of a gateway key's own spend."""
+    return f"key:{name}"
+
+
 def month_of(timestamp: float) -> str:
     """The UTC calendar month of a Unix time, as ``YYYY-MM``."""
     moment = datetime.fromtimestamp(timestamp, UTC)
@@ -81,16 +86,24 @@ def completion_estimate(data: Mapping[str, Any]) -> int:
 class Charge:
     """The cost of one attempt on a priced route: reserved before sending, settled once."""
 
-    __slots__ = ("_accountant", "entry", "estimate", "period", "price", "settled")
+    __slots__ = ("_accountant", "entry", "estimate", "key", "period", "price", "settled")
 
     def __init__(
-        self, accountant: Accountant, price: Price, entry: str, period: str, estimate: int
+        self,
+        accountant: Accountant,
+        price: Price,
+        entry: str,
+        period: str,
+        estimate: int,
+        key: str | None = None,
     ) -> None:
         self._accountant = accountant
         self.price = price
         self.entry = entry
         self.period = period
         self.estimate = estimate
+        #: The gateway key the request came with: its own monthly spend counts this too.
+        self.key = key
         #: The final cost once settled (nano-USD).
         self.settled: int | None = None
 
@@ -179,6 +192,8 @@ class Accountant:
         self._ids = itertools.count()
         self._prefix = f"{os.getpid()}-{time.time_ns():x}-"
         self._writes: set[asyncio.Task[None]] = set()
+        #: This month's spend per gateway key (nano-USD), for the keys' own budgets.
+        self.key_spent: dict[str, int] = {}
         self._refresher: asyncio.Task[None] | None = None
         self._failing = False
 
@@ -218,6 +233,14 @@ class Accountant:
         self._failing = False
         if period == self.period:
             self._set_spent(total)
+        for name in list(self.key_spent):
+            try:
+                spent = await self.store.total(key_scope(name), period)
+            except Exception as exc:
+                self._store_failed("read", exc)
+                return
+            if period == self.period:
+                self.key_spent[name] = spent
 
     # -- budget state ---------------------------------------------------------------------------
 
@@ -230,6 +253,21 @@ class Accountant:
         self._rollover = next_month_start(now)
         log.info("budget: a new month (%s) begins; spend starts from the stored total", self.period)
         self._set_spent(0)
+        for name in self.key_spent:
+            self.key_spent[name] = 0
+
+    async def track_key(self, name: str) -> int:
+        """Start keeping the key's spend this month (read from the store the first time)."""
+        spent = self.key_spent.get(name)
+        if spent is None:
+            self.roll()
+            try:
+                spent = await self.store.total(key_scope(name), self.period)
+            except Exception as exc:
+                self._store_failed("read", exc)
+                spent = 0
+            self.key_spent[name] = spent
+        return spent
 
     def _set_spent(self, spent: int) -> None:
         self.spent = spent
@@ -289,14 +327,20 @@ class Accountant:
         """What ``model`` costs on ``backend`` (None: not priced, so free)."""
         return self.prices.lookup(backend.name, backend.is_cloud, model, backend.adapter)
 
-    async def open_charge(self, price: Price, prompt_tokens: int, completion_tokens: int) -> Charge:
+    async def open_charge(
+        self, price: Price, prompt_tokens: int, completion_tokens: int, key: str | None = None
+    ) -> Charge:
         """Reserve the estimated cost of one attempt before it is sent."""
         self.roll()
         estimate = estimate_nano_usd(price, prompt_tokens, completion_tokens)
-        charge = Charge(self, price, self._prefix + str(next(self._ids)), self.period, estimate)
+        entry = self._prefix + str(next(self._ids))
+        charge = Charge(self, price, entry, self.period, estimate, key)
         self._set_spent(self.spent + estimate)
         try:
-            await self.store.reserve(self.scope, charge.period, charge.entry, estimate)
+            await self.store.reserve(self.scope, charge.period, entry, estimate)
+            if key is not None:
+                self.key_spent[key] = self.key_spent.get(key, 0) + estimate
+                await self.store.reserve(key_scope(key), charge.period, entry, estimate)
         except Exception as exc:  # serving goes on; the spend is still counted in memory
             self._store_failed("reserve", exc)
         return charge
@@ -304,6 +348,10 @@ class Accountant:
     def _settle(self, charge: Charge, amount: int) -> None:
         if charge.period == self.period:
             self._set_spent(self.spent - charge.estimate + amount)
+            if charge.key is not None:
+                self.key_spent[charge.key] = (
+                    self.key_spent.get(charge.key, 0) - charge.estimate + amount
+                )
         task = asyncio.get_running_loop().create_task(self._write_settle(charge, amount))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
@@ -311,6 +359,8 @@ class Accountant:
     async def _write_settle(self, charge: Charge, amount: int) -> None:
         try:
             await self.store.settle(self.scope, charge.period, charge.entry, amount)
+            if charge.key is not None:
+                await self.store.settle(key_scope(charge.key), charge.period, charge.entry, amount)
         except Exception as exc:
             self._store_failed("settle", exc)
 

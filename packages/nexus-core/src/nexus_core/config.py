@@ -200,6 +200,17 @@ class ServerConfig(Section):
         ge=0,
         description="On shut-down, how long requests in flight get to finish.",
     )
+    max_header_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="Largest total size of a request's headers; bigger gets HTTP 431.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins browsers may call the API from (CORS); empty: CORS off. '*' "
+        "allows any origin.",
+        examples=[["https://chat.example.com"]],
+    )
 
 
 class DiscoveryConfig(Section):
@@ -535,6 +546,11 @@ class BackendConfig(Section):
         description="Most requests in flight at once; more wait in the queue. Unset: no limit.",
         examples=[4],
     )
+    forward_client_auth: bool = Field(
+        default=False,
+        description="Pass the client's own Authorization header to this backend (local types "
+        "only; a cloud backend always uses api_key_env).",
+    )
     models: list[DeclaredModel] = Field(
         default_factory=list,
         description="Models this backend is known to serve, added to what the server lists: "
@@ -556,6 +572,12 @@ class BackendConfig(Section):
                 f"required for the cloud type {self.type!r}: the name of the environment "
                 "variable that holds its API key",
                 "api_key_env",
+            )
+        if self.forward_client_auth and self.type in CLOUD_TYPES:
+            raise ConfigKeyError(
+                f"a cloud backend ({self.type!r}) never receives the client's Authorization; "
+                "it uses its api_key_env",
+                "forward_client_auth",
             )
         return self
 
@@ -630,11 +652,25 @@ class ApiKeyConfig(Section):
         default_factory=list,
         description="Globs of models this key may use; empty means every model.",
     )
-    rate_limit_per_minute: int | None = Field(
-        default=None, ge=1, description="Requests per minute; unset: no limit.", examples=[60]
+    requests_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        description="Requests per minute (a token bucket holding one minute's worth); unset: no "
+        "limit.",
+        examples=[60],
+    )
+    tokens_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        description="Prompt + completion tokens per minute, from the answers' usage; unset: no "
+        "limit.",
+        examples=[100_000],
     )
     monthly_budget_usd: float | None = Field(
-        default=None, ge=0, description="Spend limit of this key per month.", examples=[20.0]
+        default=None,
+        ge=0,
+        description="Spend limit of this key per calendar month (UTC), in USD.",
+        examples=[20.0],
     )
 
 

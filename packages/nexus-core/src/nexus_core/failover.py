@@ -7,6 +7,7 @@ After the first byte has gone out nothing can be retried; a stream that breaks t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -24,13 +25,14 @@ from nexus_core.accounting import (
 )
 from nexus_core.adapters import BackendError, Endpoint, ErrorKind, Timeouts, UpstreamResponse
 from nexus_core.errors import GatewayError
+from nexus_core.http import TRACE_HEADERS
 from nexus_core.pricing import estimate_nano_usd
 from nexus_core.quality import QualityTracker
 from nexus_core.queueing import CapacityQueue, release
 from nexus_core.registry import Backend
 from nexus_core.routing import RequestNeeds, Route, replace_model, with_include_usage
 from nexus_core.sse import error_event
-from nexus_core.telemetry import RequestSpan
+from nexus_core.telemetry import AttemptSpan, RequestSpan
 
 log = logging.getLogger("nexus.failover")
 
@@ -233,6 +235,8 @@ async def execute(
     accountant: Accountant | None = None,
     data: Any = None,
     span: RequestSpan | None = None,
+    key: str | None = None,
+    client_auth: str | None = None,
 ) -> ProxyResult:
     """Try ``routes`` in order within one overall deadline; return the first 2xx answer.
 
@@ -241,7 +245,9 @@ async def execute(
     An attempt on a priced route reserves its estimated cost with ``accountant`` first and
     settles the actual cost from the answer's ``usage`` (``data``: the parsed request body).
     With ``span`` (tracing on), each attempt is a child span whose ``traceparent`` the upstream
-    request carries.
+    request carries. ``key``: the gateway key's name (its own spend counts the cost too).
+    ``client_auth``: the client's Authorization, passed only to backends that set
+    ``forward_client_auth``.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + deadline_seconds
@@ -259,7 +265,7 @@ async def execute(
         if price is not None:
             assert accountant is not None
             completion = completion_estimate(data) if isinstance(data, dict) else 0
-            charge = await accountant.open_charge(price, needs.estimated_tokens, completion)
+            charge = await accountant.open_charge(price, needs.estimated_tokens, completion, key)
             if stream and not needs.include_usage:
                 payload = with_include_usage(payload)
         if remaining < timeouts.first_byte:
@@ -278,16 +284,16 @@ async def execute(
                 url=backend.config.url,
                 model=route.model,
             )
+        forward = client_auth if client_auth and backend.config.forward_client_auth else None
         try:
-            if attempt is None:
+            if attempt is None and forward is None:
                 upstream = await backend.adapter.send(
                     endpoint, payload, stream=stream, timeouts=attempt_timeouts
                 )
             else:
-                with attempt:
-                    upstream = await backend.adapter.send(
-                        endpoint, payload, stream=stream, timeouts=attempt_timeouts
-                    )
+                upstream = await _send_with_context(
+                    backend, endpoint, payload, stream, attempt_timeouts, attempt, forward
+                )
             if upstream.events is not None:
                 try:
                     async with asyncio.timeout(attempt_timeouts.first_byte):
@@ -389,6 +395,29 @@ async def execute(
     error = _exhausted(last_error, attempts, deadline_seconds, bool(routes))
     error.failed_backends = tuple(a.backend for a in attempts)
     raise error
+
+
+async def _send_with_context(
+    backend: Backend,
+    endpoint: Endpoint,
+    payload: bytes,
+    stream: bool,
+    timeouts: Timeouts,
+    attempt: AttemptSpan | None,
+    authorization: str | None,
+) -> UpstreamResponse:
+    """``adapter.send`` with the attempt's ``traceparent`` and/or the client's Authorization."""
+    with attempt if attempt is not None else contextlib.nullcontext():
+        token = None
+        if authorization is not None:
+            token = TRACE_HEADERS.set(
+                (*(TRACE_HEADERS.get() or ()), ("Authorization", authorization))
+            )
+        try:
+            return await backend.adapter.send(endpoint, payload, stream=stream, timeouts=timeouts)
+        finally:
+            if token is not None:
+                TRACE_HEADERS.reset(token)
 
 
 def _as_gateway_error(exc: BackendError, backend: Backend, attempts: list[Attempt]) -> GatewayError:

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from nexus_core.accounting import Accountant, usd
 from nexus_core.adapters import AdapterFactory, BackendStatus, Endpoint, ModelInfo, Timeouts
+from nexus_core.auth import ApiKey, KeyRing
 from nexus_core.config import (
     AUTO_TYPE,
     DEFAULT_SQLITE_PATH,
@@ -42,6 +43,8 @@ log = logging.getLogger("nexus.gateway")
 
 __all__ = ["Gateway", "ProxyResult", "ProxyStream"]
 
+#: The state-store collection of backends added at run time.
+BACKENDS_COLLECTION = "backends"
 #: Rank of a backend type without a ``detect_rank`` attribute (lower is more specific).
 DEFAULT_DETECT_RANK = 50
 
@@ -109,6 +112,9 @@ class Gateway:
         )
         #: OpenTelemetry spans (``[telemetry]``; ``span_exporter`` turns it on, for tests).
         self.tracing = Tracing(config.telemetry, exporter=span_exporter)
+        #: Gateway API keys and their rate limits (``[auth]``), and the admin key.
+        self.keys = KeyRing(config.auth, self.accountant.store)
+        self._token_counts: set[asyncio.Task[None]] = set()
         self.started_at = time.time()
         self._started = False
         self._undetected: set[str] = set()
@@ -133,7 +139,10 @@ class Gateway:
         self._started = True
         self.started_at = time.time()
         await self._start_accounting()
+        self.keys.store = self.accountant.store
+        await self.keys.load()
         await asyncio.gather(*(self.add_backend(b, source="static") for b in self.config.backends))
+        await self._restore_backends()
         from nexus_core import plugins
 
         if self.config.discovery.enabled:
@@ -151,6 +160,44 @@ class Gateway:
             log.error("%s; spend is kept in memory only and lost on restart", exc)
             self.accountant.store = MemoryStore()
             await self.accountant.start()
+
+    async def _restore_backends(self) -> None:
+        """Add the backends added at run time before the last stop (kept in the state store)."""
+        try:
+            saved = await self.accountant.store.items(BACKENDS_COLLECTION)
+        except Exception as exc:
+            log.error("could not read the backends added at run time: %s", exc)
+            return
+        static_urls = {b.url for b in self.config.backends}
+
+        async def restore(name: str, raw: str) -> None:
+            try:
+                config = BackendConfig(**json.loads(raw))
+            except (ValueError, TypeError) as exc:
+                log.error("backend %r saved in the state store is unreadable: %s", name, exc)
+                return
+            if config.name in self.registry or config.url in static_urls:
+                return  # the configuration wins
+            try:
+                await self.add_backend(config, source="admin")
+            except GatewayError as exc:
+                log.error("backend %r saved in the state store: %s", name, exc.message)
+
+        await asyncio.gather(*(restore(name, raw) for name, raw in saved.items()))
+
+    async def save_backend(self, backend: Backend) -> None:
+        """Keep a backend added at run time in the state store, so a restart brings it back."""
+        data = backend.config.model_dump(mode="json", exclude_defaults=True)
+        data["name"] = backend.config.name
+        data["url"] = backend.config.url
+        data["type"] = backend.config.type
+        await self.accountant.store.put(
+            BACKENDS_COLLECTION, backend.name, json.dumps(data, separators=(",", ":"))
+        )
+
+    async def forget_backend(self, name: str) -> None:
+        """Stop bringing a backend back after restarts."""
+        await self.accountant.store.delete(BACKENDS_COLLECTION, name)
 
     async def _start_discovery(self) -> None:
         from nexus_core import plugins
@@ -484,6 +531,7 @@ class Gateway:
             if isinstance(usage, dict):
                 _tokens(record, usage)
             _cost(record, result)
+            self._count_tokens(record)
             self.monitor.finish(record)
         else:
             # As the client sees it: from the request's arrival to the first event (queue and
@@ -491,6 +539,48 @@ class Gateway:
             record.ttft = time.perf_counter() - record.started_perf
             stream.on_end = lambda ended: self._stream_ended(record, result, ended)
         return result
+
+    async def _admit(self, key: ApiKey, model: str) -> None:
+        """The gateway key's allow-list, monthly budget and rate limits, before routing."""
+        if not key.allows(model):
+            raise GatewayError(
+                403,
+                f"The API key '{key.name}' may not use the model '{model}'",
+                type="permission_error",
+                param="model",
+                code="model_not_allowed",
+            )
+        if key.monthly_budget_usd is not None:
+            spent = await self.accountant.track_key(key.name)
+            if spent >= round(key.monthly_budget_usd * 1e9):
+                wait = math.ceil(self.accountant.seconds_to_rollover())
+                raise GatewayError(
+                    429,
+                    f"The API key '{key.name}' has spent its monthly budget of "
+                    f"${key.monthly_budget_usd:.2f}",
+                    type="insufficient_quota",
+                    code="key_budget_exceeded",
+                    headers={"Retry-After": str(max(1, wait))},
+                )
+        delay = await self.keys.admit(key)
+        if delay:
+            raise GatewayError(
+                429,
+                f"The API key '{key.name}' is over its rate limit; retry in {delay:.1f} s",
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(max(1, math.ceil(delay)))},
+            )
+
+    def _count_tokens(self, record: RequestRecord) -> None:
+        """Take the answer's tokens from its key's tokens-per-minute bucket (in the background)."""
+        key = record.api_key
+        if key is None or key.tokens_per_minute is None:
+            return
+        tokens = (record.prompt_tokens or 0) + (record.completion_tokens or 0)
+        task = asyncio.get_running_loop().create_task(self.keys.used_tokens(key, tokens))
+        self._token_counts.add(task)
+        task.add_done_callback(self._token_counts.discard)
 
     def _stream_ended(
         self, record: RequestRecord, result: ProxyResult, stream: ProxyStream
@@ -503,6 +593,7 @@ class Gateway:
             record.error_message = stream.error.message
         elif not stream.completed:
             record.error = "client_closed"
+        self._count_tokens(record)
         self.monitor.finish(record)
 
     async def _proxy(
@@ -523,6 +614,9 @@ class Gateway:
                 ) from None
         needs = analyze(endpoint, data)
         record.model = needs.model
+        key = record.api_key
+        if key is not None:
+            await self._admit(key, needs.model)
         tracing = self.tracing
         if tracing.enabled:
             record.span = tracing.start_request(
@@ -557,6 +651,8 @@ class Gateway:
             accountant=accountant,
             data=data,
             span=record.span,
+            key=None if key is None else key.name,
+            client_auth=record.client_auth,
         )
         if accountant.limit is not None:
             result.budget_headers = accountant.headers()

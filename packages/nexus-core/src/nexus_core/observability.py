@@ -82,6 +82,10 @@ class RequestRecord:
     span: Any = None
     #: The request body and a whole answer, only with ``logging.enable_content_logging``.
     content: tuple[str, str | None] | None = None
+    #: The gateway key the request came with (``nexus_core.auth.ApiKey``), when auth is on.
+    api_key: Any = None
+    #: The client's Authorization header, for backends with ``forward_client_auth``.
+    client_auth: str | None = None
 
     def begin(self, endpoint: str) -> None:
         """Stamp the start (if the server did not already)."""
@@ -111,6 +115,7 @@ class RequestRecord:
             "retries": max(0, self.attempts - 1),
             "error": self.error,
             "client": self.client,
+            "key": None if self.api_key is None else self.api_key.name,
         }
 
 

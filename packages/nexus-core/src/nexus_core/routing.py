@@ -455,8 +455,23 @@ class Router:
         quality = self.quality
         budget = self.budget
         blocks_cloud = budget is not None and budget.blocks_cloud
-        if plain and reasons is None and constraint is None and not blocks_cloud:
+        if reasons is None and constraint is None and not blocks_cloud:
+            # The hot path: comprehensions, no per-backend branches beyond what the request needs.
             found = [b for b in serving if b.status is healthy]
+            if not plain:
+                vision, tools, json_mode = needs.vision, needs.tools, needs.json_mode
+                tokens = needs.estimated_tokens
+                found = [
+                    b
+                    for b in found
+                    if (info := b.models.get(model)) is None
+                    or not (
+                        (vision and info.vision is False)
+                        or (tools and info.tools is False)
+                        or (json_mode and info.json_mode is False)
+                        or (info.context_length is not None and tokens > info.context_length)
+                    )
+                ]
             if quality is None or not quality.cooled:
                 return found
             return self._cool(found, model, None)

@@ -78,6 +78,24 @@ class StateStore(Protocol):
     async def incr(self, key: str, amount: int, ttl_seconds: float) -> int:
         """Add ``amount`` to a counter that expires ``ttl_seconds`` after its creation."""
 
+    async def throttle(
+        self, key: str, interval: float, burst: float, cost: float, *, force: bool = False
+    ) -> float:
+        """A token bucket (GCRA): 0 when ``cost`` fits, else seconds until it would.
+
+        ``interval``: seconds one unit refills; ``burst``: seconds of units the bucket holds.
+        ``force`` takes the cost even when it does not fit (usage known only afterwards).
+        """
+
+    async def put(self, collection: str, key: str, value: str) -> None:
+        """Store ``value`` (a JSON document, say) under ``key`` in ``collection``."""
+
+    async def items(self, collection: str) -> dict[str, str]:
+        """Every key and value of ``collection``."""
+
+    async def delete(self, collection: str, key: str) -> bool:
+        """Remove ``key`` from ``collection``; False when it was not there."""
+
 
 def open_store(config: StateConfig, environ: Mapping[str, str] | None = None) -> StateStore:
     """The store ``[state]`` describes, constructed but not opened."""
@@ -114,6 +132,8 @@ class MemoryStore:
         self._pending: dict[tuple[str, str], dict[str, int]] = {}
         # key -> (value, monotonic expiry)
         self._counters: dict[str, tuple[int, float]] = {}
+        self._records: dict[str, dict[str, str]] = {}
+        self._tats: dict[str, float] = {}
 
     async def open(self) -> None:
         """Nothing to connect to."""
@@ -147,6 +167,28 @@ class MemoryStore:
         self._counters[key] = (value, expires)
         return value
 
+    async def throttle(
+        self, key: str, interval: float, burst: float, cost: float, *, force: bool = False
+    ) -> float:
+        """A token bucket (GCRA): 0 when ``cost`` fits, else seconds until it would."""
+        now = time.time()
+        tat, wait = _gcra(self._tats.get(key, 0.0), now, interval, burst, cost, force)
+        if wait == 0.0:
+            self._tats[key] = tat
+        return wait
+
+    async def put(self, collection: str, key: str, value: str) -> None:
+        """Store ``value`` under ``key`` in ``collection``."""
+        self._records.setdefault(collection, {})[key] = value
+
+    async def items(self, collection: str) -> dict[str, str]:
+        """Every key and value of ``collection``."""
+        return dict(self._records.get(collection, {}))
+
+    async def delete(self, collection: str, key: str) -> bool:
+        """Remove ``key`` from ``collection``; False when it was not there."""
+        return self._records.get(collection, {}).pop(key, None) is not None
+
 
 _SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -167,6 +209,12 @@ CREATE TABLE IF NOT EXISTS counters (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL,
     expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS records (
+    collection TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (collection, key)
 ) WITHOUT ROWID;
 """
 # Purge expired counters once every this many incr calls, so old rate-limit windows do not pile up.
@@ -331,6 +379,64 @@ class SqliteStore:
             _purge_counters(db)
         return int(value)
 
+    async def throttle(
+        self, key: str, interval: float, burst: float, cost: float, *, force: bool = False
+    ) -> float:
+        """A token bucket (GCRA) kept in the file: 0 when ``cost`` fits, else the wait."""
+        return await self._run(self._throttle, key, interval, burst, cost, force)
+
+    def _throttle(self, key: str, interval: float, burst: float, cost: float, force: bool) -> float:
+        db = self._connection()
+        now = time.time()
+        with _transaction(db):
+            row = db.execute(
+                "SELECT value FROM records WHERE collection = 'tat' AND key = ?", (key,)
+            )
+            found = row.fetchone()
+            tat, wait = _gcra(float(found[0]) if found else 0.0, now, interval, burst, cost, force)
+            if wait == 0.0:
+                db.execute(
+                    "INSERT OR REPLACE INTO records (collection, key, value) VALUES ('tat', ?, ?)",
+                    (key, repr(tat)),
+                )
+        return wait
+
+    async def put(self, collection: str, key: str, value: str) -> None:
+        """Store ``value`` under ``key`` in ``collection`` (one committed transaction)."""
+        await self._run(self._put, collection, key, value)
+
+    def _put(self, collection: str, key: str, value: str) -> None:
+        db = self._connection()
+        with _transaction(db):
+            db.execute(
+                "INSERT OR REPLACE INTO records (collection, key, value) VALUES (?, ?, ?)",
+                (collection, key, value),
+            )
+
+    async def items(self, collection: str) -> dict[str, str]:
+        """Every key and value of ``collection``."""
+        return await self._run(self._items, collection)
+
+    def _items(self, collection: str) -> dict[str, str]:
+        rows = (
+            self._connection()
+            .execute("SELECT key, value FROM records WHERE collection = ?", (collection,))
+            .fetchall()
+        )
+        return {str(key): str(value) for key, value in rows}
+
+    async def delete(self, collection: str, key: str) -> bool:
+        """Remove ``key`` from ``collection``; False when it was not there."""
+        return await self._run(self._delete, collection, key)
+
+    def _delete(self, collection: str, key: str) -> bool:
+        db = self._connection()
+        with _transaction(db):
+            cursor = db.execute(
+                "DELETE FROM records WHERE collection = ? AND key = ?", (collection, key)
+            )
+        return cursor.rowcount > 0
+
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
             raise StateError("the SQLite state store is not open")
@@ -364,6 +470,19 @@ def _purge_counters(db: sqlite3.Connection) -> None:
         db.execute("DELETE FROM counters WHERE expires_at <= ?", (time.time(),))
 
 
+# GCRA on Redis's own clock (every replica agrees on it): the stored value is the theoretical
+# arrival time; the key expires when the bucket would be full again.
+_THROTTLE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local new_tat = tat + tonumber(ARGV[1]) * tonumber(ARGV[2])
+local allow_at = new_tat - tonumber(ARGV[3])
+if ARGV[4] == '0' and allow_at > now then return tostring(allow_at - now) end
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1)
+return '0'
+"""
 # Spend keys outlive their month by a comfortable margin, then go by themselves.
 _PERIOD_TTL_MS = 400 * 24 * 3600 * 1000
 _CONNECT_TIMEOUT_SECONDS = 5.0
@@ -395,6 +514,7 @@ class RedisStore:
         self.max_connections = max_connections
         self._client: Redis | None = None
         self._settle_script: AsyncScript | None = None
+        self._throttle_script: AsyncScript | None = None
 
     async def open(self) -> None:
         """Connect and PING; ``StateError`` if the package is missing or Redis is unreachable."""
@@ -476,6 +596,37 @@ class RedisStore:
                 value, _ = await pipe.execute()
         return int(value)
 
+    async def throttle(
+        self, key: str, interval: float, burst: float, cost: float, *, force: bool = False
+    ) -> float:
+        """A token bucket (GCRA) in one Lua script on Redis's clock, shared by every replica."""
+        client = self._redis()
+        if self._throttle_script is None:
+            self._throttle_script = client.register_script(_THROTTLE)
+        with self._errors():
+            wait = await self._throttle_script(
+                keys=[f"{self.key_prefix}tat:{key}"],
+                args=[repr(interval), repr(cost), repr(burst), "1" if force else "0"],
+            )
+        return float(_text(wait))
+
+    async def put(self, collection: str, key: str, value: str) -> None:
+        """Store ``value`` under ``key`` in ``collection`` (one hash per collection)."""
+        with self._errors():
+            await self._redis().hset(f"{self.key_prefix}records:{collection}", key, value)
+
+    async def items(self, collection: str) -> dict[str, str]:
+        """Every key and value of ``collection``."""
+        with self._errors():
+            raw = await self._redis().hgetall(f"{self.key_prefix}records:{collection}")
+        return {_text(key): _text(value) for key, value in raw.items()}
+
+    async def delete(self, collection: str, key: str) -> bool:
+        """Remove ``key`` from ``collection``; False when it was not there."""
+        with self._errors():
+            removed = await self._redis().hdel(f"{self.key_prefix}records:{collection}", key)
+        return bool(removed)
+
     def _key(self, kind: str, scope: str, period: str) -> str:
         return f"{self.key_prefix}{kind}:{scope}:{period}"
 
@@ -492,6 +643,22 @@ class RedisStore:
             yield
         except RedisError as exc:
             raise StateError(f"Redis at {_without_password(self.url)}: {exc}") from exc
+
+
+def _gcra(
+    tat: float, now: float, interval: float, burst: float, cost: float, force: bool
+) -> tuple[float, float]:
+    """The bucket's next theoretical arrival time and the wait (0.0: the cost fits)."""
+    tat = max(tat, now)
+    new_tat = tat + cost * interval
+    allow_at = new_tat - burst
+    if not force and allow_at > now:
+        return tat, allow_at - now
+    return new_tat, 0.0
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def _without_password(url: str) -> str:

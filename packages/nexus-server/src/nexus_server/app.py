@@ -9,18 +9,33 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar, Request, Response, get, post
+from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.handlers import asgi
+from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from nexus_core.adapters import Endpoint
+from nexus_core.auth import presented_key
 from nexus_core.config import BackendConfig
 from nexus_core.errors import GatewayError, model_not_found
 from nexus_core.gateway import Gateway
 from nexus_server import __version__, ollama
+from nexus_server.admin import admin_routes
 from nexus_server.anthropic import CountTokensEndpoint, MessagesEndpoint
-from nexus_server.proxy import REQUEST_ID_KEY, Message, ProxyEndpoint, Receive, Scope, Send
+from nexus_server.dashboard import Dashboard
+from nexus_server.dashboard import route_handlers as dashboard_routes
+from nexus_server.proxy import (
+    REQUEST_ID_KEY,
+    Message,
+    ProxyEndpoint,
+    Receive,
+    Scope,
+    Send,
+    missing_key,
+    send_error,
+)
 
 log = logging.getLogger("nexus.server")
 
@@ -91,11 +106,23 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[byt
 def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
     """The ASGI app: Litestar wrapped in a thin layer that gives every response a request id."""
 
-    @get("/v1/models")
+    def key_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        # With [auth] on, the JSON endpoints need a gateway key (or the admin key) too.
+        keys = gateway.keys
+        if not keys.enabled:
+            return
+        presented = presented_key(
+            connection.headers.get("authorization", "").encode("latin-1") or None,
+            connection.headers.get("x-api-key", "").encode("latin-1") or None,
+        )
+        if keys.identify(presented) is None and not keys.is_admin(presented):
+            raise missing_key(presented)
+
+    @get("/v1/models", guards=[key_guard])
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": gateway.list_models()}
 
-    @get("/v1/models/{model_id:path}")
+    @get("/v1/models/{model_id:path}", guards=[key_guard])
     async def get_model(model_id: FromPath[str]) -> dict[str, Any]:
         model_id = model_id.lstrip("/")
         entry = gateway.get_model(model_id)
@@ -119,19 +146,19 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
     async def metrics() -> str:
         return gateway.monitor.render_prometheus()
 
-    @get("/v1/stats")
+    @get("/v1/stats", guards=[key_guard])
     async def stats() -> dict[str, Any]:
         return gateway.monitor.stats()
 
-    @get("/v1/history")
+    @get("/v1/history", guards=[key_guard])
     async def history() -> dict[str, Any]:
         return {"object": "list", "data": gateway.monitor.history_entries()}
 
-    @get("/api/tags")
+    @get("/api/tags", guards=[key_guard])
     async def ollama_tags() -> dict[str, Any]:
         return ollama.tags(gateway)
 
-    @get("/api/ps")
+    @get("/api/ps", guards=[key_guard])
     async def ollama_ps() -> dict[str, Any]:
         return ollama.ps(gateway)
 
@@ -140,7 +167,7 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
         # The Ollama API version this front door follows; Nexus's own is in /health.
         return {"version": ollama.OLLAMA_API_VERSION, "nexus_version": __version__}
 
-    @post("/api/show", status_code=200)
+    @post("/api/show", status_code=200, guards=[key_guard])
     async def ollama_show(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         try:
             data = await request.json()
@@ -181,8 +208,10 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
         finally:
             await gateway.stop()
 
+    dashboard = Dashboard(gateway)
     litestar_app = Litestar(
         route_handlers=[
+            *dashboard_routes(dashboard),
             list_models,
             get_model,
             health,
@@ -194,6 +223,7 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
             ollama_ps,
             ollama_version,
             ollama_show,
+            *admin_routes(gateway),
             *(proxy_route(path) for path in proxies),
         ],
         exception_handlers={
@@ -207,7 +237,7 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
         debug=False,
     )
     litestar_app.state.gateway = gateway
-    return NexusApp(litestar_app, proxies)
+    return NexusApp(litestar_app, proxies, dashboard)
 
 
 async def _add_default_ollama(gateway: Gateway) -> None:
@@ -227,6 +257,40 @@ async def _add_default_ollama(gateway: Gateway) -> None:
     )
 
 
+CORS_EXPOSED = (
+    b"x-request-id, x-nexus-backend, x-nexus-backend-type, x-nexus-route-reason, "
+    b"x-nexus-privacy-zone, x-nexus-fallback-model, x-nexus-cost-estimated, "
+    b"x-nexus-budget-status, x-nexus-budget-utilization, x-nexus-budget-remaining, retry-after"
+)
+
+
+def _with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), *headers]
+        await send(message)
+
+    return wrapped
+
+
+async def _preflight(scope: Scope, send: Send, headers: list[tuple[bytes, bytes]]) -> None:
+    """Answer a CORS preflight from an allowed origin."""
+    asked = next((v for n, v in scope["headers"] if n == b"access-control-request-headers"), None)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 204,
+            "headers": [
+                *headers,
+                (b"access-control-allow-methods", b"GET, POST, DELETE, OPTIONS"),
+                (b"access-control-allow-headers", asked or b"authorization, content-type"),
+                (b"access-control-max-age", b"600"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": b""})
+
+
 class NexusApp:
     """The outer ASGI app: request ids on every response, proxy paths dispatched directly.
 
@@ -234,27 +298,65 @@ class NexusApp:
     handling, and on the hot path every layer costs requests per second.
     """
 
-    def __init__(self, app: Any, proxies: dict[str, ProxyEndpoint]) -> None:
+    def __init__(
+        self, app: Any, proxies: dict[str, ProxyEndpoint], dashboard: Dashboard | None = None
+    ) -> None:
         self.app = app
         self.proxies = proxies
+        server = getattr(getattr(app, "state", None), "gateway", None)
+        config = server.config.server if server is not None else None
+        self.max_header_bytes: int = config.max_header_bytes if config is not None else 65536
+        #: Origins allowed by ``server.cors_origins`` (None: CORS off, no header is added).
+        self.cors: frozenset[bytes] | None = (
+            frozenset(o.encode("latin-1") for o in config.cors_origins)
+            if config is not None and config.cors_origins
+            else None
+        )
+        self.dashboard = dashboard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "websocket" and scope["path"] == "/ws" and self.dashboard:
+                await self.dashboard.websocket(scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         request_id = None
+        origin = None
+        size = 0
         for name, value in scope["headers"]:
+            size += len(name) + len(value)
             if name == b"x-request-id":
                 if 0 < len(value) <= 200:
                     request_id = value
-                break
+            elif name == b"origin":
+                origin = value
         if request_id is None:
             request_id = os.urandom(16).hex().encode()
         scope[REQUEST_ID_KEY] = request_id
+        extra = [(b"x-request-id", request_id)]
+        if size > self.max_header_bytes:
+            error = GatewayError(
+                431,
+                f"The request's headers are larger than {self.max_header_bytes} bytes",
+                code="request_header_fields_too_large",
+            )
+            await send_error(_with_headers(send, extra), error)
+            return
+        cors = self.cors
+        if cors is not None and origin is not None and (b"*" in cors or origin in cors):
+            extra += [
+                (b"access-control-allow-origin", b"*" if b"*" in cors else origin),
+                (b"vary", b"origin"),
+                (b"access-control-expose-headers", CORS_EXPOSED),
+            ]
+            if scope["method"] == "OPTIONS":
+                await _preflight(scope, send, extra)
+                return
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
+                message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 
         proxy = self.proxies.get(scope["path"])

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 from nexus_core.adapters import Endpoint
+from nexus_core.auth import presented_key
 from nexus_core.errors import GatewayError, payload_too_large
 from nexus_core.failover import ProxyResult, ProxyStream
 from nexus_core.gateway import Gateway
@@ -112,12 +113,18 @@ class ProxyEndpoint:
                 ),
             )
             return
-        # One pass over the headers: the body size, the tier mode and the queue priority.
+        # One pass over the headers: the body size, the tier mode, the queue priority, the key.
         length: bytes | None = None
+        authorization: bytes | None = None
+        api_key: bytes | None = None
         flexible = strict = high = False
         for name, value in scope["headers"]:
             if name == b"content-length":
                 length = value
+            elif name == b"authorization":
+                authorization = value
+            elif name == b"x-api-key":
+                api_key = value
             elif name == b"x-nexus-flexible":
                 flexible = value.strip().lower() == b"true"
             elif name == b"x-nexus-strict":
@@ -126,6 +133,16 @@ class ProxyEndpoint:
                 high = value.strip().lower() == b"high"
             elif name == b"traceparent":
                 record.traceparent = value.decode("latin-1")
+        keys = self.gateway.keys
+        if keys.enabled:
+            presented = presented_key(authorization, api_key)
+            found = keys.identify(presented)
+            if found is None:
+                await self.reject(send, record, missing_key(presented))
+                return
+            record.api_key = found
+        if authorization is not None:
+            record.client_auth = authorization.decode("latin-1")
         try:
             body = await self._read_body(length, receive)
         except GatewayError as error:
@@ -240,6 +257,21 @@ class ProxyEndpoint:
                 raise payload_too_large(limit)
             parts.append(chunk)
         return b"".join(parts)
+
+
+def missing_key(presented: str | None) -> GatewayError:
+    """401 for a request without a valid gateway key (the key itself is never echoed)."""
+    if presented is None:
+        message = "An API key is required: send it as Authorization: Bearer <key> or x-api-key"
+    else:
+        message = "The API key is not valid"
+    return GatewayError(
+        401,
+        message,
+        type="authentication_error",
+        code="invalid_api_key",
+        headers={"WWW-Authenticate": 'Bearer realm="nexus"'},
+    )
 
 
 def route_headers(result: ProxyResult) -> list[tuple[bytes, bytes]]:

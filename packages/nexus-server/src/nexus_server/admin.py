@@ -1,0 +1,220 @@
+"""The admin API under ``/admin/``: backends and gateway keys of the running server.
+
+Every call needs the admin key (``[auth] admin_key_env``) as ``Authorization: Bearer`` or
+``x-api-key``; with no admin key configured, only clients on this machine (loopback) are
+answered. Backends added here are kept in the state store and come back after a restart;
+keys made here are kept as digests, their plaintext shown once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+from urllib.parse import urlsplit
+
+from litestar import Request, Response, delete, get, post
+from litestar.params import FromPath
+from pydantic import ValidationError
+
+from nexus_core.adapters import BackendStatus
+from nexus_core.auth import KeyRingError, presented_key
+from nexus_core.config import BackendConfig
+from nexus_core.errors import GatewayError
+from nexus_core.gateway import Gateway, _name_from_url
+
+#: Fields ``POST /admin/backends`` accepts.
+BACKEND_FIELDS = frozenset(
+    {"url", "name", "type", "zone", "tier", "priority", "max_concurrent", "api_key_env"}
+)
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether a client address is this machine's."""
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def check_admin(gateway: Gateway, request: Request[Any, Any, Any]) -> None:
+    """Raise 401/403 unless the request may use the admin API."""
+    keys = gateway.keys
+    presented = presented_key(
+        request.headers.get("authorization", "").encode("latin-1") or None,
+        request.headers.get("x-api-key", "").encode("latin-1") or None,
+    )
+    if keys.admin_digest is not None:
+        if keys.is_admin(presented):
+            return
+        raise GatewayError(
+            401,
+            "The admin API needs the admin key (Authorization: Bearer or x-api-key)",
+            type="authentication_error",
+            code="invalid_admin_key",
+        )
+    client = request.client.host if request.client else None
+    if not is_loopback(client):
+        raise GatewayError(
+            403,
+            "The admin API answers clients on this machine only, unless [auth] admin_key_env "
+            "names an admin key",
+            type="permission_error",
+            code="admin_loopback_only",
+        )
+
+
+def _backend_or_404(gateway: Gateway, name: str) -> Any:
+    backend = gateway.registry.get(name)
+    if backend is None:
+        raise GatewayError(404, f"No backend named '{name}'", code="backend_not_found")
+    return backend
+
+
+def _checked_url(url: Any) -> str:
+    if not isinstance(url, str) or not url:
+        raise GatewayError(400, "'url' is required", param="url")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise GatewayError(
+            400, f"'{url}' is not an http(s) URL with a host", param="url", code="invalid_url"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise GatewayError(
+            400,
+            "The URL holds credentials; give the key through api_key_env instead",
+            param="url",
+            code="credentials_in_url",
+        )
+    return url
+
+
+def admin_routes(gateway: Gateway) -> list[Any]:
+    """The admin route handlers, bound to ``gateway``."""
+
+    @get("/admin/backends")
+    async def list_backends(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        check_admin(gateway, request)
+        return {"object": "list", "data": gateway.backends()}
+
+    @post("/admin/backends", status_code=201)
+    async def add_backend(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        check_admin(gateway, request)
+        try:
+            body = await request.json()
+        except Exception:
+            raise GatewayError(400, "The body is not valid JSON", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise GatewayError(400, "The body must be a JSON object")
+        unknown = sorted(set(body) - BACKEND_FIELDS)
+        if unknown:
+            raise GatewayError(
+                400,
+                f"Unknown field(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(BACKEND_FIELDS))}",
+            )
+        url = _checked_url(body.get("url"))
+        fields = {k: v for k, v in body.items() if v is not None}
+        fields.setdefault("name", _name_from_url(url))
+        try:
+            config = BackendConfig(**fields)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in error['loc']) or 'body'}: {error['msg']}"
+                for error in exc.errors()
+            )
+            raise GatewayError(400, f"Invalid backend: {problems}") from None
+        backend = await gateway.add_backend(config, source="admin")
+        await gateway.save_backend(backend)
+        snapshot: dict[str, Any] = backend.snapshot()
+        return snapshot
+
+    @delete("/admin/backends/{name:str}", status_code=200)
+    async def remove_backend(
+        request: Request[Any, Any, Any], name: FromPath[str]
+    ) -> dict[str, Any]:
+        check_admin(gateway, request)
+        _backend_or_404(gateway, name)
+        await gateway.remove_backend(name)
+        await gateway.forget_backend(name)
+        return {"removed": name}
+
+    @post("/admin/backends/{name:str}/drain", status_code=200)
+    async def drain_backend(request: Request[Any, Any, Any], name: FromPath[str]) -> dict[str, Any]:
+        check_admin(gateway, request)
+        backend = _backend_or_404(gateway, name)
+        gateway.registry.set_status(backend, BackendStatus.DRAINING, "drained by the admin API")
+        snapshot: dict[str, Any] = backend.snapshot()
+        return snapshot
+
+    @post("/admin/backends/{name:str}/resume", status_code=200)
+    async def resume_backend(
+        request: Request[Any, Any, Any], name: FromPath[str]
+    ) -> dict[str, Any]:
+        check_admin(gateway, request)
+        backend = _backend_or_404(gateway, name)
+        gateway.registry.set_status(backend, BackendStatus.UNKNOWN, "resumed by the admin API")
+        await gateway.resume_backend(backend)
+        snapshot: dict[str, Any] = backend.snapshot()
+        return snapshot
+
+    @get("/admin/models")
+    async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        check_admin(gateway, request)
+        return {"object": "list", "data": gateway.list_models()}
+
+    @get("/admin/keys")
+    async def list_keys(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        check_admin(gateway, request)
+        return {"object": "list", "data": [key.public() for key in gateway.keys.listing()]}
+
+    @post("/admin/keys", status_code=201)
+    async def create_key(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+        check_admin(gateway, request)
+        try:
+            body = await request.json()
+        except Exception:
+            raise GatewayError(400, "The body is not valid JSON", code="invalid_json") from None
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+            raise GatewayError(400, "'name' is required", param="name")
+        models = body.get("models")
+        if models is not None and not isinstance(models, list):
+            raise GatewayError(400, "'models' must be a list of globs", param="models")
+        try:
+            key, plaintext = await gateway.keys.create(
+                body["name"],
+                models=models,
+                requests_per_minute=body.get("requests_per_minute"),
+                tokens_per_minute=body.get("tokens_per_minute"),
+                monthly_budget_usd=body.get("monthly_budget_usd"),
+            )
+        except KeyRingError as exc:
+            raise GatewayError(exc.status, exc.message) from None
+        # The plaintext leaves once, in this answer; it is never stored or logged.
+        return Response(
+            {**key.public(), "key": plaintext},
+            status_code=201,
+            headers={"Cache-Control": "no-store"},
+        )
+
+    @delete("/admin/keys/{name:str}", status_code=200)
+    async def revoke_key(request: Request[Any, Any, Any], name: FromPath[str]) -> dict[str, Any]:
+        check_admin(gateway, request)
+        try:
+            await gateway.keys.revoke(name)
+        except KeyRingError as exc:
+            raise GatewayError(exc.status, exc.message) from None
+        return {"revoked": name}
+
+    return [
+        list_backends,
+        add_backend,
+        remove_backend,
+        drain_backend,
+        resume_backend,
+        list_models,
+        list_keys,
+        create_key,
+        revoke_key,
+    ]

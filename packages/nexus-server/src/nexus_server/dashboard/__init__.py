@@ -1,0 +1,71 @@
+"""The dashboard: ``/`` (server-rendered, then live), ``/ws``, ``/dashboard/snapshot``, assets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from litestar import MediaType, Response, get
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.static_files import create_static_files_router
+
+from nexus_core.errors import GatewayError
+from nexus_server.dashboard.live import Dashboard, origin_allowed, viewer_allowed
+from nexus_server.dashboard.render import render_page
+
+__all__ = ["Dashboard", "origin_allowed", "render_page", "route_handlers"]
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+#: Only the page's own script, style and WebSocket: a value that slipped through escaping
+#: could still not run or load anything.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def route_handlers(dashboard: Dashboard) -> list[Any]:
+    """The Litestar handlers of the dashboard's HTTP side (``/ws`` is dispatched by NexusApp)."""
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        client = connection.client
+        headers = [
+            (k.encode("latin-1"), v.encode("latin-1")) for k, v in connection.headers.items()
+        ]
+        if not viewer_allowed(
+            dashboard.gateway, (client.host, client.port) if client else None, headers
+        ):
+            raise GatewayError(
+                401,
+                "With [auth] on, the dashboard needs a gateway or admin key, or a client on "
+                "this machine",
+                type="authentication_error",
+                code="invalid_api_key",
+            )
+
+    @get("/", include_in_schema=False, guards=[guard])
+    async def page() -> Response[str]:
+        return Response(
+            render_page(dashboard.snapshot()),
+            media_type=MediaType.HTML,
+            headers={
+                "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+                "Cache-Control": "no-store",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
+
+    @get("/dashboard/snapshot", include_in_schema=False, guards=[guard])
+    async def snapshot() -> Response[dict[str, Any]]:
+        return Response(dashboard.snapshot(), headers={"Cache-Control": "no-store"})
+
+    assets = create_static_files_router(
+        path="/dashboard/static",
+        directories=[STATIC],
+        include_in_schema=False,
+        cache_control=None,
+        name="dashboard-static",
+    )
+    return [page, snapshot, assets]

@@ -1,0 +1,247 @@
+"""The server-rendered dashboard page: the whole current state, readable without JavaScript.
+
+Every value that comes from a backend or a client goes through ``html.escape`` (``_e``); the
+page's script later rebuilds the same markup with ``textContent``, never ``innerHTML``.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from html import escape
+from typing import Any
+
+from nexus_server import __version__
+
+#: Backend statuses with a colour of their own; anything else is drawn as ``unknown``.
+STATUSES = frozenset({"unknown", "healthy", "unhealthy", "loading", "draining"})
+#: Seconds between reloads of the page when JavaScript is off.
+REFRESH_SECONDS = 5
+#: Points drawn per chart (the last five minutes at one point per 2 s).
+CHART_POINTS = 150
+CHART_WIDTH = 120
+CHART_HEIGHT = 28
+#: Shown for a missing value.
+DASH = "\u2013"
+
+
+def _e(value: Any) -> str:
+    return escape("" if value is None else str(value), quote=True)
+
+
+def _status(value: Any) -> str:
+    return value if value in STATUSES else "unknown"
+
+
+def _ms(value: Any) -> str:
+    if value is None:
+        return DASH
+    return f"{value:.0f} ms" if value >= 10 else f"{value:.1f} ms"
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return DASH
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _time(iso: Any) -> str:
+    text = str(iso or "")
+    return text[11:19] if len(text) >= 19 else text
+
+
+def sparkline(values: list[float]) -> str:
+    """The ``points`` of an SVG polyline drawing ``values`` (the top is their maximum)."""
+    if not values:
+        return ""
+    top = max(values) or 1.0
+    step = CHART_WIDTH / max(1, len(values) - 1)
+    return " ".join(
+        f"{i * step:.1f},{CHART_HEIGHT - 1 - (v / top) * (CHART_HEIGHT - 2):.1f}"
+        for i, v in enumerate(values)
+    )
+
+
+def _chart(label: str, key: str, points: list[dict[str, Any]], unit: str) -> str:
+    values = [float(p.get(key) or 0) for p in points[-CHART_POINTS:]]
+    peak = max(values, default=0.0)
+    return (
+        f'<figure class="chart chart-{key}"><figcaption>{_e(label)} peak '
+        f"<b>{peak:g}{unit}</b></figcaption>"
+        f'<svg viewBox="0 0 {CHART_WIDTH} {CHART_HEIGHT}" preserveAspectRatio="none" '
+        f'role="img" aria-label="{_e(label)}, last 5 minutes, peak {peak:g}{unit}">'
+        f'<polyline points="{sparkline(values)}"/></svg></figure>'
+    )
+
+
+def _card(backend: dict[str, Any], points: list[dict[str, Any]]) -> str:
+    status = _status(backend.get("status"))
+    pending = _number(backend.get("pending"))
+    if backend.get("max_concurrent"):
+        pending += f" / {_number(backend['max_concurrent'])}"
+    models = backend.get("models") or []
+    model_items = "".join(f"<li>{_e(m.get('id'))}</li>" for m in models)
+    error = backend.get("last_error")
+    return (
+        f'<article class="card" data-backend="{_e(backend.get("name"))}">'
+        f"<header><h3>{_e(backend.get('name'))}</h3>"
+        f'<span class="pill status-{status}">{_e(status)}</span></header>'
+        '<dl class="facts">'
+        f"<div><dt>Type</dt><dd>{_e(backend.get('type'))}</dd></div>"
+        f"<div><dt>Zone</dt><dd>{_e(backend.get('zone'))}</dd></div>"
+        f"<div><dt>Latency</dt><dd>{_ms(backend.get('latency_ms'))}</dd></div>"
+        f"<div><dt>Pending</dt><dd>{_e(pending)}</dd></div>"
+        "</dl>"
+        + (f'<p class="error">{_e(error)}</p>' if error else "")
+        + '<div class="charts">'
+        + _chart("req/s", "rps", points, "")
+        + _chart("p95", "p95_ms", points, " ms")
+        + _chart("errors", "errors", points, "")
+        + "</div>"
+        f'<p class="models-title">{len(models)} model{"" if len(models) == 1 else "s"}</p>'
+        f'<ul class="models">{model_items}</ul></article>'
+    )
+
+
+def _matrix(backends: list[dict[str, Any]]) -> str:
+    models = sorted({m.get("id") for b in backends for m in b.get("models") or []} - {None})
+    if not models or not backends:
+        return '<p class="empty">No models yet.</p>'
+    head = "".join(f'<th scope="col">{_e(b.get("name"))}</th>' for b in backends)
+    rows = []
+    for model in models:
+        cells = []
+        for backend in backends:
+            if any(m.get("id") == model for m in backend.get("models") or []):
+                status = _status(backend.get("status"))
+                cells.append(
+                    f'<td class="cell status-{status}"><span aria-hidden="true">●</span>'
+                    f'<span class="visually-hidden">{status}</span></td>'
+                )
+            else:
+                cells.append('<td class="cell"></td>')
+        rows.append(f'<tr><th scope="row">{_e(model)}</th>{"".join(cells)}</tr>')
+    return (
+        f'<table class="matrix"><thead><tr><th scope="col">Model</th>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+HISTORY_COLUMNS = ("Time", "Model", "Backend", "Status", "Duration", "Tokens", "Error")
+
+
+def _history(entries: list[dict[str, Any]]) -> str:
+    rows = []
+    for entry in entries:
+        status = entry.get("status") or 0
+        tokens = ""
+        if entry.get("prompt_tokens") is not None or entry.get("completion_tokens") is not None:
+            tokens = f"{entry.get('prompt_tokens') or 0}/{entry.get('completion_tokens') or 0}"
+        failed = status >= 400 or entry.get("error")
+        stamp = entry.get("time")
+        rows.append(
+            f'<tr class="{"failed" if failed else "ok"}">'
+            f'<td><time datetime="{_e(stamp)}">{_e(_time(stamp))}</time></td>'
+            f"<td>{_e(entry.get('model'))}</td><td>{_e(entry.get('backend') or DASH)}</td>"
+            f"<td>{_e(status)}</td><td>{_ms(entry.get('duration_ms'))}</td>"
+            f"<td>{_e(tokens)}</td><td>{_e(entry.get('error') or '')}</td></tr>"
+        )
+    head = "".join(f'<th scope="col">{name}</th>' for name in HISTORY_COLUMNS)
+    return f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody>"
+
+
+def _widgets(snapshot: dict[str, Any]) -> str:
+    stats = snapshot.get("stats") or {}
+    requests = stats.get("requests") or {}
+    budget = stats.get("budget")
+    queue = stats.get("queue")
+    if budget:
+        limit = budget.get("limit_usd")
+        spent = f"${budget.get('spent_usd', 0):.4f}"
+        budget_text = f"{spent} of ${limit:g}" if limit is not None else f"{spent} (no limit)"
+        budget_note = f"{budget.get('status')} · {budget.get('period')}"
+    else:
+        budget_text, budget_note = DASH, "not configured"
+    if queue and queue.get("enabled"):
+        queue_text = f"{queue.get('depth')} / {queue.get('max_size')}"
+        queue_note = f"max wait {queue.get('max_wait_seconds'):g} s"
+    else:
+        queue_text, queue_note = "off", "requests are not queued"
+    widgets = (
+        (
+            "requests",
+            "Requests",
+            str(requests.get("total", 0)),
+            f"{requests.get('errors', 0)} errors",
+        ),
+        ("budget", "Budget", budget_text, budget_note),
+        ("queue", "Queue", queue_text, queue_note),
+    )
+    return "".join(
+        f'<div class="widget" id="widget-{key}"><h3>{title}</h3>'
+        f'<p class="value">{_e(value)}</p><p class="note">{_e(note)}</p></div>'
+        for key, title, value, note in widgets
+    )
+
+
+def render_page(snapshot: dict[str, Any]) -> str:
+    """The whole page for ``snapshot`` (``Dashboard.snapshot()``)."""
+    backends = snapshot.get("backends") or []
+    series = snapshot.get("series") or {}
+    health = snapshot.get("health") or {}
+    overall = health.get("status", "unknown")
+    overall_class = {"healthy": "healthy", "degraded": "loading"}.get(overall, "unhealthy")
+    stamp = datetime.fromtimestamp(snapshot.get("time") or time.time(), UTC)
+    cards = "".join(_card(b, series.get(b.get("name"), [])) for b in backends)
+    if not cards:
+        cards = '<p class="empty">No backends configured.</p>'
+    history = snapshot.get("history") or []
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="color-scheme" content="light dark">
+<title>Nexus dashboard</title>
+<link rel="stylesheet" href="/dashboard/static/dashboard.css">
+<noscript><meta http-equiv="refresh" content="{REFRESH_SECONDS}"></noscript>
+<script src="/dashboard/static/dashboard.js" defer></script>
+</head>
+<body>
+<a class="skip" href="#requests">Skip to recent requests</a>
+<header class="top">
+<h1>Nexus</h1>
+<span id="health" class="pill status-{overall_class}">{_e(overall)}</span>
+<span id="connection" class="connection" role="status" aria-live="polite">snapshot
+ <time datetime="{stamp.isoformat(timespec="seconds")}">{stamp:%H:%M:%S} UTC</time>,
+ refreshed every {REFRESH_SECONDS} s</span>
+</header>
+<main>
+<section aria-labelledby="summary-title">
+<h2 id="summary-title" class="visually-hidden">Summary</h2>
+<div id="widgets" class="widgets">{_widgets(snapshot)}</div>
+</section>
+<section aria-labelledby="backends-title">
+<h2 id="backends-title">Backends
+<span id="backend-count" class="count">{len(backends)}</span></h2>
+<div id="backends" class="cards">{cards}</div>
+</section>
+<section aria-labelledby="models-title">
+<h2 id="models-title">Models &#215; backends</h2>
+<div id="matrix" class="scroll" tabindex="0" role="region" aria-labelledby="models-title">
+{_matrix(backends)}</div>
+</section>
+<section id="requests" aria-labelledby="requests-title">
+<h2 id="requests-title">Last requests
+<span id="request-count" class="count">{len(history)}</span></h2>
+<div class="scroll" tabindex="0" role="region" aria-labelledby="requests-title">
+<table id="history" class="history">{_history(history)}</table>
+</div>
+</section>
+</main>
+<footer>Nexus {_e(__version__)} · <a href="/v1/stats">/v1/stats</a> ·
+<a href="/v1/history">/v1/history</a> · <a href="/metrics">/metrics</a> ·
+<a href="/dashboard/snapshot">snapshot JSON</a></footer>
+</body>
+</html>
+"""

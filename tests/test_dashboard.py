@@ -1,0 +1,248 @@
+"""The dashboard in a real browser: Debian's chromium driven headless by Playwright.
+
+Skipped when /usr/bin/chromium is missing, except under CI (``.ci/run`` installs it), where a
+missing browser fails the run. Screenshots go to ``$NEXUS_TEST_ARTIFACTS/dashboard`` (or a pytest
+temporary directory); docs/images/ holds one committed copy of each.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from nexus_core.testing import FakeBackend
+from nexus_server.testing import RunningServer, running_server
+from tests.conftest import gateway_config
+
+CHROMIUM = Path("/usr/bin/chromium")
+EVIL = "<img src=x onerror=alert(1)>"
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists() and not os.environ.get("CI"),
+    reason="Debian's chromium is not installed (.ci/run installs it)",
+)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless chromium for the module."""
+    assert CHROMIUM.exists(), "CI needs /usr/bin/chromium: apt-get install chromium"
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True
+        )
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+@pytest.fixture
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where screenshots are written."""
+    root = os.environ.get("NEXUS_TEST_ARTIFACTS")
+    base = Path(root) if root else tmp_path_factory.getbasetemp() / "artifacts"
+    out = base / "dashboard"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[RunningServer, list[FakeBackend]]]:
+    """A server with two backends; one of them lists a model named like an XSS attempt."""
+    alpha = FakeBackend("alpha", models=["llama3.2:3b", EVIL])
+    beta = FakeBackend("beta", models=["llama3.2:3b", "qwen2.5:7b"])
+    with alpha.running(), beta.running(), running_server(gateway_config(alpha, beta)) as running:
+        yield running, [alpha, beta]
+
+
+def chat(server: RunningServer, model: str = "llama3.2:3b") -> str:
+    """One chat completion through the OpenAI SDK; its request id."""
+    client = openai.OpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": "hello"}]
+    )
+    return str(raw.headers["x-request-id"])
+
+
+def open_page(
+    browser: Any, url: str, *, bypass_csp: bool = True, **context: Any
+) -> tuple[Any, list[str]]:
+    """A page on ``url`` and the list of dialogs it opens (an XSS would open one).
+
+    The page's Content-Security-Policy is bypassed: Playwright's polling needs eval, and the
+    escaping must hold on its own, without the policy's help.
+    """
+    page = browser.new_context(bypass_csp=bypass_csp, **context).new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.goto(url)
+    return page, dialogs
+
+
+def test_page_shows_backends_and_goes_live(browser: Any, server: Any) -> None:
+    running, _ = server
+    # Under the page's own Content-Security-Policy: the script and the WebSocket are allowed.
+    page, dialogs = open_page(browser, running.url + "/", bypass_csp=False)
+    expect(page.locator("#connection")).to_have_text("live")
+    cards = page.locator("#backends article.card")
+    assert sorted(cards.evaluate_all("cs => cs.map(c => c.dataset.backend)")) == ["alpha", "beta"]
+    alpha = page.locator('[data-backend="alpha"]')
+    assert alpha.locator(".pill").inner_text() == "healthy"
+    assert "llama3.2:3b" in alpha.locator(".models").inner_text()
+    # The matrix: one row per model, one column per backend.
+    assert page.locator("#matrix tbody tr").count() == 3
+    assert page.locator("#widget-requests .value").inner_text() == "0"
+    assert dialogs == []
+
+
+def test_malicious_model_name_renders_as_text(browser: Any, server: Any) -> None:
+    running, _ = server
+    page, dialogs = open_page(browser, running.url + "/")
+    page.wait_for_function("document.getElementById('connection').textContent === 'live'")
+    names = page.locator('[data-backend="alpha"] .models li').all_inner_texts()
+    assert EVIL in names
+    assert EVIL in page.locator("#matrix").inner_text()
+    assert page.locator("main img").count() == 0
+    page.wait_for_timeout(300)
+    assert dialogs == []
+
+
+def test_backend_added_at_run_time_appears_without_reload(browser: Any, server: Any) -> None:
+    running, _ = server
+    page, _ = open_page(browser, running.url + "/")
+    page.wait_for_function("document.getElementById('connection').textContent === 'live'")
+    page.evaluate("window.notReloaded = true")
+    with FakeBackend("gamma", models=["phi4"]).running() as gamma:
+        running.call(running.gateway.add_backend({"name": "gamma", "url": gamma.url}))
+        page.locator('[data-backend="gamma"]').wait_for(timeout=3000)
+        assert "phi4" in page.locator('[data-backend="gamma"] .models').inner_text()
+        assert page.locator("#backend-count").inner_text() == "3"
+        assert page.evaluate("window.notReloaded") is True
+        running.call(running.gateway.remove_backend("gamma"))
+        page.locator('[data-backend="gamma"]').wait_for(state="detached", timeout=3000)
+
+
+def test_request_appears_in_history_within_two_seconds(browser: Any, server: Any) -> None:
+    running, _ = server
+    page, _ = open_page(browser, running.url + "/")
+    page.wait_for_function("document.getElementById('connection').textContent === 'live'")
+    request_id = chat(running)
+    started = time.monotonic()
+    row = page.locator(f'#history tr[data-request-id="{request_id}"]')
+    row.wait_for(timeout=2000)
+    assert time.monotonic() - started < 2.0
+    cells = row.locator("td").all_inner_texts()
+    assert cells[1:4] == ["llama3.2:3b", "alpha", "200"]
+    # The next stats tick brings the counters and a chart point (one point per 2 s).
+    page.wait_for_function(
+        "document.querySelector('#widget-requests .value').textContent === '1'", timeout=4000
+    )
+
+
+def test_polling_fallback_when_the_websocket_fails(browser: Any, server: Any) -> None:
+    running, _ = server
+    context = browser.new_context(bypass_csp=True)
+    context.route_web_socket("**/ws", lambda ws: ws.close())
+    page = context.new_page()
+    page.goto(running.url + "/")
+    page.wait_for_function(
+        "document.getElementById('connection').textContent.startsWith('polling')", timeout=5000
+    )
+    request_id = chat(running)
+    page.locator(f'#history tr[data-request-id="{request_id}"]').wait_for(timeout=5000)
+
+
+def test_websocket_from_another_origin_is_refused(server: Any) -> None:
+    running, _ = server
+    response = httpx.get(
+        running.url + "/ws",
+        headers={
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            "Origin": "http://evil.example",
+        },
+    )
+    assert response.status_code == 403
+
+
+def test_page_without_javascript(browser: Any, server: Any) -> None:
+    running, _ = server
+    chat(running)
+    page, dialogs = open_page(browser, running.url + "/", java_script_enabled=False)
+    assert page.locator("#backends article.card").count() == 2
+    assert EVIL in page.locator('[data-backend="alpha"] .models').inner_text()
+    assert page.locator("#history tbody tr").count() == 1
+    assert page.locator("noscript").count() == 1
+    html = page.content()
+    assert 'http-equiv="refresh"' in html
+    assert page.locator("main img").count() == 0
+    assert dialogs == []
+
+
+def test_keyboard_and_phone_width(browser: Any, server: Any) -> None:
+    running, _ = server
+    page, _ = open_page(
+        browser, running.url + "/", viewport={"width": 360, "height": 740}, is_mobile=True
+    )
+    page.wait_for_function("document.getElementById('connection').textContent === 'live'")
+    # Nothing wider than the phone: tables scroll inside their own region.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip"
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    focused = page.evaluate("document.activeElement.getAttribute('role')")
+    assert focused == "region"
+
+
+def test_first_render_is_fast(browser: Any, server: Any) -> None:
+    running, _ = server
+    page, _ = open_page(browser, running.url + "/")
+    paint = page.evaluate(
+        """new Promise(resolve => new PerformanceObserver(list => {
+            const entry = list.getEntriesByName('first-contentful-paint')[0];
+            if (entry) resolve(entry.startTime);
+        }).observe({type: 'paint', buffered: true}))"""
+    )
+    print(f"first contentful paint: {paint:.0f} ms")
+    # 200 ms locally; a loaded CI machine gets some slack.
+    assert paint is not None
+    assert paint < 1000
+
+
+def test_screenshots(browser: Any, server: Any, artifacts: Path) -> None:
+    running, _ = server
+    for _ in range(6):
+        chat(running)
+        chat(running, "qwen2.5:7b")
+    sizes = {
+        "light": {"viewport": {"width": 1280, "height": 900}, "color_scheme": "light"},
+        "dark": {"viewport": {"width": 1280, "height": 900}, "color_scheme": "dark"},
+        "phone": {
+            "viewport": {"width": 360, "height": 740},
+            "color_scheme": "light",
+            "is_mobile": True,
+            "device_scale_factor": 2,
+        },
+    }
+    time.sleep(2.2)  # one complete chart step with traffic in it
+    for name, options in sizes.items():
+        page, _ = open_page(browser, running.url + "/", **options)
+        page.wait_for_function("document.getElementById('connection').textContent === 'live'")
+        path = artifacts / f"dashboard-{name}.png"
+        page.screenshot(path=str(path), full_page=name != "phone")
+        assert path.stat().st_size > 10_000
+        background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert (background == "rgb(13, 17, 23)") == (name == "dark")
