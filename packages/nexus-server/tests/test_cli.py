@@ -6,12 +6,14 @@ import dataclasses
 import inspect
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import tomllib
+import typing
 from pathlib import Path
 
 import httpx
@@ -81,7 +83,7 @@ def test_cli_module_imports_no_server_or_config_code() -> None:
     code = (
         "import sys, nexus_server.cli; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & "
-        "{'litestar', 'uvicorn', 'pydantic', 'nexus_core'}))"
+        "{'litestar', 'uvicorn', 'pydantic', 'nexus_core', 'httpx'}))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
@@ -460,9 +462,39 @@ def _commands(parent: App, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str
 def test_every_command_and_flag_is_on_the_cli_page() -> None:
     text = CLI_PAGE.read_text(encoding="utf-8")
     commands = _commands(app)
-    assert {path for path, _ in commands} >= {("serve",), ("config", "init"), ("plugins",)}
+    assert {path for path, _ in commands} >= {
+        *(("serve",), ("config", "init"), ("plugins",), ("models",), ("health",)),
+        *(("backends", "list"), ("backends", "add"), ("backends", "remove")),
+        *(("backends", "drain"), ("keys", "create"), ("keys", "list"), ("keys", "revoke")),
+    }
     for path, command in commands:
         assert f"## `nexus {' '.join(path)}`" in text, path
         for argument in command.assemble_argument_collection():
             if argument.field_info.kind is inspect.Parameter.KEYWORD_ONLY:
                 assert f"`{argument.names[0]}" in text, (path, argument.names[0])
+
+
+def test_the_generated_help_matches_the_cli_page(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each command's section shows its usage, and every flag and variable its ``--help`` shows."""
+    text = CLI_PAGE.read_text(encoding="utf-8")
+    for path, command in _commands(app):
+        section = text.split(f"## `nexus {' '.join(path)}`", 1)[1].split("\n## ", 1)[0]
+        usage = section.split("```\n", 2)[1]
+        assert usage.startswith(f"nexus {' '.join(path)}"), path
+        positional = set()
+        for argument in command.assemble_argument_collection():
+            if argument.field_info.kind is inspect.Parameter.KEYWORD_ONLY:
+                continue
+            name = argument.names[0].lstrip("-").upper()
+            positional.add(argument.names[0])
+            choices = typing.get_args(argument.hint)
+            assert name in usage or "|".join(choices) in usage, (path, name)
+        capsys.readouterr()
+        app([*path, "--help"], result_action="return_value")
+        help_text = capsys.readouterr().out
+        flags = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", help_text)) - {"--help", *positional}
+        for flag in flags:
+            assert flag in usage, (path, flag)
+            assert f"`{flag}" in section or "--url" in flag, (path, flag)
+        for variable in re.findall(r"env var: (\w+)", help_text):
+            assert f"`{variable}`" in text, (path, variable)

@@ -11,15 +11,18 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from cyclopts import App, Parameter
 
 from nexus_server import __version__
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from nexus_core.config import NexusConfig
     from nexus_core.plugins import PluginInfo
+    from nexus_server.client import NexusClient
 
 app = App(
     name="nexus",
@@ -30,6 +33,18 @@ app = App(
 )
 config_app = App(name="config", help="Write and check configuration files.")
 app.command(config_app)
+backends_app = App(
+    name="backends", help="List, add, remove and drain the backends of a running Nexus."
+)
+app.command(backends_app)
+keys_app = App(name="keys", help="Create, list and revoke the API keys of a running Nexus.")
+app.command(keys_app)
+
+DEFAULT_URL = "http://localhost:8000"
+#: ``--url``: the Nexus to talk to; $NEXUS_URL when the flag is not given.
+ServerUrl = Annotated[str, Parameter(name="--url", env_var="NEXUS_URL")]
+JsonFlag = Annotated[bool, Parameter(name="--json")]
+BackendStatusName = Literal["healthy", "unhealthy", "loading", "unknown", "draining"]
 
 
 def _error(line: str) -> None:
@@ -317,6 +332,334 @@ def completions(shell: Literal["bash", "zsh", "fish"]) -> int:
     """
     sys.stdout.write(app.generate_completion(prog_name="nexus", shell=shell))
     return 0
+
+
+# --- commands that talk to a running server ----------------------------------------------------
+# Each opens one client, makes its calls and prints; a failed call is one "error: ..." line on
+# standard error and exit status 1 (2 for `nexus health`: no answer is as bad as unhealthy).
+
+
+def _remote(url: str, command: Callable[[NexusClient], int], *, failure: int = 1) -> int:
+    from nexus_server.client import ClientError, NexusClient
+
+    try:
+        with NexusClient(url) as nexus:
+            return command(nexus)
+    except ClientError as exc:
+        _error(f"error: {exc.message}")
+        return failure
+    except KeyboardInterrupt:
+        return 130
+
+
+def _path_segment(name: str) -> str:
+    from urllib.parse import quote
+
+    return quote(name, safe="")
+
+
+@backends_app.command(name="list")
+def backends_list(
+    *,
+    url: ServerUrl = DEFAULT_URL,
+    json_output: JsonFlag = False,
+    status: BackendStatusName | None = None,
+) -> int:
+    """List the backends: type, status, zone, tier, priority, load, latency and models.
+
+    Parameters
+    ----------
+    url
+        The Nexus to talk to.
+    json_output
+        Print the backends as a JSON array instead of a table.
+    status
+        Only the backends with this status.
+    """
+    from nexus_server import client
+
+    def command(nexus: NexusClient) -> int:
+        backends = client.list_data(nexus.get("/admin/backends"), "backend list")
+        if status is not None:
+            backends = [b for b in backends if b.get("status") == status]
+        if json_output:
+            client.print_json(backends)
+        else:
+            print(client.backend_table(backends, colour=client.use_colour()))
+        return 0
+
+    return _remote(url, command)
+
+
+@backends_app.command(name="add")
+def backends_add(
+    backend_url: Annotated[str, Parameter(name="URL")],
+    /,
+    *,
+    url: ServerUrl = DEFAULT_URL,
+    name: str | None = None,
+    backend_type: Annotated[str | None, Parameter(name="--type")] = None,
+    zone: Literal["restricted", "open"] | None = None,
+    tier: int | None = None,
+    priority: int | None = None,
+    json_output: JsonFlag = False,
+) -> int:
+    """Add a backend at URL; Nexus probes it (and detects its type) before answering.
+
+    Parameters
+    ----------
+    backend_url
+        Base URL of the inference server, e.g. http://gpu-box:11434.
+    url
+        The Nexus to talk to.
+    name
+        Name of the backend (default: the server derives one from the URL).
+    backend_type
+        Backend type (ollama, vllm, llamacpp, generic, ...); default: detected by probing.
+    zone
+        Privacy zone of the backend.
+    tier
+        Capability tier, 1-5.
+    priority
+        Routing priority (lower is preferred).
+    json_output
+        Print the new backend as JSON instead of one line.
+    """
+    from nexus_server import client
+
+    body: dict[str, Any] = {"url": backend_url}
+    fields = {"name": name, "type": backend_type, "zone": zone, "tier": tier, "priority": priority}
+    body.update({key: value for key, value in fields.items() if value is not None})
+
+    def command(nexus: NexusClient) -> int:
+        answer = nexus.post("/admin/backends", body, read_timeout=client.ADD_READ_TIMEOUT)
+        backend = client.object_data(answer, "add backend")
+        if json_output:
+            client.print_json(backend)
+            return 0
+        status = str(backend.get("status"))
+        shown = client.paint(status, status, client.use_colour())
+        print(
+            f"added backend {backend.get('name')} ({backend.get('type')}, {shown}) "
+            f"at {backend.get('url')}"
+        )
+        return 0
+
+    return _remote(url, command)
+
+
+@backends_app.command(name="remove")
+def backends_remove(name: str, /, *, url: ServerUrl = DEFAULT_URL) -> int:
+    """Remove the backend NAME; requests already on it finish.
+
+    Parameters
+    ----------
+    name
+        Name of the backend.
+    url
+        The Nexus to talk to.
+    """
+
+    def command(nexus: NexusClient) -> int:
+        nexus.delete(f"/admin/backends/{_path_segment(name)}")
+        print(f"removed backend {name}")
+        return 0
+
+    return _remote(url, command)
+
+
+@backends_app.command(name="drain")
+def backends_drain(
+    name: str, /, *, url: ServerUrl = DEFAULT_URL, json_output: JsonFlag = False
+) -> int:
+    """Drain the backend NAME: it takes no new requests; those in flight finish.
+
+    Parameters
+    ----------
+    name
+        Name of the backend.
+    url
+        The Nexus to talk to.
+    json_output
+        Print the backend as JSON instead of one line.
+    """
+    from nexus_server import client
+
+    def command(nexus: NexusClient) -> int:
+        answer = nexus.post(f"/admin/backends/{_path_segment(name)}/drain")
+        backend = client.object_data(answer, "drain")
+        if json_output:
+            client.print_json(backend)
+            return 0
+        pending = backend.get("pending")
+        print(f"draining backend {backend.get('name', name)} ({pending} requests in flight)")
+        return 0
+
+    return _remote(url, command)
+
+
+@app.command
+def models(
+    *, url: ServerUrl = DEFAULT_URL, json_output: JsonFlag = False, backend: str | None = None
+) -> int:
+    """List the models Nexus serves (on healthy backends): context, capabilities, backends.
+
+    Parameters
+    ----------
+    url
+        The Nexus to talk to.
+    json_output
+        Print the models as a JSON array instead of a table.
+    backend
+        Only the models this backend serves.
+    """
+    from nexus_server import client
+
+    def command(nexus: NexusClient) -> int:
+        entries = client.list_data(nexus.get("/v1/models"), "model list")
+        if backend is not None:
+            entries = [m for m in entries if backend in (m.get("backends") or ())]
+        if json_output:
+            client.print_json(entries)
+        else:
+            print(client.model_table(entries))
+        return 0
+
+    return _remote(url, command)
+
+
+@app.command
+def health(*, url: ServerUrl = DEFAULT_URL, json_output: JsonFlag = False) -> int:
+    """Show whether Nexus is healthy; the exit status says it too (0, 1 degraded, 2 unhealthy).
+
+    Exit status 2 also when the server cannot be reached: made for scripts and container
+    health checks.
+
+    Parameters
+    ----------
+    url
+        The Nexus to talk to.
+    json_output
+        Print the server's health document as JSON instead of a summary.
+    """
+    from nexus_server import client
+
+    def command(nexus: NexusClient) -> int:
+        # A 503 that carries a health document still says how the server is.
+        answer = nexus.request("GET", "/health", accept_status=(503,))
+        summary = client.object_data(answer, "health")
+        code = client.HEALTH_EXIT.get(str(summary.get("status")))
+        if code is None:
+            _error(f"error: unexpected health status {summary.get('status')!r}")
+            return client.UNHEALTHY_EXIT
+        if json_output:
+            client.print_json(summary)
+        else:
+            print(client.health_summary(summary, nexus.url, colour=client.use_colour()))
+        return code
+
+    return _remote(url, command, failure=client.UNHEALTHY_EXIT)
+
+
+@keys_app.command(name="create")
+def keys_create(
+    name: str,
+    /,
+    *,
+    url: ServerUrl = DEFAULT_URL,
+    models: Annotated[list[str] | None, Parameter(name="--models", consume_multiple=True)] = None,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    budget: float | None = None,
+    json_output: JsonFlag = False,
+) -> int:
+    """Create the API key NAME and print it: the only time the key is shown.
+
+    Parameters
+    ----------
+    name
+        Name of the key (who or what uses it).
+    url
+        The Nexus to talk to.
+    models
+        Model the key may use, a glob such as "llama*" (repeatable; default: every model).
+    rpm
+        Requests per minute at most.
+    tpm
+        Tokens per minute at most.
+    budget
+        Monthly budget in US dollars.
+    json_output
+        Print the server's answer (with the key) as JSON.
+    """
+    from nexus_server import client
+
+    body: dict[str, Any] = {"name": name}
+    fields = {
+        "models": models,
+        "requests_per_minute": rpm,
+        "tokens_per_minute": tpm,
+        "monthly_budget_usd": budget,
+    }
+    body.update({key: value for key, value in fields.items() if value is not None})
+
+    def command(nexus: NexusClient) -> int:
+        created = client.object_data(nexus.post("/admin/keys", body), "create key")
+        if json_output:
+            client.print_json(created)
+            return 0
+        print(f"created key {created.get('name', name)}:")
+        print()
+        print(f"    {created.get('key')}")
+        print()
+        print("Store it now: it cannot be shown again.")
+        return 0
+
+    return _remote(url, command)
+
+
+@keys_app.command(name="list")
+def keys_list(*, url: ServerUrl = DEFAULT_URL, json_output: JsonFlag = False) -> int:
+    """List the API keys: models, limits, budget, and where each comes from (never the key).
+
+    Parameters
+    ----------
+    url
+        The Nexus to talk to.
+    json_output
+        Print the keys as a JSON array instead of a table.
+    """
+    from nexus_server import client
+
+    def command(nexus: NexusClient) -> int:
+        keys = client.list_data(nexus.get("/admin/keys"), "key list")
+        if json_output:
+            client.print_json(keys)
+        else:
+            print(client.key_table(keys))
+        return 0
+
+    return _remote(url, command)
+
+
+@keys_app.command(name="revoke")
+def keys_revoke(name: str, /, *, url: ServerUrl = DEFAULT_URL) -> int:
+    """Revoke the API key NAME: requests with it are refused from now on.
+
+    Parameters
+    ----------
+    name
+        Name of the key.
+    url
+        The Nexus to talk to.
+    """
+
+    def command(nexus: NexusClient) -> int:
+        nexus.delete(f"/admin/keys/{_path_segment(name)}")
+        print(f"revoked key {name}")
+        return 0
+
+    return _remote(url, command)
 
 
 def main() -> None:
