@@ -608,7 +608,7 @@ class Gateway:
         if data is None:
             try:
                 data = json.loads(body)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise GatewayError(
                     400, f"The request body is not valid JSON: {exc}", code="invalid_json"
                 ) from None

@@ -8,6 +8,7 @@ use Anthropic's shape and status codes, so the SDK raises its usual exception cl
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -28,6 +29,7 @@ from nexus_server.proxy import (
     ProxyEndpoint,
     Send,
     StreamBroke,
+    end_cut_stream,
     openai_chunks,
     route_headers,
     send_chunk,
@@ -119,6 +121,9 @@ class MessagesEndpoint(ProxyEndpoint):
                     events = converter.feed(chunk)
                     if events:
                         await send_chunk(send, events)
+            except asyncio.CancelledError:
+                await end_cut_stream(send, converter.error("Nexus is shutting down"))
+                raise
             except StreamBroke as broke:
                 await send_chunk(send, converter.error(broke.message))
             else:

@@ -9,6 +9,7 @@ Ollama's ``{"error": "..."}`` with the same status codes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -44,6 +45,7 @@ from nexus_server.proxy import (
     ProxyEndpoint,
     Send,
     StreamBroke,
+    end_cut_stream,
     openai_chunks,
     route_headers,
     send_chunk,
@@ -114,6 +116,9 @@ class _OllamaEndpoint(ProxyEndpoint):
                     lines = converter.feed(chunk)
                     if lines:
                         await send_chunk(send, lines)
+            except asyncio.CancelledError:
+                await end_cut_stream(send, error_line("Nexus is shutting down"))
+                raise
             except StreamBroke as broke:
                 await send_chunk(send, error_line(broke.message))
             else:

@@ -21,7 +21,7 @@ from nexus_core.errors import GatewayError, payload_too_large
 from nexus_core.failover import ProxyResult, ProxyStream
 from nexus_core.gateway import Gateway
 from nexus_core.observability import RequestRecord
-from nexus_core.sse import event_data
+from nexus_core.sse import error_event, event_data
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -150,7 +150,7 @@ class ProxyEndpoint:
             return
         try:
             data = json.loads(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested beyond reason
             await self.reject(
                 send,
                 record,
@@ -225,8 +225,12 @@ class ProxyEndpoint:
                     ],
                 }
             )
-            async for event in stream:
-                await send({"type": "http.response.body", "body": event, "more_body": True})
+            try:
+                async for event in stream:
+                    await send({"type": "http.response.body", "body": event, "more_body": True})
+            except asyncio.CancelledError:
+                await end_cut_stream(send, OPENAI_CUT)
+                raise
             await send({"type": "http.response.body", "body": b""})
         finally:
             await stream.aclose()
@@ -288,6 +292,21 @@ async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], gone: asy
                 gone.set()
                 task.cancel()
                 return
+
+
+#: What a stream cut short by Nexus itself (shutdown) ends with, on the OpenAI door.
+OPENAI_CUT = error_event(
+    "Nexus is shutting down; the answer was cut short", kind="server_error", code="shutdown"
+)
+
+
+async def end_cut_stream(send: Send, last: bytes) -> None:
+    """Try to end a stream that Nexus is cancelling with an error event (never with [DONE]).
+
+    When the client is the one who left, the send fails: that is fine, nobody is listening.
+    """
+    with contextlib.suppress(Exception):
+        await send({"type": "http.response.body", "body": last, "more_body": False})
 
 
 class StreamBroke(Exception):

@@ -297,7 +297,8 @@ class FakeBackend:
             app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5
         )
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", self._port, reuse_address=True)
+        # A deep accept queue: a load test opens hundreds of connections at once.
+        site = web.TCPSite(runner, "127.0.0.1", self._port, reuse_address=True, backlog=2048)
         try:
             await site.start()
         except BaseException:
