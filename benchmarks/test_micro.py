@@ -1,0 +1,139 @@
+"""Micro-benchmarks of the per-request work: routing decision, SSE parsing, body inspection.
+
+Not part of the test run (the root pytest configuration collects `packages` and `tests` only).
+Run: uv run pytest benchmarks/test_micro.py --benchmark-only -p no:cacheprovider
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from nexus_core.adapters import BackendStatus, Endpoint, ModelInfo
+from nexus_core.config import BackendConfig, RoutingConfig
+from nexus_core.http import _completes
+from nexus_core.registry import Backend, Registry
+from nexus_core.routing import Router, analyze, replace_model
+from nexus_core.sse import SSEParser, event_data
+
+pytest.importorskip("pytest_benchmark")
+
+Benchmark = Callable[..., Any]
+
+
+def router(count: int, strategy: str = "smart") -> Router:
+    """A router over ``count`` healthy backends that all serve the model ``m``."""
+    registry = Registry()
+    for index in range(count):
+        config = BackendConfig(name=f"b{index}", url="http://127.0.0.1:9", priority=index % 7)
+        backend = Backend(
+            name=config.name,
+            config=config,
+            adapter=None,  # type: ignore[arg-type]
+            zone=config.effective_zone,
+            is_cloud=False,
+        )
+        registry.add(backend)
+        registry.set_models(backend, [ModelInfo("m"), ModelInfo(f"own-{index}")])
+        backend.status = BackendStatus.HEALTHY
+        backend.latency_ms = float(index % 13)
+    return Router(registry, RoutingConfig(strategy=strategy))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("strategy", ["smart", "round_robin", "least_loaded"])
+@pytest.mark.parametrize("backends", [5, 50, 500])
+def test_routing_decision(benchmark: Benchmark, backends: int, strategy: str) -> None:
+    """One `Router.plan` for a one-message chat request (target at 50 backends: <= 20 us)."""
+    plan = router(backends, strategy).plan
+    needs = analyze(Endpoint.CHAT, {"model": "m", "messages": [{"role": "user", "content": "Hi"}]})
+    routes = benchmark(plan, needs)
+    assert len(routes) >= 1
+
+
+def _event(index: int) -> bytes:
+    chunk = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": "mock",
+        "choices": [{"index": 0, "delta": {"content": f" word{index}"}, "finish_reason": None}],
+    }
+    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+
+EVENTS = 100
+STREAM = [_event(index) for index in range(EVENTS)]
+
+
+def relay_events(chunks: list[bytes]) -> int:
+    """What the relay does per upstream chunk: frame events and check for the end."""
+    parser = SSEParser()
+    count = 0
+    for chunk in chunks:
+        for event in parser.feed(chunk):
+            _completes(event)
+            count += 1
+    return count
+
+
+@pytest.mark.parametrize(
+    "arrival",
+    ["one event per chunk", "all in one chunk", "split mid-event"],
+)
+def test_sse_parsing(benchmark: Benchmark, arrival: str) -> None:
+    """Framing 100 OpenAI chunks (SSEParser.feed + the completion check); divide by 100."""
+    if arrival == "one event per chunk":
+        chunks = STREAM
+    elif arrival == "all in one chunk":
+        chunks = [b"".join(STREAM)]
+    else:
+        whole = b"".join(STREAM)
+        chunks = [whole[start : start + 97] for start in range(0, len(whole), 97)]
+    benchmark.extra_info["events"] = EVENTS
+    assert benchmark(relay_events, chunks) == EVENTS
+
+
+def test_sse_decode_per_event(benchmark: Benchmark) -> None:
+    """A translating front door's extra work per event: `event_data` and `json.loads`."""
+
+    def decode() -> int:
+        return sum(len(json.loads(event_data(event))) for event in STREAM)
+
+    benchmark.extra_info["events"] = EVENTS
+    assert benchmark(decode) > 0
+
+
+def chat_body(kilobytes: int) -> bytes:
+    """A chat request of about ``kilobytes`` KB: a conversation of 200-character messages."""
+    messages: list[dict[str, str]] = []
+    size = 60
+    while size < kilobytes * 1024:
+        text = ("lorem ipsum dolor sit amet " * 8)[:200]
+        messages.append(
+            {"role": "user" if len(messages) % 2 == 0 else "assistant", "content": text}
+        )
+        size += 240
+    return json.dumps({"model": "m", "messages": messages, "stream": False}).encode()
+
+
+@pytest.mark.parametrize("kilobytes", [1, 10, 100])
+def test_body_inspection(benchmark: Benchmark, kilobytes: int) -> None:
+    """What the proxy does to a request body: parse it, `analyze`; divide by the size in KB."""
+    body = chat_body(kilobytes)
+
+    def inspect() -> bool:
+        return analyze(Endpoint.CHAT, json.loads(body)).stream
+
+    benchmark.extra_info["kilobytes"] = len(body) / 1024
+    assert benchmark(inspect) is False
+
+
+@pytest.mark.parametrize("kilobytes", [1, 10, 100])
+def test_replace_model(benchmark: Benchmark, kilobytes: int) -> None:
+    """Splicing another model name into a body (aliases, fallbacks); model is the first key."""
+    body = chat_body(kilobytes)
+    benchmark.extra_info["kilobytes"] = len(body) / 1024
+    assert benchmark(replace_model, body, "other").startswith(b'{"model": "other"')
