@@ -153,7 +153,10 @@ def nexus_serving(
         "[telemetry]",
         f"metrics = {'true' if options.metrics else 'false'}",
         "[state]",
-        'backend = "memory"',
+        # Several workers share spend, keys and limits through a store; one keeps it in memory.
+        'backend = "memory"'
+        if not options.workers or options.workers < 2
+        else f'backend = "sqlite"\npath = "{work / "state.sqlite3"}"',
     ]
     for name, url in backends.items():
         lines += ["[[backends]]", f'name = "{name}"', f'url = "{url}"']

@@ -139,9 +139,20 @@ class KeyRing:
                     source="config",
                 )
             )
-        for name, raw in (await self.store.items(COLLECTION)).items():
-            if name in self._by_name:
-                log.warning("gateway key %r in the state store is shadowed by the config", name)
+        await self.sync()
+
+    async def sync(self) -> None:
+        """Catch up with the store: keys made or revoked by another replica or worker."""
+        stored = await self.store.items(COLLECTION)
+        for name, key in list(self._by_name.items()):
+            if key.source == "store" and name not in stored:
+                del self._by_name[name]
+                self._by_digest.pop(key.digest, None)
+        for name, raw in stored.items():
+            existing = self._by_name.get(name)
+            if existing is not None:
+                if existing.source == "config":
+                    log.warning("gateway key %r in the state store is shadowed by the config", name)
                 continue
             try:
                 data = json.loads(raw)

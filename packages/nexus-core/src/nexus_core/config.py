@@ -200,6 +200,13 @@ class ServerConfig(Section):
         ge=0,
         description="On shut-down, how long requests in flight get to finish.",
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Processes serving the port; more than 1 needs [state] sqlite or redis, "
+        "through which they share spend, keys, rate limits and run-time backends.",
+    )
     max_header_bytes: int = Field(
         default=64 * 1024,
         ge=1024,

@@ -43,6 +43,8 @@ log = logging.getLogger("nexus.gateway")
 
 __all__ = ["Gateway", "ProxyResult", "ProxyStream"]
 
+#: How often a worker of several catches up with keys and backends its siblings changed.
+SYNC_SECONDS = 2.0
 #: The state-store collection of backends added at run time.
 BACKENDS_COLLECTION = "backends"
 #: Rank of a backend type without a ``detect_rank`` attribute (lower is more specific).
@@ -143,6 +145,11 @@ class Gateway:
         await self.keys.load()
         await asyncio.gather(*(self.add_backend(b, source="static") for b in self.config.backends))
         await self._restore_backends()
+        if self.config.server.workers > 1:
+            # Sibling workers change keys and run-time backends through the shared store.
+            task = asyncio.get_running_loop().create_task(self._sync_loop())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         from nexus_core import plugins
 
         if self.config.discovery.enabled:
@@ -161,13 +168,14 @@ class Gateway:
             self.accountant.store = MemoryStore()
             await self.accountant.start()
 
-    async def _restore_backends(self) -> None:
+    async def _restore_backends(self, saved: Mapping[str, str] | None = None) -> None:
         """Add the backends added at run time before the last stop (kept in the state store)."""
-        try:
-            saved = await self.accountant.store.items(BACKENDS_COLLECTION)
-        except Exception as exc:
-            log.error("could not read the backends added at run time: %s", exc)
-            return
+        if saved is None:
+            try:
+                saved = await self.accountant.store.items(BACKENDS_COLLECTION)
+            except Exception as exc:
+                log.error("could not read the backends added at run time: %s", exc)
+                return
         static_urls = {b.url for b in self.config.backends}
 
         async def restore(name: str, raw: str) -> None:
@@ -184,6 +192,25 @@ class Gateway:
                 log.error("backend %r saved in the state store: %s", name, exc.message)
 
         await asyncio.gather(*(restore(name, raw) for name, raw in saved.items()))
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SYNC_SECONDS)
+            try:
+                await self.keys.sync()
+                await self.sync_backends()
+            except Exception as exc:  # keep serving with what is known
+                log.warning("could not catch up with the state store: %s", exc)
+
+    async def sync_backends(self) -> None:
+        """Add the run-time backends another worker added; drop the ones it removed."""
+        saved = await self.accountant.store.items(BACKENDS_COLLECTION)
+        for backend in list(self.registry):
+            if backend.source == "admin" and backend.name not in saved:
+                await self.remove_backend(backend.name)
+        missing = {name: raw for name, raw in saved.items() if name not in self.registry}
+        if missing:
+            await self._restore_backends(missing)
 
     async def save_backend(self, backend: Backend) -> None:
         """Keep a backend added at run time in the state store, so a restart brings it back."""
@@ -221,6 +248,8 @@ class Gateway:
         self._started = False
         from nexus_core import plugins
 
+        for task in list(self._background):
+            task.cancel()
         try:
             await plugins.call_shutdown(self)
         finally:

@@ -59,6 +59,7 @@ def serve(
     port: int | None = None,
     no_discovery: bool = False,
     no_health_check: bool = False,
+    workers: int | None = None,
 ) -> int:
     """Run the gateway: the OpenAI-compatible API and its health endpoints, on one port.
 
@@ -77,12 +78,16 @@ def serve(
         Do not browse the local network over mDNS (discovery.enabled = false).
     no_health_check
         Do not probe backends in the background (health_check.enabled = false).
+    workers
+        Processes serving the port (server.workers; default 1); more need [state] sqlite or
+        redis.
     """
     from nexus_core.config import ConfigError, load_config
 
     overrides = {
         "server.host": host,
         "server.port": port,
+        "server.workers": workers,
         "discovery.enabled": False if no_discovery else None,
         "health_check.enabled": False if no_health_check else None,
     }

@@ -6,13 +6,17 @@ import contextlib
 import gc
 import json
 import logging
+import os
+import signal
+import socket
 import sys
 from collections.abc import Generator
 from datetime import UTC, datetime
+from typing import Any
 
 import uvicorn
 
-from nexus_core.config import LogFormat, NexusConfig
+from nexus_core.config import LogFormat, NexusConfig, StateBackend
 from nexus_core.gateway import Gateway
 from nexus_core.telemetry import TelemetryError
 from nexus_server.app import create_app
@@ -95,6 +99,14 @@ def build_server(config: NexusConfig) -> uvicorn.Server:
 def run(config: NexusConfig) -> int:
     """Serve until stopped; 0 on a clean shutdown (SIGTERM drains in-flight requests first)."""
     setup_logging(config)
+    workers = config.server.workers
+    if workers > 1:
+        return run_workers(config, workers)
+    log.info("nexus listening on http://%s:%d", config.server.host, config.server.port)
+    return _serve(config, None)
+
+
+def _serve(config: NexusConfig, sock: socket.socket | None) -> int:
     try:
         server = build_server(config)
     except TelemetryError as exc:  # [telemetry] enabled without the otel extra
@@ -105,6 +117,56 @@ def run(config: NexusConfig) -> int:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)
-    log.info("nexus listening on http://%s:%d", config.server.host, config.server.port)
-    server.run()
+    server.run(sockets=[sock] if sock is not None else None)
     return 0 if server.started else 1
+
+
+def run_workers(config: NexusConfig, workers: int) -> int:
+    """Serve one listening socket from ``workers`` forked processes; wait for them all.
+
+    Each worker is a whole gateway (its own health view); spend, keys, rate limits and the
+    backends added at run time go through the state store, which must be shared.
+    """
+    if config.state.backend is StateBackend.MEMORY or sys.platform == "win32":
+        log.error(
+            'server.workers = %d needs [state] backend = "sqlite" or "redis" (shared by '
+            "the workers) and a POSIX system",
+            workers,
+        )
+        return 1
+    host, port = config.server.host, config.server.port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", host, port, exc)
+        return 1
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    log.info("nexus listening on http://%s:%d with %d workers", host, port, workers)
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # a worker: serve, and leave without running the parent's clean-up
+            code = 1
+            try:
+                code = _serve(config, sock)
+            finally:
+                os._exit(code)
+        children.append(pid)
+    sock.close()
+
+    def forward(signum: int, _: Any) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    worst = 0
+    for child in children:
+        _, status = os.waitpid(child, 0)
+        worst = max(worst, os.waitstatus_to_exitcode(status) if status else 0)
+    return 0 if worst in (0, -signal.SIGTERM, -signal.SIGINT) else 1

@@ -1,0 +1,159 @@
+"""``nexus serve --workers N``: several processes on one port, sharing state through the store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from nexus_core.testing import FakeBackend
+
+NEXUS = str(Path(sys.executable).parent / "nexus")
+TEAM_KEY = "nxk-workers-team-key-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def serve(config: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    port = free_port()
+    log = config.with_suffix(".log").open("wb")
+    process = subprocess.Popen(
+        [
+            NEXUS,
+            "serve",
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *extra,
+        ],
+        env={**os.environ, "NEXUS_DISCOVERY": "false", "NEXUS_KEY_TEAM": TEAM_KEY},
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, config.with_suffix(".log").read_text()
+            try:
+                if httpx.get(url + "/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "nexus serve did not become ready"
+            time.sleep(0.05)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(part) for part in text.split()]
+
+
+def fresh_get(url: str, **kwargs: object) -> httpx.Response:
+    """One request on a new connection: the kernel hands it to either worker."""
+    with httpx.Client(timeout=10) as client:
+        return client.request(url=url, **kwargs)  # type: ignore[arg-type]
+
+
+def write_config(path: Path, backend: FakeBackend, extra: str = "") -> Path:
+    path.write_text(
+        f"""
+[discovery]
+enabled = false
+
+[state]
+backend = "sqlite"
+path = "{path.parent / "state.sqlite3"}"
+
+[auth]
+enabled = true
+
+[[auth.keys]]
+name = "team"
+key_env = "NEXUS_KEY_TEAM"
+requests_per_minute = 4
+
+[[backends]]
+name = "a"
+url = "{backend.url}"
+{extra}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
+def test_two_workers_share_keys_rate_limits_and_backends(tmp_path: Path) -> None:
+    backend = FakeBackend("a", models=["llama3"])
+    extra = FakeBackend("extra", models=["phi3"])
+    with backend.running(), extra.running():
+        config = write_config(tmp_path / "nexus.toml", backend)
+        with serve(config, "--workers", "2") as (process, url):
+            assert len(children(process.pid)) == 2
+            body = {"model": "llama3", "messages": [{"role": "user", "content": "Hi"}]}
+            auth = {"authorization": f"Bearer {TEAM_KEY}"}
+            statuses = [
+                fresh_get(
+                    url + "/v1/chat/completions", method="POST", json=body, headers=auth
+                ).status_code
+                for _ in range(7)
+            ]
+            # requests_per_minute = 4 across both workers: one bucket in the shared store.
+            assert sorted(statuses) == [200] * 4 + [429] * 3
+            # A backend added through one worker reaches the other within the sync period.
+            added = fresh_get(
+                url + "/admin/backends", method="POST", json={"url": extra.url, "name": "extra"}
+            )
+            assert added.status_code == 201, added.text
+            time.sleep(2.5)
+            names = {
+                tuple(
+                    sorted(
+                        b["name"]
+                        for b in fresh_get(url + "/admin/backends", method="GET").json()["data"]
+                    )
+                )
+                for _ in range(8)
+            }
+            assert names == {("a", "extra")}
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(20) == 0
+
+
+def test_workers_need_a_shared_state_store(tmp_path: Path) -> None:
+    config = tmp_path / "nexus.toml"
+    config.write_text('[discovery]\nenabled = false\n[state]\nbackend = "memory"\n', "utf-8")
+    result = subprocess.run(
+        [NEXUS, "serve", "--config", str(config), "--port", str(free_port()), "--workers", "2"],
+        env={**os.environ, "NEXUS_DISCOVERY": "false"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "needs [state]" in result.stderr
