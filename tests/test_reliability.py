@@ -388,23 +388,26 @@ def test_a_non_streaming_body_that_is_not_json_is_a_502(fakes: list[FakeBackend]
 # -- 9. malformed chunk in a stream ---------------------------------------------------------------
 
 
-def test_a_malformed_chunk_is_relayed_as_sent_and_nothing_crashes(
+def test_a_malformed_chunk_ends_the_stream_with_an_error_event(
     fakes: list[FakeBackend],
 ) -> None:
-    """OpenAI door: events are relayed unparsed, so the broken one reaches the client as sent.
-
-    The SDK raises on it (its own JSON decode); Nexus keeps serving.
+    """OpenAI door: an event whose JSON is cut off is not relayed; the stream ends with an error
+    event (which the SDK raises), never [DONE]; the stream counts as failed; Nexus keeps serving.
     """
     a = fakes[0]
     a.push(Behaviour(malformed=True, times=2))
     with running_server(gateway_config(a)) as server:
         response, body = post(server, stream=True)
-        with pytest.raises(json.JSONDecodeError):
+        with pytest.raises(openai.APIError, match="not JSON"):
             ask(server, stream=True)
         headers, text = ask(server, stream=True)  # the next stream is whole
         assert pending_zero(server)
+        history = httpx.get(server.url + "/v1/history").json()["data"]
     assert response.status_code == 200
-    assert b'data: {"id": "broken", "choices": [{"delta": {"content": "x\n\n' in body
+    assert b'"content": "x\n\n' not in body
+    assert b"data: [DONE]" not in body
+    assert json.loads(data_lines(body)[-1])["error"]["code"] == "malformed_response"
+    assert [h["error"] for h in history[:3]] == [None, "stream_broken", "stream_broken"]
     assert (headers["x-nexus-backend"], text) == ("a", "Hello from a")
 
 

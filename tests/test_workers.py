@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from nexus_core.testing import FakeBackend
+from nexus_core.testing.redis import redis_server, redis_server_binary
 
 NEXUS = str(Path(sys.executable).parent / "nexus")
 TEAM_KEY = "nxk-workers-team-key-0123456789"
@@ -29,7 +30,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(config: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def serve(
+    config: Path, *extra: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     port = free_port()
     log = config.with_suffix(".log").open("wb")
     process = subprocess.Popen(
@@ -44,7 +47,7 @@ def serve(config: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[bytes], 
             str(port),
             *extra,
         ],
-        env={**os.environ, "NEXUS_DISCOVERY": "false", "NEXUS_KEY_TEAM": TEAM_KEY},
+        env={**os.environ, "NEXUS_DISCOVERY": "false", "NEXUS_KEY_TEAM": TEAM_KEY, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=log,
     )
@@ -79,15 +82,15 @@ def fresh_get(url: str, **kwargs: object) -> httpx.Response:
         return client.request(url=url, **kwargs)  # type: ignore[arg-type]
 
 
-def write_config(path: Path, backend: FakeBackend, extra: str = "") -> Path:
+def write_config(path: Path, backend: FakeBackend, extra: str = "", state: str = "") -> Path:
+    state = state or f'backend = "sqlite"\npath = "{path.parent / "state.sqlite3"}"'
     path.write_text(
         f"""
 [discovery]
 enabled = false
 
 [state]
-backend = "sqlite"
-path = "{path.parent / "state.sqlite3"}"
+{state}
 
 [auth]
 enabled = true
@@ -157,3 +160,29 @@ def test_workers_need_a_shared_state_store(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "needs [state]" in result.stderr
+
+
+def test_two_server_processes_share_a_rate_limit_through_redis(tmp_path: Path) -> None:
+    """Two separate nexus serve processes (replicas) on one real redis-server: one bucket."""
+    if redis_server_binary() is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed; .ci/run installs it")
+        pytest.skip("redis-server is not installed")
+    backend = FakeBackend("a", models=["llama3"])
+    with backend.running(), redis_server(tmp_path) as redis_url:
+        state = 'backend = "redis"\nredis_url_env = "NEXUS_TEST_REDIS"'
+        one = write_config(tmp_path / "one.toml", backend, state=state)
+        two = write_config(tmp_path / "two.toml", backend, state=state)
+        env = {"NEXUS_TEST_REDIS": redis_url}
+        with serve(one, env=env) as (_, url_one), serve(two, env=env) as (_, url_two):
+            body = {"model": "llama3", "messages": [{"role": "user", "content": "Hi"}]}
+            auth = {"authorization": f"Bearer {TEAM_KEY}"}
+            statuses = [
+                fresh_get(
+                    url + "/v1/chat/completions", method="POST", json=body, headers=auth
+                ).status_code
+                for url in (url_one, url_two) * 3
+            ]
+    # requests_per_minute = 4 for the key, wherever its requests land.
+    assert statuses == [200, 200, 200, 200, 429, 429]
+    assert len(backend.inference_requests) == 4

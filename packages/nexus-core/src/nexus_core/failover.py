@@ -177,6 +177,13 @@ class ProxyStream:
                 return
             try:
                 async for event in events:
+                    # A data event whose JSON was cut off cannot end in } or ]: end the stream
+                    # with an error event rather than relay what the client cannot parse (two
+                    # byte checks, no parsing).
+                    if event[:5] == b"data:" and event.rstrip()[-1:] not in (b"}", b"]"):
+                        raise BackendError(
+                            ErrorKind.MALFORMED, "the backend sent a stream event that is not JSON"
+                        )
                     # A cheap test first: most chunks carry no usage, or "usage": null.
                     if (
                         b'"usage"' in event
