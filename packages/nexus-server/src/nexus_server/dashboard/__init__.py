@@ -12,7 +12,7 @@ from litestar.static_files import create_static_files_router
 
 from nexus_core.errors import GatewayError
 from nexus_server.dashboard.live import Dashboard, origin_allowed, viewer_allowed
-from nexus_server.dashboard.render import render_page
+from nexus_server.dashboard.render import STYLE_HASH, render_page
 
 __all__ = ["Dashboard", "origin_allowed", "render_page", "route_handlers"]
 
@@ -21,8 +21,9 @@ STATIC = Path(__file__).resolve().parent / "static"
 #: Only the page's own script, style and WebSocket: a value that slipped through escaping
 #: could still not run or load anything.
 CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    f"default-src 'none'; script-src 'self'; style-src 'self' '{STYLE_HASH}'; "
+    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
 )
 
 
