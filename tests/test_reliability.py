@@ -652,7 +652,9 @@ async def _open_and_drop(client: httpx.AsyncClient, url: str, *, stream: bool) -
                 break
         return
     with pytest.raises(httpx.ReadTimeout):
-        await client.post(url, json=body, timeout=httpx.Timeout(5, read=0.3))
+        # Long enough for the request to reach the backend on a loaded machine; the gateway's
+        # first-byte timeout is longer still, so the client always leaves first.
+        await client.post(url, json=body, timeout=httpx.Timeout(5, read=1.5))
 
 
 @pytest.mark.parametrize(("stream", "count"), [(True, 1000), (False, 100)], ids=["stream", "plain"])
@@ -663,6 +665,8 @@ def test_many_disconnects_leak_nothing(fakes: list[FakeBackend], stream: bool, c
             Behaviour(delay_between_events=30.0) if stream else Behaviour(delay_before_headers=30)
         )
     config = gateway_config(a, b, strategy="round_robin")
+    config["server"]["first_byte_timeout_seconds"] = 20.0
+    config["server"]["request_timeout_seconds"] = 30.0
 
     async def workload(url: str) -> None:
         limits = httpx.Limits(max_connections=50, max_keepalive_connections=0)

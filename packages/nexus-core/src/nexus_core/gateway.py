@@ -364,6 +364,7 @@ class Gateway:
         backend.priority = config.priority
         backend.tier = config.tier
         backend.max_concurrent = config.max_concurrent
+        backend.rerank()
         await old.close()
         await self.health.unwatch(backend.name)
         await self.resume_backend(backend)

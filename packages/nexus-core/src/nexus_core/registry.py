@@ -29,8 +29,8 @@ class Backend:
     source: str = "static"
     status: BackendStatus = BackendStatus.UNKNOWN
     models: dict[str, ModelInfo] = field(default_factory=dict)
-    pending: int = 0
-    latency_ms: float | None = None
+    _pending: int = field(default=0, init=False, repr=False)
+    _latency_ms: float | None = field(default=None, init=False, repr=False)
     last_error: str | None = None
     last_checked: float | None = None
     consecutive_failures: int = 0
@@ -44,13 +44,71 @@ class Backend:
     priority: int = 50
     tier: int = 1
     max_concurrent: int | None = None
-    #: How busy the server says it is, 0..1, from ``load`` (0 when it says nothing).
-    load_busy: float = 0.0
+    _load_busy: float = field(default=0.0, init=False, repr=False)
+    #: The smart strategy's weights (priority, load, latency), set by the router; None: unranked.
+    weights: tuple[float, float, float] | None = field(default=None, repr=False)
+    #: Minus the smart score, kept current whenever an input changes, so ordering candidates is
+    #: a sort on one attribute instead of a score computation per candidate and request.
+    rank: float = field(default=0.0, repr=False)
 
     def __post_init__(self) -> None:
         self.priority = self.config.priority
         self.tier = self.config.tier
         self.max_concurrent = self.config.max_concurrent
+        self.rerank()
+
+    @property
+    def pending(self) -> int:
+        """Requests in flight to this backend through Nexus."""
+        return self._pending
+
+    @pending.setter
+    def pending(self, value: int) -> None:
+        self._pending = value
+        if self.weights is not None:
+            self.rerank()
+
+    @property
+    def latency_ms(self) -> float | None:
+        """Moving average of answer latency (None until measured)."""
+        return self._latency_ms
+
+    @latency_ms.setter
+    def latency_ms(self, value: float | None) -> None:
+        self._latency_ms = value
+        if self.weights is not None:
+            self.rerank()
+
+    @property
+    def load_busy(self) -> float:
+        """How busy the server says it is, 0..1, from ``load`` (0 when it says nothing)."""
+        return self._load_busy
+
+    @load_busy.setter
+    def load_busy(self, value: float) -> None:
+        self._load_busy = value
+        if self.weights is not None:
+            self.rerank()
+
+    def rerank(self) -> None:
+        """Recompute ``rank`` from priority, load and latency (call after changing priority)."""
+        weights = self.weights
+        if weights is None:
+            return
+        w_priority, w_load, w_latency = weights
+        limit = self.max_concurrent
+        pending = self._pending
+        busy = pending / limit if limit else pending / 10
+        if self._load_busy > busy:
+            busy = self._load_busy
+        latency = self._latency_ms
+        priority = self.priority
+        self.rank = -(
+            w_priority * (100.0 - (priority if priority < 100 else 100))
+            + w_load * (100.0 - 100.0 * (busy if busy < 1.0 else 1.0))
+            + w_latency
+            * (50.0 if latency is None else 100.0 - (latency / 10.0 if latency < 1000.0 else 100.0))
+        )
 
     @property
     def type_name(self) -> str:
@@ -128,6 +186,9 @@ def busy_fraction(signal: LoadSignal | None) -> float:
 class Registry:
     """Backends by name, and by model id (any status) for cheap routing lookups."""
 
+    #: The smart strategy's weights, given to every backend added (set by the router).
+    weights: tuple[float, float, float] | None = None
+
     def __init__(self) -> None:
         self._backends: dict[str, Backend] = {}
         self._by_model: dict[str, tuple[Backend, ...]] = {}
@@ -154,6 +215,9 @@ class Registry:
             raise ValueError(f"a backend named {backend.name!r} exists already")
         self._next_seq += 1
         backend.seq = self._next_seq
+        if self.weights is not None:
+            backend.weights = self.weights
+            backend.rerank()
         self._backends[backend.name] = backend
         self._index(backend, backend.models)
         self._notify("added", backend)

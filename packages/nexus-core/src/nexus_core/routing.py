@@ -6,6 +6,7 @@ import fnmatch
 import itertools
 import json
 import math
+import operator
 import random
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -241,13 +242,24 @@ class SmartStrategy:
         )
 
     def order(self, candidates: Sequence[Backend], model: str) -> list[Backend]:
-        """Best score first; ties keep registration order (the sort is stable)."""
+        """Best score first; ties keep registration order (the sort is stable).
+
+        Backends keep their score current (``Backend.rank``) when these weights are theirs, so
+        this is one C-level sort; otherwise every score is computed here.
+        """
         quality = self.quality
+        if not (quality is not None and quality.slow) and all(
+            b.weights is self.weights for b in candidates
+        ):
+            return sorted(candidates, key=_RANK)
         if quality is not None and quality.slow:
             factor = quality.ttft_factor
             score = self.score
             return sorted(candidates, key=lambda b: score(b) * factor(b.name, model), reverse=True)
         return sorted(candidates, key=self.score, reverse=True)
+
+
+_RANK = operator.attrgetter("rank")
 
 
 class RoundRobinStrategy:
@@ -376,6 +388,13 @@ class Router:
         self.strategy: Strategy = (
             strategy or builtin_strategies(config, quality)[config.strategy.value]
         )
+        if isinstance(self.strategy, SmartStrategy):
+            # Backends keep their smart score current from now on (see Backend.rank).
+            weights = self.strategy.weights
+            registry.weights = weights
+            for backend in registry:
+                backend.weights = weights
+                backend.rerank()
         self._aliases: Mapping[str, str] = dict(config.aliases)
         self._fallbacks: Mapping[str, list[str]] = {k: list(v) for k, v in config.fallbacks.items()}
         self.policies: tuple[CompiledPolicy, ...] = tuple(
@@ -654,7 +673,9 @@ class Router:
             # Past the soft limit: local first (strategy order within), then cloud ones.
             ordered.sort(key=lambda b: _budget_demotion(b, model))
             return ordered
-        for b in ordered:
+        # Only the first max_retries + 1 become routes: if none of them is cold or full, moving
+        # cold and full backends last changes nothing that is used.
+        for b in ordered[: self.config.max_retries + 1]:
             info = b.models.get(model)
             if (info is not None and info.loaded is False) or (
                 b.max_concurrent is not None and b.pending >= b.max_concurrent
