@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar, Request, Response, get, post
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.handlers import asgi
@@ -232,7 +234,14 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
             Exception: _unexpected,
         },
         lifespan=[lifespan],
-        openapi_config=None,
+        # The JSON endpoints' schema (admin, listings, stats): for tools and for schemathesis.
+        # The proxy doors are raw ASGI and follow the OpenAI/Anthropic/Ollama specs instead.
+        openapi_config=OpenAPIConfig(
+            title="Nexus",
+            version=__version__,
+            path="/openapi",
+            render_plugins=[JsonRenderPlugin()],
+        ),
         logging_config=None,
         debug=False,
     )
