@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from nexus_core.testing import FakeBackend
+from nexus_core.testing import FakeBackend, free_port
+
+#: The installed ``nexus`` console script, next to this interpreter.
+NEXUS = str(Path(sys.executable).parent / "nexus")
 
 # No test may start mDNS discovery on a real network.
 os.environ["NEXUS_DISCOVERY"] = "false"
@@ -55,3 +64,57 @@ def fakes() -> Iterator[list[FakeBackend]]:
     finally:
         for context in contexts:
             context.__exit__(None, None, None)
+
+
+@contextmanager
+def nexus_serve(
+    config_file: Path, *args: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """The real ``nexus serve --config`` on a free port (``args`` added), until ready.
+
+    The process's log goes to ``config_file`` with the suffix ``.log``. Killed at the end if
+    it is still alive.
+    """
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
+    environment.update({"NEXUS_DISCOVERY": "false", **(env or {})})
+    # The log goes to a file: a pipe nobody reads fills up after a few hundred request lines
+    # and then blocks the server's writes (and the server with them).
+    log_file = config_file.with_suffix(".log")
+    log = log_file.open("wb")
+    process = subprocess.Popen(
+        [
+            NEXUS,
+            "serve",
+            "--config",
+            str(config_file),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *args,
+        ],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                stderr = log_file.read_text(errors="replace")
+                raise AssertionError(f"nexus serve exited: {stderr}")
+            try:
+                if httpx.get(url + "/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "nexus serve did not become ready"
+            time.sleep(0.05)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)

@@ -11,8 +11,6 @@ import asyncio
 import calendar
 import os
 import signal
-import subprocess
-import sys
 import time
 import tomllib
 from collections.abc import Iterator
@@ -31,7 +29,7 @@ from nexus_core.state import SqliteStore
 from nexus_core.testing import Behaviour, FakeBackend, FakeOpenAI
 from nexus_core.testing.redis import redis_server, redis_server_binary
 from nexus_server.testing import RunningServer, running_server
-from tests.conftest import gateway_config
+from tests.conftest import gateway_config, nexus_serve
 
 KEY_ENV = "NEXUS_TEST_CLOUD_KEY"
 MESSAGES: list[Any] = [{"role": "user", "content": "What does a budget do for a gateway?"}]
@@ -426,40 +424,19 @@ path = "{state_file}"
         )
         # The stream sends its first chunk, then hangs: the process dies with the request open.
         cloud.behave(Behaviour(delay_between_events=60))
-        port = _free_port()
-        env = {**os.environ, KEY_ENV: "sk-cloud", "NEXUS_DISCOVERY": "false"}
-        process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "nexus"),
-                "serve",
-                "--config",
-                str(config_file),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            base = f"http://127.0.0.1:{port}"
-            _wait_ready(base, process)
-            with httpx.stream(
+        with (
+            nexus_serve(config_file, env={KEY_ENV: "sk-cloud"}) as (process, base),
+            httpx.stream(
                 "POST",
                 base + "/v1/chat/completions",
                 json={"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 100, "stream": True},
                 timeout=10,
-            ) as response:
-                assert response.status_code == 200
-                next(response.iter_bytes())
-                process.send_signal(signal.SIGKILL)
-                process.wait(10)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(10)
+            ) as response,
+        ):
+            assert response.status_code == 200
+            next(response.iter_bytes())
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
 
         async def total() -> int:
             store = SqliteStore(str(state_file))
@@ -486,27 +463,3 @@ path = "{state_file}"
             )
             assert spent(server) == reserved + cost
         assert asyncio.run(total()) == reserved + cost
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_ready(base: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            stderr = process.stderr.read().decode() if process.stderr else ""
-            raise AssertionError(f"nexus serve exited: {stderr}")
-        try:
-            if httpx.get(base + "/health/ready", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("nexus serve did not become ready")

@@ -8,11 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nexus_core.testing import Behaviour, FakeBackend
 from nexus_server.testing import RunningServer, running_server
-from tests.conftest import gateway_config
+from tests.conftest import gateway_config, nexus_serve
 
 SCHEMA = json.loads(
     (Path(__file__).resolve().parent.parent / "docs" / "log-schema.json").read_text("utf-8")
@@ -184,13 +179,6 @@ def test_streams_and_client_aborts_are_counted(fakes: list[FakeBackend]) -> None
     assert history[0]["status"] == 200  # the headers had gone out
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_json_logs_follow_the_schema_and_hold_no_prompt(
     fakes: list[FakeBackend], tmp_path: Path
 ) -> None:
@@ -200,41 +188,15 @@ def test_json_logs_follow_the_schema_and_hold_no_prompt(
         f'[[backends]]\nname = "a"\nurl = "{a.url}"\n\n[state]\nbackend = "memory"\n',
         encoding="utf-8",
     )
-    port = _free_port()
-    env = {**os.environ, "NEXUS_LOG_FORMAT": "json", "NEXUS_DISCOVERY": "false"}
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "nexus"),
-            "serve",
-            "--config",
-            str(config),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(base + "/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+    with nexus_serve(config, env={"NEXUS_LOG_FORMAT": "json"}) as (process, base):
         client = openai.OpenAI(base_url=base + "/v1", api_key="sk-test", max_retries=0)
         client.chat.completions.create(model="fake-model", messages=MESSAGES)
         list(client.chat.completions.create(model="fake-model", messages=MESSAGES, stream=True))
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.create(model="nope", messages=MESSAGES)
-    finally:
         process.terminate()
-        _, stderr = process.communicate(timeout=15)
-    text = stderr.decode()
+        process.wait(15)
+    text = config.with_suffix(".log").read_text(encoding="utf-8")
     assert SECRET not in text
     lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     assert lines, text

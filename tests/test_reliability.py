@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -19,7 +18,6 @@ import threading
 import time
 import tomllib
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +29,9 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from nexus_core.state import SqliteStore
-from nexus_core.testing import Behaviour, FakeBackend, free_port
+from nexus_core.testing import Behaviour, FakeBackend
 from nexus_server.testing import RunningServer, running_server
-from tests.conftest import gateway_config
+from tests.conftest import gateway_config, nexus_serve
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Hi"}]
 MODES = pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
@@ -697,46 +695,6 @@ def test_many_disconnects_leak_nothing(fakes: list[FakeBackend], stream: bool, c
 
 
 # -- 15 and 16: nexus serve as a process ----------------------------------------------------------
-
-
-@contextmanager
-def nexus_serve(
-    config_file: Path, env: dict[str, str] | None = None
-) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """``nexus serve --config`` on a free port, until ready; killed at the end if still alive."""
-    port = free_port()
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
-    environment.update({"NEXUS_DISCOVERY": "false", **(env or {})})
-    # The log goes to a file: a pipe nobody reads fills up after a few hundred request lines
-    # and then blocks the server's writes (and the server with them).
-    log_file = config_file.with_suffix(".log")
-    log = log_file.open("wb")
-    process = subprocess.Popen(
-        [NEXUS, "serve", "--config", str(config_file), "--host", "127.0.0.1", "--port", str(port)],
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    log.close()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                stderr = log_file.read_text(errors="replace")
-                raise AssertionError(f"nexus serve exited: {stderr}")
-            try:
-                if httpx.get(url + "/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "nexus serve did not become ready"
-            time.sleep(0.05)
-        yield process, url
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
 
 
 def write_config(path: Path, backends: list[FakeBackend], extra: str = "") -> Path:

@@ -4,71 +4,19 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from nexus_core.testing import FakeBackend
+from nexus_core.testing import FakeBackend, free_port
 from nexus_core.testing.redis import redis_server, redis_server_binary
+from tests.conftest import NEXUS, nexus_serve
 
-NEXUS = str(Path(sys.executable).parent / "nexus")
 TEAM_KEY = "nxk-workers-team-key-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextmanager
-def serve(
-    config: Path, *extra: str, env: dict[str, str] | None = None
-) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = free_port()
-    log = config.with_suffix(".log").open("wb")
-    process = subprocess.Popen(
-        [
-            NEXUS,
-            "serve",
-            "--config",
-            str(config),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            *extra,
-        ],
-        env={**os.environ, "NEXUS_DISCOVERY": "false", "NEXUS_KEY_TEAM": TEAM_KEY, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    log.close()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, config.with_suffix(".log").read_text()
-            try:
-                if httpx.get(url + "/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "nexus serve did not become ready"
-            time.sleep(0.05)
-        yield process, url
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+ENV = {"NEXUS_KEY_TEAM": TEAM_KEY}
 
 
 def children(pid: int) -> list[int]:
@@ -116,7 +64,7 @@ def test_two_workers_share_keys_rate_limits_and_backends(tmp_path: Path) -> None
     extra = FakeBackend("extra", models=["phi3"])
     with backend.running(), extra.running():
         config = write_config(tmp_path / "nexus.toml", backend)
-        with serve(config, "--workers", "2") as (process, url):
+        with nexus_serve(config, "--workers", "2", env=ENV) as (process, url):
             assert len(children(process.pid)) == 2
             body = {"model": "llama3", "messages": [{"role": "user", "content": "Hi"}]}
             auth = {"authorization": f"Bearer {TEAM_KEY}"}
@@ -173,8 +121,11 @@ def test_two_server_processes_share_a_rate_limit_through_redis(tmp_path: Path) -
         state = 'backend = "redis"\nredis_url_env = "NEXUS_TEST_REDIS"'
         one = write_config(tmp_path / "one.toml", backend, state=state)
         two = write_config(tmp_path / "two.toml", backend, state=state)
-        env = {"NEXUS_TEST_REDIS": redis_url}
-        with serve(one, env=env) as (_, url_one), serve(two, env=env) as (_, url_two):
+        env = {**ENV, "NEXUS_TEST_REDIS": redis_url}
+        with (
+            nexus_serve(one, env=env) as (_, url_one),
+            nexus_serve(two, env=env) as (_, url_two),
+        ):
             body = {"model": "llama3", "messages": [{"role": "user", "content": "Hi"}]}
             auth = {"authorization": f"Bearer {TEAM_KEY}"}
             statuses = [

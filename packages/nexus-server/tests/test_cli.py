@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from cyclopts import App
 from nexus_core import plugins as plugin_host
 from nexus_core.config import NexusConfig, validate_config
 from nexus_core.config_template import example_config
+from nexus_core.testing import free_port
 from nexus_server import __version__
 from nexus_server.cli import app
 
@@ -342,16 +342,9 @@ def test_serve_with_a_bad_configuration_exits_1(
     assert (code, err) == (1, "absent.toml: no such file\n")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @pytest.mark.slow
 def test_serve_runs_the_gateway_until_sigterm(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [
             *(sys.executable, "-m", "nexus_server.cli", "serve", "--host", "127.0.0.1"),

@@ -22,7 +22,6 @@ import asyncio
 import calendar
 import contextlib
 import itertools
-import json
 import logging
 import math
 import os
@@ -140,17 +139,6 @@ class StreamMeter:
             return
         # One chunk is about one token; the provider bills what it generated before the break.
         self.charge.settle(estimate_nano_usd(self.charge.price, self.prompt_tokens, chunks))
-
-
-def event_json(event: bytes) -> Any:
-    """The JSON of an SSE event's data (None when it is not JSON)."""
-    data = b"".join(
-        line[5:].lstrip(b" ") for line in event.splitlines() if line.startswith(b"data:")
-    )
-    try:
-        return json.loads(data)
-    except ValueError:
-        return None
 
 
 class Accountant:

@@ -20,7 +20,6 @@ from nexus_core.accounting import (
     Charge,
     StreamMeter,
     completion_estimate,
-    event_json,
     usd,
 )
 from nexus_core.adapters import BackendError, Endpoint, ErrorKind, Timeouts, UpstreamResponse
@@ -31,7 +30,7 @@ from nexus_core.quality import QualityTracker
 from nexus_core.queueing import CapacityQueue, release
 from nexus_core.registry import Backend
 from nexus_core.routing import RequestNeeds, Route, replace_model, with_include_usage
-from nexus_core.sse import error_event
+from nexus_core.sse import error_event, event_data
 from nexus_core.telemetry import AttemptSpan, RequestSpan
 
 log = logging.getLogger("nexus.failover")
@@ -154,7 +153,10 @@ class ProxyStream:
 
     def _usage_event(self, event: bytes) -> bool:
         """Read a chunk with a ``usage``; True when it must not reach the client."""
-        payload = event_json(event)
+        try:
+            payload = json.loads(event_data(event))
+        except ValueError:
+            return False
         if not isinstance(payload, dict):
             return False
         usage = payload.get("usage")

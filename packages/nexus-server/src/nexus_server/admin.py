@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from litestar import Request, Response, delete, get, post
+from litestar.connection import ASGIConnection
 from litestar.params import FromPath
 from pydantic import ValidationError
 
@@ -38,13 +39,19 @@ def is_loopback(host: str | None) -> bool:
         return host == "localhost"
 
 
+def presented_in(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    """The key a request carries (``Authorization: Bearer`` or ``x-api-key``), if any."""
+    headers = connection.headers
+    return presented_key(
+        headers.get("authorization", "").encode("latin-1") or None,
+        headers.get("x-api-key", "").encode("latin-1") or None,
+    )
+
+
 def check_admin(gateway: Gateway, request: Request[Any, Any, Any]) -> None:
     """Raise 401/403 unless the request may use the admin API."""
     keys = gateway.keys
-    presented = presented_key(
-        request.headers.get("authorization", "").encode("latin-1") or None,
-        request.headers.get("x-api-key", "").encode("latin-1") or None,
-    )
+    presented = presented_in(request)
     if keys.admin_digest is not None:
         if keys.is_admin(presented):
             return

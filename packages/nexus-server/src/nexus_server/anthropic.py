@@ -30,6 +30,7 @@ from nexus_server.proxy import (
     Send,
     StreamBroke,
     end_cut_stream,
+    header_list,
     openai_chunks,
     route_headers,
     send_chunk,
@@ -40,12 +41,8 @@ from nexus_server.proxy import (
 SSE = b"text/event-stream; charset=utf-8"
 
 
-def _error_headers(error: GatewayError) -> list[tuple[bytes, bytes]]:
-    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
-
-
-class MessagesEndpoint(ProxyEndpoint):
-    """``POST /v1/messages``: Anthropic in, OpenAI chat to the backend, Anthropic out."""
+class _AnthropicEndpoint(ProxyEndpoint):
+    """Shared by the Anthropic endpoints: the front-door name and Anthropic's error shape."""
 
     front_door = "anthropic"
 
@@ -55,7 +52,11 @@ class MessagesEndpoint(ProxyEndpoint):
     async def send_error(self, send: Send, error: GatewayError) -> None:
         """Anthropic's ``{"type": "error", "error": {...}}`` with the same status."""
         body = anthropic_error_body(error.status, error.message)
-        await send_whole(send, error.status, JSON, body, _error_headers(error))
+        await send_whole(send, error.status, JSON, body, header_list(error.headers))
+
+
+class MessagesEndpoint(_AnthropicEndpoint):
+    """``POST /v1/messages``: Anthropic in, OpenAI chat to the backend, Anthropic out."""
 
     async def serve(
         self,
@@ -139,20 +140,12 @@ class MessagesEndpoint(ProxyEndpoint):
             await stream.aclose()
 
 
-class CountTokensEndpoint(ProxyEndpoint):
+class CountTokensEndpoint(_AnthropicEndpoint):
     """``POST /v1/messages/count_tokens``: an estimate of the request's input tokens.
 
     No backend is asked (an OpenAI-wire server has no such call): characters / 4 over the
     system prompt, messages and tools, plus a fixed amount per image.
     """
-
-    def __init__(self, gateway: Gateway) -> None:
-        super().__init__(gateway, Endpoint.CHAT)
-
-    async def send_error(self, send: Send, error: GatewayError) -> None:
-        """Anthropic's error shape."""
-        body = anthropic_error_body(error.status, error.message)
-        await send_whole(send, error.status, JSON, body, _error_headers(error))
 
     async def serve(
         self,

@@ -19,12 +19,11 @@ from litestar.params import FromPath
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from nexus_core.adapters import Endpoint
-from nexus_core.auth import presented_key
 from nexus_core.config import BackendConfig
 from nexus_core.errors import GatewayError, model_not_found
 from nexus_core.gateway import Gateway
 from nexus_server import __version__, ollama
-from nexus_server.admin import admin_routes
+from nexus_server.admin import admin_routes, presented_in
 from nexus_server.anthropic import CountTokensEndpoint, MessagesEndpoint
 from nexus_server.dashboard import Dashboard
 from nexus_server.dashboard import route_handlers as dashboard_routes
@@ -113,10 +112,7 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
         keys = gateway.keys
         if not keys.enabled:
             return
-        presented = presented_key(
-            connection.headers.get("authorization", "").encode("latin-1") or None,
-            connection.headers.get("x-api-key", "").encode("latin-1") or None,
-        )
+        presented = presented_in(connection)
         if keys.identify(presented) is None and not keys.is_admin(presented):
             raise missing_key(presented)
 

@@ -46,6 +46,7 @@ from nexus_server.proxy import (
     Send,
     StreamBroke,
     end_cut_stream,
+    header_list,
     openai_chunks,
     route_headers,
     send_chunk,
@@ -73,8 +74,9 @@ class _OllamaEndpoint(ProxyEndpoint):
 
     async def send_error(self, send: Send, error: GatewayError) -> None:
         """``{"error": "..."}`` with the same status (the ``ollama`` client raises it)."""
-        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
-        await send_whole(send, error.status, JSON, ollama_error(error.message), headers)
+        await send_whole(
+            send, error.status, JSON, ollama_error(error.message), header_list(error.headers)
+        )
 
     async def route(
         self,

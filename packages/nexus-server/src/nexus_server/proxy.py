@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from nexus_core.adapters import Endpoint
@@ -49,7 +49,7 @@ async def send_json(
 async def send_error(send: Send, error: GatewayError) -> None:
     """Send a ``GatewayError`` as its envelope (or the upstream's own body)."""
     body = error.body()
-    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
+    headers = header_list(error.headers)
     await send(
         {
             "type": "http.response.start",
@@ -280,7 +280,12 @@ def missing_key(presented: str | None) -> GatewayError:
 
 def route_headers(result: ProxyResult) -> list[tuple[bytes, bytes]]:
     """The ``X-Nexus-*`` headers of an answer, ready for ``http.response.start``."""
-    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in result.headers().items()]
+    return header_list(result.headers())
+
+
+def header_list(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    """Headers as ASGI wants them in ``http.response.start``."""
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
 
 async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], gone: asyncio.Event) -> None:
