@@ -37,9 +37,9 @@ async def fake(anyio_backend: str) -> AsyncIterator[FakeBackend]:
         yield fb
 
 
-@pytest.fixture(params=["aiohttp", "httpx"])
+@pytest.fixture(params=["h1", "aiohttp", "httpx"])
 async def transport(anyio_backend: str, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
-    """Both hot-path clients must behave the same; aiohttp is the default."""
+    """Every hot-path client must behave the same; h1 is the default."""
     client = make_transport(request.param)
     yield client
     await client.aclose()

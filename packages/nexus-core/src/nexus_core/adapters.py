@@ -180,6 +180,10 @@ class UpstreamResponse:
     release: Callable[[], Awaitable[None]] | None = None
     #: The upstream's response headers, looked up case-insensitively.
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: For a stream, when the transport can tell: whether the next event (or the end) is already
+    #: here, so the relay may write events that arrived together in one write. ``None``: every
+    #: event is written on its own.
+    ready: Callable[[], bool] | None = None
 
     async def aclose(self) -> None:
         """Give the upstream connection back (or drop it) whatever happened."""

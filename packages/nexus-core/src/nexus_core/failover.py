@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from nexus_core import fastjson
 from nexus_core.accounting import (
     Accountant,
     Charge,
@@ -24,7 +24,7 @@ from nexus_core.accounting import (
 )
 from nexus_core.adapters import BackendError, Endpoint, ErrorKind, Timeouts, UpstreamResponse
 from nexus_core.errors import GatewayError
-from nexus_core.http import TRACE_HEADERS
+from nexus_core.h1 import TRACE_HEADERS
 from nexus_core.pricing import estimate_nano_usd
 from nexus_core.quality import QualityTracker
 from nexus_core.queueing import CapacityQueue, release
@@ -154,7 +154,7 @@ class ProxyStream:
     def _usage_event(self, event: bytes) -> bool:
         """Read a chunk with a ``usage``; True when it must not reach the client."""
         try:
-            payload = json.loads(event_data(event))
+            payload = fastjson.loads(event_data(event))
         except ValueError:
             return False
         if not isinstance(payload, dict):
@@ -208,6 +208,14 @@ class ProxyStream:
                 )
         finally:
             await self.aclose()
+
+    def ready(self) -> bool:
+        """Whether the next event (or the end) can be had without waiting for the backend.
+
+        False when the transport cannot tell; the relay then writes each event on its own.
+        """
+        ready = self._upstream.ready
+        return ready is not None and ready()
 
     async def aclose(self) -> None:
         """Close the upstream, settle the cost and release the pending slot (idempotent)."""
@@ -356,7 +364,7 @@ async def execute(
                 endpoint is not Endpoint.EMBEDDINGS or charge is not None
             ):
                 try:
-                    parsed = json.loads(upstream.body)
+                    parsed = fastjson.loads(upstream.body)
                 except ValueError:
                     raise BackendError(ErrorKind.MALFORMED, "the body is not JSON") from None
             if quality is not None:

@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, overload
 from urllib.parse import urlsplit
 
+from nexus_core import fastjson
 from nexus_core.accounting import Accountant, usd
 from nexus_core.adapters import AdapterFactory, BackendStatus, Endpoint, ModelInfo, Timeouts
 from nexus_core.auth import ApiKey, KeyRing
@@ -637,7 +638,7 @@ class Gateway:
     ) -> ProxyResult:
         if data is None:
             try:
-                data = json.loads(body)
+                data = fastjson.loads(body)
             except (ValueError, RecursionError) as exc:
                 raise GatewayError(
                     400, f"The request body is not valid JSON: {exc}", code="invalid_json"
@@ -755,7 +756,7 @@ class Gateway:
         result = await self.proxy(endpoint, body, data=payload)
         if result.stream is not None:
             return _chunks(result.stream)
-        data = result.data if result.data is not None else json.loads(result.body or b"null")
+        data = result.data if result.data is not None else fastjson.loads(result.body or b"null")
         if not isinstance(data, dict):
             raise GatewayError(502, "Backend answered something other than a JSON object")
         return data
@@ -827,7 +828,7 @@ async def _chunks(stream: ProxyStream) -> AsyncIterator[dict[str, Any]]:
             data = event_data(event)
             if not data or data == b"[DONE]":
                 continue
-            chunk = json.loads(data)
+            chunk = fastjson.loads(data)
             if isinstance(chunk, dict) and "error" in chunk and len(chunk) == 1:
                 error = chunk["error"]
                 raise GatewayError(

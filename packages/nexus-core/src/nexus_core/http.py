@@ -1,17 +1,17 @@
-"""HTTP clients: one pooled aiohttp session for the proxy hot path, httpx for everything else.
+"""HTTP clients: the hot-path transport (``UpstreamTransport``), and httpx for everything else.
 
-The hot-path client was chosen by measurement (see docs/performance.md): behind the same server,
-aiohttp's own client carries about twice the requests per second of httpx over an aiohttp
-transport and six times httpx's default transport. It is hidden behind ``UpstreamTransport`` so
-it can be swapped without touching adapters.
+The hot-path client was chosen by measurement (see docs/performance.md): Nexus's own HTTP/1.1
+client (``nexus_core.h1``) carries several times the requests per second of aiohttp's client
+behind the same server, and aiohttp's about twice httpx's. All three are kept behind
+``UpstreamTransport`` and pass the same behavioural tests; ``NEXUS_UPSTREAM_CLIENT`` picks one
+(``h1``, the default; ``aiohttp``; ``httpx``), so a backend that trips the leanest client can be
+served by a general one without touching adapters.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import os
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Protocol
 
@@ -19,17 +19,9 @@ import aiohttp
 import httpx
 
 from nexus_core.adapters import BackendError, ErrorKind, Timeouts, UpstreamResponse
-from nexus_core.sse import SSEParser
-
-_FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
-_DONE_PREFIXES = (b"data: [DONE]", b"data:[DONE]")
-
-#: Trace-context headers (``traceparent``, ``tracestate``) for the upstream requests made in this
-#: context; set by ``nexus_core.telemetry`` around an attempt, ``None`` when tracing is off (so
-#: the untraced path costs one ``get()``).
-TRACE_HEADERS: contextvars.ContextVar[tuple[tuple[str, str], ...] | None] = contextvars.ContextVar(
-    "nexus_trace_headers", default=None
-)
+from nexus_core.h1 import TRACE_HEADERS as TRACE_HEADERS
+from nexus_core.h1 import H1Transport
+from nexus_core.sse import SSEParser, completes_answer
 
 
 class UpstreamTransport(Protocol):
@@ -193,12 +185,12 @@ async def sse_events(
                 break
             for event in parser.feed(chunk):
                 if not complete:
-                    complete = _completes(event)
+                    complete = completes_answer(event)
                 yield event
         tail = parser.flush()
         if tail is not None:
             if not complete:
-                complete = _completes(tail)
+                complete = completes_answer(tail)
             yield tail
         if not complete:
             raise BackendError(ErrorKind.MALFORMED, "stream ended before the answer was complete")
@@ -216,10 +208,6 @@ async def _aiohttp_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[byt
         if not chunk:
             return
         yield chunk
-
-
-def _completes(event: bytes) -> bool:
-    return event.startswith(_DONE_PREFIXES) or _FINISHED.search(event) is not None
 
 
 def _lower_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -339,14 +327,15 @@ async def _httpx_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
 
 
 TRANSPORTS: Mapping[str, Callable[[], UpstreamTransport]] = {
+    "h1": H1Transport,
     "aiohttp": AiohttpTransport,
     "httpx": HttpxTransport,
 }
 
 
 def make_transport(name: str | None = None) -> UpstreamTransport:
-    """The hot-path client named by ``name`` or ``NEXUS_UPSTREAM_CLIENT`` (default aiohttp)."""
-    name = (name or os.environ.get("NEXUS_UPSTREAM_CLIENT") or "aiohttp").lower()
+    """The hot-path client named by ``name`` or ``NEXUS_UPSTREAM_CLIENT`` (default h1)."""
+    name = (name or os.environ.get("NEXUS_UPSTREAM_CLIENT") or "h1").lower()
     factory = TRANSPORTS.get(name)
     if factory is None:
         raise ValueError(

@@ -9,9 +9,21 @@ end in a blank line; comment lines are dropped (they carry no data for an OpenAI
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 DONE = b"data: [DONE]\n\n"
+_FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
+_DONE_PREFIXES = (b"data: [DONE]", b"data:[DONE]")
+
+
+def completes_answer(event: bytes) -> bool:
+    """Whether ``event`` shows an OpenAI stream complete: ``[DONE]`` or a ``finish_reason``.
+
+    Servers that omit ``[DONE]`` may still send a usage chunk after the finish chunk, so a stream
+    that ends after either is whole; one that ends before both was cut.
+    """
+    return event.startswith(_DONE_PREFIXES) or _FINISHED.search(event) is not None
 
 
 class SSEParser:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from nexus_core.config import TelemetryConfig
-from nexus_core.http import TRACE_HEADERS
+from nexus_core.h1 import TRACE_HEADERS
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context

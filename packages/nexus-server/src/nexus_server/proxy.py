@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
+from nexus_core import fastjson
 from nexus_core.adapters import Endpoint
 from nexus_core.auth import presented_key
 from nexus_core.errors import GatewayError, payload_too_large
@@ -29,6 +29,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 JSON = b"application/json"
+#: At most this many bytes of events that arrived together are gathered into one write.
+BATCH_BYTES = 64 * 1024
 REQUEST_ID_KEY = "nexus.request_id"
 
 
@@ -149,7 +151,7 @@ class ProxyEndpoint:
             await self.reject(send, record, error)
             return
         try:
-            data = json.loads(body)
+            data = fastjson.loads(body)
         except (ValueError, RecursionError) as exc:  # RecursionError: nested beyond reason
             await self.reject(
                 send,
@@ -162,16 +164,17 @@ class ProxyEndpoint:
 
         task = asyncio.current_task()
         assert task is not None
-        gone = asyncio.Event()
-        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, gone))
+        watch = DisconnectWatch(receive, task)
+        timer = asyncio.get_running_loop().call_later(WATCH_AFTER, watch.start)
         try:
             await self.serve(send, body, data, flexible and not strict, high, record)
         except asyncio.CancelledError:
-            if not gone.is_set():
+            if not watch.gone:
                 raise
             task.uncancel()
         finally:
-            watcher.cancel()
+            timer.cancel()
+            watch.stop()
 
     async def serve(
         self,
@@ -225,13 +228,26 @@ class ProxyEndpoint:
                     ],
                 }
             )
+            # Events that arrived together go out in one write; none waits for a later one.
+            ready = stream.ready
+            batch: list[bytes] = []
+            size = 0
             try:
                 async for event in stream:
+                    if ready() and size < BATCH_BYTES:
+                        batch.append(event)
+                        size += len(event)
+                        continue
+                    if batch:
+                        batch.append(event)
+                        event = b"".join(batch)
+                        batch.clear()
+                        size = 0
                     await send({"type": "http.response.body", "body": event, "more_body": True})
             except asyncio.CancelledError:
                 await end_cut_stream(send, OPENAI_CUT)
                 raise
-            await send({"type": "http.response.body", "body": b""})
+            await send({"type": "http.response.body", "body": b"".join(batch)})
         finally:
             await stream.aclose()
 
@@ -288,15 +304,40 @@ def header_list(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
 
-async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], gone: asyncio.Event) -> None:
-    """Cancel ``task`` when the client disconnects."""
-    with contextlib.suppress(Exception):
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                gone.set()
-                task.cancel()
-                return
+#: Seconds before a request gets a task watching for its client to leave. Most answers through a
+#: fast backend are sent before then, and a task per request is the priciest part of watching;
+#: a model's answer takes far longer, so the upstream is still dropped within this much.
+WATCH_AFTER = 0.01
+
+
+class DisconnectWatch:
+    """Cancels a request's task when its client disconnects (started only if it runs long)."""
+
+    __slots__ = ("gone", "receive", "task", "watcher")
+
+    def __init__(self, receive: Receive, task: asyncio.Task[Any]) -> None:
+        self.receive = receive
+        self.task = task
+        self.gone = False
+        self.watcher: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Begin watching (a timer calls this)."""
+        self.watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    def stop(self) -> None:
+        """The request is over: stop watching."""
+        if self.watcher is not None:
+            self.watcher.cancel()
+
+    async def _watch(self) -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                message = await self.receive()
+                if message["type"] == "http.disconnect":
+                    self.gone = True
+                    self.task.cancel()
+                    return
 
 
 #: What a stream cut short by Nexus itself (shutdown) ends with, on the OpenAI door.
@@ -334,7 +375,7 @@ async def openai_chunks(stream: ProxyStream) -> AsyncIterator[dict[str, Any]]:
         if data == b"[DONE]":
             return
         try:
-            chunk = json.loads(data)
+            chunk = fastjson.loads(data)
         except ValueError:
             raise StreamBroke("the backend sent a stream event that is not JSON") from None
         if not isinstance(chunk, dict):

@@ -20,6 +20,7 @@ from nexus_core.config import LogFormat, NexusConfig, StateBackend
 from nexus_core.gateway import Gateway
 from nexus_core.telemetry import TelemetryError
 from nexus_server.app import create_app
+from nexus_server.corked import CorkedHttpToolsProtocol
 
 log = logging.getLogger("nexus.server")
 
@@ -84,7 +85,7 @@ def build_server(config: NexusConfig) -> uvicorn.Server:
         host=config.server.host,
         port=config.server.port,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
-        http="httptools",
+        http=CorkedHttpToolsProtocol,
         lifespan="on",
         access_log=False,
         log_level=config.logging.level.value,

@@ -16,6 +16,7 @@ from nexus_core.adapters import AdapterFactory
 from nexus_core.config import NexusConfig, validate_config
 from nexus_core.gateway import Gateway
 from nexus_server.app import create_app
+from nexus_server.corked import CorkedHttpToolsProtocol
 
 T = TypeVar("T")
 
@@ -58,7 +59,8 @@ def running_server(
             host="127.0.0.1",
             port=0,
             loop="asyncio",
-            http="httptools",
+            # What `nexus serve` uses (serve.py), so the tests see the same writes.
+            http=CorkedHttpToolsProtocol,
             lifespan="on",
             access_log=False,
             log_config=None,
