@@ -105,7 +105,12 @@ def litellm_serving(work: Path) -> Iterator[int | None]:
     )
     process = subprocess.Popen(
         [found, "--config", str(config), "--port", str(LITELLM_PORT)],
-        env={**os.environ, "LITELLM_MASTER_KEY": LITELLM_KEY},
+        # The local price map: LiteLLM otherwise fetches it from GitHub at start-up.
+        env={
+            **os.environ,
+            "LITELLM_MASTER_KEY": LITELLM_KEY,
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

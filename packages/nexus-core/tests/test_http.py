@@ -189,9 +189,10 @@ async def test_connection_reset_before_any_response(
     assert (await post(transport, fake)).status == 200
 
 
-async def test_a_dropped_connection_is_retried_once_afresh(fake: FakeBackend) -> None:
+@pytest.mark.parametrize("client", ["h1", "aiohttp"])
+async def test_a_dropped_connection_is_retried_once_afresh(fake: FakeBackend, client: str) -> None:
     """A pooled connection the server closed without saying so costs one quiet retry."""
-    transport = AiohttpTransport()
+    transport = make_transport(client)
     try:
         assert (await post(transport, fake)).status == 200
         fake.push(Behaviour(reset=True))
