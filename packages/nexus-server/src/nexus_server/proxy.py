@@ -22,6 +22,7 @@ from nexus_core.failover import ProxyResult, ProxyStream
 from nexus_core.gateway import Gateway
 from nexus_core.observability import RequestRecord
 from nexus_core.sse import error_event, event_data
+from nexus_server.protocol import DISCONNECT_KEY, Disconnect
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -164,17 +165,29 @@ class ProxyEndpoint:
 
         task = asyncio.current_task()
         assert task is not None
-        watch = DisconnectWatch(receive, task)
-        timer = asyncio.get_running_loop().call_later(WATCH_AFTER, watch.start)
+        # When the client goes, the work is cancelled (so is the upstream request). Nexus's
+        # protocol says so through the scope; under another server a task watches receive().
+        disconnect = scope.get(DISCONNECT_KEY)
+        watch: DisconnectWatch | None = None
+        timer: asyncio.TimerHandle | None = None
+        if not isinstance(disconnect, Disconnect):
+            disconnect = Disconnect()
+            watch = DisconnectWatch(receive, disconnect)
+            timer = asyncio.get_running_loop().call_later(WATCH_AFTER, watch.start)
+        if disconnect.gone:
+            return  # it left while sending the body: nobody to answer
+        disconnect.callback = task.cancel
         try:
             await self.serve(send, body, data, flexible and not strict, high, record)
         except asyncio.CancelledError:
-            if not watch.gone:
+            if not disconnect.left():
                 raise
             task.uncancel()
         finally:
-            timer.cancel()
-            watch.stop()
+            disconnect.callback = None
+            if watch is not None and timer is not None:
+                timer.cancel()
+                watch.stop()
 
     async def serve(
         self,
@@ -304,21 +317,21 @@ def header_list(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
 
-#: Seconds before a request gets a task watching for its client to leave. Most answers through a
-#: fast backend are sent before then, and a task per request is the priciest part of watching;
-#: a model's answer takes far longer, so the upstream is still dropped within this much.
+#: Under an ASGI server other than Nexus's own protocol: seconds before a request gets a task
+#: watching for its client to leave. Most answers through a fast backend are sent before then,
+#: and a task per request is the priciest part of watching; a model's answer takes far longer,
+#: so the upstream is still dropped within this much.
 WATCH_AFTER = 0.01
 
 
 class DisconnectWatch:
-    """Cancels a request's task when its client disconnects (started only if it runs long)."""
+    """Fires a ``Disconnect`` when ``receive()`` says the client left (started by a timer)."""
 
-    __slots__ = ("gone", "receive", "task", "watcher")
+    __slots__ = ("disconnect", "receive", "watcher")
 
-    def __init__(self, receive: Receive, task: asyncio.Task[Any]) -> None:
+    def __init__(self, receive: Receive, disconnect: Disconnect) -> None:
         self.receive = receive
-        self.task = task
-        self.gone = False
+        self.disconnect = disconnect
         self.watcher: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -335,8 +348,7 @@ class DisconnectWatch:
             while True:
                 message = await self.receive()
                 if message["type"] == "http.disconnect":
-                    self.gone = True
-                    self.task.cancel()
+                    self.disconnect.fire()
                     return
 
 

@@ -20,7 +20,7 @@ from nexus_core.config import LogFormat, NexusConfig, StateBackend
 from nexus_core.gateway import Gateway
 from nexus_core.telemetry import TelemetryError
 from nexus_server.app import create_app
-from nexus_server.corked import CorkedHttpToolsProtocol
+from nexus_server.protocol import NexusHttpProtocol
 
 log = logging.getLogger("nexus.server")
 
@@ -85,7 +85,7 @@ def build_server(config: NexusConfig) -> uvicorn.Server:
         host=config.server.host,
         port=config.server.port,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
-        http=CorkedHttpToolsProtocol,
+        http=NexusHttpProtocol,
         lifespan="on",
         access_log=False,
         log_level=config.logging.level.value,

@@ -16,7 +16,7 @@ from nexus_core.adapters import AdapterFactory
 from nexus_core.config import NexusConfig, validate_config
 from nexus_core.gateway import Gateway
 from nexus_server.app import create_app
-from nexus_server.corked import CorkedHttpToolsProtocol
+from nexus_server.protocol import NexusHttpProtocol
 
 T = TypeVar("T")
 
@@ -47,8 +47,12 @@ def running_server(
     *,
     backend_types: Mapping[str, AdapterFactory] | None = None,
     startup_timeout: float = 15.0,
+    http: type[asyncio.Protocol] | str = NexusHttpProtocol,
 ) -> Iterator[RunningServer]:
-    """Serve ``config`` on 127.0.0.1 (a free port) in a thread until the block ends."""
+    """Serve ``config`` on 127.0.0.1 (a free port) in a thread until the block ends.
+
+    ``http``: uvicorn's HTTP protocol; by default the one ``nexus serve`` uses.
+    """
     if not isinstance(config, NexusConfig):
         config = validate_config(config, source="test config")
     gateway = Gateway(config, backend_types=backend_types)
@@ -59,8 +63,7 @@ def running_server(
             host="127.0.0.1",
             port=0,
             loop="asyncio",
-            # What `nexus serve` uses (serve.py), so the tests see the same writes.
-            http=CorkedHttpToolsProtocol,
+            http=http,
             lifespan="on",
             access_log=False,
             log_config=None,

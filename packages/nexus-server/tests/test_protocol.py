@@ -1,19 +1,24 @@
-"""``CorkedTransport``: writes made in one turn of the event loop leave as one, none waits longer.
+"""Nexus's uvicorn protocol: corked writes, and the client's leaving cancelling the upstream.
 
-A real TCP connection on 127.0.0.1; the corked transport wraps the client's transport through a
+``CorkedTransport``: writes made in one turn of the event loop leave as one, none waits longer. A
+real TCP connection on 127.0.0.1; the corked transport wraps the client's transport through a
 shim that records each write it passes down (what the socket is asked to send).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from nexus_server.corked import CorkedTransport
+from nexus_core.testing import Behaviour, FakeBackend
+from nexus_server.protocol import CorkedTransport, NexusHttpProtocol
 from nexus_server.testing import running_server
 
 pytestmark = pytest.mark.anyio
@@ -137,3 +142,49 @@ def test_the_gateway_answers_through_corked_connections() -> None:
         closing = http.get(server.url + "/v1/models", headers={"Connection": "close"})
         assert closing.status_code == 200
         assert closing.json()["object"] == "list"
+
+
+# -- a client leaving cancels the upstream request ------------------------------------------------
+
+
+@pytest.mark.parametrize("http", [NexusHttpProtocol, "httptools"], ids=["nexus", "plain-uvicorn"])
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_client_leaving_drops_the_upstream_request(
+    http: type[asyncio.Protocol] | str, stream: bool
+) -> None:
+    """Nexus's protocol cancels through the scope's Disconnect; another server's, by a watcher."""
+    with FakeBackend("a").running() as fake:
+        fake.behave(
+            Behaviour(delay_between_events=5.0) if stream else Behaviour(delay_before_headers=5.0)
+        )
+        config = {
+            "discovery": {"enabled": False},
+            "state": {"backend": "memory"},
+            "health_check": {"interval_seconds": 3600},
+            "backends": [{"name": "a", "url": fake.url}],
+        }
+        with running_server(config, http=http) as server:
+            body = json.dumps(
+                {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+                | ({"stream": True} if stream else {})
+            ).encode()
+            host, port = server.url.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port))) as client:
+                client.sendall(
+                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: nexus\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                    % (len(body), body)
+                )
+                deadline = time.monotonic() + 5
+                while not fake.inference_requests and time.monotonic() < deadline:
+                    time.sleep(0.002)
+                assert fake.inference_requests
+                if stream:
+                    assert client.recv(65536).startswith(b"HTTP/1.1 200")
+            left = time.monotonic()
+            assert fake.wait_disconnect(timeout=2.0)
+            assert fake.disconnects[0] - left < 0.1
+            deadline = time.monotonic() + 2
+            while any(b.pending for b in server.gateway.registry) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert all(b.pending == 0 for b in server.gateway.registry)
