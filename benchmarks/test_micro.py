@@ -14,10 +14,9 @@ import pytest
 
 from nexus_core.adapters import BackendStatus, Endpoint, ModelInfo
 from nexus_core.config import BackendConfig, RoutingConfig
-from nexus_core.http import _completes
 from nexus_core.registry import Backend, Registry
 from nexus_core.routing import Router, analyze, replace_model
-from nexus_core.sse import SSEParser, event_data
+from nexus_core.sse import SSEParser, completes_answer, event_data
 
 pytest.importorskip("pytest_benchmark")
 
@@ -74,7 +73,7 @@ def relay_events(chunks: list[bytes]) -> int:
     count = 0
     for chunk in chunks:
         for event in parser.feed(chunk):
-            _completes(event)
+            completes_answer(event)
             count += 1
     return count
 

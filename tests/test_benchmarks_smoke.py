@@ -1,0 +1,47 @@
+"""The benchmark scripts still run (they are not part of the test run, so nothing else notices).
+
+Each micro-benchmark runs once with timing off (``--benchmark-disable``), and ``run.py`` and
+``soak.py`` parse their options; the figures themselves are for ``docs/performance.md``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_micro_benchmarks_run() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(ROOT / "benchmarks" / "test_micro.py"),
+            "--benchmark-disable",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " passed" in result.stdout
+
+
+def test_the_benchmark_commands_parse_their_options() -> None:
+    for script in ("run.py", "soak.py"):
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / script), "--help"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "--json" in result.stdout
