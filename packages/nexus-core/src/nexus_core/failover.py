@@ -235,8 +235,12 @@ class ProxyStream:
         try:
             await self._upstream.aclose()
         finally:
-            if self.on_end is not None:
-                self.on_end(self)
+            on_end, self.on_end = self.on_end, None
+            # Dropping the callback also breaks the cycle through it (it usually holds the
+            # result that holds this stream), so the request's objects are freed at once rather
+            # than by the garbage collector.
+            if on_end is not None:
+                on_end(self)
 
 
 async def execute(
@@ -394,13 +398,13 @@ async def execute(
                 quality.record(backend.name, route.model, False)
             attempts.append(Attempt(backend.name, exc.kind.value, exc.message, exc.status))
             if not exc.retryable:
-                error = _as_gateway_error(exc, backend, attempts)
-                error.failed_backends = tuple(a.backend for a in attempts)
-                raise error from None
+                # Raised straight from the call: an exception held in a local of this frame
+                # would form a cycle with its own traceback (freed only by the collector).
+                raise _failed(_as_gateway_error(exc, backend, attempts), attempts) from None
             log.info(
                 "backend %s failed (%s: %s); trying the next", backend.name, exc.kind, exc.message
             )
-            last_error = exc
+            last_error = exc.with_traceback(None)  # its traceback holds this frame
         finally:
             if attempt is not None:
                 attempt.end(error_type="cancelled")  # a no-op when it was ended above
@@ -409,9 +413,13 @@ async def execute(
                 if charge is not None and charge.settled is None:
                     # Cancelled on the way: the prompt may have been processed (and billed).
                     charge.settle(estimate_nano_usd(charge.price, needs.estimated_tokens, 0))
-    error = _exhausted(last_error, attempts, deadline_seconds, bool(routes))
+    raise _failed(_exhausted(last_error, attempts, deadline_seconds, bool(routes)), attempts)
+
+
+def _failed(error: GatewayError, attempts: list[Attempt]) -> GatewayError:
+    """``error`` with the backends that failed on the way."""
     error.failed_backends = tuple(a.backend for a in attempts)
-    raise error
+    return error
 
 
 async def _send_with_context(

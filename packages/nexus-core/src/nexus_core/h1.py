@@ -120,6 +120,10 @@ class _Origin:
         ).encode("latin-1")
 
 
+#: What a closed connection holds instead of its parser (the parser refers back to it).
+_SPENT_PARSER = httptools.HttpResponseParser(object())
+
+
 class _Exchange:
     """One request's answer as it arrives: status, headers, then the body or a stream of chunks."""
 
@@ -155,6 +159,14 @@ class _Exchange:
         self.reading = False
         self.finished = False
         self.error: BackendError | None = None
+
+    def take_error(self) -> BackendError:
+        """The error, to be raised; the exchange lets go of it (so the traceback the raise adds,
+        which holds the raising frame, is not also held by the frame's exchange: no cycle)."""
+        error = self.error
+        assert error is not None
+        self.error = None
+        return error
 
     def wake(self) -> None:
         waiter = self.waiter
@@ -197,6 +209,9 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
+        # The parser calls back into this object: let go of it, or the two would wait for the
+        # garbage collector. Nothing is parsed after this.
+        self.parser = _SPENT_PARSER
         exchange = self.exchange
         if exchange is None:
             return
@@ -462,15 +477,14 @@ class H1Transport:
                     await waiter
                 finally:
                     timer.cancel()
-                error = exchange.error
-                if error is None:
+                if exchange.error is None:
                     break
                 if reused and not exchange.received and connection.closed:
                     # A pooled connection the server had already closed: once more, afresh.
                     reused = False
                     connection = None
                     continue
-                raise error
+                raise exchange.take_error()
         except BaseException:
             # Timed out, cancelled (the client went away) or failed: drop the socket so the
             # backend sees it at once.
@@ -596,7 +610,7 @@ class _EventReader:
                 if exchange.finished:
                     break
                 if exchange.error is not None:
-                    raise exchange.error
+                    raise exchange.take_error()
                 waiter = exchange.waiter = loop.create_future()
                 timer = loop.call_later(self.idle, _stall, exchange, self.idle)
                 try:
