@@ -96,9 +96,14 @@ class RequestRecord:
 
     def as_dict(self) -> dict[str, Any]:
         """The ``/v1/history`` entry."""
+        fields = self.fields()
+        started = datetime.fromtimestamp(self.started, UTC).isoformat(timespec="milliseconds")
+        return {"request_id": fields.pop("request_id"), "time": started, **fields}
+
+    def fields(self) -> dict[str, Any]:
+        """The entry's fields but ``time`` (what the request's log line carries)."""
         return {
             "request_id": self.request_id,
-            "time": datetime.fromtimestamp(self.started, UTC).isoformat(timespec="milliseconds"),
             "front_door": self.front_door,
             "endpoint": self.endpoint,
             "model": self.model,
@@ -332,8 +337,7 @@ class Monitor:
             self._log(record)
 
     def _log(self, record: RequestRecord) -> None:
-        fields = record.as_dict()
-        fields.pop("time")
+        fields = record.fields()
         if record.content is not None:
             fields["prompt"], fields["answer"] = record.content
         tokens = ""

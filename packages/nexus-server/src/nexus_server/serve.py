@@ -56,6 +56,13 @@ def setup_logging(config: NexusConfig) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    # Neither format shows where a call was made, or from which thread or process: skip working
+    # it out for every record (the logging HOWTO's "Optimization" section). With a line per
+    # request this halves the cost of a line.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # Libraries that log every HTTP call at INFO (the health probes' client) stay quiet.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
