@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from nexus_core.registry import Registry
 
 log = logging.getLogger("nexus.requests")
+#: A request's log line (its values are the request record's).
+LINE_FORMAT = "%s %s model=%s backend=%s reason=%s status=%d %.1fms%s%s retries=%d%s"
 
 #: Requests kept for ``/v1/history``.
 HISTORY = 100
@@ -242,6 +244,10 @@ class Monitor:
         self.by_model: dict[str, _Series] = {}
         self.total = 0
         self.total_errors = 0
+        #: Writes a request's log line itself, when the server knows the line would go to one
+        #: handler of its own (``nexus_server.serve.RequestLines``): the same text as through
+        #: ``logging``, without the per-record work. ``None``: ``logging`` as usual.
+        self.line_writer: Callable[[str, dict[str, Any]], None] | None = None
         #: Called with every finished record (the dashboard's live feed).
         self.subscribers: list[Callable[[RequestRecord], None]] = []
 
@@ -345,8 +351,28 @@ class Monitor:
             tokens = f" tokens={record.prompt_tokens or 0}/{record.completion_tokens or 0}"
         ttft = "" if record.ttft is None else f" ttft={record.ttft * 1000:.1f}ms"
         error = f" error={record.error}" if record.error else ""
+        writer = self.line_writer
+        if writer is not None:
+            writer(
+                LINE_FORMAT
+                % (
+                    record.request_id or "-",
+                    record.endpoint,
+                    record.model or "-",
+                    record.backend or "-",
+                    record.route_reason or "-",
+                    record.status,
+                    record.duration * 1000,
+                    ttft,
+                    tokens,
+                    max(0, record.attempts - 1),
+                    error,
+                ),
+                fields,
+            )
+            return
         log.info(
-            "%s %s model=%s backend=%s reason=%s status=%d %.1fms%s%s retries=%d%s",
+            LINE_FORMAT,
             record.request_id or "-",
             record.endpoint,
             record.model or "-",
