@@ -32,6 +32,8 @@ Send = Callable[[Message], Awaitable[None]]
 JSON = b"application/json"
 #: At most this many bytes of events that arrived together are gathered into one write.
 BATCH_BYTES = 64 * 1024
+#: The event that ends an OpenAI stream.
+DONE_EVENTS = (b"data: [DONE]", b"data:[DONE]")
 REQUEST_ID_KEY = "nexus.request_id"
 
 
@@ -242,11 +244,21 @@ class ProxyEndpoint:
                 }
             )
             # Events that arrived together go out in one write; none waits for a later one.
+            # At [DONE] the answer is complete: it is sent whole then, and the stream's own end
+            # (releasing the backend, pricing, the request's record and log line) comes after.
             ready = stream.ready
             batch: list[bytes] = []
             size = 0
+            answered = False
             try:
                 async for event in stream:
+                    if answered:
+                        continue  # nothing follows [DONE]; what does is not for the client
+                    if event.startswith(DONE_EVENTS):
+                        batch.append(event)
+                        answered = True
+                        await send({"type": "http.response.body", "body": b"".join(batch)})
+                        continue
                     if ready() and size < BATCH_BYTES:
                         batch.append(event)
                         size += len(event)
@@ -258,9 +270,11 @@ class ProxyEndpoint:
                         size = 0
                     await send({"type": "http.response.body", "body": event, "more_body": True})
             except asyncio.CancelledError:
-                await end_cut_stream(send, OPENAI_CUT)
+                if not answered:
+                    await end_cut_stream(send, OPENAI_CUT)
                 raise
-            await send({"type": "http.response.body", "body": b"".join(batch)})
+            if not answered:
+                await send({"type": "http.response.body", "body": b"".join(batch)})
         finally:
             await stream.aclose()
 
