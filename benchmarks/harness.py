@@ -133,7 +133,7 @@ class NexusOptions:
     """How the Nexus under test is configured."""
 
     port: int = 8000
-    log_level: str = "warning"
+    log_level: str = "info"
     metrics: bool = True
     workers: int | None = None
 
@@ -170,7 +170,7 @@ def nexus_serving(
         stdout=subprocess.DEVNULL,
         # At info level every request logs a line: it goes to /dev/null, as the cost is the
         # formatting and writing, not a terminal's scrolling.
-        stderr=subprocess.DEVNULL if options.log_level == "info" else None,
+        stderr=subprocess.DEVNULL if options.log_level in ("debug", "info") else None,
     )
     try:
         base = f"http://127.0.0.1:{options.port}"

@@ -421,8 +421,9 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-level",
-        default="warning",
-        help="logging.level of Nexus; 'info' adds one log line per request (to /dev/null)",
+        default="info",
+        help="logging.level of Nexus: 'info' (the default, as `nexus serve`'s) writes one line "
+        "per request (to /dev/null); 'warning' leaves it out",
     )
     parser.add_argument(
         "--only", default="", help="run only cases whose label contains this ('c=32')"

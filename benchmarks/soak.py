@@ -46,7 +46,7 @@ def main() -> int:
     parser.add_argument("--slice", type=float, default=3.0, help="seconds per load slice")
     parser.add_argument("--connections", type=int, default=16, help="per generator (16)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--log-level", default="info")
     parser.add_argument("--backend", choices=("auto", "nginx", "builtin"), default="auto")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
