@@ -39,10 +39,11 @@ def test_same_values_as_the_standard_library(value: Any, ascii_only: bool) -> No
         b'{"x": "\\ud800"}',  # a lone surrogate escape
         '{"model": "m"}'.encode("utf-16"),
         b'{"a": 1, "a": 2}',
+        b'{"a": 1e400}',
     ],
-    ids=["nan", "infinity", "big-int", "lone-surrogate", "utf-16", "duplicate-key"],
+    ids=["nan", "infinity", "big-int", "lone-surrogate", "utf-16", "duplicate-key", "overflow"],
 )
-def test_what_orjson_refuses_the_standard_library_decides(raw: bytes) -> None:
+def test_what_msgspec_refuses_the_standard_library_decides(raw: bytes) -> None:
     expected = json.loads(raw)
     got = fastjson.loads(raw)
     assert json.dumps(got) == json.dumps(expected)
