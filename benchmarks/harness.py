@@ -74,6 +74,12 @@ def canned_backend(work: Path, kind: str = "auto") -> Iterator[str]:
         command = ["nginx", "-c", str(config)]
     else:
         command = [sys.executable, str(HERE / "canned_backend.py")]
+    for base in (PLAIN, STREAM, MIXED_STREAM):
+        port = int(base.rsplit(":", 1)[1])
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                # Something already answers there: the figures would be that server's.
+                raise SystemExit(f"port {port} is in use: stop what listens there first")
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     try:
         for base in (PLAIN, STREAM, MIXED_STREAM):
