@@ -14,7 +14,8 @@ from nexus_core.registry import Backend, Registry
 from nexus_core.routing import Router, analyze
 
 
-def build(count: int, strategy: str) -> Router:
+def build(count: int, strategy: str = "smart") -> Router:
+    """A router over ``count`` healthy backends that all serve the model ``m`` (and their own)."""
     registry = Registry()
     for index in range(count):
         config = BackendConfig(name=f"b{index}", url="http://127.0.0.1:9", priority=index % 7)

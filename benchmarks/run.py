@@ -47,20 +47,14 @@ TARGETS = (
 
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        cwd=harness.HERE,
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        cwd=harness.HERE,
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=harness.HERE, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
     return {
         "nproc": os.cpu_count(),
         "python": platform.python_version(),

@@ -12,11 +12,10 @@ from typing import Any
 
 import pytest
 
+from benchmarks.routing_decision import build
 from nexus_core import fastjson
-from nexus_core.adapters import BackendStatus, Endpoint, ModelInfo
-from nexus_core.config import BackendConfig, RoutingConfig
-from nexus_core.registry import Backend, Registry
-from nexus_core.routing import Router, analyze, replace_model
+from nexus_core.adapters import Endpoint
+from nexus_core.routing import analyze, replace_model
 from nexus_core.sse import SSEParser, completes_answer, event_data
 
 pytest.importorskip("pytest_benchmark")
@@ -24,30 +23,11 @@ pytest.importorskip("pytest_benchmark")
 Benchmark = Callable[..., Any]
 
 
-def router(count: int, strategy: str = "smart") -> Router:
-    """A router over ``count`` healthy backends that all serve the model ``m``."""
-    registry = Registry()
-    for index in range(count):
-        config = BackendConfig(name=f"b{index}", url="http://127.0.0.1:9", priority=index % 7)
-        backend = Backend(
-            name=config.name,
-            config=config,
-            adapter=None,  # type: ignore[arg-type]
-            zone=config.effective_zone,
-            is_cloud=False,
-        )
-        registry.add(backend)
-        registry.set_models(backend, [ModelInfo("m"), ModelInfo(f"own-{index}")])
-        backend.status = BackendStatus.HEALTHY
-        backend.latency_ms = float(index % 13)
-    return Router(registry, RoutingConfig(strategy=strategy))  # type: ignore[arg-type]
-
-
 @pytest.mark.parametrize("strategy", ["smart", "round_robin", "least_loaded"])
 @pytest.mark.parametrize("backends", [5, 50, 500])
 def test_routing_decision(benchmark: Benchmark, backends: int, strategy: str) -> None:
     """One `Router.plan` for a one-message chat request (target at 50 backends: <= 20 us)."""
-    plan = router(backends, strategy).plan
+    plan = build(backends, strategy).plan
     needs = analyze(Endpoint.CHAT, {"model": "m", "messages": [{"role": "user", "content": "Hi"}]})
     routes = benchmark(plan, needs)
     assert len(routes) >= 1

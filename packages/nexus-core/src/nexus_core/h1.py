@@ -249,15 +249,6 @@ class _Connection(asyncio.Protocol):
             self.close()
             exchange.wake()
 
-    def eof_received(self) -> bool | None:
-        return None  # close the transport; connection_lost finishes the exchange
-
-    def pause_writing(self) -> None:  # pragma: no cover - requests are small single writes
-        pass
-
-    def resume_writing(self) -> None:  # pragma: no cover
-        pass
-
     # -- httptools callbacks ------------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:

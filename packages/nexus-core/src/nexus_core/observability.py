@@ -351,28 +351,7 @@ class Monitor:
             tokens = f" tokens={record.prompt_tokens or 0}/{record.completion_tokens or 0}"
         ttft = "" if record.ttft is None else f" ttft={record.ttft * 1000:.1f}ms"
         error = f" error={record.error}" if record.error else ""
-        writer = self.line_writer
-        if writer is not None:
-            writer(
-                LINE_FORMAT
-                % (
-                    record.request_id or "-",
-                    record.endpoint,
-                    record.model or "-",
-                    record.backend or "-",
-                    record.route_reason or "-",
-                    record.status,
-                    record.duration * 1000,
-                    ttft,
-                    tokens,
-                    max(0, record.attempts - 1),
-                    error,
-                ),
-                fields,
-            )
-            return
-        log.info(
-            LINE_FORMAT,
+        args = (
             record.request_id or "-",
             record.endpoint,
             record.model or "-",
@@ -384,8 +363,12 @@ class Monitor:
             tokens,
             max(0, record.attempts - 1),
             error,
-            extra={"nexus": fields},
         )
+        writer = self.line_writer
+        if writer is not None:
+            writer(LINE_FORMAT % args, fields)
+        else:
+            log.info(LINE_FORMAT, *args, extra={"nexus": fields})
 
     # -- reading ----------------------------------------------------------------------------------
 

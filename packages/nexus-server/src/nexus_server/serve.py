@@ -34,18 +34,36 @@ class JsonFormatter(logging.Formatter):
     """
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        fields = getattr(record, "nexus", None)
-        if fields is not None:
-            entry["request"] = fields
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        return json_line(
+            record.created,
+            record.levelname.lower(),
+            record.name,
+            record.getMessage(),
+            getattr(record, "nexus", None),
+            self.formatException(record.exc_info) if record.exc_info else None,
+        )
+
+
+def json_line(
+    created: float,
+    level: str,
+    logger: str,
+    message: str,
+    request: dict[str, Any] | None = None,
+    exception: str | None = None,
+) -> str:
+    """One JSON log line (docs/log-schema.json)."""
+    entry: dict[str, object] = {
+        "time": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
+        "level": level,
+        "logger": logger,
+        "message": message,
+    }
+    if request is not None:
+        entry["request"] = request
+    if exception is not None:
+        entry["exception"] = exception
+    return json.dumps(entry, ensure_ascii=False)
 
 
 PRETTY_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -90,16 +108,7 @@ class RequestLines:
     def __call__(self, message: str, fields: dict[str, Any]) -> None:
         now = time.time()
         if self.json:
-            line = json.dumps(
-                {
-                    "time": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds"),
-                    "level": "info",
-                    "logger": "nexus.requests",
-                    "message": message,
-                    "request": fields,
-                },
-                ensure_ascii=False,
-            )
+            line = json_line(now, "info", "nexus.requests", message, fields)
         else:
             second = int(now)
             if second != self._second:
