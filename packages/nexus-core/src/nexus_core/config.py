@@ -106,6 +106,10 @@ class ConfigKeyError(ValueError):
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# A DNS name (labels of letters, digits and hyphens) or an IP address written as a host.
+_HOST_NAME = re.compile(
+    r"^[a-z0-9_]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,62}))*$|^[0-9a-f:.]+$"
+)
 # RFC 6763 service names: up to 15 letters, digits and hyphens, then the protocol, then the domain.
 _SERVICE_TYPE = re.compile(r"^_[A-Za-z0-9-]{1,15}\._(tcp|udp)\.local\.$")
 
@@ -191,9 +195,10 @@ class ServerConfig(Section):
         default=60.0, description="Longest silence allowed between two events of a stream."
     )
     max_body_bytes: int = Field(
-        default=10 * 1024 * 1024,
+        default=50 * 1024 * 1024,
         ge=1024,
-        description="Largest request body accepted; a bigger one gets HTTP 413.",
+        description="Largest request body accepted on any route; a bigger one gets HTTP 413 "
+        "(the default fits a 1M-token context with images: OpenAI accepts 50 MB).",
     )
     drain_timeout_seconds: float = Field(
         default=30.0,
@@ -214,10 +219,105 @@ class ServerConfig(Section):
     )
     cors_origins: list[str] = Field(
         default_factory=list,
-        description="Origins browsers may call the API from (CORS); empty: CORS off. '*' "
-        "allows any origin.",
+        description="Origins browsers may call the API from (CORS; never /admin); empty: CORS "
+        "off. '*' allows any origin.",
         examples=[["https://chat.example.com"]],
     )
+    header_timeout_seconds: PositiveSeconds = Field(
+        default=10.0,
+        description="Time a client has to send a request's headers (from its connection or its "
+        "previous answer); then the connection is closed.",
+    )
+    body_timeout_seconds: PositiveSeconds = Field(
+        default=30.0,
+        description="Time a client has to send a request body, plus one second per 16 KiB "
+        "received; then 408 and the connection is closed.",
+    )
+    max_connections: int = Field(
+        default=10_000,
+        ge=16,
+        description="Most client connections open at once (lowered to fit the process's file "
+        "limit); past it idle connections are closed first, then new ones refused with 503.",
+    )
+    max_response_body_bytes: int = Field(
+        default=128 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Largest whole (non-streamed) answer read from a backend, health probes "
+        "included; a bigger one fails the attempt (failover, else 502).",
+    )
+    max_response_header_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="Largest total size of a backend answer's status line and headers.",
+    )
+    max_stream_event_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Largest single event of a streamed answer; a bigger one ends the stream "
+        "with an error event (failover when nothing was sent yet).",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names Nexus answers to on /admin, the dashboard and /ws (and on every "
+        "route when it listens on loopback only), besides IP addresses, localhost and this "
+        "machine's own names; '*' allows any.",
+        examples=[["nexus.example.com"]],
+    )
+    admin_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins besides the server's own that may call /admin.",
+        examples=[["https://ops.example.com"]],
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or networks of reverse proxies whose Forwarded / "
+        "X-Forwarded-For headers name the real client; empty: those headers are never believed.",
+        examples=[["127.0.0.1"]],
+    )
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            name = item.strip().lower().rstrip(".")
+            if name != "*" and not _HOST_NAME.match(name):
+                raise ValueError(
+                    f"each entry must be a host name such as 'nexus.example.com' or '*' (got "
+                    f"{item!r})"
+                )
+            out.append(name)
+        return out
+
+    @field_validator("cors_origins", "admin_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            origin = item.strip().rstrip("/")
+            if origin != "*":
+                parts = urlsplit(origin)
+                if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+                    raise ValueError(
+                        "each entry must be an origin such as 'https://chat.example.com' "
+                        f"(scheme and host, no path; got {item!r})"
+                    )
+                origin = origin.lower()
+            out.append(origin)
+        return out
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"each entry must be an IP address or network such as '10.0.0.0/8' (got "
+                    f"{item!r})"
+                ) from None
+        return value
 
 
 class DiscoveryConfig(Section):
@@ -694,6 +794,12 @@ class AuthConfig(Section):
         description="Name of the environment variable holding the key for /admin; unset: "
         "/admin answers loopback clients only.",
         examples=["NEXUS_ADMIN_KEY"],
+    )
+    allowed_api_key_envs: list[EnvName] = Field(
+        default_factory=list,
+        description="Environment variables that backends added through the admin API may name "
+        "as api_key_env, besides those the configured backends use.",
+        examples=[["GROQ_API_KEY"]],
     )
 
 
