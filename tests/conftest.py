@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -118,3 +119,35 @@ def nexus_serve(
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+def toml_text(value: dict[str, Any]) -> str:
+    """``value`` as TOML: enough for test configs (tables, arrays of tables, scalars, arrays)."""
+    lines: list[str] = []
+
+    def scalar(item: Any) -> str:
+        return json.dumps(item)
+
+    def table(prefix: str, data: dict[str, Any]) -> None:
+        plain = {k: v for k, v in data.items() if not isinstance(v, dict | list) or _simple(v)}
+        nested = {k: v for k, v in data.items() if k not in plain}
+        if prefix:
+            lines.append(f"[{prefix}]")
+        for key, item in plain.items():
+            lines.append(f"{key} = {scalar(item)}")
+        for key, item in nested.items():
+            name = f"{prefix}.{key}" if prefix else key
+            if isinstance(item, dict):
+                table(name, item)
+            else:
+                for entry in item:
+                    lines.append(f"[[{name}]]")
+                    for k, v in entry.items():
+                        lines.append(f"{k} = {scalar(v)}")
+
+    table("", value)
+    return "\n".join(lines) + "\n"
+
+
+def _simple(value: Any) -> bool:
+    return isinstance(value, list) and all(not isinstance(v, dict | list) for v in value)

@@ -219,7 +219,7 @@ def test_admin_needs_the_admin_key_when_one_is_set(backend: FakeBackend) -> None
 
 
 def test_admin_without_an_admin_key_answers_loopback_only(backend: FakeBackend) -> None:
-    from nexus_server.admin import is_loopback
+    from nexus_server.trust import is_loopback
 
     with running_server(gateway_config(backend)) as server, admin(server, None) as api:
         assert api.get("/admin/backends").status_code == 200  # the test runs on loopback
@@ -239,9 +239,9 @@ def test_backends_added_at_run_time_survive_a_restart(backend: FakeBackend, tmp_
             assert added.status_code == 201, added.text
             assert added.json()["type"] == "generic"
             assert added.json()["status"] == "healthy"
-            drained = api.post("/admin/backends/local/drain")
+            drained = api.post("/admin/backends/local/drain", json={})
             assert drained.json()["status"] == "draining"
-            assert api.post("/admin/backends/local/resume").json()["status"] == "healthy"
+            assert api.post("/admin/backends/local/resume", json={}).json()["status"] == "healthy"
         with running_server(config) as server, admin(server) as api:
             names = {b["name"]: b["source"] for b in api.get("/admin/backends").json()["data"]}
             assert names == {"local": "static", "extra": "admin"}
@@ -389,19 +389,25 @@ def test_no_secret_appears_in_logs_bodies_or_headers(
         assert secret not in everything
 
 
-def test_the_dashboard_shows_to_loopback_and_key_holders_when_auth_is_on(
+def test_the_dashboard_shows_to_this_machine_and_the_admin_key_when_auth_is_on(
     backend: FakeBackend,
 ) -> None:
     from nexus_server.dashboard.live import viewer_allowed
+    from nexus_server.trust import LOCAL_KEY
+
+    def scope(*headers: tuple[bytes, bytes], local: bool = False) -> dict[str, Any]:
+        return {"headers": list(headers), LOCAL_KEY: local}
 
     with running_server(auth_config(backend)) as server:
         gateway = server.gateway
         assert httpx.get(server.url + "/").status_code == 200  # the test runs on loopback
-        remote = ("192.168.1.50", 50000)
-        assert not viewer_allowed(gateway, remote, [])
-        assert not viewer_allowed(gateway, remote, [(b"x-api-key", b"nxk-wrong")])
-        assert viewer_allowed(gateway, remote, [(b"x-api-key", TEAM_KEY.encode())])
-        admin_header = (b"authorization", f"Bearer {ADMIN_KEY}".encode())
-        assert viewer_allowed(gateway, remote, [admin_header])
+        assert viewer_allowed(gateway, scope(local=True))
+        assert not viewer_allowed(gateway, scope())
+        assert not viewer_allowed(gateway, scope((b"x-api-key", b"nxk-wrong")))
+        # A gateway key sees its own requests only (/v1/history), not the whole dashboard.
+        assert not viewer_allowed(gateway, scope((b"x-api-key", TEAM_KEY.encode())))
+        assert viewer_allowed(gateway, scope((b"authorization", f"Bearer {ADMIN_KEY}".encode())))
+        shown = httpx.get(server.url + "/dashboard/snapshot", headers={"x-api-key": TEAM_KEY})
+        assert shown.status_code == 200  # loopback, Host 127.0.0.1: this machine
     with running_server(gateway_config(backend)) as server:
-        assert viewer_allowed(server.gateway, ("192.168.1.50", 1), [])  # auth off: anyone
+        assert viewer_allowed(server.gateway, scope())  # auth off: anyone who reaches it

@@ -206,7 +206,9 @@ def test_errors_use_anthropics_shape_and_sdk_classes(server: RunningServer) -> N
         )
     assert bad.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
     response = httpx.post(
-        server.url + "/v1/messages", content=b"{not json", headers={"x-api-key": "k"}
+        server.url + "/v1/messages",
+        content=b"{not json",
+        headers={"x-api-key": "k", "content-type": "application/json"},
     )
     assert response.status_code == 400
     assert response.json()["type"] == "error"

@@ -17,6 +17,8 @@ from nexus_server.testing import RunningServer, running_server
 from tests.conftest import gateway_config
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Hi"}]
+#: What every client of the proxy doors says about its body.
+JSON = {"Content-Type": "application/json"}
 
 
 def client(server: RunningServer, **kwargs: Any) -> openai.OpenAI:
@@ -231,7 +233,7 @@ def test_alias_rewrites_only_the_model(fakes: list[FakeBackend]) -> None:
         a, aliases={"alias-1": "alias-2", "alias-2": "alias-3", "alias-3": "fake-model"}
     )
     with running_server(config) as server:
-        response = httpx.post(server.base_url + "/chat/completions", content=body)
+        response = httpx.post(server.base_url + "/chat/completions", content=body, headers=JSON)
     assert response.status_code == 200
     assert a.inference_requests[0].body == body.replace(b'"alias-1"', b'"fake-model"')
 
@@ -251,7 +253,9 @@ def test_unknown_model_is_not_found_listing_models(fakes: list[FakeBackend]) -> 
 
 def test_malformed_json_is_bad_request(fakes: list[FakeBackend]) -> None:
     with running_server(gateway_config(fakes[0])) as server:
-        response = httpx.post(server.base_url + "/chat/completions", content=b'{"model": ')
+        response = httpx.post(
+            server.base_url + "/chat/completions", content=b'{"model": ', headers=JSON
+        )
         missing_model = httpx.post(server.base_url + "/chat/completions", json={"messages": []})
         sdk_error = None
         try:
@@ -273,7 +277,9 @@ def test_oversized_body_is_413_envelope(fakes: list[FakeBackend]) -> None:
         big = {"model": "fake-model", "messages": [{"role": "user", "content": "x" * 5000}]}
         response = httpx.post(server.base_url + "/chat/completions", json=big)
         chunked = httpx.post(
-            server.base_url + "/chat/completions", content=iter([b"{" + b" " * 3000, b"}"])
+            server.base_url + "/chat/completions",
+            content=iter([b"{" + b" " * 3000, b"}"]),
+            headers=JSON,
         )
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"

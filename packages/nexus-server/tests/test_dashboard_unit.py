@@ -8,14 +8,17 @@ from typing import Any
 
 import pytest
 
-from nexus_core.config import validate_config
+from nexus_core.config import ServerConfig, validate_config
 from nexus_core.gateway import Gateway
 from nexus_core.observability import RequestRecord
 from nexus_server.dashboard import Dashboard, origin_allowed, render_page
 from nexus_server.dashboard.live import CLOSE_FORBIDDEN, CLOSE_TOO_SLOW, Client
 from nexus_server.dashboard.series import STEP, Series
+from nexus_server.trust import Trust
 
 EVIL = "<img src=x onerror=alert(1)>"
+#: The Host rules of a server that also answers to nexus.example.
+TRUST = Trust(ServerConfig(allowed_hosts=["nexus.example"]), names=())
 
 
 @pytest.fixture
@@ -57,6 +60,8 @@ def test_page_refreshes_itself_without_javascript() -> None:
         (None, b"127.0.0.1:8000", True),
         (b"http://127.0.0.1:8000", b"127.0.0.1:8000", True),
         (b"https://Nexus.example", b"nexus.example", True),
+        # DNS rebinding: the page's origin and the Host agree, but the name is not this server.
+        (b"http://evil.example:8000", b"evil.example:8000", False),
         (b"http://evil.example", b"127.0.0.1:8000", False),
         (b"http://127.0.0.1:9999", b"127.0.0.1:8000", False),
         (b"null", b"127.0.0.1:8000", False),
@@ -69,7 +74,7 @@ def test_origin_check(origin: bytes | None, host: bytes | None, allowed: bool) -
         headers.append((b"origin", origin))
     if host is not None:
         headers.append((b"host", host))
-    assert origin_allowed(headers) is allowed
+    assert origin_allowed(headers, TRUST) is allowed
 
 
 @pytest.mark.anyio
@@ -163,7 +168,7 @@ class FakeSocket:
 async def test_another_origin_is_closed_before_accept() -> None:
     dashboard = Dashboard(gateway())
     socket = FakeSocket(origin=b"http://evil.example")
-    await dashboard.websocket(socket.scope, socket.receive, socket.send)
+    await dashboard.websocket(socket.scope, socket.receive, socket.send, TRUST)
     assert socket.sent == [{"type": "websocket.close", "code": CLOSE_FORBIDDEN}]
     assert not dashboard.clients
 
@@ -173,7 +178,9 @@ async def test_a_slow_client_is_disconnected_and_unsubscribed() -> None:
     dashboard = Dashboard(gateway(), queue_size=4)
     socket = FakeSocket()
     socket.release.clear()  # the client reads nothing: the snapshot send hangs
-    task = asyncio.ensure_future(dashboard.websocket(socket.scope, socket.receive, socket.send))
+    task = asyncio.ensure_future(
+        dashboard.websocket(socket.scope, socket.receive, socket.send, TRUST)
+    )
     await connected(dashboard)
     for index in range(20):  # never blocks, whatever the client does
         dashboard.broadcast({"type": "request", "request": {"n": index}})
@@ -190,7 +197,9 @@ async def test_a_slow_client_is_disconnected_and_unsubscribed() -> None:
 async def test_a_client_that_leaves_is_unsubscribed() -> None:
     dashboard = Dashboard(gateway())
     socket = FakeSocket(origin=b"http://127.0.0.1:8000")
-    task = asyncio.ensure_future(dashboard.websocket(socket.scope, socket.receive, socket.send))
+    task = asyncio.ensure_future(
+        dashboard.websocket(socket.scope, socket.receive, socket.send, TRUST)
+    )
     await connected(dashboard)
     dashboard.broadcast({"type": "request", "request": {}})
     await asyncio.sleep(0.05)

@@ -136,7 +136,11 @@ def test_the_gateway_answers_through_corked_connections() -> None:
         for _ in range(3):
             response = http.get(server.url + "/health")
             assert response.status_code == 200
-        missing = http.post(server.url + "/v1/chat/completions", content=b"{")
+        missing = http.post(
+            server.url + "/v1/chat/completions",
+            content=b"{",
+            headers={"Content-Type": "application/json"},
+        )
         assert missing.status_code == 400
         assert missing.json()["error"]["code"] == "invalid_json"
         closing = http.get(server.url + "/v1/models", headers={"Connection": "close"})

@@ -187,6 +187,10 @@ class Gateway:
                 return
             if config.name in self.registry or config.url in static_urls:
                 return  # the configuration wins
+            refusal = self.key_env_refusal(config)
+            if refusal is not None:  # the store may have been written by someone else
+                log.error("backend %r saved in the state store: %s", name, refusal.message)
+                return
             try:
                 await self.add_backend(config, source="admin")
             except GatewayError as exc:
@@ -212,6 +216,33 @@ class Gateway:
         missing = {name: raw for name, raw in saved.items() if name not in self.registry}
         if missing:
             await self._restore_backends(missing)
+
+    def key_env_refusal(self, config: BackendConfig) -> GatewayError | None:
+        """Why a backend added at run time may not name its ``api_key_env`` (None: it may).
+
+        Only variables the configured backends already use, or ``auth.allowed_api_key_envs``
+        lists, and never one of ``[auth]``'s or ``[state]``'s: whoever may add a backend must
+        not be able to send the value of any variable of this process to a URL of their choice.
+        """
+        wanted = config.api_key_env
+        if wanted is None:
+            return None
+        auth = self.config.auth
+        reserved = {key.key_env for key in auth.keys}
+        reserved.update(n for n in (auth.admin_key_env, self.config.state.redis_url_env) if n)
+        allowed = {b.api_key_env for b in self.config.backends if b.api_key_env} | set(
+            auth.allowed_api_key_envs
+        )
+        if wanted in allowed and wanted not in reserved:
+            return None
+        return GatewayError(
+            400,
+            f"api_key_env '{wanted}' is not a key variable this server may give a backend added "
+            "at run time: only the variables of the configured backends and those listed in "
+            "auth.allowed_api_key_envs (never a gateway, admin or state-store secret)",
+            param="api_key_env",
+            code="api_key_env_not_allowed",
+        )
 
     async def save_backend(self, backend: Backend) -> None:
         """Keep a backend added at run time in the state store, so a restart brings it back."""

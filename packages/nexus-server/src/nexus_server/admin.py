@@ -1,14 +1,15 @@
 """The admin API under ``/admin/``: backends and gateway keys of the running server.
 
 Every call needs the admin key (``[auth] admin_key_env``) as ``Authorization: Bearer`` or
-``x-api-key``; with no admin key configured, only clients on this machine (loopback) are
-answered. Backends added here are kept in the state store and come back after a restart;
-keys made here are kept as digests, their plaintext shown once.
+``x-api-key``; with no admin key configured, only clients on this machine are answered, as
+``nexus_server.trust`` decides (loopback, a ``Host`` naming this machine, no undeclared proxy).
+``NexusApp`` has already refused other sites' pages (``Origin``), preflights and bodies that are
+not JSON. Backends added here are kept in the state store and come back after a restart; keys
+made here are kept as digests, their plaintext shown once.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,26 +18,18 @@ from litestar.connection import ASGIConnection
 from litestar.params import FromPath
 from pydantic import ValidationError
 
+from nexus_core import fastjson
 from nexus_core.adapters import BackendStatus
 from nexus_core.auth import KeyRingError, presented_key
 from nexus_core.config import BackendConfig
 from nexus_core.errors import GatewayError
 from nexus_core.gateway import Gateway, _name_from_url
+from nexus_server.trust import LOCAL_KEY, Trust, misdirected
 
 #: Fields ``POST /admin/backends`` accepts.
 BACKEND_FIELDS = frozenset(
     {"url", "name", "type", "zone", "tier", "priority", "max_concurrent", "api_key_env"}
 )
-
-
-def is_loopback(host: str | None) -> bool:
-    """Whether a client address is this machine's."""
-    if not host:
-        return False
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def presented_in(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
@@ -48,8 +41,8 @@ def presented_in(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     )
 
 
-def check_admin(gateway: Gateway, request: Request[Any, Any, Any]) -> None:
-    """Raise 401/403 unless the request may use the admin API."""
+def check_admin(gateway: Gateway, request: Request[Any, Any, Any], trust: Trust) -> None:
+    """Raise 401/403/421 unless the request may use the admin API."""
     keys = gateway.keys
     presented = presented_in(request)
     if keys.admin_digest is not None:
@@ -61,15 +54,28 @@ def check_admin(gateway: Gateway, request: Request[Any, Any, Any]) -> None:
             type="authentication_error",
             code="invalid_admin_key",
         )
-    client = request.client.host if request.client else None
-    if not is_loopback(client):
-        raise GatewayError(
-            403,
-            "The admin API answers clients on this machine only, unless [auth] admin_key_env "
-            "names an admin key",
-            type="permission_error",
-            code="admin_loopback_only",
-        )
+    if request.scope.get(LOCAL_KEY) is True:
+        return
+    host = request.headers.get("host")
+    if host is not None and not trust.host_allowed(host.encode("latin-1")):
+        raise misdirected(host.encode("latin-1"))
+    raise GatewayError(
+        403,
+        "The admin API answers clients on this machine only (over loopback, with a Host that "
+        "names this machine, not forwarded by a proxy missing from server.trusted_proxies), "
+        "unless [auth] admin_key_env names an admin key",
+        type="permission_error",
+        code="admin_loopback_only",
+    )
+
+
+async def read_json(request: Request[Any, Any, Any]) -> Any:
+    """The request's body parsed as JSON; 400 if it is not JSON (413 past the body limit)."""
+    raw = await request.body()
+    try:
+        return fastjson.loads(raw)
+    except (ValueError, RecursionError):
+        raise GatewayError(400, "The body is not valid JSON", code="invalid_json") from None
 
 
 def _backend_or_404(gateway: Gateway, name: str) -> Any:
@@ -97,21 +103,18 @@ def _checked_url(url: Any) -> str:
     return url
 
 
-def admin_routes(gateway: Gateway) -> list[Any]:
-    """The admin route handlers, bound to ``gateway``."""
+def admin_routes(gateway: Gateway, trust: Trust) -> list[Any]:
+    """The admin route handlers, bound to ``gateway`` and the server's ``trust`` rules."""
 
     @get("/admin/backends")
     async def list_backends(request: Request[Any, Any, Any]) -> dict[str, Any]:
-        check_admin(gateway, request)
+        check_admin(gateway, request, trust)
         return {"object": "list", "data": gateway.backends()}
 
     @post("/admin/backends", status_code=201)
     async def add_backend(request: Request[Any, Any, Any]) -> dict[str, Any]:
-        check_admin(gateway, request)
-        try:
-            body = await request.json()
-        except Exception:
-            raise GatewayError(400, "The body is not valid JSON", code="invalid_json") from None
+        check_admin(gateway, request, trust)
+        body = await read_json(request)
         if not isinstance(body, dict):
             raise GatewayError(400, "The body must be a JSON object")
         unknown = sorted(set(body) - BACKEND_FIELDS)
@@ -132,6 +135,9 @@ def admin_routes(gateway: Gateway) -> list[Any]:
                 for error in exc.errors()
             )
             raise GatewayError(400, f"Invalid backend: {problems}") from None
+        refusal = gateway.key_env_refusal(config)
+        if refusal is not None:
+            raise refusal
         backend = await gateway.add_backend(config, source="admin")
         await gateway.save_backend(backend)
         snapshot: dict[str, Any] = backend.snapshot()
@@ -141,7 +147,7 @@ def admin_routes(gateway: Gateway) -> list[Any]:
     async def remove_backend(
         request: Request[Any, Any, Any], name: FromPath[str]
     ) -> dict[str, Any]:
-        check_admin(gateway, request)
+        check_admin(gateway, request, trust)
         _backend_or_404(gateway, name)
         await gateway.remove_backend(name)
         await gateway.forget_backend(name)
@@ -149,7 +155,7 @@ def admin_routes(gateway: Gateway) -> list[Any]:
 
     @post("/admin/backends/{name:str}/drain", status_code=200)
     async def drain_backend(request: Request[Any, Any, Any], name: FromPath[str]) -> dict[str, Any]:
-        check_admin(gateway, request)
+        check_admin(gateway, request, trust)
         backend = _backend_or_404(gateway, name)
         gateway.registry.set_status(backend, BackendStatus.DRAINING, "drained by the admin API")
         snapshot: dict[str, Any] = backend.snapshot()
@@ -159,7 +165,7 @@ def admin_routes(gateway: Gateway) -> list[Any]:
     async def resume_backend(
         request: Request[Any, Any, Any], name: FromPath[str]
     ) -> dict[str, Any]:
-        check_admin(gateway, request)
+        check_admin(gateway, request, trust)
         backend = _backend_or_404(gateway, name)
         gateway.registry.set_status(backend, BackendStatus.UNKNOWN, "resumed by the admin API")
         await gateway.resume_backend(backend)
@@ -168,21 +174,18 @@ def admin_routes(gateway: Gateway) -> list[Any]:
 
     @get("/admin/models")
     async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
-        check_admin(gateway, request)
+        check_admin(gateway, request, trust)
         return {"object": "list", "data": gateway.list_models()}
 
     @get("/admin/keys")
     async def list_keys(request: Request[Any, Any, Any]) -> dict[str, Any]:
-        check_admin(gateway, request)
+        check_admin(gateway, request, trust)
         return {"object": "list", "data": [key.public() for key in gateway.keys.listing()]}
 
     @post("/admin/keys", status_code=201)
     async def create_key(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-        check_admin(gateway, request)
-        try:
-            body = await request.json()
-        except Exception:
-            raise GatewayError(400, "The body is not valid JSON", code="invalid_json") from None
+        check_admin(gateway, request, trust)
+        body = await read_json(request)
         if not isinstance(body, dict) or not isinstance(body.get("name"), str):
             raise GatewayError(400, "'name' is required", param="name")
         models = body.get("models")
@@ -207,7 +210,7 @@ def admin_routes(gateway: Gateway) -> list[Any]:
 
     @delete("/admin/keys/{name:str}", status_code=200)
     async def revoke_key(request: Request[Any, Any, Any], name: FromPath[str]) -> dict[str, Any]:
-        check_admin(gateway, request)
+        check_admin(gateway, request, trust)
         try:
             await gateway.keys.revoke(name)
         except KeyRingError as exc:

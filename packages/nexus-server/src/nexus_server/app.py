@@ -19,24 +19,30 @@ from litestar.params import FromPath
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from nexus_core.adapters import Endpoint
-from nexus_core.config import BackendConfig
-from nexus_core.errors import GatewayError, model_not_found
+from nexus_core.config import BackendConfig, ServerConfig
+from nexus_core.errors import GatewayError, model_not_found, payload_too_large
 from nexus_core.gateway import Gateway
 from nexus_server import __version__, ollama
-from nexus_server.admin import admin_routes, presented_in
+from nexus_server.admin import admin_routes, presented_in, read_json
 from nexus_server.anthropic import CountTokensEndpoint, MessagesEndpoint
 from nexus_server.dashboard import Dashboard
 from nexus_server.dashboard import route_handlers as dashboard_routes
+from nexus_server.doors import error_body
 from nexus_server.proxy import (
+    JSON,
     REQUEST_ID_KEY,
     Message,
     ProxyEndpoint,
     Receive,
     Scope,
     Send,
+    accepts_body_type,
+    is_json_type,
     missing_key,
-    send_error,
+    send_whole,
+    unsupported_media_type,
 )
+from nexus_server.trust import LOCAL_KEY, Trust, misdirected
 
 log = logging.getLogger("nexus.server")
 
@@ -55,12 +61,18 @@ _TYPE_BY_STATUS = {
 }
 
 
-_CODE_BY_STATUS = {404: "not_found", 405: "method_not_allowed", 415: "unsupported_media_type"}
+_CODE_BY_STATUS = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+}
 
 
-def _envelope_response(error: GatewayError) -> Response[bytes]:
+def _envelope_response(request: Request[Any, Any, Any], error: GatewayError) -> Response[bytes]:
+    """``error`` in the shape of the door the request was for."""
     return Response(
-        content=error.body(),
+        content=error_body(request.url.path, error),
         status_code=error.status,
         media_type="application/json",
         headers=error.headers,
@@ -73,39 +85,51 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
     if isinstance(exc, NotFoundException):
         message = f"Unknown path {request.method} {request.url.path}"
         code = "not_found"
+    elif status == 413:
+        return _envelope_response(request, payload_too_large(max_body_of(request)))
     else:
         message = exc.detail or "Request failed"
         code = _CODE_BY_STATUS.get(status)
     headers = dict(exc.headers or {})
     return _envelope_response(
+        request,
         GatewayError(
             status,
             message,
             type=_TYPE_BY_STATUS.get(status, "server_error"),
             code=code,
             headers=headers,
-        )
+        ),
     )
 
 
+def max_body_of(request: Request[Any, Any, Any]) -> int:
+    """The body limit of the app serving ``request`` (``server.max_body_bytes``)."""
+    limit: int = request.app.state.gateway.config.server.max_body_bytes
+    return limit
+
+
 def _gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
-    return _envelope_response(exc)
+    return _envelope_response(request, exc)
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return _envelope_response(
+        request,
         GatewayError(
             HTTP_500_INTERNAL_SERVER_ERROR,
             "Internal error in the gateway",
             type="server_error",
             code="internal_error",
-        )
+        ),
     )
 
 
 def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
     """The ASGI app: Litestar wrapped in a thin layer that gives every response a request id."""
+
+    trust = Trust(gateway.config.server)
 
     def key_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         # With [auth] on, the JSON endpoints need a gateway key (or the admin key) too.
@@ -168,8 +192,8 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
     @post("/api/show", status_code=200, guards=[key_guard])
     async def ollama_show(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         try:
-            data = await request.json()
-        except Exception:
+            data = await read_json(request)
+        except GatewayError:
             return Response({"error": "the request body is not valid JSON"}, status_code=400)
         status, body = ollama.show(gateway, data)
         return Response(body, status_code=status)
@@ -221,7 +245,7 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
             ollama_ps,
             ollama_version,
             ollama_show,
-            *admin_routes(gateway),
+            *admin_routes(gateway, trust),
             *(proxy_route(path) for path in proxies),
         ],
         exception_handlers={
@@ -240,9 +264,11 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
         ),
         logging_config=None,
         debug=False,
+        # The same limit as the proxy doors': every route answers 413 past it.
+        request_max_body_size=gateway.config.server.max_body_bytes,
     )
     litestar_app.state.gateway = gateway
-    return NexusApp(litestar_app, proxies, dashboard)
+    return NexusApp(litestar_app, proxies, dashboard, trust=trust)
 
 
 async def _add_default_ollama(gateway: Gateway) -> None:
@@ -267,6 +293,10 @@ CORS_EXPOSED = (
     b"x-nexus-privacy-zone, x-nexus-fallback-model, x-nexus-cost-estimated, "
     b"x-nexus-budget-status, x-nexus-budget-utilization, x-nexus-budget-remaining, retry-after"
 )
+#: On every answer: a browser never guesses another type than the one Nexus sends.
+NOSNIFF = (b"x-content-type-options", b"nosniff")
+#: Methods that change something; the admin API takes only JSON with them.
+WRITES = frozenset({"POST", "PUT", "PATCH"})
 
 
 def _with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
@@ -296,38 +326,58 @@ async def _preflight(scope: Scope, send: Send, headers: list[tuple[bytes, bytes]
     await send({"type": "http.response.body", "body": b""})
 
 
+async def _refuse(
+    send: Send, path: str, error: GatewayError, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """Answer ``error`` in the shape of ``path``'s front door."""
+    await send_whole(send, error.status, JSON, error_body(path, error), headers)
+
+
+def _is_dashboard(path: str) -> bool:
+    return path == "/" or path.startswith("/dashboard/")
+
+
 class NexusApp:
-    """The outer ASGI app: request ids on every response, proxy paths dispatched directly.
+    """The outer ASGI app: request ids on every response, proxy paths dispatched directly,
+    and the ``Host``, ``Origin``, content-type and CORS rules (``nexus_server.trust``).
 
     The proxy endpoints skip Litestar's router and middleware: they do their own error
     handling, and on the hot path every layer costs requests per second.
     """
 
     def __init__(
-        self, app: Any, proxies: dict[str, ProxyEndpoint], dashboard: Dashboard | None = None
+        self,
+        app: Any,
+        proxies: dict[str, ProxyEndpoint],
+        dashboard: Dashboard | None = None,
+        *,
+        trust: Trust | None = None,
     ) -> None:
         self.app = app
         self.proxies = proxies
         server = getattr(getattr(app, "state", None), "gateway", None)
-        config = server.config.server if server is not None else None
-        self.max_header_bytes: int = config.max_header_bytes if config is not None else 65536
+        config = server.config.server if server is not None else ServerConfig()
+        self.max_header_bytes: int = config.max_header_bytes
         #: Origins allowed by ``server.cors_origins`` (None: CORS off, no header is added).
         self.cors: frozenset[bytes] | None = (
             frozenset(o.encode("latin-1") for o in config.cors_origins)
-            if config is not None and config.cors_origins
+            if config.cors_origins
             else None
         )
+        self.trust = trust if trust is not None else Trust(config)
         self.dashboard = dashboard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "websocket" and scope["path"] == "/ws" and self.dashboard:
-                await self.dashboard.websocket(scope, receive, send)
+                headers = scope["headers"]
+                client = scope.get("client")
+                scope[LOCAL_KEY] = self.trust.is_local(client[0] if client else None, headers)
+                await self.dashboard.websocket(scope, receive, send, self.trust)
                 return
             await self.app(scope, receive, send)
             return
-        request_id = None
-        origin = None
+        request_id = origin = host = content_type = None
         size = 0
         for name, value in scope["headers"]:
             size += len(name) + len(value)
@@ -336,18 +386,55 @@ class NexusApp:
                     request_id = value
             elif name == b"origin":
                 origin = value
+            elif name == b"host":
+                host = value
+            elif name == b"content-type":
+                content_type = value
         if request_id is None:
             request_id = os.urandom(16).hex().encode()
         scope[REQUEST_ID_KEY] = request_id
-        extra = [(b"x-request-id", request_id)]
+        extra = [(b"x-request-id", request_id), NOSNIFF]
+        path: str = scope["path"]
+        trust = self.trust
         if size > self.max_header_bytes:
             error = GatewayError(
                 431,
                 f"The request's headers are larger than {self.max_header_bytes} bytes",
                 code="request_header_fields_too_large",
             )
-            await send_error(_with_headers(send, extra), error)
+            await _refuse(send, path, error, extra)
             return
+        if trust.local_only and not trust.host_allowed(host):
+            await _refuse(send, path, misdirected(host), extra)
+            return
+        if trust.proxies:
+            client = scope.get("client")
+            real = trust.client(client[0] if client else None, scope["headers"])
+            if real is not None:
+                scope["client"] = (real, 0)
+        proxy = self.proxies.get(path)
+        if proxy is None:
+            if path.startswith("/admin/") or path == "/admin":
+                # Never CORS: no page of another origin may read or drive the admin API.
+                refusal = self._admin_refusal(scope["method"], origin, host, content_type)
+                if refusal is not None:
+                    await _refuse(send, path, refusal, extra)
+                    return
+                scope[LOCAL_KEY] = self._local(scope)
+                await self.app(scope, receive, _with_headers(send, extra))
+                return
+            if _is_dashboard(path):
+                if not trust.host_allowed(host):
+                    await _refuse(send, path, misdirected(host), extra)
+                    return
+                scope[LOCAL_KEY] = self._local(scope)
+            elif (
+                scope["method"] == "POST"
+                and path == "/api/show"
+                and not accepts_body_type(content_type, scope["headers"], lenient=True)
+            ):
+                await _refuse(send, path, unsupported_media_type(), extra)
+                return
         cors = self.cors
         if cors is not None and origin is not None and (b"*" in cors or origin in cors):
             extra += [
@@ -364,8 +451,35 @@ class NexusApp:
                 message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 
-        proxy = self.proxies.get(scope["path"])
         if proxy is not None:
             await proxy(scope, receive, send_with_id)
         else:
             await self.app(scope, receive, send_with_id)
+
+    def _local(self, scope: Scope) -> bool:
+        client = scope.get("client")
+        return self.trust.is_local(client[0] if client else None, scope["headers"])
+
+    def _admin_refusal(
+        self, method: str, origin: bytes | None, host: bytes | None, content_type: bytes | None
+    ) -> GatewayError | None:
+        """Why a request may not reach the admin API whoever sent it, or None."""
+        if method == "OPTIONS":
+            return GatewayError(
+                403,
+                "The admin API answers no CORS preflight: it is not for other sites' pages",
+                type="permission_error",
+                code="origin_not_allowed",
+            )
+        if not self.trust.origin_allowed(origin, host):
+            shown = (origin or b"").decode("latin-1")[:100]
+            return GatewayError(
+                403,
+                f"Requests from the page origin '{shown}' may not use the admin API (only the "
+                "server's own origin and server.admin_origins may)",
+                type="permission_error",
+                code="origin_not_allowed",
+            )
+        if method in WRITES and not is_json_type(content_type):
+            return unsupported_media_type()
+        return None

@@ -111,6 +111,8 @@ class NexusClient:
     ) -> httpx.Response:
         """One call; the raw response, or ``ClientError`` if no answer came."""
         timeout = httpx.Timeout(read_timeout, connect=CONNECT_TIMEOUT)
+        if body is None and method == "POST":
+            body = {}  # the admin API takes writes as JSON only
         try:
             return self._http.request(method, self.url + path, json=body, timeout=timeout)
         except httpx.ConnectError as exc:

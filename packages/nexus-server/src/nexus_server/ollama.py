@@ -71,6 +71,9 @@ class _OllamaEndpoint(ProxyEndpoint):
     """Shared by the Ollama endpoints: errors in Ollama's shape, and the proxy call."""
 
     front_door = "ollama"
+    #: Ollama accepts ``curl -d`` bodies (form-encoded by curl), and so does this door, from
+    #: clients that are not browsers.
+    lenient_body_type = True
 
     async def send_error(self, send: Send, error: GatewayError) -> None:
         """``{"error": "..."}`` with the same status (the ``ollama`` client raises it)."""

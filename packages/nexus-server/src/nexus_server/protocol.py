@@ -15,15 +15,39 @@ for I/O.
 callback runs the moment the connection is lost before the answer is complete. The proxy
 endpoints set it to cancel their work, so the upstream request is dropped at once without a task
 per request watching ``receive()`` (under another ASGI server they fall back to such a task).
+
+**Bounded reads.** Every read from a client is bounded in size and time (``ClientLimits``, from
+``[server]``), as nginx bounds them, because uvicorn bounds neither: a request's line and headers
+are counted as they arrive (httptools would otherwise buffer a header value of any length) and
+answered 431 past ``max_header_bytes``; a connection has ``header_timeout_seconds`` to send its
+headers, counted from its opening or its previous answer (uvicorn never times out a connection
+that has not sent a byte, nor one that drips one now and then); a body must arrive within
+``body_timeout_seconds`` plus a second per 16 KiB. ``ConnectionGuard`` keeps the open connections
+under ``max_connections``: at the cap a new connection closes the oldest idle one (between requests
+or still sending headers), and only when none is idle is the newcomer refused with 503, so
+thousands of idle or half-sent connections never keep ``/health`` or inference from answering.
+Errors are JSON in the shape of the door the request was for; floods of them are logged as one
+summary line every ``REPORT_SECONDS``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import weakref
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import httptools
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from nexus_core.config import ServerConfig
+from nexus_core.errors import GatewayError
+from nexus_server.doors import error_body
+
+log = logging.getLogger("nexus.server")
 
 #: The scope key of a request's ``Disconnect``.
 DISCONNECT_KEY = "nexus.disconnect"
@@ -129,21 +153,287 @@ class CorkedTransport:
         return self._transport.get_write_buffer_limits()
 
 
+#: Bytes of a request's line beyond ``max_header_bytes`` that are still read before a 431 (the
+#: headers' limit counts names and values; the request line and framing come on top).
+LINE_ALLOWANCE = 8192
+#: A body earns one more second to arrive per this many bytes received.
+BODY_BYTES_PER_SECOND = 16 * 1024
+#: How often deadlines are checked.
+SWEEP_SECONDS = 0.5
+#: Refusals and timeouts are logged as one summary line at most this often.
+REPORT_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimits:
+    """How much and how long a client may take (``[server]``; see the module)."""
+
+    max_header_bytes: int = 64 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int = 10_000
+
+    @classmethod
+    def from_config(cls, server: ServerConfig, max_connections: int | None = None) -> ClientLimits:
+        """The limits ``server`` sets; ``max_connections`` overrides the configured cap."""
+        return cls(
+            max_header_bytes=server.max_header_bytes,
+            header_timeout=server.header_timeout_seconds,
+            body_timeout=server.body_timeout_seconds,
+            max_connections=max_connections or server.max_connections,
+        )
+
+
+def _answer(status: int, path: str, message: str, code: str) -> bytes:
+    """A whole ``connection: close`` answer, its body in the shape of ``path``'s door."""
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    body = error_body(path, GatewayError(status, message, type=kind, code=code))
+    return b"".join(
+        (
+            STATUS_LINE[status],
+            b"content-type: application/json\r\n",
+            b"x-content-type-options: nosniff\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+            body,
+        )
+    )
+
+
+class ConnectionGuard:
+    """The open client connections of one server, their deadlines, and the cap on them."""
+
+    def __init__(self, limits: ClientLimits, loop: asyncio.AbstractEventLoop) -> None:
+        self.limits = limits
+        self.loop = loop
+        self.count = 0
+        #: Connections waiting for a request's headers, oldest first, with their deadlines. All
+        #: deadlines are insertion time + the same timeout, so the order is the deadlines' too.
+        self.idle: dict[NexusHttpProtocol, float] = {}
+        #: Connections whose request body is arriving.
+        self.receiving: set[NexusHttpProtocol] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._tally: dict[str, int] = {}
+        self._reported = loop.time()
+
+    def opened(self, connection: NexusHttpProtocol) -> bool:
+        """Count a new connection; False when it must be refused (every other one is busy)."""
+        if self.count >= self.limits.max_connections:
+            if not self.idle:
+                self.note("refused: every connection busy")
+                return False
+            oldest = next(iter(self.idle))
+            self.note("idle closed for a new one")
+            oldest.drop()
+        self.count += 1
+        self.idle[connection] = self.loop.time() + self.limits.header_timeout
+        if self._timer is None:
+            self._timer = self.loop.call_later(SWEEP_SECONDS, self.sweep)
+        return True
+
+    def closed(self, connection: NexusHttpProtocol) -> None:
+        """Forget a connection that is gone (or handed to the WebSocket protocol)."""
+        if connection.counted:
+            connection.counted = False
+            self.count -= 1
+            self.idle.pop(connection, None)
+            self.receiving.discard(connection)
+
+    def waiting(self, connection: NexusHttpProtocol) -> None:
+        """The connection's previous answer is complete: its next headers are due in time."""
+        if connection.counted:
+            self.idle.pop(connection, None)
+            self.idle[connection] = self.loop.time() + self.limits.header_timeout
+
+    def note(self, what: str) -> None:
+        """Count one refusal or timeout for the next summary line."""
+        self._tally[what] = self._tally.get(what, 0) + 1
+
+    def sweep(self) -> None:
+        """Close the connections past their deadlines; log a summary now and then."""
+        self._timer = None
+        now = self.loop.time()
+        expired = []
+        for connection, deadline in self.idle.items():
+            if deadline > now:
+                break
+            expired.append(connection)
+        for connection in expired:
+            self.note("header timeout")
+            connection.header_timed_out()
+        limits = self.limits
+        for connection in [
+            c for c in self.receiving if c.body_deadline(limits.body_timeout) <= now
+        ]:
+            self.note("body timeout")
+            connection.body_timed_out()
+        if self._tally and now - self._reported >= REPORT_SECONDS:
+            summary = ", ".join(f"{count} {what}" for what, count in sorted(self._tally.items()))
+            log.warning(
+                "client connections in the last %.0f s: %s (%d open)",
+                now - self._reported,
+                summary,
+                self.count,
+            )
+            self._tally.clear()
+            self._reported = now
+        if self.count or self._tally:
+            self._timer = self.loop.call_later(SWEEP_SECONDS, self.sweep)
+
+
+#: One guard per running server (its ``ServerState``).
+_GUARDS: weakref.WeakKeyDictionary[ServerState, ConnectionGuard] = weakref.WeakKeyDictionary()
+
+
 class NexusHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol: a ``CorkedTransport``, and a ``Disconnect`` per request."""
+    """uvicorn's httptools protocol: a ``CorkedTransport``, a ``Disconnect`` per request, and
+    every read bounded (see the module). ``protocol_for`` makes one with a server's limits."""
+
+    limits: ClassVar[ClientLimits] = ClientLimits()
+
+    counted = False
+    #: The request line and headers are being read (from the previous request's end).
+    in_head = True
+    head_bytes = 0
+    body_started = 0.0
+    body_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         corked = CorkedTransport(transport, self.loop)
         super().connection_made(corked)  # type: ignore[arg-type]
+        guard = _GUARDS.get(self.server_state)
+        if guard is None:
+            guard = _GUARDS[self.server_state] = ConnectionGuard(self.limits, self.loop)
+        self.guard = guard
+        if guard.opened(self):
+            self.counted = True
+        else:
+            transport.write(_answer(503, "/", "Nexus has no free connection slot", "overloaded"))
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        # uvicorn's, but a parse error or an unknown upgrade is counted, not logged each time
+        # (a client could flood the log), and the head is measured as it arrives.
+        self._unset_keepalive_if_required()
+        if self.in_head:
+            self.head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self.guard.note("unsupported upgrades ignored")
+            return
+        except httptools.HttpParserError:
+            self.guard.note("invalid requests")
+            self._refuse(400, "The request is not valid HTTP/1.1", "invalid_http")
+            return
+        if self.in_head and self.head_bytes > self.limits.max_header_bytes + LINE_ALLOWANCE:
+            # Counted as they arrive: httptools holds a header's value until its line ends.
+            self.guard.note("headers too large")
+            self.in_head = False
+            self._refuse(
+                431,
+                f"The request's line and headers are larger than "
+                f"{self.limits.max_header_bytes} bytes (server.max_header_bytes)",
+                "request_header_fields_too_large",
+            )
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.scope[DISCONNECT_KEY] = Disconnect()  # type: ignore[literal-required]
 
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self.head_bytes = 0
+        if self.counted:
+            guard = self.guard
+            guard.idle.pop(self, None)
+            self.body_started = self.loop.time()
+            self.body_bytes = 0
+            guard.receiving.add(self)
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self.in_head = True
+        self.guard.receiving.discard(self)
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        cycle = self.cycle
+        idle = not self.pipeline and (cycle is None or cycle.response_complete)
+        if idle and not self.transport.is_closing():
+            self.guard.waiting(self)
+
+    def handle_websocket_upgrade(self) -> None:
+        self.guard.closed(self)  # the WebSocket protocol has limits of its own
+        super().handle_websocket_upgrade()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self.guard.closed(self)
         cycle = self.cycle
         super().connection_lost(exc)
         if cycle is not None and not cycle.response_complete:
             disconnect = cycle.scope.get(DISCONNECT_KEY)
             if isinstance(disconnect, Disconnect):
                 disconnect.fire()
+
+    # -- called by the guard -------------------------------------------------------------------
+
+    def body_deadline(self, timeout: float) -> float:
+        """When the body must be complete: its start, the timeout, a second per 16 KiB."""
+        return self.body_started + timeout + self.body_bytes / BODY_BYTES_PER_SECOND
+
+    def drop(self) -> None:
+        """Close an idle connection at once (room is needed for a new one)."""
+        self.guard.closed(self)
+        self.transport.close()
+
+    def header_timed_out(self) -> None:
+        """The headers did not come in time: 408 if part of a request came, else just close."""
+        if self.head_bytes:
+            self._refuse(
+                408,
+                f"The request's headers did not arrive within "
+                f"{self.limits.header_timeout:g} s (server.header_timeout_seconds)",
+                "request_timeout",
+            )
+        else:
+            self.drop()
+
+    def body_timed_out(self) -> None:
+        """The body did not come in time: 408 unless an answer has begun, then close."""
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started:
+            self.drop()
+            return
+        self._refuse(
+            408,
+            f"The request body did not arrive in time (server.body_timeout_seconds: "
+            f"{self.limits.body_timeout:g} s plus one per 16 KiB)",
+            "request_timeout",
+        )
+
+    def _refuse(self, status: int, message: str, code: str) -> None:
+        """Answer ``status`` in the door's shape and close; the request (if any) is dropped."""
+        self.guard.closed(self)
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # The application must not write after this answer: it sees the client gone.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        path = self.url.decode("latin-1", "replace") if getattr(self, "url", None) else "/"
+        if not self.transport.is_closing():
+            self.transport.write(_answer(status, path, message, code))
+            self.transport.close()
+
+
+def protocol_for(limits: ClientLimits) -> type[NexusHttpProtocol]:
+    """``NexusHttpProtocol`` with ``limits`` (uvicorn's ``http=`` takes a class)."""
+    return type("NexusHttpProtocol", (NexusHttpProtocol,), {"limits": limits})

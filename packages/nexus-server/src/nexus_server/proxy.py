@@ -78,6 +78,8 @@ class ProxyEndpoint:
 
     #: The ``front_door`` of this endpoint's request records and metrics.
     front_door = "openai"
+    #: Whether a non-browser client may send a body not declared as JSON (``accepts_body_type``).
+    lenient_body_type = False
 
     def __init__(self, gateway: Gateway, endpoint: Endpoint) -> None:
         self.gateway = gateway
@@ -122,10 +124,13 @@ class ProxyEndpoint:
         length: bytes | None = None
         authorization: bytes | None = None
         api_key: bytes | None = None
+        content_type: bytes | None = None
         flexible = strict = high = False
         for name, value in scope["headers"]:
             if name == b"content-length":
                 length = value
+            elif name == b"content-type":
+                content_type = value
             elif name == b"authorization":
                 authorization = value
             elif name == b"x-api-key":
@@ -148,6 +153,11 @@ class ProxyEndpoint:
             record.api_key = found
         if authorization is not None:
             record.client_auth = authorization.decode("latin-1")
+        if content_type != JSON and not accepts_body_type(
+            content_type, scope["headers"], lenient=self.lenient_body_type
+        ):
+            await self.reject(send, record, unsupported_media_type())
+            return
         try:
             body = await self._read_body(length, receive)
         except GatewayError as error:
@@ -304,6 +314,48 @@ class ProxyEndpoint:
                 raise payload_too_large(limit)
             parts.append(chunk)
         return b"".join(parts)
+
+
+def is_json_type(content_type: bytes | None) -> bool:
+    """Whether a ``Content-Type`` says JSON (``application/json``, ``application/*+json``)."""
+    if content_type is None:
+        return False
+    if content_type == JSON:
+        return True
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == JSON or (media.startswith(b"application/") and media.endswith(b"+json"))
+
+
+def from_browser(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a browser sent the request (browsers send ``Origin`` with every POST and
+    ``Sec-Fetch-*`` with every request; other clients send neither)."""
+    return any(name == b"origin" or name.startswith(b"sec-fetch-") for name, _ in headers)
+
+
+def accepts_body_type(
+    content_type: bytes | None, headers: list[tuple[bytes, bytes]], *, lenient: bool
+) -> bool:
+    """Whether a POST body may be read: JSON, or (``lenient``: Ollama's door, whose clients and
+    documentation use ``curl -d``) any type from a client that is not a browser.
+
+    A web page can send a cross-site form or a ``text/plain`` fetch without asking the server
+    first (no CORS preflight); it cannot send ``application/json`` that way, and its requests
+    always say they come from a browser.
+    """
+    if is_json_type(content_type):
+        return True
+    return lenient and not from_browser(headers)
+
+
+def unsupported_media_type() -> GatewayError:
+    """415 for a POST body that is not declared as JSON."""
+    return GatewayError(
+        415,
+        "The request body must be JSON sent with Content-Type: application/json (with curl: "
+        "-H 'Content-Type: application/json')",
+        param="Content-Type",
+        code="unsupported_media_type",
+    )
 
 
 def missing_key(presented: str | None) -> GatewayError:

@@ -21,7 +21,7 @@ from nexus_core.config import LogFormat, NexusConfig, StateBackend
 from nexus_core.gateway import Gateway
 from nexus_core.telemetry import TelemetryError
 from nexus_server.app import create_app
-from nexus_server.protocol import NexusHttpProtocol
+from nexus_server.protocol import ClientLimits, protocol_for
 
 log = logging.getLogger("nexus.server")
 
@@ -164,26 +164,76 @@ class GatewayServer(uvicorn.Server):
                 self._captured_signals.clear()
 
 
+#: File descriptors kept for everything but client connections and their backend connections
+#: (listening socket, state store, log files, health probes, idle pooled backend connections).
+FD_RESERVE = 256
+#: Largest WebSocket message read from a client: the dashboard's page sends none.
+WS_MAX_BYTES = 64 * 1024
+
+
+def connection_cap(configured: int) -> int:
+    """``server.max_connections``, lowered to fit the file-descriptor limit.
+
+    The soft limit is raised to the hard one first. Each client connection may need a second
+    descriptor for its backend, so at most half of what is left after ``FD_RESERVE``.
+    """
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return configured
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 2 * configured + FD_RESERVE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, wanted, exc)
+    if soft == resource.RLIM_INFINITY:
+        return configured
+    fits = max(16, (soft - FD_RESERVE) // 2)
+    if configured > fits:
+        log.warning(
+            "server.max_connections = %d does not fit the open-file limit of %d: at most %d "
+            "client connections (raise the limit with ulimit -n or LimitNOFILE=)",
+            configured,
+            soft,
+            fits,
+        )
+        return fits
+    return configured
+
+
+def uvicorn_config(app: Any, config: NexusConfig, **options: Any) -> uvicorn.Config:
+    """uvicorn's configuration for Nexus's app: its protocol, limits and quiet logging."""
+    server = config.server
+    settings: dict[str, Any] = {
+        "host": server.host,
+        "port": server.port,
+        "loop": "uvloop" if sys.platform != "win32" else "asyncio",
+        "http": protocol_for(
+            ClientLimits.from_config(server, options.pop("max_connections", None))
+        ),
+        "lifespan": "on",
+        "access_log": False,
+        "log_level": config.logging.level.value,
+        "log_config": None,
+        "timeout_graceful_shutdown": int(server.drain_timeout_seconds) or None,
+        "server_header": False,
+        "proxy_headers": False,
+        "ws_max_size": WS_MAX_BYTES,
+    }
+    settings.update(options)
+    return uvicorn.Config(app, **settings)
+
+
 def build_server(config: NexusConfig) -> uvicorn.Server:
     """A uvicorn server for the gateway described by ``config``."""
     gateway = Gateway(config)
     gateway.monitor.line_writer = RequestLines.for_current_logging()
     app = create_app(gateway, default_ollama=True)
-    server_config = uvicorn.Config(
-        app,
-        host=config.server.host,
-        port=config.server.port,
-        loop="uvloop" if sys.platform != "win32" else "asyncio",
-        http=NexusHttpProtocol,
-        lifespan="on",
-        access_log=False,
-        log_level=config.logging.level.value,
-        log_config=None,
-        timeout_graceful_shutdown=int(config.server.drain_timeout_seconds) or None,
-        server_header=False,
-        proxy_headers=False,
-    )
-    return GatewayServer(server_config)
+    cap = connection_cap(config.server.max_connections)
+    return GatewayServer(uvicorn_config(app, config, max_connections=cap))
 
 
 def run(config: NexusConfig) -> int:

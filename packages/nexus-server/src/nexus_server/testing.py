@@ -16,7 +16,7 @@ from nexus_core.adapters import AdapterFactory
 from nexus_core.config import NexusConfig, validate_config
 from nexus_core.gateway import Gateway
 from nexus_server.app import create_app
-from nexus_server.protocol import NexusHttpProtocol
+from nexus_server.serve import uvicorn_config
 
 T = TypeVar("T")
 
@@ -47,30 +47,21 @@ def running_server(
     *,
     backend_types: Mapping[str, AdapterFactory] | None = None,
     startup_timeout: float = 15.0,
-    http: type[asyncio.Protocol] | str = NexusHttpProtocol,
+    http: type[asyncio.Protocol] | str | None = None,
 ) -> Iterator[RunningServer]:
     """Serve ``config`` on 127.0.0.1 (a free port) in a thread until the block ends.
 
-    ``http``: uvicorn's HTTP protocol; by default the one ``nexus serve`` uses.
+    ``http``: uvicorn's HTTP protocol; by default the one ``nexus serve`` uses, with the
+    configuration's client limits.
     """
     if not isinstance(config, NexusConfig):
         config = validate_config(config, source="test config")
     gateway = Gateway(config, backend_types=backend_types)
     app = create_app(gateway)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=0,
-            loop="asyncio",
-            http=http,
-            lifespan="on",
-            access_log=False,
-            log_config=None,
-            timeout_graceful_shutdown=5,
-            proxy_headers=False,
-        )
-    )
+    options: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "loop": "asyncio"}
+    if http is not None:
+        options["http"] = http
+    server = uvicorn.Server(uvicorn_config(app, config, timeout_graceful_shutdown=5, **options))
     thread = threading.Thread(target=server.run, name="nexus-test-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout

@@ -31,19 +31,12 @@ def route_handlers(dashboard: Dashboard) -> list[Any]:
     """The Litestar handlers of the dashboard's HTTP side (``/ws`` is dispatched by NexusApp)."""
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        client = connection.client
-        headers = [
-            (k.encode("latin-1"), v.encode("latin-1")) for k, v in connection.headers.items()
-        ]
-        if not viewer_allowed(
-            dashboard.gateway, (client.host, client.port) if client else None, headers
-        ):
+        if not viewer_allowed(dashboard.gateway, connection.scope):  # type: ignore[arg-type]
             raise GatewayError(
                 401,
-                "With [auth] on, the dashboard needs a gateway or admin key, or a client on "
-                "this machine",
+                "With [auth] on, the dashboard needs the admin key or a client on this machine",
                 type="authentication_error",
-                code="invalid_api_key",
+                code="invalid_admin_key",
             )
 
     @get("/", include_in_schema=False, guards=[guard])

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from nexus_core.auth import presented_key
-from nexus_server.admin import is_loopback
 from nexus_server.dashboard.series import POINTS, STEP, Series
+from nexus_server.trust import LOCAL_KEY, Trust
 
 if TYPE_CHECKING:
     from nexus_core.gateway import Gateway
@@ -46,34 +46,36 @@ def _encode(message: dict[str, Any]) -> str:
     return json.dumps(message, separators=(",", ":"), allow_nan=False)
 
 
-def viewer_allowed(
-    gateway: Any, client: tuple[str, int] | list[Any] | None, headers: list[tuple[bytes, bytes]]
-) -> bool:
-    """With ``[auth]`` on, the dashboard shows to loopback clients and to key holders only."""
+def viewer_allowed(gateway: Any, scope: Scope) -> bool:
+    """With ``[auth]`` on, the dashboard shows to this machine (``nexus_server.trust``) and to
+    the admin key only: it shows every tenant's requests, which a gateway key may not see."""
     keys = gateway.keys
     if not keys.enabled:
         return True
-    if client and is_loopback(str(client[0])):
+    if scope.get(LOCAL_KEY) is True:
         return True
-    found = dict(headers)
-    presented = presented_key(found.get(b"authorization"), found.get(b"x-api-key"))
-    return keys.is_admin(presented) or keys.identify(presented) is not None
+    found = dict(scope["headers"])
+    admin: bool = keys.is_admin(presented_key(found.get(b"authorization"), found.get(b"x-api-key")))
+    return admin
 
 
-def origin_allowed(headers: list[tuple[bytes, bytes]]) -> bool:
-    """True without an Origin (not a browser) or when the Origin's host:port is the Host."""
+def origin_allowed(headers: list[tuple[bytes, bytes]], trust: Trust) -> bool:
+    """True without an Origin (not a browser) or when the Origin is the server's own: its
+    host:port is the request's Host and that Host names this server (no DNS rebinding)."""
     origin = host = None
     for name, value in headers:
         if name == b"origin":
-            origin = value.decode("latin-1")
+            origin = value
         elif name == b"host":
-            host = value.decode("latin-1")
+            host = value
     if origin is None:
         return True
-    parts = urlsplit(origin)
+    if not trust.host_allowed(host):
+        return False
+    parts = urlsplit(origin.decode("latin-1"))
     if parts.scheme not in ("http", "https") or not parts.netloc or host is None:
         return False
-    return parts.netloc.lower() == host.lower()
+    return parts.netloc.lower() == host.decode("latin-1").lower()
 
 
 class Client:
@@ -173,14 +175,12 @@ class Dashboard:
 
     # -- the WebSocket --------------------------------------------------------------------------
 
-    async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def websocket(self, scope: Scope, receive: Receive, send: Send, trust: Trust) -> None:
         """``GET /ws``: check the Origin, send a snapshot, then deltas until the client leaves."""
         message = await receive()
         if message["type"] != "websocket.connect":
             return
-        if not origin_allowed(scope["headers"]) or not viewer_allowed(
-            self.gateway, scope.get("client"), scope["headers"]
-        ):
+        if not origin_allowed(scope["headers"], trust) or not viewer_allowed(self.gateway, scope):
             # Closing before accepting makes the server answer the handshake with 403.
             await send({"type": "websocket.close", "code": CLOSE_FORBIDDEN})
             return
