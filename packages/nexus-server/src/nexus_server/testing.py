@@ -56,6 +56,10 @@ def running_server(
     """
     if not isinstance(config, NexusConfig):
         config = validate_config(config, source="test config")
+    # It listens on 127.0.0.1 whatever the config says; the app's rules must know it.
+    config = config.model_copy(
+        update={"server": config.server.model_copy(update={"host": "127.0.0.1"})}
+    )
     gateway = Gateway(config, backend_types=backend_types)
     app = create_app(gateway)
     options: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "loop": "asyncio"}

@@ -117,7 +117,8 @@ class Trust:
         """The client's address: the peer, or what a trusted proxy says; None when unknown.
 
         From a trusted proxy, the last address of ``Forwarded`` (else ``X-Forwarded-For``) that
-        is not itself a trusted proxy; a trusted proxy that names nobody leaves it unknown. From
+        is not itself a trusted proxy (the first, when all are); a trusted proxy that names
+        nobody, or names something that is not an address, leaves it unknown. From
         anyone else the headers are ignored, and a loopback peer that sends them is unknown too:
         a proxy on this host that nobody declared, whose clients could be anyone.
         """
@@ -141,13 +142,14 @@ class Trust:
             chain = [item.strip() for item in b",".join(x_forwarded).decode("latin-1").split(",")]
         else:
             return None
+        address = None
         for item in reversed(chain):
             address = _bare_address(item)
             if address is None:
                 return None
             if not self.is_proxy(address):
                 return address
-        return None
+        return address  # every hop a trusted proxy: the first is the client
 
     def is_local(self, peer: str | None, headers: list[tuple[bytes, bytes]]) -> bool:
         """Whether a request may be trusted as coming from this machine (see the module)."""
