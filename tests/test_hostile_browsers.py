@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,17 @@ def test_a_foreign_host_gets_no_loopback_trust(server: RunningServer) -> None:
     assert tags.status_code == 421
     assert isinstance(tags.json()["error"], str)
     assert names(server) == ["local"]
+    # Two Host headers (one for each check, an attacker hopes): 400, as RFC 9112 says.
+    with socket.create_connection(("127.0.0.1", port(server)), timeout=5) as raw:
+        raw.sendall(
+            b"GET /admin/backends HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        answer = b""
+        while chunk := raw.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert b'"bad_host"' in answer
     # Names that are this machine are fine.
     for host in ("localhost", "127.0.0.1", "[::1]", "nexus.localhost"):
         answer = httpx.get(server.url + "/admin/backends", headers={"Host": f"{host}:1"})

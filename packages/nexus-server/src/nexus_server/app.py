@@ -387,6 +387,9 @@ class NexusApp:
             elif name == b"origin":
                 origin = value
             elif name == b"host":
+                if host is not None:
+                    host = b""  # two Host headers: RFC 9112 says 400 (below)
+                    break
                 host = value
             elif name == b"content-type":
                 content_type = value
@@ -402,6 +405,10 @@ class NexusApp:
                 f"The request's headers are larger than {self.max_header_bytes} bytes",
                 code="request_header_fields_too_large",
             )
+            await _refuse(send, path, error, extra)
+            return
+        if host == b"":
+            error = GatewayError(400, "The request has no Host, or more than one", code="bad_host")
             await _refuse(send, path, error, extra)
             return
         if trust.local_only and not trust.host_allowed(host):
