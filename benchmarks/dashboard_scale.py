@@ -55,11 +55,27 @@ def fleet(backends: int, models: int, shared: int) -> Gateway:
     return gateway
 
 
-def timed(call: Callable[[], Any], rounds: int) -> tuple[float, float, Any]:
-    """Median and worst milliseconds of ``rounds`` calls, and the last result."""
+def change_models(gateway: Gateway) -> None:
+    """Add or drop one model on the first backend, as a probe that found a change would."""
+    backend = next(iter(gateway.registry))
+    models = list(backend.models.values())
+    extra = ModelInfo("aaa-new-model:latest")
+    if backend.models.get(extra.id) is None:
+        models.append(extra)
+    else:
+        models.remove(backend.models[extra.id])
+    gateway.registry.set_models(backend, models)
+
+
+def timed(
+    call: Callable[[], Any], rounds: int, before: Callable[[], None] | None = None
+) -> tuple[float, float, Any]:
+    """Median and worst milliseconds of ``rounds`` calls (``before`` each, untimed), the result."""
     result = None
     spent = []
     for _ in range(rounds):
+        if before is not None:
+            before()
         started = time.perf_counter()
         result = call()
         spent.append((time.perf_counter() - started) * 1000)
@@ -89,17 +105,19 @@ def main() -> None:
 
     snap = timed(dashboard.snapshot, rounds)
     snapshot = snap[2]
+    changed = timed(dashboard.snapshot, rounds, before=lambda: change_models(gateway))
     page = timed(lambda: render_page(snapshot), rounds)
     handler = timed(lambda: render_page(dashboard.snapshot()), rounds)
     encoded = timed(lambda: encode(snapshot), rounds)
 
-    def stats() -> str:
+    def stats() -> Any:
         dashboard._stats_cache = None  # built once per 2 s step: time one build
         return dashboard.stats_message()
 
     stats_message = timed(stats, rounds)
     rows = [
         ("Dashboard.snapshot()", snap, None),
+        ("snapshot after a models change", changed, None),
         ("render_page(snapshot)", page, len(page[2].encode())),
         ("GET / (snapshot + render)", handler, len(handler[2].encode())),
         ("JSON of the snapshot", encoded, len(encoded[2].encode())),
