@@ -403,6 +403,13 @@ def test_backend_events_carry_the_bounded_view() -> None:
     ]
     assert events[1]["backend"]["model_count"] == OWN
     assert events[1]["backend"]["models"] == own_models(0)[:CARD_MODELS]
+    dashboard.series.add("box", 0.1, failed=False)
+    fleet.registry.remove("box")
+    removed = json.loads(client.queue.get_nowait() or "")
+    assert (removed["event"], removed["backend"]["name"]) == ("removed", "box")
+    # Nothing is kept of a removed backend.
+    assert dashboard._card_models == {}
+    assert "box" not in dashboard.series._steps
 
 
 def test_health_counts_models_as_the_model_list_does() -> None:

@@ -140,11 +140,11 @@ class Dashboard:
         if event != "status":  # added, removed, models: the matrix is built again when read
             self._matrix = None
             self._matrix_version += 1
+        if self.clients:
+            self.broadcast({"type": "backend", "event": event, "backend": self.backend(backend)})
         if event == "removed":
             self.series.forget(backend.name)
             self._card_models.pop(backend.name, None)
-        if self.clients:
-            self.broadcast({"type": "backend", "event": event, "backend": self.backend(backend)})
 
     def broadcast(self, message: dict[str, Any]) -> None:
         """Queue ``message`` for every client (encoded once)."""
