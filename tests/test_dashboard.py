@@ -7,6 +7,7 @@ temporary directory); docs/images/ holds one committed copy of each.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -246,3 +247,121 @@ def test_screenshots(browser: Any, server: Any, artifacts: Path) -> None:
         assert path.stat().st_size > 10_000
         background = page.evaluate("getComputedStyle(document.body).backgroundColor")
         assert (background == "rgb(13, 17, 23)") == (name == "dark")
+
+
+# -- 20,000 models across backends ------------------------------------------------------------
+
+#: Four backends of 5,000 models of their own each, plus one model all of them serve; the first
+#: also lists EVIL, which sorts before every other name (first on its card and in the matrix).
+FLEET_SIZE = 5_000
+FLEET_TOTAL = 4 * FLEET_SIZE + 2
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[RunningServer]:
+    """A server whose four fake backends serve 20,002 distinct models in all."""
+    backends = [
+        FakeBackend(
+            name,
+            models=[f"{name}-model-{n:04d}" for n in range(FLEET_SIZE)]
+            + ["llama3.2:3b"]
+            + ([EVIL] if index == 0 else []),
+        )
+        for index, name in enumerate(("alpha", "beta", "gamma", "delta"))
+    ]
+    with contextlib.ExitStack() as stack:
+        for backend in backends:
+            stack.enter_context(backend.running())
+        yield stack.enter_context(running_server(gateway_config(*backends)))
+
+
+def models_text(page: Any) -> dict[str, list[str]]:
+    """Per card: its model count, the models it lists and its "more" note; and the matrix."""
+    texts: dict[str, list[str]] = {}
+    for card in page.locator("#backends article.card").all():
+        texts[str(card.get_attribute("data-backend"))] = [
+            card.locator(".models-title").inner_text(),
+            *card.locator(".models li").all_inner_texts(),
+            *card.locator(".more").all_inner_texts(),
+        ]
+    texts["matrix"] = [
+        page.locator("#model-count").inner_text(),
+        page.locator("#matrix").inner_text(),
+    ]
+    return texts
+
+
+def test_20000_models_the_page_shows_counts_and_what_it_leaves_out(
+    browser: Any, fleet: RunningServer
+) -> None:
+    page, dialogs = open_page(browser, fleet.url + "/", bypass_csp=False)
+    expect(page.locator("#connection")).to_have_text("live")
+    assert page.locator("#model-count").inner_text() == "20,002"
+    assert page.locator("#matrix tbody tr").count() == 100
+    note = page.locator("#matrix .more").inner_text()
+    assert note.startswith("The first 100 of 20,002 models, by name")
+    alpha = page.locator('[data-backend="alpha"]')
+    assert alpha.locator(".models-title").inner_text() == "5,002 models"
+    names = alpha.locator(".models li").all_inner_texts()
+    assert names[:2] == [EVIL, "alpha-model-0000"]
+    assert len(names) == 20
+    assert alpha.locator(".more").inner_text() == "and 4,982 more"
+    beta = page.locator('[data-backend="beta"]')
+    assert beta.locator(".more").inner_text() == "and 4,981 more"
+    # The first rows by name: EVIL (on alpha only), then alpha's own models.
+    first = page.locator("#matrix tbody tr").first
+    assert first.locator("th").inner_text() == EVIL
+    assert first.locator("td.status-healthy").count() == 1
+    assert first.locator("td").count() == 4
+    assert page.locator("main img").count() == 0
+    assert dialogs == []
+
+
+def test_20000_models_the_page_without_javascript_shows_the_same(
+    browser: Any, fleet: RunningServer
+) -> None:
+    live, _ = open_page(browser, fleet.url + "/")
+    live.wait_for_function("document.getElementById('connection').textContent === 'live'")
+    # Mark what is on the page now, and wait until the script has drawn it all again (the next
+    # stats message redraws cards and matrix), so that what is compared is the script's work.
+    live.evaluate(
+        "for (const n of document.querySelectorAll('#backends > *, #matrix > *')) n.dataset.old = 1"
+    )
+    live.wait_for_function("!document.querySelector('[data-old]')", timeout=5000)
+    static, dialogs = open_page(browser, fleet.url + "/", java_script_enabled=False)
+    shown = models_text(static)
+    assert shown == models_text(live)
+    assert shown["alpha"][0] == "5,002 models"
+    assert shown["alpha"][-1] == "and 4,982 more"
+    assert shown["matrix"][0] == "20,002"
+    assert static.locator("#matrix tbody tr").count() == 100
+    assert dialogs == []
+
+
+def test_20000_models_the_live_feed_still_updates(browser: Any, fleet: RunningServer) -> None:
+    page, _ = open_page(browser, fleet.url + "/")
+    page.wait_for_function("document.getElementById('connection').textContent === 'live'")
+    request_id = chat(fleet)
+    page.locator(f'#history tr[data-request-id="{request_id}"]').wait_for(timeout=3000)
+    # A backend with 30 models joins: its card at once, the matrix's count on the next step.
+    models = [f"aaa-{n:02d}" for n in range(30)]
+    with FakeBackend("epsilon", models=models).running() as epsilon:
+        fleet.call(fleet.gateway.add_backend({"name": "epsilon", "url": epsilon.url}))
+        try:
+            card = page.locator('[data-backend="epsilon"]')
+            expect(card.locator(".models-title")).to_have_text("30 models", timeout=3000)
+            assert card.locator(".models li").all_inner_texts() == models[:20]
+            assert card.locator(".more").inner_text() == "and 10 more"
+            expect(page.locator("#model-count")).to_have_text("20,032", timeout=5000)
+            rows = page.locator("#matrix tbody th").all_inner_texts()
+            assert rows[:3] == [EVIL, "aaa-00", "aaa-01"]
+            assert (
+                page.locator("#matrix .more")
+                .inner_text()
+                .startswith("The first 100 of 20,032 models")
+            )
+            assert page.locator("#matrix tbody tr").count() == 100
+        finally:
+            fleet.call(fleet.gateway.remove_backend("epsilon"))
+    expect(page.locator("#model-count")).to_have_text("20,002", timeout=5000)
+    expect(page.locator("#widget-requests .value")).not_to_have_text("0")

@@ -1,18 +1,23 @@
-"""The dashboard without a browser: escaping, origin check, queue bound, series, messages."""
+"""The dashboard without a browser: escaping, origin check, queue bound, series, messages, scale."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from nexus_core.config import ServerConfig, validate_config
+from nexus_core.adapters import BackendStatus, ModelInfo
+from nexus_core.config import BackendConfig, ServerConfig, validate_config
 from nexus_core.gateway import Gateway
 from nexus_core.observability import RequestRecord
+from nexus_core.registry import Backend
 from nexus_server.dashboard import Dashboard, origin_allowed, render_page
 from nexus_server.dashboard.live import CLOSE_FORBIDDEN, CLOSE_TOO_SLOW, Client
+from nexus_server.dashboard.render import CARD_MODELS, MATRIX_MODELS
 from nexus_server.dashboard.series import STEP, Series
 from nexus_server.trust import Trust
 
@@ -26,10 +31,48 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def gateway() -> Gateway:
+def gateway(**routing: Any) -> Gateway:
     return Gateway(
-        validate_config({"discovery": {"enabled": False}, "state": {"backend": "memory"}})
+        validate_config(
+            {"discovery": {"enabled": False}, "state": {"backend": "memory"}, "routing": routing}
+        )
     )
+
+
+def add(gateway: Gateway, name: str, models: list[str], status: str = "healthy") -> Backend:
+    """Put a backend serving ``models`` in the gateway's registry, as a probe would."""
+    config = BackendConfig(name=name, url="http://127.0.0.1:9")
+    backend = Backend(
+        name=name,
+        config=config,
+        adapter=None,  # type: ignore[arg-type]  # never called: nothing here sends a request
+        zone=config.effective_zone,
+        is_cloud=False,
+    )
+    gateway.registry.add(backend)
+    gateway.registry.set_models(backend, [ModelInfo(model) for model in models])
+    gateway.registry.set_status(backend, BackendStatus(status))
+    return backend
+
+
+#: The fleet of the scale tests: 8 backends, 2,500 models of their own each and 20 that every
+#: one of them serves (named to sort first, so the matrix's first rows span every backend).
+BACKENDS = 8
+OWN = 2_500
+SHARED = [f"common-{index:02d}:latest" for index in range(20)]
+
+
+def own_models(index: int) -> list[str]:
+    return [f"model-{index}-{n:05d}" for n in range(OWN)]
+
+
+@pytest.fixture(scope="module")
+def big_fleet() -> Gateway:
+    """20,020 distinct models across 8 backends."""
+    fleet = gateway()
+    for index in range(BACKENDS):
+        add(fleet, f"box-{index}", own_models(index) + SHARED)
+    return fleet
 
 
 def test_page_escapes_every_value_from_backends_and_clients() -> None:
@@ -39,12 +82,18 @@ def test_page_escapes_every_value_from_backends_and_clients() -> None:
         "zone": EVIL,
         "status": EVIL,
         "last_error": EVIL,
-        "models": [{"id": EVIL}],
+        "models": [EVIL],
+        "model_count": 2,
     }
     history = [{"time": EVIL, "model": EVIL, "backend": EVIL, "status": 500, "error": EVIL}]
-    html = render_page({"backends": [backend], "history": history, "series": {EVIL: []}})
+    matrix = {"model_count": 2, "rows": [{"model": EVIL, "backends": [EVIL]}]}
+    html = render_page(
+        {"backends": [backend], "matrix": matrix, "history": history, "series": {EVIL: []}}
+    )
     assert "<img" not in html
-    assert html.count("&lt;img src=x onerror=alert(1)&gt;") >= 8
+    assert html.count("&lt;img src=x onerror=alert(1)&gt;") >= 9
+    # The matrix row of the model has the backend's (escaped) column marked.
+    assert '<th scope="row">&lt;img src=x onerror=alert(1)&gt;</th><td class="cell status-' in html
     # An unknown status never becomes a class name.
     assert "status-unknown" in html
 
@@ -121,8 +170,17 @@ def test_finished_requests_feed_the_series_and_the_clients() -> None:
 def test_snapshot_shape() -> None:
     snapshot = Dashboard(gateway()).snapshot()
     assert snapshot["type"] == "snapshot"
-    assert snapshot["version"] == 1
-    assert set(snapshot) >= {"health", "backends", "history", "stats", "series", "step_seconds"}
+    assert snapshot["version"] == 2
+    assert set(snapshot) >= {
+        "health",
+        "backends",
+        "matrix",
+        "history",
+        "stats",
+        "series",
+        "step_seconds",
+    }
+    assert snapshot["matrix"] == {"model_count": 0, "rows": []}
     json.dumps(snapshot, allow_nan=False)
 
 
@@ -207,3 +265,168 @@ async def test_a_client_that_leaves_is_unsubscribed() -> None:
     await asyncio.wait_for(task, 5)
     assert not dashboard.clients
     assert [json.loads(m["text"])["type"] for m in socket.sent[1:]] == ["snapshot", "request"]
+
+
+# -- scale: 20,000 models across backends ----------------------------------------------------
+
+
+def test_snapshot_with_20000_models_carries_bounded_lists_and_true_counts(
+    big_fleet: Gateway,
+) -> None:
+    dashboard = Dashboard(big_fleet)
+    snapshot = dashboard.snapshot()
+    assert snapshot["version"] == 2
+    for index, backend in enumerate(snapshot["backends"]):
+        listed = own_models(index) + SHARED
+        assert backend["model_count"] == len(listed) == OWN + len(SHARED)
+        assert backend["models"] == sorted(listed)[:CARD_MODELS]
+    matrix = snapshot["matrix"]
+    assert matrix["model_count"] == BACKENDS * OWN + len(SHARED) == 20_020
+    every = sorted({m for i in range(BACKENDS) for m in own_models(i)} | set(SHARED))
+    assert [row["model"] for row in matrix["rows"]] == every[:MATRIX_MODELS]
+    names = [f"box-{index}" for index in range(BACKENDS)]
+    rows = {row["model"]: row["backends"] for row in matrix["rows"]}
+    assert rows["common-00:latest"] == names
+    assert rows["model-0-00000"] == ["box-0"]
+    # Bounded JSON: 20,020 ids would be 300 kB on their own (the charts' points, 300 per
+    # backend, are the same with any number of models).
+    encoded = json.dumps(snapshot)
+    assert "model-0-02499" not in encoded
+    assert len(encoded) - len(json.dumps(snapshot["series"])) < 30_000
+
+
+def test_page_with_20000_models_is_bounded_with_counts_and_more_notes(
+    big_fleet: Gateway,
+) -> None:
+    html = render_page(Dashboard(big_fleet).snapshot())
+    # Every card lists its first models and says how many it leaves out.
+    assert html.count('<p class="models-title">2,520 models</p>') == BACKENDS
+    assert len(re.findall(r'<ul class="models">(?:<li>[^<]*</li>)*</ul>', html)) == BACKENDS
+    assert html.count("<li>") == BACKENDS * CARD_MODELS
+    assert html.count('<p class="more">and 2,500 more</p>') == BACKENDS
+    # The matrix: its first rows, every backend a column, a note with the true total.
+    assert html.count('<tr><th scope="row">') == MATRIX_MODELS
+    assert html.count('<th scope="col">box-') == BACKENDS
+    assert '<span id="model-count" class="count">20,020</span>' in html
+    assert f"The first {MATRIX_MODELS} of 20,020 models, by name" in html
+    assert '<a href="/v1/models">/v1/models</a>' in html
+    # The shared models' rows have a dot in every column, the others in one.
+    assert html.count('<td class="cell status-healthy">') == BACKENDS * len(SHARED) + (
+        MATRIX_MODELS - len(SHARED)
+    )
+    assert "model-0-02499" not in html
+    # About 90 KiB (7 MB when every card and the matrix listed every model).
+    assert len(html.encode()) < 250_000
+
+
+def test_page_size_does_not_grow_with_the_number_of_models(big_fleet: Gateway) -> None:
+    small = gateway()
+    for index in range(BACKENDS):
+        add(small, f"box-{index}", own_models(index)[:200] + SHARED)
+    big_page = render_page(Dashboard(big_fleet).snapshot())
+    small_page = render_page(Dashboard(small).snapshot())
+    # The same markup but for the counts in the notes ("2,520" against "220", ...).
+    assert abs(len(big_page) - len(small_page)) < 100
+
+
+@pytest.mark.parametrize(("count", "note"), [(CARD_MODELS, None), (CARD_MODELS + 1, "1")])
+def test_a_card_says_and_n_more_only_past_its_limit(count: int, note: str | None) -> None:
+    fleet = gateway()
+    add(fleet, "box", [f"m{n:03d}" for n in range(count)])
+    html = render_page(Dashboard(fleet).snapshot())
+    assert html.count("<li>") == CARD_MODELS
+    assert (f'<p class="more">and {note} more</p>' in html) is (note is not None)
+    # Fewer models than matrix rows: all of them, and no note.
+    assert html.count('<tr><th scope="row">') == count
+    assert "The first" not in html
+
+
+def test_the_card_view_is_the_backend_snapshot_with_its_first_models(big_fleet: Gateway) -> None:
+    dashboard = Dashboard(big_fleet)
+    for backend in big_fleet.registry:
+        view = dashboard.backend(backend)
+        full = backend.snapshot()
+        ids = [model["id"] for model in full.pop("models")]
+        assert view.pop("models") == sorted(ids)[:CARD_MODELS]
+        assert view.pop("model_count") == len(ids)
+        assert view == full
+
+
+def stepped(dashboard: Dashboard) -> Callable[[], dict[str, Any]]:
+    """The stats message of each next step, decoded (the series' clock is moved one step)."""
+    now = [1_000_000.0]
+    dashboard.series.clock = lambda: now[0]
+
+    def next_stats() -> dict[str, Any]:
+        now[0] += STEP
+        message: dict[str, Any] = json.loads(dashboard.stats_message())
+        return message
+
+    return next_stats
+
+
+def test_stats_message_is_bounded_and_carries_the_matrix_only_after_a_change() -> None:
+    fleet = gateway()
+    boxes = [add(fleet, f"box-{index}", own_models(index) + SHARED) for index in range(3)]
+    dashboard = Dashboard(fleet)
+    next_stats = stepped(dashboard)
+    first = next_stats()
+    assert first["type"] == "stats"
+    assert "matrix" not in first  # the snapshot of a new client has it
+    assert [b["model_count"] for b in first["backends"]] == [OWN + len(SHARED)] * 3
+    assert all(len(b["models"]) == CARD_MODELS for b in first["backends"])
+    assert set(first["stats"]) == {"uptime_seconds", "requests", "budget", "queue"}
+    assert len(json.dumps(first)) < 10_000
+    # A probe finds a new model on box-1: the next step (once) brings the new matrix.
+    fleet.registry.set_models(boxes[1], [ModelInfo(m) for m in [*own_models(1), *SHARED, "aaa"]])
+    changed = next_stats()
+    assert changed["matrix"]["model_count"] == 3 * OWN + len(SHARED) + 1
+    assert changed["matrix"]["rows"][0] == {"model": "aaa", "backends": ["box-1"]}
+    assert changed["backends"][1]["models"][0] == "aaa"
+    assert "matrix" not in next_stats()
+    # A status change leaves the rows alone: no matrix; the backends carry the status.
+    fleet.registry.set_status(boxes[0], BackendStatus.UNHEALTHY)
+    after = next_stats()
+    assert "matrix" not in after
+    assert after["backends"][0]["status"] == "unhealthy"
+    # A removed backend leaves the matrix.
+    fleet.registry.remove("box-2")
+    removed = next_stats()
+    assert removed["matrix"]["model_count"] == 2 * OWN + len(SHARED) + 1
+    assert "box-2" not in json.dumps(removed)
+
+
+def test_backend_events_carry_the_bounded_view() -> None:
+    fleet = gateway()
+    dashboard = Dashboard(fleet)
+    client = Client()
+    dashboard.clients.add(client)
+    add(fleet, "box", own_models(0))
+    events = []
+    while not client.queue.empty():
+        events.append(json.loads(client.queue.get_nowait() or ""))
+    assert [(e["type"], e["event"]) for e in events] == [
+        ("backend", "added"),
+        ("backend", "models"),
+        ("backend", "status"),
+    ]
+    assert events[1]["backend"]["model_count"] == OWN
+    assert events[1]["backend"]["models"] == own_models(0)[:CARD_MODELS]
+    dashboard.series.add("box", 0.1, failed=False)
+    fleet.registry.remove("box")
+    removed = json.loads(client.queue.get_nowait() or "")
+    assert (removed["event"], removed["backend"]["name"]) == ("removed", "box")
+    # Nothing is kept of a removed backend.
+    assert dashboard._card_models == {}
+    assert "box" not in dashboard.series._steps
+
+
+def test_health_counts_models_as_the_model_list_does() -> None:
+    fleet = gateway(aliases={"fast": "m1", "gone": "nowhere", "m2": "m1", "quick": "fast"})
+    add(fleet, "a", ["m1", "m2", "shared"])
+    add(fleet, "b", ["shared", "m3"])
+    add(fleet, "down", ["only-here"], status="unhealthy")
+    # m1 m2 m3 shared, and the aliases fast and quick ("m2" is a model already, "gone" leads
+    # nowhere, only-here is on an unhealthy backend).
+    assert len(fleet.list_models()) == 6
+    assert fleet.health_summary()["models"] == 6

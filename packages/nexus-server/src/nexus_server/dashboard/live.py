@@ -4,6 +4,12 @@ One ``Dashboard`` per app listens to the registry and the monitor once, for the 
 fans every event out to the connected clients. With nobody connected a finished request costs one
 O(1) update of the time series and a loop over an empty set.
 
+What is sent is bounded whatever the size of the fleet: a backend carries its first
+``CARD_MODELS`` model ids (sorted) and its model count, and the models x backends matrix its first
+``MATRIX_MODELS`` rows and the count of distinct models. Both are computed when the models change
+(the registry replaces a backend's ``models`` dict then, and says so), not per message; the
+periodic ``stats`` message carries the matrix only in the step after it changed.
+
 Every client has a bounded queue of encoded messages. Listeners only ``put_nowait``: a client
 whose queue is full is disconnected (close code 1013, "try again later"); the page reconnects and
 starts again from a fresh snapshot, so no client ever sees a state with a delta missing.
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import logging
 import time
@@ -20,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from nexus_core.auth import presented_key
+from nexus_server.dashboard.render import CARD_MODELS, MATRIX_MODELS
 from nexus_server.dashboard.series import POINTS, STEP, Series
 from nexus_server.trust import LOCAL_KEY, Trust
 
@@ -31,8 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nexus.dashboard")
 
-#: Version of the ``/ws`` message schema (docs/dashboard.md).
-SCHEMA_VERSION = 1
+#: Version of the ``/ws`` message schema (docs/dashboard.md). 2: bounded model lists, ``matrix``.
+SCHEMA_VERSION = 2
 #: Messages waiting for one client before it counts as too slow and is disconnected.
 QUEUE_SIZE = 256
 #: Seconds one send may take before the client counts as too slow.
@@ -110,6 +118,14 @@ class Dashboard:
         self.series = Series()
         self.clients: set[Client] = set()
         self._stats_cache: tuple[int, str] | None = None
+        # Per backend: the ``models`` dict the list was taken from (the registry replaces it on
+        # every change, so identity says whether it is current) and its first model ids.
+        self._card_models: dict[str, tuple[dict[str, Any], list[str]]] = {}
+        self._matrix: dict[str, Any] | None = None
+        # Bumped when the matrix may have changed; the stats message carries it when the
+        # version it sent last is older.
+        self._matrix_version = 0
+        self._matrix_sent = 0
         gateway.registry.subscribe(self._on_backend)
         gateway.monitor.subscribers.append(self._on_request)
 
@@ -123,10 +139,14 @@ class Dashboard:
             self.broadcast({"type": "request", "request": record.as_dict()})
 
     def _on_backend(self, event: str, backend: Backend) -> None:
+        if event != "status":  # added, removed, models: the matrix is built again when read
+            self._matrix = None
+            self._matrix_version += 1
+        if self.clients:
+            self.broadcast({"type": "backend", "event": event, "backend": self.backend(backend)})
         if event == "removed":
             self.series.forget(backend.name)
-        if self.clients:
-            self.broadcast({"type": "backend", "event": event, "backend": backend.snapshot()})
+            self._card_models.pop(backend.name, None)
 
     def broadcast(self, message: dict[str, Any]) -> None:
         """Queue ``message`` for every client (encoded once)."""
@@ -134,22 +154,90 @@ class Dashboard:
         for client in self.clients:
             client.offer(text)
 
+    # -- what the page shows --------------------------------------------------------------------
+
+    def backend(self, backend: Backend) -> dict[str, Any]:
+        """``Backend.snapshot()`` with only the first ``CARD_MODELS`` model ids and the count."""
+        models = backend.models
+        cached = self._card_models.get(backend.name)
+        if cached is None or cached[0] is not models:
+            cached = self._card_models[backend.name] = (
+                models,
+                heapq.nsmallest(CARD_MODELS, models),
+            )
+        latency = backend.latency_ms
+        return {
+            "name": backend.name,
+            "url": backend.config.url,
+            "type": backend.type_name,
+            "kind": backend.kind,
+            "source": backend.source,
+            "status": backend.status.value,
+            "zone": backend.zone.value,
+            "tier": backend.tier,
+            "priority": backend.priority,
+            "max_concurrent": backend.max_concurrent,
+            "pending": backend.pending,
+            "latency_ms": None if latency is None else round(latency, 3),
+            "last_error": backend.last_error,
+            "last_checked": backend.last_checked,
+            "version": backend.version,
+            "requests_total": backend.requests_total,
+            "errors_total": backend.errors_total,
+            "models": cached[1],
+            "model_count": len(models),
+        }
+
+    def matrix(self) -> dict[str, Any]:
+        """The first ``MATRIX_MODELS`` model ids (sorted), each with the backends serving it."""
+        if self._matrix is None:
+            registry = self.gateway.registry
+            ids = registry.model_ids()
+            self._matrix = {
+                "model_count": len(ids),
+                "rows": [
+                    {"model": model, "backends": [b.name for b in registry.serving(model)]}
+                    for model in heapq.nsmallest(MATRIX_MODELS, ids)
+                ],
+            }
+        return self._matrix
+
+    def stats(self) -> dict[str, Any]:
+        """The summary widgets' part of ``/v1/stats`` (its per-model part grows with the fleet)."""
+        monitor = self.gateway.monitor
+        accountant = monitor.accountant
+        queue = monitor.queue
+        return {
+            "uptime_seconds": round(time.time() - monitor.started, 3),
+            "requests": {"total": monitor.total, "errors": monitor.total_errors},
+            "budget": accountant.summary() if accountant is not None else None,
+            "queue": None
+            if queue is None
+            else {
+                "enabled": queue.enabled,
+                "depth": queue.queue_depth,
+                "max_size": queue.max_size,
+                "max_wait_seconds": queue.max_wait,
+            },
+        }
+
     # -- messages -------------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
         """Everything the page shows: the ``snapshot`` message and ``/dashboard/snapshot``."""
         gateway = self.gateway
-        backends = gateway.backends()
+        backends = list(gateway.registry)
         return {
             "type": "snapshot",
             "version": SCHEMA_VERSION,
             "time": time.time(),
             "step_seconds": STEP,
             "health": gateway.health_summary(),
-            "backends": backends,
+            "backends": [self.backend(b) for b in backends],
+            "matrix": self.matrix(),
             "history": gateway.monitor.history_entries(),
-            "stats": gateway.monitor.stats(),
-            "series": {b["name"]: self.series.points(b["name"], POINTS) for b in backends},
+            "stats": self.stats(),
+            "series": {b.name: self.series.points(b.name, POINTS) for b in backends},
         }
 
     def stats_message(self) -> str:
@@ -159,17 +247,19 @@ class Dashboard:
         if cached is not None and cached[0] == index:
             return cached[1]
         gateway = self.gateway
-        backends = gateway.backends()
-        text = _encode(
-            {
-                "type": "stats",
-                "time": time.time(),
-                "health": gateway.health_summary(),
-                "backends": backends,
-                "stats": gateway.monitor.stats(),
-                "points": {b["name"]: self.series.last_point(b["name"]) for b in backends},
-            }
-        )
+        backends = list(gateway.registry)
+        message = {
+            "type": "stats",
+            "time": time.time(),
+            "health": gateway.health_summary(),
+            "backends": [self.backend(b) for b in backends],
+            "stats": self.stats(),
+            "points": {b.name: self.series.last_point(b.name) for b in backends},
+        }
+        if self._matrix_sent != self._matrix_version:
+            self._matrix_sent = self._matrix_version
+            message["matrix"] = self.matrix()
+        text = _encode(message)
         self._stats_cache = (index, text)
         return text
 

@@ -2,6 +2,10 @@
 
 Every value that comes from a backend or a client goes through ``html.escape`` (``_e``); the
 page's script later rebuilds the same markup with ``textContent``, never ``innerHTML``.
+
+The page is bounded whatever the fleet: a card lists at most ``CARD_MODELS`` models and the
+matrix at most ``MATRIX_MODELS`` rows, each with a note saying how many more there are (the
+snapshot from ``Dashboard.snapshot()`` carries no more than that; these limits hold for any input).
 """
 
 from __future__ import annotations
@@ -31,6 +35,12 @@ CHART_WIDTH = 120
 CHART_HEIGHT = 28
 #: Shown for a missing value.
 DASH = "\u2013"
+#: Models listed on a backend card (the first by name): a typical box's whole list, about five
+#: lines of a card; a bigger list ends with "and N more".
+CARD_MODELS = 20
+#: Rows of the models x backends matrix (the first models by name): as many as the request
+#: history, a few screens; the full lists are in /v1/models and /admin/backends.
+MATRIX_MODELS = 100
 
 
 def _e(value: Any) -> str:
@@ -51,6 +61,10 @@ def _number(value: Any) -> str:
     if value is None:
         return DASH
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else _e(value)
 
 
 def _time(iso: Any) -> str:
@@ -87,8 +101,12 @@ def _card(backend: dict[str, Any], points: list[dict[str, Any]]) -> str:
     pending = _number(backend.get("pending"))
     if backend.get("max_concurrent"):
         pending += f" / {_number(backend['max_concurrent'])}"
-    models = backend.get("models") or []
-    model_items = "".join(f"<li>{_e(m.get('id'))}</li>" for m in models)
+    models = (backend.get("models") or [])[:CARD_MODELS]
+    count = backend.get("model_count")
+    if not isinstance(count, int):
+        count = len(models)
+    model_items = "".join(f"<li>{_e(model)}</li>" for model in models)
+    more = count - len(models)
     error = backend.get("last_error")
     return (
         f'<article class="card" data-backend="{_e(backend.get("name"))}">'
@@ -106,32 +124,48 @@ def _card(backend: dict[str, Any], points: list[dict[str, Any]]) -> str:
         + _chart("p95", "p95_ms", points, " ms")
         + _chart("errors", "errors", points, "")
         + "</div>"
-        f'<p class="models-title">{len(models)} model{"" if len(models) == 1 else "s"}</p>'
-        f'<ul class="models">{model_items}</ul></article>'
+        f'<p class="models-title">{_count(count)} model{"" if count == 1 else "s"}</p>'
+        f'<ul class="models">{model_items}</ul>'
+        + (f'<p class="more">and {_count(more)} more</p>' if more > 0 else "")
+        + "</article>"
     )
 
 
-def _matrix(backends: list[dict[str, Any]]) -> str:
-    models = sorted({m.get("id") for b in backends for m in b.get("models") or []} - {None})
-    if not models or not backends:
+def _matrix(backends: list[dict[str, Any]], matrix: dict[str, Any]) -> str:
+    rows = (matrix.get("rows") or [])[:MATRIX_MODELS]
+    if not rows or not backends:
         return '<p class="empty">No models yet.</p>'
-    head = "".join(f'<th scope="col">{_e(b.get("name"))}</th>' for b in backends)
-    rows = []
-    for model in models:
-        cells = []
-        for backend in backends:
-            if any(m.get("id") == model for m in backend.get("models") or []):
-                status = _status(backend.get("status"))
-                cells.append(
-                    f'<td class="cell status-{status}"><span aria-hidden="true">●</span>'
-                    f'<span class="visually-hidden">{status}</span></td>'
-                )
-            else:
-                cells.append('<td class="cell"></td>')
-        rows.append(f'<tr><th scope="row">{_e(model)}</th>{"".join(cells)}</tr>')
+    total = matrix.get("model_count")
+    if not isinstance(total, int):
+        total = len(rows)
+    names = [b.get("name") for b in backends]
+    head = "".join(f'<th scope="col">{_e(name)}</th>' for name in names)
+    # One cell per backend that serves a model, drawn once: a row costs a set and a lookup
+    # per column.
+    served: dict[Any, str] = {}
+    for backend in backends:
+        status = _status(backend.get("status"))
+        served[backend.get("name")] = (
+            f'<td class="cell status-{status}"><span aria-hidden="true">●</span>'
+            f'<span class="visually-hidden">{status}</span></td>'
+        )
+    lines = []
+    for row in rows:
+        serving = set(row.get("backends") or ())
+        cells = "".join(
+            served[name] if name in serving else '<td class="cell"></td>' for name in names
+        )
+        lines.append(f'<tr><th scope="row">{_e(row.get("model"))}</th>{cells}</tr>')
+    note = ""
+    if total > len(rows):
+        note = (
+            f'<p class="more">The first {_count(len(rows))} of {_count(total)} models, by name; '
+            'all of them in <a href="/v1/models">/v1/models</a> and '
+            '<a href="/admin/backends">/admin/backends</a>.</p>'
+        )
     return (
-        f'<table class="matrix"><thead><tr><th scope="col">Model</th>{head}</tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table>"
+        f'{note}<table class="matrix"><thead><tr><th scope="col">Model</th>{head}</tr></thead>'
+        f"<tbody>{''.join(lines)}</tbody></table>"
     )
 
 
@@ -196,6 +230,7 @@ def render_page(snapshot: dict[str, Any]) -> str:
     """The whole page for ``snapshot`` (``Dashboard.snapshot()``)."""
     backends = snapshot.get("backends") or []
     series = snapshot.get("series") or {}
+    matrix = snapshot.get("matrix") or {}
     health = snapshot.get("health") or {}
     overall = health.get("status", "unknown")
     overall_class = {"healthy": "healthy", "degraded": "loading"}.get(overall, "unhealthy")
@@ -235,9 +270,10 @@ def render_page(snapshot: dict[str, Any]) -> str:
 <div id="backends" class="cards">{cards}</div>
 </section>
 <section aria-labelledby="models-title">
-<h2 id="models-title">Models &#215; backends</h2>
+<h2 id="models-title">Models &#215; backends
+<span id="model-count" class="count">{_count(matrix.get("model_count", 0))}</span></h2>
 <div id="matrix" class="scroll" tabindex="0" role="region" aria-labelledby="models-title">
-{_matrix(backends)}</div>
+{_matrix(backends, matrix)}</div>
 </section>
 <section id="requests" aria-labelledby="requests-title">
 <h2 id="requests-title">Last requests

@@ -1,6 +1,8 @@
 // Nexus dashboard: takes over the server-rendered page and keeps it live.
 // Live through /ws (snapshot, then deltas); when the WebSocket fails, polls /dashboard/snapshot.
 // Every value from the server is put in the page with textContent, never innerHTML.
+// The server bounds what it sends (a card's first 20 models, the matrix's first 100 rows, with
+// their counts); this script draws exactly that, as the server-rendered page does.
 "use strict";
 (function () {
   var STATUSES = ["unknown", "healthy", "unhealthy", "loading", "draining"];
@@ -11,7 +13,9 @@
   var RETRY_MS = 5000;
   var SVG = "http://www.w3.org/2000/svg";
 
-  var state = { backends: [], history: [], stats: null, health: null, series: {} };
+  var NO_MATRIX = { model_count: 0, rows: [] };
+
+  var state = { backends: [], matrix: NO_MATRIX, history: [], stats: null, health: null, series: {} };
   var socket = null;
   var pollTimer = null;
   var retryTimer = null;
@@ -38,6 +42,14 @@
   }
 
   function num(value) { return value === null || value === undefined ? "–" : String(value); }
+
+  // 20020 -> "20,020", as the server's f"{n:,}".
+  function count(value) {
+    if (typeof value !== "number" || !Number.isInteger(value)) return value == null ? "" : String(value);
+    return String(value).replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+  }
+
+  function text(value) { return document.createTextNode(value); }
 
   function replace(container, nodes) {
     while (container.firstChild) container.removeChild(container.firstChild);
@@ -74,6 +86,8 @@
     var status = statusOf(b.status);
     var pending = num(b.pending) + (b.max_concurrent ? " / " + b.max_concurrent : "");
     var models = b.models || [];
+    var total = typeof b.model_count === "number" ? b.model_count : models.length;
+    var more = total - models.length;
     var points = state.series[b.name] || [];
     function fact(name, value) {
       return el("div", null, [el("dt", { text: name }), el("dd", { text: value })]);
@@ -93,8 +107,9 @@
         chart("p95", "p95_ms", points, " ms"),
         chart("errors", "errors", points, ""),
       ]),
-      el("p", { class: "models-title", text: models.length + (models.length === 1 ? " model" : " models") }),
-      el("ul", { class: "models" }, models.map(function (m) { return el("li", { text: String(m.id) }); })),
+      el("p", { class: "models-title", text: count(total) + (total === 1 ? " model" : " models") }),
+      el("ul", { class: "models" }, models.map(function (id) { return el("li", { text: String(id) }); })),
+      more > 0 ? el("p", { class: "more", text: "and " + count(more) + " more" }) : null,
     ]);
   }
 
@@ -106,23 +121,24 @@
     renderMatrix();
   }
 
+  // The rows the server chose (the first models by name), one column per backend: a Set per row,
+  // one lookup per cell.
   function renderMatrix() {
-    var ids = {};
-    state.backends.forEach(function (b) {
-      (b.models || []).forEach(function (m) { ids[m.id] = true; });
-    });
-    var models = Object.keys(ids).sort();
-    if (!models.length || !state.backends.length) {
+    var matrix = state.matrix || NO_MATRIX;
+    var rows = matrix.rows || [];
+    $("model-count").textContent = count(matrix.model_count != null ? matrix.model_count : 0);
+    if (!rows.length || !state.backends.length) {
       replace($("matrix"), [el("p", { class: "empty", text: "No models yet." })]);
       return;
     }
+    var total = typeof matrix.model_count === "number" ? matrix.model_count : rows.length;
     var head = el("tr", null, [el("th", { scope: "col", text: "Model" })].concat(
       state.backends.map(function (b) { return el("th", { scope: "col", text: String(b.name) }); })));
-    var rows = models.map(function (model) {
-      return el("tr", null, [el("th", { scope: "row", text: model })].concat(
+    var body = rows.map(function (row) {
+      var serving = new Set(row.backends || []);
+      return el("tr", null, [el("th", { scope: "row", text: String(row.model) })].concat(
         state.backends.map(function (b) {
-          var serves = (b.models || []).some(function (m) { return m.id === model; });
-          if (!serves) return el("td", { class: "cell" });
+          if (!serving.has(b.name)) return el("td", { class: "cell" });
           var status = statusOf(b.status);
           return el("td", { class: "cell status-" + status }, [
             el("span", { "aria-hidden": "true", text: "●" }),
@@ -130,9 +146,16 @@
           ]);
         })));
     });
-    replace($("matrix"), [el("table", { class: "matrix" }, [
-      el("thead", null, [head]), el("tbody", null, rows),
-    ])]);
+    var nodes = [];
+    if (total > rows.length) {
+      nodes.push(el("p", { class: "more" }, [
+        text("The first " + count(rows.length) + " of " + count(total) + " models, by name; all of them in "),
+        el("a", { href: "/v1/models", text: "/v1/models" }), text(" and "),
+        el("a", { href: "/admin/backends", text: "/admin/backends" }), text("."),
+      ]));
+    }
+    nodes.push(el("table", { class: "matrix" }, [el("thead", null, [head]), el("tbody", null, body)]));
+    replace($("matrix"), nodes);
   }
 
   function historyRow(entry, fresh) {
@@ -227,6 +250,7 @@
 
   function applySnapshot(message) {
     state.backends = message.backends || [];
+    state.matrix = message.matrix || NO_MATRIX;
     state.history = message.history || [];
     state.stats = message.stats || null;
     state.health = message.health || null;
@@ -238,6 +262,8 @@
 
   function applyStats(message) {
     state.backends = message.backends || state.backends;
+    // The matrix rides on a stats message only in the step after it changed.
+    if (message.matrix) state.matrix = message.matrix;
     state.stats = message.stats || state.stats;
     state.health = message.health || state.health;
     var points = message.points || {};

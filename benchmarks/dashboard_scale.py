@@ -1,0 +1,138 @@
+"""The dashboard with 20,000 models across backends: time of each step the server runs on its loop.
+
+A Gateway's registry is filled directly (no network): ``--backends`` healthy backends with
+``--models`` distinct model ids in all, plus ``--shared`` ids every backend serves (the same
+model on every box, as real fleets have), and one request per backend in the history and the
+charts. Each figure is the median (and the worst) of ``--rounds`` runs of one synchronous call,
+so the worst is how long that call holds the event loop. A full garbage collection runs before
+the first round: one over a fresh fleet of 20,000 models takes 50-100 ms whatever code triggers it,
+and would be charged to whichever call came first.
+
+Run: uv run python benchmarks/dashboard_scale.py [--backends 8] [--models 20000] [--shared 20]
+     [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from nexus_core.adapters import BackendStatus, ModelInfo
+from nexus_core.config import BackendConfig, validate_config
+from nexus_core.gateway import Gateway
+from nexus_core.observability import RequestRecord
+from nexus_core.registry import Backend
+from nexus_server.dashboard import Dashboard, render_page
+
+
+def fleet(backends: int, models: int, shared: int) -> Gateway:
+    """A gateway whose registry holds ``backends`` healthy backends and ``models`` model ids."""
+    gateway = Gateway(
+        validate_config({"discovery": {"enabled": False}, "state": {"backend": "memory"}})
+    )
+    registry = gateway.registry
+    for index in range(backends):
+        config = BackendConfig(name=f"box-{index:03d}", url=f"http://127.0.0.1:{9000 + index}")
+        backend = Backend(
+            name=config.name,
+            config=config,
+            adapter=None,  # type: ignore[arg-type]  # the dashboard never calls it
+            zone=config.effective_zone,
+            is_cloud=False,
+        )
+        registry.add(backend)
+        own = range(index, models, backends)
+        ids = [f"family-{i % 97:02d}/model-{i:05d}:q4_K_M" for i in own]
+        ids += [f"shared-{i:02d}:latest" for i in range(shared)]
+        registry.set_models(backend, [ModelInfo(model, context_length=8192) for model in ids])
+        backend.status = BackendStatus.HEALTHY
+        backend.latency_ms = 10.0 + index
+        gateway.monitor.finish(
+            RequestRecord(request_id=f"r{index}", model=ids[0], backend=backend.name, status=200)
+        )
+    return gateway
+
+
+def change_models(gateway: Gateway) -> None:
+    """Add or drop one model on the first backend, as a probe that found a change would."""
+    backend = next(iter(gateway.registry))
+    models = list(backend.models.values())
+    extra = ModelInfo("aaa-new-model:latest")
+    if backend.models.get(extra.id) is None:
+        models.append(extra)
+    else:
+        models.remove(backend.models[extra.id])
+    gateway.registry.set_models(backend, models)
+
+
+def timed(
+    call: Callable[[], Any], rounds: int, before: Callable[[], None] | None = None
+) -> tuple[float, float, Any]:
+    """Median and worst milliseconds of ``rounds`` calls (``before`` each, untimed), the result."""
+    result = None
+    spent = []
+    for _ in range(rounds):
+        if before is not None:
+            before()
+        started = time.perf_counter()
+        result = call()
+        spent.append((time.perf_counter() - started) * 1000)
+    return statistics.median(spent), max(spent), result
+
+
+def encode(message: dict[str, Any]) -> str:
+    """As the dashboard encodes its messages."""
+    return json.dumps(message, separators=(",", ":"), allow_nan=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--backends", type=int, default=8)
+    parser.add_argument("--models", type=int, default=20_000)
+    parser.add_argument("--shared", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    gateway = fleet(args.backends, args.models, args.shared)
+    dashboard = Dashboard(gateway)
+    gc.collect()
+    rounds = args.rounds
+    listed = sum(len(b.models) for b in gateway.registry)
+    print(
+        f"{args.backends} backends, {len(gateway.registry.model_ids())} distinct models, "
+        f"{listed} (backend, model) pairs; median / worst of {rounds} runs"
+    )
+
+    snap = timed(dashboard.snapshot, rounds)
+    snapshot = snap[2]
+    changed = timed(dashboard.snapshot, rounds, before=lambda: change_models(gateway))
+    page = timed(lambda: render_page(snapshot), rounds)
+    handler = timed(lambda: render_page(dashboard.snapshot()), rounds)
+    encoded = timed(lambda: encode(snapshot), rounds)
+
+    def stats() -> Any:
+        dashboard._stats_cache = None  # built once per 2 s step: time one build
+        return dashboard.stats_message()
+
+    stats_message = timed(stats, rounds)
+    rows = [
+        ("Dashboard.snapshot()", snap, None),
+        ("snapshot after a models change", changed, None),
+        ("render_page(snapshot)", page, len(page[2].encode())),
+        ("GET / (snapshot + render)", handler, len(handler[2].encode())),
+        ("JSON of the snapshot", encoded, len(encoded[2].encode())),
+        ("one stats message (build + JSON)", stats_message, len(stats_message[2].encode())),
+    ]
+    for label, (median, worst, _), size in rows:
+        text = f"{label:34s} {median:8.1f} ms  worst {worst:8.1f} ms"
+        if size is not None:
+            text += f"  {size / 1024:9.1f} KiB"
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
