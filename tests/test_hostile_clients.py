@@ -292,3 +292,24 @@ def test_bytes_that_are_not_http_get_a_json_400_and_no_log_flood(
     log = config.with_suffix(".log").read_text()
     assert "Traceback" not in log
     assert log.count("invalid") <= 2, log
+
+
+def test_huge_model_names_are_kept_short_in_history_and_logs(
+    tmp_path: Path, backend: FakeBackend
+) -> None:
+    config = serve_config(tmp_path, backend)
+    with nexus_serve(config) as (process, url):
+        before = rss_kib(process.pid)
+        name = "m" * 1_000_000
+        with httpx.Client() as http:
+            for _ in range(100):  # as many as the history keeps
+                response = http.post(
+                    url + "/v1/chat/completions", json={"model": name, "messages": MESSAGES}
+                )
+                assert response.status_code == 404
+            history = http.get(url + "/v1/history").json()["data"]
+        assert len(history) == 100
+        assert all(len(entry["model"]) <= 257 for entry in history)
+        # 100 MB of names went through; the server kept none of them.
+        assert rss_kib(process.pid) - before < 50 * 1024
+    assert config.with_suffix(".log").stat().st_size < 200_000

@@ -66,9 +66,10 @@ def model_not_found(model: str, available: Iterable[str]) -> GatewayError:
     names = sorted(available)
     shown = ", ".join(names[:50]) + (f" (and {len(names) - 50} more)" if len(names) > 50 else "")
     listing = f"Available models: {shown}" if names else "No models are available right now"
+    asked = model if len(model) <= 256 else model[:256] + "…"
     return GatewayError(
         404,
-        f"The model '{model}' does not exist. {listing}.",
+        f"The model '{asked}' does not exist. {listing}.",
         param="model",
         code="model_not_found",
         details={"available_models": names},

@@ -687,7 +687,9 @@ class Gateway:
                     400, f"The request body is not valid JSON: {exc}", code="invalid_json"
                 ) from None
         needs = analyze(endpoint, data)
-        record.model = needs.model
+        model = needs.model
+        # The client names the model: a record (history, logs) keeps a bounded part of it.
+        record.model = model if len(model) <= MODEL_NAME_KEPT else model[:MODEL_NAME_KEPT] + "…"
         key = record.api_key
         if key is not None:
             await self._admit(key, needs.model)
@@ -805,6 +807,8 @@ class Gateway:
         return data
 
 
+#: Characters of a requested model's name kept in its request record (history and logs).
+MODEL_NAME_KEPT = 256
 #: How much of a body content logging keeps.
 CONTENT_LOG_LIMIT = 4096
 

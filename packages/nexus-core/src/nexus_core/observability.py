@@ -40,6 +40,8 @@ LINE_FORMAT = "%s %s model=%s backend=%s reason=%s status=%d %.1fms%s%s retries=
 
 #: Requests kept for ``/v1/history``.
 HISTORY = 100
+#: Characters of a request's error message kept in its record.
+ERROR_MESSAGE_KEPT = 1000
 #: Requests per backend and per model kept for percentiles in ``/v1/stats``.
 WINDOW = 1000
 #: ``nexus_request_duration_seconds`` buckets (seconds).
@@ -258,6 +260,10 @@ class Monitor:
         if record.finished:
             return
         record.finished = True
+        message = record.error_message
+        if message is not None and len(message) > ERROR_MESSAGE_KEPT:
+            # Kept for up to HISTORY requests; clients and backends choose its length.
+            record.error_message = message[:ERROR_MESSAGE_KEPT] + "…"
         if record.started_perf:
             record.duration = time.perf_counter() - record.started_perf
         if not self.enabled:
