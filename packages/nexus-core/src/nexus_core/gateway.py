@@ -313,11 +313,12 @@ class Gateway:
                 param="type",
                 code="unknown_backend_type",
             )
+        _check_cloud(config, factory)
         entry = Backend(
             name=config.name,
             config=config,
             adapter=factory(config, self.clients),
-            zone=config.effective_zone,
+            zone=config.zone_for(factory.is_cloud),
             is_cloud=factory.is_cloud,
             source=source,
         )
@@ -357,11 +358,12 @@ class Gateway:
                 param="type",
                 code="unknown_backend_type",
             )
+        _check_cloud(config, factory)
         old = backend.adapter
         backend.config = config
         backend.adapter = factory(config, self.clients)
         backend.is_cloud = factory.is_cloud
-        backend.zone = config.effective_zone
+        backend.zone = config.zone_for(factory.is_cloud)
         backend.priority = config.priority
         backend.tier = config.tier
         backend.max_concurrent = config.max_concurrent
@@ -421,9 +423,15 @@ class Gateway:
         if self.registry.get(backend.name) is not backend:
             return
         log.info("backend %s: detected type %s", backend.name, detected)
-        await self.reconfigure_backend(
-            backend, backend.config.model_copy(update={"type": detected})
-        )
+        try:
+            await self.reconfigure_backend(
+                backend, backend.config.model_copy(update={"type": detected})
+            )
+        except GatewayError as exc:
+            # A server that turns out to be a cloud API its config does not fit (no key, or
+            # forwarding the client's credentials) is not served as a local one either.
+            log.error("backend %s: %s; not routed until its config is fixed", backend.name, exc)
+            await self.suspend_backend(backend, exc.message)
 
     async def remove_backend(self, name: str) -> bool:
         """Remove a backend; requests already on it finish. False if there was none."""
@@ -840,6 +848,21 @@ async def _chunks(stream: ProxyStream) -> AsyncIterator[dict[str, Any]]:
             yield chunk
     finally:
         await stream.aclose()
+
+
+def _check_cloud(config: BackendConfig, factory: AdapterFactory) -> None:
+    """400 when a backend of a cloud adapter lacks its key or would forward client credentials."""
+    if not factory.is_cloud:
+        return
+    problems = config.cloud_problems()
+    if problems:
+        key, message = problems[0]
+        raise GatewayError(
+            400,
+            f"Invalid backend '{config.name}': {key}: {message}",
+            param=key,
+            code="invalid_backend",
+        )
 
 
 def _name_from_url(url: str) -> str:
