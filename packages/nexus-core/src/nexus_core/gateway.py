@@ -117,6 +117,8 @@ class Gateway:
         self.tracing = Tracing(config.telemetry, exporter=span_exporter)
         #: Gateway API keys and their rate limits (``[auth]``), and the admin key.
         self.keys = KeyRing(config.auth, self.accountant.store)
+        #: One log line per failure burst of the state store, whoever noticed it.
+        self.store_outage = self.keys.outage = self.accountant.outage
         self._token_counts: set[asyncio.Task[None]] = set()
         self.started_at = time.time()
         self._started = False
@@ -167,6 +169,7 @@ class Gateway:
             # The default file cannot be used (a read-only home, say): serve, but say so loudly.
             log.error("%s; spend is kept in memory only and lost on restart", exc)
             self.accountant.store = MemoryStore()
+            self.store_outage.kind = "memory"
             await self.accountant.start()
 
     async def _restore_backends(self, saved: Mapping[str, str] | None = None) -> None:
@@ -201,7 +204,7 @@ class Gateway:
                 await self.keys.sync()
                 await self.sync_backends()
             except Exception as exc:  # keep serving with what is known
-                log.warning("could not catch up with the state store: %s", exc)
+                self.store_outage.failed("catch up with the other workers", exc)
 
     async def sync_backends(self) -> None:
         """Add the run-time backends another worker added; drop the ones it removed."""
@@ -538,7 +541,13 @@ class Gateway:
             record = RequestRecord()
         record.begin(endpoint.value)
         try:
-            result = await self._proxy(endpoint, body, data, flexible, priority_high, record)
+            try:
+                result = await self._proxy(endpoint, body, data, flexible, priority_high, record)
+            except StateError as exc:
+                # A rate limit, a budget or a priced route's spend needs the store: refused,
+                # never served unchecked.
+                self.store_outage.failed("serve a request", exc)
+                raise state_unavailable() from None
         except GatewayError as error:
             record.status = error.status
             record.error = error.code or error.type
@@ -800,6 +809,27 @@ def _cost(record: RequestRecord, result: ProxyResult) -> None:
     charge = result.charge
     if charge is not None and charge.settled is not None:
         record.cost_usd = usd(charge.settled)
+
+
+#: ``Retry-After`` of a request refused because the state store fails.
+STATE_RETRY_AFTER_SECONDS = 5
+
+
+def state_unavailable(
+    needs: str = "a rate limit, a budget or the spend of a priced route",
+) -> GatewayError:
+    """503 ``state_unavailable``: the state store fails and the request ``needs`` it.
+
+    The store's own error (its address, the file's path) goes to the log, not to the client.
+    """
+    return GatewayError(
+        503,
+        f"The gateway's state store is not answering and this request needs it ({needs}); "
+        "it is refused, not served unchecked. Retry later.",
+        type="service_unavailable",
+        code="state_unavailable",
+        headers={"Retry-After": str(STATE_RETRY_AFTER_SECONDS)},
+    )
 
 
 def _budget_exhausted(accountant: Accountant) -> GatewayError:

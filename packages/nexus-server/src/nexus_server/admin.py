@@ -22,6 +22,7 @@ from nexus_core.auth import KeyRingError, presented_key
 from nexus_core.config import BackendConfig
 from nexus_core.errors import GatewayError
 from nexus_core.gateway import Gateway, _name_from_url
+from nexus_core.state import StateError
 
 #: Fields ``POST /admin/backends`` accepts.
 BACKEND_FIELDS = frozenset(
@@ -133,7 +134,13 @@ def admin_routes(gateway: Gateway) -> list[Any]:
             )
             raise GatewayError(400, f"Invalid backend: {problems}") from None
         backend = await gateway.add_backend(config, source="admin")
-        await gateway.save_backend(backend)
+        try:
+            await gateway.save_backend(backend)
+        except StateError:
+            # Not kept, so not added: a backend that would vanish at the next restart (or
+            # never reach the other workers) is not half there. The handler answers 503.
+            await gateway.remove_backend(backend.name)
+            raise
         snapshot: dict[str, Any] = backend.snapshot()
         return snapshot
 
@@ -143,8 +150,10 @@ def admin_routes(gateway: Gateway) -> list[Any]:
     ) -> dict[str, Any]:
         check_admin(gateway, request)
         _backend_or_404(gateway, name)
-        await gateway.remove_backend(name)
+        # Forgotten by the store first: if that fails (503), the backend is still there rather
+        # than gone now and back after the next restart.
         await gateway.forget_backend(name)
+        await gateway.remove_backend(name)
         return {"removed": name}
 
     @post("/admin/backends/{name:str}/drain", status_code=200)
