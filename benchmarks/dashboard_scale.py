@@ -42,7 +42,7 @@ def fleet(backends: int, models: int, shared: int) -> Gateway:
             name=config.name,
             config=config,
             adapter=None,  # type: ignore[arg-type]  # the dashboard never calls it
-            zone=config.effective_zone,
+            zone=config.zone_for(False),
             is_cloud=False,
         )
         registry.add(backend)

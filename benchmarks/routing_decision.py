@@ -23,7 +23,7 @@ def build(count: int, strategy: str = "smart") -> Router:
             name=config.name,
             config=config,
             adapter=None,  # type: ignore[arg-type]
-            zone=config.effective_zone,
+            zone=config.zone_for(False),
             is_cloud=False,
         )
         registry.add(backend)

@@ -247,14 +247,6 @@ CASES = [
         id="policy-tier",
     ),
     pytest.param(
-        "[[backends]]\nname = 'oa'\nurl = 'https://api.openai.com'\ntype = 'openai'\n",
-        [
-            "backends[0].api_key_env: required for the cloud type 'openai': the name of the "
-            "environment variable that holds its API key"
-        ],
-        id="cloud-without-key",
-    ),
-    pytest.param(
         "[[backends]]\nname = 'a'\nurl = 'http://a:1'\n[[backends]]\nname = 'b'\n"
         "url = 'http://b:1'\n[[backends]]\nname = 'a'\nurl = 'http://c:1'\n",
         ["backends[2].name: duplicate backend name 'a' (already used by backends[0])"],
@@ -539,10 +531,42 @@ def test_the_key_is_read_from_the_named_variable_only(monkeypatch: pytest.Monkey
     assert backend.api_key() is None
     monkeypatch.setenv("NEXUS_TEST_KEY", "sk-test-value")
     assert backend.api_key() == "sk-test-value"
-    assert backend.effective_zone is Zone.OPEN
     local = BackendConfig(name="box", url="http://box:11434", type="ollama")
     assert local.api_key() is None
-    assert local.effective_zone is Zone.RESTRICTED
+
+
+def test_the_default_zone_follows_the_adapters_is_cloud_not_the_type_name() -> None:
+    # Any type name: whether it is cloud is the adapter's word, given by whoever knows it.
+    backend = BackendConfig(name="acme", url="https://llm.acme.example", type="acme-cloud")
+    assert backend.zone_for(True) is Zone.OPEN
+    assert backend.zone_for(False) is Zone.RESTRICTED
+    openai = BackendConfig(name="oa", url="https://api.openai.com", type="openai")
+    assert openai.zone_for(False) is Zone.RESTRICTED  # no list of names decides it
+    pinned = BackendConfig(name="p", url="https://llm.acme.example", type="x", zone="restricted")
+    assert pinned.zone_for(True) is Zone.RESTRICTED  # a configured zone wins
+
+
+def test_cloud_problems_name_the_key_and_need_no_plugin() -> None:
+    # Built before any plugin is loaded (the library may): a config alone never fails on them.
+    bare = BackendConfig(
+        name="acme", url="https://llm.acme.example", type="acme-cloud", forward_client_auth=True
+    )
+    assert bare.cloud_problems() == [
+        (
+            "api_key_env",
+            "required for the cloud type 'acme-cloud': the name of the environment variable "
+            "that holds its API key",
+        ),
+        (
+            "forward_client_auth",
+            "a cloud backend ('acme-cloud') never receives the client's Authorization; it uses "
+            "its api_key_env",
+        ),
+    ]
+    keyed = BackendConfig(
+        name="acme", url="https://llm.acme.example", type="acme-cloud", api_key_env="ACME_KEY"
+    )
+    assert keyed.cloud_problems() == []
 
 
 def test_mask_secrets_hides_values_and_keeps_a_valid_config() -> None:

@@ -44,7 +44,7 @@ def make_backend(
         name=name,
         config=config,
         adapter=_NoAdapter(),  # type: ignore[arg-type]
-        zone=config.effective_zone,
+        zone=config.zone_for(zone == "open"),
         is_cloud=zone == "open",
     )
     registry.add(backend)

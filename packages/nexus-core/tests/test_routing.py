@@ -45,7 +45,7 @@ def make_backend(
         name=name,
         config=config,
         adapter=_NoAdapter(),  # type: ignore[arg-type]
-        zone=config.effective_zone,
+        zone=config.zone_for(False),
         is_cloud=False,
     )
     registry.add(backend)

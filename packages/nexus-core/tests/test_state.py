@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import signal
+import sqlite3
 import sys
 import textwrap
 import uuid
@@ -21,6 +24,7 @@ from nexus_core.state import (
     SqliteStore,
     StateError,
     StateStore,
+    StoreOutage,
     open_store,
 )
 from nexus_core.testing.net import closed_port_url
@@ -384,3 +388,136 @@ async def test_throttle_is_shared_by_two_replicas(redis_url: str) -> None:
     finally:
         await one.close()
         await two.close()
+
+
+# --- a store that fails: bounded waits, one log line per burst -----------------------------------
+
+
+@contextlib.contextmanager
+def write_locked(path: Path) -> Iterator[None]:
+    """Another connection holds the file's write lock (an open exclusive transaction)."""
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+async def test_sqlite_calls_queued_behind_a_locked_one_give_up_instead_of_waiting_in_turn(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "state.sqlite3", busy_timeout_seconds=0.3)
+    await store.open()
+    try:
+        with write_locked(store.path):
+            results = await asyncio.gather(
+                *(store.incr(f"k{i}", 1, 60) for i in range(6)), return_exceptions=True
+            )
+            # Reads go on: WAL lets them past another process's write lock.
+            assert await store.total("global", PERIOD) == 0
+        assert all(isinstance(r, StateError) for r in results), results
+        messages = [str(r) for r in results]
+        # The first waited for the lock; those queued behind it gave up at their deadline
+        # rather than each waiting the busy timeout in turn.
+        assert "database is locked" in messages[0]
+        assert any("still busy after 0.3 s" in m for m in messages[1:]), messages
+        assert await store.incr("k0", 1, 60) == 1  # the lock gone, it works again
+    finally:
+        await store.close()
+
+
+async def test_a_reservation_the_store_cannot_take_is_refused_and_not_counted(
+    tmp_path: Path,
+) -> None:
+    from nexus_core.accounting import Accountant
+    from nexus_core.config import BudgetConfig
+    from nexus_core.pricing import Price
+
+    store = SqliteStore(tmp_path / "state.sqlite3", busy_timeout_seconds=0.2)
+    accountant = Accountant(BudgetConfig(monthly_limit_usd=10), [], store)
+    await accountant.start()
+    price = Price(input_per_million=1.0, output_per_million=2.0)
+    try:
+        with write_locked(store.path):
+            with pytest.raises(StateError, match="locked"):
+                await accountant.open_charge(price, 1000, 1000, key="team-a")
+            assert (accountant.spent, accountant.key_spent.get("team-a", 0)) == (0, 0)
+            assert accountant.outage.failing is False  # the gateway notes a refused request
+        charge = await accountant.open_charge(price, 1000, 1000, key="team-a")
+        assert accountant.spent == charge.estimate > 0
+        assert await store.total("key:team-a", charge.period) == charge.estimate
+    finally:
+        await accountant.stop()
+
+
+async def test_a_settle_that_fails_is_logged_once_and_leaves_the_reservation_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from nexus_core.accounting import Accountant
+    from nexus_core.config import BudgetConfig
+    from nexus_core.pricing import Price
+
+    store = SqliteStore(tmp_path / "state.sqlite3", busy_timeout_seconds=0.2)
+    accountant = Accountant(BudgetConfig(monthly_limit_usd=10), [], store)
+    await accountant.start()
+    price = Price(input_per_million=1.0, output_per_million=2.0)
+    try:
+        charges = [await accountant.open_charge(price, 1000, 1000) for _ in range(3)]
+        estimate = charges[0].estimate
+        with caplog.at_level(logging.INFO, logger="nexus.state"), write_locked(store.path):
+            for charge in charges:
+                charge.settle(1)  # the streams ended; their settles go in the background
+            while accountant._writes:
+                await asyncio.gather(*list(accountant._writes), return_exceptions=True)
+        failed = [r for r in caplog.records if "state store failed" in r.getMessage()]
+        assert len(failed) == 1
+        assert accountant.outage.count == 3
+        # Not retried: each stays counted at its estimate, none twice, none lost.
+        assert await store.total("global", charges[0].period) == 3 * estimate
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="nexus.state"):
+            (await accountant.open_charge(price, 1000, 1000)).settle(5)
+            await accountant.drain()
+        assert len(caplog.records) == 1
+        assert (
+            caplog.records[0]
+            .getMessage()
+            .startswith("the sqlite state store answers again (after 3 failures in ")
+        )
+        assert await store.total("global", charges[0].period) == 3 * estimate + 5
+    finally:
+        await accountant.stop()
+
+
+def test_store_outage_logs_a_burst_once_then_a_reminder_then_the_recovery(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [100.0]
+    outage = StoreOutage("redis", clock=lambda: now[0])
+    error = StateError("Redis at redis://127.0.0.1:1/0: Timeout reading")
+    with caplog.at_level(logging.INFO, logger="nexus.state"):
+        outage.recovered()  # nothing was failing: nothing to say
+        for _ in range(500):
+            outage.failed("serve a request", error)
+            now[0] += 0.1  # 50 s of failures: one line
+        assert len(caplog.records) == 1
+        now[0] += 11.0
+        outage.failed("settle a request's cost", error)  # a minute on: one reminder
+        outage.recovered()
+        outage.recovered()
+        outage.failed("serve a request", error)  # a new burst
+    assert [r.levelname for r in caplog.records] == ["ERROR", "ERROR", "WARNING", "ERROR"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0] == (
+        "the redis state store failed (serve a request): Redis at redis://127.0.0.1:1/0: "
+        "Timeout reading; requests that need it get 503 state_unavailable until it answers "
+        "again"
+    )
+    assert messages[1] == (
+        "the redis state store is still failing (501 failures in 61 s; last, settle a "
+        "request's cost: Redis at redis://127.0.0.1:1/0: Timeout reading)"
+    )
+    assert messages[2] == "the redis state store answers again (after 501 failures in 61.0 s)"
+    assert messages[3].startswith("the redis state store failed (serve a request)")

@@ -306,7 +306,7 @@ def test_serve_turns_flags_into_overrides(
 
     seen: list[NexusConfig] = []
 
-    def fake_run(config: NexusConfig) -> int:
+    def fake_run(config: NexusConfig, *, source: str) -> int:
         seen.append(config)
         return 7
 
@@ -334,7 +334,9 @@ def test_serve_with_a_bad_configuration_exits_1(
 ) -> None:
     import nexus_server.serve
 
-    monkeypatch.setattr(nexus_server.serve, "run", lambda config: pytest.fail("must not run"))
+    monkeypatch.setattr(
+        nexus_server.serve, "run", lambda config, source: pytest.fail("must not run")
+    )
     code, out, err = nexus(capsys, "serve", "--port", "0")
     assert (code, out) == (1, "")
     assert err == "command line: server.port: must be >= 1 (got 0)\n"

@@ -46,7 +46,7 @@ def add(gateway: Gateway, name: str, models: list[str], status: str = "healthy")
         name=name,
         config=config,
         adapter=None,  # type: ignore[arg-type]  # never called: nothing here sends a request
-        zone=config.effective_zone,
+        zone=config.zone_for(False),
         is_cloud=False,
     )
     gateway.registry.add(backend)

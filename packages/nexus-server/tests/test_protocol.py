@@ -175,7 +175,7 @@ def test_a_client_leaving_drops_the_upstream_request(
             host, port = server.url.removeprefix("http://").split(":")
             with socket.create_connection((host, int(port))) as client:
                 client.sendall(
-                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: nexus\r\n"
+                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                     % (len(body), body)
                 )

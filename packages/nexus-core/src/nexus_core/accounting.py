@@ -12,6 +12,11 @@ lost) and a settled request is never counted twice. The budget's state (normal, 
 exceeded) is kept in memory for the router and refreshed from the store, which with Redis
 carries the other replicas' spend, at most ``REFRESH_SECONDS`` old.
 
+When the store fails, a request on a priced route is refused (``StateError``, which the gateway
+answers with 503 ``state_unavailable``): Nexus never sends a request whose cost it cannot
+record. A settle that fails (a stream ending while the store is down, say) is logged once per
+failure burst and not retried: the reservation stays counted at its estimate, never twice.
+
 The month is the calendar month in UTC; at 00:00 UTC on the 1st the spend starts again from the
 new month's total (0 unless another replica spent already).
 """
@@ -33,7 +38,7 @@ from typing import Any
 from nexus_core.config import BudgetConfig, HardLimitAction, PriceEntry
 from nexus_core.pricing import Price, PriceBook, cost_nano_usd, estimate_nano_usd
 from nexus_core.registry import Backend
-from nexus_core.state import StateStore
+from nexus_core.state import StateError, StateStore, StoreOutage
 
 log = logging.getLogger("nexus.accounting")
 
@@ -183,7 +188,8 @@ class Accountant:
         #: This month's spend per gateway key (nano-USD), for the keys' own budgets.
         self.key_spent: dict[str, int] = {}
         self._refresher: asyncio.Task[None] | None = None
-        self._failing = False
+        #: Logs store failures once per burst (the gateway shares it with its key ring).
+        self.outage = StoreOutage(store.kind)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -216,16 +222,15 @@ class Accountant:
         try:
             total = await self.store.total(self.scope, period)
         except Exception as exc:  # the budget keeps its last known state
-            self._store_failed("read", exc)
+            self.outage.failed("read the spend", exc)
             return
-        self._failing = False
         if period == self.period:
             self._set_spent(total)
         for name in list(self.key_spent):
             try:
                 spent = await self.store.total(key_scope(name), period)
             except Exception as exc:
-                self._store_failed("read", exc)
+                self.outage.failed("read the spend", exc)
                 return
             if period == self.period:
                 self.key_spent[name] = spent
@@ -245,15 +250,14 @@ class Accountant:
             self.key_spent[name] = 0
 
     async def track_key(self, name: str) -> int:
-        """Start keeping the key's spend this month (read from the store the first time)."""
+        """Start keeping the key's spend this month (read from the store the first time).
+
+        ``StateError`` when the store cannot say: a budget is never checked against a guess.
+        """
         spent = self.key_spent.get(name)
         if spent is None:
             self.roll()
-            try:
-                spent = await self.store.total(key_scope(name), self.period)
-            except Exception as exc:
-                self._store_failed("read", exc)
-                spent = 0
+            spent = await self.store.total(key_scope(name), self.period)
             self.key_spent[name] = spent
         return spent
 
@@ -318,19 +322,35 @@ class Accountant:
     async def open_charge(
         self, price: Price, prompt_tokens: int, completion_tokens: int, key: str | None = None
     ) -> Charge:
-        """Reserve the estimated cost of one attempt before it is sent."""
+        """Reserve the estimated cost of one attempt before it is sent.
+
+        ``StateError`` when the store cannot record it: the attempt must not be sent.
+        """
         self.roll()
         estimate = estimate_nano_usd(price, prompt_tokens, completion_tokens)
         entry = self._prefix + str(next(self._ids))
         charge = Charge(self, price, entry, self.period, estimate, key)
+        store = self.store
+        # Counted at once, so requests arriving meanwhile see it; taken back if not recorded.
         self._set_spent(self.spent + estimate)
         try:
-            await self.store.reserve(self.scope, charge.period, entry, estimate)
-            if key is not None:
-                self.key_spent[key] = self.key_spent.get(key, 0) + estimate
-                await self.store.reserve(key_scope(key), charge.period, entry, estimate)
-        except Exception as exc:  # serving goes on; the spend is still counted in memory
-            self._store_failed("reserve", exc)
+            await store.reserve(self.scope, charge.period, entry, estimate)
+        except StateError:
+            self._set_spent(self.spent - estimate)
+            raise
+        if key is not None:
+            self.key_spent[key] = self.key_spent.get(key, 0) + estimate
+            try:
+                await store.reserve(key_scope(key), charge.period, entry, estimate)
+            except StateError:
+                self.key_spent[key] -= estimate
+                self._set_spent(self.spent - estimate)
+                # The global reservation went in: give it back (once, in the background; if
+                # that fails too it stays counted at its estimate, on the budget's side).
+                self._write(charge, 0, key_too=False)
+                raise
+        if self.outage.failing:
+            self.outage.recovered()
         return charge
 
     def _settle(self, charge: Charge, amount: int) -> None:
@@ -340,17 +360,25 @@ class Accountant:
                 self.key_spent[charge.key] = (
                     self.key_spent.get(charge.key, 0) - charge.estimate + amount
                 )
-        task = asyncio.get_running_loop().create_task(self._write_settle(charge, amount))
+        self._write(charge, amount, key_too=charge.key is not None)
+
+    def _write(self, charge: Charge, amount: int, *, key_too: bool) -> None:
+        task = asyncio.get_running_loop().create_task(self._write_settle(charge, amount, key_too))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
-    async def _write_settle(self, charge: Charge, amount: int) -> None:
+    async def _write_settle(self, charge: Charge, amount: int, key_too: bool) -> None:
+        # Never retried: a settle whose reply was lost may have been applied (state.py).
         try:
             await self.store.settle(self.scope, charge.period, charge.entry, amount)
-            if charge.key is not None:
+            if key_too:
+                assert charge.key is not None
                 await self.store.settle(key_scope(charge.key), charge.period, charge.entry, amount)
         except Exception as exc:
-            self._store_failed("settle", exc)
+            self.outage.failed("settle a request's cost", exc)
+            return
+        if self.outage.failing:
+            self.outage.recovered()
 
     async def drain(self) -> None:
         """Wait for every settle written so far, then re-read the spend (tests, shutdown)."""
@@ -358,8 +386,3 @@ class Accountant:
             await asyncio.gather(*list(self._writes), return_exceptions=True)
         # A refresh that read the store while a settle was on its way left a stale figure.
         await self.refresh()
-
-    def _store_failed(self, what: str, exc: Exception) -> None:
-        if not self._failing:
-            log.error("budget: the %s state store failed to %s: %s", self.store.kind, what, exc)
-        self._failing = True

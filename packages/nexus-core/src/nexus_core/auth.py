@@ -8,7 +8,10 @@ Identifying a request's key is one digest and one dict look-up.
 
 Rate limits are token buckets in the state store (``StateStore.throttle``), so with Redis every
 replica draws from the same bucket: requests per minute are taken before routing; tokens per
-minute are checked before routing and taken from the answer's usage afterwards.
+minute are checked before routing and taken from the answer's usage afterwards. When the store
+fails, a key with a rate limit is refused (``StateError``, answered 503 ``state_unavailable``):
+a limit is never skipped. Tokens counted after an answer went out are logged once per failure
+burst and dropped.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from nexus_core.config import AuthConfig
-from nexus_core.state import StateStore
+from nexus_core.state import StateStore, StoreOutage
 
 log = logging.getLogger("nexus.auth")
 
@@ -113,6 +116,8 @@ class KeyRing:
         self._environ = environ if environ is not None else os.environ
         self._by_digest: dict[str, ApiKey] = {}
         self._by_name: dict[str, ApiKey] = {}
+        #: Logs store failures once per burst (the gateway shares its accountant's).
+        self.outage = StoreOutage(store.kind)
         admin = self._environ.get(config.admin_key_env) if config.admin_key_env else None
         #: The admin key's digest; None: /admin answers loopback clients only.
         self.admin_digest: str | None = digest(admin) if admin else None
@@ -254,16 +259,20 @@ class KeyRing:
         log.info("gateway key %r revoked", name)
 
     async def admit(self, key: ApiKey) -> float:
-        """Take one request from the key's buckets: 0 to go ahead, else seconds to wait."""
+        """Take one request from the key's buckets: 0 to go ahead, else seconds to wait.
+
+        ``StateError`` when the store fails: the request is refused, never let through unmetered.
+        """
+        wait = 0.0
         rpm = key.requests_per_minute
         if rpm is not None:
             wait = await self.store.throttle(f"rpm:{key.name}", 60.0 / rpm, BURST_SECONDS, 1)
-            if wait:
-                return wait
         tpm = key.tokens_per_minute
-        if tpm is not None:
-            return await self.store.throttle(f"tpm:{key.name}", 60.0 / tpm, BURST_SECONDS, 0)
-        return 0.0
+        if tpm is not None and not wait:
+            wait = await self.store.throttle(f"tpm:{key.name}", 60.0 / tpm, BURST_SECONDS, 0)
+        if self.outage.failing and (rpm is not None or tpm is not None):
+            self.outage.recovered()
+        return wait
 
     async def used_tokens(self, key: ApiKey, tokens: int) -> None:
         """Take the tokens an answer used from the key's tokens-per-minute bucket."""
@@ -275,7 +284,10 @@ class KeyRing:
                 f"tpm:{key.name}", 60.0 / tpm, BURST_SECONDS, tokens, force=True
             )
         except Exception as exc:  # the answer went out; a failed count must not hurt it
-            log.error("gateway key %r: could not count %d tokens: %s", key.name, tokens, exc)
+            self.outage.failed(f"count the tokens of key {key.name!r}", exc)
+            return
+        if self.outage.failing:
+            self.outage.recovered()
 
 
 def presented_key(authorization: bytes | None, api_key: bytes | None) -> str | None:

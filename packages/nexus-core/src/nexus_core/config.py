@@ -32,10 +32,6 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-# Types whose servers live outside the operator's network; they need a key and default to "open".
-CLOUD_TYPES = frozenset(
-    {"openai", "anthropic", "azure", "groq", "together", "mistral", "openrouter"}
-)
 MAX_ALIAS_DEPTH = 3
 #: The backend type meaning "probe the server and pick the most specific type that answers".
 AUTO_TYPE = "auto"
@@ -637,14 +633,14 @@ class BackendConfig(Section):
     zone: ZoneName | None = Field(
         default=None,
         description="Privacy zone: restricted (default for local types) or open (default for "
-        "cloud types).",
+        "cloud types, whose adapter says is_cloud).",
         examples=["restricted"],
     )
     tier: Tier = Field(default=1, description="Capability tier, 1 (small) to 5 (frontier).")
     api_key_env: EnvName | None = Field(
         default=None,
         description="Name of the environment variable holding the API key (required for "
-        "cloud types).",
+        "cloud types, whose adapter says is_cloud).",
         examples=["GPU_BOX_API_KEY"],
     )
     max_concurrent: int | None = Field(
@@ -672,28 +668,41 @@ class BackendConfig(Section):
             raise ValueError(f"must be a backend type name such as 'ollama' (got {value!r})")
         return value
 
-    @model_validator(mode="after")
-    def _cloud_needs_key(self) -> Self:
-        if self.type in CLOUD_TYPES and not self.api_key_env:
-            raise ConfigKeyError(
-                f"required for the cloud type {self.type!r}: the name of the environment "
-                "variable that holds its API key",
-                "api_key_env",
-            )
-        if self.forward_client_auth and self.type in CLOUD_TYPES:
-            raise ConfigKeyError(
-                f"a cloud backend ({self.type!r}) never receives the client's Authorization; "
-                "it uses its api_key_env",
-                "forward_client_auth",
-            )
-        return self
+    def zone_for(self, is_cloud: bool) -> Zone:
+        """The configured zone, else open for a cloud adapter and restricted for a local one.
 
-    @property
-    def effective_zone(self) -> Zone:
-        """The configured zone, else open for cloud types and restricted for local ones."""
+        Whether a type is cloud is its adapter's ``is_cloud`` (a plugin's), so the caller that
+        knows the adapter factory says so; the configuration alone cannot.
+        """
         if self.zone is not None:
             return self.zone
-        return Zone.OPEN if self.type in CLOUD_TYPES else Zone.RESTRICTED
+        return Zone.OPEN if is_cloud else Zone.RESTRICTED
+
+    def cloud_problems(self) -> list[tuple[str, str]]:
+        """What this backend may not be if its type is a cloud adapter: ``(key, message)`` pairs.
+
+        A cloud backend needs its own key (``api_key_env``) and never receives the client's
+        ``Authorization``. Checked where the adapter factory is known: ``Gateway.add_backend``
+        and ``nexus serve`` / ``nexus config check``.
+        """
+        problems: list[tuple[str, str]] = []
+        if not self.api_key_env:
+            problems.append(
+                (
+                    "api_key_env",
+                    f"required for the cloud type {self.type!r}: the name of the environment "
+                    "variable that holds its API key",
+                )
+            )
+        if self.forward_client_auth:
+            problems.append(
+                (
+                    "forward_client_auth",
+                    f"a cloud backend ({self.type!r}) never receives the client's "
+                    "Authorization; it uses its api_key_env",
+                )
+            )
+        return problems
 
     def api_key(self) -> str | None:
         """The key from the environment variable named by ``api_key_env``, read when asked."""

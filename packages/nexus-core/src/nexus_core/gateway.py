@@ -117,6 +117,8 @@ class Gateway:
         self.tracing = Tracing(config.telemetry, exporter=span_exporter)
         #: Gateway API keys and their rate limits (``[auth]``), and the admin key.
         self.keys = KeyRing(config.auth, self.accountant.store)
+        #: One log line per failure burst of the state store, whoever noticed it.
+        self.store_outage = self.keys.outage = self.accountant.outage
         self._token_counts: set[asyncio.Task[None]] = set()
         self.started_at = time.time()
         self._started = False
@@ -167,6 +169,7 @@ class Gateway:
             # The default file cannot be used (a read-only home, say): serve, but say so loudly.
             log.error("%s; spend is kept in memory only and lost on restart", exc)
             self.accountant.store = MemoryStore()
+            self.store_outage.kind = "memory"
             await self.accountant.start()
 
     async def _restore_backends(self, saved: Mapping[str, str] | None = None) -> None:
@@ -205,7 +208,7 @@ class Gateway:
                 await self.keys.sync()
                 await self.sync_backends()
             except Exception as exc:  # keep serving with what is known
-                log.warning("could not catch up with the state store: %s", exc)
+                self.store_outage.failed("catch up with the other workers", exc)
 
     async def sync_backends(self) -> None:
         """Add the run-time backends another worker added; drop the ones it removed."""
@@ -344,11 +347,12 @@ class Gateway:
                 param="type",
                 code="unknown_backend_type",
             )
+        _check_cloud(config, factory)
         entry = Backend(
             name=config.name,
             config=config,
             adapter=factory(config, self.clients),
-            zone=config.effective_zone,
+            zone=config.zone_for(factory.is_cloud),
             is_cloud=factory.is_cloud,
             source=source,
         )
@@ -388,11 +392,12 @@ class Gateway:
                 param="type",
                 code="unknown_backend_type",
             )
+        _check_cloud(config, factory)
         old = backend.adapter
         backend.config = config
         backend.adapter = factory(config, self.clients)
         backend.is_cloud = factory.is_cloud
-        backend.zone = config.effective_zone
+        backend.zone = config.zone_for(factory.is_cloud)
         backend.priority = config.priority
         backend.tier = config.tier
         backend.max_concurrent = config.max_concurrent
@@ -452,9 +457,15 @@ class Gateway:
         if self.registry.get(backend.name) is not backend:
             return
         log.info("backend %s: detected type %s", backend.name, detected)
-        await self.reconfigure_backend(
-            backend, backend.config.model_copy(update={"type": detected})
-        )
+        try:
+            await self.reconfigure_backend(
+                backend, backend.config.model_copy(update={"type": detected})
+            )
+        except GatewayError as exc:
+            # A server that turns out to be a cloud API its config does not fit (no key, or
+            # forwarding the client's credentials) is not served as a local one either.
+            log.error("backend %s: %s; not routed until its config is fixed", backend.name, exc)
+            await self.suspend_backend(backend, exc.message)
 
     async def remove_backend(self, name: str) -> bool:
         """Remove a backend; requests already on it finish. False if there was none."""
@@ -573,7 +584,13 @@ class Gateway:
             record = RequestRecord()
         record.begin(endpoint.value)
         try:
-            result = await self._proxy(endpoint, body, data, flexible, priority_high, record)
+            try:
+                result = await self._proxy(endpoint, body, data, flexible, priority_high, record)
+            except StateError as exc:
+                # A rate limit, a budget or a priced route's spend needs the store: refused,
+                # never served unchecked.
+                self.store_outage.failed("serve a request", exc)
+                raise state_unavailable() from None
         except GatewayError as error:
             record.status = error.status
             record.error = error.code or error.type
@@ -841,6 +858,27 @@ def _cost(record: RequestRecord, result: ProxyResult) -> None:
         record.cost_usd = usd(charge.settled)
 
 
+#: ``Retry-After`` of a request refused because the state store fails.
+STATE_RETRY_AFTER_SECONDS = 5
+
+
+def state_unavailable(
+    needs: str = "a rate limit, a budget or the spend of a priced route",
+) -> GatewayError:
+    """503 ``state_unavailable``: the state store fails and the request ``needs`` it.
+
+    The store's own error (its address, the file's path) goes to the log, not to the client.
+    """
+    return GatewayError(
+        503,
+        f"The gateway's state store is not answering and this request needs it ({needs}); "
+        "it is refused, not served unchecked. Retry later.",
+        type="service_unavailable",
+        code="state_unavailable",
+        headers={"Retry-After": str(STATE_RETRY_AFTER_SECONDS)},
+    )
+
+
 def _budget_exhausted(accountant: Accountant) -> GatewayError:
     wait = math.ceil(accountant.seconds_to_rollover())
     summary = accountant.summary()
@@ -887,6 +925,21 @@ async def _chunks(stream: ProxyStream) -> AsyncIterator[dict[str, Any]]:
             yield chunk
     finally:
         await stream.aclose()
+
+
+def _check_cloud(config: BackendConfig, factory: AdapterFactory) -> None:
+    """400 when a backend of a cloud adapter lacks its key or would forward client credentials."""
+    if not factory.is_cloud:
+        return
+    problems = config.cloud_problems()
+    if problems:
+        key, message = problems[0]
+        raise GatewayError(
+            400,
+            f"Invalid backend '{config.name}': {key}: {message}",
+            param=key,
+            code="invalid_backend",
+        )
 
 
 def _name_from_url(url: str) -> str:

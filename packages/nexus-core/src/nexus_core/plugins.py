@@ -16,6 +16,7 @@ When two plugins register the same name, the first one called wins.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import inspect
@@ -33,8 +34,10 @@ import pluggy
 
 from nexus_core import hookspecs
 from nexus_core.adapters import AdapterFactory
+from nexus_core.config import AUTO_TYPE
 
 if TYPE_CHECKING:
+    from nexus_core.config import NexusConfig
     from nexus_core.discovery import DiscoverySourceFactory
 
 logger = logging.getLogger("nexus.plugins")
@@ -152,6 +155,41 @@ def plugin_report() -> list[PluginInfo]:
                 )
             )
     return report
+
+
+def config_problems(config: NexusConfig, source: str) -> list[str]:
+    """One line per backend problem only the plugins reveal: unknown type, cloud rules broken.
+
+    A backend of a cloud adapter (``is_cloud``) needs ``api_key_env`` and may not set
+    ``forward_client_auth``; lines read like other configuration errors
+    (``nexus.toml: backends[1].api_key_env: ...``), ``source`` naming the file.
+    """
+    types = backend_types()
+    known = sorted(types)
+    problems: list[str] = []
+    unknown = False
+    for index, backend in enumerate(config.backends):
+        if backend.type == AUTO_TYPE:
+            continue  # known once the server answers: Gateway.add_backend checks it then
+        factory = types.get(backend.type)
+        if factory is None:
+            unknown = True
+            close = difflib.get_close_matches(backend.type, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(
+                f"{source}: backends[{index}].type: unknown backend type {backend.type!r}{hint} "
+                f"(installed types: {', '.join(known) or 'none'})"
+            )
+        elif factory.is_cloud:
+            problems.extend(
+                f"{source}: backends[{index}].{key}: {message}"
+                for key, message in backend.cloud_problems()
+            )
+    if unknown:
+        for info in plugin_report():
+            if info.error:
+                problems.append(f"note: plugin {info.name!r} failed to load: {info.error}")
+    return problems
 
 
 def backend_types() -> dict[str, AdapterFactory]:

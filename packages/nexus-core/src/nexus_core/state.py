@@ -16,13 +16,17 @@ on the side of the budget.
 ``settle`` is therefore not idempotent: never retry it after an error. A failed settle leaves
 the reservation counted, or was applied; retrying could count the cost twice.
 
-Every method raises ``StateError`` when the backend fails.
+Every method raises ``StateError`` when the backend fails, and within a bounded time: SQLite
+waits at most ``SQLITE_BUSY_SECONDS`` for another process's lock (and a call queued behind a
+waiting one gives up at the same deadline), Redis at most ``REDIS_TIMEOUT_SECONDS`` to connect,
+for a reply, or for a free pooled connection (a paused server must not hang requests).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import sqlite3
@@ -45,14 +49,83 @@ __all__ = [
     "SqliteStore",
     "StateError",
     "StateStore",
+    "StoreOutage",
     "open_store",
 ]
 
 _T = TypeVar("_T")
 
+log = logging.getLogger("nexus.state")
+
+#: Longest wait for another process's SQLite write lock (or behind a call that waits for it).
+SQLITE_BUSY_SECONDS = 2.0
+#: Longest wait for Redis to accept a connection, to answer a command, or for a free pooled
+#: connection. Redis answers in well under a millisecond; this long without a reply is an outage.
+REDIS_TIMEOUT_SECONDS = 2.0
+#: While a store keeps failing, a reminder is logged at most this often.
+OUTAGE_LOG_SECONDS = 60.0
+
 
 class StateError(Exception):
     """The state store cannot be opened or a read or write failed."""
+
+
+class StoreOutage:
+    """Logs a failing state store once per failure burst, not once per request.
+
+    The first failure is logged at ERROR; while the store keeps failing, one reminder with the
+    count at most every ``OUTAGE_LOG_SECONDS``; the first success after a burst (``recovered``)
+    logs that the store answers again. ``failing`` is a plain attribute, cheap to read per call.
+    """
+
+    __slots__ = ("_clock", "_last_logged", "_since", "count", "failing", "kind")
+
+    def __init__(self, kind: str = "", *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.kind = kind
+        self.failing = False
+        #: Failures in the current burst.
+        self.count = 0
+        self._clock = clock
+        self._since = 0.0
+        self._last_logged = 0.0
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        """A call to the store failed (``what`` it was for); logged once per burst."""
+        now = self._clock()
+        self.count += 1
+        if not self.failing:
+            self.failing = True
+            self._since = self._last_logged = now
+            log.error(
+                "the %s state store failed (%s): %s; requests that need it get 503 "
+                "state_unavailable until it answers again",
+                self.kind,
+                what,
+                exc,
+            )
+        elif now - self._last_logged >= OUTAGE_LOG_SECONDS:
+            self._last_logged = now
+            log.error(
+                "the %s state store is still failing (%d failures in %.0f s; last, %s: %s)",
+                self.kind,
+                self.count,
+                now - self._since,
+                what,
+                exc,
+            )
+
+    def recovered(self) -> None:
+        """A write to the store succeeded: end the burst (logged once)."""
+        if not self.failing:
+            return
+        self.failing = False
+        log.warning(
+            "the %s state store answers again (after %d failures in %.1f s)",
+            self.kind,
+            self.count,
+            self._clock() - self._since,
+        )
+        self.count = 0
 
 
 class StateStore(Protocol):
@@ -230,7 +303,7 @@ class SqliteStore:
 
     kind = "sqlite"
 
-    def __init__(self, path: str | Path, busy_timeout_seconds: float = 10.0) -> None:
+    def __init__(self, path: str | Path, busy_timeout_seconds: float = SQLITE_BUSY_SECONDS) -> None:
         self.path = Path(path).expanduser()
         self._busy_timeout = busy_timeout_seconds
         self._executor: ThreadPoolExecutor | None = None
@@ -446,10 +519,24 @@ class SqliteStore:
         if self._executor is None:
             raise StateError("the SQLite state store is not open")
         loop = asyncio.get_running_loop()
+        # Calls run one at a time; while one waits for another process's lock, the ones queued
+        # behind it give up when their own wait would pass the busy timeout, so no call waits
+        # longer than about twice that, however many queue up.
+        deadline = time.monotonic() + self._busy_timeout
         try:
-            return await loop.run_in_executor(self._executor, function, *args)
+            return await loop.run_in_executor(
+                self._executor, self._before, deadline, function, *args
+            )
         except sqlite3.Error as exc:
             raise StateError(f"SQLite state file {self.path}: {exc}") from exc
+
+    def _before(self, deadline: float, function: Callable[..., _T], *args: Any) -> _T:
+        if time.monotonic() > deadline:
+            raise StateError(
+                f"SQLite state file {self.path}: still busy after {self._busy_timeout:g} s "
+                "(is another process holding a lock on it?)"
+            )
+        return function(*args)
 
 
 @contextlib.contextmanager
@@ -485,9 +572,6 @@ return '0'
 """
 # Spend keys outlive their month by a comfortable margin, then go by themselves.
 _PERIOD_TTL_MS = 400 * 24 * 3600 * 1000
-_CONNECT_TIMEOUT_SECONDS = 5.0
-# How long a call waits for a free pooled connection before it fails.
-_POOL_WAIT_SECONDS = 10.0
 # One script, so removing the reservation and adding the final amount are one atomic step. The
 # amounts stay strings inside Lua: Lua numbers are doubles and would round large totals.
 _SETTLE = """
@@ -531,12 +615,14 @@ class RedisStore:
         try:
             # A blocking pool: a burst of requests waits for a connection instead of failing
             # with "Too many connections". No automatic retries: a settle re-sent after a lost
-            # reply would count twice.
+            # reply would count twice. Every wait is bounded: a paused or unreachable Redis
+            # fails the call (StateError) instead of holding the request.
             pool = BlockingConnectionPool.from_url(
                 self.url,
                 max_connections=self.max_connections,
-                timeout=_POOL_WAIT_SECONDS,
-                socket_connect_timeout=_CONNECT_TIMEOUT_SECONDS,
+                timeout=REDIS_TIMEOUT_SECONDS,
+                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+                socket_timeout=REDIS_TIMEOUT_SECONDS,
                 retry=Retry(NoBackoff(), 0),
             )
         except ValueError as exc:

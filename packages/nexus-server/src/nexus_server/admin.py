@@ -24,6 +24,7 @@ from nexus_core.auth import KeyRingError, presented_key
 from nexus_core.config import BackendConfig
 from nexus_core.errors import GatewayError
 from nexus_core.gateway import Gateway, _name_from_url
+from nexus_core.state import StateError
 from nexus_server.trust import LOCAL_KEY, Trust, misdirected
 
 #: Fields ``POST /admin/backends`` accepts.
@@ -139,7 +140,13 @@ def admin_routes(gateway: Gateway, trust: Trust) -> list[Any]:
         if refusal is not None:
             raise refusal
         backend = await gateway.add_backend(config, source="admin")
-        await gateway.save_backend(backend)
+        try:
+            await gateway.save_backend(backend)
+        except StateError:
+            # Not kept, so not added: a backend that would vanish at the next restart (or
+            # never reach the other workers) is not half there. The handler answers 503.
+            await gateway.remove_backend(backend.name)
+            raise
         snapshot: dict[str, Any] = backend.snapshot()
         return snapshot
 
@@ -149,8 +156,10 @@ def admin_routes(gateway: Gateway, trust: Trust) -> list[Any]:
     ) -> dict[str, Any]:
         check_admin(gateway, request, trust)
         _backend_or_404(gateway, name)
-        await gateway.remove_backend(name)
+        # Forgotten by the store first: if that fails (503), the backend is still there rather
+        # than gone now and back after the next restart.
         await gateway.forget_backend(name)
+        await gateway.remove_backend(name)
         return {"removed": name}
 
     @post("/admin/backends/{name:str}/drain", status_code=200)

@@ -21,7 +21,8 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from nexus_core.adapters import Endpoint
 from nexus_core.config import BackendConfig, ServerConfig
 from nexus_core.errors import GatewayError, model_not_found, payload_too_large
-from nexus_core.gateway import Gateway
+from nexus_core.gateway import Gateway, state_unavailable
+from nexus_core.state import StateError
 from nexus_server import __version__, ollama
 from nexus_server.admin import admin_routes, presented_in, read_json
 from nexus_server.anthropic import CountTokensEndpoint, MessagesEndpoint
@@ -111,6 +112,16 @@ def max_body_of(request: Request[Any, Any, Any]) -> int:
 
 def _gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
     return _envelope_response(request, exc)
+
+
+def _state_error(request: Request[Any, Any, Any], exc: StateError) -> Response[bytes]:
+    # An admin write (a key, a backend) the state store could not take: 503, logged once per
+    # failure burst, never a traceback.
+    gateway: Gateway = request.app.state.gateway
+    gateway.store_outage.failed(f"{request.method} {request.url.path!r}", exc)
+    return _envelope_response(
+        request, state_unavailable("keys and backends made at run time are kept there")
+    )
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
@@ -251,6 +262,7 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
         exception_handlers={
             GatewayError: _gateway_error,
             HTTPException: _http_exception,
+            StateError: _state_error,
             Exception: _unexpected,
         },
         lifespan=[lifespan],

@@ -97,10 +97,11 @@ def serve(
         for line in exc.errors:
             _error(line)
         return 1
-
     from nexus_server.serve import run
 
-    return run(effective)
+    # run() checks the backends against the plugins (after setting up logging, since loading
+    # them may log), as `nexus config check` does.
+    return run(effective, source=_source_name(config))
 
 
 @config_app.command
@@ -157,7 +158,7 @@ def check(
     output_format
         How to print the effective configuration.
     """
-    from nexus_core.config import ConfigError, find_config_file, load_config, mask_secrets
+    from nexus_core.config import ConfigError, load_config, mask_secrets
 
     try:
         config = load_config(file)
@@ -165,9 +166,10 @@ def check(
         for line in exc.errors:
             _error(line)
         return 1
-    found = find_config_file(file)
-    source = str(found) if found is not None else "defaults"
-    problems = _backend_type_problems(config, source)
+    from nexus_core.plugins import config_problems
+
+    source = _source_name(file)
+    problems = config_problems(config, source)
     if problems:
         for line in problems:
             _error(line)
@@ -188,29 +190,12 @@ def check(
     return 0
 
 
-def _backend_type_problems(config: NexusConfig, source: str) -> list[str]:
-    """One line per backend whose type no installed plugin registers."""
-    import difflib
+def _source_name(file: Path | None) -> str:
+    """How error lines name the configuration: its file, else ``defaults``."""
+    from nexus_core.config import find_config_file
 
-    from nexus_core.config import AUTO_TYPE
-    from nexus_core.plugins import backend_types, plugin_report
-
-    known = sorted(backend_types())
-    problems: list[str] = []
-    for index, backend in enumerate(config.backends):
-        if backend.type in known or backend.type == AUTO_TYPE:
-            continue
-        close = difflib.get_close_matches(backend.type, known, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        problems.append(
-            f"{source}: backends[{index}].type: unknown backend type {backend.type!r}{hint} "
-            f"(installed types: {', '.join(known) or 'none'})"
-        )
-    if problems:
-        for info in plugin_report():
-            if info.error:
-                problems.append(f"note: plugin {info.name!r} failed to load: {info.error}")
-    return problems
+    found = find_config_file(file)
+    return str(found) if found is not None else "defaults"
 
 
 def _secret_lines(config: NexusConfig, *, missing_only: bool = False) -> list[str]:

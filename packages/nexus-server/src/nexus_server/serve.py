@@ -17,6 +17,7 @@ from typing import Any
 
 import uvicorn
 
+from nexus_core import plugins
 from nexus_core.config import LogFormat, NexusConfig, StateBackend
 from nexus_core.gateway import Gateway
 from nexus_core.telemetry import TelemetryError
@@ -236,9 +237,18 @@ def build_server(config: NexusConfig) -> uvicorn.Server:
     return GatewayServer(uvicorn_config(app, config, max_connections=cap))
 
 
-def run(config: NexusConfig) -> int:
-    """Serve until stopped; 0 on a clean shutdown (SIGTERM drains in-flight requests first)."""
+def run(config: NexusConfig, *, source: str = "configuration") -> int:
+    """Serve until stopped; 0 on a clean shutdown (SIGTERM drains in-flight requests first).
+
+    1 at once, one line per problem on stderr, when a backend's type is not installed or breaks
+    the cloud rules of its adapter (``source`` names the configuration in those lines).
+    """
     setup_logging(config)
+    problems = plugins.config_problems(config, source)
+    if problems:
+        for line in problems:
+            print(line, file=sys.stderr)
+        return 1
     workers = config.server.workers
     if workers > 1:
         return run_workers(config, workers)
