@@ -332,6 +332,32 @@ CASES = [
         id="empty-name",
     ),
     pytest.param(
+        "[[backends]]\nname = 'team/gpu'\nurl = 'http://a:1'\n",
+        [
+            "backends[0].name: must be 1-64 letters, digits, '.', '_', '-' or '~', starting with "
+            "a letter or digit (got 'team/gpu')"
+        ],
+        id="name-with-slash",
+    ),
+    pytest.param(
+        "[[backends]]\nname = \"gpu\\r\\nX-Evil: 1\"\nurl = 'http://a:1'\n",
+        [
+            "backends[0].name: must be 1-64 letters, digits, '.', '_', '-' or '~', starting with "
+            "a letter or digit (got 'gpu\\r\\nX-Evil: 1')"
+        ],
+        id="name-with-crlf",
+    ),
+    pytest.param(
+        "[[backends]]\nname = '-gpu'\nurl = 'http://a:1'\n[[backends]]\nname = 'Büro'\n"
+        f"url = 'http://b:1'\n[[backends]]\nname = '{'x' * 65}'\nurl = 'http://c:1'\n",
+        [
+            f"backends[{index}].name: must be 1-64 letters, digits, '.', '_', '-' or '~', "
+            f"starting with a letter or digit (got {name!r})"
+            for index, name in enumerate(["-gpu", "Büro", "x" * 65])
+        ],
+        id="name-outside-the-set",
+    ),
+    pytest.param(
         "[[backends]]\nname = 'a'\nurl = 'http://a:1'\ntype = 'my backend'\n",
         ["backends[0].type: must be a backend type name such as 'ollama' (got 'my backend')"],
         id="bad-type-name",
@@ -598,3 +624,9 @@ def test_mask_secrets_reads_the_process_environment_by_default(
     assert secret_status(config) == {"state.redis_url_env": True}
     monkeypatch.setenv("NEXUS_TEST_REDIS", "redis")  # too short to be worth masking
     assert mask_secrets(config)["state"]["backend"] == "redis"
+
+
+@pytest.mark.parametrize("name", ["a", "gpu-box", "GPU_2.local", "rack~1", "0", "x" * 64])
+def test_backend_names_in_the_safe_set_load(name: str) -> None:
+    config = validate_config({"backends": [{"name": name, "url": "http://a:1"}]}, source="test")
+    assert config.backends[0].name == name

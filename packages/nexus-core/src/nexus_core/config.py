@@ -112,6 +112,10 @@ _HOST_NAME = re.compile(
 )
 # RFC 6763 service names: up to 15 letters, digits and hyphens, then the protocol, then the domain.
 _SERVICE_TYPE = re.compile(r"^_[A-Za-z0-9-]{1,15}\._(tcp|udp)\.local\.$")
+#: What a backend name may be: it travels in headers, log lines, metric labels and URL paths
+#: (``/admin/backends/{name}``), so only characters that need no escaping in any of them.
+BACKEND_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,63}")
+BACKEND_NAME_RULE = "1-64 letters, digits, '.', '_', '-' or '~', starting with a letter or digit"
 
 
 def _env_name(value: Any) -> Any:
@@ -663,6 +667,13 @@ class BackendConfig(Section):
         description="Models this backend is known to serve, added to what the server lists: "
         "ids, or tables whose capabilities override what the server reports.",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not BACKEND_NAME.fullmatch(value):
+            raise ValueError(f"must be {BACKEND_NAME_RULE} (got {value!r})")
+        return value
 
     @field_validator("type")
     @classmethod

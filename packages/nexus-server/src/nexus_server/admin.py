@@ -128,7 +128,8 @@ def admin_routes(gateway: Gateway) -> list[Any]:
             config = BackendConfig(**fields)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in error['loc']) or 'body'}: {error['msg']}"
+                f"{'.'.join(str(p) for p in error['loc']) or 'body'}: "
+                f"{error['msg'].removeprefix('Value error, ')}"
                 for error in exc.errors()
             )
             raise GatewayError(400, f"Invalid backend: {problems}") from None
