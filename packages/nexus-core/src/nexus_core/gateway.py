@@ -607,6 +607,7 @@ class Gateway:
             # failed attempts included); quality keeps each backend's own.
             record.ttft = time.perf_counter() - record.started_perf
             stream.on_end = lambda ended: self._stream_ended(record, result, ended)
+            record.open_stream = stream
         return result
 
     async def _admit(self, key: ApiKey, model: str) -> None:
@@ -654,13 +655,14 @@ class Gateway:
     def _stream_ended(
         self, record: RequestRecord, result: ProxyResult, stream: ProxyStream
     ) -> None:
+        record.open_stream = None
         if stream.usage is not None:
             _tokens(record, stream.usage)
         _cost(record, result)
         if stream.error is not None:
             record.error = "stream_broken"
             record.error_message = stream.error.message
-        elif not stream.completed:
+        elif not stream.completed and record.error is None:
             record.error = "client_closed"
         self._count_tokens(record)
         self.monitor.finish(record)

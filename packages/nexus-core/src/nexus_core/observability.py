@@ -88,6 +88,9 @@ class RequestRecord:
     api_key: Any = None
     #: The client's Authorization header, for backends with ``forward_client_auth``.
     client_auth: str | None = None
+    #: The answer's ``ProxyStream`` while it is open: the server closes it whatever happens
+    #: (its backend slot is released then); cleared when the stream ends.
+    open_stream: Any = None
 
     def begin(self, endpoint: str) -> None:
         """Stamp the start (if the server did not already)."""
