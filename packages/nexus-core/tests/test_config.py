@@ -358,6 +358,16 @@ CASES = [
         id="name-outside-the-set",
     ),
     pytest.param(
+        "[[auth.keys]]\nname = 'team'\nkey_env = 'K'\nrequests_per_minute = true\n"
+        "tokens_per_minute = '60'\nmonthly_budget_usd = inf\n",
+        [
+            "auth.keys[0].requests_per_minute: must be an integer (got True)",
+            "auth.keys[0].tokens_per_minute: must be an integer (got '60')",
+            "auth.keys[0].monthly_budget_usd: must be a finite number (got inf)",
+        ],
+        id="key-settings-strict",
+    ),
+    pytest.param(
         "[[backends]]\nname = 'a'\nurl = 'http://a:1'\ntype = 'my backend'\n",
         ["backends[0].type: must be a backend type name such as 'ollama' (got 'my backend')"],
         id="bad-type-name",

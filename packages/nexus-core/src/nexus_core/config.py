@@ -770,9 +770,11 @@ class ApiKeyConfig(Section):
         default_factory=list,
         description="Globs of models this key may use; empty means every model.",
     )
+    # Strict: a boolean is never a number here (``true`` is not a limit of 1), nor a string.
     requests_per_minute: int | None = Field(
         default=None,
         ge=1,
+        strict=True,
         description="Requests per minute (a token bucket holding one minute's worth); unset: no "
         "limit.",
         examples=[60],
@@ -780,6 +782,7 @@ class ApiKeyConfig(Section):
     tokens_per_minute: int | None = Field(
         default=None,
         ge=1,
+        strict=True,
         description="Prompt + completion tokens per minute, from the answers' usage; unset: no "
         "limit.",
         examples=[100_000],
@@ -787,6 +790,8 @@ class ApiKeyConfig(Section):
     monthly_budget_usd: float | None = Field(
         default=None,
         ge=0,
+        strict=True,
+        allow_inf_nan=False,
         description="Spend limit of this key per calendar month (UTC), in USD.",
         examples=[20.0],
     )

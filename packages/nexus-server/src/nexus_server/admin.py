@@ -28,6 +28,11 @@ BACKEND_FIELDS = frozenset(
     {"url", "name", "type", "zone", "tier", "priority", "max_concurrent", "api_key_env"}
 )
 
+#: Fields ``POST /admin/keys`` accepts.
+KEY_FIELDS = frozenset(
+    {"name", "models", "requests_per_minute", "tokens_per_minute", "monthly_budget_usd"}
+)
+
 
 def is_loopback(host: str | None) -> bool:
     """Whether a client address is this machine's."""
@@ -186,9 +191,14 @@ def admin_routes(gateway: Gateway) -> list[Any]:
             raise GatewayError(400, "The body is not valid JSON", code="invalid_json") from None
         if not isinstance(body, dict) or not isinstance(body.get("name"), str):
             raise GatewayError(400, "'name' is required", param="name")
+        unknown = sorted(set(body) - KEY_FIELDS)
+        if unknown:  # a misspelt limit must not make a key without one
+            raise GatewayError(
+                400,
+                f"Unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(KEY_FIELDS))}",
+                param=unknown[0],
+            )
         models = body.get("models")
-        if models is not None and not isinstance(models, list):
-            raise GatewayError(400, "'models' must be a list of globs", param="models")
         try:
             key, plaintext = await gateway.keys.create(
                 body["name"],
@@ -198,7 +208,7 @@ def admin_routes(gateway: Gateway) -> list[Any]:
                 monthly_budget_usd=body.get("monthly_budget_usd"),
             )
         except KeyRingError as exc:
-            raise GatewayError(exc.status, exc.message) from None
+            raise GatewayError(exc.status, exc.message, param=exc.param) from None
         # The plaintext leaves once, in this answer; it is never stored or logged.
         return Response(
             {**key.public(), "key": plaintext},
