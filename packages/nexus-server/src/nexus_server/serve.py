@@ -48,8 +48,12 @@ def _escaped(match: re.Match[str]) -> str:
 
 
 def escape_controls(text: str) -> str:
-    """``text`` with each control character written as an escape: ``\\r``, ``\\x1b``, ``\\x9b``."""
-    return CONTROL.sub(_escaped, text) if CONTROL.search(text) else text
+    """``text`` with each control character written as an escape: ``\\r``, ``\\x1b``, ``\\x9b``.
+
+    ``isprintable`` (one C loop) is the fast path: every character ``CONTROL`` matches is not
+    printable, so printable text is returned as it is.
+    """
+    return text if text.isprintable() else CONTROL.sub(_escaped, text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -90,7 +94,7 @@ def json_line(
     if exception is not None:
         entry["exception"] = exception
     line = json.dumps(entry, ensure_ascii=False)
-    if _JSON_RAW.search(line):
+    if not line.isascii():  # what JSON leaves raw is outside ASCII; isascii reads a flag
         line = _JSON_RAW.sub(lambda match: f"\\u{ord(match.group()):04x}", line)
     return line
 
@@ -162,7 +166,7 @@ class RequestLines:
                 self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
             millis = int((now - second) * 1000)
             line = f"{self._stamp},{millis:03d} INFO    nexus.requests: {message}"
-            if CONTROL.search(line):  # as PrettyFormatter does; plain text costs one search
+            if not line.isprintable():  # as PrettyFormatter does (escape_controls)
                 line = CONTROL.sub(_escaped, line)
         handler = self.handler
         handler.acquire()
