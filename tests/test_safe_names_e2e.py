@@ -11,6 +11,7 @@ The real ``openai``, ``anthropic`` and ``ollama`` clients talk to a real Nexus (
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote
@@ -127,9 +128,10 @@ def odd_answers() -> Iterator[RunningServer]:
 
 
 def test_a_failure_before_the_answer_started_is_the_door_s_own_error(
-    odd_answers: RunningServer,
+    odd_answers: RunningServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = odd_answers
+    caplog.set_level(logging.INFO)
     claude = anthropic.Anthropic(base_url=server.url, api_key="sk-ant", max_retries=0)
     with pytest.raises(anthropic.APIStatusError) as failed:
         claude.messages.create(model="m", max_tokens=16, messages=MESSAGES)
@@ -149,7 +151,24 @@ def test_a_failure_before_the_answer_started_is_the_door_s_own_error(
     assert answer.headers["content-type"] == "application/json"
     assert answer.json() == {"error": "Internal error in the gateway"}
     assert "x-request-id" in answer.headers
+    # Streamed, the translation fails after the answer started: it is cut, never completed.
+    with httpx.stream(
+        "POST", server.url + "/api/chat", json={"model": "m", "messages": MESSAGES}
+    ) as cut:
+        assert cut.status_code == 200
+        with pytest.raises(httpx.RemoteProtocolError):
+            list(cut.iter_lines())
     assert pending(server) == {"odd": 0}
+    # One line per failure, no traceback flood (a backend chooses how often this happens).
+    failures = [r for r in caplog.records if "the answer failed" in r.getMessage()]
+    assert len(failures) == 4
+    assert "after it started" in failures[-1].getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR and r.exc_info]
+    # One record per request; the cut stream counts as failed.
+    history = httpx.get(server.url + "/v1/history").json()["data"]
+    assert len(history) == 4
+    assert history[0]["stream"] is True
+    assert history[0]["error"] is not None
 
 
 # -- backend names -------------------------------------------------------------------------------

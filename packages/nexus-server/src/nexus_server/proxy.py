@@ -194,8 +194,7 @@ class ProxyEndpoint:
                 raise
             task.uncancel()
         except Exception as exc:
-            if not await self.failed(send, record, exc):
-                raise
+            await self.failed(send, record, exc)
         finally:
             disconnect.callback = None
             if watch is not None and timer is not None:
@@ -207,32 +206,36 @@ class ProxyEndpoint:
             if stream is not None:
                 await stream.aclose()
 
-    async def failed(self, send: Send, record: RequestRecord, exc: Exception) -> bool:
-        """Answer an unexpected failure with a 500 in this door's shape, if nothing was sent yet.
+    async def failed(self, send: Send, record: RequestRecord, exc: Exception) -> None:
+        """An exception while answering: a 500 in this door's shape if nothing was sent yet.
 
-        False when the answer had already started (the ASGI server refuses a second start): the
-        caller re-raises and the server closes the connection.
+        Once the answer had started (the ASGI server refuses a second start) nothing more can be
+        said: the answer is left incomplete and the server closes the connection. Either way one
+        log line, the traceback at DEBUG: a backend's answer of a shape a door cannot translate
+        must not flood the log with tracebacks.
         """
         try:
             await self.send_error(send, INTERNAL_ERROR)
+            answered = True
         except Exception:
-            return False
+            answered = False
         log.error(
-            "%s %s: the answer failed before it was sent: %r",
+            "%s %s: the answer failed %s: %r",
             record.request_id or "-",
             self.endpoint.value,
+            "before it was sent" if answered else "after it started; the connection is closed",
             exc,
-            exc_info=exc,
         )
+        log.debug("the failure's traceback", exc_info=exc)
         if not record.finished:
-            record.status = 500
+            if answered:
+                record.status = 500
             record.error = INTERNAL_ERROR.code
             record.error_message = INTERNAL_ERROR.message
             if record.open_stream is None:  # else it is finished when its stream is closed
                 if not record.endpoint:
                     record.begin(self.endpoint.value)
                 self.gateway.monitor.finish(record)
-        return True
 
     async def serve(
         self,
