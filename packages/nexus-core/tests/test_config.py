@@ -324,6 +324,42 @@ CASES = [
         id="empty-name",
     ),
     pytest.param(
+        "[[backends]]\nname = 'team/gpu'\nurl = 'http://a:1'\n",
+        [
+            "backends[0].name: must be 1-64 letters, digits, '.', '_', '-' or '~', starting with "
+            "a letter or digit (got 'team/gpu')"
+        ],
+        id="name-with-slash",
+    ),
+    pytest.param(
+        "[[backends]]\nname = \"gpu\\r\\nX-Evil: 1\"\nurl = 'http://a:1'\n",
+        [
+            "backends[0].name: must be 1-64 letters, digits, '.', '_', '-' or '~', starting with "
+            "a letter or digit (got 'gpu\\r\\nX-Evil: 1')"
+        ],
+        id="name-with-crlf",
+    ),
+    pytest.param(
+        "[[backends]]\nname = '-gpu'\nurl = 'http://a:1'\n[[backends]]\nname = 'Büro'\n"
+        f"url = 'http://b:1'\n[[backends]]\nname = '{'x' * 65}'\nurl = 'http://c:1'\n",
+        [
+            f"backends[{index}].name: must be 1-64 letters, digits, '.', '_', '-' or '~', "
+            f"starting with a letter or digit (got {name!r})"
+            for index, name in enumerate(["-gpu", "Büro", "x" * 65])
+        ],
+        id="name-outside-the-set",
+    ),
+    pytest.param(
+        "[[auth.keys]]\nname = 'team'\nkey_env = 'K'\nrequests_per_minute = true\n"
+        "tokens_per_minute = '60'\nmonthly_budget_usd = inf\n",
+        [
+            "auth.keys[0].requests_per_minute: must be an integer (got True)",
+            "auth.keys[0].tokens_per_minute: must be an integer (got '60')",
+            "auth.keys[0].monthly_budget_usd: must be a finite number (got inf)",
+        ],
+        id="key-settings-strict",
+    ),
+    pytest.param(
         "[[backends]]\nname = 'a'\nurl = 'http://a:1'\ntype = 'my backend'\n",
         ["backends[0].type: must be a backend type name such as 'ollama' (got 'my backend')"],
         id="bad-type-name",
@@ -622,3 +658,9 @@ def test_mask_secrets_reads_the_process_environment_by_default(
     assert secret_status(config) == {"state.redis_url_env": True}
     monkeypatch.setenv("NEXUS_TEST_REDIS", "redis")  # too short to be worth masking
     assert mask_secrets(config)["state"]["backend"] == "redis"
+
+
+@pytest.mark.parametrize("name", ["a", "gpu-box", "GPU_2.local", "rack~1", "0", "x" * 64])
+def test_backend_names_in_the_safe_set_load(name: str) -> None:
+    config = validate_config({"backends": [{"name": name, "url": "http://a:1"}]}, source="test")
+    assert config.backends[0].name == name

@@ -112,3 +112,61 @@ def test_any_other_handler_or_filter_keeps_logging_in_charge() -> None:
     logging.getLogger().removeHandler(extra)
     logging.getLogger().handlers[0].addFilter(lambda record: True)
     assert RequestLines.for_current_logging() is None
+
+
+#: Text from outside Nexus that must never reach a log line raw.
+HOSTILE = "evil\r\nFAKE 200 OK\x1b[31m\x9b2J\x7f\x00\u2028end"
+#: Every character ``HOSTILE`` must not leave in a line.
+RAW = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+@pytest.mark.usefixtures("logging_restored")
+@pytest.mark.parametrize("log_format", ["pretty", "json"])
+def test_control_characters_from_outside_are_escaped_the_same_both_ways(log_format: str) -> None:
+    record = a_record(request_id=HOSTILE, model=HOSTILE, backend=None, error=HOSTILE, status=404)
+    through_logging, written = both_ways(log_format, record)  # exactly two lines
+    for line in (through_logging, written):
+        assert not RAW.search(line), line
+    if log_format == "pretty":
+        assert written[23:] == through_logging[23:]
+        assert "evil\\r\\nFAKE 200 OK\\x1b[31m\\x9b2J\\x7f\\x00\\u2028end" in written
+    else:
+        logged, direct = json.loads(through_logging), json.loads(written)
+        logged.pop("time")
+        direct.pop("time")
+        assert direct == logged
+        assert direct["request"]["model"] == HOSTILE  # JSON escapes give the value back whole
+        assert direct["request"]["request_id"] == HOSTILE
+
+
+@pytest.mark.usefixtures("logging_restored")
+@pytest.mark.parametrize("log_format", ["pretty", "json"])
+def test_any_logger_s_message_is_one_line_and_a_traceback_keeps_its_lines(
+    log_format: str,
+) -> None:
+    setup_logging(NexusConfig.model_validate({"logging": {"format": log_format}}))
+    handler = logging.getLogger().handlers[0]
+    assert isinstance(handler, NexusHandler)
+    stream = io.StringIO()
+    handler.setStream(stream)
+    logging.getLogger("uvicorn.error").warning("backend said %s", HOSTILE)
+    try:
+        raise ValueError(HOSTILE)
+    except ValueError:
+        logging.getLogger("nexus.server").exception("failed: %s", HOSTILE)
+    lines = stream.getvalue().split("\n")[:-1]
+    for line in lines:
+        assert not RAW.search(line), line
+    if log_format == "json":
+        assert len(lines) == 2
+        entry = json.loads(lines[1])
+        assert entry["message"] == f"failed: {HOSTILE}"
+        assert "Traceback (most recent call last)" in entry["exception"]
+    else:
+        escaped = "evil\\r\\nFAKE 200 OK\\x1b[31m\\x9b2J\\x7f\\x00\\u2028end"
+        assert lines[0].endswith(" uvicorn.error: backend said " + escaped)
+        assert lines[1].endswith(" nexus.server: failed: " + escaped)
+        # The traceback keeps its own lines (the message in it too); nothing else is raw.
+        assert lines[2] == "Traceback (most recent call last):"
+        assert lines[-2] == "ValueError: evil\\r"
+        assert lines[-1] == "FAKE 200 OK\\x1b[31m\\x9b2J\\x7f\\x00\\u2028end"

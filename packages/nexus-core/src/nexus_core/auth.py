@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -38,7 +39,7 @@ log = logging.getLogger("nexus.auth")
 COLLECTION = "keys"
 #: What keys Nexus makes start with (so they are recognisable in a leak scanner).
 KEY_PREFIX = "nxk-"
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: Seconds of rate a bucket holds: one minute's worth of requests or tokens may come at once.
 BURST_SECONDS = 60.0
 
@@ -93,12 +94,57 @@ class ApiKey:
 
 
 class KeyRingError(ValueError):
-    """A key cannot be made or removed; the message says why."""
+    """A key cannot be made or removed; the message says why (``param``: the field at fault)."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.param = param
+
+
+def checked_settings(
+    models: Any, requests_per_minute: Any, tokens_per_minute: Any, monthly_budget_usd: Any
+) -> tuple[tuple[str, ...], int | None, int | None, float | None]:
+    """A key's settings, type-checked strictly; ``KeyRingError`` naming the field otherwise.
+
+    JSON (the admin API, the state store) has no integer type of its own, and in Python a
+    boolean is an integer: ``true`` must not become a limit of 1 request per minute, nor
+    ``"60"``, ``1.5`` or ``-1`` anything at all. Absent (None) means no limit.
+    """
+    if models is None:
+        models = []
+    if not isinstance(models, list | tuple) or not all(
+        isinstance(glob, str) and glob for glob in models
+    ):
+        raise KeyRingError("models must be a list of non-empty globs", param="models")
+    limits: list[int | None] = []
+    for label, value in (
+        ("requests_per_minute", requests_per_minute),
+        ("tokens_per_minute", tokens_per_minute),
+    ):
+        if value is not None and (type(value) is not int or value < 1):
+            raise KeyRingError(
+                f"{label} must be a whole number of at least 1, or null for no limit "
+                f"(got {value!r})",
+                param=label,
+            )
+        limits.append(value)
+    budget = monthly_budget_usd
+    if budget is not None and (
+        type(budget) not in (int, float) or not math.isfinite(budget) or budget < 0
+    ):
+        raise KeyRingError(
+            f"monthly_budget_usd must be a number of at least 0, or null for no budget "
+            f"(got {budget!r})",
+            param="monthly_budget_usd",
+        )
+    return (
+        tuple(models),
+        limits[0],
+        limits[1],
+        None if budget is None else float(budget),
+    )
 
 
 class KeyRing:
@@ -118,6 +164,8 @@ class KeyRing:
         self._by_name: dict[str, ApiKey] = {}
         #: Logs store failures once per burst (the gateway shares its accountant's).
         self.outage = StoreOutage(store.kind)
+        #: Stored keys found unreadable, logged once (``sync`` runs often with workers).
+        self._unreadable: set[tuple[str, str]] = set()
         admin = self._environ.get(config.admin_key_env) if config.admin_key_env else None
         #: The admin key's digest; None: /admin answers loopback clients only.
         self.admin_digest: str | None = digest(admin) if admin else None
@@ -161,20 +209,34 @@ class KeyRing:
                 continue
             try:
                 data = json.loads(raw)
+                if not isinstance(data, dict):
+                    raise TypeError("not a JSON object")
+                if not NAME.fullmatch(name):
+                    raise KeyRingError("the name is not a valid key name", param="name")
+                models, rpm, tpm, budget = checked_settings(
+                    data.get("models"),
+                    data.get("requests_per_minute"),
+                    data.get("tokens_per_minute"),
+                    data.get("monthly_budget_usd"),
+                )
                 self._add(
                     ApiKey(
                         name=name,
                         digest=str(data["digest"]),
-                        models=tuple(data.get("models") or ()),
-                        requests_per_minute=data.get("requests_per_minute"),
-                        tokens_per_minute=data.get("tokens_per_minute"),
-                        monthly_budget_usd=data.get("monthly_budget_usd"),
+                        models=models,
+                        requests_per_minute=rpm,
+                        tokens_per_minute=tpm,
+                        monthly_budget_usd=budget,
                         created=str(data.get("created") or ""),
                         source="store",
                     )
                 )
             except (ValueError, KeyError, TypeError) as exc:
-                log.error("gateway key %r in the state store is unreadable: %s", name, exc)
+                # Fail closed: a key whose limits cannot be read is not usable (401), rather
+                # than usable without them. Logged once per process.
+                if (name, raw) not in self._unreadable:
+                    self._unreadable.add((name, raw))
+                    log.error("gateway key %r in the state store is unreadable: %s", name, exc)
 
     def _add(self, key: ApiKey) -> None:
         self._by_digest[key.digest] = key
@@ -205,35 +267,29 @@ class KeyRing:
         tokens_per_minute: int | None = None,
         monthly_budget_usd: float | None = None,
     ) -> tuple[ApiKey, str]:
-        """Make a key, keep its digest in the store; the plaintext is returned once."""
-        if not NAME.match(name):
+        """Make a key, keep its digest in the store; the plaintext is returned once.
+
+        Every setting is checked strictly (``checked_settings``): a boolean is never a number.
+        """
+        if not isinstance(name, str) or not NAME.fullmatch(name):
             raise KeyRingError(
                 "a key name is 1-64 letters, digits, '.', '_' or '-', starting with a letter or "
-                "digit"
+                "digit",
+                param="name",
             )
+        checked = checked_settings(
+            models, requests_per_minute, tokens_per_minute, monthly_budget_usd
+        )
         if name in self._by_name:
-            raise KeyRingError(f"a key named {name!r} exists already", 409)
-        for glob in models or ():
-            if not isinstance(glob, str) or not glob:
-                raise KeyRingError("models must be a list of non-empty globs")
-        for label, value in (
-            ("requests_per_minute", requests_per_minute),
-            ("tokens_per_minute", tokens_per_minute),
-        ):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise KeyRingError(f"{label} must be a whole number of at least 1")
-        if monthly_budget_usd is not None and (
-            not isinstance(monthly_budget_usd, int | float) or monthly_budget_usd < 0
-        ):
-            raise KeyRingError("monthly_budget_usd must be a number of at least 0")
+            raise KeyRingError(f"a key named {name!r} exists already", 409, param="name")
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
         key = ApiKey(
             name=name,
             digest=digest(plaintext),
-            models=tuple(models or ()),
-            requests_per_minute=requests_per_minute,
-            tokens_per_minute=tokens_per_minute,
-            monthly_budget_usd=None if monthly_budget_usd is None else float(monthly_budget_usd),
+            models=checked[0],
+            requests_per_minute=checked[1],
+            tokens_per_minute=checked[2],
+            monthly_budget_usd=checked[3],
             created=datetime.now(UTC).isoformat(timespec="seconds"),
             source="store",
         )

@@ -108,6 +108,10 @@ _HOST_NAME = re.compile(
 )
 # RFC 6763 service names: up to 15 letters, digits and hyphens, then the protocol, then the domain.
 _SERVICE_TYPE = re.compile(r"^_[A-Za-z0-9-]{1,15}\._(tcp|udp)\.local\.$")
+#: What a backend name may be: it travels in headers, log lines, metric labels and URL paths
+#: (``/admin/backends/{name}``), so only characters that need no escaping in any of them.
+BACKEND_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,63}")
+BACKEND_NAME_RULE = "1-64 letters, digits, '.', '_', '-' or '~', starting with a letter or digit"
 
 
 def _env_name(value: Any) -> Any:
@@ -660,6 +664,13 @@ class BackendConfig(Section):
         "ids, or tables whose capabilities override what the server reports.",
     )
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not BACKEND_NAME.fullmatch(value):
+            raise ValueError(f"must be {BACKEND_NAME_RULE} (got {value!r})")
+        return value
+
     @field_validator("type")
     @classmethod
     def _type_name(cls, value: str) -> str:
@@ -768,9 +779,11 @@ class ApiKeyConfig(Section):
         default_factory=list,
         description="Globs of models this key may use; empty means every model.",
     )
+    # Strict: a boolean is never a number here (``true`` is not a limit of 1), nor a string.
     requests_per_minute: int | None = Field(
         default=None,
         ge=1,
+        strict=True,
         description="Requests per minute (a token bucket holding one minute's worth); unset: no "
         "limit.",
         examples=[60],
@@ -778,6 +791,7 @@ class ApiKeyConfig(Section):
     tokens_per_minute: int | None = Field(
         default=None,
         ge=1,
+        strict=True,
         description="Prompt + completion tokens per minute, from the answers' usage; unset: no "
         "limit.",
         examples=[100_000],
@@ -785,6 +799,8 @@ class ApiKeyConfig(Section):
     monthly_budget_usd: float | None = Field(
         default=None,
         ge=0,
+        strict=True,
+        allow_inf_nan=False,
         description="Spend limit of this key per calendar month (UTC), in USD.",
         examples=[20.0],
     )

@@ -237,10 +237,19 @@ def resolve_type(
     return None
 
 
+#: The longest name taken from a label, so that ``_name_for``'s suffixes (``-ollama``,
+#: ``-<digest>-<n>``) keep it within the 64 characters of a backend name.
+NAME_BASE_LENGTH = 40
+
+
 def backend_name(label: str) -> str:
-    """A backend name from an instance label: ``GPU Box (2)`` -> ``gpu-box-2``."""
+    """A backend name from an instance label: ``GPU Box (2)`` -> ``gpu-box-2``.
+
+    Always a valid backend name (``config.BACKEND_NAME``) of at most ``NAME_BASE_LENGTH``.
+    """
     text = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode().lower()
-    return re.sub(r"[^a-z0-9._-]+", "-", text).strip("-._") or "mdns"
+    name = re.sub(r"[^a-z0-9._-]+", "-", text).strip("-._")[:NAME_BASE_LENGTH]
+    return name.rstrip("-._") or "mdns"
 
 
 def is_this_machine(host: str) -> bool:

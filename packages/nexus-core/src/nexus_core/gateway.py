@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, overload
 from urllib.parse import urlsplit
+
+from pydantic import ValidationError
 
 from nexus_core import fastjson
 from nexus_core.accounting import Accountant, usd
@@ -18,6 +22,8 @@ from nexus_core.adapters import AdapterFactory, BackendStatus, Endpoint, ModelIn
 from nexus_core.auth import ApiKey, KeyRing
 from nexus_core.config import (
     AUTO_TYPE,
+    BACKEND_NAME,
+    BACKEND_NAME_RULE,
     DEFAULT_SQLITE_PATH,
     BackendConfig,
     NexusConfig,
@@ -122,6 +128,8 @@ class Gateway:
         self._token_counts: set[asyncio.Task[None]] = set()
         self.started_at = time.time()
         self._started = False
+        #: Saved run-time backends already found unreadable (logged once).
+        self._refused: set[tuple[str, str]] = set()
         self._undetected: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
         self.registry.subscribe(self._on_registry_event)
@@ -183,10 +191,22 @@ class Gateway:
         static_urls = {b.url for b in self.config.backends}
 
         async def restore(name: str, raw: str) -> None:
+            renamed = False
             try:
-                config = BackendConfig(**json.loads(raw))
+                data = json.loads(raw)
+                if not isinstance(data, dict):
+                    raise TypeError("not a JSON object")
+                url = data.get("url")
+                if isinstance(url, str) and not _valid_name(data.get("name")):
+                    # Saved by a version that took any name: give it the one its URL makes.
+                    data["name"] = _name_from_url(url)
+                    renamed = True
+                config = BackendConfig(**data)
+            except ValidationError as exc:
+                self._refuse_saved(name, raw, _problems(exc))
+                return
             except (ValueError, TypeError) as exc:
-                log.error("backend %r saved in the state store is unreadable: %s", name, exc)
+                self._refuse_saved(name, raw, str(exc))
                 return
             if config.name in self.registry or config.url in static_urls:
                 return  # the configuration wins
@@ -195,11 +215,29 @@ class Gateway:
                 log.error("backend %r saved in the state store: %s", name, refusal.message)
                 return
             try:
-                await self.add_backend(config, source="admin")
+                backend = await self.add_backend(config, source="admin")
             except GatewayError as exc:
                 log.error("backend %r saved in the state store: %s", name, exc.message)
+                return
+            if renamed:
+                log.warning(
+                    "backend %r saved in the state store: the name is not valid (%s); restored as "
+                    "%r",
+                    name,
+                    BACKEND_NAME_RULE,
+                    backend.name,
+                )
+                await self.save_backend(backend)
+                await self.accountant.store.delete(BACKENDS_COLLECTION, name)
 
         await asyncio.gather(*(restore(name, raw) for name, raw in saved.items()))
+
+    def _refuse_saved(self, name: str, raw: str, problem: str) -> None:
+        """Log a saved backend that cannot be restored, once per process (sync runs often)."""
+        if (name, raw) in self._refused:
+            return
+        self._refused.add((name, raw))
+        log.error("backend %r saved in the state store is refused: %s", name, problem)
 
     async def _sync_loop(self) -> None:
         while True:
@@ -629,6 +667,7 @@ class Gateway:
             # failed attempts included); quality keeps each backend's own.
             record.ttft = time.perf_counter() - record.started_perf
             stream.on_end = lambda ended: self._stream_ended(record, result, ended)
+            record.open_stream = stream
         return result
 
     async def _admit(self, key: ApiKey, model: str) -> None:
@@ -676,13 +715,14 @@ class Gateway:
     def _stream_ended(
         self, record: RequestRecord, result: ProxyResult, stream: ProxyStream
     ) -> None:
+        record.open_stream = None
         if stream.usage is not None:
             _tokens(record, stream.usage)
         _cost(record, result)
         if stream.error is not None:
             record.error = "stream_broken"
             record.error_message = stream.error.message
-        elif not stream.completed:
+        elif not stream.completed and record.error is None:
             record.error = "client_closed"
         self._count_tokens(record)
         self.monitor.finish(record)
@@ -942,7 +982,39 @@ def _check_cloud(config: BackendConfig, factory: AdapterFactory) -> None:
         )
 
 
+#: Runs of characters a backend name may not hold (``BACKEND_NAME``).
+_NOT_IN_NAME = re.compile(r"[^A-Za-z0-9._~-]+")
+
+
+def _problems(exc: ValidationError) -> str:
+    """A validation error on one line: ``name: must be ...; url: ...``."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc'])}: "
+        f"{error['msg'].removeprefix('Value error, ')}"
+        for error in exc.errors()
+    )
+
+
+def _valid_name(name: Any) -> bool:
+    return isinstance(name, str) and BACKEND_NAME.fullmatch(name) is not None
+
+
 def _name_from_url(url: str) -> str:
-    """A backend name from a URL: ``http://10.0.0.5:11434/v1`` -> ``10.0.0.5-11434``."""
-    netloc = urlsplit(url).netloc or url
-    return netloc.rsplit("@", 1)[-1].replace(":", "-").strip("[]") or "backend"
+    """A valid backend name from a URL: ``http://10.0.0.5:11434/v1`` -> ``10.0.0.5-11434``.
+
+    An IPv6 host gets ``ip6-`` (``http://[::1]:8000`` -> ``ip6-1-8000``); any other character a
+    name may not hold becomes ``-``; a name longer than 64 ends with a digest of the URL.
+    """
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        host, port = "", None
+    text = host if port is None else f"{host}-{port}"
+    name = _NOT_IN_NAME.sub("-", text).strip("-._~")
+    if ":" in host:
+        name = f"ip6-{name}"
+    if len(name) > 64:
+        digest = hashlib.sha1(url.encode("utf-8", "replace")).hexdigest()[:8]
+        name = f"{name[:55].rstrip('-._~')}-{digest}"
+    return name if _valid_name(name) else "backend"

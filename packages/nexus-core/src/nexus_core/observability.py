@@ -44,6 +44,8 @@ HISTORY = 100
 ERROR_MESSAGE_KEPT = 1000
 #: Requests per backend and per model kept for percentiles in ``/v1/stats``.
 WINDOW = 1000
+#: The same for one gateway key's own view (many keys by many backends and models: kept small).
+KEY_WINDOW = 100
 #: ``nexus_request_duration_seconds`` buckets (seconds).
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 #: ``nexus_time_to_first_token_seconds`` buckets (seconds).
@@ -90,6 +92,9 @@ class RequestRecord:
     api_key: Any = None
     #: The client's Authorization header, for backends with ``forward_client_auth``.
     client_auth: str | None = None
+    #: The answer's ``ProxyStream`` while it is open: the server closes it whatever happens
+    #: (its backend slot is released then); cleared when the stream ends.
+    open_stream: Any = None
 
     def begin(self, endpoint: str) -> None:
         """Stamp the start (if the server did not already)."""
@@ -158,15 +163,15 @@ class _Series:
         "ttfts",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, window: int = WINDOW) -> None:
         self.requests = 0
         self.errors = 0
         self.streams = 0
         self.sum_duration = 0.0
-        self.durations: deque[float] = deque(maxlen=WINDOW)
+        self.durations: deque[float] = deque(maxlen=window)
         self.sum_ttft = 0.0
         self.ttft_count = 0
-        self.ttfts: deque[float] = deque(maxlen=WINDOW)
+        self.ttfts: deque[float] = deque(maxlen=window)
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cost_usd = 0.0
@@ -202,6 +207,51 @@ class _Series:
             },
             "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
             "cost_usd": round(self.cost_usd, 9),
+        }
+
+
+class _KeyFigures:
+    """One gateway key's own requests: what ``/v1/stats`` and ``/v1/history`` show that key."""
+
+    __slots__ = ("by_backend", "by_model", "errors", "history", "total")
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.errors = 0
+        self.by_backend: dict[str, _Series] = {}
+        self.by_model: dict[str, _Series] = {}
+        self.history: deque[RequestRecord] = deque(maxlen=HISTORY)
+
+    def add(self, record: RequestRecord, model: str, backend: str, failed: bool) -> None:
+        self.total += 1
+        if failed:
+            self.errors += 1
+        if backend:
+            series = self.by_backend.get(backend)
+            if series is None:
+                series = self.by_backend[backend] = _Series(KEY_WINDOW)
+            series.add(record, failed)
+        if model != UNKNOWN_MODEL:
+            series = self.by_model.get(model)
+            if series is None:
+                series = self.by_model[model] = _Series(KEY_WINDOW)
+            series.add(record, failed)
+        self.history.append(record)
+
+    def summary(self, name: str) -> dict[str, Any]:
+        """The key's line in the fleet-wide ``/v1/stats`` (what the admin key sees)."""
+        prompt = completion = 0
+        cost = 0.0
+        for series in self.by_backend.values():
+            prompt += series.prompt_tokens
+            completion += series.completion_tokens
+            cost += series.cost_usd
+        return {
+            "name": name,
+            "requests": self.total,
+            "errors": self.errors,
+            "tokens": {"prompt": prompt, "completion": completion},
+            "cost_usd": round(cost, 9),
         }
 
 
@@ -244,6 +294,8 @@ class Monitor:
         self.costs: dict[tuple[str, str], float] = {}
         self.by_backend: dict[str, _Series] = {}
         self.by_model: dict[str, _Series] = {}
+        #: Each gateway key's own figures and history, by key name (only requests with a key).
+        self.by_key: dict[str, _KeyFigures] = {}
         self.total = 0
         self.total_errors = 0
         #: Writes a request's log line itself, when the server knows the line would go to one
@@ -322,6 +374,12 @@ class Monitor:
                 series = self.by_model[model] = _Series()
             series.add(record, failed)
         self.history.append(record)
+        api_key = record.api_key
+        if api_key is not None:
+            figures = self.by_key.get(api_key.name)
+            if figures is None:
+                figures = self.by_key[api_key.name] = _KeyFigures()
+            figures.add(record, model, backend, failed)
         self._report(record)
         for subscriber in self.subscribers:
             try:
@@ -378,9 +436,46 @@ class Monitor:
 
     # -- reading ----------------------------------------------------------------------------------
 
-    def history_entries(self) -> list[dict[str, Any]]:
-        """The last requests, newest first."""
-        return [record.as_dict() for record in reversed(self.history)]
+    def history_entries(self, key: str | None = None) -> list[dict[str, Any]]:
+        """The last requests, newest first (``key``: only that gateway key's own)."""
+        if key is None:
+            history = self.history
+        else:
+            figures = self.by_key.get(key)
+            history = figures.history if figures is not None else deque()
+        return [record.as_dict() for record in reversed(history)]
+
+    def key_stats(self, key: str) -> dict[str, Any]:
+        """``/v1/stats`` as a gateway key sees it: its own requests, nothing of other tenants.
+
+        Per backend (those it used) and per model, its own figures; no pending counts, queue,
+        fleet-wide totals, upstream error counts or global budget, which would show other keys'
+        traffic. ``budget`` is left to the caller (the key's own monthly budget, if it has one).
+        """
+        figures = self.by_key.get(key) or _KeyFigures()
+        backends = []
+        for name, series in sorted(figures.by_backend.items()):
+            backend = self.registry.get(name)
+            backends.append(
+                {
+                    "name": name,
+                    "type": None if backend is None else backend.type_name,
+                    "status": "removed" if backend is None else backend.status.value,
+                    **series.summary(),
+                }
+            )
+        return {
+            "uptime_seconds": round(time.time() - self.started, 3),
+            "key": key,
+            "requests": {"total": figures.total, "errors": figures.errors},
+            "backends": backends,
+            "models": [
+                {"model": name, **series.summary()}
+                for name, series in sorted(figures.by_model.items())
+            ],
+            "budget": None,
+            "queue": None,
+        }
 
     def stats(self) -> dict[str, Any]:
         """``/v1/stats``: totals, per backend, per model, budget and queue."""
@@ -408,6 +503,7 @@ class Monitor:
             "requests": {"total": self.total, "errors": self.total_errors},
             "backends": backends,
             "models": models,
+            "keys": [figures.summary(name) for name, figures in sorted(self.by_key.items())],
             "budget": self.accountant.summary() if self.accountant is not None else None,
             "queue": None
             if queue is None

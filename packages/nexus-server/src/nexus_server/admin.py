@@ -32,6 +32,11 @@ BACKEND_FIELDS = frozenset(
     {"url", "name", "type", "zone", "tier", "priority", "max_concurrent", "api_key_env"}
 )
 
+#: Fields ``POST /admin/keys`` accepts.
+KEY_FIELDS = frozenset(
+    {"name", "models", "requests_per_minute", "tokens_per_minute", "monthly_budget_usd"}
+)
+
 
 def presented_in(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     """The key a request carries (``Authorization: Bearer`` or ``x-api-key``), if any."""
@@ -132,7 +137,8 @@ def admin_routes(gateway: Gateway, trust: Trust) -> list[Any]:
             config = BackendConfig(**fields)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in error['loc']) or 'body'}: {error['msg']}"
+                f"{'.'.join(str(p) for p in error['loc']) or 'body'}: "
+                f"{error['msg'].removeprefix('Value error, ')}"
                 for error in exc.errors()
             )
             raise GatewayError(400, f"Invalid backend: {problems}") from None
@@ -197,9 +203,14 @@ def admin_routes(gateway: Gateway, trust: Trust) -> list[Any]:
         body = await read_json(request)
         if not isinstance(body, dict) or not isinstance(body.get("name"), str):
             raise GatewayError(400, "'name' is required", param="name")
+        unknown = sorted(set(body) - KEY_FIELDS)
+        if unknown:  # a misspelt limit must not make a key without one
+            raise GatewayError(
+                400,
+                f"Unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(KEY_FIELDS))}",
+                param=unknown[0],
+            )
         models = body.get("models")
-        if models is not None and not isinstance(models, list):
-            raise GatewayError(400, "'models' must be a list of globs", param="models")
         try:
             key, plaintext = await gateway.keys.create(
                 body["name"],
@@ -209,7 +220,7 @@ def admin_routes(gateway: Gateway, trust: Trust) -> list[Any]:
                 monthly_budget_usd=body.get("monthly_budget_usd"),
             )
         except KeyRingError as exc:
-            raise GatewayError(exc.status, exc.message) from None
+            raise GatewayError(exc.status, exc.message, param=exc.param) from None
         # The plaintext leaves once, in this answer; it is never stored or logged.
         return Response(
             {**key.public(), "key": plaintext},

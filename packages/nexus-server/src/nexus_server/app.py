@@ -18,7 +18,9 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.params import FromPath
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
+from nexus_core.accounting import usd
 from nexus_core.adapters import Endpoint
+from nexus_core.auth import ApiKey
 from nexus_core.config import BackendConfig, ServerConfig
 from nexus_core.errors import GatewayError, model_not_found, payload_too_large
 from nexus_core.gateway import Gateway, state_unavailable
@@ -142,25 +144,41 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
 
     trust = Trust(gateway.config.server)
 
-    def key_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        # With [auth] on, the JSON endpoints need a gateway key (or the admin key) too.
+    def viewer(connection: ASGIConnection[Any, Any, Any, Any]) -> ApiKey | None:
+        """The gateway key whose own view a request gets; None: everything (auth off, admin).
+
+        With [auth] on, the JSON endpoints need a gateway key or the admin key (else 401).
+        """
         keys = gateway.keys
         if not keys.enabled:
-            return
+            return None
         presented = presented_in(connection)
-        if keys.identify(presented) is None and not keys.is_admin(presented):
+        if keys.is_admin(presented):
+            return None
+        key = keys.identify(presented)
+        if key is None:
             raise missing_key(presented)
+        return key
+
+    def key_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        viewer(connection)
+
+    def models_for(key: ApiKey | None) -> list[dict[str, Any]]:
+        """The models a key may use (its ``models`` globs); every model for None."""
+        models = gateway.list_models()
+        return models if key is None else [m for m in models if key.allows(str(m["id"]))]
 
     @get("/v1/models", guards=[key_guard])
-    async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": gateway.list_models()}
+    async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        return {"object": "list", "data": models_for(viewer(request))}
 
     @get("/v1/models/{model_id:path}", guards=[key_guard])
-    async def get_model(model_id: FromPath[str]) -> dict[str, Any]:
+    async def get_model(request: Request[Any, Any, Any], model_id: FromPath[str]) -> dict[str, Any]:
         model_id = model_id.lstrip("/")
+        key = viewer(request)
         entry = gateway.get_model(model_id)
-        if entry is None:
-            raise model_not_found(model_id, [m["id"] for m in gateway.list_models()])
+        if entry is None or (key is not None and not key.allows(model_id)):
+            raise model_not_found(model_id, [m["id"] for m in models_for(key)])
         return entry
 
     @get("/health")
@@ -180,20 +198,36 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
         return gateway.monitor.render_prometheus()
 
     @get("/v1/stats", guards=[key_guard])
-    async def stats() -> dict[str, Any]:
-        return gateway.monitor.stats()
+    async def stats(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        key = viewer(request)
+        if key is None:
+            return gateway.monitor.stats()
+        own = gateway.monitor.key_stats(key.name)
+        if key.monthly_budget_usd is not None:
+            accountant = gateway.accountant
+            spent = usd(await accountant.track_key(key.name))
+            own["budget"] = {
+                "period": accountant.period,
+                "spent_usd": round(spent, 9),
+                "limit_usd": key.monthly_budget_usd,
+                "remaining_usd": round(max(0.0, key.monthly_budget_usd - spent), 9),
+                "resets_in_seconds": round(accountant.seconds_to_rollover()),
+            }
+        return own
 
     @get("/v1/history", guards=[key_guard])
-    async def history() -> dict[str, Any]:
-        return {"object": "list", "data": gateway.monitor.history_entries()}
+    async def history(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        key = viewer(request)
+        entries = gateway.monitor.history_entries(None if key is None else key.name)
+        return {"object": "list", "data": entries}
 
     @get("/api/tags", guards=[key_guard])
-    async def ollama_tags() -> dict[str, Any]:
-        return ollama.tags(gateway)
+    async def ollama_tags(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        return ollama.tags(gateway, viewer(request))
 
     @get("/api/ps", guards=[key_guard])
-    async def ollama_ps() -> dict[str, Any]:
-        return ollama.ps(gateway)
+    async def ollama_ps(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        return ollama.ps(gateway, viewer(request))
 
     @get("/api/version")
     async def ollama_version() -> dict[str, Any]:
@@ -206,7 +240,7 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
             data = await read_json(request)
         except GatewayError:
             return Response({"error": "the request body is not valid JSON"}, status_code=400)
-        status, body = ollama.show(gateway, data)
+        status, body = ollama.show(gateway, data, viewer(request))
         return Response(body, status_code=status)
 
     proxies: dict[str, ProxyEndpoint] = {

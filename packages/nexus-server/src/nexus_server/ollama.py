@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from nexus_core.adapters import Endpoint
+from nexus_core.auth import ApiKey
 from nexus_core.errors import GatewayError
 from nexus_core.failover import ProxyResult
 from nexus_core.gateway import Gateway
@@ -267,8 +268,8 @@ class EmbedEndpoint(_OllamaEndpoint):
         await send_whole(send, 200, JSON, _dumps(answer), headers)
 
 
-def tags(gateway: Gateway) -> dict[str, Any]:
-    """``GET /api/tags``: every model Nexus can route, in Ollama's listing shape."""
+def tags(gateway: Gateway, key: ApiKey | None = None) -> dict[str, Any]:
+    """``GET /api/tags``: every model Nexus can route (that ``key`` may use), Ollama's shape."""
     return {
         "models": [
             tags_entry(
@@ -277,33 +278,35 @@ def tags(gateway: Gateway) -> dict[str, Any]:
                 capabilities=entry["capabilities"],
             )
             for entry in gateway.list_models()
+            if key is None or key.allows(str(entry["id"]))
         ]
     }
 
 
-def show(gateway: Gateway, data: Any) -> tuple[int, dict[str, Any]]:
-    """``POST /api/show``: status and body (Ollama's 404 for a model nobody serves)."""
+def show(gateway: Gateway, data: Any, key: ApiKey | None = None) -> tuple[int, dict[str, Any]]:
+    """``POST /api/show``: status and body (Ollama's 404 for a model nobody serves, or that
+    ``key`` may not use)."""
     if not isinstance(data, dict):
         return 400, {"error": "the request body must be a JSON object"}
     name = data.get("model") or data.get("name")
     if not isinstance(name, str) or not name:
         return 400, {"error": "model is required"}
     entry = gateway.get_model(name) or gateway.get_model(gateway.router.resolve(name))
-    if entry is None:
+    if entry is None or (key is not None and not key.allows(name)):
         return 404, {"error": f"model '{name}' not found"}
     return 200, show_response(
         name, context_length=entry["context_length"], capabilities=entry["capabilities"]
     )
 
 
-def ps(gateway: Gateway) -> dict[str, Any]:
-    """``GET /api/ps``: models a healthy backend reports loaded in memory right now."""
+def ps(gateway: Gateway, key: ApiKey | None = None) -> dict[str, Any]:
+    """``GET /api/ps``: models a healthy backend reports loaded right now (that ``key`` may use)."""
     loaded: dict[str, int | None] = {}
     for backend in gateway.registry:
         if backend.status.value != "healthy":
             continue
         for model in backend.models.values():
-            if model.loaded is True:
+            if model.loaded is True and (key is None or key.allows(model.id)):
                 loaded.setdefault(model.id, model.context_length)
     return {
         "models": [

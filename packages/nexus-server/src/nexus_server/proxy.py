@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
+from urllib.parse import quote
 
 from nexus_core import fastjson
 from nexus_core.adapters import Endpoint
@@ -35,6 +37,12 @@ BATCH_BYTES = 64 * 1024
 #: The event that ends an OpenAI stream.
 DONE_EVENTS = (b"data: [DONE]", b"data:[DONE]")
 REQUEST_ID_KEY = "nexus.request_id"
+#: What a request gets when answering it fails in Nexus itself (a bug): never a bare 500.
+INTERNAL_ERROR = GatewayError(
+    500, "Internal error in the gateway", type="server_error", code="internal_error"
+)
+
+log = logging.getLogger("nexus.server")
 
 
 async def send_json(
@@ -195,11 +203,49 @@ class ProxyEndpoint:
             if not disconnect.left():
                 raise
             task.uncancel()
+        except Exception as exc:
+            await self.failed(send, record, exc)
         finally:
             disconnect.callback = None
             if watch is not None and timer is not None:
                 timer.cancel()
                 watch.stop()
+            # Whatever ``serve`` did or raised, the answer's stream is closed and its backend
+            # slot released (closing is idempotent: a stream served to its end is closed already).
+            stream = record.open_stream
+            if stream is not None:
+                await stream.aclose()
+
+    async def failed(self, send: Send, record: RequestRecord, exc: Exception) -> None:
+        """An exception while answering: a 500 in this door's shape if nothing was sent yet.
+
+        Once the answer had started (the ASGI server refuses a second start) nothing more can be
+        said: the answer is left incomplete and the server closes the connection. Either way one
+        log line, the traceback at DEBUG: a backend's answer of a shape a door cannot translate
+        must not flood the log with tracebacks.
+        """
+        try:
+            await self.send_error(send, INTERNAL_ERROR)
+            answered = True
+        except Exception:
+            answered = False
+        log.error(
+            "%s %s: the answer failed %s: %r",
+            record.request_id or "-",
+            self.endpoint.value,
+            "before it was sent" if answered else "after it started; the connection is closed",
+            exc,
+        )
+        log.debug("the failure's traceback", exc_info=exc)
+        if not record.finished:
+            if answered:
+                record.status = 500
+            record.error = INTERNAL_ERROR.code
+            record.error_message = INTERNAL_ERROR.message
+            if record.open_stream is None:  # else it is finished when its stream is closed
+                if not record.endpoint:
+                    record.begin(self.endpoint.value)
+                self.gateway.monitor.finish(record)
 
     async def serve(
         self,
@@ -379,8 +425,36 @@ def route_headers(result: ProxyResult) -> list[tuple[bytes, bytes]]:
 
 
 def header_list(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
-    """Headers as ASGI wants them in ``http.response.start``."""
-    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    """Headers as ASGI wants them in ``http.response.start``; values made safe to send.
+
+    The names are Nexus's own. A value may come from outside (a model name a backend lists, in
+    ``X-Nexus-Fallback-Model``): printable ASCII goes as it is (one ``isascii`` and one
+    ``isprintable`` on the fast path); anything else is percent-encoded (``header_value``).
+    """
+    return [
+        (
+            name.encode("latin-1"),
+            value.encode("ascii")
+            if value.isascii() and value.isprintable()
+            else header_value(value),
+        )
+        for name, value in headers.items()
+    ]
+
+
+#: Printable ASCII that ``header_value`` keeps as it is: all but ``%`` (so decoding is exact).
+_KEPT = "".join(chr(code) for code in range(0x20, 0x7F) if chr(code) != "%")
+
+
+def header_value(value: str) -> bytes:
+    """A header value that any HTTP/1.1 peer accepts: printable ASCII, the rest percent-encoded.
+
+    Control characters (CR and LF above all) and characters outside ASCII become ``%XX`` of
+    their UTF-8 bytes, as does ``%`` itself, so ``urllib.parse.unquote`` gives the value back.
+    """
+    if value.isascii() and value.isprintable():
+        return value.encode("ascii")
+    return quote(value, safe=_KEPT).encode("ascii")
 
 
 #: Under an ASGI server other than Nexus's own protocol: seconds before a request gets a task

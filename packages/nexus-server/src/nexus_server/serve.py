@@ -7,6 +7,7 @@ import gc
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -26,12 +27,41 @@ from nexus_server.protocol import ClientLimits, protocol_for
 
 log = logging.getLogger("nexus.server")
 
+#: What a log line never holds as it is: C0 controls (CR, LF, ESC...), DEL, C1 controls (U+0080
+#: to U+009F, U+009B CSI among them) and the Unicode line and paragraph separators. A model name,
+#: a request id or a backend's error message with one of them could otherwise forge log lines or
+#: drive the terminal that shows them.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: The same but LF: a traceback keeps its lines.
+_CONTROL_BUT_LF = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+#: What JSON's own escaping leaves raw (it escapes C0 controls only).
+_JSON_RAW = re.compile("[\x7f-\x9f\u2028\u2029]")
+_SHORT_ESCAPES = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    short = _SHORT_ESCAPES.get(char)
+    if short is not None:
+        return short
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with each control character written as an escape: ``\\r``, ``\\x1b``, ``\\x9b``.
+
+    ``isprintable`` (one C loop) is the fast path: every character ``CONTROL`` matches is not
+    printable, so printable text is returned as it is.
+    """
+    return text if text.isprintable() else CONTROL.sub(_escaped, text)
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, the request's fields, exception.
 
     A request line (logger ``nexus.requests``) carries its fields under ``request`` (see
-    docs/observability.md for the schema).
+    docs/observability.md for the schema). No control character is left raw (``json_line``).
     """
 
     def format(self, record: logging.LogRecord) -> str:
@@ -64,10 +94,30 @@ def json_line(
         entry["request"] = request
     if exception is not None:
         entry["exception"] = exception
-    return json.dumps(entry, ensure_ascii=False)
+    line = json.dumps(entry, ensure_ascii=False)
+    if not line.isascii():  # what JSON leaves raw is outside ASCII; isascii reads a flag
+        line = _JSON_RAW.sub(lambda match: f"\\u{ord(match.group()):04x}", line)
+    return line
 
 
 PRETTY_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+class PrettyFormatter(logging.Formatter):
+    """``PRETTY_FORMAT``, one line per record: control characters are escaped (``\\r\\n``,
+    ``\\x1b``); a traceback keeps its own lines, with every other control character escaped."""
+
+    def __init__(self) -> None:
+        super().__init__(PRETTY_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return _CONTROL_BUT_LF.sub(_escaped, super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _CONTROL_BUT_LF.sub(_escaped, super().formatStack(stack_info))
 
 
 class NexusHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -117,6 +167,8 @@ class RequestLines:
                 self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
             millis = int((now - second) * 1000)
             line = f"{self._stamp},{millis:03d} INFO    nexus.requests: {message}"
+            if not line.isprintable():  # as PrettyFormatter does (escape_controls)
+                line = CONTROL.sub(_escaped, line)
         handler = self.handler
         handler.acquire()
         try:
@@ -136,7 +188,7 @@ def setup_logging(config: NexusConfig) -> None:
     if config.logging.format is LogFormat.JSON:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter(PRETTY_FORMAT))
+        handler.setFormatter(PrettyFormatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
     # Neither format shows where a call was made, or from which thread or process: skip working
     # it out for every record (the logging HOWTO's "Optimization" section). With a line per
