@@ -82,16 +82,18 @@ def test_every_field_from_outside_is_escaped_in_the_log(tmp_path: Path, log_form
                 headers={"X-Request-Id": b"rid-\x9b[2J"},
             )
             assert unknown.status_code == 404
-            assert unknown.headers.raw[-1] == (b"x-request-id", b"rid-\x9b[2J")
-            # 2. An ANSI escape in a request id: the HTTP parser refuses the request (uvicorn
-            #    logs that it did: one line, nothing raw).
+            assert (b"x-request-id", b"rid-\x9b[2J") in unknown.headers.raw
+            # 2. An ANSI escape in a request id: the HTTP parser refuses the request (a JSON
+            #    400; refusals are counted into a summary line, never logged one by one).
             host, port = base.removeprefix("http://").split(":")
             with socket.create_connection((host, int(port))) as raw:
                 raw.sendall(
                     b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
                     b"X-Request-Id: \x1b[31mred\r\nContent-Length: 2\r\n\r\n{}"
                 )
-                assert raw.recv(65536).startswith(b"HTTP/1.1 400")
+                refused = raw.recv(65536)
+                assert refused.startswith(b"HTTP/1.1 400")
+                assert b'"invalid_http"' in refused
             # 3. A path with CR/LF, ESC and U+009B, percent-encoded (raw ones are refused).
             odd = httpx.post(
                 base + "/v1/chat%0D%0Acompletions%1B%5B31m%C2%9B", json={"model": "fake-model"}
@@ -139,4 +141,3 @@ def test_every_field_from_outside_is_escaped_in_the_log(tmp_path: Path, log_form
         health = [m for logger, m in by_logger if m.startswith("backend broken: ")]
         assert len(health) == 1
         assert "forged\\x1b[31m\\x9b2J" in health[0]
-    assert "Invalid HTTP request received." in text

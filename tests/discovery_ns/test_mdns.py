@@ -394,3 +394,29 @@ async def test_without_multicast_one_warning_and_the_gateway_serves(
     assert warnings[0].startswith("mDNS discovery is unavailable on 192.0.2.1")
     assert advertise.returncode == 1
     assert b"cannot advertise over mDNS: 192.0.2.1: not an address" in errors
+
+
+async def test_a_flood_of_announcements_is_capped_by_max_services(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Anyone on the network can answer mDNS: 60 services, each at an address of its own.
+    flood = [
+        ("_llm._tcp.local.", f"Flood {index}", 20000 + index, {"type": "generic"})
+        for index in range(60)
+    ]
+    caplog.set_level(logging.WARNING, logger="nexus.discovery")
+    async with (
+        Gateway(config(max_services=8)) as gateway,
+        published(*flood),
+    ):
+        source = mdns(gateway)
+        await wait_until(lambda: len(source.services()) >= 8, 10.0, "8 services tracked")
+        await asyncio.sleep(2.0)  # every announcement has arrived by now
+        tracked = source.services()
+        added = [b for b in gateway.registry if b.source == "mdns"]
+    assert len(tracked) <= 8
+    assert len(added) <= 8
+    warnings = [
+        r.getMessage() for r in caplog.records if "discovery.max_services" in r.getMessage()
+    ]
+    assert len(warnings) == 1

@@ -341,6 +341,12 @@ class DiscoveryConfig(Section):
         description="Addresses of this machine's network interfaces to use for mDNS, e.g. "
         '["192.168.1.20"]; empty: every IPv4 interface.',
     )
+    max_services: int = Field(
+        default=256,
+        ge=1,
+        description="Most mDNS services tracked at once (each may become a backend); more are "
+        "ignored until some vanish, so a flood of announcements cannot grow the fleet or memory.",
+    )
 
     @field_validator("service_types")
     @classmethod

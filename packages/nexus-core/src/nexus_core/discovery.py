@@ -30,6 +30,7 @@ import ipaddress
 import logging
 import re
 import socket
+import time
 import unicodedata
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +73,8 @@ OLLAMA_SERVICE = "_ollama._tcp.local."
 LLM_SERVICE = "_llm._tcp.local."
 #: How long one service may take to resolve (address, port, TXT) before it is skipped.
 RESOLVE_TIMEOUT_MS = 3000
+#: Services ignored past ``discovery.max_services`` are logged at most this often.
+IGNORED_LOG_SECONDS = 60.0
 #: TTL of what ``nexus advertise`` publishes. RFC 6762 suggests 75 minutes for service records;
 #: two minutes means an advertiser that dies without a goodbye is forgotten within two minutes.
 ADVERTISED_TTL = 120
@@ -338,6 +341,9 @@ class MdnsDiscovery:
         self._services: dict[str, _Service] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._running = False
+        #: Services ignored past ``max_services`` since the last warning, and when it was.
+        self._ignored = 0
+        self._ignored_logged = -IGNORED_LOG_SECONDS
 
     async def start(self) -> None:
         """Start browsing; without multicast, log one warning and do nothing."""
@@ -447,15 +453,39 @@ class MdnsDiscovery:
         if not task.cancelled() and task.exception() is not None:
             log.error("mDNS discovery task failed", exc_info=task.exception())
 
-    def _service(self, name: str, service_type: str) -> _Service:
+    def _service(self, name: str, service_type: str) -> _Service | None:
+        """The tracked service of ``name``; None when ``max_services`` are tracked already."""
         key = name.lower()
         service = self._services.get(key)
         if service is None:
+            if len(self._services) >= self.config.max_services and not self._make_room():
+                self._ignored += 1
+                now = time.monotonic()
+                if now - self._ignored_logged >= IGNORED_LOG_SECONDS:
+                    log.warning(
+                        "mDNS: %d service(s) ignored: discovery.max_services = %d are tracked "
+                        "already (a flood of announcements, or raise the setting)",
+                        self._ignored,
+                        self.config.max_services,
+                    )
+                    self._ignored = 0
+                    self._ignored_logged = now
+                return None
             service = self._services[key] = _Service(name, service_type)
         return service
 
+    def _make_room(self) -> bool:
+        """Forget the oldest tracked service that is no backend and not being worked on."""
+        for key, service in self._services.items():
+            if service.backend is None and not service.adding and not service.lock.locked():
+                del self._services[key]
+                return True
+        return False
+
     async def _announced(self, name: str, service_type: str) -> None:
         service = self._service(name, service_type)
+        if service is None:
+            return
         async with service.lock:
             announcement = await self._resolve(name, service_type)
             if announcement is None:

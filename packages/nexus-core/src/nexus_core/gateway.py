@@ -154,7 +154,7 @@ class Gateway:
         await self._start_accounting()
         self.keys.store = self.accountant.store
         await self.keys.load()
-        await asyncio.gather(*(self.add_backend(b, source="static") for b in self.config.backends))
+        await asyncio.gather(*(self._add_static(b) for b in self.config.backends))
         await self._restore_backends()
         if self.config.server.workers > 1:
             # Sibling workers change keys and run-time backends through the shared store.
@@ -166,6 +166,14 @@ class Gateway:
         if self.config.discovery.enabled:
             await self._start_discovery()
         await plugins.call_startup(self)
+
+    async def _add_static(self, config: BackendConfig) -> None:
+        """Add a configured backend; one whose server turns out not to fit its config (a cloud
+        API without a key, detected only now) is left out with an error line, not a traceback."""
+        try:
+            await self.add_backend(config, source="static")
+        except GatewayError as exc:
+            log.error("backend %s not added: %s", config.name, exc.message)
 
     async def _start_accounting(self) -> None:
         try:
