@@ -660,7 +660,7 @@ async def test_a_json_answer_to_a_stream_request_is_a_body(client: H1Transport) 
         (b"500 Internal Server Error", ErrorKind.SERVER_ERROR),
         (b"429 Too Many Requests", ErrorKind.OVERLOADED),
         (b"400 Bad Request", ErrorKind.CLIENT_ERROR),
-        (b"302 Found", ErrorKind.CLIENT_ERROR),
+        (b"302 Found", ErrorKind.REDIRECT),
     ],
 )
 async def test_an_event_stream_with_an_error_status_raises(
