@@ -324,7 +324,7 @@ class _Connection(asyncio.Protocol):
         length = None
         size = 0
         for name, value in exchange.headers:
-            size += len(name) + len(value)
+            size += len(name) + len(value) + 4  # as on the wire: ": " and CRLF
             lowered = name.lower()
             if lowered == b"content-type":
                 exchange.content_type = value.decode("latin-1")
@@ -697,7 +697,8 @@ class _EventReader:
                 chunk = chunks.popleft()
                 exchange.buffered -= len(chunk)
                 self.events.extend(self.parser.feed(chunk))
-        except EventTooLarge:
+        except EventTooLarge as exc:
+            self.events.extend(exc.events)
             chunks.clear()
             exchange.buffered = 0
             error = self.connection.limits.event_error()

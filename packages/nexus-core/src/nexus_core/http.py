@@ -251,8 +251,11 @@ async def sse_events(
                 break
             try:
                 events = parser.feed(chunk)
-            except EventTooLarge:
-                raise limits.event_error() from None
+            except EventTooLarge as exc:
+                events = exc.events
+                too_large = True
+            else:
+                too_large = False
             for event in events:
                 if event.startswith(DONE_PREFIXES):
                     yield event
@@ -262,6 +265,8 @@ async def sse_events(
                 yield event
                 deadline = loop.time() + timeouts.idle
                 stalled = f"stream stalled: no event for {timeouts.idle:g} s"
+            if too_large:
+                raise limits.event_error()
         tail = parser.flush()
         if tail is not None:
             if not complete:

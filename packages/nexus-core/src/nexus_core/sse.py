@@ -34,11 +34,15 @@ _PIECES = 8
 
 
 class EventTooLarge(ValueError):
-    """One event grew past the parser's limit (the stream cannot go on)."""
+    """One event grew past the parser's limit (the stream cannot go on).
 
-    def __init__(self, limit: int) -> None:
+    ``events``: the complete events the same chunk brought before the one that was too large.
+    """
+
+    def __init__(self, limit: int, events: list[bytes] | None = None) -> None:
         super().__init__(f"a stream event is larger than {limit} bytes")
         self.limit = limit
+        self.events = events or []
 
 
 class SSEParser:
@@ -102,24 +106,31 @@ class SSEParser:
             buffer = chunk
         blocks = buffer.split(b"\n\n")
         tail = blocks.pop()
-        if len(buffer) > self._max and (
-            len(tail) > self._max or any(len(block) > self._max for block in blocks)
-        ):
-            self._too_large()
+        events: list[bytes] = []
+        if len(buffer) > self._max:
+            # A rare case (one chunk bigger than the limit): check each event's size.
+            for block in blocks:
+                if len(block) > self._max:
+                    self._too_large(events)
+                event = _clean(block)
+                if event is not None:
+                    events.append(event)
+            if len(tail) > self._max:
+                self._too_large(events)
+            blocks = []
         if tail:
             pending.append(tail)
             self._size = len(tail)
-        events: list[bytes] = []
         for block in blocks:
             event = _clean(block)
             if event is not None:
                 events.append(event)
         return events
 
-    def _too_large(self) -> None:
+    def _too_large(self, events: list[bytes] | None = None) -> None:
         self._pending.clear()
         self._size = 0
-        raise EventTooLarge(self._max)
+        raise EventTooLarge(self._max, events)
 
     def flush(self) -> bytes | None:
         """An event left without its closing blank line when the stream ended, if any."""
