@@ -27,7 +27,7 @@ import enum
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -76,7 +76,7 @@ class Attack(enum.StrEnum):
     EVENTS_AFTER_DONE = "events_after_done"
     #: An SSE stream of ``: keep-alive`` comments only, one per ``drip_seconds``, forever.
     COMMENTS_ONLY = "comments_only"
-    #: An SSE stream whose first event is drip-fed, a byte per ``drip_seconds``, never complete.
+    #: An SSE stream whose (first) event is drip-fed, a byte per ``drip_seconds``, never complete.
     PARTIAL_EVENT = "partial_event"
     #: A ``text/html`` error page with a script (status ``error_status``, default 400).
     HTML_ERROR = "html_error"
@@ -108,7 +108,8 @@ class HostileBackend:
 
     ``models``: what ``GET /v1/models`` lists. ``probes``: the attack also applies to ``GET``
     requests. ``drip_seconds``: the pace of the drip-fed attacks. ``error_status``: the status of
-    ``HTML_ERROR``.
+    ``HTML_ERROR``; ``location``: where ``REDIRECT`` points. ``opening_event``: the stream
+    attacks begin with one correct event.
     """
 
     def __init__(
@@ -120,9 +121,13 @@ class HostileBackend:
         drip_seconds: float = 0.2,
         error_status: int = 400,
         location: str = REDIRECT_TARGET,
+        opening_event: bool = False,
         name: str = "hostile",
     ) -> None:
         self.attack = attack
+        #: The stream attacks (giant event, comments only, partial event) open with one correct
+        #: event, so the attack comes after the first byte reached the client.
+        self.opening_event = opening_event
         #: Where ``REDIRECT`` points (by default a hostile value: an escape sequence included).
         self.location = location
         self.models = list(models)
@@ -237,6 +242,11 @@ class HostileBackend:
                 if attack is Attack.NONE:
                     await self._send(writer, self._correct(method, path, body))
                     continue
+                whole = _WHOLE.get(attack)
+                if whole is not None:
+                    # A complete (if hostile) answer: the connection stays open for more.
+                    await self._send(writer, whole(self))
+                    continue
                 try:
                     await self._attack(attack, reader, writer, method, path, body)
                 except ConnectionError:
@@ -320,6 +330,7 @@ class HostileBackend:
     ) -> None:
         send = self._send
         drip = self.drip_seconds
+        opening = _chunk(self._events(_json(body))[0]) if self.opening_event else b""
         if attack is Attack.ENDLESS_BODY:
             await send(
                 writer,
@@ -352,7 +363,7 @@ class HostileBackend:
             while True:
                 await send(writer, PIECE)
         elif attack is Attack.GIANT_EVENT:
-            await send(writer, _SSE_HEAD + _chunk(b'data: {"pad":"'))
+            await send(writer, _SSE_HEAD + opening + _chunk(b'data: {"pad":"'))
             while True:
                 await send(writer, _chunk(PIECE))
         elif attack is Attack.EVENTS_AFTER_DONE:
@@ -362,28 +373,17 @@ class HostileBackend:
             while True:
                 await send(writer, _chunk(more))
         elif attack is Attack.COMMENTS_ONLY:
-            await send(writer, _SSE_HEAD)
+            await send(writer, _SSE_HEAD + opening)
             while True:
                 await send(writer, _chunk(b": keep-alive\n\n"))
                 await asyncio.sleep(drip)
         elif attack is Attack.PARTIAL_EVENT:
-            await send(writer, _SSE_HEAD + _chunk(b'data: {"choices":[{"delta":{"content":"'))
+            await send(
+                writer, _SSE_HEAD + opening + _chunk(b'data: {"choices":[{"delta":{"content":"')
+            )
             while True:
                 await asyncio.sleep(drip)
                 await send(writer, _chunk(b"x"))
-        elif attack is Attack.HTML_ERROR:
-            await send(writer, _whole(self.error_status, HTML_PAGE, b"text/html; charset=utf-8"))
-            await self._hold(reader)
-        elif attack is Attack.HTML_OK:
-            await send(writer, _whole(200, HTML_PAGE, b"text/html; charset=utf-8"))
-            await self._hold(reader)
-        elif attack is Attack.REDIRECT:
-            await send(
-                writer,
-                b"HTTP/1.1 302 Found\r\nLocation: %s\r\nContent-Type: text/html\r\n"
-                b"Content-Length: 5\r\n\r\nFound" % self.location.encode("latin-1"),
-            )
-            await self._hold(reader)
         elif attack is Attack.DRIP:
             answer = self._correct(method, path, body) if method == "GET" else b""
             if not answer:
@@ -410,6 +410,16 @@ class HostileBackend:
 
 
 _LAST = b"0\r\n\r\n"
+_HTML = b"text/html; charset=utf-8"
+#: The attacks that are complete answers (kept alive, like any server's).
+_WHOLE: dict[Attack, Callable[[HostileBackend], bytes]] = {
+    Attack.HTML_ERROR: lambda backend: _whole(backend.error_status, HTML_PAGE, _HTML),
+    Attack.HTML_OK: lambda backend: _whole(200, HTML_PAGE, _HTML),
+    Attack.REDIRECT: lambda backend: (
+        b"HTTP/1.1 302 Found\r\nLocation: %s\r\nContent-Type: text/html\r\n"
+        b"Content-Length: 5\r\n\r\nFound" % backend.location.encode("latin-1")
+    ),
+}
 
 
 def _chunk(data: bytes) -> bytes:
