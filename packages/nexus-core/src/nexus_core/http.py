@@ -29,8 +29,8 @@ from nexus_core.adapters import (
     Timeouts,
     UpstreamResponse,
 )
+from nexus_core.h1 import BODY_PIECES, H1Transport, gather, joined
 from nexus_core.h1 import TRACE_HEADERS as TRACE_HEADERS
-from nexus_core.h1 import H1Transport
 from nexus_core.sse import DONE_PREFIXES, EventTooLarge, SSEParser, completes_answer
 
 #: The longest a probe client's answer may take, from the request to its last byte (seconds);
@@ -295,15 +295,18 @@ async def _read_aiohttp(response: aiohttp.ClientResponse, limits: ResponseLimits
     length = response.content_length
     if length is not None and length > limits.body:
         raise limits.body_error()
-    parts: list[bytes] = []
+    parts: list[bytes | bytearray] = []
     size = 0
     content = response.content
     while chunk := await content.readany():
         size += len(chunk)
         if size > limits.body:
             raise limits.body_error()
-        parts.append(chunk)
-    return b"".join(parts)
+        if len(parts) < BODY_PIECES:
+            parts.append(chunk)
+        else:
+            gather(parts, chunk)
+    return joined(parts)
 
 
 def _header_size(raw: Iterable[tuple[bytes, bytes]]) -> int:
@@ -459,14 +462,17 @@ async def _read_httpx(response: httpx.Response, limits: ResponseLimits) -> bytes
     length = response.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limits.body:
         raise limits.body_error()
-    parts: list[bytes] = []
+    parts: list[bytes | bytearray] = []
     size = 0
     async for chunk in response.aiter_raw():
         size += len(chunk)
         if size > limits.body:
             raise limits.body_error()
-        parts.append(chunk)
-    return b"".join(parts)
+        if len(parts) < BODY_PIECES:
+            parts.append(chunk)
+        else:
+            gather(parts, chunk)
+    return joined(parts)
 
 
 async def _httpx_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
