@@ -671,11 +671,19 @@ def _expire(exchange: _Exchange, seconds: float) -> None:
         exchange.wake()
 
 
-def _stall(exchange: _Exchange, message: str) -> None:
+def _stall(reader: _EventReader) -> None:
     """No stream event within the idle timeout (or the first one within the first-byte one)."""
+    exchange = reader.exchange
     if exchange.error is None and exchange.waiter is not None:
-        exchange.error = BackendError(ErrorKind.TIMEOUT, message)
+        exchange.error = stalled(reader.started, reader.first_byte, reader.idle)
         exchange.wake()
+
+
+def stalled(started: bool, first_byte: float, idle: float) -> BackendError:
+    """The timeout of a stream whose (first, when not ``started``) event did not come in time."""
+    if started:
+        return BackendError(ErrorKind.TIMEOUT, f"stream stalled: no event for {idle:g} s")
+    return BackendError(ErrorKind.TIMEOUT, f"no first event within {first_byte:g} s")
 
 
 class _EventReader:
@@ -700,6 +708,7 @@ class _EventReader:
         "first_byte",
         "idle",
         "parser",
+        "started",
     )
 
     def __init__(
@@ -717,6 +726,8 @@ class _EventReader:
         self.complete = False
         #: [DONE] was handed over: nothing more is read.
         self.done = False
+        #: An event was handed over (the idle timeout applies from then on).
+        self.started = False
 
     def _parse(self) -> None:
         exchange = self.exchange
@@ -756,13 +767,15 @@ class _EventReader:
         exchange = self.exchange
         events = self.events
         loop = asyncio.get_running_loop()
-        deadline = self.deadline
-        stalled = f"no first event within {self.first_byte:g} s"
+        # When the next event is due; None: "idle from now", fixed at the first wait for it (so
+        # chunks that bring no event do not move it).
+        deadline: float | None = self.deadline
         try:
             while True:
                 if events:
                     event = events.popleft()
-                    if event.startswith(DONE_PREFIXES):
+                    # [DONE] is 13 or 14 bytes: the length spares longer events the comparison.
+                    if len(event) < 16 and event.startswith(DONE_PREFIXES):
                         self.complete = self.done = True
                         events.clear()
                         yield event
@@ -770,8 +783,7 @@ class _EventReader:
                     if not self.complete:
                         self.complete = completes_answer(event)
                     yield event
-                    deadline = loop.time() + self.idle
-                    stalled = f"stream stalled: no event for {self.idle:g} s"
+                    deadline = None
                     continue
                 if exchange.chunks:
                     self._parse()
@@ -780,8 +792,11 @@ class _EventReader:
                     raise exchange.take_error()
                 if exchange.finished:
                     break
+                if deadline is None:
+                    deadline = loop.time() + self.idle
+                    self.started = True
                 waiter = exchange.waiter = loop.create_future()
-                timer = loop.call_at(deadline, _stall, exchange, stalled)
+                timer = loop.call_at(deadline, _stall, self)
                 try:
                     await waiter
                 finally:

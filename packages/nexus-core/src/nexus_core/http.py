@@ -29,7 +29,7 @@ from nexus_core.adapters import (
     Timeouts,
     UpstreamResponse,
 )
-from nexus_core.h1 import BODY_PIECES, H1Transport, gather, joined
+from nexus_core.h1 import BODY_PIECES, H1Transport, gather, joined, stalled
 from nexus_core.h1 import TRACE_HEADERS as TRACE_HEADERS
 from nexus_core.sse import DONE_PREFIXES, EventTooLarge, SSEParser, completes_answer
 
@@ -236,7 +236,7 @@ async def sse_events(
     """
     parser = SSEParser(limits.event)
     loop = asyncio.get_running_loop()
-    stalled = f"no first event within {timeouts.first_byte:g} s"
+    started = False
     # Complete when [DONE] came or some event carried a finish_reason (servers that omit
     # [DONE] may still send a usage chunk after the finish chunk).
     complete = False
@@ -246,7 +246,7 @@ async def sse_events(
                 async with asyncio.timeout_at(deadline):
                     chunk = await anext(chunks, b"")
             except TimeoutError:
-                raise BackendError(ErrorKind.TIMEOUT, stalled) from None
+                raise stalled(started, timeouts.first_byte, timeouts.idle) from None
             if not chunk:
                 break
             try:
@@ -264,7 +264,7 @@ async def sse_events(
                     complete = completes_answer(event)
                 yield event
                 deadline = loop.time() + timeouts.idle
-                stalled = f"stream stalled: no event for {timeouts.idle:g} s"
+                started = True
             if too_large:
                 raise limits.event_error()
         tail = parser.flush()
