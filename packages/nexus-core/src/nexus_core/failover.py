@@ -196,7 +196,7 @@ class ProxyStream:
                 return
             try:
                 async for event in events:
-                    if event.startswith(DONE_PREFIXES):
+                    if len(event) < 16 and event.startswith(DONE_PREFIXES):  # [DONE]: 13-14 B
                         # The answer is whole: the stream ends here, whatever the backend says
                         # next (it is not read; the upstream is released as the stream closes).
                         self.completed = True

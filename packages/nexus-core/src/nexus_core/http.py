@@ -236,14 +236,19 @@ async def sse_events(
     """
     parser = SSEParser(limits.event)
     loop = asyncio.get_running_loop()
+    # When the next event is due; None: "idle from now", fixed at the first wait for it.
+    due: float | None = deadline
     started = False
     # Complete when [DONE] came or some event carried a finish_reason (servers that omit
     # [DONE] may still send a usage chunk after the finish chunk).
     complete = False
     try:
         while True:
+            if due is None:
+                due = loop.time() + timeouts.idle
+                started = True
             try:
-                async with asyncio.timeout_at(deadline):
+                async with asyncio.timeout_at(due):
                     chunk = await anext(chunks, b"")
             except TimeoutError:
                 raise stalled(started, timeouts.first_byte, timeouts.idle) from None
@@ -257,14 +262,13 @@ async def sse_events(
             else:
                 too_large = False
             for event in events:
-                if event.startswith(DONE_PREFIXES):
+                if len(event) < 16 and event.startswith(DONE_PREFIXES):  # [DONE] is 13-14 B
                     yield event
                     return
                 if not complete:
                     complete = completes_answer(event)
                 yield event
-                deadline = loop.time() + timeouts.idle
-                started = True
+                due = None
             if too_large:
                 raise limits.event_error()
         tail = parser.flush()
