@@ -18,12 +18,15 @@ import pytest
 
 from nexus_core.adapters import (
     BackendError,
+    BackendStatus,
     ErrorKind,
     ResponseLimits,
     Timeouts,
     UpstreamResponse,
 )
-from nexus_core.http import AiohttpTransport, make_transport
+from nexus_core.config import BackendConfig
+from nexus_core.http import AiohttpTransport, HttpClients, ResponseTooLarge, make_transport
+from nexus_core.openai_wire import OpenAIWireAdapter
 from nexus_core.testing import (
     Attack,
     Behaviour,
@@ -595,3 +598,79 @@ async def test_limits_at_their_value_are_fine(fake: FakeBackend) -> None:
             )
         finally:
             await transport.aclose()
+
+
+# -- the probe client: each answer bounded in size and in total time ---------------------------
+
+
+@pytest.fixture
+async def probe_clients(anyio_backend: str) -> AsyncIterator[HttpClients]:
+    clients = HttpClients(limits=LIMITS, probe_deadline=0.5)
+    yield clients
+    await clients.aclose()
+
+
+async def test_a_drip_fed_probe_answer_hits_the_probe_deadline(
+    hostile: HostileBackend, probe_clients: HttpClients
+) -> None:
+    """httpx's timeouts are per read: a byte every 50 ms never trips them, the deadline does."""
+    hostile.attack = Attack.DRIP
+    hostile.probes = True
+    with pytest.raises(httpx.ReadTimeout) as caught:
+        await probe_clients.probe.get(hostile.url + "/v1/models")
+    assert "0.5 s" in str(caught.value)
+    assert await anyio.to_thread.run_sync(hostile.wait_peer_closed, 1, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("attack", "setting"),
+    [
+        (Attack.ENDLESS_BODY, "server.max_response_body_bytes"),
+        (Attack.LENGTH_TOO_BIG, "server.max_response_body_bytes"),
+        (Attack.GIANT_HEADER_VALUE, "server.max_response_header_bytes"),
+    ],
+)
+async def test_a_probe_answer_past_a_limit_is_refused(
+    hostile: HostileBackend, probe_clients: HttpClients, attack: Attack, setting: str
+) -> None:
+    hostile.attack = attack
+    hostile.probes = True
+    with pytest.raises(httpx.HTTPError) as caught:
+        await probe_clients.probe.get(hostile.url + "/v1/models")
+    if attack is Attack.GIANT_HEADER_VALUE:
+        # h11 refuses a head past 100 KiB while parsing (before Nexus's limit can be checked).
+        assert isinstance(caught.value, httpx.RemoteProtocolError)
+    else:
+        assert isinstance(caught.value, ResponseTooLarge)
+        assert setting in str(caught.value)
+    assert await anyio.to_thread.run_sync(hostile.wait_peer_closed, 1, 2.0)
+
+
+async def test_the_probe_client_does_not_follow_redirects(
+    hostile: HostileBackend, probe_clients: HttpClients
+) -> None:
+    hostile.attack = Attack.REDIRECT
+    hostile.probes = True
+    hostile.location = "http://127.0.0.1:1/elsewhere"
+    response = await probe_clients.probe.get(hostile.url + "/v1/models")
+    assert response.status_code == 302
+    # A Location with control characters is refused by httpx itself: a clean HTTP error.
+    hostile.location = "http://127.0.0.1:1/\x1b[2J"
+    with pytest.raises(httpx.RemoteProtocolError):
+        await probe_clients.probe.get(hostile.url + "/v1/models")
+    assert len(hostile.requests) == 2
+
+
+async def test_a_generic_backend_flooding_its_probe_is_unhealthy_and_says_why(
+    hostile: HostileBackend, probe_clients: HttpClients
+) -> None:
+    adapter = OpenAIWireAdapter(
+        BackendConfig(name="hostile", url=hostile.url, type="generic"), probe_clients
+    )
+    assert (await adapter.probe()).status is BackendStatus.HEALTHY
+    hostile.attack = Attack.ENDLESS_BODY
+    hostile.probes = True
+    result = await adapter.probe()
+    assert result.status is BackendStatus.UNHEALTHY
+    assert result.detail is not None
+    assert "server.max_response_body_bytes" in result.detail
