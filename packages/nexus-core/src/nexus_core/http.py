@@ -548,8 +548,7 @@ class BoundedTransport(httpx.AsyncBaseTransport):
         if refusal is not None:
             await response.aclose()
             raise ResponseTooLarge(refusal.message, request=request)
-        assert isinstance(response.stream, httpx.AsyncByteStream)
-        response.stream = _BoundedStream(response.stream, request, limits, deadline, self.seconds)
+        response.stream = _BoundedStream(response, request, limits, deadline, self.seconds)
         return response
 
     async def aclose(self) -> None:
@@ -557,18 +556,24 @@ class BoundedTransport(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
+#: What a closed probe answer's stream is replaced with.
+_CLOSED = httpx.ByteStream(b"")
+
+
 class _BoundedStream(httpx.AsyncByteStream):
     """A response body read within a size limit and a deadline."""
 
     def __init__(
         self,
-        inner: httpx.AsyncByteStream,
+        response: httpx.Response,
         request: httpx.Request,
         limits: ResponseLimits,
         deadline: float,
         seconds: float,
     ) -> None:
-        self.inner = inner
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        self.inner = response.stream
+        self.response: httpx.Response | None = response
         self.request = request
         self.limits = limits
         self.deadline = deadline
@@ -594,6 +599,11 @@ class _BoundedStream(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+        # httpx wraps this stream in one that refers back to the response (a cycle only the
+        # collector would free): once the body is read and closed, the response lets go of it.
+        response, self.response = self.response, None
+        if response is not None:
+            response.stream = _CLOSED
 
 
 class HttpClients:
