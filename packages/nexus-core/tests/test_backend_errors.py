@@ -54,7 +54,7 @@ def test_a_redirect_names_its_location_clipped_and_without_control_characters() 
 
 
 def test_clip() -> None:
-    assert clip("  a\r\nb\tc\x1b[31m  d\u2028e ") == "a b c [31m d e"
+    assert clip("  a\r\nb\tc\x1b[31m  d\u2028e\x9b2J\udc9bf ") == "a b c [31m d e 2J f"
     assert clip("x" * 300) == "x" * 200 + "..."
     assert clip("x" * 30, 10) == "x" * 10 + "..."
     assert clip("") == ""

@@ -35,6 +35,7 @@ from nexus_core.testing import (
     blackhole_url,
     closed_port_url,
 )
+from nexus_core.testing.hostile import REDIRECT_TARGET
 
 pytestmark = pytest.mark.anyio
 # One TLS context for every client: building one per client costs ~70 ms (certificates).
@@ -546,7 +547,12 @@ async def test_a_redirect_is_a_failure_never_followed(
         assert error.retryable
         assert "'http://127.0.0.1:1/elsewhere'" in error.message
         assert "does not follow redirects" in error.message
-    assert len(hostile.requests) == 2  # nothing else was asked, of anyone
+    # The default location carries a terminal escape (an 8-bit CSI): it is not in the message.
+    hostile.location = REDIRECT_TARGET
+    error = await failure(bounded, hostile, stream=False)
+    assert error.kind is ErrorKind.REDIRECT
+    assert "'http://127.0.0.1:1/steal?key= 2J'" in error.message
+    assert len(hostile.requests) == 3  # nothing else was asked, of anyone
 
 
 async def test_an_html_error_page_is_a_client_error_with_its_body(

@@ -93,7 +93,7 @@ def test_floods_never_end(attack: Attack, stream: bool, starts: bytes) -> None:
     [
         (Attack.HTML_ERROR, b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/html"),
         (Attack.HTML_OK, b"HTTP/1.1 200 OK\r\nContent-Type: text/html"),
-        (Attack.REDIRECT, b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/steal?key=\x1b"),
+        (Attack.REDIRECT, b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/steal?key=\x9b2J"),
         (Attack.SWITCHING_PROTOCOLS, b"HTTP/1.1 101 Switching Protocols\r\n"),
         (Attack.GARBAGE, b"\x00\xff\xfeSSH-2.0"),
     ],

@@ -174,13 +174,15 @@ class BackendError(Exception):
 
 #: Characters of outside text (a backend's error body, a Location) kept in a message.
 CLIP_CHARS = 200
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]+")
 
 
 def clip(text: str, limit: int = CLIP_CHARS) -> str:
-    """Outside text made safe for a message or a log line: no control characters (CR, LF,
-    ANSI escapes: each run becomes one space), runs of spaces collapsed, at most ``limit``
-    characters (then ``...``)."""
+    """Outside text made safe for a message or a log line, at most ``limit`` characters.
+
+    Control characters (CR, LF, the ESC and CSI of terminal escapes, undecodable bytes) become
+    spaces, runs of spaces one space; longer text ends in ``...``.
+    """
     text = " ".join(_CONTROL.sub(" ", text[: limit * 4]).split())
     return text if len(text) <= limit else text[:limit] + "..."
 

@@ -51,8 +51,9 @@ HTML_PAGE = (
     b"\x1b[31mSomething\r\nX-Injected: 1\r\n went wrong</body></html>"
 )
 #: Where ``REDIRECT`` points: a loopback port nothing listens on (a client that followed it
-#: would get a refused connection, never leave the machine).
-REDIRECT_TARGET = "http://127.0.0.1:1/steal?key=\x1b[2J"
+#: would get a refused connection, never leave the machine), with an 8-bit CSI (a terminal
+#: escape that HTTP parsers let through as an obsolete text byte).
+REDIRECT_TARGET = "http://127.0.0.1:1/steal?key=\x9b2J"
 
 
 class Attack(enum.StrEnum):
@@ -128,7 +129,7 @@ class HostileBackend:
         #: The stream attacks (giant event, comments only, partial event) open with one correct
         #: event, so the attack comes after the first byte reached the client.
         self.opening_event = opening_event
-        #: Where ``REDIRECT`` points (by default a hostile value: an escape sequence included).
+        #: Where ``REDIRECT`` points (by default a hostile value: a terminal escape included).
         self.location = location
         self.models = list(models)
         self.probes = probes
