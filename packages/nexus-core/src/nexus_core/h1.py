@@ -299,6 +299,9 @@ class _Connection(asyncio.Protocol):
             if exchange.error is None:
                 exchange.error = error
             exchange.body = []  # a refused body is let go of now
+            if exchange.linger is not None:
+                exchange.linger.cancel()
+                exchange.linger = None
         self.close()
         exchange.wake()
 
