@@ -97,15 +97,22 @@ async def test_instances_come_and_go_between_probes(clients: HttpClients) -> Non
     assert LLAMA not in ids
 
 
-async def test_comment_lines_are_dropped_and_keep_a_slow_stream_alive(
+async def test_comment_lines_are_dropped_and_do_not_keep_a_stalled_stream_alive(
     clients: HttpClients,
 ) -> None:
+    """The idle timeout is between events: exo's keep-alive comments do not reset it."""
     async with FakeExo("exo", CARDS) as fake:
         fake.keepalive_interval = 0.05
         fake.behave(Behaviour(delay_between_events=0.3))
-        # Idle timeout shorter than the pause between tokens: only the keep-alives save it.
-        timeouts = Timeouts(connect=2.0, first_byte=5.0, idle=0.2)
+        # Idle timeout longer than the pause between tokens: the stream is whole.
+        timeouts = Timeouts(connect=2.0, first_byte=5.0, idle=1.0)
         events = await stream_events(exo(fake.url, clients), chat(LLAMA, stream=True), timeouts)
+        # Shorter than the pause: comments keep coming every 50 ms, the stream is cut anyway.
+        stalled = Timeouts(connect=2.0, first_byte=5.0, idle=0.2)
+        with pytest.raises(BackendError) as caught:
+            await stream_events(exo(fake.url, clients), chat(LLAMA, stream=True), stalled)
+    assert caught.value.kind is ErrorKind.TIMEOUT
+    assert "no event for 0.2 s" in caught.value.message
     assert events
     assert all(event.startswith(b"data: ") and b"\n:" not in event for event in events)
     datas = [event_data(event) for event in events]

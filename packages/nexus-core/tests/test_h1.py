@@ -22,8 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from nexus_core.adapters import BackendError, ErrorKind, Timeouts, UpstreamResponse
-from nexus_core.h1 import HIGH_WATER, TRACE_HEADERS, H1Transport
+from nexus_core.adapters import (
+    BackendError,
+    ErrorKind,
+    ResponseLimits,
+    Timeouts,
+    UpstreamResponse,
+)
+from nexus_core.h1 import HIGH_WATER, LINGER_SECONDS, TRACE_HEADERS, H1Transport
 
 pytestmark = pytest.mark.anyio
 
@@ -291,6 +297,13 @@ async def post(
 async def collect(response: UpstreamResponse) -> list[bytes]:
     assert response.events is not None
     return [event async for event in response.events]
+
+
+async def read_into(response: UpstreamResponse, received: list[bytes]) -> None:
+    """Append each event as it comes (so a test sees what arrived before an error)."""
+    assert response.events is not None
+    async for event in response.events:
+        received.append(event)
 
 
 # -- the request on the wire ----------------------------------------------------------------
@@ -660,7 +673,7 @@ async def test_a_json_answer_to_a_stream_request_is_a_body(client: H1Transport) 
         (b"500 Internal Server Error", ErrorKind.SERVER_ERROR),
         (b"429 Too Many Requests", ErrorKind.OVERLOADED),
         (b"400 Bad Request", ErrorKind.CLIENT_ERROR),
-        (b"302 Found", ErrorKind.CLIENT_ERROR),
+        (b"302 Found", ErrorKind.REDIRECT),
     ],
 )
 async def test_an_event_stream_with_an_error_status_raises(
@@ -954,3 +967,274 @@ async def test_response_headers_mapping_is_consistent_with_repeated_headers(
     assert answer.headers["Set-Cookie"] == "b=2"  # the last value wins
     assert sorted(answer.headers) == ["content-length", "content-type", "set-cookie", "x-one"]
     assert len(answer.headers) == len(list(answer.headers)) == len(dict(answer.headers))
+
+
+# -- bounds: what a backend can make the client read ----------------------------------------
+
+LIMITS = ResponseLimits(body=64 * 1024, headers=4 * 1024, event=16 * 1024)
+
+
+@pytest.fixture
+async def bounded(anyio_backend: str) -> AsyncIterator[H1Transport]:
+    transport = H1Transport(limits=LIMITS)
+    yield transport
+    await transport.aclose()
+
+
+def padded_head(size: int, body: bytes = b"{}") -> bytes:
+    """An answer whose header lines take exactly ``size`` bytes on the wire (with CRLFs)."""
+    fixed = b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
+    pad = size - len(fixed) - len(b"X-Pad: \r\n")
+    return b"HTTP/1.1 200 OK\r\n" + fixed + b"X-Pad: " + b"p" * pad + b"\r\n\r\n" + body
+
+
+@pytest.mark.parametrize("pieces", [1, 8])
+async def test_headers_up_to_the_limit_pass_and_one_byte_more_fails(
+    bounded: H1Transport, pieces: int
+) -> None:
+    async def handler(peer: Peer) -> None:
+        while (request := await peer.read_request()) is not None:
+            over = int(request.values("X-Over")[0])
+            answer = padded_head(LIMITS.headers + over)
+            step = -(-len(answer) // pieces)
+            for start in range(0, len(answer), step):
+                await peer.write(answer[start : start + step])
+                await asyncio.sleep(0.001)
+
+    async with ScriptedServer(handler) as server:
+        answer = await post(bounded, server.url(), headers={**JSON, "X-Over": "0"})
+        assert answer.body == b"{}"
+        with pytest.raises(BackendError) as caught:
+            await post(bounded, server.url(), headers={**JSON, "X-Over": "1"})
+    assert caught.value.kind is ErrorKind.TOO_LARGE
+    assert "limit of 4096 bytes (server.max_response_header_bytes)" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "opening",
+    [b"HTTP/1.1 200 OK\r\nX-Endless: ", b"HTTP/1.1 200 OK\r\n", b""],
+    ids=["one-endless-value", "endless-header-lines", "endless-interim-answers"],
+)
+async def test_a_head_that_never_ends_is_cut_at_the_limit_while_parsing(
+    bounded: H1Transport, opening: bytes
+) -> None:
+    """Counted as the bytes arrive: the parser is never left to buffer a header without end."""
+    piece = {
+        b"HTTP/1.1 200 OK\r\nX-Endless: ": b"v" * 512,
+        b"HTTP/1.1 200 OK\r\n": b"X-Line: " + b"v" * 500 + b"\r\n",
+        b"": b"HTTP/1.1 100 Continue\r\nX-Interim: " + b"v" * 480 + b"\r\n\r\n",
+    }[opening]
+
+    async def handler(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.write(opening)
+        while True:
+            await peer.write(piece)
+            await asyncio.sleep(0.001)
+
+    async with ScriptedServer(handler) as server:
+        with pytest.raises(BackendError) as caught:
+            await post(bounded, server.url(), timeouts=Timeouts(1.0, 5.0, 5.0))
+        assert caught.value.kind is ErrorKind.TOO_LARGE
+        assert "server.max_response_header_bytes" in caught.value.message
+        assert await server.peers[0].wait_closed(1.0)
+        # Cut near the limit (what the kernel's buffers held aside), not after megabytes.
+        assert server.peers[0].sent < 16 * LIMITS.headers
+
+
+async def test_a_body_announced_past_the_limit_is_refused_before_it_is_read(
+    bounded: H1Transport,
+) -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+            % (LIMITS.body + 1)
+        )
+        await peer.wait_closed(5.0)  # and no byte of it
+
+    async with ScriptedServer(handler) as server:
+        with pytest.raises(BackendError) as caught:
+            # Refused at the headers: not the (long) first-byte timeout for the missing body.
+            await post(bounded, server.url(), timeouts=Timeouts(1.0, 5.0, 5.0))
+        assert caught.value.kind is ErrorKind.TOO_LARGE
+        assert "limit of 65536 bytes (server.max_response_body_bytes)" in caught.value.message
+        assert await server.peers[0].wait_closed(1.0)
+
+
+@pytest.mark.parametrize("status", [b"200 OK", b"500 Internal Server Error"])
+async def test_a_body_read_past_the_limit_fails_whatever_its_status(
+    bounded: H1Transport, status: bytes
+) -> None:
+    """An error body is bounded like any other (it would be the client's error message)."""
+
+    async def handler(peer: Peer) -> None:
+        while (request := await peer.read_request()) is not None:
+            size = int(request.values("X-Size")[0])
+            await peer.write(
+                b"HTTP/1.1 %s\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n" % status
+            )
+            for start in range(0, size, 4096):
+                await peer.write(chunk(b"b" * min(4096, size - start)))
+            await peer.write(LAST_CHUNK)
+
+    async with ScriptedServer(handler) as server:
+        whole = {**JSON, "X-Size": str(LIMITS.body)}
+        if status.startswith(b"200"):
+            assert len((await post(bounded, server.url(), headers=whole)).body or b"") == (
+                LIMITS.body
+            )
+        else:
+            with pytest.raises(BackendError) as caught:
+                await post(bounded, server.url(), headers=whole)
+            assert caught.value.kind is ErrorKind.SERVER_ERROR
+            assert len(caught.value.body) == LIMITS.body
+        with pytest.raises(BackendError) as caught:
+            await post(bounded, server.url(), headers={**JSON, "X-Size": str(LIMITS.body + 1)})
+        assert caught.value.kind is ErrorKind.TOO_LARGE
+        assert caught.value.body == b""
+
+
+@pytest.mark.parametrize(
+    "status",
+    [b"101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade", b"099 Odd"],
+    ids=["101", "099"],
+)
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_101_or_a_status_below_100_is_one_clean_error(
+    client: H1Transport, status: bytes, stream: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.write(b"HTTP/1.1 %s\r\n\r\n\x81\x05hello" % status)
+        await peer.wait_closed(2.0)
+
+    async with ScriptedServer(handler) as server:
+        with pytest.raises(BackendError) as caught:
+            await post(client, server.url(), stream=stream, timeouts=Timeouts(1.0, 5.0, 5.0))
+        assert caught.value.kind is ErrorKind.MALFORMED
+        assert f"status {int(status[:3])}" in caught.value.message or "101" in (
+            caught.value.message
+        )
+        assert await server.peers[0].wait_closed(1.0)
+    # No exception escaped the protocol (asyncio would log it with its traceback).
+    assert [record for record in caplog.records if record.name == "asyncio"] == []
+
+
+@pytest.mark.parametrize(
+    "filler",
+    [b": keep-alive\n\n", b"x"],
+    ids=["comments", "an-event-that-never-ends"],
+)
+async def test_only_events_keep_a_stream_alive(client: H1Transport, filler: bytes) -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.read_request()
+        partial = chunk(b"data: {") if filler == b"x" else b""
+        await peer.write(SSE_HEAD + chunk(EVENTS[0]) + partial)
+        for _ in range(500):
+            await asyncio.sleep(0.02)
+            await peer.write(chunk(filler))
+
+    async with ScriptedServer(handler) as server:
+        answer = await post(client, server.url(), stream=True, timeouts=Timeouts(1.0, 1.0, 0.2))
+        assert answer.events is not None
+        received: list[bytes] = []
+        with pytest.raises(BackendError) as caught:
+            await read_into(answer, received)
+        assert caught.value.kind is ErrorKind.TIMEOUT
+        assert caught.value.message == "stream stalled: no event for 0.2 s"
+        assert received == [EVENTS[0]]
+        assert await server.peers[0].wait_closed(1.0)
+
+
+async def test_comments_before_the_first_event_end_at_the_first_byte_timeout(
+    client: H1Transport,
+) -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.write(SSE_HEAD)
+        for _ in range(500):
+            await peer.write(chunk(b": still thinking\n\n"))
+            await asyncio.sleep(0.02)
+
+    async with ScriptedServer(handler) as server:
+        answer = await post(client, server.url(), stream=True, timeouts=Timeouts(1.0, 0.3, 5.0))
+        with pytest.raises(BackendError) as caught:
+            await collect(answer)
+        assert caught.value.kind is ErrorKind.TIMEOUT
+        assert caught.value.message == "no first event within 0.3 s"
+
+
+async def test_a_giant_event_fails_the_stream_and_drops_the_connection(
+    bounded: H1Transport,
+) -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.write(SSE_HEAD + chunk(EVENTS[0]) + chunk(b"data: "))
+        while True:
+            await peer.write(chunk(b"g" * 4096))
+
+    async with ScriptedServer(handler) as server:
+        answer = await post(bounded, server.url(), stream=True)
+        assert answer.events is not None
+        received: list[bytes] = []
+        with pytest.raises(BackendError) as caught:
+            await read_into(answer, received)
+        assert caught.value.kind is ErrorKind.TOO_LARGE
+        assert "limit of 16384 bytes (server.max_stream_event_bytes)" in caught.value.message
+        assert received == [EVENTS[0]]
+        assert await server.peers[0].wait_closed(1.0)
+
+
+@pytest.mark.parametrize("after", ["same-write", "20-ms-later"])
+async def test_after_done_the_answer_end_keeps_the_connection(
+    client: H1Transport, after: str
+) -> None:
+    """The reader stops at [DONE]; the end that follows at once puts the connection back."""
+    events = sse_events(3)
+
+    async def handler(peer: Peer) -> None:
+        while await peer.read_request() is not None:
+            if after == "same-write":
+                await peer.write(SSE_HEAD + chunk(b"".join(events)) + LAST_CHUNK)
+            else:
+                await peer.write(SSE_HEAD + chunk(b"".join(events)))
+                await asyncio.sleep(0.02)
+                await peer.write(LAST_CHUNK)
+
+    async with ScriptedServer(handler) as server:
+        for _ in range(3):
+            answer = await post(client, server.url(), stream=True)
+            assert await collect(answer) == events
+            await answer.aclose()
+            await asyncio.sleep(0.05)
+        assert len(server.peers) == 1
+        assert len(server.requests) == 3
+
+
+@pytest.mark.parametrize("then", ["silence", "endless-events"])
+async def test_after_done_a_backend_that_goes_on_loses_the_connection(
+    client: H1Transport, then: str
+) -> None:
+    events = sse_events(2)
+    more = b'data: {"after":"done"}\n\n' * 100
+
+    async def handler(peer: Peer) -> None:
+        while await peer.read_request() is not None:
+            await peer.write(SSE_HEAD + chunk(b"".join(events) + more))
+            if then == "silence":
+                await peer.wait_closed(5.0)
+                return
+            while True:
+                await peer.write(chunk(more))
+                await asyncio.sleep(0.001)
+
+    async with ScriptedServer(handler) as server:
+        answer = await post(client, server.url(), stream=True)
+        assert await collect(answer) == events  # nothing after [DONE] is handed over
+        await answer.aclose()
+        assert await server.peers[0].wait_closed(LINGER_SECONDS + 1.0)
+        # The next request goes out on a new connection.
+        assert await collect(await post(client, server.url(), stream=True)) == events
+        assert len(server.peers) == 2

@@ -1,4 +1,7 @@
-"""The hot-path clients (aiohttp, and httpx for comparison) against a real fake backend."""
+"""The hot-path clients (h1, aiohttp, httpx) against a real fake backend and a hostile one.
+
+Each behaviour holds for all three: the same answers, errors, timeouts, and the same bounds on
+what a backend can make them read (``ResponseLimits``)."""
 
 from __future__ import annotations
 
@@ -13,9 +16,26 @@ import anyio
 import httpx
 import pytest
 
-from nexus_core.adapters import BackendError, ErrorKind, Timeouts, UpstreamResponse
-from nexus_core.http import AiohttpTransport, make_transport
-from nexus_core.testing import Behaviour, FakeBackend, blackhole_url, closed_port_url
+from nexus_core.adapters import (
+    BackendError,
+    BackendStatus,
+    ErrorKind,
+    ResponseLimits,
+    Timeouts,
+    UpstreamResponse,
+)
+from nexus_core.config import BackendConfig
+from nexus_core.http import AiohttpTransport, HttpClients, ResponseTooLarge, make_transport
+from nexus_core.openai_wire import OpenAIWireAdapter
+from nexus_core.testing import (
+    Attack,
+    Behaviour,
+    FakeBackend,
+    HostileBackend,
+    blackhole_url,
+    closed_port_url,
+)
+from nexus_core.testing.hostile import REDIRECT_TARGET
 
 pytestmark = pytest.mark.anyio
 # One TLS context for every client: building one per client costs ~70 ms (certificates).
@@ -374,3 +394,289 @@ async def test_the_pool_reuses_connections_after_complete_answers(
         assert (await post(transport, fake)).status == 200
         await collect(await post(transport, fake, stream=True))
     assert fake.disconnects == []
+
+
+# -- a hostile backend: every read is bounded, every oddity a clean failure ----------------------
+
+LIMITS = ResponseLimits(body=256 * 1024, headers=8 * 1024, event=64 * 1024)
+HOSTILE_TIMEOUTS = Timeouts(connect=1.0, first_byte=0.6, idle=0.3)
+
+
+@pytest.fixture
+async def hostile(anyio_backend: str) -> AsyncIterator[HostileBackend]:
+    async with HostileBackend(drip_seconds=0.05) as backend:
+        yield backend
+
+
+@pytest.fixture(params=["h1", "aiohttp", "httpx"])
+async def bounded(anyio_backend: str, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """Every hot-path client, with small limits."""
+    client = make_transport(request.param, limits=LIMITS)
+    yield client
+    await client.aclose()
+
+
+async def hostile_post(
+    transport: Any, hostile: HostileBackend, *, stream: bool = False
+) -> UpstreamResponse:
+    payload = body(**({"stream": True} if stream else {}))
+    return await transport.post(
+        hostile.url + "/v1/chat/completions",
+        payload,
+        HEADERS,
+        stream=stream,
+        timeouts=HOSTILE_TIMEOUTS,
+    )
+
+
+async def failure(transport: Any, hostile: HostileBackend, *, stream: bool) -> BackendError:
+    """The error a request (and, for a stream, reading it) ends with."""
+    try:
+        response = await hostile_post(transport, hostile, stream=stream)
+        await collect(response)
+    except BackendError as error:
+        return error
+    pytest.fail("the request succeeded")
+
+
+@pytest.mark.parametrize(
+    ("attack", "setting"),
+    [
+        (Attack.ENDLESS_BODY, "server.max_response_body_bytes"),
+        (Attack.LENGTH_TOO_BIG, "server.max_response_body_bytes"),
+        (Attack.GIANT_HEADERS, "server.max_response_header_bytes"),
+        (Attack.GIANT_HEADER_VALUE, "server.max_response_header_bytes"),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_answer_past_a_limit_fails_and_drops_the_connection(
+    hostile: HostileBackend, bounded: Any, attack: Attack, setting: str, stream: bool
+) -> None:
+    hostile.attack = attack
+    error = await failure(bounded, hostile, stream=stream)
+    assert error.kind is ErrorKind.TOO_LARGE
+    assert error.retryable  # another backend may be tried
+    assert setting in error.message
+    assert await anyio.to_thread.run_sync(hostile.wait_peer_closed, 1, 2.0)
+    # The attack was cut short: what it sent stops growing once the connection is dropped.
+    sent = hostile.bytes_sent
+    await anyio.sleep(0.1)
+    assert hostile.bytes_sent == sent
+
+
+async def test_a_giant_stream_event_fails_the_stream(hostile: HostileBackend, bounded: Any) -> None:
+    hostile.attack = Attack.GIANT_EVENT
+    hostile.opening_event = True
+    response = await hostile_post(bounded, hostile, stream=True)
+    received: list[bytes] = []
+    with pytest.raises(BackendError) as caught:
+        await read_into(response, received)
+    assert caught.value.kind is ErrorKind.TOO_LARGE
+    assert "server.max_stream_event_bytes" in caught.value.message
+    assert len(received) == 1  # the opening event came through; the giant one never did
+    await response.aclose()
+    assert await anyio.to_thread.run_sync(hostile.wait_peer_closed, 1, 2.0)
+
+
+async def test_a_giant_first_event_fails_before_any_event(
+    hostile: HostileBackend, bounded: Any
+) -> None:
+    hostile.attack = Attack.GIANT_EVENT
+    error = await failure(bounded, hostile, stream=True)
+    assert error.kind is ErrorKind.TOO_LARGE
+
+
+@pytest.mark.parametrize("attack", [Attack.COMMENTS_ONLY, Attack.PARTIAL_EVENT])
+async def test_bytes_that_are_no_event_do_not_keep_a_stream_alive(
+    hostile: HostileBackend, bounded: Any, attack: Attack
+) -> None:
+    """Idle is measured between events: comments or an event that never ends do not count."""
+    hostile.attack = attack
+    hostile.opening_event = True
+    response = await hostile_post(bounded, hostile, stream=True)
+    received: list[bytes] = []
+    with pytest.raises(BackendError) as caught:
+        await read_into(response, received)
+    assert caught.value.kind is ErrorKind.TIMEOUT
+    assert "stream stalled: no event for 0.3 s" in caught.value.message
+    assert len(received) == 1
+    await response.aclose()
+    assert await anyio.to_thread.run_sync(hostile.wait_peer_closed, 1, 2.0)
+    assert len(hostile.requests) == 1
+
+
+@pytest.mark.parametrize("attack", [Attack.COMMENTS_ONLY, Attack.PARTIAL_EVENT])
+async def test_a_first_event_that_never_comes_is_the_first_byte_timeout(
+    hostile: HostileBackend, bounded: Any, attack: Attack
+) -> None:
+    hostile.attack = attack
+    error = await failure(bounded, hostile, stream=True)
+    assert error.kind is ErrorKind.TIMEOUT
+    assert "no first event within 0.6 s" in error.message
+
+
+@pytest.mark.parametrize("attack", [Attack.DRIP, Attack.LENGTH_SHORT])
+async def test_a_drip_fed_or_short_body_times_out(
+    hostile: HostileBackend, bounded: Any, attack: Attack
+) -> None:
+    hostile.attack = attack
+    error = await failure(bounded, hostile, stream=False)
+    assert error.kind is ErrorKind.TIMEOUT
+    assert await anyio.to_thread.run_sync(hostile.wait_peer_closed, 1, 2.0)
+
+
+async def test_nothing_after_done_is_read(hostile: HostileBackend, bounded: Any) -> None:
+    hostile.attack = Attack.EVENTS_AFTER_DONE
+    response = await hostile_post(bounded, hostile, stream=True)
+    events = await collect(response)
+    assert events[-1] == b"data: [DONE]\n\n"
+    assert b'"content":"more"' not in b"".join(events)
+    await response.aclose()
+    # The endless tail is not read: the connection is let go.
+    assert await anyio.to_thread.run_sync(hostile.wait_peer_closed, 1, 2.0)
+
+
+async def test_a_redirect_is_a_failure_never_followed(
+    hostile: HostileBackend, bounded: Any
+) -> None:
+    hostile.attack = Attack.REDIRECT
+    hostile.location = "http://127.0.0.1:1/elsewhere"
+    for stream in (False, True):
+        error = await failure(bounded, hostile, stream=stream)
+        assert (error.kind, error.status) == (ErrorKind.REDIRECT, 302)
+        assert error.retryable
+        assert "'http://127.0.0.1:1/elsewhere'" in error.message
+        assert "does not follow redirects" in error.message
+    # The default location carries a terminal escape (an 8-bit CSI): it is not in the message.
+    hostile.location = REDIRECT_TARGET
+    error = await failure(bounded, hostile, stream=False)
+    assert error.kind is ErrorKind.REDIRECT
+    assert "'http://127.0.0.1:1/steal?key= 2J'" in error.message
+    assert len(hostile.requests) == 3  # nothing else was asked, of anyone
+
+
+async def test_an_html_error_page_is_a_client_error_with_its_body(
+    hostile: HostileBackend, bounded: Any
+) -> None:
+    hostile.attack = Attack.HTML_ERROR
+    error = await failure(bounded, hostile, stream=False)
+    assert (error.kind, error.status) == (ErrorKind.CLIENT_ERROR, 400)
+    assert error.body.startswith(b"<!doctype html>")
+    assert error.headers["content-type"].startswith("text/html")
+
+
+async def test_an_html_answer_comes_back_with_its_type(
+    hostile: HostileBackend, bounded: Any
+) -> None:
+    """The transport hands it over; failover refuses a whole answer that is not JSON."""
+    hostile.attack = Attack.HTML_OK
+    response = await hostile_post(bounded, hostile, stream=True)
+    assert response.content_type.startswith("text/html")
+    assert response.events is None
+
+
+@pytest.mark.parametrize("attack", [Attack.SWITCHING_PROTOCOLS, Attack.GARBAGE])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_101_or_garbage_is_malformed_in_one_clean_error(
+    hostile: HostileBackend,
+    bounded: Any,
+    attack: Attack,
+    stream: bool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hostile.attack = attack
+    error = await failure(bounded, hostile, stream=stream)
+    assert error.kind is ErrorKind.MALFORMED
+    assert not error.retryable
+    assert await anyio.to_thread.run_sync(hostile.wait_peer_closed, 1, 2.0)
+    # No traceback from the event loop ("protocol.data_received() call failed" and the like).
+    assert [r for r in caplog.records if r.name == "asyncio"] == []
+
+
+async def test_limits_at_their_value_are_fine(fake: FakeBackend) -> None:
+    """A normal answer is far below the limits; limits are what the transport is made with."""
+    for name in ("h1", "aiohttp", "httpx"):
+        transport = make_transport(name, limits=LIMITS)
+        try:
+            assert (await post(transport, fake)).status == 200
+            assert (await collect(await post(transport, fake, stream=True)))[-1] == (
+                b"data: [DONE]\n\n"
+            )
+        finally:
+            await transport.aclose()
+
+
+# -- the probe client: each answer bounded in size and in total time ---------------------------
+
+
+@pytest.fixture
+async def probe_clients(anyio_backend: str) -> AsyncIterator[HttpClients]:
+    clients = HttpClients(limits=LIMITS, probe_deadline=0.5)
+    yield clients
+    await clients.aclose()
+
+
+async def test_a_drip_fed_probe_answer_hits_the_probe_deadline(
+    hostile: HostileBackend, probe_clients: HttpClients
+) -> None:
+    """httpx's timeouts are per read: a byte every 50 ms never trips them, the deadline does."""
+    hostile.attack = Attack.DRIP
+    hostile.probes = True
+    with pytest.raises(httpx.ReadTimeout) as caught:
+        await probe_clients.probe.get(hostile.url + "/v1/models")
+    assert "0.5 s" in str(caught.value)
+    assert await anyio.to_thread.run_sync(hostile.wait_peer_closed, 1, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("attack", "setting"),
+    [
+        (Attack.ENDLESS_BODY, "server.max_response_body_bytes"),
+        (Attack.LENGTH_TOO_BIG, "server.max_response_body_bytes"),
+        (Attack.GIANT_HEADER_VALUE, "server.max_response_header_bytes"),
+    ],
+)
+async def test_a_probe_answer_past_a_limit_is_refused(
+    hostile: HostileBackend, probe_clients: HttpClients, attack: Attack, setting: str
+) -> None:
+    hostile.attack = attack
+    hostile.probes = True
+    with pytest.raises(httpx.HTTPError) as caught:
+        await probe_clients.probe.get(hostile.url + "/v1/models")
+    if attack is Attack.GIANT_HEADER_VALUE:
+        # h11 refuses a head past 100 KiB while parsing (before Nexus's limit can be checked).
+        assert isinstance(caught.value, httpx.RemoteProtocolError)
+    else:
+        assert isinstance(caught.value, ResponseTooLarge)
+        assert setting in str(caught.value)
+    assert await anyio.to_thread.run_sync(hostile.wait_peer_closed, 1, 2.0)
+
+
+async def test_the_probe_client_does_not_follow_redirects(
+    hostile: HostileBackend, probe_clients: HttpClients
+) -> None:
+    hostile.attack = Attack.REDIRECT
+    hostile.probes = True
+    hostile.location = "http://127.0.0.1:1/elsewhere"
+    response = await probe_clients.probe.get(hostile.url + "/v1/models")
+    assert response.status_code == 302
+    # A Location with control characters is refused by httpx itself: a clean HTTP error.
+    hostile.location = "http://127.0.0.1:1/\x1b[2J"
+    with pytest.raises(httpx.RemoteProtocolError):
+        await probe_clients.probe.get(hostile.url + "/v1/models")
+    assert len(hostile.requests) == 2
+
+
+async def test_a_generic_backend_flooding_its_probe_is_unhealthy_and_says_why(
+    hostile: HostileBackend, probe_clients: HttpClients
+) -> None:
+    adapter = OpenAIWireAdapter(
+        BackendConfig(name="hostile", url=hostile.url, type="generic"), probe_clients
+    )
+    assert (await adapter.probe()).status is BackendStatus.HEALTHY
+    hostile.attack = Attack.ENDLESS_BODY
+    hostile.probes = True
+    result = await adapter.probe()
+    assert result.status is BackendStatus.UNHEALTHY
+    assert result.detail is not None
+    assert "server.max_response_body_bytes" in result.detail

@@ -5,10 +5,11 @@ from __future__ import annotations
 import itertools
 import json
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from nexus_core.sse import DONE, SSEParser, error_event, event_data
+from nexus_core.sse import DONE, EventTooLarge, SSEParser, error_event, event_data
 
 EVENTS = [
     b'data: {"id":"1","choices":[{"delta":{"content":"Hel"}}]}\n\n',
@@ -149,6 +150,69 @@ def test_error_event_is_what_the_openai_sdk_raises_on() -> None:
     assert custom["error"]["type"] == "timeout"
     assert custom["error"]["message"] == 'say "hi"\nnow'
     assert custom["error"]["code"] is None
+
+
+# -- the limit on one event, and linear work ------------------------------------------------
+
+
+def test_an_event_at_the_limit_passes_and_one_byte_more_is_refused() -> None:
+    event = b"data: " + b"x" * 94  # 100 bytes before its blank line
+    parser = SSEParser(max_event_bytes=100)
+    assert parser.feed(event + b"\n\n") == [event + b"\n\n"]
+    assert parser.feed(event[:50]) == []
+    assert parser.feed(event[50:] + b"\n\n") == [event + b"\n\n"]
+    with pytest.raises(EventTooLarge) as caught:
+        parser.feed(event + b"y\n\n")
+    assert caught.value.limit == 100
+
+
+def test_a_growing_event_is_refused_as_soon_as_it_passes_the_limit() -> None:
+    parser = SSEParser(max_event_bytes=1000)
+    assert parser.feed(b"data: ") == []
+    for _ in range(99):
+        assert parser.feed(b"x" * 10) == []
+    with pytest.raises(EventTooLarge):
+        parser.feed(b"x" * 10)  # 1006 bytes pending, no end in sight
+    # The buffer was let go of: nothing of the refused event remains.
+    assert parser.flush() is None
+
+
+def test_comment_lines_count_towards_the_limit() -> None:
+    parser = SSEParser(max_event_bytes=1000)
+    for _ in range(47):
+        assert parser.feed(b": keep-alive padding\n") == []  # one comment-only block...
+    with pytest.raises(EventTooLarge):
+        parser.feed(b": keep-alive padding\n")  # ...past 1000 bytes with this line
+
+
+def test_events_before_a_refused_one_in_the_same_chunk_are_handed_over() -> None:
+    parser = SSEParser(max_event_bytes=100)
+    small = b"data: {}\n\n"
+    with pytest.raises(EventTooLarge) as caught:
+        parser.feed(small + small + b"data: " + b"x" * 200)
+    assert caught.value.events == [small, small]
+    with pytest.raises(EventTooLarge) as caught:
+        parser.feed(small + b"data: " + b"x" * 200 + b"\n\n" + small)
+    assert caught.value.events == [small]
+
+
+def test_a_huge_event_in_tiny_pieces_comes_out_whole() -> None:
+    """Work is linear in the bytes: 1 MiB fed 16 bytes at a time (65,536 feeds). The old parser
+    re-copied the pending buffer per chunk (about 32 GB of copying here)."""
+    parser = SSEParser()
+    payload = bytes(range(32, 48)) * 65536
+    assert parser.feed(b"data: ") == []
+    for start in range(0, len(payload), 16):
+        assert parser.feed(payload[start : start + 16]) == []
+    assert parser.feed(b"\n\ndata: next\n\n") == [b"data: " + payload + b"\n\n", b"data: next\n\n"]
+
+
+def test_a_huge_event_split_across_crlf_pieces() -> None:
+    parser = SSEParser()
+    payload = b"y" * 300_000
+    chunks = [b"data: " + payload[:100_000], payload[100_000:] + b"\r", b"\n\r", b"\n"]
+    events = [event for chunk in chunks for event in parser.feed(chunk)]
+    assert events == [b"data: " + payload + b"\n\n"]
 
 
 # -- property: any chunking of any stream gives the events of the whole ---------------------

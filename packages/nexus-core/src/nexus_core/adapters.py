@@ -9,6 +9,7 @@ accounting) lives outside adapters.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
@@ -92,10 +93,21 @@ class ErrorKind(enum.StrEnum):
     SERVER_ERROR = "upstream_5xx"
     CLIENT_ERROR = "client_error"
     MALFORMED = "malformed_response"
+    #: The answer's headers, whole body or one stream event passed a size limit.
+    TOO_LARGE = "response_too_large"
+    #: A 3xx: Nexus never follows a backend's redirect, nor relays it.
+    REDIRECT = "redirect"
 
 
 RETRYABLE_KINDS = frozenset(
-    {ErrorKind.CONNECT, ErrorKind.TIMEOUT, ErrorKind.OVERLOADED, ErrorKind.SERVER_ERROR}
+    {
+        ErrorKind.CONNECT,
+        ErrorKind.TIMEOUT,
+        ErrorKind.OVERLOADED,
+        ErrorKind.SERVER_ERROR,
+        ErrorKind.TOO_LARGE,
+        ErrorKind.REDIRECT,
+    }
 )
 
 
@@ -122,7 +134,8 @@ class BackendError(Exception):
 
     @property
     def retryable(self) -> bool:
-        """True when another backend may well succeed (connect, timeout, 429, 5xx)."""
+        """True when another backend may well succeed (connect, timeout, 429, 5xx, too large,
+        redirect)."""
         return self.kind in RETRYABLE_KINDS
 
     @classmethod
@@ -132,23 +145,46 @@ class BackendError(Exception):
         body: bytes,
         headers: Mapping[str, str] | None = None,
     ) -> BackendError:
-        """Classify a non-2xx upstream answer."""
+        """Classify a non-2xx upstream answer (a 3xx is a failure: redirects are not followed)."""
         headers = headers or {}
         retry_after = _parse_retry_after(headers.get("retry-after") or headers.get("Retry-After"))
+        message = f"backend answered HTTP {status}"
         if status == 429:
             kind = ErrorKind.OVERLOADED
         elif status >= 500:
             kind = ErrorKind.SERVER_ERROR
-        else:
+        elif status >= 400:
             kind = ErrorKind.CLIENT_ERROR
+        elif status >= 300:
+            kind = ErrorKind.REDIRECT
+            location = headers.get("location") or headers.get("Location")
+            target = f" to '{clip(location)}'" if location else ""
+            message += f", a redirect{target} (Nexus does not follow redirects)"
+        else:  # an interim or success status is not an error to classify: the answer is odd
+            kind = ErrorKind.MALFORMED
         return cls(
             kind,
-            f"backend answered HTTP {status}",
+            message,
             status=status,
             body=body,
             headers=headers,
             retry_after=retry_after,
         )
+
+
+#: Characters of outside text (a backend's error body, a Location) kept in a message.
+CLIP_CHARS = 200
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]+")
+
+
+def clip(text: str, limit: int = CLIP_CHARS) -> str:
+    """Outside text made safe for a message or a log line, at most ``limit`` characters.
+
+    Control characters (CR, LF, the ESC and CSI of terminal escapes, undecodable bytes) become
+    spaces, runs of spaces one space; longer text ends in ``...``.
+    """
+    text = " ".join(_CONTROL.sub(" ", text[: limit * 4]).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _parse_retry_after(value: str | None) -> float | None:
@@ -167,6 +203,45 @@ class Timeouts:
     connect: float = 5.0
     first_byte: float = 120.0
     idle: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseLimits:
+    """Size limits (bytes) on what is read from a backend; past one, the attempt fails with
+    ``ErrorKind.TOO_LARGE`` and the connection is dropped.
+
+    The defaults are ``[server]``'s: ``max_response_body_bytes`` (a whole, non-streamed answer,
+    error bodies and probe answers included), ``max_response_header_bytes`` (the status line and
+    headers), ``max_stream_event_bytes`` (one SSE event).
+    """
+
+    body: int = 128 * 1024 * 1024
+    headers: int = 64 * 1024
+    event: int = 16 * 1024 * 1024
+
+    def body_error(self) -> BackendError:
+        """The error for an answer past ``body``."""
+        return BackendError(
+            ErrorKind.TOO_LARGE,
+            f"the backend's answer is larger than the limit of {self.body} bytes "
+            "(server.max_response_body_bytes)",
+        )
+
+    def headers_error(self) -> BackendError:
+        """The error for a status line and headers past ``headers``."""
+        return BackendError(
+            ErrorKind.TOO_LARGE,
+            f"the backend's response headers are larger than the limit of {self.headers} bytes "
+            "(server.max_response_header_bytes)",
+        )
+
+    def event_error(self) -> BackendError:
+        """The error for one stream event past ``event``."""
+        return BackendError(
+            ErrorKind.TOO_LARGE,
+            f"a stream event from the backend is larger than the limit of {self.event} bytes "
+            "(server.max_stream_event_bytes)",
+        )
 
 
 @dataclass(slots=True)

@@ -1,7 +1,12 @@
 """Failover: try the planned routes in order until one answers, before any byte reaches the client.
 
 After the first byte has gone out nothing can be retried; a stream that breaks then ends with one
-``data: {"error": ...}`` event and no ``[DONE]``, so a truncated answer never looks complete.
+``data: {"error": ...}`` event and no ``[DONE]``, so a truncated answer never looks complete. A
+stream ends at ``[DONE]``: nothing the backend sends after it is read.
+
+What a backend sends is never passed on as active content: a whole answer must be JSON (else the
+attempt fails, ``malformed_response``), and a 4xx body is passed through only when it is JSON;
+otherwise the client gets the front door's own error envelope with a clipped excerpt.
 """
 
 from __future__ import annotations
@@ -22,7 +27,14 @@ from nexus_core.accounting import (
     completion_estimate,
     usd,
 )
-from nexus_core.adapters import BackendError, Endpoint, ErrorKind, Timeouts, UpstreamResponse
+from nexus_core.adapters import (
+    BackendError,
+    Endpoint,
+    ErrorKind,
+    Timeouts,
+    UpstreamResponse,
+    clip,
+)
 from nexus_core.errors import GatewayError
 from nexus_core.h1 import TRACE_HEADERS
 from nexus_core.pricing import estimate_nano_usd
@@ -30,7 +42,7 @@ from nexus_core.quality import QualityTracker
 from nexus_core.queueing import CapacityQueue, release
 from nexus_core.registry import Backend
 from nexus_core.routing import RequestNeeds, Route, replace_model, with_include_usage
-from nexus_core.sse import error_event, event_data
+from nexus_core.sse import DONE_PREFIXES, error_event, event_data
 from nexus_core.telemetry import AttemptSpan, RequestSpan
 
 log = logging.getLogger("nexus.failover")
@@ -96,7 +108,8 @@ class ProxyResult:
 
 
 class ProxyStream:
-    """Relays upstream SSE events; releases the backend exactly once, however it ends.
+    """Relays upstream SSE events up to ``[DONE]``; releases the backend exactly once, however
+    it ends.
 
     On the way it counts the events and reads the ``usage`` a stream reports (hiding the
     usage-only chunk when Nexus asked for it and the client did not). When it ends, its outcome
@@ -171,6 +184,10 @@ class ProxyStream:
         events = self._upstream.events
         try:
             first = self._first
+            if first.startswith(DONE_PREFIXES):
+                self.completed = True
+                yield first
+                return
             if not (b'"usage"' in first and self._usage_event(first)):
                 self.chunks += 1
                 yield first
@@ -179,6 +196,12 @@ class ProxyStream:
                 return
             try:
                 async for event in events:
+                    if len(event) < 16 and event.startswith(DONE_PREFIXES):  # [DONE]: 13-14 B
+                        # The answer is whole: the stream ends here, whatever the backend says
+                        # next (it is not read; the upstream is released as the stream closes).
+                        self.completed = True
+                        yield event
+                        return
                     # A data event whose JSON was cut off cannot end in } or ]: end the stream
                     # with an error event rather than relay what the client cannot parse (two
                     # byte checks, no parsing).
@@ -233,6 +256,12 @@ class ProxyStream:
                 quality.record(self._backend.name, self._model, True)
             # Ended by the client: says nothing about the backend.
         try:
+            close = getattr(self._upstream.events, "aclose", None)
+            if close is not None:
+                # Ended early ([DONE], the client gone): end the transport's reader now rather
+                # than when the collector finds it (which would take a task).
+                with contextlib.suppress(RuntimeError):
+                    await close()
             await self._upstream.aclose()
         finally:
             on_end, self.on_end = self.on_end, None
@@ -363,6 +392,13 @@ async def execute(
                     ttft=elapsed / 1000,
                 )
             backend.observe_latency((time.perf_counter() - started) * 1000)
+            content_type = upstream.content_type
+            if not (content_type == JSON or is_json(content_type)):
+                raise BackendError(
+                    ErrorKind.MALFORMED,
+                    f"the backend answered HTTP {upstream.status} with content type "
+                    f"'{clip(content_type, 100)}', not JSON",
+                )
             parsed = None
             if upstream.body is not None and (
                 endpoint is not Endpoint.EMBEDDINGS or charge is not None
@@ -445,22 +481,53 @@ async def _send_with_context(
                 TRACE_HEADERS.reset(token)
 
 
+JSON = "application/json"
+
+
+def is_json(content_type: str) -> bool:
+    """Whether a ``Content-Type`` is JSON: ``application/json`` or ``application/*+json``."""
+    media = content_type.partition(";")[0].strip().lower()
+    return media == JSON or (media.startswith("application/") and media.endswith("+json"))
+
+
 def _as_gateway_error(exc: BackendError, backend: Backend, attempts: list[Attempt]) -> GatewayError:
     if exc.kind is ErrorKind.CLIENT_ERROR and exc.status is not None:
-        # Upstream 4xx: the client's own mistake, returned exactly as the backend said it.
-        return GatewayError(
-            exc.status,
-            exc.message,
-            raw_body=exc.body or None,
-            content_type=exc.headers.get("content-type", "application/json"),
-            headers={"X-Nexus-Backend": backend.name},
-        )
+        return client_error(exc, backend.name)
     return GatewayError(
         502,
         f"Backend '{backend.name}' sent an invalid response: {exc.message}",
         type="upstream_error",
         code="bad_gateway",
         details=[_attempt_detail(a) for a in attempts],
+    )
+
+
+def client_error(exc: BackendError, backend: str) -> GatewayError:
+    """An upstream 4xx for the client: the backend's body when it is JSON, else an envelope.
+
+    A JSON body (by its content type, and it parses) is the client's own mistake as the backend
+    described it: passed through with its status, as ``application/json``. Anything else (an HTML
+    page, text) is never relayed as such: the front door's error envelope says "backend answered
+    HTTP 4xx" with a short excerpt free of control characters.
+    """
+    status = exc.status or 400
+    body = exc.body
+    if body and is_json(str(exc.headers.get("content-type", ""))):
+        try:
+            fastjson.loads(body)
+        except (ValueError, RecursionError):
+            pass
+        else:
+            return GatewayError(
+                status, exc.message, raw_body=body, headers={"X-Nexus-Backend": backend}
+            )
+    excerpt = clip(body[:1024].decode("utf-8", "replace")) if body else ""
+    return GatewayError(
+        status,
+        f"Backend '{backend}' answered HTTP {status}" + (f": {excerpt}" if excerpt else ""),
+        type="invalid_request_error",
+        code="upstream_client_error",
+        headers={"X-Nexus-Backend": backend},
     )
 
 

@@ -18,7 +18,14 @@ from pydantic import ValidationError
 
 from nexus_core import fastjson
 from nexus_core.accounting import Accountant, usd
-from nexus_core.adapters import AdapterFactory, BackendStatus, Endpoint, ModelInfo, Timeouts
+from nexus_core.adapters import (
+    AdapterFactory,
+    BackendStatus,
+    Endpoint,
+    ModelInfo,
+    ResponseLimits,
+    Timeouts,
+)
 from nexus_core.auth import ApiKey, KeyRing
 from nexus_core.config import (
     AUTO_TYPE,
@@ -33,7 +40,7 @@ from nexus_core.config import (
 from nexus_core.errors import GatewayError
 from nexus_core.failover import ProxyResult, ProxyStream, execute
 from nexus_core.health import HealthChecker
-from nexus_core.http import HttpClients
+from nexus_core.http import PROBE_DEADLINE_SECONDS, HttpClients
 from nexus_core.observability import Monitor, RequestRecord
 from nexus_core.quality import QualityTracker
 from nexus_core.queueing import CapacityQueue, is_full
@@ -95,12 +102,21 @@ class Gateway:
         )
         self.router.health_interval = config.health_check.interval_seconds
         self.health = HealthChecker(self.registry, config.health_check)
-        self.clients = clients or HttpClients()
+        server = config.server
+        # What is read from backends is bounded by [server]'s limits (an embedder's own clients
+        # keep theirs); a probe may take as long as a health check allows, at least the default.
+        self.clients = clients or HttpClients(
+            limits=ResponseLimits(
+                body=server.max_response_body_bytes,
+                headers=server.max_response_header_bytes,
+                event=server.max_stream_event_bytes,
+            ),
+            probe_deadline=max(PROBE_DEADLINE_SECONDS, config.health_check.timeout_seconds),
+        )
         self._backend_types = dict(backend_types) if backend_types is not None else None
         self._discovery_sources = dict(discovery_sources) if discovery_sources is not None else None
         #: The discovery sources running now, by name (empty while discovery is off).
         self.discovery: dict[str, DiscoverySource] = {}
-        server = config.server
         self.timeouts = Timeouts(
             connect=server.connect_timeout_seconds,
             first_byte=server.first_byte_timeout_seconds,

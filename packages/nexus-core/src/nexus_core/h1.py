@@ -12,9 +12,19 @@ What it does, and what it deliberately does not:
   and read-until-close bodies. No proxies (the other clients run with ``trust_env=False`` too), no
   redirects (a backend that redirects a POST is misconfigured), no compression (the request says
   ``Accept-Encoding: identity``).
+- Every read is bounded (``ResponseLimits``): the status line and headers while they are parsed
+  (counted as bytes arrive, so a header that never ends is cut at the limit, not buffered), a
+  whole body, one SSE event; past a limit the attempt fails with ``ErrorKind.TOO_LARGE`` and the
+  connection is dropped with what it held. A stream must produce an *event* within the idle
+  timeout: comments and an event that never ends do not keep it alive.
+- A stream's reader stops at ``[DONE]``: nothing after it is read for the request. The connection
+  may wait a moment (``LINGER_SECONDS``, ``LINGER_BYTES``) for the answer's end, to go back to the
+  pool; anything else closes it.
 - A connection goes back to the pool only after a complete answer the server will keep alive;
   anything else (a timeout, a cancelled or abandoned request, a parse error) closes it, so the
   backend sees the client go away at once.
+- An answer that is not HTTP, a 101 Switching Protocols or a status below 100 is a clean
+  ``malformed_response`` (never an exception escaping the protocol, which asyncio would log).
 - A pooled connection that the server had closed while idle costs one quiet retry on a fresh one
   (only when nothing at all came back on it), as with any keep-alive client.
 """
@@ -31,8 +41,14 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from nexus_core.adapters import BackendError, ErrorKind, Timeouts, UpstreamResponse
-from nexus_core.sse import SSEParser, completes_answer
+from nexus_core.adapters import (
+    BackendError,
+    ErrorKind,
+    ResponseLimits,
+    Timeouts,
+    UpstreamResponse,
+)
+from nexus_core.sse import DONE_PREFIXES, EventTooLarge, SSEParser, completes_answer
 
 #: Extra headers (``traceparent``, ``tracestate``, a forwarded ``Authorization``) for the upstream
 #: requests made in this context, overriding the adapter's; set around an attempt by
@@ -44,10 +60,17 @@ TRACE_HEADERS: contextvars.ContextVar[tuple[tuple[str, str], ...] | None] = cont
 
 #: Stop reading from a backend while this many bytes of a stream wait for the client.
 HIGH_WATER: Final = 256 * 1024
+#: Pieces of a whole body kept as they came; past this many they are gathered into one buffer.
+BODY_PIECES: Final = 16
 #: Idle connections kept per backend address; more are closed when they come back.
 MAX_IDLE_PER_ORIGIN: Final = 512
 #: The parsed-URL cache is cleared when it grows past this (URLs are per backend and model).
 URL_CACHE_SIZE: Final = 1024
+#: After ``[DONE]``, how long and how many more bytes a stream's connection may take to end the
+#: answer (the last chunk usually follows at once) and so go back to the pool; past either it
+#: is closed.
+LINGER_SECONDS: Final = 0.5
+LINGER_BYTES: Final = 16 * 1024
 
 _SKIPPED = frozenset(
     {"host", "content-length", "connection", "transfer-encoding", "accept-encoding"}
@@ -134,9 +157,12 @@ class _Exchange:
         "content_type",
         "error",
         "finished",
+        "head",
         "headers",
+        "linger",
         "reading",
         "received",
+        "size",
         "status",
         "stream",
         "waiter",
@@ -151,9 +177,15 @@ class _Exchange:
         self.status = 0
         self.content_type = "application/json"
         self.headers: list[tuple[bytes, bytes]] = []
-        self.body: list[bytes] = []
+        self.body: list[bytes | bytearray] = []
         self.chunks: collections.deque[bytes] = collections.deque()
         self.buffered = 0
+        #: Bytes received while the final answer's status line and headers were incomplete.
+        self.head = 0
+        #: Body bytes of a whole answer so far (or, lingering after [DONE], bytes discarded).
+        self.size = 0
+        #: The timer that ends a linger after [DONE] (None when not lingering).
+        self.linger: asyncio.TimerHandle | None = None
         self.received = False
         #: The body goes to ``chunks`` (a stream being relayed), not ``body``.
         self.reading = False
@@ -183,6 +215,7 @@ class _Connection(asyncio.Protocol):
         "closed",
         "exchange",
         "key",
+        "limits",
         "parser",
         "paused",
         "pool",
@@ -193,6 +226,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, pool: _Pool, key: tuple[str, str, int]) -> None:
         self.pool = pool
         self.key = key
+        self.limits = pool.limits
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: _Exchange | None = None
@@ -216,6 +250,9 @@ class _Connection(asyncio.Protocol):
         if exchange is None:
             return
         self.exchange = None
+        if exchange.linger is not None:
+            exchange.linger.cancel()
+            exchange.linger = None
         if self.until_eof and exchange.status and not exchange.finished and exc is None:
             # An answer without Content-Length or chunking ends when the connection closes
             # cleanly (a reset cuts it short: RFC 9112 section 8).
@@ -238,16 +275,35 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         exchange.received = True
+        if not exchange.status:
+            exchange.head += len(data)
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.fail(exchange, _unexpected(101))
         except httptools.HttpParserError as exc:
-            if self.exchange is exchange and exchange.error is None:
-                exchange.error = BackendError(
-                    ErrorKind.MALFORMED, f"the backend's answer is not valid HTTP: {exc}"
-                )
+            # A callback that refused the answer has set the error already.
+            self.fail(
+                exchange,
+                BackendError(ErrorKind.MALFORMED, f"the backend's answer is not valid HTTP: {exc}"),
+            )
+        else:
+            if not exchange.status and exchange.head > self.limits.headers:
+                # The headers never end: cut them at the limit (the parser holds what it has).
+                self.fail(exchange, self.limits.headers_error())
+
+    def fail(self, exchange: _Exchange, error: BackendError) -> None:
+        """End ``exchange`` with ``error`` (unless it has one, or is over) and drop the socket."""
+        if self.exchange is exchange:
             self.exchange = None
-            self.close()
-            exchange.wake()
+            if exchange.error is None:
+                exchange.error = error
+            exchange.body = []  # a refused body is let go of now
+            if exchange.linger is not None:
+                exchange.linger.cancel()
+                exchange.linger = None
+        self.close()
+        exchange.wake()
 
     # -- httptools callbacks ------------------------------------------------------------------
 
@@ -262,20 +318,30 @@ class _Connection(asyncio.Protocol):
         parser = self.parser
         status = parser.get_status_code()
         if status < 200:
+            if status == 101 or status < 100:
+                exchange.error = _unexpected(status)
+                raise _Refused
             # An interim answer (100 Continue, 103 Early Hints): the real one follows.
             exchange.headers = []
             return
         exchange.status = status
-        chunked = has_length = False
+        chunked = False
+        length = None
+        size = 0
         for name, value in exchange.headers:
+            size += len(name) + len(value) + 4  # as on the wire: ": " and CRLF
             lowered = name.lower()
             if lowered == b"content-type":
                 exchange.content_type = value.decode("latin-1")
             elif lowered == b"content-length":
-                has_length = True
+                length = value
             elif lowered == b"transfer-encoding":
                 chunked = b"chunked" in value.lower()
-        self.until_eof = not (chunked or has_length) and status not in (204, 304)
+        limits = self.limits
+        if size > limits.headers:
+            exchange.error = limits.headers_error()
+            raise _Refused
+        self.until_eof = not (chunked or length is not None) and status not in (204, 304)
         if (
             exchange.stream
             and status < 300
@@ -283,12 +349,30 @@ class _Connection(asyncio.Protocol):
         ):
             exchange.reading = True
             exchange.wake()
+        elif length is not None and int(length) > limits.body:
+            # Announced too big: refused before a byte of it is read.
+            exchange.error = limits.body_error()
+            raise _Refused
 
     def on_body(self, body: bytes) -> None:
         exchange = self.exchange
         assert exchange is not None
         if not exchange.reading:
-            exchange.body.append(body)
+            exchange.size += len(body)
+            if exchange.size > self.limits.body:
+                exchange.error = self.limits.body_error()
+                raise _Refused
+            parts = exchange.body
+            if len(parts) < BODY_PIECES:
+                parts.append(body)
+            else:
+                gather(parts, body)
+            return
+        if exchange.linger is not None:
+            # After [DONE]: nobody reads this; only the answer's end is awaited.
+            exchange.size += len(body)
+            if exchange.size > LINGER_BYTES:
+                raise _Refused
             return
         exchange.chunks.append(body)
         exchange.buffered += len(body)
@@ -304,6 +388,9 @@ class _Connection(asyncio.Protocol):
             return  # the end of an interim answer
         exchange.finished = True
         self.exchange = None
+        if exchange.linger is not None:
+            exchange.linger.cancel()
+            exchange.linger = None
         if self.paused:
             # The whole answer came while its reader was behind: nothing more is owed to it.
             self.resume()
@@ -327,6 +414,23 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
+    def linger(self, exchange: _Exchange) -> None:
+        """The reader is done with ``exchange`` ([DONE]) before its end came: drop what it holds
+        and wait briefly for the end, so the connection can go back to the pool."""
+        if exchange.linger is not None:
+            return
+        if self.exchange is not exchange or self.closed:
+            self.close()
+            return
+        exchange.chunks.clear()
+        exchange.buffered = 0
+        exchange.size = 0
+        exchange.linger = asyncio.get_running_loop().call_later(
+            LINGER_SECONDS, _end_linger, self, exchange
+        )
+        if self.paused:
+            self.resume()
+
     def close(self) -> None:
         """Drop the connection now (the peer sees it at once)."""
         if not self.closed:
@@ -336,13 +440,57 @@ class _Connection(asyncio.Protocol):
                 self.transport.abort()
 
 
+def gather(parts: list[bytes | bytearray], piece: bytes) -> None:
+    """Add ``piece`` to a big body's ``parts``, gathered into one growing buffer.
+
+    Many pieces of a few hundred KiB each would leave the allocator's heap fragmented once they
+    are freed (the process keeps the memory: +240 MB after one 128 MiB body refused); one buffer
+    grows by reallocation and goes back to the system when it is freed.
+    """
+    first = parts[0]
+    gathered = first if isinstance(first, bytearray) else bytearray(first)
+    for part in parts[1:]:
+        gathered += part
+    gathered += piece
+    parts[:] = [gathered]
+
+
+def joined(parts: list[bytes | bytearray]) -> bytes:
+    """A body's parts as one ``bytes`` (the only part itself when it is one)."""
+    if len(parts) == 1:
+        first = parts[0]
+        if type(first) is bytes:
+            return first
+    return b"".join(parts)
+
+
+def _end_linger(connection: _Connection, exchange: _Exchange) -> None:
+    """The answer did not end soon after [DONE]: close its connection."""
+    exchange.linger = None
+    if connection.exchange is exchange:
+        connection.close()
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing an answer refused (its error is set)."""
+
+
+def _unexpected(status: int) -> BackendError:
+    if status == 101:
+        reason = "101 Switching Protocols, which Nexus never asks for"
+    else:
+        reason = f"status {status}, which is not an HTTP status"
+    return BackendError(ErrorKind.MALFORMED, f"the backend answered {reason}")
+
+
 class _Pool:
     """Idle connections per origin, most recently used first out."""
 
-    __slots__ = ("idle",)
+    __slots__ = ("idle", "limits")
 
-    def __init__(self) -> None:
+    def __init__(self, limits: ResponseLimits) -> None:
         self.idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self.limits = limits
 
     def take(self, key: tuple[str, str, int]) -> _Connection | None:
         idle = self.idle.get(key)
@@ -377,8 +525,11 @@ class _Pool:
 class H1Transport:
     """``UpstreamTransport`` over ``_Connection``s: the default hot-path client."""
 
-    def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
-        self._pool = _Pool()
+    def __init__(
+        self, *, ssl_context: ssl.SSLContext | None = None, limits: ResponseLimits | None = None
+    ) -> None:
+        self.limits = limits or ResponseLimits()
+        self._pool = _Pool(self.limits)
         self._origins: dict[str, _Origin] = {}
         self._ssl_context = ssl_context
 
@@ -485,8 +636,7 @@ class H1Transport:
 
         status = exchange.status
         if not exchange.reading:
-            parts = exchange.body
-            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            data = joined(exchange.body)
             if status >= 300:
                 raise BackendError.from_status(
                     status, data, dict(ResponseHeaders(exchange.headers).items())
@@ -498,19 +648,12 @@ class H1Transport:
                 headers=ResponseHeaders(exchange.headers),
             )
 
-        opened = connection
-        answer = exchange
-
-        async def release() -> None:
-            if not answer.finished:
-                opened.close()
-
-        reader = _EventReader(opened, exchange, timeouts.idle)
+        reader = _EventReader(connection, exchange, timeouts, deadline)
         return UpstreamResponse(
             status=status,
             content_type=exchange.content_type,
             events=aiter(reader),
-            release=release,
+            release=reader.aclose,
             headers=ResponseHeaders(exchange.headers),
             ready=reader.ready,
         )
@@ -531,13 +674,19 @@ def _expire(exchange: _Exchange, seconds: float) -> None:
         exchange.wake()
 
 
-def _stall(exchange: _Exchange, seconds: float) -> None:
-    """No stream data within the idle timeout."""
+def _stall(reader: _EventReader) -> None:
+    """No stream event within the idle timeout (or the first one within the first-byte one)."""
+    exchange = reader.exchange
     if exchange.error is None and exchange.waiter is not None:
-        exchange.error = BackendError(
-            ErrorKind.TIMEOUT, f"stream stalled: no data for {seconds:g} s"
-        )
+        exchange.error = stalled(reader.started, reader.first_byte, reader.idle)
         exchange.wake()
+
+
+def stalled(started: bool, first_byte: float, idle: float) -> BackendError:
+    """The timeout of a stream whose (first, when not ``started``) event did not come in time."""
+    if started:
+        return BackendError(ErrorKind.TIMEOUT, f"stream stalled: no event for {idle:g} s")
+    return BackendError(ErrorKind.TIMEOUT, f"no first event within {first_byte:g} s")
 
 
 class _EventReader:
@@ -546,26 +695,60 @@ class _EventReader:
     ``ready`` lets the relay write events that arrived together in one write (never holding one
     back to wait for another): it is true while a complete event is parsed and waiting, or when
     the answer has ended (what remains needs no more reading).
+
+    Timeouts count from events, not bytes: the first event must come by the first-byte deadline,
+    each next one within ``idle`` of the reader asking for it, whatever else (comments, part of an
+    event) arrives meanwhile. The reader ends at ``[DONE]``.
     """
 
-    __slots__ = ("complete", "connection", "events", "exchange", "idle", "parser")
+    __slots__ = (
+        "complete",
+        "connection",
+        "deadline",
+        "done",
+        "events",
+        "exchange",
+        "first_byte",
+        "idle",
+        "parser",
+        "started",
+    )
 
-    def __init__(self, connection: _Connection, exchange: _Exchange, idle: float) -> None:
+    def __init__(
+        self, connection: _Connection, exchange: _Exchange, timeouts: Timeouts, deadline: float
+    ) -> None:
         self.connection = connection
         self.exchange = exchange
-        self.idle = idle
-        self.parser = SSEParser()
+        self.idle = timeouts.idle
+        self.first_byte = timeouts.first_byte
+        #: When the first event is due (the loop's clock): the request's first-byte deadline.
+        self.deadline = deadline
+        self.parser = SSEParser(connection.limits.event)
         self.events: collections.deque[bytes] = collections.deque()
         # Complete when [DONE] came or some event carried a finish_reason.
         self.complete = False
+        #: [DONE] was handed over: nothing more is read.
+        self.done = False
+        #: An event was handed over (the idle timeout applies from then on).
+        self.started = False
 
     def _parse(self) -> None:
         exchange = self.exchange
         chunks = exchange.chunks
-        while chunks:
-            chunk = chunks.popleft()
-            exchange.buffered -= len(chunk)
-            self.events.extend(self.parser.feed(chunk))
+        try:
+            while chunks:
+                chunk = chunks.popleft()
+                exchange.buffered -= len(chunk)
+                self.events.extend(self.parser.feed(chunk))
+        except EventTooLarge as exc:
+            self.events.extend(exc.events)
+            chunks.clear()
+            exchange.buffered = 0
+            error = self.connection.limits.event_error()
+            if not exchange.finished:  # (else the connection may carry another answer now)
+                self.connection.fail(exchange, error)
+            exchange.error = error
+            return
         connection = self.connection
         # Only while the connection still carries this answer (once it is whole, the connection
         # may be carrying the next one, whose pause is not ours to lift).
@@ -587,23 +770,36 @@ class _EventReader:
         exchange = self.exchange
         events = self.events
         loop = asyncio.get_running_loop()
+        # When the next event is due; None: "idle from now", fixed at the first wait for it (so
+        # chunks that bring no event do not move it).
+        deadline: float | None = self.deadline
         try:
             while True:
                 if events:
                     event = events.popleft()
+                    # [DONE] is 13 or 14 bytes: the length spares longer events the comparison.
+                    if len(event) < 16 and event.startswith(DONE_PREFIXES):
+                        self.complete = self.done = True
+                        events.clear()
+                        yield event
+                        return
                     if not self.complete:
                         self.complete = completes_answer(event)
                     yield event
+                    deadline = None
                     continue
                 if exchange.chunks:
                     self._parse()
                     continue
-                if exchange.finished:
-                    break
                 if exchange.error is not None:
                     raise exchange.take_error()
+                if exchange.finished:
+                    break
+                if deadline is None:
+                    deadline = loop.time() + self.idle
+                    self.started = True
                 waiter = exchange.waiter = loop.create_future()
-                timer = loop.call_later(self.idle, _stall, exchange, self.idle)
+                timer = loop.call_at(deadline, _stall, self)
                 try:
                     await waiter
                 finally:
@@ -618,5 +814,21 @@ class _EventReader:
                     ErrorKind.MALFORMED, "stream ended before the answer was complete"
                 )
         finally:
-            if not exchange.finished:
-                self.connection.close()
+            self.release()
+
+    def release(self) -> None:
+        """Let the connection go: kept for reuse after a whole answer, else closed (idempotent).
+
+        Stopped at [DONE] before the answer's end arrived, it may linger for that end.
+        """
+        exchange = self.exchange
+        if exchange.finished:
+            return
+        if self.done and exchange.error is None:
+            self.connection.linger(exchange)
+        else:
+            self.connection.close()
+
+    async def aclose(self) -> None:
+        """``UpstreamResponse.release``: the relay is over, however it ended."""
+        self.release()

@@ -6,22 +6,36 @@ behind the same server, and aiohttp's about twice httpx's. All three are kept be
 ``UpstreamTransport`` and pass the same behavioural tests; ``NEXUS_UPSTREAM_CLIENT`` picks one
 (``h1``, the default; ``aiohttp``; ``httpx``), so a backend that trips the leanest client can be
 served by a general one without touching adapters.
+
+Every client bounds what it reads from a backend (``ResponseLimits``, from ``[server]``): the
+headers, a whole body, one SSE event; the probe client (``HttpClients.probe``) bounds each answer's
+size and total time too, so a backend that floods or drip-feeds cannot grow memory or hang a probe.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Final, Protocol
 
 import aiohttp
 import httpx
 
-from nexus_core.adapters import BackendError, ErrorKind, Timeouts, UpstreamResponse
+from nexus_core.adapters import (
+    BackendError,
+    ErrorKind,
+    ResponseLimits,
+    Timeouts,
+    UpstreamResponse,
+)
+from nexus_core.h1 import BODY_PIECES, H1Transport, gather, joined, stalled
 from nexus_core.h1 import TRACE_HEADERS as TRACE_HEADERS
-from nexus_core.h1 import H1Transport
-from nexus_core.sse import SSEParser, completes_answer
+from nexus_core.sse import DONE_PREFIXES, EventTooLarge, SSEParser, completes_answer
+
+#: The longest a probe client's answer may take, from the request to its last byte (seconds);
+#: per read, connect and write the probe timeout (5 s) applies as well.
+PROBE_DEADLINE_SECONDS: Final = 10.0
 
 
 class UpstreamTransport(Protocol):
@@ -44,10 +58,21 @@ class UpstreamTransport(Protocol):
         ...
 
 
-class AiohttpTransport:
-    """``UpstreamTransport`` over one pooled ``aiohttp.ClientSession``."""
+class TransportFactory(Protocol):
+    """How an ``UpstreamTransport`` is made (the classes below are such factories)."""
 
-    def __init__(self) -> None:
+    def __call__(self, *, limits: ResponseLimits | None = None) -> UpstreamTransport: ...
+
+
+class AiohttpTransport:
+    """``UpstreamTransport`` over one pooled ``aiohttp.ClientSession``.
+
+    aiohttp bounds each header line and the number of headers while parsing; the total is checked
+    once they are in. Redirects are never followed.
+    """
+
+    def __init__(self, *, limits: ResponseLimits | None = None) -> None:
+        self.limits = limits or ResponseLimits()
         self._session: aiohttp.ClientSession | None = None
         self._connect_timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
@@ -60,6 +85,8 @@ class AiohttpTransport:
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent",),
                 timeout=aiohttp.ClientTimeout(total=None),
+                max_line_size=self.limits.headers,
+                max_field_size=self.limits.headers,
             )
             self._session = session
         return session
@@ -84,13 +111,20 @@ class AiohttpTransport:
         if connect_timeout is None:
             connect_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect)
             self._connect_timeouts[timeouts.connect] = connect_timeout
+        limits = self.limits
         response: aiohttp.ClientResponse | None = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeouts.first_byte
         try:
             # One deadline for the headers and, when the answer is not a stream, the body.
-            async with asyncio.timeout(timeouts.first_byte):
+            async with asyncio.timeout_at(deadline):
                 try:
                     response = await session.post(
-                        url, data=body, headers=headers, timeout=connect_timeout
+                        url,
+                        data=body,
+                        headers=headers,
+                        timeout=connect_timeout,
+                        allow_redirects=False,
                     )
                 except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                     if isinstance(exc, aiohttp.ClientConnectorError):
@@ -98,12 +132,20 @@ class AiohttpTransport:
                     # A pooled keep-alive connection the server had already closed (llama-server
                     # closes after a stream despite advertising keep-alive): once more, afresh.
                     response = await session.post(
-                        url, data=body, headers=headers, timeout=connect_timeout
+                        url,
+                        data=body,
+                        headers=headers,
+                        timeout=connect_timeout,
+                        allow_redirects=False,
                     )
+                if _header_size(response.raw_headers) > limits.headers:
+                    raise limits.headers_error()
                 status = response.status
                 content_type = response.headers.get("Content-Type", "application/json")
+                if status < 200:
+                    raise BackendError.from_status(status, b"", _lower_headers(response.headers))
                 if status >= 300 or not stream or not content_type.startswith("text/event-stream"):
-                    data = await response.read()
+                    data = await _read_aiohttp(response, limits)
                     response.release()
                     if status >= 300:
                         raise BackendError.from_status(
@@ -115,6 +157,10 @@ class AiohttpTransport:
                         body=data,
                         headers=response.headers,
                     )
+        except BackendError:
+            if response is not None:
+                response.close()
+            raise
         except aiohttp.ServerTimeoutError:
             # Before ``TimeoutError``: aiohttp's connect timeout is a subclass of it.
             raise BackendError(
@@ -129,6 +175,16 @@ class AiohttpTransport:
             ) from None
         except aiohttp.ClientConnectorError as exc:
             raise BackendError(ErrorKind.CONNECT, f"cannot connect: {exc.os_error}") from None
+        except aiohttp.ClientResponseError as exc:
+            # Raised by the parser: the answer is not HTTP, or its headers are past the limits.
+            if response is not None:
+                response.close()
+            message = str(exc.message)
+            if message.startswith(("Got more than", "Too many headers")):
+                raise limits.headers_error() from None
+            raise BackendError(
+                ErrorKind.MALFORMED, f"the backend's answer is not valid HTTP: {message[:200]}"
+            ) from None
         except aiohttp.ClientError as exc:
             if response is not None:
                 response.close()
@@ -148,7 +204,9 @@ class AiohttpTransport:
         return UpstreamResponse(
             status=status,
             content_type=content_type,
-            events=sse_events(_aiohttp_chunks(response), timeouts.idle, release),
+            events=sse_events(
+                _aiohttp_chunks(response), timeouts, release, deadline=deadline, limits=limits
+            ),
             release=release,
             headers=response.headers,
         )
@@ -161,32 +219,58 @@ class AiohttpTransport:
 
 
 async def sse_events(
-    chunks: AsyncIterator[bytes], idle: float, close: Callable[[], Awaitable[None]]
+    chunks: AsyncIterator[bytes],
+    timeouts: Timeouts,
+    close: Callable[[], Awaitable[None]],
+    *,
+    deadline: float,
+    limits: ResponseLimits,
 ) -> AsyncIterator[bytes]:
-    """Complete SSE events from raw body chunks; a stall or a truncated stream raises.
+    """Complete SSE events from raw body chunks, up to ``[DONE]`` (nothing after it is read).
 
-    ``chunks`` raises ``BackendError`` itself for a broken connection; ``close`` runs however
-    the iteration ends.
+    The first event is due by ``deadline`` (the loop's clock: the request's first-byte deadline),
+    each next one within ``timeouts.idle`` of being asked for; bytes that complete no event
+    (comments, part of one) do not count. A stall, an event past ``limits.event`` or a truncated
+    stream raises ``BackendError``; ``chunks`` raises it itself for a broken connection. ``close``
+    runs however the iteration ends.
     """
-    parser = SSEParser()
+    parser = SSEParser(limits.event)
+    loop = asyncio.get_running_loop()
+    # When the next event is due; None: "idle from now", fixed at the first wait for it.
+    due: float | None = deadline
+    started = False
     # Complete when [DONE] came or some event carried a finish_reason (servers that omit
     # [DONE] may still send a usage chunk after the finish chunk).
     complete = False
     try:
         while True:
+            if due is None:
+                due = loop.time() + timeouts.idle
+                started = True
             try:
-                async with asyncio.timeout(idle):
+                async with asyncio.timeout_at(due):
                     chunk = await anext(chunks, b"")
             except TimeoutError:
-                raise BackendError(
-                    ErrorKind.TIMEOUT, f"stream stalled: no data for {idle:g} s"
-                ) from None
+                raise stalled(started, timeouts.first_byte, timeouts.idle) from None
             if not chunk:
                 break
-            for event in parser.feed(chunk):
+            try:
+                events = parser.feed(chunk)
+            except EventTooLarge as exc:
+                events = exc.events
+                too_large = True
+            else:
+                too_large = False
+            for event in events:
+                if len(event) < 16 and event.startswith(DONE_PREFIXES):  # [DONE] is 13-14 B
+                    yield event
+                    return
                 if not complete:
                     complete = completes_answer(event)
                 yield event
+                due = None
+            if too_large:
+                raise limits.event_error()
         tail = parser.flush()
         if tail is not None:
             if not complete:
@@ -210,6 +294,29 @@ async def _aiohttp_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[byt
         yield chunk
 
 
+async def _read_aiohttp(response: aiohttp.ClientResponse, limits: ResponseLimits) -> bytes:
+    """A whole body, refused (``TOO_LARGE``) as soon as it is announced or read past the limit."""
+    length = response.content_length
+    if length is not None and length > limits.body:
+        raise limits.body_error()
+    parts: list[bytes | bytearray] = []
+    size = 0
+    content = response.content
+    while chunk := await content.readany():
+        size += len(chunk)
+        if size > limits.body:
+            raise limits.body_error()
+        if len(parts) < BODY_PIECES:
+            parts.append(chunk)
+        else:
+            gather(parts, chunk)
+    return joined(parts)
+
+
+def _header_size(raw: Iterable[tuple[bytes, bytes]]) -> int:
+    return sum(len(name) + len(value) for name, value in raw)
+
+
 def _lower_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {key.lower(): value for key, value in headers.items()}
 
@@ -218,10 +325,18 @@ class HttpxTransport:
     """``UpstreamTransport`` over ``httpx.AsyncClient``: the alternative kept for comparison.
 
     Correct for streams, timeouts and cancellation like ``AiohttpTransport``, and measurably
-    slower (docs/performance.md); pick it with ``NEXUS_UPSTREAM_CLIENT=httpx``.
+    slower (docs/performance.md); pick it with ``NEXUS_UPSTREAM_CLIENT=httpx``. Its HTTP/1.1
+    parser (h11, through httpcore) refuses a head of more than 100 KiB while parsing; the
+    ``headers`` limit is checked once they are in.
     """
 
-    def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        limits: ResponseLimits | None = None,
+    ) -> None:
+        self.limits = limits or ResponseLimits()
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
 
@@ -258,14 +373,20 @@ class HttpxTransport:
             headers=headers,
             timeout=httpx.Timeout(None, connect=timeouts.connect),
         )
+        limits = self.limits
         response: httpx.Response | None = None
+        deadline = asyncio.get_running_loop().time() + timeouts.first_byte
         try:
-            async with asyncio.timeout(timeouts.first_byte):
-                response = await client.send(request, stream=True)
+            async with asyncio.timeout_at(deadline):
+                response = await client.send(request, stream=True, follow_redirects=False)
+                if _header_size(response.headers.raw) > limits.headers:
+                    raise limits.headers_error()
                 status = response.status_code
                 content_type = response.headers.get("content-type", "application/json")
+                if status < 200:
+                    raise BackendError.from_status(status, b"", dict(response.headers))
                 if status >= 300 or not stream or not content_type.startswith("text/event-stream"):
-                    data = await response.aread()
+                    data = await _read_httpx(response, limits)
                     await response.aclose()
                     if status >= 300:
                         raise BackendError.from_status(status, data, dict(response.headers))
@@ -275,6 +396,10 @@ class HttpxTransport:
                         body=data,
                         headers=response.headers,
                     )
+        except BackendError:
+            if response is not None:
+                await response.aclose()
+            raise
         except httpx.ConnectTimeout:
             raise BackendError(
                 ErrorKind.TIMEOUT, f"connect timed out after {timeouts.connect:g} s"
@@ -288,6 +413,10 @@ class HttpxTransport:
             ) from None
         except httpx.ConnectError as exc:
             raise BackendError(ErrorKind.CONNECT, f"cannot connect: {exc}") from None
+        except httpx.RemoteProtocolError as exc:
+            if response is not None:
+                await response.aclose()
+            raise _protocol_error(exc, limits) from None
         except httpx.HTTPError as exc:
             if response is not None:
                 await response.aclose()
@@ -306,7 +435,9 @@ class HttpxTransport:
         return UpstreamResponse(
             status=status,
             content_type=content_type,
-            events=sse_events(_httpx_chunks(opened), timeouts.idle, release),
+            events=sse_events(
+                _httpx_chunks(opened), timeouts, release, deadline=deadline, limits=limits
+            ),
             release=release,
             headers=opened.headers,
         )
@@ -318,6 +449,36 @@ class HttpxTransport:
             self._client = None
 
 
+def _protocol_error(exc: httpx.RemoteProtocolError, limits: ResponseLimits) -> BackendError:
+    """What h11's complaint about an answer means for failover."""
+    message = str(exc)
+    if "Receive buffer too long" in message:  # h11's limit on an incomplete head
+        return limits.headers_error()
+    if "disconnected" in message:  # "Server disconnected without sending a response."
+        return BackendError(ErrorKind.CONNECT, f"connection lost: {message}")
+    return BackendError(
+        ErrorKind.MALFORMED, f"the backend's answer is not valid HTTP: {message[:200]}"
+    )
+
+
+async def _read_httpx(response: httpx.Response, limits: ResponseLimits) -> bytes:
+    """A whole body, refused (``TOO_LARGE``) as soon as it is announced or read past the limit."""
+    length = response.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limits.body:
+        raise limits.body_error()
+    parts: list[bytes | bytearray] = []
+    size = 0
+    async for chunk in response.aiter_raw():
+        size += len(chunk)
+        if size > limits.body:
+            raise limits.body_error()
+        if len(parts) < BODY_PIECES:
+            parts.append(chunk)
+        else:
+            gather(parts, chunk)
+    return joined(parts)
+
+
 async def _httpx_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
     try:
         async for chunk in response.aiter_raw():
@@ -326,14 +487,16 @@ async def _httpx_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
         raise BackendError(ErrorKind.CONNECT, f"stream broken: {exc}") from None
 
 
-TRANSPORTS: Mapping[str, Callable[[], UpstreamTransport]] = {
+TRANSPORTS: Mapping[str, TransportFactory] = {
     "h1": H1Transport,
     "aiohttp": AiohttpTransport,
     "httpx": HttpxTransport,
 }
 
 
-def make_transport(name: str | None = None) -> UpstreamTransport:
+def make_transport(
+    name: str | None = None, *, limits: ResponseLimits | None = None
+) -> UpstreamTransport:
     """The hot-path client named by ``name`` or ``NEXUS_UPSTREAM_CLIENT`` (default h1)."""
     name = (name or os.environ.get("NEXUS_UPSTREAM_CLIENT") or "h1").lower()
     factory = TRANSPORTS.get(name)
@@ -341,23 +504,141 @@ def make_transport(name: str | None = None) -> UpstreamTransport:
         raise ValueError(
             f"NEXUS_UPSTREAM_CLIENT: unknown client {name!r} (known: {', '.join(TRANSPORTS)})"
         )
-    return factory()
+    return factory(limits=limits)
+
+
+class ResponseTooLarge(httpx.RemoteProtocolError):
+    """A probe client's answer past ``ResponseLimits`` (headers or body)."""
+
+
+class BoundedTransport(httpx.AsyncBaseTransport):
+    """An httpx transport whose every answer is bounded in size and in total time.
+
+    Wraps another (``inner``): the headers must be within ``limits.headers``, the body within
+    ``limits.body`` (refused when announced bigger, cut when read bigger), and the whole answer,
+    from the request to its last byte, within ``seconds``; past the time, ``httpx.ReadTimeout``.
+    httpx's own timeouts are per read, so a body drip-fed a byte at a time never trips them.
+    """
+
+    def __init__(
+        self, inner: httpx.AsyncBaseTransport, limits: ResponseLimits, seconds: float
+    ) -> None:
+        self.inner = inner
+        self.limits = limits
+        self.seconds = seconds
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send through ``inner``; the answer's stream enforces the limits as it is read."""
+        deadline = asyncio.get_running_loop().time() + self.seconds
+        try:
+            async with asyncio.timeout_at(deadline):
+                response = await self.inner.handle_async_request(request)
+        except TimeoutError:
+            raise httpx.ReadTimeout(
+                f"no answer within {self.seconds:g} s", request=request
+            ) from None
+        limits = self.limits
+        refusal = None
+        if _header_size(response.headers.raw) > limits.headers:
+            refusal = limits.headers_error()
+        else:
+            length = response.headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > limits.body:
+                refusal = limits.body_error()
+        if refusal is not None:
+            await response.aclose()
+            raise ResponseTooLarge(refusal.message, request=request)
+        response.stream = _BoundedStream(response, request, limits, deadline, self.seconds)
+        return response
+
+    async def aclose(self) -> None:
+        """Close ``inner``."""
+        await self.inner.aclose()
+
+
+#: What a closed probe answer's stream is replaced with.
+_CLOSED = httpx.ByteStream(b"")
+
+
+class _BoundedStream(httpx.AsyncByteStream):
+    """A response body read within a size limit and a deadline."""
+
+    def __init__(
+        self,
+        response: httpx.Response,
+        request: httpx.Request,
+        limits: ResponseLimits,
+        deadline: float,
+        seconds: float,
+    ) -> None:
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        self.inner = response.stream
+        self.response: httpx.Response | None = response
+        self.request = request
+        self.limits = limits
+        self.deadline = deadline
+        self.seconds = seconds
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        chunks = aiter(self.inner)
+        size = 0
+        while True:
+            try:
+                async with asyncio.timeout_at(self.deadline):
+                    chunk = await anext(chunks, None)
+            except TimeoutError:
+                raise httpx.ReadTimeout(
+                    f"the answer was not complete within {self.seconds:g} s", request=self.request
+                ) from None
+            if chunk is None:
+                return
+            size += len(chunk)
+            if size > self.limits.body:
+                raise ResponseTooLarge(self.limits.body_error().message, request=self.request)
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+        # httpx wraps this stream in one that refers back to the response (a cycle only the
+        # collector would free): once the body is read and closed, the response lets go of it.
+        response, self.response = self.response, None
+        if response is not None:
+            response.stream = _CLOSED
 
 
 class HttpClients:
-    """The process's HTTP clients, made on first use inside the running event loop."""
+    """The process's HTTP clients, made on first use inside the running event loop.
 
-    def __init__(self, *, transport: UpstreamTransport | None = None) -> None:
-        self.transport: UpstreamTransport = transport or make_transport()
+    ``limits`` bound what every client reads from a backend (the defaults are ``[server]``'s;
+    the ``Gateway`` passes its configuration's). ``probe_deadline``: the longest one answer to
+    the probe client may take, to its last byte.
+    """
+
+    def __init__(
+        self,
+        *,
+        transport: UpstreamTransport | None = None,
+        limits: ResponseLimits | None = None,
+        probe_deadline: float = PROBE_DEADLINE_SECONDS,
+    ) -> None:
+        self.limits = limits or ResponseLimits()
+        self.transport: UpstreamTransport = transport or make_transport(limits=self.limits)
+        self.probe_deadline = probe_deadline
         self._probe: httpx.AsyncClient | None = None
 
     @property
     def probe(self) -> httpx.AsyncClient:
-        """An httpx client for probes, admin and detection (not on the request path)."""
+        """An httpx client for probes, admin and detection (not on the request path).
+
+        Redirects are not followed; each answer is bounded (``BoundedTransport``).
+        """
         if self._probe is None or self._probe.is_closed:
+            inner = httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)
+            )
             self._probe = httpx.AsyncClient(
                 timeout=httpx.Timeout(5.0),
-                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+                transport=BoundedTransport(inner, self.limits, self.probe_deadline),
                 trust_env=False,
             )
         return self._probe

@@ -14,7 +14,8 @@ from typing import Any
 
 DONE = b"data: [DONE]\n\n"
 _FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
-_DONE_PREFIXES = (b"data: [DONE]", b"data:[DONE]")
+#: How the event that ends an OpenAI stream begins.
+DONE_PREFIXES = (b"data: [DONE]", b"data:[DONE]")
 
 
 def completes_answer(event: bytes) -> bool:
@@ -23,18 +24,46 @@ def completes_answer(event: bytes) -> bool:
     Servers that omit ``[DONE]`` may still send a usage chunk after the finish chunk, so a stream
     that ends after either is whole; one that ends before both was cut.
     """
-    return event.startswith(_DONE_PREFIXES) or _FINISHED.search(event) is not None
+    return event.startswith(DONE_PREFIXES) or _FINISHED.search(event) is not None
+
+
+#: The default limit on one event (``server.max_stream_event_bytes``).
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+#: Pieces of an incomplete event kept as they came; past this many they are gathered into one.
+_PIECES = 8
+
+
+class EventTooLarge(ValueError):
+    """One event grew past the parser's limit (the stream cannot go on).
+
+    ``events``: the complete events the same chunk brought before the one that was too large.
+    """
+
+    def __init__(self, limit: int, events: list[bytes] | None = None) -> None:
+        super().__init__(f"a stream event is larger than {limit} bytes")
+        self.limit = limit
+        self.events = events or []
 
 
 class SSEParser:
-    """Feed raw bytes, get back complete events (each ending in ``\\n\\n``)."""
+    """Feed raw bytes, get back complete events (each ending in ``\\n\\n``).
 
-    __slots__ = ("_buffer", "_skip_lf")
+    Linear in the bytes fed: an event's bytes are appended to a pending buffer as they come and
+    only the new bytes are searched for its end, so a huge event costs what it weighs, not its
+    size times the number of chunks it came in. One event (comment lines included) may hold at
+    most ``max_event_bytes``; past that ``feed`` raises ``EventTooLarge`` and drops its buffer.
+    """
 
-    def __init__(self) -> None:
-        self._buffer = b""
+    __slots__ = ("_max", "_pending", "_size", "_skip_lf")
+
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        #: The pieces of an incomplete event, which never hold a blank line (``\\n\\n``), and
+        #: their total size.
+        self._pending: list[bytes | bytearray] = []
+        self._size = 0
         # The last chunk ended in "\r": a "\n" opening the next one belongs to that line end.
         self._skip_lf = False
+        self._max = max_event_bytes
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Add a chunk; return the events it completed, in order."""
@@ -47,22 +76,67 @@ class SSEParser:
             # more bytes come); a "\n" at the start of the next chunk is then swallowed.
             self._skip_lf = chunk[-1:] == b"\r"
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        buffer = self._buffer + chunk if self._buffer else chunk
-        if b"\n\n" not in buffer:
-            self._buffer = buffer
+        pending = self._pending
+        if b"\n\n" not in chunk and not (
+            pending and chunk[:1] == b"\n" and pending[-1][-1:] == b"\n"
+        ):
+            # No event ends here: keep the piece (only the new bytes were searched).
+            if chunk:
+                self._size += len(chunk)
+                if self._size > self._max:
+                    self._too_large()
+                if len(pending) < _PIECES:
+                    pending.append(chunk)
+                else:
+                    # Many pieces (a big event, or a trickle of tiny chunks): gather them in one
+                    # growing buffer, each byte copied once, no object per piece.
+                    first = pending[0]
+                    gathered = first if isinstance(first, bytearray) else bytearray(first)
+                    for piece in pending[1:]:
+                        gathered += piece
+                    gathered += chunk
+                    pending[:] = [gathered]
             return []
+        if pending:
+            pending.append(chunk)
+            buffer = b"".join(pending)
+            pending.clear()
+            self._size = 0
+        else:
+            buffer = chunk
         blocks = buffer.split(b"\n\n")
-        self._buffer = blocks.pop()
+        tail = blocks.pop()
         events: list[bytes] = []
+        if len(buffer) > self._max:
+            # A rare case (one chunk bigger than the limit): check each event's size.
+            for block in blocks:
+                if len(block) > self._max:
+                    self._too_large(events)
+                event = _clean(block)
+                if event is not None:
+                    events.append(event)
+            if len(tail) > self._max:
+                self._too_large(events)
+            blocks = []
+        if tail:
+            pending.append(tail)
+            self._size = len(tail)
         for block in blocks:
             event = _clean(block)
             if event is not None:
                 events.append(event)
         return events
 
+    def _too_large(self, events: list[bytes] | None = None) -> None:
+        self._pending.clear()
+        self._size = 0
+        raise EventTooLarge(self._max, events)
+
     def flush(self) -> bytes | None:
         """An event left without its closing blank line when the stream ended, if any."""
-        block, self._buffer = self._buffer, b""
+        block = b"".join(self._pending)
+        self._pending.clear()
+        self._size = 0
         self._skip_lf = False
         return _clean(block.rstrip(b"\n"))
 

@@ -1,8 +1,9 @@
 """The proxy endpoints as plain ASGI: the hot path, kept free of framework work per request.
 
 Each request: read the body (bounded), parse it once, let the gateway route and fail over, then
-answer with the upstream body or relay its SSE events one by one. A watcher task notices the
-client going away and cancels the work, so the upstream connection is closed within
+answer with the upstream body or relay its SSE events one by one, up to ``[DONE]``; the answer
+carries Nexus's own content type (JSON, or an event stream), never the backend's. A watcher task
+notices the client going away and cancels the work, so the upstream connection is closed within
 milliseconds and every counter is released.
 """
 
@@ -277,7 +278,8 @@ class ProxyEndpoint:
                     "type": "http.response.start",
                     "status": result.status,
                     "headers": [
-                        (b"content-type", result.content_type.encode("latin-1")),
+                        # Failover accepted JSON only; the backend's own type is not repeated.
+                        (b"content-type", JSON),
                         (b"content-length", b"%d" % len(payload)),
                         *headers,
                     ],
@@ -300,16 +302,15 @@ class ProxyEndpoint:
                 }
             )
             # Events that arrived together go out in one write; none waits for a later one.
-            # At [DONE] the answer is complete: it is sent whole then, and the stream's own end
-            # (releasing the backend, pricing, the request's record and log line) comes after.
+            # At [DONE] the answer is complete: it is sent whole then, and the stream ends right
+            # after it (ProxyStream reads nothing more from the backend); its own end (releasing
+            # the backend, pricing, the request's record and log line) comes after.
             ready = stream.ready
             batch: list[bytes] = []
             size = 0
             answered = False
             try:
                 async for event in stream:
-                    if answered:
-                        continue  # nothing follows [DONE]; what does is not for the client
                     if event.startswith(DONE_EVENTS):
                         batch.append(event)
                         answered = True
@@ -518,14 +519,15 @@ class StreamBroke(Exception):
 async def openai_chunks(stream: ProxyStream) -> AsyncIterator[dict[str, Any]]:
     """A relayed OpenAI stream as chunk dicts, for front doors that translate it.
 
-    Ends at ``[DONE]`` or when the upstream ends; Nexus's error event raises ``StreamBroke``.
+    Ends at ``[DONE]`` (the stream's last event) or when the upstream ends; Nexus's error event
+    raises ``StreamBroke``.
     """
     async for event in stream:
         data = event_data(event)
         if not data:
             continue
         if data == b"[DONE]":
-            return
+            continue  # the last event: the stream ends after it
         try:
             chunk = fastjson.loads(data)
         except ValueError:

@@ -4,6 +4,8 @@
 to misbehave with a ``Behaviour`` (delays, 5xx/429 with ``Retry-After``, connection reset, hang,
 a stream cut after N events, malformed JSON, a missing ``[DONE]``...). ``closed_port_url`` gives
 an address that refuses connections, ``blackhole_url`` one where connecting hangs.
+``HostileBackend`` is a raw-socket server that attacks instead (``Attack``: endless bodies, giant
+headers or events, events after ``[DONE]``, HTML, redirects, drip-fed bytes, garbage...).
 
     async with FakeBackend("a", ["llama3"]) as fb:
         fb.push(Behaviour(status=503, retry_after=2))
@@ -14,6 +16,7 @@ an address that refuses connections, ``blackhole_url`` one where connecting hang
 from nexus_core.testing.anthropic import FakeAnthropic
 from nexus_core.testing.exo import FakeExo
 from nexus_core.testing.fake_backend import Behaviour, FakeBackend, RecordedRequest
+from nexus_core.testing.hostile import Attack, HostileBackend, HostileRequest
 from nexus_core.testing.llamacpp import FakeLlamaCpp
 from nexus_core.testing.lmstudio import FakeLMStudio
 from nexus_core.testing.localai import FakeLocalAI
@@ -23,6 +26,7 @@ from nexus_core.testing.openai import FakeOpenAI
 from nexus_core.testing.vllm import FakeVLLM
 
 __all__ = [
+    "Attack",
     "Behaviour",
     "FakeAnthropic",
     "FakeBackend",
@@ -33,6 +37,8 @@ __all__ = [
     "FakeOllama",
     "FakeOpenAI",
     "FakeVLLM",
+    "HostileBackend",
+    "HostileRequest",
     "RecordedRequest",
     "blackhole_url",
     "closed_port_url",
