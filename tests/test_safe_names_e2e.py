@@ -194,5 +194,5 @@ def test_a_name_made_from_an_ipv6_url_is_valid_and_addressable() -> None:
         added = http.post("/admin/backends", json={"url": "http://[::1]:9", "type": "generic"})
         assert added.status_code == 201
         assert added.json()["name"] == "ip6-1-9"
-        assert http.post("/admin/backends/ip6-1-9/drain").status_code == 200
+        assert http.post("/admin/backends/ip6-1-9/drain", json={}).status_code == 200
         assert http.delete("/admin/backends/ip6-1-9").json() == {"removed": "ip6-1-9"}

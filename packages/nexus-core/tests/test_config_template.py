@@ -275,8 +275,10 @@ cloud_backend = st.fixed_dictionaries(
     },
     optional={"zone": any_case(values_of(Zone)), "tier": st.integers(1, 5)},
 )
+#: Backend names are restricted to a safe set (``BACKEND_NAME``).
+backend_names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,11}", fullmatch=True)
 backends = st.lists(
-    st.tuples(names, st.one_of(local_backend, cloud_backend)),
+    st.tuples(backend_names, st.one_of(local_backend, cloud_backend)),
     max_size=4,
     unique_by=lambda pair: pair[0],
 ).map(lambda pairs: [{"name": name, **backend} for name, backend in pairs])

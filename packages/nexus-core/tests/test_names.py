@@ -92,7 +92,7 @@ def _stub_backend(gateway: Gateway, name: str) -> Backend:
         name=name,
         config=config,
         adapter=gateway.backend_types["generic"](config, gateway.clients),
-        zone=config.effective_zone,
+        zone=config.zone_for(False),
         is_cloud=False,
     )
 
