@@ -188,11 +188,13 @@ class ServerConfig(Section):
     )
     first_byte_timeout_seconds: PositiveSeconds = Field(
         default=120.0,
-        description="Time allowed for a backend to send the first byte of its answer "
-        "(model loading included).",
+        description="Time allowed for a backend's answer to start (model loading included): a "
+        "whole answer must be complete by then, a stream must have sent its first event.",
     )
     idle_timeout_seconds: PositiveSeconds = Field(
-        default=60.0, description="Longest silence allowed between two events of a stream."
+        default=60.0,
+        description="Longest wait for the next event of a stream (keep-alive comments do not "
+        "count as events).",
     )
     max_body_bytes: int = Field(
         default=50 * 1024 * 1024,
