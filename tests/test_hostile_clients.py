@@ -313,3 +313,29 @@ def test_huge_model_names_are_kept_short_in_history_and_logs(
         # 100 MB of names went through; the server kept none of them.
         assert rss_kib(process.pid) - before < 50 * 1024
     assert config.with_suffix(".log").stat().st_size < 200_000
+
+
+def test_at_the_cap_a_keep_alive_connection_between_requests_makes_room(
+    tmp_path: Path, backend: FakeBackend
+) -> None:
+    config = serve_config(tmp_path, backend, max_connections=16)
+    with nexus_serve(config) as (_, url):
+        held = []
+        try:
+            for _ in range(16):
+                sock = connect(url)
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+                held.append(sock)  # kept open between requests, as a pooling client does
+            # Every slot holds a keep-alive connection: the newcomer takes the place of one.
+            assert httpx.get(url + "/health", timeout=5).status_code == 200
+            # ... at once, long before uvicorn's keep-alive timeout (5 s) would close any.
+            closed = 0
+            for sock in held:
+                sock.settimeout(0.05)
+                with contextlib.suppress(TimeoutError):
+                    closed += sock.recv(1) == b""
+            assert 1 <= closed < 16
+        finally:
+            for sock in held:
+                sock.close()

@@ -162,6 +162,9 @@ BODY_BYTES_PER_SECOND = 16 * 1024
 SWEEP_SECONDS = 0.5
 #: Refusals and timeouts are logged as one summary line at most this often.
 REPORT_SECONDS = 10.0
+#: At the connection cap with no connection idle, how long new ones are refused before the open
+#: ones are looked through again (so a flood of new connections costs no scan each).
+SCAN_PAUSE_SECONDS = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,32 +204,49 @@ def _answer(status: int, path: str, message: str, code: str) -> bytes:
 
 
 class ConnectionGuard:
-    """The open client connections of one server, their deadlines, and the cap on them."""
+    """The open client connections of one server, their deadlines, and the cap on them.
+
+    Kept cheap per request: a coarse clock (``now``, set by the sweep) instead of reading the
+    time, one dict entry while a connection waits for a request's head, one set entry per
+    request whose body may still be arriving (dropped by the sweep once it has). A connection
+    idle between two requests is closed by uvicorn's keep-alive timeout; it is looked for only
+    when the cap is reached and no connection is waiting for a head.
+    """
 
     def __init__(self, limits: ClientLimits, loop: asyncio.AbstractEventLoop) -> None:
         self.limits = limits
         self.loop = loop
-        self.count = 0
-        #: Connections waiting for a request's headers, oldest first, with their deadlines. All
-        #: deadlines are insertion time + the same timeout, so the order is the deadlines' too.
+        #: The time at the last sweep (or connection): a deadline may be this much late.
+        self.now = loop.time()
+        self.connections: set[NexusHttpProtocol] = set()
+        #: Connections waiting for a request's head, oldest first, with their deadlines. All
+        #: deadlines are a time from ``now`` + the same timeout, so the order is theirs too.
         self.idle: dict[NexusHttpProtocol, float] = {}
-        #: Connections whose request body is arriving.
+        #: Connections whose request body may still be arriving.
         self.receiving: set[NexusHttpProtocol] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._tally: dict[str, int] = {}
-        self._reported = loop.time()
+        self._reported = self.now
+        #: No look for an idle connection before this: when none was found, the next new
+        #: connections are refused without scanning them all again.
+        self._next_scan = self.now
 
     def opened(self, connection: NexusHttpProtocol) -> bool:
         """Count a new connection; False when it must be refused (every other one is busy)."""
-        if self.count >= self.limits.max_connections:
-            if not self.idle:
+        now = self.now = self.loop.time()
+        if len(self.connections) >= self.limits.max_connections:
+            victim = next(iter(self.idle), None)
+            if victim is None and now >= self._next_scan:
+                victim = next((c for c in self.connections if c.between_requests()), None)
+                if victim is None:
+                    self._next_scan = now + SCAN_PAUSE_SECONDS
+            if victim is None:
                 self.note("refused: every connection busy")
                 return False
-            oldest = next(iter(self.idle))
             self.note("idle closed for a new one")
-            oldest.drop()
-        self.count += 1
-        self.idle[connection] = self.loop.time() + self.limits.header_timeout
+            victim.drop()
+        self.connections.add(connection)
+        self.idle[connection] = now + self.limits.header_timeout
         if self._timer is None:
             self._timer = self.loop.call_later(SWEEP_SECONDS, self.sweep)
         return True
@@ -235,15 +255,9 @@ class ConnectionGuard:
         """Forget a connection that is gone (or handed to the WebSocket protocol)."""
         if connection.counted:
             connection.counted = False
-            self.count -= 1
+            self.connections.discard(connection)
             self.idle.pop(connection, None)
             self.receiving.discard(connection)
-
-    def waiting(self, connection: NexusHttpProtocol) -> None:
-        """The connection's previous answer is complete: its next headers are due in time."""
-        if connection.counted:
-            self.idle.pop(connection, None)
-            self.idle[connection] = self.loop.time() + self.limits.header_timeout
 
     def note(self, what: str) -> None:
         """Count one refusal or timeout for the next summary line."""
@@ -252,7 +266,7 @@ class ConnectionGuard:
     def sweep(self) -> None:
         """Close the connections past their deadlines; log a summary now and then."""
         self._timer = None
-        now = self.loop.time()
+        now = self.now = self.loop.time()
         expired = []
         for connection, deadline in self.idle.items():
             if deadline > now:
@@ -261,23 +275,25 @@ class ConnectionGuard:
         for connection in expired:
             self.note("header timeout")
             connection.header_timed_out()
-        limits = self.limits
-        for connection in [
-            c for c in self.receiving if c.body_deadline(limits.body_timeout) <= now
-        ]:
-            self.note("body timeout")
-            connection.body_timed_out()
+        timeout = self.limits.body_timeout
+        for connection in list(self.receiving):
+            cycle = connection.cycle
+            if not connection.counted or cycle is None or not cycle.more_body:
+                self.receiving.discard(connection)  # the body is in (or there is none)
+            elif connection.body_deadline(timeout) <= now:
+                self.note("body timeout")
+                connection.body_timed_out()
         if self._tally and now - self._reported >= REPORT_SECONDS:
             summary = ", ".join(f"{count} {what}" for what, count in sorted(self._tally.items()))
             log.warning(
                 "client connections in the last %.0f s: %s (%d open)",
                 now - self._reported,
                 summary,
-                self.count,
+                len(self.connections),
             )
             self._tally.clear()
             self._reported = now
-        if self.count or self._tally:
+        if self.connections or self._tally:
             self._timer = self.loop.call_later(SWEEP_SECONDS, self.sweep)
 
 
@@ -292,7 +308,7 @@ class NexusHttpProtocol(HttpToolsProtocol):
     limits: ClassVar[ClientLimits] = ClientLimits()
 
     counted = False
-    #: The request line and headers are being read (from the previous request's end).
+    #: A request's line and headers are being read (from its first byte, or the connection's).
     in_head = True
     head_bytes = 0
     body_started = 0.0
@@ -317,6 +333,8 @@ class NexusHttpProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         if self.in_head:
             self.head_bytes += len(data)
+        else:
+            self.body_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -343,33 +361,22 @@ class NexusHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.scope[DISCONNECT_KEY] = Disconnect()  # type: ignore[literal-required]
+        # A request's first byte: its head is due within the header timeout (a new connection's
+        # first request keeps the deadline of the connection's opening).
+        self.in_head = True
+        guard = self.guard
+        if self.counted and self not in guard.idle:
+            guard.idle[self] = guard.now + self.limits.header_timeout
 
     def on_headers_complete(self) -> None:
         self.in_head = False
         self.head_bytes = 0
-        if self.counted:
-            guard = self.guard
-            guard.idle.pop(self, None)
-            self.body_started = self.loop.time()
-            self.body_bytes = 0
-            guard.receiving.add(self)
-        super().on_headers_complete()
-
-    def on_body(self, body: bytes) -> None:
-        self.body_bytes += len(body)
-        super().on_body(body)
-
-    def on_message_complete(self) -> None:
-        self.in_head = True
-        self.guard.receiving.discard(self)
-        super().on_message_complete()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        cycle = self.cycle
-        idle = not self.pipeline and (cycle is None or cycle.response_complete)
-        if idle and not self.transport.is_closing():
-            self.guard.waiting(self)
+        self.body_bytes = 0
+        guard = self.guard
+        self.body_started = guard.now
+        guard.idle.pop(self, None)
+        guard.receiving.add(self)
+        HttpToolsProtocol.on_headers_complete(self)
 
     def handle_websocket_upgrade(self) -> None:
         self.guard.closed(self)  # the WebSocket protocol has limits of its own
@@ -385,6 +392,11 @@ class NexusHttpProtocol(HttpToolsProtocol):
                 disconnect.fire()
 
     # -- called by the guard -------------------------------------------------------------------
+
+    def between_requests(self) -> bool:
+        """Whether the connection is idle between two requests (a keep-alive client)."""
+        cycle = self.cycle
+        return not self.in_head and not self.pipeline and (cycle is None or cycle.response_complete)
 
     def body_deadline(self, timeout: float) -> float:
         """When the body must be complete: its start, the timeout, a second per 16 KiB."""

@@ -32,6 +32,8 @@ from nexus_core.errors import GatewayError
 LOCAL_KEY = "nexus.local"
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: ``Host`` values whose answer ``Trust.host_allowed`` keeps.
+HOSTS_KEPT = 64
 
 
 def host_name(host: bytes | str) -> str:
@@ -76,7 +78,7 @@ def machine_names() -> frozenset[str]:
 class Trust:
     """The ``Host``, proxy and ``Origin`` rules of one server (built once at start-up)."""
 
-    __slots__ = ("admin_origins", "any_host", "local_only", "names", "proxies")
+    __slots__ = ("_hosts", "admin_origins", "any_host", "local_only", "names", "proxies")
 
     def __init__(self, server: ServerConfig, *, names: Iterable[str] | None = None) -> None:
         allowed = set(server.allowed_hosts)
@@ -89,6 +91,9 @@ class Trust:
             ipaddress.ip_network(item, strict=False) for item in server.trusted_proxies
         )
         self.admin_origins = frozenset(server.admin_origins)
+        #: ``host_allowed``'s answers by ``Host`` value: a server is called by a few names, and
+        #: parsing an address costs microseconds on every request of a loopback-only server.
+        self._hosts: dict[bytes, bool] = {}
         #: Listening on loopback only: every route checks the ``Host``.
         self.local_only = server.host.strip("[]").lower() == "localhost" or is_loopback(
             server.host.strip("[]")
@@ -98,10 +103,17 @@ class Trust:
         """Whether a ``Host`` names this server (a request without one is not a browser's)."""
         if host is None or self.any_host:
             return True
+        known = self._hosts.get(host)
+        if known is not None:
+            return known
         name = host_name(host)
-        if name == "localhost" or name.endswith(".localhost") or name in self.names:
-            return True
-        return _is_ip(name)
+        allowed = (
+            name == "localhost" or name.endswith(".localhost") or name in self.names or _is_ip(name)
+        )
+        if len(self._hosts) >= HOSTS_KEPT:
+            self._hosts.clear()  # clients that make up names get no memory from it
+        self._hosts[host] = allowed
+        return allowed
 
     def is_proxy(self, address: str | None) -> bool:
         """Whether ``address`` is one of ``server.trusted_proxies``."""
