@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Final, Protocol
 
 import aiohttp
@@ -29,7 +29,8 @@ from nexus_core.adapters import (
     Timeouts,
     UpstreamResponse,
 )
-from nexus_core.h1 import BODY_PIECES, H1Transport, gather, joined, stalled
+from nexus_core.buffers import gather, joined
+from nexus_core.h1 import BODY_PIECES, H1Transport, stalled
 from nexus_core.h1 import TRACE_HEADERS as TRACE_HEADERS
 from nexus_core.sse import DONE_PREFIXES, EventTooLarge, SSEParser, completes_answer
 
@@ -295,14 +296,19 @@ async def _aiohttp_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[byt
 
 
 async def _read_aiohttp(response: aiohttp.ClientResponse, limits: ResponseLimits) -> bytes:
+    """A whole body within ``limits`` (aiohttp's own errors pass through to the caller)."""
+    return await read_bounded(response.content.iter_any(), response.content_length, limits)
+
+
+async def read_bounded(
+    chunks: AsyncIterable[bytes], announced: int | None, limits: ResponseLimits
+) -> bytes:
     """A whole body, refused (``TOO_LARGE``) as soon as it is announced or read past the limit."""
-    length = response.content_length
-    if length is not None and length > limits.body:
+    if announced is not None and announced > limits.body:
         raise limits.body_error()
     parts: list[bytes | bytearray] = []
     size = 0
-    content = response.content
-    while chunk := await content.readany():
+    async for chunk in chunks:
         size += len(chunk)
         if size > limits.body:
             raise limits.body_error()
@@ -462,21 +468,10 @@ def _protocol_error(exc: httpx.RemoteProtocolError, limits: ResponseLimits) -> B
 
 
 async def _read_httpx(response: httpx.Response, limits: ResponseLimits) -> bytes:
-    """A whole body, refused (``TOO_LARGE``) as soon as it is announced or read past the limit."""
+    """A whole body within ``limits`` (httpx's own errors pass through to the caller)."""
     length = response.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limits.body:
-        raise limits.body_error()
-    parts: list[bytes | bytearray] = []
-    size = 0
-    async for chunk in response.aiter_raw():
-        size += len(chunk)
-        if size > limits.body:
-            raise limits.body_error()
-        if len(parts) < BODY_PIECES:
-            parts.append(chunk)
-        else:
-            gather(parts, chunk)
-    return joined(parts)
+    announced = int(length) if length is not None and length.isdigit() else None
+    return await read_bounded(response.aiter_raw(), announced, limits)
 
 
 async def _httpx_chunks(response: httpx.Response) -> AsyncIterator[bytes]:

@@ -497,13 +497,19 @@ class Monitor:
         models = [
             {"model": name, **series.summary()} for name, series in sorted(self.by_model.items())
         ]
+        return {
+            **self.summary(),
+            "backends": backends,
+            "models": models,
+            "keys": [figures.summary(name) for name, figures in sorted(self.by_key.items())],
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """The fleet-wide part of ``/v1/stats``: uptime, totals, budget and queue."""
         queue = self.queue
         return {
             "uptime_seconds": round(time.time() - self.started, 3),
             "requests": {"total": self.total, "errors": self.total_errors},
-            "backends": backends,
-            "models": models,
-            "keys": [figures.summary(name) for name, figures in sorted(self.by_key.items())],
             "budget": self.accountant.summary() if self.accountant is not None else None,
             "queue": None
             if queue is None

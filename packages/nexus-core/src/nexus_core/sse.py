@@ -12,6 +12,8 @@ import json
 import re
 from typing import Any
 
+from nexus_core.buffers import gather
+
 DONE = b"data: [DONE]\n\n"
 _FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
 #: How the event that ends an OpenAI stream begins.
@@ -90,12 +92,7 @@ class SSEParser:
                 else:
                     # Many pieces (a big event, or a trickle of tiny chunks): gather them in one
                     # growing buffer, each byte copied once, no object per piece.
-                    first = pending[0]
-                    gathered = first if isinstance(first, bytearray) else bytearray(first)
-                    for piece in pending[1:]:
-                        gathered += piece
-                    gathered += chunk
-                    pending[:] = [gathered]
+                    gather(pending, chunk)
             return []
         if pending:
             pending.append(chunk)

@@ -204,22 +204,7 @@ class Dashboard:
 
     def stats(self) -> dict[str, Any]:
         """The summary widgets' part of ``/v1/stats`` (its per-model part grows with the fleet)."""
-        monitor = self.gateway.monitor
-        accountant = monitor.accountant
-        queue = monitor.queue
-        return {
-            "uptime_seconds": round(time.time() - monitor.started, 3),
-            "requests": {"total": monitor.total, "errors": monitor.total_errors},
-            "budget": accountant.summary() if accountant is not None else None,
-            "queue": None
-            if queue is None
-            else {
-                "enabled": queue.enabled,
-                "depth": queue.queue_depth,
-                "max_size": queue.max_size,
-                "max_wait_seconds": queue.max_wait,
-            },
-        }
+        return self.gateway.monitor.summary()
 
     # -- messages -------------------------------------------------------------------------------
 
