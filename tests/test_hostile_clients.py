@@ -113,13 +113,17 @@ def test_thousands_of_idle_and_half_sent_connections_never_starve_the_server(
 ) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 4096:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+        soft = min(hard, 4096)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    # Many times the cap, within what this process may open.
+    count = min(1500, soft - 300)
+    assert count >= 600, f"the open-file limit ({soft}) is too low for this test"
     # A long header timeout: what keeps the server answering here is the connection cap.
     config = serve_config(tmp_path, backend, max_connections=200, header_timeout_seconds=60)
     with nexus_serve(config) as (_process, url):
         held: list[socket.socket] = []
         try:
-            for index in range(1500):
+            for index in range(count):
                 sock = connect(url)
                 if index % 2:
                     sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
@@ -131,7 +135,7 @@ def test_thousands_of_idle_and_half_sent_connections_never_starve_the_server(
             assert answer.choices[0].message.content == "Hello from good"
             # The oldest idle connections were closed to make room.
             closed = 0
-            for sock in held[:1000]:
+            for sock in held[: count - 300]:
                 sock.settimeout(0.01)
                 try:
                     if sock.recv(1) == b"":
@@ -140,7 +144,7 @@ def test_thousands_of_idle_and_half_sent_connections_never_starve_the_server(
                     pass
                 except OSError:
                     closed += 1
-            assert closed >= 900
+            assert closed >= 0.9 * (count - 300)
         finally:
             for sock in held:
                 sock.close()
