@@ -17,6 +17,7 @@ import os
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Self, get_args, get_origin
 from urllib.parse import urlsplit
@@ -26,6 +27,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -81,6 +83,18 @@ class LogLevel(LowerEnum):
     INFO = "info"
     WARNING = "warning"
     ERROR = "error"
+
+
+#: Level names of the Rust Nexus (and of ``RUST_LOG``) read as the nearest level here: Python's
+#: logging has nothing finer than debug, and spells warn in full.
+LOG_LEVEL_ALIASES: Mapping[str, LogLevel] = {"trace": LogLevel.DEBUG, "warn": LogLevel.WARNING}
+
+
+def _log_level(value: Any) -> Any:
+    if isinstance(value, str):
+        name = value.strip().lower()
+        return LOG_LEVEL_ALIASES.get(name, name)
+    return value
 
 
 class StateBackend(LowerEnum):
@@ -150,7 +164,7 @@ ZoneName = Annotated[Zone, BeforeValidator(_lower)]
 Privacy = Annotated[PolicyPrivacy, BeforeValidator(_lower)]
 Action = Annotated[HardLimitAction, BeforeValidator(_lower)]
 Format = Annotated[LogFormat, BeforeValidator(_lower)]
-Level = Annotated[LogLevel, BeforeValidator(_lower)]
+Level = Annotated[LogLevel, BeforeValidator(_log_level)]
 StateKind = Annotated[StateBackend, BeforeValidator(_lower)]
 Tier = Annotated[int, Field(ge=1, le=5)]
 PositiveSeconds = Annotated[float, Field(gt=0)]
@@ -839,7 +853,11 @@ class AuthConfig(Section):
 class LoggingConfig(Section):
     """``[logging]``."""
 
-    level: Level = Field(default=LogLevel.INFO, description="debug, info, warning or error.")
+    level: Level = Field(
+        default=LogLevel.INFO,
+        description="debug, info, warning or error (the Rust Nexus's trace and warn are read as "
+        "debug and warning).",
+    )
     format: Format = Field(
         default=LogFormat.PRETTY, description="pretty (for people) or json (for collectors)."
     )
@@ -952,6 +970,14 @@ class NexusConfig(Section):
     telemetry: TelemetryConfig = Field(
         default_factory=TelemetryConfig, description="OpenTelemetry traces."
     )
+
+    # Set by validate_config: keys of the Rust Nexus the source used (see UPSTREAM_KEYS).
+    _upstream_warnings: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def deprecation_warnings(self) -> tuple[str, ...]:
+        """One line per Rust Nexus key the configuration used: renamed here, or ignored."""
+        return self._upstream_warnings
 
     @model_validator(mode="after")
     def _unique_backend_names(self) -> Self:
@@ -1172,11 +1198,154 @@ def validate_config(
     ``origins`` names where overridden keys came from (``environment variable NEXUS_PORT``), so
     an error in such a value blames the variable rather than the file.
     """
+    data, upstream = read_upstream_keys(data, source)
+    origins = {**(origins or {}), **upstream.origins}
     try:
-        return NexusConfig.model_validate(data)
+        config = NexusConfig.model_validate(data)
     except ValidationError as exc:
-        lines = [_describe(err, source, origins or {}) for err in exc.errors()]
-        raise ConfigError(list(dict.fromkeys(lines))) from None
+        lines = [_describe(err, source, origins) for err in exc.errors()]
+        raise ConfigError(list(dict.fromkeys([*upstream.errors, *lines]))) from None
+    if upstream.errors:
+        raise ConfigError(upstream.errors)
+    config._upstream_warnings = tuple(upstream.warnings)
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys of the Rust Nexus (github.com/leocamello/nexus)
+
+
+@dataclass(frozen=True)
+class UpstreamKey:
+    """A key of the Rust Nexus's configuration that this one names differently, or lacks.
+
+    ``path`` is written as in this reference (``backends[].backend_type``). ``replacement`` is the
+    key of the same table read instead; ``None``: the key has no effect here and is dropped.
+    ``note`` says why, or what to use instead.
+    """
+
+    path: str
+    replacement: str | None
+    note: str = ""
+
+
+#: Keys from the Rust Nexus's documentation, example file and end-to-end script. Each is read
+#: (renamed) or dropped with one warning naming both, so its files load unchanged; any other
+#: unknown key is still an error. A whole section is one entry (``lifecycle``).
+UPSTREAM_KEYS: tuple[UpstreamKey, ...] = (
+    UpstreamKey("quality.ttft_threshold_ms", "ttft_penalty_threshold_ms"),
+    UpstreamKey("quality.window_1h", "window_seconds"),
+    UpstreamKey("queue.default_timeout_seconds", "max_wait_seconds"),
+    UpstreamKey("queue.max_queue_size", "max_size"),
+    UpstreamKey("routing.budget.monthly_limit", "monthly_limit_usd"),
+    UpstreamKey("backends[].backend_type", "type"),
+    UpstreamKey("backends[].privacy", "zone"),
+    UpstreamKey(
+        "server.max_concurrent_requests",
+        None,
+        "limit a backend with backends[].max_concurrent, client connections with "
+        "server.max_connections",
+    ),
+    UpstreamKey("quality.enabled", None, "quality tracking is always on"),
+    UpstreamKey("quality.window_24h", None, "there is one window, quality.window_seconds"),
+    UpstreamKey("quality.update_interval", None, "quality is updated by every request"),
+    UpstreamKey("quality.metrics_interval_seconds", None, "quality is updated by every request"),
+    UpstreamKey("queue.priority_header", None, "the header is always X-Nexus-Priority"),
+    UpstreamKey(
+        "routing.budget.reconciliation_interval_secs",
+        None,
+        "spend is recorded as each answer ends",
+    ),
+    UpstreamKey("routing.policies[].max_cost_per_request", None, "use routing.budget"),
+    UpstreamKey("routing.policies[].fallback_allowed", None, "fallbacks follow routing.fallbacks"),
+    UpstreamKey("lifecycle", None, "there is no model lifecycle API"),
+    UpstreamKey("fleet", None, "there are no fleet recommendations"),
+)
+
+
+@dataclass
+class UpstreamReading:
+    """What ``read_upstream_keys`` found: warning and error lines, origins of renamed keys."""
+
+    warnings: list[str]
+    errors: list[str]
+    origins: dict[tuple[str, ...], str]
+
+
+def read_upstream_keys(
+    data: Mapping[str, Any], source: str = "config"
+) -> tuple[dict[str, Any], UpstreamReading]:
+    """``data`` with the Rust Nexus's keys renamed or dropped (``UPSTREAM_KEYS``), and the lines
+    to report: a warning per key, an error when a key is set under both names.
+
+    ``data`` itself is left alone; tables are copied only where a key moves.
+    """
+    out = dict(data)
+    found = UpstreamReading([], [], {})
+    for entry in UPSTREAM_KEYS:
+        *parents, key = entry.path.split(".")
+        for table, loc in _upstream_tables(out, parents, ()):
+            if key not in table:
+                continue
+            old = format_key_path((*loc, key))
+            value = table.pop(key)
+            if entry.replacement is None:
+                kind = "key" if "." in entry.path else "section"
+                found.warnings.append(
+                    f"{source}: {old}: a Rust Nexus {kind} with no effect here ({entry.note}); "
+                    "ignored, remove it"
+                )
+                continue
+            new = format_key_path((*loc, entry.replacement))
+            if entry.replacement in table:
+                found.errors.append(
+                    f"{source}: {old}: the Rust Nexus's name of {new}, which is set too; "
+                    f"keep only {new}"
+                )
+                continue
+            table[entry.replacement] = value
+            found.origins[tuple(str(part) for part in (*loc, entry.replacement))] = (
+                f"{source} ({old})"
+            )
+            found.warnings.append(
+                f"{source}: {old} is deprecated (the Rust Nexus's name): read as {new}; rename it"
+            )
+    routing = out.get("routing")
+    if isinstance(routing, dict) and isinstance(routing.get("policies"), dict):
+        # [routing.policies.<name>] is in some of the Rust Nexus's documents; it never read it.
+        found.errors.append(
+            f"{source}: routing.policies: must be an array of tables: write each policy as "
+            '[[routing.policies]] with model_pattern = "<glob>" (a [routing.policies.<name>] '
+            "table is not a policy, in the Rust Nexus either)"
+        )
+        out["routing"] = {k: v for k, v in routing.items() if k != "policies"}
+    return out, found
+
+
+def _upstream_tables(
+    node: dict[str, Any], parents: list[str], loc: tuple[str | int, ...]
+) -> Iterator[tuple[dict[str, Any], tuple[str | int, ...]]]:
+    """The tables at ``parents`` below ``node`` (``name[]``: each table of that array), each a
+    copy put in place of the original, with its key path."""
+    if not parents:
+        yield node, loc
+        return
+    head, rest = parents[0], parents[1:]
+    if head.endswith("[]"):
+        name = head[:-2]
+        items = node.get(name)
+        if not isinstance(items, list):
+            return
+        items = node[name] = list(items)
+        for index, item in enumerate(items):
+            if isinstance(item, dict):
+                items[index] = dict(item)
+                yield from _upstream_tables(items[index], rest, (*loc, name, index))
+        return
+    child = node.get(head)
+    if isinstance(child, dict):
+        node[head] = dict(child)
+        yield from _upstream_tables(node[head], rest, (*loc, head))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -54,9 +54,11 @@ def _error(line: str) -> None:
 @app.command
 def serve(
     *,
-    config: Path | None = None,
-    host: str | None = None,
-    port: int | None = None,
+    # The short flags are the Rust Nexus's, so its scripts run unchanged.
+    config: Annotated[Path | None, Parameter(name=["--config", "-c"])] = None,
+    host: Annotated[str | None, Parameter(name=["--host", "-H"])] = None,
+    port: Annotated[int | None, Parameter(name=["--port", "-p"])] = None,
+    log_level: Annotated[str | None, Parameter(name=["--log-level", "-l"])] = None,
     no_discovery: bool = False,
     no_health_check: bool = False,
     workers: int | None = None,
@@ -74,6 +76,9 @@ def serve(
         Address to listen on (server.host; default 0.0.0.0).
     port
         Port to listen on (server.port; default 8000).
+    log_level
+        debug, info, warning or error (logging.level; trace and warn are read as debug and
+        warning).
     no_discovery
         Do not browse the local network over mDNS (discovery.enabled = false).
     no_health_check
@@ -88,6 +93,7 @@ def serve(
         "server.host": host,
         "server.port": port,
         "server.workers": workers,
+        "logging.level": log_level,
         "discovery.enabled": False if no_discovery else None,
         "health_check.enabled": False if no_health_check else None,
     }
@@ -107,8 +113,10 @@ def serve(
 @config_app.command
 def init(
     *,
-    output: Annotated[Path, Parameter(allow_leading_hyphen=True)] = Path("nexus.toml"),
-    force: bool = False,
+    output: Annotated[Path, Parameter(name=["--output", "-o"], allow_leading_hyphen=True)] = Path(
+        "nexus.toml"
+    ),
+    force: Annotated[bool, Parameter(name=["--force", "-f"])] = False,
     minimal: bool = False,
 ) -> int:
     """Write a commented example configuration that `nexus config check` accepts.
@@ -185,6 +193,8 @@ def check(
             print(f"# {line}")
         print()
         sys.stdout.write(to_toml(data))
+    for line in config.deprecation_warnings:
+        _error(f"warning: {line}")
     for line in _secret_lines(config, missing_only=True):
         _error(f"warning: {line}")
     return 0
@@ -353,7 +363,7 @@ def backends_list(
     *,
     url: ServerUrl = DEFAULT_URL,
     json_output: JsonFlag = False,
-    status: BackendStatusName | None = None,
+    status: Annotated[BackendStatusName | None, Parameter(name=["--status", "-s"])] = None,
 ) -> int:
     """List the backends: type, status, zone, tier, priority, load, latency and models.
 
@@ -387,11 +397,11 @@ def backends_add(
     /,
     *,
     url: ServerUrl = DEFAULT_URL,
-    name: str | None = None,
-    backend_type: Annotated[str | None, Parameter(name="--type")] = None,
+    name: Annotated[str | None, Parameter(name=["--name", "-n"])] = None,
+    backend_type: Annotated[str | None, Parameter(name=["--type", "-t", "--backend-type"])] = None,
     zone: Literal["restricted", "open"] | None = None,
     tier: int | None = None,
-    priority: int | None = None,
+    priority: Annotated[int | None, Parameter(name=["--priority", "-p"])] = None,
     json_output: JsonFlag = False,
 ) -> int:
     """Add a backend at URL; Nexus probes it (and detects its type) before answering.
@@ -490,7 +500,10 @@ def backends_drain(
 
 @app.command
 def models(
-    *, url: ServerUrl = DEFAULT_URL, json_output: JsonFlag = False, backend: str | None = None
+    *,
+    url: ServerUrl = DEFAULT_URL,
+    json_output: JsonFlag = False,
+    backend: Annotated[str | None, Parameter(name=["--backend", "-b"])] = None,
 ) -> int:
     """List the models Nexus serves (on healthy backends): context, capabilities, backends.
 

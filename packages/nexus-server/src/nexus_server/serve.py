@@ -296,6 +296,8 @@ def run(config: NexusConfig, *, source: str = "configuration") -> int:
     the cloud rules of its adapter (``source`` names the configuration in those lines).
     """
     setup_logging(config)
+    for line in config.deprecation_warnings:  # keys of the Rust Nexus, once each
+        log.warning("%s", line)
     problems = plugins.config_problems(config, source)
     if problems:
         for line in problems:
