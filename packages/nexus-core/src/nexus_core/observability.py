@@ -580,6 +580,32 @@ class Monitor:
             (("backend", "model"), self.costs.items()),
         )
         backends = list(self.registry)
+        # The Rust Nexus's fleet gauges, under its names (its Grafana panels read them).
+        healthy = [b for b in backends if b.status.value == "healthy"]
+        models: set[str] = set()
+        for backend in healthy:
+            models.update(backend.models)
+        _family(
+            out,
+            "nexus_backends_total",
+            "gauge",
+            "Registered backends (configured, discovered and added at run time).",
+            ((), [((), len(backends))]),
+        )
+        _family(
+            out,
+            "nexus_backends_healthy",
+            "gauge",
+            "Backends whose health state is healthy.",
+            ((), [((), len(healthy))]),
+        )
+        _family(
+            out,
+            "nexus_models_available",
+            "gauge",
+            "Distinct model ids served by healthy backends (aliases not counted).",
+            ((), [((), len(models))]),
+        )
         _family(
             out,
             "nexus_backend_healthy",
