@@ -1,4 +1,6 @@
 # Nexus gateway image: `docker build -t nexus .` then `docker run -p 8000:8000 nexus`.
+# The entry point is `nexus`, as in the Rust Nexus's image: arguments are a command line, e.g.
+# `docker run -p 8000:8000 -v $PWD/nexus.toml:/home/nexus/nexus.toml nexus serve --config nexus.toml`.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -18,9 +20,11 @@ RUN uv sync --all-packages --frozen --no-dev --no-editable \
     && rm -rf /root/.cache
 
 # An unprivileged user with a home: durable state defaults to ~/.local/state/nexus/.
-# The working directory stays /app, so a mounted /app/nexus.toml is found without flags.
+# The working directory is that home, where the Rust Nexus's image mounts its configuration:
+# a mounted /home/nexus/nexus.toml is found without flags, and `--config nexus.toml` names it.
 RUN useradd --system --uid 10001 --create-home --home-dir /home/nexus --shell /usr/sbin/nologin nexus
 USER nexus
+WORKDIR /home/nexus
 
 EXPOSE 8000
 
@@ -28,4 +32,5 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('NEXUS_PORT', '8000'), timeout=3)"]
 
-CMD ["nexus", "serve", "--host", "0.0.0.0"]
+ENTRYPOINT ["nexus"]
+CMD ["serve", "--host", "0.0.0.0"]
