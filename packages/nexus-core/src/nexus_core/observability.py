@@ -580,7 +580,7 @@ class Monitor:
             (("backend", "model"), self.costs.items()),
         )
         backends = list(self.registry)
-        # The Rust Nexus's fleet gauges, under its names (its Grafana panels read them).
+        # The Rust Nexus's fleet gauges, under its names: dashboards built on it keep working.
         healthy = [b for b in backends if b.status.value == "healthy"]
         models: set[str] = set()
         for backend in healthy:
