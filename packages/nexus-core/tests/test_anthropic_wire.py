@@ -26,6 +26,7 @@ from nexus_core.anthropic_wire import (
     RAW_ARGUMENTS_KEY,
     TEXT_SEPARATOR,
     TOOL_ERROR_PREFIX,
+    UNSIGNED_THINKING,
     AnthropicStreamError,
     ChatStreamToMessages,
     MessagesStreamToChat,
@@ -38,6 +39,7 @@ from nexus_core.anthropic_wire import (
     message_to_chat,
     messages_to_chat,
     parse_arguments,
+    wants_thinking,
 )
 
 EVENT = TypeAdapter(RawMessageStreamEvent)
@@ -490,6 +492,118 @@ def test_system_blocks_become_one_system_message() -> None:
     assert chat["messages"][1] == {"role": "user", "content": "hi"}
 
 
+# A conversation as Claude Code sends it: a system message after the first turns.
+MID_SYSTEM = [
+    {"role": "user", "content": "hi"},
+    {"role": "assistant", "content": "hello"},
+    {"role": "system", "content": "the user is in a hurry"},
+    {"role": "user", "content": [{"type": "text", "text": "go on"}]},
+]
+
+
+def _roles(chat: dict[str, Any]) -> list[str]:
+    return [m["role"] for m in chat["messages"]]
+
+
+def test_a_later_system_message_joins_the_leading_prompt_by_default() -> None:
+    chat = messages_to_chat(_request(system="be brief", messages=MID_SYSTEM))
+    assert _roles(chat) == ["system", "user", "assistant", "user"]
+    assert chat["messages"][0]["content"] == "be brief\n\nthe user is in a hurry"
+    assert chat["messages"][3]["content"] == "go on"
+    # Without a top-level system prompt the folded one becomes the leading one.
+    alone = messages_to_chat(_request(messages=MID_SYSTEM))
+    assert alone["messages"][0] == {"role": "system", "content": "the user is in a hurry"}
+    assert _roles(alone) == ["system", "user", "assistant", "user"]
+
+
+def test_system_messages_before_the_first_turn_are_the_leading_prompt_in_every_mode() -> None:
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "first"}]},
+        {"role": "user", "content": "hi"},
+    ]
+    for mode in ("merge", "reminder"):
+        chat = messages_to_chat(_request(system="top", messages=messages), system_messages=mode)
+        assert chat["messages"] == [
+            {"role": "system", "content": "top\n\nfirst"},
+            {"role": "user", "content": "hi"},
+        ]
+
+
+def test_reminder_mode_puts_the_system_message_into_the_next_user_turn() -> None:
+    chat = messages_to_chat(
+        _request(system="be brief", messages=MID_SYSTEM), system_messages="reminder"
+    )
+    assert _roles(chat) == ["system", "user", "assistant", "user"]
+    assert chat["messages"][0]["content"] == "be brief"
+    assert chat["messages"][3]["content"] == (
+        "<system-reminder>\nthe user is in a hurry\n</system-reminder>\n\ngo on"
+    )
+
+
+def test_reminder_mode_keeps_roles_alternating_around_tool_results_and_at_the_end() -> None:
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "toolu_1", "name": "w", "input": {}}],
+        },
+        {"role": "system", "content": "tools may be slow"},
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "sun"}],
+        },
+        {"role": "assistant", "content": "Sunny."},
+        {"role": "user", "content": "thanks"},
+        {"role": "system", "content": "wrap up"},
+    ]
+    chat = messages_to_chat(_request(messages=messages), system_messages="reminder")
+    assert _roles(chat) == ["user", "assistant", "tool", "user", "assistant", "user"]
+    # A turn of tool results only gets a user message after them for the reminder...
+    assert chat["messages"][3]["content"] == (
+        "<system-reminder>\ntools may be slow\n</system-reminder>"
+    )
+    # ... and a reminder after the last user message goes to its end.
+    assert chat["messages"][5]["content"] == (
+        "thanks\n\n<system-reminder>\nwrap up\n</system-reminder>"
+    )
+    # Between an answer and the next answer there is no user turn: it becomes one.
+    between = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "system", "content": "c"},
+        {"role": "assistant", "content": "d"},
+    ]
+    chat = messages_to_chat(_request(messages=between), system_messages="reminder")
+    assert _roles(chat) == ["user", "assistant", "user", "assistant"]
+
+
+def test_reminder_before_an_image_only_turn_is_a_text_part_first() -> None:
+    image = {"type": "image", "source": {"type": "url", "url": "https://x.test/a.png"}}
+    messages = [*MID_SYSTEM[:3], {"role": "user", "content": [image]}]
+    chat = messages_to_chat(_request(messages=messages), system_messages="reminder")
+    parts = chat["messages"][-1]["content"]
+    assert parts[0] == {
+        "type": "text",
+        "text": "<system-reminder>\nthe user is in a hurry\n</system-reminder>",
+    }
+    assert parts[1]["type"] == "image_url"
+
+
+def test_keep_mode_forwards_system_messages_where_they_are() -> None:
+    chat = messages_to_chat(
+        _request(system="be brief", messages=MID_SYSTEM), system_messages="keep"
+    )
+    assert _roles(chat) == ["system", "user", "assistant", "system", "user"]
+    assert chat["messages"][3] == {"role": "system", "content": "the user is in a hurry"}
+
+
+def test_adaptive_thinking_counts_as_thinking_on() -> None:
+    assert wants_thinking({"thinking": {"type": "adaptive"}})
+    assert wants_thinking({"thinking": {"type": "enabled", "budget_tokens": 1024}})
+    assert not wants_thinking({"thinking": {"type": "disabled"}})
+    assert not wants_thinking({})
+
+
 def test_images_become_image_url_parts() -> None:
     chat = messages_to_chat(
         _request(
@@ -925,7 +1039,11 @@ def test_reasoning_becomes_thinking_only_when_asked() -> None:
     completion = _completion({"content": "answer", "reasoning_content": "because"})
     assert chat_to_message(completion, model="m")["content"] == [{"type": "text", "text": "answer"}]
     message = chat_to_message(completion, model="m", include_thinking=True)
-    assert message["content"][0] == {"type": "thinking", "thinking": "because", "signature": ""}
+    assert message["content"][0] == {
+        "type": "thinking",
+        "thinking": "because",
+        "signature": UNSIGNED_THINKING,
+    }
     Message.model_validate(message)
 
 
@@ -1020,6 +1138,37 @@ def test_stream_thinking_block_precedes_text_when_asked() -> None:
     assert [e["content_block"]["type"] for e in plain if e["type"] == "content_block_start"] == [
         "text"
     ]
+
+
+def test_stream_thinking_block_ends_with_a_signature_delta() -> None:
+    chunks = [
+        _chunk({"reasoning_content": "let me "}),
+        _chunk({"reasoning_content": "see"}),
+        _chunk({"content": "ok"}),
+        _chunk({}, "stop"),
+    ]
+    events = _run(ChatStreamToMessages("m", include_thinking=True), chunks)
+    kinds = [
+        e["delta"]["type"] if e["type"] == "content_block_delta" else e["type"] for e in events
+    ]
+    assert kinds[1:8] == [
+        "content_block_start",
+        "thinking_delta",
+        "thinking_delta",
+        "signature_delta",
+        "content_block_stop",
+        "content_block_start",
+        "text_delta",
+    ]
+    message = None
+    buffers: dict[int, bytes] = {}
+    for event in events:
+        parsed = EVENT.validate_python(event)
+        message = accumulate_event(event=parsed, current_snapshot=message, json_bufs=buffers)
+    assert message is not None
+    thinking = message.content[0]
+    assert thinking.type == "thinking"
+    assert (thinking.thinking, thinking.signature) == ("let me see", UNSIGNED_THINKING)
 
 
 def test_stream_start_is_sent_once_and_feed_starts_by_itself() -> None:

@@ -14,6 +14,12 @@ summarised here:
   ``tool_result``) are joined with a blank line into one string: every OpenAI-wire server accepts a
   string, not all of them accept arrays of text parts. Text blocks of one *answer* are joined with
   nothing, since they are pieces of one generated text.
+- A ``system`` message inside ``messages`` (Claude Code sends some) is folded, since many chat
+  templates refuse a system message that is not first: by default it joins the leading system
+  prompt; ``routing.system_messages = "reminder"`` adds it, in ``<system-reminder>`` tags, to the
+  user turn next to it instead; ``"keep"`` forwards it where it is.
+- A backend's reasoning text becomes a ``thinking`` block when the request turns thinking on
+  (``enabled`` or ``adaptive``), with the signature ``UNSIGNED_THINKING``.
 - An assistant turn's text comes before its tool calls in OpenAI's format, so text written after a
   ``tool_use`` block moves before the tool calls. ``thinking`` and ``redacted_thinking`` blocks in
   the history are dropped: their signatures mean nothing to another model.
@@ -48,6 +54,14 @@ TEXT_SEPARATOR = "\n\n"
 RAW_ARGUMENTS_KEY = "_raw_arguments"
 #: Prefix marking a ``tool_result`` with ``is_error: true`` in the OpenAI tool message.
 TOOL_ERROR_PREFIX = "Error: "
+#: What ``routing.system_messages = "reminder"`` wraps a later system message in (Claude Code's
+#: own convention for instructions inside a user turn).
+REMINDER_OPEN = "<system-reminder>"
+REMINDER_CLOSE = "</system-reminder>"
+#: The ``signature`` of a thinking block made from a backend's reasoning text. Anthropic signs
+#: its thinking; an OpenAI-wire server cannot, and clients only hand the value back (Nexus
+#: drops thinking blocks from the history it forwards), so this marks it as unsigned.
+UNSIGNED_THINKING = "bmV4dXM6dW5zaWduZWQ="  # base64 of "nexus:unsigned"
 #: Tokens counted for one image by ``count_tokens`` (Anthropic's cap for a full-size image).
 IMAGE_TOKEN_ESTIMATE = 1600
 
@@ -246,8 +260,13 @@ def anthropic_error_body(status: int, message: str, *, request_id: str | None = 
 # Front door: Anthropic request -> OpenAI request
 
 
-def messages_to_chat(request: Mapping[str, Any]) -> JSONDict:
-    """Translate an Anthropic Messages request into an OpenAI chat completions request."""
+def messages_to_chat(request: Mapping[str, Any], *, system_messages: str = "merge") -> JSONDict:
+    """Translate an Anthropic Messages request into an OpenAI chat completions request.
+
+    ``system_messages`` (``routing.system_messages``): what becomes of a ``system`` message
+    after the first turn: ``merge`` joins it to the leading system prompt, ``reminder`` adds it
+    to the adjacent user turn in ``<system-reminder>`` tags, ``keep`` forwards it as it is.
+    """
     if not isinstance(request, Mapping):
         raise TranslationError("request body must be a JSON object")
     model = request.get("model")
@@ -266,10 +285,17 @@ def messages_to_chat(request: Mapping[str, Any]) -> JSONDict:
 
     messages: list[JSONDict] = []
     system = request.get("system")
+    leading: list[str] = []
     if system is not None:
         system_text = _system_text(system, "system")
         if system_text:
-            messages.append({"role": "system", "content": system_text})
+            leading.append(system_text)
+    keep = system_messages == "keep"
+    # System messages before the first turn are part of the leading prompt (in every mode);
+    # later ones are folded as ``system_messages`` says, since many chat templates refuse a
+    # system message anywhere but first. Reminders wait here for the user turn they join.
+    reminders: list[str] = []
+    late: list[str] = []
     for i, message in enumerate(messages_in):
         path = f"messages.{i}"
         if not isinstance(message, Mapping):
@@ -277,15 +303,37 @@ def messages_to_chat(request: Mapping[str, Any]) -> JSONDict:
         role = message.get("role")
         content = message.get("content")
         if role == "user":
-            messages.extend(_user_to_chat(content, path))
+            turn = _user_to_chat(content, path)
+            if reminders:
+                _prepend_reminders(turn, reminders)
+                reminders = []
+            messages.extend(turn)
         elif role == "assistant":
+            if reminders:
+                _append_reminders(messages, reminders)
+                reminders = []
             messages.append(_assistant_to_chat(content, path))
         elif role == "system":
-            messages.append({"role": "system", "content": _system_text(content, path + ".content")})
+            text = _system_text(content, path + ".content")
+            if keep:
+                messages.append({"role": "system", "content": text})
+            elif not messages:
+                if text:
+                    leading.append(text)
+            elif not text:
+                continue
+            elif system_messages == "reminder":
+                reminders.append(f"{REMINDER_OPEN}\n{text}\n{REMINDER_CLOSE}")
+            else:
+                late.append(text)
         else:
             raise TranslationError(
                 f"unexpected role {role!r}; expected 'user' or 'assistant'", path + ".role"
             )
+    if reminders:
+        _append_reminders(messages, reminders)
+    if leading or late:
+        messages.insert(0, {"role": "system", "content": TEXT_SEPARATOR.join(leading + late)})
 
     chat: JSONDict = {"model": model, "messages": messages, "max_tokens": max_tokens}
     for key in ("temperature", "top_p", "top_k"):
@@ -341,6 +389,44 @@ def _system_text(system: Any, path: str) -> str:
         if text:
             texts.append(text)
     return TEXT_SEPARATOR.join(texts)
+
+
+def wants_thinking(request: Mapping[str, Any]) -> bool:
+    """Whether a Messages request turns thinking on: ``enabled``, or ``adaptive`` (the model
+    decides; Claude Code's default), so a backend's reasoning comes back as thinking blocks."""
+    thinking = request.get("thinking")
+    return isinstance(thinking, Mapping) and thinking.get("type") in ("enabled", "adaptive")
+
+
+def _prepend_reminders(turn: list[JSONDict], reminders: list[str]) -> None:
+    """Put reminders at the start of a user turn's user message (after its tool results)."""
+    text = TEXT_SEPARATOR.join(reminders)
+    last = turn[-1] if turn else None
+    if last is None or last["role"] != "user":
+        turn.append({"role": "user", "content": text})
+        return
+    content = last["content"]
+    if isinstance(content, str):
+        last["content"] = text + TEXT_SEPARATOR + content if content else text
+    elif content and content[0]["type"] == "text":
+        content[0]["text"] = text + TEXT_SEPARATOR + content[0]["text"]
+    else:
+        content.insert(0, {"type": "text", "text": text})
+
+
+def _append_reminders(messages: list[JSONDict], reminders: list[str]) -> None:
+    """Reminders with no user turn after them: at the end of the user message before them, or
+    a user message of their own where that is not one."""
+    text = TEXT_SEPARATOR.join(reminders)
+    last = messages[-1] if messages else None
+    if last is None or last["role"] != "user":
+        messages.append({"role": "user", "content": text})
+        return
+    content = last["content"]
+    if isinstance(content, str):
+        last["content"] = content + TEXT_SEPARATOR + text if content else text
+    else:
+        _append_text(content, text)
 
 
 def _block_type(block: Any, path: str) -> str:
@@ -620,7 +706,8 @@ def chat_to_message(
     """Translate an OpenAI chat completion into an Anthropic message.
 
     ``stop_sequences`` are the request's, to recognise a ``stop_sequence`` stop; with
-    ``include_thinking`` the server's reasoning text becomes a ``thinking`` block (unsigned).
+    ``include_thinking`` the server's reasoning text becomes a ``thinking`` block (signed
+    ``UNSIGNED_THINKING``).
     """
     choices = response.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices else {}
@@ -629,7 +716,9 @@ def chat_to_message(
     if include_thinking:
         reasoning = _reasoning_of(message)
         if reasoning:
-            content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
+            content.append(
+                {"type": "thinking", "thinking": reasoning, "signature": UNSIGNED_THINKING}
+            )
     text = _openai_text(message.get("content"))
     if text:
         content.append({"type": "text", "text": text})
@@ -796,6 +885,13 @@ class ChatStreamToMessages:
 
     def _close(self, out: list[bytes]) -> None:
         if self._open_block is not None:
+            if self._open_kind == "thinking":
+                # Anthropic ends every thinking block with its signature, just before the stop.
+                self._emit_delta(
+                    out,
+                    self._open_block,
+                    {"type": "signature_delta", "signature": UNSIGNED_THINKING},
+                )
             out.append(
                 _sse(
                     "content_block_stop", {"type": "content_block_stop", "index": self._open_block}

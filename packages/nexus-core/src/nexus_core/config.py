@@ -57,6 +57,12 @@ class RoutingStrategy(LowerEnum):
     LEAST_LOADED = "least_loaded"
 
 
+class SystemMessages(LowerEnum):
+    MERGE = "merge"
+    REMINDER = "reminder"
+    KEEP = "keep"
+
+
 class Zone(LowerEnum):
     RESTRICTED = "restricted"
     OPEN = "open"
@@ -160,6 +166,7 @@ def _http_url(value: Any) -> Any:
 
 
 Strategy = Annotated[RoutingStrategy, BeforeValidator(_lower)]
+SystemMessagesMode = Annotated[SystemMessages, BeforeValidator(_lower)]
 ZoneName = Annotated[Zone, BeforeValidator(_lower)]
 Privacy = Annotated[PolicyPrivacy, BeforeValidator(_lower)]
 Action = Annotated[HardLimitAction, BeforeValidator(_lower)]
@@ -578,6 +585,12 @@ class RoutingConfig(Section):
     )
     budget: BudgetConfig = Field(
         default_factory=BudgetConfig, description="Monthly spend limit on priced backends."
+    )
+    system_messages: SystemMessagesMode = Field(
+        default=SystemMessages.MERGE,
+        description="What the Anthropic door does with a system message inside messages "
+        "(after the first turn): merge (into the leading system prompt), reminder (into the "
+        "adjacent user turn, in <system-reminder> tags) or keep (forwarded where it is).",
     )
 
     @model_validator(mode="after")

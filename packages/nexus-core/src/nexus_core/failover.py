@@ -35,6 +35,7 @@ from nexus_core.adapters import (
     UpstreamResponse,
     clip,
 )
+from nexus_core.clamping import clamp, requested_limit, room
 from nexus_core.errors import GatewayError
 from nexus_core.h1 import TRACE_HEADERS
 from nexus_core.pricing import estimate_nano_usd
@@ -76,6 +77,9 @@ class ProxyResult:
     budget_headers: dict[str, str] | None = None
     #: Seconds from sending to the stream's first event (streams only).
     ttft: float | None = None
+    #: The answer limit sent to the backend when the request's ``max_tokens`` did not fit its
+    #: context (``nexus_core.clamping``).
+    max_tokens_clamped: int | None = None
 
     @property
     def route_reason(self) -> str:
@@ -104,6 +108,8 @@ class ProxyResult:
             out["X-Nexus-Cost-Estimated"] = f"{usd(cost):.6f}"
         if self.budget_headers:
             out.update(self.budget_headers)
+        if self.max_tokens_clamped is not None:
+            out["X-Nexus-Max-Tokens-Clamped"] = str(self.max_tokens_clamped)
         return out
 
 
@@ -304,12 +310,22 @@ async def execute(
     attempts: list[Attempt] = []
     last_error: BackendError | None = None
     stream = needs.stream
+    limit = requested_limit(endpoint, data, needs.vision)
     for route in routes:
         remaining = deadline - loop.time()
         if remaining <= 0:
             break
         backend = route.backend
         payload = body if route.model == needs.model else replace_model(body, route.model)
+        clamped = None
+        if limit is not None:
+            # This backend's context for this model, when it says: a few reads per attempt.
+            info = backend.models.get(route.model)
+            if info is not None and info.context_length is not None:
+                left = room(info.context_length, payload)
+                if 0 < left < limit:
+                    payload = clamp(payload, left)
+                    clamped = left
         price = accountant.price(backend, route.model) if accountant is not None else None
         charge: Charge | None = None
         if price is not None:
@@ -390,6 +406,7 @@ async def execute(
                     attempts=attempts,
                     charge=charge,
                     ttft=elapsed / 1000,
+                    max_tokens_clamped=clamped,
                 )
             backend.observe_latency((time.perf_counter() - started) * 1000)
             content_type = upstream.content_type
@@ -423,6 +440,7 @@ async def execute(
                 attempts=attempts,
                 data=None if endpoint is Endpoint.EMBEDDINGS else parsed,
                 charge=charge,
+                max_tokens_clamped=clamped,
             )
         except BackendError as exc:
             backend.errors_total += 1

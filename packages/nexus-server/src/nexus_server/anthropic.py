@@ -20,6 +20,7 @@ from nexus_core.anthropic_wire import (
     chat_to_message,
     count_tokens,
     messages_to_chat,
+    wants_thinking,
 )
 from nexus_core.errors import GatewayError
 from nexus_core.gateway import Gateway
@@ -58,6 +59,11 @@ class _AnthropicEndpoint(ProxyEndpoint):
 class MessagesEndpoint(_AnthropicEndpoint):
     """``POST /v1/messages``: Anthropic in, OpenAI chat to the backend, Anthropic out."""
 
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__(gateway)
+        #: ``routing.system_messages``: how a system message after the first turn is folded.
+        self.system_messages = gateway.config.routing.system_messages.value
+
     async def serve(
         self,
         send: Send,
@@ -71,7 +77,7 @@ class MessagesEndpoint(_AnthropicEndpoint):
         try:
             if not isinstance(data, dict):
                 raise TranslationError("the request body must be a JSON object")
-            chat = messages_to_chat(data)
+            chat = messages_to_chat(data, system_messages=self.system_messages)
         except TranslationError as exc:
             await self.reject(send, record, GatewayError(400, str(exc), param=exc.param))
             return
@@ -79,8 +85,7 @@ class MessagesEndpoint(_AnthropicEndpoint):
         stop_sequences = data.get("stop_sequences") or ()
         if not isinstance(stop_sequences, list):
             stop_sequences = ()
-        thinking = data.get("thinking")
-        include_thinking = isinstance(thinking, dict) and thinking.get("type") == "enabled"
+        include_thinking = wants_thinking(data)
         payload = json.dumps(chat, ensure_ascii=False, separators=(",", ":")).encode()
         try:
             result = await self.gateway.proxy(

@@ -268,6 +268,18 @@ class EmbedEndpoint(_OllamaEndpoint):
         await send_whole(send, 200, JSON, _dumps(answer), headers)
 
 
+def ollama_capabilities(capabilities: dict[str, bool | None]) -> dict[str, bool | None]:
+    """What the Ollama door lists for a model: ``tools`` also when unknown.
+
+    Ollama clients read a missing ``tools`` as "cannot call tools" (llm-ollama then refuses
+    them), while routing sends tool calls to a model whose support is unknown; so unknown is
+    listed, except for an embedding model. ``embeddings: true`` is listed as ``embedding``.
+    """
+    if capabilities.get("tools") is None and not capabilities.get("embeddings"):
+        return {**capabilities, "tools": True}
+    return capabilities
+
+
 def tags(gateway: Gateway, key: ApiKey | None = None) -> dict[str, Any]:
     """``GET /api/tags``: every model Nexus can route (that ``key`` may use), Ollama's shape."""
     return {
@@ -275,7 +287,7 @@ def tags(gateway: Gateway, key: ApiKey | None = None) -> dict[str, Any]:
             tags_entry(
                 entry["id"],
                 context_length=entry["context_length"],
-                capabilities=entry["capabilities"],
+                capabilities=ollama_capabilities(entry["capabilities"]),
             )
             for entry in gateway.list_models()
             if key is None or key.allows(str(entry["id"]))
@@ -295,7 +307,9 @@ def show(gateway: Gateway, data: Any, key: ApiKey | None = None) -> tuple[int, d
     if entry is None or (key is not None and not key.allows(name)):
         return 404, {"error": f"model '{name}' not found"}
     return 200, show_response(
-        name, context_length=entry["context_length"], capabilities=entry["capabilities"]
+        name,
+        context_length=entry["context_length"],
+        capabilities=ollama_capabilities(entry["capabilities"]),
     )
 
 

@@ -30,6 +30,8 @@ _INFERENCE_PATHS = {
     "/v1/embeddings": "embeddings",
 }
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+#: What a strict chat template raises for a system message that is not first.
+SYSTEM_NOT_FIRST = "System message must be at the beginning."
 _MALFORMED_JSON = b'{"id": "broken", "object": "chat.completion", "choices": [{"index": 0, "mess'
 # How long a handler that dropped its own connection waits to be cancelled by aiohttp.
 _DROP_GRACE = 5.0
@@ -68,6 +70,11 @@ class Behaviour:
     crlf: bool = False
     #: The assistant's text; default ``"Hello from <name>"``.
     content: str | None = None
+    #: Reasoning text before the answer (``reasoning_content`` in the message, or deltas).
+    reasoning: str | None = None
+    #: Chat: refuse a system message that is not the first message, with a 400, as the strict
+    #: chat templates of many models do under llama-server and vLLM.
+    system_first: bool = False
     #: Answer with these assistant ``tool_calls`` (finish_reason ``tool_calls``) instead of text.
     tool_calls: list[dict[str, Any]] | None = None
     #: Merged into the JSON response and into every stream chunk.
@@ -482,6 +489,20 @@ class FakeBackend:
         """The error body this server sends for ``status`` (OpenAI's envelope here)."""
         return shapes.default_error(status)
 
+    def template_refusal(self, behaviour: Behaviour, messages: list[Any]) -> web.Response | None:
+        """With ``behaviour.system_first``, the 400 a strict chat template causes when a system
+        message is not first (the template's own words); else None."""
+        if not behaviour.system_first:
+            return None
+        for index, message in enumerate(messages):
+            if index and isinstance(message, dict) and message.get("role") == "system":
+                return self.template_error(SYSTEM_NOT_FIRST)
+        return None
+
+    def template_error(self, message: str) -> web.Response:
+        """A chat template's refusal in this server's error shape (400)."""
+        return _json(shapes.error_body(message, "invalid_request_error"), 400)
+
     def response_headers(self, request: web.Request) -> Mapping[str, str]:
         """Headers this server adds to every response (rate limits, versions...); none here."""
         return {}
@@ -561,6 +582,9 @@ class FakeBackend:
                     ),
                     400,
                 )
+            refusal = self.template_refusal(behaviour, messages)
+            if refusal is not None:
+                return refusal
             completion_id = f"chatcmpl-{self.name}-{number}"
             prompt_tokens = max(1, shapes.count_tokens(messages))
             if not stream:
@@ -571,6 +595,7 @@ class FakeBackend:
                     content=content,
                     tool_calls=behaviour.tool_calls,
                     prompt_tokens=prompt_tokens,
+                    reasoning=behaviour.reasoning,
                 )
                 return self._ok(behaviour, answer, extra=True)
             chunks = shapes.chat_chunks(
@@ -581,6 +606,7 @@ class FakeBackend:
                 tool_calls=behaviour.tool_calls,
                 prompt_tokens=prompt_tokens,
                 include_usage=include_usage,
+                reasoning=behaviour.reasoning,
             )
         else:
             completion_id = f"cmpl-{self.name}-{number}"

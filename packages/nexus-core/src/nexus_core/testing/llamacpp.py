@@ -329,8 +329,13 @@ class FakeLlamaCpp(FakeBackend):
                     "not_supported_error",
                 )
             return self._llama_embeddings(behaviour, payload, model)
-        if kind == "chat" and not isinstance(payload.get("messages"), list):
-            return self._error("'messages' is required", "invalid_request_error")
+        if kind == "chat":
+            messages = payload.get("messages")
+            if not isinstance(messages, list):
+                return self._error("'messages' is required", "invalid_request_error")
+            refusal = self.template_refusal(behaviour, messages)
+            if refusal is not None:
+                return refusal
         self.in_flight[model] += 1
         self._tasks_served[model] += 1
         try:
@@ -425,6 +430,10 @@ class FakeLlamaCpp(FakeBackend):
         error_type = _TYPES_BY_STATUS.get(status, "server_error")
         return {"error": {"code": status, "message": message, "type": error_type}}
 
+    def template_error(self, message: str) -> web.Response:
+        """A chat template's refusal: llama-server's 400 ``invalid_request_error``."""
+        return self._error(message, "invalid_request_error")
+
     def _error(self, message: str, error_type: str) -> web.Response:
         body = llama_error(message, error_type)
         status = body["error"]["code"]
@@ -459,6 +468,7 @@ class FakeLlamaCpp(FakeBackend):
                     content=content,
                     tool_calls=behaviour.tool_calls,
                     prompt_tokens=prompt_tokens,
+                    reasoning=behaviour.reasoning,
                 )
                 return self._ok(behaviour, _llama_answer(answer, "message"), extra=True)
             chunks = shapes.chat_chunks(
@@ -469,6 +479,7 @@ class FakeLlamaCpp(FakeBackend):
                 tool_calls=behaviour.tool_calls,
                 prompt_tokens=prompt_tokens,
                 include_usage=True,
+                reasoning=behaviour.reasoning,
             )
             events = _llama_chat_chunks(chunks, include_usage=include_usage)
         else:

@@ -125,9 +125,13 @@ def chat_completion(
     content: str | None,
     tool_calls: Sequence[Mapping[str, Any]] | None,
     prompt_tokens: int,
+    reasoning: str | None = None,
 ) -> dict[str, Any]:
-    """A non-streaming ``chat.completion`` object."""
+    """A non-streaming ``chat.completion`` object (``reasoning``: the message's
+    ``reasoning_content``, as vLLM, llama-server and DeepSeek send a reasoning model's)."""
     message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+    if reasoning:
+        message["reasoning_content"] = reasoning
     if tool_calls:
         calls = normalise_tool_calls(tool_calls)
         message["content"] = None
@@ -159,6 +163,7 @@ def chat_chunks(
     tool_calls: Sequence[Mapping[str, Any]] | None,
     prompt_tokens: int,
     include_usage: bool,
+    reasoning: str | None = None,
 ) -> list[dict[str, Any]]:
     """The ``chat.completion.chunk`` objects of one streamed answer, in order.
 
@@ -167,8 +172,11 @@ def chat_chunks(
     the usage (every other chunk then carries ``"usage": null``, as OpenAI does).
     """
     deltas: list[dict[str, Any]] = []
+    # Reasoning deltas come first, after the role chunk (inserted below).
+    thinking = [{"reasoning_content": piece} for piece in split_text(reasoning or "")]
     if tool_calls:
         deltas.append({"role": "assistant", "content": None})
+        deltas.extend(thinking)
         for index, call in enumerate(normalise_tool_calls(tool_calls)):
             function = call["function"]
             opening = {
@@ -188,6 +196,7 @@ def chat_chunks(
         finish_reason = "tool_calls"
     else:
         deltas.append({"role": "assistant", "content": "", "refusal": None})
+        deltas.extend(thinking)
         deltas.extend({"content": piece} for piece in split_text(content or ""))
         finish_reason = "stop"
     completion_tokens = len(deltas) - 1

@@ -11,6 +11,8 @@ What it serves, as vLLM does (``reference/backend-apis.md`` §2.2):
   ``vllm:num_requests_running``, ``vllm:num_requests_waiting``, ``vllm:kv_cache_usage_perc``
   (``vllm:gpu_cache_usage_perc`` for a pre-0.9 server) and the usual counters and histograms.
   The figures follow the requests in flight (over ``max_num_seqs`` they wait), or ``set_load``.
+- A prompt over ``max_model_len``, or a prompt plus ``max_tokens`` (``max_completion_tokens``)
+  over it, is refused with vLLM's 400 and its words (tokens here are words).
 - Errors ``{"error": {"message", "type": "NotFoundError"..., "param", "code": <int status>}}``;
   with ``api_key``, ``/v1/...`` without the key is 401 ``{"error": "Unauthorized"}`` while
   ``/health``, ``/metrics``, ``/version``, ``/load`` and ``/ping`` stay public.
@@ -131,7 +133,7 @@ class FakeVLLM(FakeBackend):
         """vLLM's own endpoints, and its checks of an inference request."""
         path, method = request.path, request.method
         if kind is not None:
-            return self._check_request(body)
+            return self._check_request(body, kind)
         if method != "GET" and path != "/ping":
             return None
         if path == "/health":
@@ -150,7 +152,7 @@ class FakeVLLM(FakeBackend):
             return self._ok(behaviour, {"object": "list", "data": self.model_cards()}, extra=False)
         return _json(self._error("Not Found", 404, "Not Found"), 404)
 
-    def _check_request(self, body: bytes) -> web.Response | None:
+    def _check_request(self, body: bytes, kind: str) -> web.Response | None:
         try:
             payload = json.loads(body)
         except ValueError:
@@ -161,7 +163,37 @@ class FakeVLLM(FakeBackend):
         if isinstance(model, str) and model not in self._model_ids():
             error = self._error(f"The model `{model}` does not exist.", 404, param="model")
             return _json(error, 404)
+        if kind != "embeddings":
+            return self._check_context(payload, kind)
         return None
+
+    def _check_context(self, payload: dict[str, Any], kind: str) -> web.Response | None:
+        """vLLM's 400s for a prompt, or a prompt plus ``max_tokens``, over ``max_model_len``
+        (the fake's tokens are words, ``openai_shapes.count_tokens``)."""
+        context = self.max_model_len
+        prompt = shapes.count_tokens(payload.get("messages" if kind == "chat" else "prompt"))
+        if prompt >= context:
+            message = (
+                f"This model's maximum context length is {context} tokens. However, your "
+                f"request has {prompt} input tokens. Please reduce the length of the input "
+                "messages."
+            )
+            return _json(self._error(message, 400), 400)
+        wanted = payload.get("max_completion_tokens")
+        if wanted is None:
+            wanted = payload.get("max_tokens")
+        if isinstance(wanted, int) and prompt + wanted > context:
+            message = (
+                f"'max_tokens' or 'max_completion_tokens' is too large: {wanted}. This model's "
+                f"maximum context length is {context} tokens and your request has {prompt} "
+                f"input tokens ({wanted} > {context} - {prompt})."
+            )
+            return _json(self._error(message, 400), 400)
+        return None
+
+    def template_error(self, message: str) -> web.Response:
+        """A chat template's refusal: vLLM's 400 ``BadRequestError``."""
+        return _json(self._error(message, 400), 400)
 
     async def _generate(
         self,
