@@ -6,12 +6,14 @@ and requests for a path Nexus does not serve, each with its own ``X-Request-Id``
 about each request carry its id: at the start of the message (``pretty``), and as the
 ``request_id`` field (``json``). With ``nexus.routing`` and ``nexus.failover`` at DEBUG, the
 routing decision (strategy, candidates, exclusions and their reasons, order) and each attempt
-are logged too; at INFO they are not.
+are logged too; at INFO they are not. A request made in-process through ``Gateway`` gets an id
+of its own, and its lines name it too.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,9 @@ import jsonschema
 import openai
 import pytest
 
+from nexus_core.gateway import Gateway
 from nexus_core.testing import Behaviour, FakeBackend, free_port
-from tests.conftest import nexus_serve
+from tests.conftest import gateway_config, nexus_serve
 from tests.test_state_outage_e2e import locked
 
 SCHEMA = json.loads(
@@ -252,3 +255,23 @@ def test_at_info_there_are_no_debug_lines(tmp_path: Path) -> None:
     # The INFO lines are there all the same, with their ids.
     (moved,) = messages(about(entries, "rid-failover", "json"), "nexus.failover", "info")
     assert moved.startswith("rid-failover backend bad failed (upstream_5xx: ")
+
+
+@pytest.mark.anyio
+async def test_a_request_made_in_process_has_an_id_on_its_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``Gateway`` without a server: the request gets an id, and its failover line names it."""
+    caplog.set_level(logging.INFO, logger="nexus")
+    bad, good = FakeBackend("bad", ["fake-model"]), FakeBackend("good", ["fake-model"])
+    bad.behave(Behaviour(status=500))
+    with bad.running(), good.running():
+        async with Gateway(gateway_config(bad, good, strategy="priority_only")) as gateway:
+            answer = await gateway.chat_completions({"model": "fake-model", "messages": HELLO})
+            assert answer["choices"][0]["message"]["content"] == "Hello from good"
+            (entry,) = gateway.monitor.history_entries()
+    request_id = entry["request_id"]
+    assert re.fullmatch(r"[0-9a-f]{16}", request_id)
+    (moved,) = [r for r in caplog.records if r.name == "nexus.failover"]
+    assert moved.getMessage().startswith(f"{request_id} backend bad failed (upstream_5xx: ")
+    assert moved.request_id == request_id  # type: ignore[attr-defined]
