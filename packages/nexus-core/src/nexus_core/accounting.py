@@ -90,7 +90,16 @@ def completion_estimate(data: Mapping[str, Any]) -> int:
 class Charge:
     """The cost of one attempt on a priced route: reserved before sending, settled once."""
 
-    __slots__ = ("_accountant", "entry", "estimate", "key", "period", "price", "settled")
+    __slots__ = (
+        "_accountant",
+        "entry",
+        "estimate",
+        "key",
+        "period",
+        "price",
+        "request_id",
+        "settled",
+    )
 
     def __init__(
         self,
@@ -100,6 +109,7 @@ class Charge:
         period: str,
         estimate: int,
         key: str | None = None,
+        request_id: str = "",
     ) -> None:
         self._accountant = accountant
         self.price = price
@@ -108,6 +118,8 @@ class Charge:
         self.estimate = estimate
         #: The gateway key the request came with: its own monthly spend counts this too.
         self.key = key
+        #: The request it is for (named by a log line if recording its cost fails).
+        self.request_id = request_id
         #: The final cost once settled (nano-USD).
         self.settled: int | None = None
 
@@ -320,7 +332,12 @@ class Accountant:
         return self.prices.lookup(backend.name, backend.is_cloud, model, backend.adapter)
 
     async def open_charge(
-        self, price: Price, prompt_tokens: int, completion_tokens: int, key: str | None = None
+        self,
+        price: Price,
+        prompt_tokens: int,
+        completion_tokens: int,
+        key: str | None = None,
+        request_id: str = "",
     ) -> Charge:
         """Reserve the estimated cost of one attempt before it is sent.
 
@@ -329,7 +346,7 @@ class Accountant:
         self.roll()
         estimate = estimate_nano_usd(price, prompt_tokens, completion_tokens)
         entry = self._prefix + str(next(self._ids))
-        charge = Charge(self, price, entry, self.period, estimate, key)
+        charge = Charge(self, price, entry, self.period, estimate, key, request_id)
         store = self.store
         # Counted at once, so requests arriving meanwhile see it; taken back if not recorded.
         self._set_spent(self.spent + estimate)
@@ -375,7 +392,7 @@ class Accountant:
                 assert charge.key is not None
                 await self.store.settle(key_scope(charge.key), charge.period, charge.entry, amount)
         except Exception as exc:
-            self.outage.failed("settle a request's cost", exc)
+            self.outage.failed("settle a request's cost", exc, charge.request_id)
             return
         if self.outage.failing:
             self.outage.recovered()

@@ -330,8 +330,9 @@ class KeyRing:
             self.outage.recovered()
         return wait
 
-    async def used_tokens(self, key: ApiKey, tokens: int) -> None:
-        """Take the tokens an answer used from the key's tokens-per-minute bucket."""
+    async def used_tokens(self, key: ApiKey, tokens: int, request_id: str = "") -> None:
+        """Take the tokens an answer used (by request ``request_id``) from the key's
+        tokens-per-minute bucket."""
         tpm = key.tokens_per_minute
         if tpm is None or tokens <= 0:
             return
@@ -340,7 +341,7 @@ class KeyRing:
                 f"tpm:{key.name}", 60.0 / tpm, BURST_SECONDS, tokens, force=True
             )
         except Exception as exc:  # the answer went out; a failed count must not hurt it
-            self.outage.failed(f"count the tokens of key {key.name!r}", exc)
+            self.outage.failed(f"count the tokens of key {key.name!r}", exc, request_id)
             return
         if self.outage.failing:
             self.outage.recovered()

@@ -137,6 +137,7 @@ class ProxyStream:
         "completed",
         "error",
         "on_end",
+        "request_id",
         "usage",
     )
 
@@ -151,6 +152,7 @@ class ProxyStream:
         quality: QualityTracker | None = None,
         meter: StreamMeter | None = None,
         hide_usage: bool = False,
+        request_id: str = "",
     ) -> None:
         self._backend = backend
         self._upstream = upstream
@@ -169,6 +171,8 @@ class ProxyStream:
         #: The ``usage`` the stream reported, if it did.
         self.usage: dict[str, Any] | None = None
         self.on_end: Callable[[ProxyStream], None] | None = None
+        #: The request's id, for the log line of a stream that breaks.
+        self.request_id = request_id
 
     def _usage_event(self, event: bytes) -> bool:
         """Read a chunk with a ``usage``; True when it must not reach the client."""
@@ -229,7 +233,13 @@ class ProxyStream:
             except BackendError as exc:
                 self.error = exc
                 self._backend.errors_total += 1
-                log.warning("stream from %s broke: %s", self._backend.name, exc.message)
+                log.warning(
+                    "%s stream from %s broke: %s",
+                    self.request_id or "-",
+                    self._backend.name,
+                    exc.message,
+                    extra={"request_id": self.request_id},
+                )
                 yield error_event(
                     f"The upstream stream from backend '{self._backend.name}' broke: {exc.message}",
                     kind="upstream_error",
@@ -293,6 +303,8 @@ async def execute(
     span: RequestSpan | None = None,
     key: str | None = None,
     client_auth: str | None = None,
+    request_id: str = "",
+    debug: bool = False,
 ) -> ProxyResult:
     """Try ``routes`` in order within one overall deadline; return the first 2xx answer.
 
@@ -303,7 +315,9 @@ async def execute(
     With ``span`` (tracing on), each attempt is a child span whose ``traceparent`` the upstream
     request carries. ``key``: the gateway key's name (its own spend counts the cost too).
     ``client_auth``: the client's Authorization, passed only to backends that set
-    ``forward_client_auth``.
+    ``forward_client_auth``. ``request_id`` goes on every log line about the request; with
+    ``debug`` (the ``nexus.failover`` logger at DEBUG when the gateway started) each attempt and
+    its outcome is logged too.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + deadline_seconds
@@ -311,7 +325,8 @@ async def execute(
     last_error: BackendError | None = None
     stream = needs.stream
     limit = requested_limit(endpoint, data, needs.vision)
-    for route in routes:
+    last = len(routes) - 1
+    for index, route in enumerate(routes):
         remaining = deadline - loop.time()
         if remaining <= 0:
             break
@@ -331,7 +346,9 @@ async def execute(
         if price is not None:
             assert accountant is not None
             completion = completion_estimate(data) if isinstance(data, dict) else 0
-            charge = await accountant.open_charge(price, needs.estimated_tokens, completion, key)
+            charge = await accountant.open_charge(
+                price, needs.estimated_tokens, completion, key, request_id
+            )
             if stream and not needs.include_usage:
                 payload = with_include_usage(payload)
         if remaining < timeouts.first_byte:
@@ -351,6 +368,16 @@ async def execute(
                 model=route.model,
             )
         forward = client_auth if client_auth and backend.config.forward_client_auth else None
+        if debug:
+            log.debug(
+                "%s attempt %d: backend %s, model %s (%s)",
+                request_id or "-",
+                len(attempts) + 1,
+                backend.name,
+                route.model,
+                route.reason,
+                extra={"request_id": request_id},
+            )
         try:
             if attempt is None and forward is None:
                 upstream = await backend.adapter.send(
@@ -388,6 +415,15 @@ async def execute(
                 released = True  # the stream releases the slot (and settles) when it ends
                 if attempt is not None:
                     attempt.end(status=200)
+                if debug:
+                    log.debug(
+                        "%s attempt %d: backend %s streams (first event after %.1f ms)",
+                        request_id or "-",
+                        len(attempts) + 1,
+                        backend.name,
+                        elapsed,
+                        extra={"request_id": request_id},
+                    )
                 return ProxyResult(
                     route=route,
                     requested_model=needs.model,
@@ -402,13 +438,15 @@ async def execute(
                         meter=meter,
                         # Nexus asked for usage to price the stream; the client did not.
                         hide_usage=charge is not None and not needs.include_usage,
+                        request_id=request_id,
                     ),
                     attempts=attempts,
                     charge=charge,
                     ttft=elapsed / 1000,
                     max_tokens_clamped=clamped,
                 )
-            backend.observe_latency((time.perf_counter() - started) * 1000)
+            elapsed = (time.perf_counter() - started) * 1000
+            backend.observe_latency(elapsed)
             content_type = upstream.content_type
             if not (content_type == JSON or is_json(content_type)):
                 raise BackendError(
@@ -432,6 +470,16 @@ async def execute(
                 usage = parsed.get("usage") if isinstance(parsed, dict) else None
                 cost = charge.cost_of(usage)
                 charge.settle(charge.estimate if cost is None else cost)
+            if debug:
+                log.debug(
+                    "%s attempt %d: backend %s answered HTTP %d in %.1f ms",
+                    request_id or "-",
+                    len(attempts) + 1,
+                    backend.name,
+                    upstream.status,
+                    elapsed,
+                    extra={"request_id": request_id},
+                )
             return ProxyResult(
                 route=route,
                 requested_model=needs.model,
@@ -452,11 +500,27 @@ async def execute(
                 quality.record(backend.name, route.model, False)
             attempts.append(Attempt(backend.name, exc.kind.value, exc.message, exc.status))
             if not exc.retryable:
+                if debug:
+                    log.debug(
+                        "%s attempt %d: backend %s failed (%s: %s); not retried",
+                        request_id or "-",
+                        len(attempts),
+                        backend.name,
+                        exc.kind,
+                        exc.message,
+                        extra={"request_id": request_id},
+                    )
                 # Raised straight from the call: an exception held in a local of this frame
                 # would form a cycle with its own traceback (freed only by the collector).
                 raise _failed(_as_gateway_error(exc, backend, attempts), attempts) from None
             log.info(
-                "backend %s failed (%s: %s); trying the next", backend.name, exc.kind, exc.message
+                "%s backend %s failed (%s: %s); %s",
+                request_id or "-",
+                backend.name,
+                exc.kind,
+                exc.message,
+                "trying the next" if index < last else "no other backend to try",
+                extra={"request_id": request_id},
             )
             last_error = exc.with_traceback(None)  # its traceback holds this frame
         finally:

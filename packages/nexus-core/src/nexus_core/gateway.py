@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -37,7 +39,7 @@ from nexus_core.config import (
     StateBackend,
     validate_config,
 )
-from nexus_core.errors import GatewayError
+from nexus_core.errors import GatewayError, model_not_found
 from nexus_core.failover import ProxyResult, ProxyStream, execute
 from nexus_core.health import HealthChecker
 from nexus_core.http import PROBE_DEADLINE_SECONDS, HttpClients
@@ -148,6 +150,8 @@ class Gateway:
         self._refused: set[tuple[str, str]] = set()
         self._undetected: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
+        #: Each attempt is logged (``nexus.failover`` at DEBUG); read once, at ``start``.
+        self._debug_attempts = False
         self.registry.subscribe(self._on_registry_event)
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -167,6 +171,10 @@ class Gateway:
             return
         self._started = True
         self.started_at = time.time()
+        # The DEBUG lines of routing and failover cost a request nothing while off: the levels
+        # are read here, once, not per request.
+        self.router.debug = logging.getLogger("nexus.routing").isEnabledFor(logging.DEBUG)
+        self._debug_attempts = logging.getLogger("nexus.failover").isEnabledFor(logging.DEBUG)
         await self._start_accounting()
         self.keys.store = self.accountant.store
         await self.keys.load()
@@ -544,8 +552,14 @@ class Gateway:
 
     # -- models and health --------------------------------------------------------------------
 
-    def list_models(self) -> list[dict[str, Any]]:
-        """Models on healthy backends, one entry per id, with capabilities and backends."""
+    def list_models(self, key: ApiKey | None = None) -> list[dict[str, Any]]:
+        """Models on healthy backends, one entry per id, with capabilities and backends.
+
+        Each alias of ``routing.aliases`` whose target is listed appears under its own name
+        with ``alias_of``; an alias whose target is not listed does not appear, even when a
+        backend lists a model of that name (requests for it follow the alias). ``key``: only
+        the models that gateway key may use (its ``models`` globs).
+        """
         merged: dict[str, dict[str, Any]] = {}
         healthy = BackendStatus.HEALTHY
         created = int(self.started_at)
@@ -572,31 +586,54 @@ class Gateway:
                 else:
                     _merge_capabilities(entry, model)
                 entry["backends"].append(backend.name)
-        aliases = self.config.routing.aliases
-        for alias in aliases:
-            target = merged.get(self.router.resolve(alias))
-            if target is not None and alias not in merged:
-                merged[alias] = {**target, "id": alias, "alias_of": target["id"]}
-        return sorted(merged.values(), key=lambda m: str(m["id"]))
+        entries = dict(merged)
+        resolve = self.router.resolve
+        for alias in self.config.routing.aliases:
+            # Routing follows an alias before it looks for a model of that name.
+            target = merged.get(resolve(alias))
+            if target is None:
+                entries.pop(alias, None)
+            else:
+                entries[alias] = {**target, "id": alias, "alias_of": target["id"]}
+        listed = sorted(entries.values(), key=lambda m: str(m["id"]))
+        if key is None:
+            return listed
+        return [entry for entry in listed if key.allows(str(entry["id"]))]
+
+    def model_ids(self, key: ApiKey | None = None) -> list[str]:
+        """The ids of ``list_models(key)``: what a 404 ``model_not_found`` offers instead."""
+        return [str(entry["id"]) for entry in self.list_models(key)]
 
     def model_count(self) -> int:
         """``len(self.list_models())`` without building its entries: ``/health`` stays cheap."""
         healthy = BackendStatus.HEALTHY
-        ids: set[str] = set()
+        served: set[str] = set()
         for backend in self.registry:
             if backend.status is healthy:
-                ids.update(backend.models)
+                served.update(backend.models)
+        ids = set(served)
+        resolve = self.router.resolve
         for alias in self.config.routing.aliases:
-            if alias not in ids and self.router.resolve(alias) in ids:
+            if resolve(alias) in served:
                 ids.add(alias)
+            else:
+                ids.discard(alias)
         return len(ids)
 
-    def get_model(self, model_id: str) -> dict[str, Any] | None:
-        """One entry of ``list_models``, or None."""
-        for entry in self.list_models():
+    def get_model(self, model_id: str, key: ApiKey | None = None) -> dict[str, Any] | None:
+        """One entry of ``list_models(key)``, or None."""
+        for entry in self.list_models(key):
             if entry["id"] == model_id:
                 return entry
         return None
+
+    def _now_loaded(self, backend: Backend, info: ModelInfo) -> None:
+        """Mark ``info`` loaded on ``backend`` (it just answered with it) until a probe says."""
+        models = [
+            dataclasses.replace(model, loaded=True) if model is info else model
+            for model in backend.models.values()
+        ]
+        self.registry.set_models(backend, models)
 
     def health_summary(self) -> dict[str, Any]:
         """``healthy`` when every backend is, ``degraded`` when some are, else ``unhealthy``."""
@@ -643,7 +680,8 @@ class Gateway:
         completes it and hands it to ``monitor`` when the request ends (a stream: at its end).
         """
         if record is None:
-            record = RequestRecord()
+            # In-process: an id of its own, so its history entry and log lines name it.
+            record = RequestRecord(request_id=os.urandom(8).hex())
         record.begin(endpoint.value)
         try:
             try:
@@ -651,7 +689,7 @@ class Gateway:
             except StateError as exc:
                 # A rate limit, a budget or a priced route's spend needs the store: refused,
                 # never served unchecked.
-                self.store_outage.failed("serve a request", exc)
+                self.store_outage.failed("serve a request", exc, record.request_id)
                 raise state_unavailable() from None
         except GatewayError as error:
             record.status = error.status
@@ -667,7 +705,13 @@ class Gateway:
             self.monitor.finish(record)
             raise
         route = result.route
-        record.backend = route.backend.name
+        backend = route.backend
+        info = backend.models.get(route.model)
+        if info is not None and info.loaded is False:
+            # It answered, so the model is in memory now (servers load on demand): /api/ps
+            # and routing's warm-first order know it before the next probe says so.
+            self._now_loaded(backend, info)
+        record.backend = backend.name
         record.served_model = route.model
         record.route_reason = result.route_reason
         record.status = result.status
@@ -732,7 +776,9 @@ class Gateway:
         if key is None or key.tokens_per_minute is None:
             return
         tokens = (record.prompt_tokens or 0) + (record.completion_tokens or 0)
-        task = asyncio.get_running_loop().create_task(self.keys.used_tokens(key, tokens))
+        task = asyncio.get_running_loop().create_task(
+            self.keys.used_tokens(key, tokens, record.request_id)
+        )
         self._token_counts.add(task)
         task.add_done_callback(self._token_counts.discard)
 
@@ -792,7 +838,17 @@ class Gateway:
         if needs.stream and endpoint is Endpoint.EMBEDDINGS:
             needs.stream = False
         record.stream = needs.stream
-        routes = self.router.plan(needs)
+        try:
+            routes = self.router.plan(needs)
+        except GatewayError as error:
+            if self.router.debug:
+                self.router.explain_refusal(needs, error, record.request_id)
+            if error.code == "model_not_found":
+                # The models this caller could use instead: /v1/models's list, aliases included.
+                raise model_not_found(model, self.model_ids(key)) from None
+            raise
+        if self.router.debug:
+            self.router.explain(needs, routes, record.request_id)
         # Full backends are ordered last, so a first route with room means no wait (the hot path).
         if routes and is_full(routes[0].backend) and all(is_full(r.backend) for r in routes):
             routes = await self._wait_for_slot(needs, routes, priority_high)
@@ -810,6 +866,8 @@ class Gateway:
             span=record.span,
             key=None if key is None else key.name,
             client_auth=record.client_auth,
+            request_id=record.request_id,
+            debug=self._debug_attempts,
         )
         if accountant.limit is not None:
             result.budget_headers = accountant.headers()

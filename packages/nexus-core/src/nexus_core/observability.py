@@ -432,7 +432,7 @@ class Monitor:
         if writer is not None:
             writer(LINE_FORMAT % args, fields)
         else:
-            log.info(LINE_FORMAT, *args, extra={"nexus": fields})
+            log.info(LINE_FORMAT, *args, extra={"nexus": fields, "request_id": record.request_id})
 
     # -- reading ----------------------------------------------------------------------------------
 

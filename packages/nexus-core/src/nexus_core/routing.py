@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import json
+import logging
 import math
 import operator
 import random
@@ -21,6 +22,8 @@ from nexus_core.registry import Backend, Registry
 
 if TYPE_CHECKING:
     from nexus_core.accounting import Accountant
+
+log = logging.getLogger("nexus.routing")
 
 # Rough bytes-per-token used to estimate prompt size before the context-length check.
 CHARS_PER_TOKEN = 4
@@ -378,6 +381,9 @@ class Router:
         budget: Accountant | None = None,
     ) -> None:
         self.registry = registry
+        #: Log each decision (``explain``): set from the ``nexus.routing`` logger's level when
+        #: the gateway starts, so a request pays nothing for it while DEBUG is off.
+        self.debug = False
         #: The budget's state: cloud backends go last past the soft limit, or are refused.
         self.budget = budget
         #: Seconds until an unhealthy backend is probed again (the Retry-After hint).
@@ -388,6 +394,8 @@ class Router:
         self.strategy: Strategy = (
             strategy or builtin_strategies(config, quality)[config.strategy.value]
         )
+        #: The strategy's name in the debug lines: the config's, or a custom one's class.
+        self.strategy_name = config.strategy.value if strategy is None else type(strategy).__name__
         if isinstance(self.strategy, SmartStrategy):
             # Backends keep their smart score current from now on (see Backend.rank).
             weights = self.strategy.weights
@@ -656,6 +664,45 @@ class Router:
             return routes
         raise self.unroutable(requested, model, needs)
 
+    def explain(self, needs: RequestNeeds, routes: Sequence[Route], request_id: str) -> None:
+        """Log (DEBUG) the decision ``plan`` made for ``needs``: the strategy, the candidates,
+        the backends left out and why, and the routes in the order they will be tried.
+
+        Works the exclusions out again (``eligible`` with reasons): only called while DEBUG is
+        on (``debug``).
+        """
+        requested = needs.model
+        model = self.resolve(requested)
+        base = self.constraint(self.names(requested)) if self.policies else None
+        excluded: list[dict[str, Any]] = []
+        candidates = self.eligible(model, needs, excluded, base)
+        for fallback in self._fallbacks.get(model, ()):
+            constraint = self._fallback_constraint(base, fallback)
+            self.eligible(self.resolve(fallback), needs, excluded, constraint)
+        asked = model if model == requested else f"{model} (asked {requested})"
+        log.debug(
+            "%s route %s: strategy %s; candidates %s; excluded %s; order %s",
+            request_id or "-",
+            asked,
+            self.strategy_name,
+            ", ".join(b.name for b in candidates) or "none",
+            _excluded_text(excluded),
+            ", ".join(_route_text(route, model) for route in routes),
+            extra={"request_id": request_id},
+        )
+
+    def explain_refusal(self, needs: RequestNeeds, error: GatewayError, request_id: str) -> None:
+        """Log (DEBUG) why ``plan`` found no route for ``needs`` (``error``: its answer)."""
+        log.debug(
+            "%s route %s: none (%s %s): %s",
+            request_id or "-",
+            needs.model,
+            error.status,
+            error.code,
+            error.message,
+            extra={"request_id": request_id},
+        )
+
     def _fallback_constraint(self, base: Constraint | None, fallback: str) -> Constraint | None:
         """The requested model's constraint and the fallback model's own: the stricter wins."""
         if not self.policies:
@@ -696,3 +743,20 @@ class Router:
             constraint = self._fallback_constraint(base, fallback)
             self.eligible(self.resolve(fallback), needs, reasons, constraint)
         return no_backend(requested, reasons)
+
+
+def _excluded_text(excluded: Sequence[Mapping[str, Any]]) -> str:
+    """``b (unhealthy: connection refused), c (tier: ...)`` for the debug line of a decision."""
+    if not excluded:
+        return "none"
+    return ", ".join(
+        f"{r['backend']} for {r['model']} ({r['reason']}: {r.get('message') or '-'})"
+        for r in excluded
+    )
+
+
+def _route_text(route: Route, model: str) -> str:
+    """``a`` (``a [fallback-model m2]`` when the route is for another model)."""
+    if route.model == model:
+        return f"{route.backend.name} [{route.reason}]"
+    return f"{route.backend.name} [{route.reason} {route.model}]"

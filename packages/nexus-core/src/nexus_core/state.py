@@ -89,29 +89,37 @@ class StoreOutage:
         self._since = 0.0
         self._last_logged = 0.0
 
-    def failed(self, what: str, exc: BaseException) -> None:
-        """A call to the store failed (``what`` it was for); logged once per burst."""
+    def failed(self, what: str, exc: BaseException, request_id: str = "") -> None:
+        """A call to the store failed (``what`` it was for); logged once per burst.
+
+        ``request_id``: the request it was for, if any (its line then starts with the id).
+        """
         now = self._clock()
         self.count += 1
+        prefix = f"{request_id} " if request_id else ""
         if not self.failing:
             self.failing = True
             self._since = self._last_logged = now
             log.error(
-                "the %s state store failed (%s): %s; requests that need it get 503 "
+                "%sthe %s state store failed (%s): %s; requests that need it get 503 "
                 "state_unavailable until it answers again",
+                prefix,
                 self.kind,
                 what,
                 exc,
+                extra={"request_id": request_id},
             )
         elif now - self._last_logged >= OUTAGE_LOG_SECONDS:
             self._last_logged = now
             log.error(
-                "the %s state store is still failing (%d failures in %.0f s; last, %s: %s)",
+                "%sthe %s state store is still failing (%d failures in %.0f s; last, %s: %s)",
+                prefix,
                 self.kind,
                 self.count,
                 now - self._since,
                 what,
                 exc,
+                extra={"request_id": request_id},
             )
 
     def recovered(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -20,12 +21,13 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from nexus_core.accounting import usd
 from nexus_core.adapters import Endpoint
+from nexus_core.anthropic_wire import anthropic_error_body
 from nexus_core.auth import ApiKey
 from nexus_core.config import BackendConfig, ServerConfig
 from nexus_core.errors import GatewayError, model_not_found, payload_too_large
 from nexus_core.gateway import Gateway, state_unavailable
 from nexus_core.state import StateError
-from nexus_server import __version__, ollama
+from nexus_server import __version__, anthropic_models, ollama
 from nexus_server.admin import admin_routes, presented_in, read_json
 from nexus_server.anthropic import CountTokensEndpoint, MessagesEndpoint
 from nexus_server.dashboard import Dashboard
@@ -73,9 +75,15 @@ _CODE_BY_STATUS = {
 
 
 def _envelope_response(request: Request[Any, Any, Any], error: GatewayError) -> Response[bytes]:
-    """``error`` in the shape of the door the request was for."""
+    """``error`` in the shape of the door the request was for (Anthropic's for a model listing
+    an Anthropic SDK asked for)."""
+    path = request.url.path
+    if path.startswith("/v1/models") and anthropic_models.wants_anthropic(request.headers):
+        body = anthropic_error_body(error.status, error.message)
+    else:
+        body = error_body(path, error)
     return Response(
-        content=error_body(request.url.path, error),
+        content=body,
         status_code=error.status,
         media_type="application/json",
         headers=error.headers,
@@ -85,14 +93,18 @@ def _envelope_response(request: Request[Any, Any, Any], error: GatewayError) -> 
 def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     status = exc.status_code
     code: str | None
+    method = "HEAD" if request.scope.get(HEAD_KEY) else request.method
     if isinstance(exc, NotFoundException):
-        message = f"Unknown path {request.method} {request.url.path}"
+        message = f"Unknown path {method} {request.url.path}"
         code = "not_found"
     elif status == 413:
         return _envelope_response(request, payload_too_large(max_body_of(request)))
     else:
         message = exc.detail or "Request failed"
         code = _CODE_BY_STATUS.get(status)
+    if status in (404, 405):
+        unknown: UnknownPaths = request.app.state.unknown_paths
+        unknown.note(method, request.url.path, status, _request_id(request))
     headers = dict(exc.headers or {})
     return _envelope_response(
         request,
@@ -112,6 +124,104 @@ def max_body_of(request: Request[Any, Any, Any]) -> int:
     return limit
 
 
+def _request_id(request: Request[Any, Any, Any]) -> str:
+    """The request's ``X-Request-Id`` (``NexusApp`` gives every request one)."""
+    raw = request.scope.get(REQUEST_ID_KEY)
+    return raw.decode("latin-1") if isinstance(raw, bytes) else ""
+
+
+#: Seconds over which requests for unknown paths are counted before they are logged again.
+UNKNOWN_PATH_WINDOW = 60.0
+#: Distinct (method, path, status) logged per window; further ones are only counted.
+UNKNOWN_PATHS_LOGGED = 50
+#: Characters of an unknown path kept in its log line.
+UNKNOWN_PATH_KEPT = 200
+
+
+class UnknownPaths:
+    """Logs requests Nexus has no route for (404, or 405 for a method a route does not take),
+    at INFO, so an operator sees what a tool was missing, and never floods the log.
+
+    The first request for a method and path in a window of ``UNKNOWN_PATH_WINDOW`` seconds is
+    logged at once; the repeats are counted and logged as one line per path when the window
+    ends. At most ``UNKNOWN_PATHS_LOGGED`` paths per window get lines of their own; requests for
+    more are summed up in one line (a scanner trying thousands of paths writes a few lines a
+    minute).
+    """
+
+    def __init__(self) -> None:
+        #: Repeats since the first (logged) request, by (method, path, status), this window.
+        self._seen: dict[tuple[str, str, int], int] = {}
+        self._others = 0
+        self._other_paths: set[tuple[str, str, int]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def note(self, method: str, path: str, status: int, request_id: str) -> None:
+        """One request for ``path`` answered ``status`` (404 or 405)."""
+        if len(path) > UNKNOWN_PATH_KEPT:
+            path = path[:UNKNOWN_PATH_KEPT] + "…"
+        entry = (method, path, status)
+        seen = self._seen
+        repeats = seen.get(entry)
+        if repeats is not None:
+            seen[entry] = repeats + 1
+            return
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(UNKNOWN_PATH_WINDOW, self.flush)
+        if len(seen) >= UNKNOWN_PATHS_LOGGED:
+            self._others += 1
+            if len(self._other_paths) < 10 * UNKNOWN_PATHS_LOGGED:
+                self._other_paths.add(entry)
+            return
+        seen[entry] = 0
+        log.info(
+            "%s %s %s: %d, Nexus has no such %s (further requests for it are counted: one "
+            "line a minute)",
+            request_id or "-",
+            method,
+            path,
+            status,
+            "route" if status == 404 else "method on this route",
+            extra={"request_id": request_id},
+        )
+
+    def flush(self) -> None:
+        """End the window: log the repeats it counted, and start afresh."""
+        self._timer = None
+        for (method, path, status), repeats in self._seen.items():
+            if repeats:
+                log.info(
+                    "%s %s: %d, %d more time%s in the last %.0f s",
+                    method,
+                    path,
+                    status,
+                    repeats,
+                    "" if repeats == 1 else "s",
+                    UNKNOWN_PATH_WINDOW,
+                )
+        if self._others:
+            paths = len(self._other_paths)
+            log.info(
+                "%d more request%s for %s%d other unknown path%s in the last %.0f s (not logged "
+                "one by one)",
+                self._others,
+                "" if self._others == 1 else "s",
+                "" if paths < 10 * UNKNOWN_PATHS_LOGGED else "at least ",
+                paths,
+                "" if paths == 1 else "s",
+                UNKNOWN_PATH_WINDOW,
+            )
+        self._seen.clear()
+        self._other_paths.clear()
+        self._others = 0
+
+    def close(self) -> None:
+        """Stop the window's timer (the server stops)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 def _gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
     return _envelope_response(request, exc)
 
@@ -120,14 +230,21 @@ def _state_error(request: Request[Any, Any, Any], exc: StateError) -> Response[b
     # An admin write (a key, a backend) the state store could not take: 503, logged once per
     # failure burst, never a traceback.
     gateway: Gateway = request.app.state.gateway
-    gateway.store_outage.failed(f"{request.method} {request.url.path!r}", exc)
+    gateway.store_outage.failed(f"{request.method} {request.url.path!r}", exc, _request_id(request))
     return _envelope_response(
         request, state_unavailable("keys and backends made at run time are kept there")
     )
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    request_id = _request_id(request)
+    log.exception(
+        "%s unhandled error on %s %s",
+        request_id or "-",
+        request.method,
+        request.url.path,
+        extra={"request_id": request_id},
+    )
     return _envelope_response(
         request,
         GatewayError(
@@ -163,22 +280,24 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
     def key_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         viewer(connection)
 
-    def models_for(key: ApiKey | None) -> list[dict[str, Any]]:
-        """The models a key may use (its ``models`` globs); every model for None."""
-        models = gateway.list_models()
-        return models if key is None else [m for m in models if key.allows(str(m["id"]))]
-
     @get("/v1/models", guards=[key_guard])
     async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
-        return {"object": "list", "data": models_for(viewer(request))}
+        # The models the caller's key may use (every model with auth off or the admin key), in
+        # OpenAI's shape, or Anthropic's for the Anthropic SDKs (anthropic_models).
+        models = gateway.list_models(viewer(request))
+        if anthropic_models.wants_anthropic(request.headers):
+            return anthropic_models.page(models, request.query_params)
+        return {"object": "list", "data": models}
 
     @get("/v1/models/{model_id:path}", guards=[key_guard])
     async def get_model(request: Request[Any, Any, Any], model_id: FromPath[str]) -> dict[str, Any]:
         model_id = model_id.lstrip("/")
         key = viewer(request)
-        entry = gateway.get_model(model_id)
-        if entry is None or (key is not None and not key.allows(model_id)):
-            raise model_not_found(model_id, [m["id"] for m in models_for(key)])
+        entry = gateway.get_model(model_id, key)
+        if entry is None:
+            raise model_not_found(model_id, gateway.model_ids(key))
+        if anthropic_models.wants_anthropic(request.headers):
+            return anthropic_models.model_info(entry)
         return entry
 
     @get("/health")
@@ -193,7 +312,8 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
             {"ready": ok, **summary}, status_code=200 if ok else 503, media_type="application/json"
         )
 
-    @get("/metrics", media_type="text/plain; version=0.0.4; charset=utf-8")
+    # Litestar adds "; charset=utf-8" to a text type itself: named here, it would be said twice.
+    @get("/metrics", media_type="text/plain; version=0.0.4")
     async def metrics() -> str:
         return gateway.monitor.render_prometheus()
 
@@ -273,8 +393,10 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
         try:
             yield
         finally:
+            unknown_paths.close()
             await gateway.stop()
 
+    unknown_paths = UnknownPaths()
     dashboard = Dashboard(gateway)
     litestar_app = Litestar(
         route_handlers=[
@@ -314,6 +436,7 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
         request_max_body_size=gateway.config.server.max_body_bytes,
     )
     litestar_app.state.gateway = gateway
+    litestar_app.state.unknown_paths = unknown_paths
     return NexusApp(litestar_app, proxies, dashboard, trust=trust)
 
 
@@ -343,6 +466,22 @@ CORS_EXPOSED = (
 NOSNIFF = (b"x-content-type-options", b"nosniff")
 #: Methods that change something; the admin API takes only JSON with them.
 WRITES = frozenset({"POST", "PUT", "PATCH"})
+#: Scope key of a HEAD request answered as its GET (``as_get``).
+HEAD_KEY = "nexus.head"
+
+
+def as_get(scope: Scope, send: Send) -> tuple[Scope, Send]:
+    """A HEAD request as the GET it asks about: the same status and headers, no body
+    (RFC 9110, 9.3.2). The routes are GET routes; this answers HEAD on every one of them."""
+
+    async def without_body(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            if message.get("more_body", False):
+                return
+            message = {"type": "http.response.body", "body": b""}
+        await send(message)
+
+    return {**scope, "method": "GET", HEAD_KEY: True}, without_body
 
 
 def _with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
@@ -474,7 +613,10 @@ class NexusApp:
                     await _refuse(send, path, refusal, extra)
                     return
                 scope[LOCAL_KEY] = self._local(scope)
-                await self.app(scope, receive, _with_headers(send, extra))
+                admin_send = _with_headers(send, extra)
+                if scope["method"] == "HEAD":
+                    scope, admin_send = as_get(scope, admin_send)
+                await self.app(scope, receive, admin_send)
                 return
             if _is_dashboard(path):
                 if not trust.host_allowed(host):
@@ -506,6 +648,9 @@ class NexusApp:
 
         if proxy is not None:
             await proxy(scope, receive, send_with_id)
+        elif scope["method"] == "HEAD":
+            head_scope, head_send = as_get(scope, send_with_id)
+            await self.app(head_scope, receive, head_send)
         else:
             await self.app(scope, receive, send_with_id)
 

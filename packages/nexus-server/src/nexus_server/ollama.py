@@ -314,7 +314,12 @@ def show(gateway: Gateway, data: Any, key: ApiKey | None = None) -> tuple[int, d
 
 
 def ps(gateway: Gateway, key: ApiKey | None = None) -> dict[str, Any]:
-    """``GET /api/ps``: models a healthy backend reports loaded right now (that ``key`` may use)."""
+    """``GET /api/ps``: models loaded on a healthy backend (that ``key`` may use).
+
+    Loaded: its last probe said so, or a request through Nexus was answered with it since (the
+    gateway marks it then: a server loads a model to answer), so a model loaded through Nexus
+    shows at once; one the server unloads on its own goes at the next probe.
+    """
     loaded: dict[str, int | None] = {}
     for backend in gateway.registry:
         if backend.status.value != "healthy":

@@ -236,8 +236,14 @@ class ProxyEndpoint:
             self.endpoint.value,
             "before it was sent" if answered else "after it started; the connection is closed",
             exc,
+            extra={"request_id": record.request_id},
         )
-        log.debug("the failure's traceback", exc_info=exc)
+        log.debug(
+            "%s the failure's traceback",
+            record.request_id or "-",
+            exc_info=exc,
+            extra={"request_id": record.request_id},
+        )
         if not record.finished:
             if answered:
                 record.status = 500

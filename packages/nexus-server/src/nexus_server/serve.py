@@ -58,9 +58,11 @@ def escape_controls(text: str) -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, the request's fields, exception.
+    """One JSON object per line: time, level, logger, message, request id, the request's fields,
+    exception.
 
-    A request line (logger ``nexus.requests``) carries its fields under ``request`` (see
+    A line about a request carries its id as ``request_id`` (from ``extra={"request_id": ...}``);
+    a request line (logger ``nexus.requests``) also has its fields under ``request`` (see
     docs/observability.md for the schema). No control character is left raw (``json_line``).
     """
 
@@ -72,6 +74,7 @@ class JsonFormatter(logging.Formatter):
             record.getMessage(),
             getattr(record, "nexus", None),
             self.formatException(record.exc_info) if record.exc_info else None,
+            getattr(record, "request_id", None) or None,
         )
 
 
@@ -82,6 +85,7 @@ def json_line(
     message: str,
     request: dict[str, Any] | None = None,
     exception: str | None = None,
+    request_id: str | None = None,
 ) -> str:
     """One JSON log line (docs/log-schema.json)."""
     entry: dict[str, object] = {
@@ -90,6 +94,8 @@ def json_line(
         "logger": logger,
         "message": message,
     }
+    if request_id is not None:
+        entry["request_id"] = request_id
     if request is not None:
         entry["request"] = request
     if exception is not None:
@@ -159,7 +165,9 @@ class RequestLines:
     def __call__(self, message: str, fields: dict[str, Any]) -> None:
         now = time.time()
         if self.json:
-            line = json_line(now, "info", "nexus.requests", message, fields)
+            line = json_line(
+                now, "info", "nexus.requests", message, fields, None, fields["request_id"] or None
+            )
         else:
             second = int(now)
             if second != self._second:
