@@ -390,8 +390,9 @@ def test_error_bodies_keep_llama_servers_extra_keys() -> None:
         b'"n_prompt_tokens":5018,"n_ctx":512}}'
     )
     error = json.loads(normalise_error_body(body))["error"]
+    # OpenAI's code for it, so OpenAI clients recognise it; llama-server's type and keys kept.
     assert (error["code"], error["n_ctx"], error["type"]) == (
-        "400",
+        "context_length_exceeded",
         512,
         "exceed_context_size_error",
     )

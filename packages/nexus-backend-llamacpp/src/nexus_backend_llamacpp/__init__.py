@@ -315,7 +315,11 @@ class LlamaCppAdapter(OpenAIWireAdapter):
 
 
 def normalise_error_body(body: bytes) -> bytes:
-    """llama-server's error body with its int ``code`` as a string, as OpenAI clients expect."""
+    """llama-server's error body with its int ``code`` as a string, as OpenAI clients expect.
+
+    A prompt over the context (``exceed_context_size_error``) gets OpenAI's code for it,
+    ``context_length_exceeded``, which OpenAI clients key on; the rest of the body is kept.
+    """
     try:
         payload = json.loads(body)
     except ValueError:
@@ -323,7 +327,10 @@ def normalise_error_body(body: bytes) -> bytes:
     error = payload.get("error") if isinstance(payload, dict) else None
     if not isinstance(error, dict) or not _is_int(error.get("code")):
         return body
-    return dumps({**payload, "error": {**error, "code": str(error["code"])}})
+    code = str(error["code"])
+    if error.get("type") == "exceed_context_size_error":
+        code = "context_length_exceeded"
+    return dumps({**payload, "error": {**error, "code": code}})
 
 
 def metrics_load(text: str, total_slots: int | None) -> LoadSignal | None:
