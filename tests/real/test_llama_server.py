@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import anthropic
 import httpx
+import ollama
 import openai
 import pytest
 from openai.types.chat import ChatCompletionChunk
@@ -308,3 +310,73 @@ async def test_auto_detection_recognises_the_real_server(launch_llama: LaunchLla
         assert backend.type_name == "llamacpp"
         assert backend.status is BackendStatus.HEALTHY
         assert ALIAS in backend.models
+
+
+# -- errors keep their meaning (docs/api.md#errors) ----------------------------------------------
+
+
+def test_embeddings_off_is_detected_listed_and_never_routed_there(
+    launch_llama: LaunchLlama,
+) -> None:
+    chat_only = launch_llama("chat-only")
+    embedder = launch_llama("embedder", *EMBEDDING_ARGS)
+    with running_server(nexus_config(chat_only)) as nexus:
+        entry = sdk(nexus).models.retrieve(ALIAS).model_dump()
+        with pytest.raises(openai.BadRequestError) as info:
+            sdk(nexus).embeddings.create(model=ALIAS, input="hello")
+    assert entry["capabilities"]["embeddings"] is False
+    assert (info.value.code, info.value.param) == ("embeddings_not_supported", "model")
+    with running_server(nexus_config(chat_only, embedder)) as nexus:
+        listed = sdk(nexus).models.retrieve(ALIAS).model_dump()
+        raw = sdk(nexus).embeddings.with_raw_response.create(model=ALIAS, input="hello")
+    assert listed["capabilities"]["embeddings"] is True
+    # chat-only has the higher priority, yet embeddings never go there.
+    assert raw.headers["x-nexus-backend"] == "embedder"
+
+
+def test_an_undetected_501_reaches_the_client_as_a_400_with_llama_servers_message(
+    launch_llama: LaunchLlama,
+) -> None:
+    # Declared as a plain OpenAI-wire server (type vllm), so nothing asks whether it embeds:
+    # the request goes there and llama-server answers its 501.
+    server = launch_llama("plain")
+    config = nexus_config(server)
+    config["backends"][0]["type"] = "vllm"
+    with running_server(config) as nexus:
+        client = openai.OpenAI(base_url=nexus.base_url, api_key="unused", max_retries=2)
+        with pytest.raises(openai.BadRequestError) as info:
+            client.embeddings.create(model=ALIAS, input="hello")
+        answered = httpx.get(nexus.url + "/v1/history").json()["data"]
+    assert info.value.code == "embeddings_not_supported"
+    assert "This server does not support embeddings. Start it with `--embeddings`" in str(
+        info.value.message
+    )
+    assert [entry["status"] for entry in answered] == [400]  # one call, one request
+
+
+def test_llama_servers_context_error_reaches_every_door(launch_llama: LaunchLlama) -> None:
+    # 1,500 digits: about 375 tokens to Nexus's estimate (it fits the 512-token slot), 1,500 and
+    # more to the real tokenizer (one token per digit): llama-server itself refuses it.
+    server = launch_llama("a")
+    prompt = [{"role": "user", "content": "7" * 1500}]
+    with running_server(nexus_config(server)) as nexus:
+        with pytest.raises(openai.BadRequestError) as info:
+            sdk(nexus).chat.completions.create(model=ALIAS, messages=prompt, max_tokens=4)
+        claude = anthropic.Anthropic(base_url=nexus.url, api_key="unused", max_retries=0)
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            claude.messages.create(model=ALIAS, messages=prompt, max_tokens=4)
+        with pytest.raises(ollama.ResponseError) as ollama_refused:
+            ollama.Client(host=nexus.url).chat(model=ALIAS, messages=prompt, stream=False)
+    # OpenAI's code (the body is llama-server's, with its own type and counts).
+    assert info.value.code == "context_length_exceeded"
+    body = info.value.response.json()["error"]
+    assert body["type"] == "exceed_context_size_error"
+    assert body["n_ctx"] == CONTEXT // SLOTS
+    message = body["message"]
+    assert "exceeds the available context size (512 tokens)" in message
+    # The same message in Anthropic's and Ollama's shapes.
+    assert refused.value.body == {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": message},
+    }
+    assert (ollama_refused.value.status_code, ollama_refused.value.error) == (400, message)

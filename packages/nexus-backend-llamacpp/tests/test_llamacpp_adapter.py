@@ -114,7 +114,7 @@ async def test_context_is_the_slot_context_and_capabilities_come_from_props(
             vision=True,
             tools=True,
             json_mode=True,
-            embeddings=None,  # --embeddings is not reported anywhere
+            embeddings=False,  # not started with --embeddings: an empty request answered 501
             owned_by="llamacpp",
         ),
     )
@@ -318,7 +318,8 @@ async def test_probe_and_load_send_the_key_from_api_key_env(
     assert keyless.status is BackendStatus.UNHEALTHY
     assert keyless.detail == "/v1/models answered HTTP 401: Invalid API Key"
     guarded = [r for r in fake.requests if r.path != "/health"]
-    assert [r.headers.get("authorization") for r in guarded] == [*["Bearer k1"] * 3, None]
+    # /v1/models, /props, /v1/embeddings (is it on?), /slots; then the keyless /v1/models.
+    assert [r.headers.get("authorization") for r in guarded] == [*["Bearer k1"] * 4, None]
 
 
 async def test_detect_a_keyed_server_with_or_without_the_key(clients: HttpClients) -> None:
@@ -346,6 +347,42 @@ async def test_errors_keep_their_status_and_get_a_string_code(clients: HttpClien
         assert (info.value.kind, info.value.status) == (ErrorKind.SERVER_ERROR, 501)
 
 
+# -- embeddings: on or off ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+async def test_embeddings_capability_is_asked_once_per_server_start(
+    clients: HttpClients, enabled: bool
+) -> None:
+    async with FakeLlamaCpp(models=["tiny"], embeddings=enabled) as fake:
+        adapter = make_adapter(fake.url, clients)
+        for _ in range(3):
+            result = await adapter.probe()
+            assert [m.embeddings for m in result.models] == [enabled]
+        asked = [r for r in fake.requests if r.path == "/v1/embeddings"]
+        # One empty request (nothing computed), not one per probe.
+        assert [(r.method, json.loads(r.body)) for r in asked] == [("POST", {})]
+        # A server that was down may come back with other flags: asked again once it is back.
+        fake.loading = True
+        assert (await adapter.probe()).status is BackendStatus.LOADING
+        fake.loading = False
+        fake.embeddings = not enabled
+        result = await adapter.probe()
+        assert [m.embeddings for m in result.models] == [not enabled]
+        assert len([r for r in fake.requests if r.path == "/v1/embeddings"]) == 2
+
+
+async def test_the_embeddings_probe_takes_no_behaviour_turn(clients: HttpClients) -> None:
+    async with FakeLlamaCpp(models=["tiny"]) as fake:
+        fake.behave(Behaviour(status=500))
+        adapter = make_adapter(fake.url, clients)
+        assert [m.embeddings for m in (await adapter.probe()).models] == [False]
+        # The steered answer is still there for the next real request.
+        with pytest.raises(BackendError) as info:
+            await adapter.send(Endpoint.CHAT, chat(), stream=False, timeouts=FAST)
+        assert info.value.status == 500
+
+
 def test_error_bodies_keep_llama_servers_extra_keys() -> None:
     body = (
         b'{"error":{"code":400,"message":"request (5018 tokens) exceeds the available context'
@@ -353,8 +390,9 @@ def test_error_bodies_keep_llama_servers_extra_keys() -> None:
         b'"n_prompt_tokens":5018,"n_ctx":512}}'
     )
     error = json.loads(normalise_error_body(body))["error"]
+    # OpenAI's code for it, so OpenAI clients recognise it; llama-server's type and keys kept.
     assert (error["code"], error["n_ctx"], error["type"]) == (
-        "400",
+        "context_length_exceeded",
         512,
         "exceed_context_size_error",
     )

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from nexus_core.adapters import RETRYABLE_KINDS, BackendError, ErrorKind, ResponseLimits, clip
+from nexus_core.errors import MESSAGE_CHARS, backend_message
 from nexus_core.failover import client_error, is_json
 
 
@@ -136,3 +137,64 @@ def test_a_long_4xx_excerpt_is_clipped() -> None:
     message = client_error(exc, "gpu").message
     assert len(message) <= len("Backend 'gpu' answered HTTP 404: ") + 203
     assert message.endswith("...")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        # OpenAI's envelope (vLLM, llama-server, LM Studio, OpenAI itself)
+        (
+            b'{"error":{"message":"maximum context length is 4096","code":"400"}}',
+            "maximum context length is 4096",
+        ),
+        # Ollama's own shape
+        (b'{"error":"model requires more system memory"}', "model requires more system memory"),
+        # Anthropic's shape
+        (
+            b'{"type":"error","error":{"type":"invalid_request_error",'
+            b'"message":"prompt is too long"}}',
+            "prompt is too long",
+        ),
+        # vLLM's older shape, FastAPI's validation error
+        (b'{"object":"error","message":"bad temperature","code":400}', "bad temperature"),
+        (b'{"detail":"Not authenticated"}', "Not authenticated"),
+        # Text, with control characters that must not reach a log or a terminal
+        (b"Bad Request: \x1b[31mno\r\nX-Injected: 1", "Bad Request: [31mno X-Injected: 1"),
+        # Nothing to say
+        (b'{"error":{"code":400}}', None),
+        (b"[1,2]", None),
+        (b"", None),
+    ],
+    ids=[
+        "openai",
+        "ollama",
+        "anthropic",
+        "vllm-old",
+        "fastapi",
+        "text",
+        "no-message",
+        "list",
+        "empty",
+    ],
+)
+def test_backend_message_reads_every_wire(body: bytes, message: str | None) -> None:
+    assert backend_message(body) == message
+
+
+def test_backend_message_is_clipped() -> None:
+    message = backend_message(json.dumps({"error": {"message": "y" * 5000}}).encode())
+    assert message is not None
+    assert len(message) == MESSAGE_CHARS + 3
+    assert message.endswith("...")
+
+
+def test_a_json_4xx_carries_the_backends_message_for_the_other_doors() -> None:
+    body = b'{"error":"this model does not support tools"}'
+    exc = BackendError.from_status(400, body, {"content-type": "application/json"})
+    error = client_error(exc, "box")
+    assert error.body() == body  # the OpenAI door passes the body on
+    assert error.message == "this model does not support tools"  # the others get its message
+    silent = client_error(
+        BackendError.from_status(422, b"{}", {"content-type": "application/json"}), "box"
+    )
+    assert silent.message == "Backend 'box' answered HTTP 422"

@@ -85,14 +85,26 @@ def test_analyze_reads_only_what_routing_needs() -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "param"),
-    [({"messages": []}, "model"), ({"model": ""}, "model"), ({"model": "m"}, "messages")],
+    ("endpoint", "body", "param", "code"),
+    [
+        (Endpoint.CHAT, {"messages": []}, "model", "missing_model"),
+        (Endpoint.CHAT, {"model": ""}, "model", "missing_model"),
+        (Endpoint.CHAT, {"model": "m"}, "messages", "missing_required_parameter"),
+        (Endpoint.CHAT, {"model": "m", "messages": "hi"}, "messages", "invalid_type"),
+        (Endpoint.COMPLETIONS, {"model": "m"}, "prompt", "missing_required_parameter"),
+        (Endpoint.COMPLETIONS, {"model": "m", "prompt": 3}, "prompt", "invalid_type"),
+        (Endpoint.EMBEDDINGS, {"model": "m"}, "input", "missing_required_parameter"),
+        (Endpoint.EMBEDDINGS, {"model": "m", "input": None}, "input", "missing_required_parameter"),
+    ],
 )
-def test_analyze_refuses_unroutable_bodies(body: dict[str, Any], param: str) -> None:
+def test_analyze_refuses_unroutable_bodies(
+    endpoint: Endpoint, body: dict[str, Any], param: str, code: str
+) -> None:
     with pytest.raises(GatewayError) as info:
-        analyze(Endpoint.CHAT, body)
-    assert info.value.status == 400
-    assert info.value.param == param
+        analyze(endpoint, body)
+    assert (info.value.status, info.value.type) == (400, "invalid_request_error")
+    assert (info.value.param, info.value.code) == (param, code)
+    assert f"'{param}'" in info.value.message or param == "model"
 
 
 def test_unknown_model_is_404_listing_models() -> None:

@@ -4,8 +4,10 @@ What it reads (see README.md): ``GET /health`` (503 while the model loads = ``lo
 ``GET /v1/models`` (models, per-slot context ``meta.n_ctx``, router-mode ``status``), ``GET /props``
 (context, ``total_slots``, ``modalities.vision``, ``chat_template_caps.supports_tools``) and, for
 the load, ``GET /slots`` (busy slots) or ``GET /metrics`` (``llamacpp:requests_processing``,
-``llamacpp:requests_deferred``). Requests go to ``/v1/...`` unchanged; error bodies, whose
-``code`` llama-server sends as an int, are normalised.
+``llamacpp:requests_deferred``). Whether the server computes embeddings (``--embeddings``) is
+said nowhere in what it lists: an empty ``POST /v1/embeddings`` tells, once per server start
+(501 when off, before the body is read; 400 "input is required" when on). Requests go to
+``/v1/...`` unchanged; error bodies, whose ``code`` llama-server sends as an int, are normalised.
 """
 
 from __future__ import annotations
@@ -56,11 +58,21 @@ class LlamaCppAdapter(OpenAIWireAdapter):
         self.running_models: tuple[str, ...] = ()
         self._total_slots: int | None = None
         self._slots_endpoint = True
+        #: Whether embeddings are on (None: unknown), and for which server start it was asked.
+        self._embeddings: bool | None = None
+        self._embeddings_asked: tuple[Any, ...] | None = None
 
     # -- probing -------------------------------------------------------------------------------
 
     async def probe(self) -> ProbeResult:
         """``loading`` while ``/health`` is 503; then models and capabilities (README.md)."""
+        result = await self._probe()
+        if result.status is not BackendStatus.HEALTHY:
+            # Down or loading: it may come back restarted with other flags; ask again then.
+            self._embeddings_asked = None
+        return result
+
+    async def _probe(self) -> ProbeResult:
         headers = self._probe_headers()
         try:
             health = await self.clients.probe.get(self.root + "/health", headers=headers)
@@ -105,7 +117,44 @@ class LlamaCppAdapter(OpenAIWireAdapter):
         total = props.get("total_slots")
         self._total_slots = total if _is_int(total) and total > 0 else None
         self.running_models = ()
-        return [self._with_props(self.model_info(card), card, props) for card in cards]
+        embeddings = await self._embeddings_enabled(props, headers)
+        return [
+            dataclasses.replace(
+                self._with_props(self.model_info(card), card, props), embeddings=embeddings
+            )
+            for card in cards
+        ]
+
+    async def _embeddings_enabled(
+        self, props: Mapping[str, Any], headers: Mapping[str, str]
+    ) -> bool | None:
+        """Whether the server was started with ``--embeddings`` (None: it did not say).
+
+        Neither ``/props`` nor ``/v1/models`` says it; ``POST /v1/embeddings`` with an empty body
+        does, without computing anything: 501 "does not support embeddings" when off (checked
+        before the body is read), 400 "input is required" when on. Asked again only when the
+        server may have restarted: a ``/props`` that differs (its ``media_marker`` is drawn at
+        each start), or after a probe that did not find it healthy.
+        """
+        started = tuple(
+            props.get(key) for key in ("media_marker", "build_info", "model_path", "model_alias")
+        )
+        if started == self._embeddings_asked:
+            return self._embeddings
+        try:
+            response = await self.clients.probe.post(
+                self.api_base + "/embeddings", json={}, headers=headers
+            )
+        except httpx.HTTPError:
+            return self._embeddings
+        if response.status_code == 501:
+            self._embeddings = False
+        elif response.status_code in (200, 400):
+            self._embeddings = True
+        else:  # refused before the check (a key the server does not take): ask next time
+            return self._embeddings
+        self._embeddings_asked = started
+        return self._embeddings
 
     async def _router_models(
         self, cards: list[dict[str, Any]], headers: Mapping[str, str]
@@ -266,7 +315,11 @@ class LlamaCppAdapter(OpenAIWireAdapter):
 
 
 def normalise_error_body(body: bytes) -> bytes:
-    """llama-server's error body with its int ``code`` as a string, as OpenAI clients expect."""
+    """llama-server's error body with its int ``code`` as a string, as OpenAI clients expect.
+
+    A prompt over the context (``exceed_context_size_error``) gets OpenAI's code for it,
+    ``context_length_exceeded``, which OpenAI clients key on; the rest of the body is kept.
+    """
     try:
         payload = json.loads(body)
     except ValueError:
@@ -274,7 +327,10 @@ def normalise_error_body(body: bytes) -> bytes:
     error = payload.get("error") if isinstance(payload, dict) else None
     if not isinstance(error, dict) or not _is_int(error.get("code")):
         return body
-    return dumps({**payload, "error": {**error, "code": str(error["code"])}})
+    code = str(error["code"])
+    if error.get("type") == "exceed_context_size_error":
+        code = "context_length_exceeded"
+    return dumps({**payload, "error": {**error, "code": code}})
 
 
 def metrics_load(text: str, total_slots: int | None) -> LoadSignal | None:

@@ -6,7 +6,14 @@ stream ends at ``[DONE]``: nothing the backend sends after it is read.
 
 What a backend sends is never passed on as active content: a whole answer must be JSON (else the
 attempt fails, ``malformed_response``), and a 4xx body is passed through only when it is JSON;
-otherwise the client gets the front door's own error envelope with a clipped excerpt.
+otherwise the client gets the front door's own error envelope with a clipped excerpt. Either way
+the backend's own message (``errors.backend_message``) is the error's message, so the Anthropic
+and Ollama doors, which answer in their own shapes, pass it on too.
+
+A 501 (llama-server without ``--embeddings``, an Ollama chat model asked for embeddings) says
+that this backend cannot do this kind of request: another may, so failover goes on, and the
+backend is not held responsible (no cool-down). When every backend tried answered 501 the client
+gets a 400 with the backend's message rather than a 502 that SDKs retry.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from nexus_core.adapters import (
     clip,
 )
 from nexus_core.clamping import clamp, requested_limit, room
-from nexus_core.errors import GatewayError
+from nexus_core.errors import GatewayError, backend_message
 from nexus_core.h1 import TRACE_HEADERS
 from nexus_core.pricing import estimate_nano_usd
 from nexus_core.quality import QualityTracker
@@ -496,7 +503,13 @@ async def execute(
                 attempt.end(status=exc.status, error_type=exc.kind.value)
             if charge is not None:
                 charge.settle(0)  # providers do not bill a request that failed
-            if quality is not None and exc.kind is not ErrorKind.CLIENT_ERROR:
+            if (
+                quality is not None
+                and exc.kind is not ErrorKind.CLIENT_ERROR
+                and exc.status != NOT_IMPLEMENTED
+            ):
+                # A client's mistake, or a kind of request this backend does not do at all
+                # (501), says nothing about the backend's health.
                 quality.record(backend.name, route.model, False)
             attempts.append(Attempt(backend.name, exc.kind.value, exc.message, exc.status))
             if not exc.retryable:
@@ -531,7 +544,9 @@ async def execute(
                 if charge is not None and charge.settled is None:
                     # Cancelled on the way: the prompt may have been processed (and billed).
                     charge.settle(estimate_nano_usd(charge.price, needs.estimated_tokens, 0))
-    raise _failed(_exhausted(last_error, attempts, deadline_seconds, bool(routes)), attempts)
+    raise _failed(
+        _exhausted(last_error, attempts, deadline_seconds, bool(routes), endpoint), attempts
+    )
 
 
 def _failed(error: GatewayError, attempts: list[Attempt]) -> GatewayError:
@@ -564,6 +579,8 @@ async def _send_with_context(
 
 
 JSON = "application/json"
+#: The status of a backend that does not do this kind of request at all.
+NOT_IMPLEMENTED = 501
 
 
 def is_json(content_type: str) -> bool:
@@ -588,9 +605,11 @@ def client_error(exc: BackendError, backend: str) -> GatewayError:
     """An upstream 4xx for the client: the backend's body when it is JSON, else an envelope.
 
     A JSON body (by its content type, and it parses) is the client's own mistake as the backend
-    described it: passed through with its status, as ``application/json``. Anything else (an HTML
-    page, text) is never relayed as such: the front door's error envelope says "backend answered
-    HTTP 4xx" with a short excerpt free of control characters.
+    described it: passed through with its status, as ``application/json``, on the OpenAI door;
+    its message (``error.message``, Ollama's ``error``...) is the error's message, which the
+    Anthropic and Ollama doors put in their own shapes. Anything else (an HTML page, text) is
+    never relayed as such: the front door's error envelope says "backend answered HTTP 4xx" with
+    a short excerpt free of control characters.
     """
     status = exc.status or 400
     body = exc.body
@@ -600,8 +619,9 @@ def client_error(exc: BackendError, backend: str) -> GatewayError:
         except (ValueError, RecursionError):
             pass
         else:
+            message = backend_message(body) or f"Backend '{backend}' answered HTTP {status}"
             return GatewayError(
-                status, exc.message, raw_body=body, headers={"X-Nexus-Backend": backend}
+                status, message, raw_body=body, headers={"X-Nexus-Backend": backend}
             )
     excerpt = clip(body[:1024].decode("utf-8", "replace")) if body else ""
     return GatewayError(
@@ -614,10 +634,25 @@ def client_error(exc: BackendError, backend: str) -> GatewayError:
 
 
 def _exhausted(
-    last: BackendError | None, attempts: list[Attempt], deadline: float, had_routes: bool
+    last: BackendError | None,
+    attempts: list[Attempt],
+    deadline: float,
+    had_routes: bool,
+    endpoint: Endpoint,
 ) -> GatewayError:
     details = [_attempt_detail(a) for a in attempts]
     summary = "; ".join(f"{a.backend}: {a.message}" for a in attempts)
+    if last is not None and all(a.status == NOT_IMPLEMENTED for a in attempts):
+        # No backend tried does this kind of request: waiting or retrying cannot help.
+        said = (backend_message(last.body) if last.body else None) or last.message
+        embeddings = endpoint is Endpoint.EMBEDDINGS
+        return GatewayError(
+            400,
+            f"No backend tried can serve this request ({attempts[-1].backend}: {said})",
+            param="model" if embeddings else None,
+            code="embeddings_not_supported" if embeddings else "not_supported",
+            details=details,
+        )
     if last is None:
         return GatewayError(
             504,

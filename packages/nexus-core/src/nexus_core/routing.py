@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from nexus_core.adapters import BackendStatus, Endpoint, ModelInfo
 from nexus_core.config import MAX_ALIAS_DEPTH, PolicyConfig, PolicyPrivacy, RoutingConfig, Zone
-from nexus_core.errors import GatewayError, bad_request, model_not_found, no_backend
+from nexus_core.errors import (
+    GatewayError,
+    bad_request,
+    cannot_serve,
+    model_not_found,
+    no_backend,
+)
 from nexus_core.quality import QualityTracker
 from nexus_core.registry import Backend, Registry
 
@@ -27,6 +33,10 @@ log = logging.getLogger("nexus.routing")
 
 # Rough bytes-per-token used to estimate prompt size before the context-length check.
 CHARS_PER_TOKEN = 4
+#: Exclusions that no wait can lift: the request asks for what the model lacks, or a routing
+#: policy keeps it off a backend. Every other reason (``unhealthy``, which covers loading and
+#: draining, ``cooling_down``, ``budget``) passes.
+PERMANENT_REASONS = frozenset({"missing_capability", "privacy", "tier"})
 
 
 @dataclass(slots=True)
@@ -43,6 +53,10 @@ class RequestNeeds:
     flexible: bool = False
     #: A stream whose client asked for ``stream_options.include_usage``.
     include_usage: bool = False
+    #: An embeddings request: backends whose model says it cannot embed are skipped.
+    embeddings: bool = False
+    #: The request's prompt field (``messages``, ``prompt``, ``input``), named by its errors.
+    prompt_param: str = "messages"
 
 
 def analyze(endpoint: Endpoint, data: Any) -> RequestNeeds:
@@ -59,7 +73,7 @@ def analyze(endpoint: Endpoint, data: Any) -> RequestNeeds:
     if endpoint is Endpoint.CHAT:
         messages = data.get("messages")
         if not isinstance(messages, list):
-            raise bad_request("'messages' must be an array of messages", param="messages")
+            raise _field_error("messages", messages, "an array of messages")
         chars = 0
         for message in messages:
             content = message.get("content") if isinstance(message, dict) else None
@@ -84,14 +98,32 @@ def analyze(endpoint: Endpoint, data: Any) -> RequestNeeds:
         ):
             needs.json_mode = True
     elif endpoint is Endpoint.COMPLETIONS:
+        needs.prompt_param = "prompt"
         prompt = data.get("prompt")
         if isinstance(prompt, str):
             needs.estimated_tokens = len(prompt) // CHARS_PER_TOKEN
         elif isinstance(prompt, list):
             needs.estimated_tokens = sum(len(p) for p in prompt if isinstance(p, str)) // 4
-    elif endpoint is Endpoint.EMBEDDINGS and "input" not in data:
-        raise bad_request("You must provide an input parameter", param="input")
+        else:
+            raise _field_error("prompt", prompt, "a string or an array")
+    elif endpoint is Endpoint.EMBEDDINGS:
+        needs.prompt_param = "input"
+        needs.embeddings = True
+        if data.get("input") is None:
+            raise _field_error("input", None, "")
     return needs
+
+
+def _field_error(name: str, value: Any, expected: str) -> GatewayError:
+    """400 for a required field that is missing (``missing_required_parameter``, OpenAI's code)
+    or of the wrong type (``invalid_type``)."""
+    if value is None:
+        return bad_request(
+            f"Missing required parameter: '{name}'", param=name, code="missing_required_parameter"
+        )
+    return bad_request(
+        f"Invalid type for '{name}': expected {expected}", param=name, code="invalid_type"
+    )
 
 
 def replace_model(body: bytes, model: str) -> bytes:
@@ -331,26 +363,28 @@ def builtin_strategies(
     }
 
 
-def _lacks(model: ModelInfo | None, needs: RequestNeeds) -> str | None:
-    if model is None:
-        return None
+def _lacks(model: ModelInfo, needs: RequestNeeds) -> dict[str, Any]:
+    """The ``missing_capability`` reason's fields: what is ``missing``, and a message."""
     missing = [
         name
         for name, needed, has in (
             ("vision", needs.vision, model.vision),
             ("tools", needs.tools, model.tools),
             ("json_mode", needs.json_mode, model.json_mode),
+            ("embeddings", needs.embeddings, model.embeddings),
         )
         if needed and has is False
     ]
-    if missing:
-        return f"model {model.id} lacks {', '.join(missing)}"
+    parts = [f"model {model.id} lacks {', '.join(missing)}"] if missing else []
+    fields: dict[str, Any] = {}
     if model.context_length is not None and needs.estimated_tokens > model.context_length:
-        return (
+        missing.append("context_length")
+        fields["context_length"] = model.context_length
+        parts.append(
             f"prompt of about {needs.estimated_tokens} tokens exceeds the context length "
             f"{model.context_length} of {model.id}"
         )
-    return None
+    return {"missing": missing, "message": "; ".join(parts), **fields}
 
 
 def _demotion(backend: Backend, model: str) -> int:
@@ -478,7 +512,10 @@ class Router:
         """
         serving = self.registry.serving(model)
         healthy = BackendStatus.HEALTHY
-        plain = not (needs.vision or needs.tools or needs.json_mode or needs.estimated_tokens)
+        embeddings = needs.embeddings
+        plain = not (
+            needs.vision or needs.tools or needs.json_mode or needs.estimated_tokens or embeddings
+        )
         quality = self.quality
         budget = self.budget
         blocks_cloud = budget is not None and budget.blocks_cloud
@@ -496,6 +533,7 @@ class Router:
                         (vision and info.vision is False)
                         or (tools and info.tools is False)
                         or (json_mode and info.json_mode is False)
+                        or (embeddings and info.embeddings is False)
                         or (info.context_length is not None and tokens > info.context_length)
                     )
                 ]
@@ -575,6 +613,7 @@ class Router:
                 (vision and info.vision is False)
                 or (tools and info.tools is False)
                 or (json_mode and info.json_mode is False)
+                or (embeddings and info.embeddings is False)
                 or (info.context_length is not None and tokens > info.context_length)
             ):
                 if reasons is not None:
@@ -583,7 +622,7 @@ class Router:
                             "backend": backend.name,
                             "model": model,
                             "reason": "missing_capability",
-                            "message": _lacks(info, needs) or "",
+                            **_lacks(info, needs),
                             "fix": "use a model that supports what the request asks for, "
                             "or drop that part of the request",
                         }
@@ -732,7 +771,9 @@ class Router:
         return ordered
 
     def unroutable(self, requested: str, model: str, needs: RequestNeeds) -> GatewayError:
-        """404 when nothing lists the model (or its fallbacks), else 503 with reasons."""
+        """404 when nothing lists the model (or its fallbacks); 400 when no backend ever can
+        take the request (every exclusion permanent, the request asking for what models lack);
+        else 503 with the reasons, ``Retry-After`` where waiting helps."""
         chain = [model, *(self.resolve(f) for f in self._fallbacks.get(model, ()))]
         if not any(self.registry.serving(m) for m in chain):
             return model_not_found(requested, self.registry.model_ids())
@@ -742,6 +783,12 @@ class Router:
         for fallback in self._fallbacks.get(model, ()):
             constraint = self._fallback_constraint(base, fallback)
             self.eligible(self.resolve(fallback), needs, reasons, constraint)
+        if any(r["reason"] == "missing_capability" for r in reasons) and all(
+            r["reason"] in PERMANENT_REASONS for r in reasons
+        ):
+            return cannot_serve(
+                requested, reasons, tokens=needs.estimated_tokens, prompt=needs.prompt_param
+            )
         return no_backend(requested, reasons)
 
 

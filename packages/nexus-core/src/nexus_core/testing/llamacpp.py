@@ -16,7 +16,11 @@ What it serves (``reference/backend-apis.md`` §2.3, observed on a real server):
   ``set_load``.
 - Chat and completions in llama-server's shape (``timings``, ``system_fingerprint``); any model
   name is served by the one model, as llama-server does. ``/v1/embeddings`` only with
-  ``embeddings=True`` (else 501).
+  ``embeddings=True``; else 501 ``not_supported_error`` "This server does not support
+  embeddings. Start it with `--embeddings`" before the body is read, as the real one answers.
+  A request the real server refuses without computing anything (that 501, or 400 for a body
+  without ``input``: what the llamacpp adapter's probe sends) is answered without taking a
+  ``behave`` turn, as the real refusal comes before any work.
 - Errors ``{"error":{"code":<int>,"message","type":"invalid_request_error"...}}``; with
   ``api_key``, 401 ``{"error":{"message":"Invalid API Key","type":"authentication_error",
   "code":401}}``.
@@ -40,7 +44,14 @@ from typing import Any
 from aiohttp import web
 
 from nexus_core.testing import openai_shapes as shapes
-from nexus_core.testing.fake_backend import Behaviour, FakeBackend, _Exchange, _json, _stream
+from nexus_core.testing.fake_backend import (
+    Behaviour,
+    FakeBackend,
+    RecordedRequest,
+    _Exchange,
+    _json,
+    _stream,
+)
 
 FINGERPRINT = "b0-unknown"
 _PROMETHEUS = "text/plain; version=0.0.4"
@@ -241,6 +252,44 @@ class FakeLlamaCpp(FakeBackend):
 
     # -- serving -------------------------------------------------------------------------------
 
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        """Embeddings refused before any work: answered at once, recorded, no behaviour used."""
+        if request.method == "POST" and request.path == "/v1/embeddings" and not self.loading:
+            body = await request.read()
+            refusal = self._embeddings_refusal(request, body)
+            if refusal is not None:
+                record = RecordedRequest(
+                    method=request.method,
+                    path=request.path,
+                    headers={key.lower(): value for key, value in request.headers.items()},
+                    body=body,
+                    query=dict(request.query),
+                    received_at=time.monotonic(),
+                )
+                with self._lock:
+                    self.requests.append(record)
+                return refusal
+        return await super()._handle(request)
+
+    def _embeddings_refusal(self, request: web.Request, body: bytes) -> web.Response | None:
+        """llama-server's answer to embeddings it refuses before reading the input, or None."""
+        if self.api_key is not None and (
+            request.headers.get("Authorization") != f"Bearer {self.api_key}"
+        ):
+            return None  # the API-key check comes first
+        if not self.embeddings:
+            return self._error(
+                "This server does not support embeddings. Start it with `--embeddings`",
+                "not_supported_error",
+            )
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return None
+        if isinstance(payload, dict) and "input" not in payload and "content" not in payload:
+            return self._error('"input" or "content" must be provided', "invalid_request_error")
+        return None
+
     async def route(
         self,
         request: web.Request,
@@ -323,11 +372,6 @@ class FakeLlamaCpp(FakeBackend):
         else:
             model = self.alias  # llama-server answers any model name with its one model
         if kind == "embeddings":
-            if not self.embeddings:
-                return self._error(
-                    "This server does not support embeddings. Start it with `--embeddings`",
-                    "not_supported_error",
-                )
             return self._llama_embeddings(behaviour, payload, model)
         if kind == "chat":
             messages = payload.get("messages")
