@@ -599,13 +599,19 @@ class Gateway:
         return None
 
     def health_summary(self) -> dict[str, Any]:
-        """``healthy`` when every backend is, ``degraded`` when some are, else ``unhealthy``."""
+        """``healthy`` when every backend is (or there is none), ``degraded`` when some are,
+        ``unhealthy`` when there are backends and none is.
+
+        No backend is no failure: nothing is there to fail yet (a fresh ``nexus serve`` waiting
+        for a local Ollama, discovery or ``nexus backends add``). Whether anything can be served
+        is ``/health/ready``'s question (503 without a healthy backend).
+        """
         counts = {status.value: 0 for status in BackendStatus}
         for backend in self.registry:
             counts[backend.status.value] += 1
         total = len(self.registry)
         healthy = counts["healthy"]
-        if total and healthy == total:
+        if healthy == total:
             status = "healthy"
         elif healthy:
             status = "degraded"
