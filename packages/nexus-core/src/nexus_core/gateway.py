@@ -31,7 +31,6 @@ from nexus_core.config import (
     AUTO_TYPE,
     BACKEND_NAME,
     BACKEND_NAME_RULE,
-    DEFAULT_SQLITE_PATH,
     BackendConfig,
     NexusConfig,
     StateBackend,
@@ -47,7 +46,14 @@ from nexus_core.queueing import CapacityQueue, is_full
 from nexus_core.registry import Backend, Registry
 from nexus_core.routing import RequestNeeds, Route, Router, analyze
 from nexus_core.sse import event_data
-from nexus_core.state import MemoryStore, StateError, StateStore, open_store
+from nexus_core.state import (
+    MemoryStore,
+    StateError,
+    StateStore,
+    is_default_path,
+    open_store,
+    store_location,
+)
 from nexus_core.telemetry import Tracing
 
 if TYPE_CHECKING:
@@ -94,7 +100,7 @@ class Gateway:
         self.accountant = Accountant(
             config.routing.budget,
             config.pricing,
-            state if state is not None else open_store(config.state),
+            state if state is not None else open_store(config.state, port=config.server.port),
             clock=clock,
         )
         self.router = Router(
@@ -196,13 +202,18 @@ class Gateway:
             await self.accountant.start()
         except StateError as exc:
             state = self.config.state
-            if state.backend is not StateBackend.SQLITE or state.path != DEFAULT_SQLITE_PATH:
+            if state.backend is not StateBackend.SQLITE or not is_default_path(state):
                 raise
             # The default file cannot be used (a read-only home, say): serve, but say so loudly.
             log.error("%s; spend is kept in memory only and lost on restart", exc)
             self.accountant.store = MemoryStore()
             self.store_outage.kind = "memory"
             await self.accountant.start()
+            return
+        log.info(
+            "spend, rate limits, keys and backends added at run time are kept %s",
+            store_location(self.accountant.store),
+        )
 
     async def _restore_backends(self, saved: Mapping[str, str] | None = None) -> None:
         """Add the backends added at run time before the last stop (kept in the state store)."""

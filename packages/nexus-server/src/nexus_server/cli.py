@@ -97,11 +97,12 @@ def serve(
         for line in exc.errors:
             _error(line)
         return 1
+    from nexus_core.config import find_config_file
     from nexus_server.serve import run
 
     # run() checks the backends against the plugins (after setting up logging, since loading
     # them may log), as `nexus config check` does.
-    return run(effective, source=_source_name(config))
+    return run(effective, source=_source_name(config), config_file=find_config_file(config))
 
 
 @config_app.command
@@ -181,6 +182,7 @@ def check(
         from nexus_core.config_template import to_toml
 
         print(f"# effective configuration: {source}, environment (NEXUS_*) applied")
+        print(f"# {_state_line(config, file)}")
         for line in _secret_lines(config):
             print(f"# {line}")
         print()
@@ -188,6 +190,19 @@ def check(
     for line in _secret_lines(config, missing_only=True):
         _error(f"warning: {line}")
     return 0
+
+
+def _state_line(config: NexusConfig, file: Path | None) -> str:
+    """Where ``nexus serve`` with this configuration keeps spend, keys and run-time backends."""
+    import os
+
+    from nexus_core.config import find_config_file
+    from nexus_core.state import describe_state
+
+    where = describe_state(
+        config.state, os.environ, config_file=find_config_file(file), port=config.server.port
+    )
+    return f"durable state (spend, rate limits, run-time keys and backends): {where}"
 
 
 def _source_name(file: Path | None) -> str:
