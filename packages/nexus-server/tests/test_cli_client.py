@@ -295,8 +295,22 @@ def test_models_for_one_backend(server: RunningServer) -> None:
     assert [row[0] for row in rows(result.stdout)[1:]] == ["fake-model"]
     result = run_nexus("models", "--backend", "alpha", "--json", url=server.url)
     assert [m["id"] for m in json.loads(result.stdout)] == ["fake-model", "seer"]
+
+
+def test_models_for_a_backend_that_does_not_exist_is_an_error(server: RunningServer) -> None:
     result = run_nexus("models", "--backend", "nobody", url=server.url)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == "error: no backend named 'nobody' (backends: alpha, beta)\n"
+    result = run_nexus("models", "--backend", "nobody", "--json", url=server.url)
+    assert (result.returncode, result.stdout) == (1, "")
+
+
+def test_models_for_a_backend_that_is_down_says_so(server: RunningServer) -> None:
+    set_status(server, "beta", BackendStatus.UNHEALTHY)
+    result = run_nexus("models", "--backend", "beta", url=server.url)
+    assert result.returncode == 0
     assert result.stdout.splitlines()[1:] == ["(no models)"]
+    assert result.stderr == "note: backend beta is unhealthy: its models are not served now\n"
 
 
 # --- health ----------------------------------------------------------------------------------

@@ -516,13 +516,23 @@ def models(
     json_output
         Print the models as a JSON array instead of a table.
     backend
-        Only the models this backend serves.
+        Only the models this backend serves; a name that is no backend is an error.
     """
     from nexus_server import client
 
     def command(nexus: NexusClient) -> int:
         entries = client.list_data(nexus.get("/v1/models"), "model list")
         if backend is not None:
+            # Asked of the admin API: /v1/models names only the backends that serve a model.
+            known = client.list_data(nexus.get("/admin/backends"), "backend list")
+            found = next((b for b in known if b.get("name") == backend), None)
+            if found is None:
+                names = ", ".join(sorted(str(b.get("name")) for b in known)) or "none"
+                _error(f"error: no backend named {backend!r} (backends: {names})")
+                return 1
+            status = found.get("status")
+            if status != "healthy":
+                _error(f"note: backend {backend} is {status}: its models are not served now")
             entries = [m for m in entries if backend in (m.get("backends") or ())]
         if json_output:
             client.print_json(entries)
