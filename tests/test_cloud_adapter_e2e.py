@@ -30,6 +30,7 @@ from nexus_core.gateway import Gateway
 from nexus_core.http import HttpClients
 from nexus_core.openai_wire import OpenAIWireAdapter
 from nexus_core.testing import Behaviour, FakeBackend, FakeOpenAI, free_port
+from nexus_core.testing.net import closed_port_url
 from tests.conftest import NEXUS, nexus_serve
 
 CLOUD_KEY = "sk-acme-0123456789abcdef"
@@ -219,9 +220,10 @@ def test_the_admin_api_refuses_a_cloud_backend_without_its_key(
     config = write_config(tmp_path, acme.url, box.url, f'api_key_env = "{KEY_ENV}"')
     env = plugin_env(plugin_site, **{KEY_ENV: CLOUD_KEY})
     with nexus_serve(config, env=env) as (_, url):
+        # Another server than the configured acme's (the same URL would be a 409 first).
         refused = httpx.post(
             url + "/admin/backends",
-            json={"name": "acme-2", "url": acme.url, "type": "acmecloud"},
+            json={"name": "acme-2", "url": closed_port_url(), "type": "acmecloud"},
         )
         listed = [b["name"] for b in httpx.get(url + "/admin/backends").json()["data"]]
     assert refused.status_code == 400

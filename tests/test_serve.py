@@ -17,20 +17,24 @@ import httpx
 import pytest
 
 from nexus_core.testing import Behaviour, FakeBackend, free_port
+from nexus_core.testing.net import closed_port_url
 
 
 @contextmanager
-def nexus_process(cwd: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def nexus_process(
+    cwd: Path, *args: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``nexus serve`` in ``cwd`` on a free port, output (stdout and stderr) on a pipe."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
-    env["NEXUS_DISCOVERY"] = "false"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
+    environment.update({"NEXUS_DISCOVERY": "false", **(env or {})})
     process = subprocess.Popen(
         [
             *(sys.executable, "-m", "nexus_server.cli", "serve", "--host", "127.0.0.1"),
             *("--port", str(port), *args),
         ],
         cwd=cwd,
-        env=env,
+        env=environment,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -55,7 +59,9 @@ def nexus_process(cwd: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str]
 
 @pytest.mark.slow
 def test_serve_with_no_config_answers_health_and_models(tmp_path: Path) -> None:
-    with nexus_process(tmp_path) as (process, url):
+    # Nothing listens where it looks for a local Ollama (whatever runs on this machine's 11434).
+    nowhere = {"NEXUS_LOCAL_OLLAMA_URL": closed_port_url()}
+    with nexus_process(tmp_path, env=nowhere) as (process, url):
         health = httpx.get(url + "/health")
         models = httpx.get(url + "/v1/models")
         ready = httpx.get(url + "/health/ready")
@@ -63,12 +69,23 @@ def test_serve_with_no_config_answers_health_and_models(tmp_path: Path) -> None:
         code = process.wait(timeout=30)
         output = process.stdout.read() if process.stdout else ""
     assert health.status_code == 200
-    assert health.json()["backends"]["total"] == 1  # the local Ollama it tried
+    assert health.json()["backends"]["total"] == 0  # no Ollama answered: no backend
     assert models.json() == {"object": "list", "data": []}
     assert ready.status_code == 503
     assert code == 0
     assert f"listening on http://127.0.0.1:{url.rsplit(':', 1)[1]}" in output
-    assert "http://localhost:11434" in output
+    assert f"no local Ollama at {nowhere['NEXUS_LOCAL_OLLAMA_URL']}" in output
+
+
+@pytest.mark.slow
+def test_serve_with_no_config_looks_for_ollama_on_its_default_port(tmp_path: Path) -> None:
+    with nexus_process(tmp_path) as (process, url):
+        assert httpx.get(url + "/health").status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        output = process.stdout.read() if process.stdout else ""
+    # Found or not (a developer's machine may run one), the log names where it looked.
+    assert "local Ollama at http://localhost:11434" in output
 
 
 @pytest.mark.slow

@@ -33,6 +33,7 @@ import redis
 
 from nexus_core.state import REDIS_TIMEOUT_SECONDS
 from nexus_core.testing import Behaviour, FakeBackend, FakeOpenAI, free_port
+from nexus_core.testing.net import closed_port_url
 from nexus_core.testing.redis import redis_server_binary
 from tests.conftest import nexus_serve
 
@@ -287,7 +288,7 @@ def test_redis_paused_then_killed_gives_503_in_bounded_time_and_recovers(
     tmp_path: Path, fleet: tuple[FakeBackend, FakeOpenAI]
 ) -> None:
     need_redis_server()
-    box, cloud = fleet
+    _, cloud = fleet
     with running_redis(tmp_path) as store:
         config = write_config(
             tmp_path, 'backend = "redis"\nredis_url_env = "OUTAGE_TEST_REDIS_URL"', fleet
@@ -334,7 +335,9 @@ def test_redis_paused_then_killed_gives_503_in_bounded_time_and_recovers(
             # Killed: refused at once (connection refused), then started again on its port.
             store.kill()
             check_outage_answers(send_all(store_outage_requests(url)))
-            added = post(url, "/admin/backends", {"name": "late", "url": box.url})
+            # A server of its own: the URL of a backend already there would be a 409.
+            late = {"name": "late", "url": closed_port_url(), "type": "generic"}
+            added = post(url, "/admin/backends", late)
             assert added.status_code == 503
             assert added.json()["error"]["code"] == "state_unavailable"
             listed = httpx.get(url + "/admin/backends", timeout=CLIENT_TIMEOUT).json()["data"]

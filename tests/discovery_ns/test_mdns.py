@@ -158,7 +158,8 @@ async def test_nexus_serve_discovers_an_advertised_server(tmp_path: Path) -> Non
     serve = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "nexus_server.cli", "serve", "--config", str(settings)),
         *("--host", "127.0.0.1", "--port", str(port)),
-        env={"PATH": "/usr/bin:/bin"},
+        # Its state file in the test's directory, never the user's ~/.local/state.
+        env={"PATH": "/usr/bin:/bin", "XDG_STATE_HOME": str(tmp_path / "state")},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )

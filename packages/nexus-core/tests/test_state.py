@@ -17,7 +17,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from nexus_core.config import StateBackend, StateConfig
+from nexus_core.config import LEGACY_SQLITE_PATH, StateBackend, StateConfig
 from nexus_core.state import (
     MemoryStore,
     RedisStore,
@@ -25,7 +25,10 @@ from nexus_core.state import (
     StateError,
     StateStore,
     StoreOutage,
+    describe_state,
+    is_default_path,
     open_store,
+    sqlite_path,
 )
 from nexus_core.testing.net import closed_port_url
 from nexus_core.testing.redis import redis_server, redis_server_binary
@@ -521,3 +524,143 @@ def test_store_outage_logs_a_burst_once_then_a_reminder_then_the_recovery(
     )
     assert messages[2] == "the redis state store answers again (after 501 failures in 61.0 s)"
     assert messages[3].startswith("the redis state store failed (serve a request)")
+
+
+# -- which SQLite file an instance uses ---------------------------------------------------------
+
+
+def default_file(
+    environ: dict[str, str], config_file: Path | str | None = None, port: int = 8000
+) -> Path:
+    return Path(sqlite_path(StateConfig(), environ, config_file=config_file, port=port))
+
+
+def test_the_default_file_is_one_per_configuration_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {"XDG_STATE_HOME": str(tmp_path / "xdg")}
+    (tmp_path / "a").mkdir()
+    first = default_file(env, tmp_path / "a" / "nexus.toml")
+    second = default_file(env, tmp_path / "b" / "nexus.toml")
+    assert first != second
+    assert first.parent == second.parent == tmp_path / "xdg" / "nexus"
+    assert first.name.startswith("nexus-")
+    assert first.suffix == ".sqlite3"
+    # The same file named from another directory is the same instance; the port plays no part.
+    monkeypatch.chdir(tmp_path / "a")
+    assert default_file(env, "nexus.toml", port=9000) == first
+    assert default_file(env, "../a/./nexus.toml") == first
+
+
+def test_without_a_configuration_file_the_port_tells_instances_apart(tmp_path: Path) -> None:
+    env = {"XDG_STATE_HOME": str(tmp_path)}
+    assert default_file(env, None, 8000) == tmp_path / "nexus" / "port-8000.sqlite3"
+    assert default_file(env, None, 8001) == tmp_path / "nexus" / "port-8001.sqlite3"
+
+
+def test_without_xdg_state_home_the_files_are_under_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert default_file({}, None) == tmp_path / ".local/state/nexus/port-8000.sqlite3"
+
+
+def test_a_path_that_is_set_is_used_as_it_is(tmp_path: Path) -> None:
+    config = StateConfig(path=str(tmp_path / "mine.sqlite3"))
+    env = {"XDG_STATE_HOME": str(tmp_path / "xdg")}
+    assert sqlite_path(config, env, config_file=tmp_path / "x.toml") == config.path
+    # ... except the old default, as `nexus config init` wrote it into every file: it means unset.
+    old = StateConfig(path=LEGACY_SQLITE_PATH)
+    assert is_default_path(old)
+    unset = sqlite_path(StateConfig(), env, config_file=tmp_path / "x.toml")
+    assert sqlite_path(old, env, config_file=tmp_path / "x.toml") == unset
+
+
+async def test_the_first_instance_to_start_keeps_the_file_earlier_versions_shared(
+    tmp_path: Path,
+) -> None:
+    env = {"XDG_STATE_HOME": str(tmp_path)}
+    legacy = tmp_path / "nexus" / "state.sqlite3"
+    old = SqliteStore(legacy)  # what an earlier version left: spend and a run-time backend
+    await old.open()
+    await old.settle("global", PERIOD, "done", 42)
+    await old.put("backends", "gpu", '{"name": "gpu", "url": "http://10.0.0.5:8000"}')
+    await old.close()
+    a, b = tmp_path / "a.toml", tmp_path / "b.toml"
+
+    # Before anyone starts, `nexus config check` of either would name the old file.
+    assert default_file(env, a) == default_file(env, b) == legacy
+    assert "takes it over when it starts" in describe_state(StateConfig(), env, config_file=a)
+    assert not (tmp_path / "nexus" / "state.sqlite3.owner").exists()
+
+    store = open_store(StateConfig(), env, config_file=a)  # instance a starts first
+    assert isinstance(store, SqliteStore)
+    assert store.path == legacy
+    await store.open()
+    try:
+        assert await store.total("global", PERIOD) == 42
+        assert set(await store.items("backends")) == {"gpu"}
+    finally:
+        await store.close()
+    owner = (tmp_path / "nexus" / "state.sqlite3.owner").read_text()
+    assert owner == f"configuration file {a}\n"
+    assert "kept from earlier versions by this instance" in describe_state(
+        StateConfig(), env, config_file=a
+    )
+
+    # b, and a configuration-less instance, get files of their own, empty.
+    other = open_store(StateConfig(), env, config_file=b)
+    assert isinstance(other, SqliteStore)
+    assert other.path == default_file(env, b) != legacy
+    await other.open()
+    try:
+        assert await other.total("global", PERIOD) == 0
+        assert await other.items("backends") == {}
+    finally:
+        await other.close()
+    assert default_file(env, None) == tmp_path / "nexus" / "port-8000.sqlite3"
+    # a again (a restart, another worker): still the old file.
+    assert default_file(env, a) == legacy
+
+
+def test_an_instance_with_a_file_of_its_own_leaves_the_old_one_alone(tmp_path: Path) -> None:
+    env = {"XDG_STATE_HOME": str(tmp_path)}
+    own = default_file(env, tmp_path / "a.toml")
+    own.parent.mkdir(parents=True)
+    own.touch()
+    (tmp_path / "nexus" / "state.sqlite3").touch()
+    assert Path(sqlite_path(StateConfig(), env, config_file=tmp_path / "a.toml", claim=True)) == own
+    assert not (tmp_path / "nexus" / "state.sqlite3.owner").exists()
+
+
+_CLAIM = """
+import sys, time
+from pathlib import Path
+from nexus_core.state import claim_legacy
+start = float(sys.argv[3])
+while time.time() < start:
+    pass
+print(claim_legacy(Path(sys.argv[1]), sys.argv[2]))
+"""
+
+
+def test_instances_starting_together_take_the_old_file_once(tmp_path: Path) -> None:
+    import subprocess
+    import time
+
+    legacy = tmp_path / "state.sqlite3"
+    legacy.touch()
+    start = str(time.time() + 1.5)  # every process is waiting by then, then all go at once
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CLAIM, str(legacy), f"instance {n}", start],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(4)
+    ]
+    answers = [process.communicate(timeout=30)[0].strip() for process in processes]
+    assert sorted(answers) == ["False", "False", "False", "True"]
+    winner = answers.index("True")
+    assert (tmp_path / "state.sqlite3.owner").read_text() == f"instance {winner}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.sqlite3", "state.sqlite3.owner"]

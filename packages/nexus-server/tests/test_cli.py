@@ -305,9 +305,11 @@ def test_serve_turns_flags_into_overrides(
     import nexus_server.serve
 
     seen: list[NexusConfig] = []
+    files: list[Path | None] = []
 
-    def fake_run(config: NexusConfig, *, source: str) -> int:
+    def fake_run(config: NexusConfig, *, source: str, config_file: Path | None) -> int:
         seen.append(config)
+        files.append(config_file)
         return 7
 
     monkeypatch.setattr(nexus_server.serve, "run", fake_run)
@@ -320,6 +322,7 @@ def test_serve_turns_flags_into_overrides(
     assert (seen[-1].server.host, seen[-1].server.port) == ("10.0.0.1", 9100)
     assert seen[-1].discovery.enabled
     assert seen[-1].health_check.enabled
+    assert files[-1] == path  # what names the instance's state file
 
     args = ["--host", "127.0.0.1", "--port", "9200", "--no-discovery", "--no-health-check"]
     code, _, _ = nexus(capsys, "serve", "--config", str(path), *args)

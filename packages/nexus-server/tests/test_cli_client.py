@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from nexus_core.adapters import BackendStatus
@@ -197,6 +198,48 @@ def test_backends_add_detects_the_type_and_prints_json(server: RunningServer) ->
         assert len(again.stderr.splitlines()) == 1
 
 
+def test_backends_add_refuses_a_url_registered_under_another_name(
+    server: RunningServer, alpha: FakeBackend
+) -> None:
+    port = alpha.url.rsplit(":", 1)[1]
+    # The same server however it is written: another loopback name, a trailing /v1 or slash.
+    for same in (alpha.url, f"http://localhost:{port}/v1", f"{alpha.url}/"):
+        result = run_nexus("backends", "add", same, "--name", "alpha-again", url=server.url)
+        assert (result.returncode, result.stdout) == (1, "")
+        assert result.stderr == (
+            f"error: {same} is already registered as backend 'alpha' ({alpha.url}, static); "
+            "remove that one first to add it under another name\n"
+        )
+    # Without --name the server makes one from the URL: refused all the same.
+    result = run_nexus("backends", "add", alpha.url, url=server.url)
+    assert result.returncode == 1
+    assert "already registered as backend 'alpha'" in result.stderr
+    assert [b.name for b in server.gateway.registry] == ["alpha", "beta"]
+
+
+def test_the_admin_api_answers_409_naming_the_backend_at_that_url(
+    server: RunningServer, alpha: FakeBackend
+) -> None:
+    reply = httpx.post(
+        server.url + "/admin/backends", json={"url": alpha.url + "/v1", "name": "again"}
+    )
+    assert reply.status_code == 409
+    error = reply.json()["error"]
+    assert (error["code"], error["param"]) == ("backend_url_exists", "url")
+    assert error["details"] == {"backend": "alpha", "url": alpha.url}
+    assert "'alpha'" in error["message"]
+
+
+def test_a_url_held_by_a_discovered_backend_can_be_added(server: RunningServer) -> None:
+    """A backend found over mDNS gives way to one added by hand (docs/discovery.md)."""
+    with FakeBackend("gamma").running() as gamma:
+        found = {"name": "gamma-mdns", "url": gamma.url, "type": "generic"}
+        server.call(server.gateway.add_backend(found, source="mdns"))
+        result = run_nexus("backends", "add", gamma.url, "--name", "gamma", url=server.url)
+        assert (result.returncode, result.stderr) == (0, "")
+        assert "gamma" in server.gateway.registry
+
+
 def test_backends_remove(server: RunningServer) -> None:
     result = run_nexus("backends", "remove", "beta", url=server.url)
     assert (result.returncode, result.stdout, result.stderr) == (0, "removed backend beta\n", "")
@@ -252,8 +295,22 @@ def test_models_for_one_backend(server: RunningServer) -> None:
     assert [row[0] for row in rows(result.stdout)[1:]] == ["fake-model"]
     result = run_nexus("models", "--backend", "alpha", "--json", url=server.url)
     assert [m["id"] for m in json.loads(result.stdout)] == ["fake-model", "seer"]
+
+
+def test_models_for_a_backend_that_does_not_exist_is_an_error(server: RunningServer) -> None:
     result = run_nexus("models", "--backend", "nobody", url=server.url)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == "error: no backend named 'nobody' (backends: alpha, beta)\n"
+    result = run_nexus("models", "--backend", "nobody", "--json", url=server.url)
+    assert (result.returncode, result.stdout) == (1, "")
+
+
+def test_models_for_a_backend_that_is_down_says_so(server: RunningServer) -> None:
+    set_status(server, "beta", BackendStatus.UNHEALTHY)
+    result = run_nexus("models", "--backend", "beta", url=server.url)
+    assert result.returncode == 0
     assert result.stdout.splitlines()[1:] == ["(no models)"]
+    assert result.stderr == "note: backend beta is unhealthy: its models are not served now\n"
 
 
 # --- health ----------------------------------------------------------------------------------

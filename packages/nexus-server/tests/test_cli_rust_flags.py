@@ -60,7 +60,7 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[NexusConfig]:
 
     seen: list[NexusConfig] = []
 
-    def fake_run(config: NexusConfig, *, source: str) -> int:
+    def fake_run(config: NexusConfig, *, source: str, config_file: Path | None = None) -> int:
         seen.append(config)
         return 0
 

@@ -886,21 +886,26 @@ class LoggingConfig(Section):
     )
 
 
-#: Where spend is kept by default (``$XDG_STATE_HOME/nexus/state.sqlite3`` when that is set).
-DEFAULT_SQLITE_PATH = "~/.local/state/nexus/state.sqlite3"
+#: The SQLite file every instance on a machine shared before each got its own (see
+#: ``nexus_core.state.sqlite_path``). ``state.path`` set to exactly this, as ``nexus config init``
+#: used to write it, counts as unset.
+LEGACY_SQLITE_PATH = "~/.local/state/nexus/state.sqlite3"
 
 
 class StateConfig(Section):
-    """``[state]``: where durable state (spend, rate limits) lives."""
+    """``[state]``: where durable state (spend, rate limits, run-time keys and backends) lives."""
 
     backend: StateKind = Field(
         default=StateBackend.SQLITE,
         description="sqlite (a local file), redis (shared by several replicas) or memory "
         "(lost on restart).",
     )
-    path: str = Field(
-        default=DEFAULT_SQLITE_PATH,
-        description="SQLite file (sqlite only); the default is under $XDG_STATE_HOME when set.",
+    path: str | None = Field(
+        default=None,
+        description="SQLite file (sqlite only); unset: a file of this instance's own, one per "
+        "configuration file (per port without one), under $XDG_STATE_HOME/nexus or "
+        "~/.local/state/nexus.",
+        examples=["/var/lib/nexus/state.sqlite3"],
     )
     redis_url_env: EnvName | None = Field(
         default=None,
@@ -978,7 +983,8 @@ class NexusConfig(Section):
     )
     state: StateConfig = Field(
         default_factory=StateConfig,
-        description="Where durable state (monthly spend, rate limits) lives.",
+        description="Where durable state (spend, rate limits, keys and backends added at run "
+        "time) lives.",
     )
     telemetry: TelemetryConfig = Field(
         default_factory=TelemetryConfig, description="OpenTelemetry traces."

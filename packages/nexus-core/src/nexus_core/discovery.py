@@ -36,7 +36,6 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
-from urllib.parse import urlsplit
 
 import zeroconf
 from pydantic import ValidationError
@@ -46,6 +45,8 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 from nexus_core.adapters import AdapterFactory
 from nexus_core.config import AUTO_TYPE, BackendConfig
 from nexus_core.errors import GatewayError
+from nexus_core.registry import DISCOVERED, server_address
+from nexus_core.registry import is_this_machine as is_this_machine  # where it used to live
 
 if TYPE_CHECKING:
     from nexus_core.gateway import Gateway
@@ -68,7 +69,7 @@ __all__ = [
 ]
 
 #: The ``source`` of backends this module adds (``Backend.source``, ``/admin/backends``).
-SOURCE = "mdns"
+SOURCE = DISCOVERED
 OLLAMA_SERVICE = "_ollama._tcp.local."
 LLM_SERVICE = "_llm._tcp.local."
 #: How long one service may take to resolve (address, port, TXT) before it is skipped.
@@ -255,44 +256,14 @@ def backend_name(label: str) -> str:
     return name.rstrip("-._") or "mdns"
 
 
-def is_this_machine(host: str) -> bool:
-    """True for ``localhost``, loopback addresses and the addresses of this machine."""
-    host = host.strip("[]").lower()
-    if host in ("localhost", "localhost."):
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if address.is_loopback or address.is_unspecified:
-        return True
-    # Only an address of one of our interfaces can be bound to; nothing is sent.
-    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.bind((str(address), 0))
-        except OSError:
-            return False
-    return True
-
-
-def _server_key(url: str) -> tuple[str, int, str]:
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    if is_this_machine(host):
-        host = "localhost"
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return host, port, parts.path.rstrip("/").removesuffix("/v1")
-
-
 def same_server(url: str, announcement: Announcement) -> bool:
     """Whether ``url`` (of a backend known otherwise) points at the announced server.
 
     Addresses of this machine all count as ``localhost``; a host name is compared with the
     service's host name, so ``http://gpu-box.local:11434`` matches ``gpu-box.local.``.
     """
-    host, port, path = _server_key(url)
-    other_host, other_port, other_path = _server_key(announcement.url)
+    host, port, path = server_address(url)
+    other_host, other_port, other_path = server_address(announcement.url)
     if (port, path) != (other_port, other_path):
         return False
     return host == other_host or (

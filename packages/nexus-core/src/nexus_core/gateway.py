@@ -33,7 +33,6 @@ from nexus_core.config import (
     AUTO_TYPE,
     BACKEND_NAME,
     BACKEND_NAME_RULE,
-    DEFAULT_SQLITE_PATH,
     BackendConfig,
     NexusConfig,
     StateBackend,
@@ -49,7 +48,14 @@ from nexus_core.queueing import CapacityQueue, is_full
 from nexus_core.registry import Backend, Registry
 from nexus_core.routing import RequestNeeds, Route, Router, analyze
 from nexus_core.sse import event_data
-from nexus_core.state import MemoryStore, StateError, StateStore, open_store
+from nexus_core.state import (
+    MemoryStore,
+    StateError,
+    StateStore,
+    is_default_path,
+    open_store,
+    store_location,
+)
 from nexus_core.telemetry import Tracing
 
 if TYPE_CHECKING:
@@ -96,7 +102,7 @@ class Gateway:
         self.accountant = Accountant(
             config.routing.budget,
             config.pricing,
-            state if state is not None else open_store(config.state),
+            state if state is not None else open_store(config.state, port=config.server.port),
             clock=clock,
         )
         self.router = Router(
@@ -204,13 +210,18 @@ class Gateway:
             await self.accountant.start()
         except StateError as exc:
             state = self.config.state
-            if state.backend is not StateBackend.SQLITE or state.path != DEFAULT_SQLITE_PATH:
+            if state.backend is not StateBackend.SQLITE or not is_default_path(state):
                 raise
             # The default file cannot be used (a read-only home, say): serve, but say so loudly.
             log.error("%s; spend is kept in memory only and lost on restart", exc)
             self.accountant.store = MemoryStore()
             self.store_outage.kind = "memory"
             await self.accountant.start()
+            return
+        log.info(
+            "spend, rate limits, keys and backends added at run time are kept %s",
+            store_location(self.accountant.store),
+        )
 
     async def _restore_backends(self, saved: Mapping[str, str] | None = None) -> None:
         """Add the backends added at run time before the last stop (kept in the state store)."""
@@ -636,13 +647,19 @@ class Gateway:
         self.registry.set_models(backend, models)
 
     def health_summary(self) -> dict[str, Any]:
-        """``healthy`` when every backend is, ``degraded`` when some are, else ``unhealthy``."""
+        """``healthy`` when every backend is (or there is none), ``degraded`` when some are,
+        ``unhealthy`` when there are backends and none is.
+
+        No backend is no failure: nothing is there to fail yet (a fresh ``nexus serve`` waiting
+        for a local Ollama, discovery or ``nexus backends add``). Whether anything can be served
+        is ``/health/ready``'s question (503 without a healthy backend).
+        """
         counts = {status.value: 0 for status in BackendStatus}
         for backend in self.registry:
             counts[backend.status.value] += 1
         total = len(self.registry)
         healthy = counts["healthy"]
-        if total and healthy == total:
+        if healthy == total:
             status = "healthy"
         elif healthy:
             status = "degraded"

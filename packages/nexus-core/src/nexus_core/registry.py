@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from nexus_core.adapters import BackendAdapter, BackendStatus, LoadSignal, ModelInfo
 from nexus_core.config import BackendConfig, Zone
@@ -15,6 +18,44 @@ from nexus_core.config import BackendConfig, Zone
 log = logging.getLogger("nexus.registry")
 
 LATENCY_SMOOTHING = 0.2
+#: The ``source`` of backends found over mDNS (``nexus_core.discovery``): they give way to a
+#: backend at the same address that exists by other means.
+DISCOVERED = "mdns"
+
+
+def is_this_machine(host: str) -> bool:
+    """True for ``localhost``, loopback addresses and the addresses of this machine."""
+    host = host.strip("[]").lower()
+    if host in ("localhost", "localhost."):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if address.is_loopback or address.is_unspecified:
+        return True
+    # Only an address of one of our interfaces can be bound to; nothing is sent.
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((str(address), 0))
+        except OSError:
+            return False
+    return True
+
+
+def server_address(url: str) -> tuple[str, int, str]:
+    """What makes two backend URLs one server: host, port and base path.
+
+    Every address of this machine counts as ``localhost``; the default port of the scheme is
+    written out; a trailing ``/`` or ``/v1`` does not count.
+    """
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if is_this_machine(host):
+        host = "localhost"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return host, port, parts.path.rstrip("/").removesuffix("/v1")
 
 
 @dataclass(eq=False, slots=True)
@@ -208,6 +249,19 @@ class Registry:
     def get(self, name: str) -> Backend | None:
         """The backend called ``name``, if any."""
         return self._backends.get(name)
+
+    def at_address(self, url: str, *, discovered: bool = True) -> Backend | None:
+        """A backend at the same server as ``url`` (``server_address``), if any.
+
+        ``discovered=False`` leaves out backends found over mDNS, which give way to others.
+        """
+        wanted = server_address(url)
+        for backend in self._backends.values():
+            if not discovered and backend.source == DISCOVERED:
+                continue
+            if server_address(backend.config.url) == wanted:
+                return backend
+        return None
 
     def add(self, backend: Backend) -> None:
         """Add a backend; its name must be new."""

@@ -24,6 +24,7 @@ from nexus_core.auth import KeyRingError, presented_key
 from nexus_core.config import BackendConfig
 from nexus_core.errors import GatewayError
 from nexus_core.gateway import Gateway, _name_from_url
+from nexus_core.registry import Backend, server_address
 from nexus_core.state import StateError
 from nexus_server.trust import LOCAL_KEY, Trust, misdirected
 
@@ -109,8 +110,22 @@ def _checked_url(url: Any) -> str:
     return url
 
 
+def url_taken(backend: Backend, url: str) -> GatewayError:
+    """409: ``url`` is already served by ``backend`` under another name."""
+    return GatewayError(
+        409,
+        f"{url} is already registered as backend '{backend.name}' ({backend.config.url}, "
+        f"{backend.source}); remove that one first to add it under another name",
+        param="url",
+        code="backend_url_exists",
+        details={"backend": backend.name, "url": backend.config.url},
+    )
+
+
 def admin_routes(gateway: Gateway, trust: Trust) -> list[Any]:
     """The admin route handlers, bound to ``gateway`` and the server's ``trust`` rules."""
+    #: Addresses being added right now (probing takes a while): a second add waits its turn.
+    adding: dict[tuple[str, int, str], str] = {}
 
     @get("/admin/backends")
     async def list_backends(request: Request[Any, Any, Any]) -> dict[str, Any]:
@@ -145,7 +160,24 @@ def admin_routes(gateway: Gateway, trust: Trust) -> list[Any]:
         refusal = gateway.key_env_refusal(config)
         if refusal is not None:
             raise refusal
-        backend = await gateway.add_backend(config, source="admin")
+        # One server under two names would be probed twice and counted twice in routing.
+        existing = gateway.registry.at_address(url, discovered=False)
+        if existing is not None and existing.name != config.name:
+            raise url_taken(existing, url)
+        address = server_address(url)
+        if address in adding:
+            raise GatewayError(
+                409,
+                f"{url} is being added right now as backend '{adding[address]}'",
+                param="url",
+                code="backend_url_exists",
+                details={"backend": adding[address], "url": url},
+            )
+        adding[address] = config.name
+        try:
+            backend = await gateway.add_backend(config, source="admin")
+        finally:
+            adding.pop(address, None)
         try:
             await gateway.save_backend(backend)
         except StateError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ from litestar.params import FromPath
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from nexus_core.accounting import usd
-from nexus_core.adapters import Endpoint
+from nexus_core.adapters import BackendStatus, Endpoint
 from nexus_core.anthropic_wire import anthropic_error_body
 from nexus_core.auth import ApiKey
 from nexus_core.config import BackendConfig, ServerConfig
@@ -52,6 +53,10 @@ from nexus_server.trust import LOCAL_KEY, Trust, misdirected
 log = logging.getLogger("nexus.server")
 
 DEFAULT_OLLAMA_URL = "http://localhost:11434"
+#: Where the implicit local Ollama is looked for instead of ``DEFAULT_OLLAMA_URL``: for tests,
+#: which must not depend on whatever listens on this machine's port 11434.
+DEFAULT_OLLAMA_URL_ENV = "NEXUS_LOCAL_OLLAMA_URL"
+DEFAULT_OLLAMA_NAME = "local-ollama"
 
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
@@ -388,12 +393,22 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         await gateway.start()
+        finder: asyncio.Task[None] | None = None
         if default_ollama and not gateway.config.backends:
-            await _add_default_ollama(gateway)
+            url = os.environ.get(DEFAULT_OLLAMA_URL_ENV) or DEFAULT_OLLAMA_URL
+            # The first try is over before the server answers, as a configured backend's probe.
+            if not await _add_default_ollama(gateway, url, first=True):
+                finder = asyncio.get_running_loop().create_task(
+                    _find_default_ollama(gateway, url), name="nexus-local-ollama"
+                )
         try:
             yield
         finally:
             unknown_paths.close()
+            if finder is not None:
+                finder.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await finder
             await gateway.stop()
 
     unknown_paths = UnknownPaths()
@@ -440,21 +455,66 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
     return NexusApp(litestar_app, proxies, dashboard, trust=trust)
 
 
-async def _add_default_ollama(gateway: Gateway) -> None:
+async def _add_default_ollama(gateway: Gateway, url: str, *, first: bool = False) -> bool:
+    """Add the implicit local Ollama if it answers a probe now; True when done with it.
+
+    Until it has answered once it is no backend at all: not listed, not counted by ``/health``,
+    so a machine without Ollama is not reported as failing. Done also when a backend of that
+    name or at that address exists by other means (added by hand, found over mDNS).
+    """
+    existing = gateway.registry.get(DEFAULT_OLLAMA_NAME) or gateway.registry.at_address(url)
+    if existing is not None:
+        log.debug("local Ollama at %s: already served as backend %s", url, existing.name)
+        return True
     kind = "ollama" if "ollama" in gateway.backend_types else "generic"
+    config = BackendConfig(name=DEFAULT_OLLAMA_NAME, url=url, type=kind)
+    adapter = gateway.backend_types[kind](config, gateway.clients)
     try:
-        backend = await gateway.add_backend(
-            BackendConfig(name="local-ollama", url=DEFAULT_OLLAMA_URL, type=kind),
-            source="default",
-        )
+        async with asyncio.timeout(gateway.config.health_check.timeout_seconds):
+            answer = await adapter.probe()
+        detail = answer.detail
+        answered = answer.status is not BackendStatus.UNHEALTHY
+    except Exception as exc:  # an adapter that raises only means "not there"
+        detail, answered = repr(exc), False
+    finally:
+        await adapter.close()
+    if not answered:
+        if first:
+            later = (
+                "added as soon as it answers"
+                if gateway.config.health_check.enabled
+                else "not tried again (health checks are off)"
+            )
+            log.info(
+                "no backends configured: no local Ollama at %s (%s); it is %s",
+                url,
+                detail or "no answer",
+                later,
+            )
+        return False
+    try:
+        backend = await gateway.add_backend(config, source="default")
     except GatewayError as exc:
         log.warning("could not add the local Ollama backend: %s", exc.message)
-        return
+        return True
     log.info(
-        "no backends configured: trying a local Ollama at %s (status %s)",
-        DEFAULT_OLLAMA_URL,
+        "no backends configured: found a local Ollama at %s (backend %s, %s)",
+        url,
+        backend.name,
         backend.status.value,
     )
+    return True
+
+
+async def _find_default_ollama(gateway: Gateway, url: str) -> None:
+    """Try the implicit local Ollama every health-check interval until it answers."""
+    checks = gateway.config.health_check
+    if not checks.enabled:  # no background probes: tried at start only
+        return
+    while True:
+        await asyncio.sleep(checks.interval_seconds)
+        if await _add_default_ollama(gateway, url):
+            return
 
 
 CORS_EXPOSED = (

@@ -103,11 +103,12 @@ def serve(
         for line in exc.errors:
             _error(line)
         return 1
+    from nexus_core.config import find_config_file
     from nexus_server.serve import run
 
     # run() checks the backends against the plugins (after setting up logging, since loading
     # them may log), as `nexus config check` does.
-    return run(effective, source=_source_name(config))
+    return run(effective, source=_source_name(config), config_file=find_config_file(config))
 
 
 @config_app.command
@@ -189,6 +190,7 @@ def check(
         from nexus_core.config_template import to_toml
 
         print(f"# effective configuration: {source}, environment (NEXUS_*) applied")
+        print(f"# {_state_line(config, file)}")
         for line in _secret_lines(config):
             print(f"# {line}")
         print()
@@ -198,6 +200,19 @@ def check(
     for line in _secret_lines(config, missing_only=True):
         _error(f"warning: {line}")
     return 0
+
+
+def _state_line(config: NexusConfig, file: Path | None) -> str:
+    """Where ``nexus serve`` with this configuration keeps spend, keys and run-time backends."""
+    import os
+
+    from nexus_core.config import find_config_file
+    from nexus_core.state import describe_state
+
+    where = describe_state(
+        config.state, os.environ, config_file=find_config_file(file), port=config.server.port
+    )
+    return f"durable state (spend, rate limits, run-time keys and backends): {where}"
 
 
 def _source_name(file: Path | None) -> str:
@@ -514,13 +529,23 @@ def models(
     json_output
         Print the models as a JSON array instead of a table.
     backend
-        Only the models this backend serves.
+        Only the models this backend serves; a name that is no backend is an error.
     """
     from nexus_server import client
 
     def command(nexus: NexusClient) -> int:
         entries = client.list_data(nexus.get("/v1/models"), "model list")
         if backend is not None:
+            # Asked of the admin API: /v1/models names only the backends that serve a model.
+            known = client.list_data(nexus.get("/admin/backends"), "backend list")
+            found = next((b for b in known if b.get("name") == backend), None)
+            if found is None:
+                names = ", ".join(sorted(str(b.get("name")) for b in known)) or "none"
+                _error(f"error: no backend named {backend!r} (backends: {names})")
+                return 1
+            status = found.get("status")
+            if status != "healthy":
+                _error(f"note: backend {backend} is {status}: its models are not served now")
             entries = [m for m in entries if backend in (m.get("backends") or ())]
         if json_output:
             client.print_json(entries)

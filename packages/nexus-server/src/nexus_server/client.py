@@ -343,6 +343,8 @@ def health_summary(health: Mapping[str, Any], url: str, *, colour: bool = False)
     total = counts.get("total", sum(v for v in counts.values() if isinstance(v, int)))
     parts = [f"{counts[name]} {name}" for name in BACKEND_STATUSES if counts.get(name)]
     backends = f"backends: {total}" + (f" ({', '.join(parts)})" if parts else "")
+    if total == 0:  # healthy, as nothing fails, but say why nothing is served
+        backends += " (none yet: nothing can be served until one is added or found)"
     return "\n".join([first, backends, f"models: {_text(health.get('models'))}"])
 
 

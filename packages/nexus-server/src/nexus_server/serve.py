@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Generator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -21,6 +22,7 @@ import uvicorn
 from nexus_core import plugins
 from nexus_core.config import LogFormat, NexusConfig, StateBackend
 from nexus_core.gateway import Gateway
+from nexus_core.state import open_store
 from nexus_core.telemetry import TelemetryError
 from nexus_server.app import create_app
 from nexus_server.protocol import ClientLimits, protocol_for
@@ -288,16 +290,23 @@ def uvicorn_config(app: Any, config: NexusConfig, **options: Any) -> uvicorn.Con
     return uvicorn.Config(app, **settings)
 
 
-def build_server(config: NexusConfig) -> uvicorn.Server:
-    """A uvicorn server for the gateway described by ``config``."""
-    gateway = Gateway(config)
+def build_server(config: NexusConfig, config_file: Path | None = None) -> uvicorn.Server:
+    """A uvicorn server for the gateway described by ``config`` (read from ``config_file``).
+
+    The file tells this instance from others on the machine: with the default ``[state]``,
+    each configuration file has a state file of its own (``nexus_core.state.sqlite_path``).
+    """
+    store = open_store(config.state, config_file=config_file, port=config.server.port)
+    gateway = Gateway(config, state=store)
     gateway.monitor.line_writer = RequestLines.for_current_logging()
     app = create_app(gateway, default_ollama=True)
     cap = connection_cap(config.server.max_connections)
     return GatewayServer(uvicorn_config(app, config, max_connections=cap))
 
 
-def run(config: NexusConfig, *, source: str = "configuration") -> int:
+def run(
+    config: NexusConfig, *, source: str = "configuration", config_file: Path | None = None
+) -> int:
     """Serve until stopped; 0 on a clean shutdown (SIGTERM drains in-flight requests first).
 
     1 at once, one line per problem on stderr, when a backend's type is not installed or breaks
@@ -313,14 +322,14 @@ def run(config: NexusConfig, *, source: str = "configuration") -> int:
         return 1
     workers = config.server.workers
     if workers > 1:
-        return run_workers(config, workers)
+        return run_workers(config, workers, config_file)
     log.info("nexus listening on http://%s:%d", config.server.host, config.server.port)
-    return _serve(config, None)
+    return _serve(config, None, config_file)
 
 
-def _serve(config: NexusConfig, sock: socket.socket | None) -> int:
+def _serve(config: NexusConfig, sock: socket.socket | None, config_file: Path | None) -> int:
     try:
-        server = build_server(config)
+        server = build_server(config, config_file)
     except TelemetryError as exc:  # [telemetry] enabled without the otel extra
         log.error("%s", exc)
         return 1
@@ -333,7 +342,7 @@ def _serve(config: NexusConfig, sock: socket.socket | None) -> int:
     return 0 if server.started else 1
 
 
-def run_workers(config: NexusConfig, workers: int) -> int:
+def run_workers(config: NexusConfig, workers: int, config_file: Path | None = None) -> int:
     """Serve one listening socket from ``workers`` forked processes; wait for them all.
 
     Each worker is a whole gateway (its own health view); spend, keys, rate limits and the
@@ -364,7 +373,7 @@ def run_workers(config: NexusConfig, workers: int) -> int:
         if pid == 0:  # a worker: serve, and leave without running the parent's clean-up
             code = 1
             try:
-                code = _serve(config, sock)
+                code = _serve(config, sock, config_file)
             finally:
                 os._exit(code)
         children.append(pid)
