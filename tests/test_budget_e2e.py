@@ -434,7 +434,10 @@ path = "{state_file}"
             ) as response,
         ):
             assert response.status_code == 200
-            next(response.iter_bytes())
+            # Keep the iterator: a dropped one closes httpx's connection, and the server would
+            # then see the client leave (and settle) before the kill.
+            chunks = response.iter_bytes()
+            next(chunks)
             process.send_signal(signal.SIGKILL)
             process.wait(10)
 

@@ -37,6 +37,7 @@ from tests.conftest import NEXUS, gateway_config
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 MIGRATING = DOCS / "migrating-from-rust-nexus.md"
 MODEL = "llama3.2:latest"
+EMBED_MODEL = "nomic-embed-text:latest"
 CHAT = "/v1/chat/completions"
 
 
@@ -112,7 +113,7 @@ class Nexus:
 
 @pytest.fixture
 def ollama() -> Iterator[FakeOllama]:
-    models = [MODEL, {"id": "nomic-embed-text:latest", "capabilities": ["embedding"]}]
+    models = [MODEL, {"id": EMBED_MODEL, "capabilities": ["embedding"]}]
     with FakeOllama("o", models).running() as fake:
         yield fake
 
@@ -274,12 +275,17 @@ def test_the_upstream_smoke_flow(nexus: Nexus, ollama: FakeOllama) -> None:
     # Quality: per-backend stats.
     assert [backend["name"] for backend in stats["backends"]] == ["test-backend"]
 
-    # Embeddings, one input then two, with the X-Nexus headers.
-    single = http.post("/v1/embeddings", json={"model": MODEL, "input": "Hello world"})
+    # Embeddings, one input then two, with the X-Nexus headers. The script asks the chat model;
+    # Ollama says it cannot embed, so Nexus refuses it (a documented difference) and an
+    # embedding model answers.
+    refused = http.post("/v1/embeddings", json={"model": MODEL, "input": "Hello world"})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == "embeddings_not_supported"
+    single = http.post("/v1/embeddings", json={"model": EMBED_MODEL, "input": "Hello world"})
     assert single.status_code == 200, single.text
     assert len(single.json()["data"][0]["embedding"]) > 0
     assert single.headers["x-nexus-backend"] == "test-backend"
-    batch = http.post("/v1/embeddings", json={"model": MODEL, "input": ["Hello", "World"]})
+    batch = http.post("/v1/embeddings", json={"model": EMBED_MODEL, "input": ["Hello", "World"]})
     assert len(batch.json()["data"]) == 2
 
     # Queue: the gauge and the stats; a numeric X-Nexus-Priority is accepted (as normal).
