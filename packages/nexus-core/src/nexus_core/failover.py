@@ -331,7 +331,9 @@ async def execute(
     attempts: list[Attempt] = []
     last_error: BackendError | None = None
     stream = needs.stream
-    limit = requested_limit(endpoint, data, needs.vision)
+    # The answer limit is looked up only once a backend states its context (most say nothing).
+    limit: int | None = None
+    clampable = not needs.vision and endpoint is not Endpoint.EMBEDDINGS
     last = len(routes) - 1
     for index, route in enumerate(routes):
         remaining = deadline - loop.time()
@@ -340,11 +342,13 @@ async def execute(
         backend = route.backend
         payload = body if route.model == needs.model else replace_model(body, route.model)
         clamped = None
-        if limit is not None:
+        if clampable:
             # This backend's context for this model, when it says: a few reads per attempt.
             info = backend.models.get(route.model)
             if info is not None and info.context_length is not None:
-                left = room(info.context_length, payload)
+                if limit is None:
+                    limit = requested_limit(endpoint, data, needs.vision) or 0
+                left = room(info.context_length, payload) if limit else 0
                 if 0 < left < limit:
                     payload = clamp(payload, left)
                     clamped = left
