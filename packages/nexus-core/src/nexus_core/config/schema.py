@@ -749,8 +749,8 @@ class LoggingConfig(Section):
 
 
 #: The SQLite file every instance on a machine shared before each got its own (see
-#: ``nexus_core.state.sqlite_path``). ``state.path`` set to exactly this, as ``nexus config init``
-#: used to write it, counts as unset.
+#: ``nexus_core.state.location.sqlite_path``). ``state.path`` set to exactly this, as
+#: ``nexus config init`` used to write it, counts as unset.
 LEGACY_SQLITE_PATH = "~/.local/state/nexus/state.sqlite3"
 
 
