@@ -114,6 +114,7 @@ def _shown(value: Any) -> str:
 def describe_error(
     err: Mapping[str, Any], source: str, origins: Mapping[tuple[str, ...], str]
 ) -> str:
+    """One line for a pydantic error: ``<origin>: <key path>: <what is wrong> (got <value>)``."""
     loc, owner = _clean_loc(tuple(err["loc"]))
     kind = err["type"]
     original = (err.get("ctx") or {}).get("error")
