@@ -403,7 +403,7 @@ def test_every_difference_is_documented() -> None:
     ):
         assert name in quoted, name
     # Every key the loader accepts from the Rust Nexus is in the page's table.
-    from nexus_core.config import UPSTREAM_KEYS
+    from nexus_core.config.rust_nexus import UPSTREAM_KEYS
 
     for entry in UPSTREAM_KEYS:
         shown = entry.path if "." in entry.path else f"[{entry.path}]"  # a whole section

@@ -31,7 +31,7 @@ import openai
 import pytest
 import redis
 
-from nexus_core.state import REDIS_TIMEOUT_SECONDS
+from nexus_core.state.redis import REDIS_TIMEOUT_SECONDS
 from nexus_core.testing import Behaviour, FakeBackend, FakeOpenAI, free_port
 from nexus_core.testing.net import closed_port_url
 from nexus_core.testing.redis import redis_server_binary

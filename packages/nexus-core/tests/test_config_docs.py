@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from nexus_core.config import ENV_OVERRIDES, UPSTREAM_KEYS, config_key_paths
+from nexus_core.config import ENV_OVERRIDES
+from nexus_core.config.keys import config_key_paths
+from nexus_core.config.rust_nexus import UPSTREAM_KEYS
 
 REFERENCE = Path(__file__).resolve().parents[3] / "docs" / "configuration.md"
 

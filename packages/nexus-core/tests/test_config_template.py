@@ -23,13 +23,13 @@ from nexus_core.config import (
     RoutingStrategy,
     StateBackend,
     Zone,
-    config_key_paths,
-    field_shape,
     load_config,
     mask_secrets,
     validate_config,
 )
-from nexus_core.config_template import example_config, to_toml, toml_value
+from nexus_core.config.example import example_config
+from nexus_core.config.keys import config_key_paths, field_shape
+from nexus_core.config.toml_writer import to_toml, toml_value
 
 # --- the example -----------------------------------------------------------------------------
 

@@ -10,16 +10,15 @@ from typing import Any
 import pytest
 
 from nexus_core.config import (
-    UPSTREAM_KEYS,
     ConfigError,
     LogLevel,
     NexusConfig,
     Zone,
-    config_key_paths,
     load_config,
-    read_upstream_keys,
     validate_config,
 )
+from nexus_core.config.keys import config_key_paths
+from nexus_core.config.rust_nexus import UPSTREAM_KEYS, read_upstream_keys
 
 #: A value of the Rust Nexus's type for each renamed key, and what it becomes here.
 RENAMED: dict[str, tuple[Any, Any]] = {

@@ -18,7 +18,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from nexus_core.config import LEGACY_SQLITE_PATH, StateBackend, StateConfig
+from nexus_core.config import StateBackend, StateConfig
+from nexus_core.config.schema import LEGACY_SQLITE_PATH
 from nexus_core.state import (
     MemoryStore,
     RedisStore,
@@ -26,11 +27,9 @@ from nexus_core.state import (
     StateError,
     StateStore,
     StoreOutage,
-    describe_state,
-    is_default_path,
     open_store,
-    sqlite_path,
 )
+from nexus_core.state.location import describe_state, is_default_path, sqlite_path
 from nexus_core.testing.net import closed_port_url
 from nexus_core.testing.redis import redis_server, redis_server_binary
 
@@ -131,17 +130,6 @@ async def test_large_amounts_stay_exact(store: StateStore) -> None:
     await store.reserve("global", PERIOD, "big", big)
     await store.settle("global", PERIOD, "other", big)
     assert await store.total("global", PERIOD) == 2 * big
-
-
-async def test_incr_counts_and_expires_from_creation(store: StateStore) -> None:
-    assert await store.incr("rl:a", 1, 0.5) == 1
-    assert await store.incr("rl:a", 2, 0.5) == 3
-    assert await store.incr("rl:b", 10, 0.5) == 10
-    await asyncio.sleep(0.3)
-    assert await store.incr("rl:a", 1, 0.5) == 4  # still alive; TTL not extended by this
-    await asyncio.sleep(0.35)  # 0.65 s after creation: gone (an extended TTL would last to 0.8)
-    assert await store.incr("rl:a", 5, 0.5) == 5
-    assert await store.incr("rl:b", 1, 0.5) == 1
 
 
 async def test_concurrent_settles_are_exact(store: StateStore) -> None:
@@ -274,8 +262,8 @@ async def test_redis_replicas_share_spend(redis_url: str) -> None:
             *(spend(two, "two", n) for n in range(150)),
         )
         assert await one.total("global", PERIOD) == 30 + 2 * sum(range(150))
-        assert await two.incr("rl", 1, 10) == 1
-        assert await one.incr("rl", 1, 10) == 2
+        await two.put("backends", "gpu", "{}")  # a record one replica adds, the other reads
+        assert await one.items("backends") == {"gpu": "{}"}
     finally:
         await one.close()
         await two.close()
@@ -426,7 +414,7 @@ async def test_sqlite_calls_queued_behind_a_locked_one_give_up_instead_of_waitin
     try:
         with write_locked(store.path):
             results = await asyncio.gather(
-                *(store.incr(f"k{i}", 1, 60) for i in range(6)), return_exceptions=True
+                *(store.put("keys", f"k{i}", "1") for i in range(6)), return_exceptions=True
             )
             # Reads go on: WAL lets them past another process's write lock.
             assert await store.total("global", PERIOD) == 0
@@ -436,7 +424,8 @@ async def test_sqlite_calls_queued_behind_a_locked_one_give_up_instead_of_waitin
         # rather than each waiting the busy timeout in turn.
         assert "database is locked" in messages[0]
         assert any("still busy after 0.3 s" in m for m in messages[1:]), messages
-        assert await store.incr("k0", 1, 60) == 1  # the lock gone, it works again
+        await store.put("keys", "k0", "1")  # the lock gone, it works again
+        assert await store.items("keys") == {"k0": "1"}
     finally:
         await store.close()
 
@@ -646,7 +635,7 @@ def test_an_instance_with_a_file_of_its_own_leaves_the_old_one_alone(tmp_path: P
 _CLAIM = """
 import sys, time
 from pathlib import Path
-from nexus_core.state import claim_legacy
+from nexus_core.state.location import claim_legacy
 start = float(sys.argv[3])
 while time.time() < start:
     pass

@@ -21,7 +21,7 @@ from cyclopts import App
 
 from nexus_core import plugins as plugin_host
 from nexus_core.config import NexusConfig, validate_config
-from nexus_core.config_template import example_config
+from nexus_core.config.example import example_config
 from nexus_core.testing import free_port
 from nexus_server import __version__
 from nexus_server.cli import app

@@ -385,7 +385,7 @@ class Accountant:
         task.add_done_callback(self._writes.discard)
 
     async def _write_settle(self, charge: Charge, amount: int, key_too: bool) -> None:
-        # Never retried: a settle whose reply was lost may have been applied (state.py).
+        # Never retried: a settle whose reply was lost may have been applied (state/base.py).
         try:
             await self.store.settle(self.scope, charge.period, charge.entry, amount)
             if key_too:

@@ -131,7 +131,7 @@ def init(
     minimal
         Only the keys people change first (default: every key with its default and a comment).
     """
-    from nexus_core.config_template import example_config
+    from nexus_core.config.example import example_config
 
     text = example_config(minimal)
     if str(output) == "-":
@@ -187,7 +187,7 @@ def check(
     if output_format == "json":
         print(json.dumps(data, indent=2))
     else:
-        from nexus_core.config_template import to_toml
+        from nexus_core.config.toml_writer import to_toml
 
         print(f"# effective configuration: {source}, environment (NEXUS_*) applied")
         print(f"# {_state_line(config, file)}")
@@ -207,7 +207,7 @@ def _state_line(config: NexusConfig, file: Path | None) -> str:
     import os
 
     from nexus_core.config import find_config_file
-    from nexus_core.state import describe_state
+    from nexus_core.state.location import describe_state
 
     where = describe_state(
         config.state, os.environ, config_file=find_config_file(file), port=config.server.port
