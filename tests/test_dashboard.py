@@ -151,10 +151,14 @@ def test_request_appears_in_history_within_two_seconds(browser: Any, server: Any
     assert time.monotonic() - started < 2.0
     cells = row.locator("td").all_inner_texts()
     assert cells[1:4] == ["llama3.2:3b", "alpha", "200"]
-    # The next stats tick brings the counters and a chart point (one point per 2 s).
-    page.wait_for_function(
-        "document.querySelector('#widget-requests .value').textContent === '1'", timeout=4000
-    )
+    # The next ones go on top of it (the feed sends only the new rows).
+    second = chat(running, "qwen2.5:7b")
+    page.locator(f'#history tr[data-request-id="{second}"]').wait_for(timeout=2000)
+    ids = page.locator("#history tbody tr").evaluate_all("rs => rs.map(r => r.dataset.requestId)")
+    assert ids == [second, request_id]
+    assert page.locator("#request-count").inner_text() == "2"
+    # The counters, with the rows.
+    expect(page.locator("#widget-requests .value")).to_have_text("2", timeout=2000)
 
 
 def test_polling_fallback_when_the_websocket_fails(browser: Any, server: Any) -> None:

@@ -13,7 +13,7 @@ import pytest
 from nexus_core.adapters import BackendStatus, ModelInfo
 from nexus_core.config import BackendConfig, ServerConfig, validate_config
 from nexus_core.gateway import Gateway
-from nexus_core.observability import RequestRecord
+from nexus_core.observability import HISTORY, RequestRecord
 from nexus_core.registry import Backend
 from nexus_server.dashboard import Dashboard, origin_allowed, render_page
 from nexus_server.dashboard.live import CLOSE_FORBIDDEN, CLOSE_TOO_SLOW, Client
@@ -179,6 +179,7 @@ def test_a_finished_request_is_rendered_once_for_every_client_at_the_next_flush(
     assert len(texts) == 1  # one encoded message, the same object for every client
     (message,) = (json.loads(text or "") for text in texts)
     fragments = message["fragments"]
+    # The history had no rows: the whole table (with its one row) is sent.
     assert set(fragments) == {"request-count", "history", "widgets"}
     assert fragments["request-count"] == "1"
     assert 'data-request-id="r1"' in fragments["history"]
@@ -187,6 +188,41 @@ def test_a_finished_request_is_rendered_once_for_every_client_at_the_next_flush(
     # Nothing changed since: the next flush sends nothing.
     dashboard.flush()
     assert all(client.queue.empty() for client in clients)
+    # Two more: only the new rows, to go on top (they flash once).
+    for request_id in ("r2", "r3"):
+        dashboard.gateway.monitor.finish(RequestRecord(request_id=request_id, status=200))
+    dashboard.flush()
+    (added,) = fragments_of(clients[0])
+    assert set(added) == {"request-count", "history-rows", "widgets"}
+    assert added["request-count"] == "3"
+    assert re.findall(r'<tr class="([^"]*)" data-request-id="(r\d)"', added["history-rows"]) == [
+        ("ok new", "r3"),
+        ("ok new", "r2"),
+    ]
+    # A new client and the page get the whole table, rows not flashing.
+    assert 'data-request-id="r1"' in dashboard.page()
+    assert " new" not in json.loads(dashboard.everything())["fragments"]["history"]
+
+
+def test_more_new_requests_than_the_table_keeps_send_the_whole_table() -> None:
+    dashboard = Dashboard(gateway())
+    monitor = dashboard.gateway.monitor
+    monitor.finish(RequestRecord(request_id="first", status=200))
+    dashboard.everything()
+    client = Client()
+    dashboard.clients.add(client)
+    for index in range(HISTORY):
+        monitor.finish(RequestRecord(request_id=f"r{index}", status=200))
+    dashboard.flush()
+    (sent,) = fragments_of(client)
+    assert "history-rows" not in sent
+    assert sent["history"].count("<tr class=") == HISTORY
+    assert "first" not in sent["history"]
+    monitor.finish(RequestRecord(request_id="last", status=200))
+    dashboard.flush()
+    (sent,) = fragments_of(client)
+    assert sent["history-rows"].count("<tr ") == 1
+    assert sent["request-count"] == str(HISTORY)
 
 
 def test_every_fragment_is_a_live_region_of_the_page_and_the_page_holds_them() -> None:

@@ -45,7 +45,9 @@ from nexus_server.dashboard.render import (
     card,
     health_fragments,
     history_fragments,
+    history_row,
     matrix_fragments,
+    new_history_fragments,
     page,
     widget_fragments,
 )
@@ -152,8 +154,7 @@ class Dashboard:
         self._card_models: dict[str, tuple[dict[str, Any], list[str]]] = {}
         self._matrix: dict[str, Any] | None = None
         # What the page shows: the fragments as rendered last, the parts out of date since
-        # (bits), the 2 s step the summary and cards were rendered in, the newest request id of
-        # the history rendered last (newer rows flash once).
+        # (bits), the 2 s step the widgets and cards were rendered in.
         self._fragments: Fragments = {}
         # The cards: per backend, the id of its card's element, what its inside was rendered
         # from (``_card_key``) and the inside; ids are never reused.
@@ -162,13 +163,16 @@ class Dashboard:
         self._layout: list[tuple[str, str]] = []
         self._stale = EVERYTHING
         self._step = -1
-        self._newest_request: Any = None
+        # The history's rows, newest first: each record (a finished one never changes) and
+        # its row, rendered once.
+        self._rows: list[tuple[RequestRecord, str]] = []
         # The fragments as sent last (every one after the first flush; the cards' insides and
         # their layout apart), and the message carrying all of them (for a new client or a
         # poll), encoded once per change.
         self._sent: Fragments = {}
         self._sent_layout: list[tuple[str, str]] = []
         self._sent_cards: dict[str, str] = {}
+        self._sent_rows: list[RequestRecord] = []
         self._everything: str | None = None
         self._flusher: asyncio.Future[None] | None = None
         gateway.registry.subscribe(self._on_backend)
@@ -288,9 +292,12 @@ class Dashboard:
         if stale & MATRIX:
             fragments.update(matrix_fragments(views, self.matrix()))
         if stale & HISTORY:
-            entries = gateway.monitor.history_entries()
-            fragments.update(history_fragments(entries, self._newest_request))
-            self._newest_request = entries[0].get("request_id") if entries else None
+            rendered = {id(record): row for record, row in self._rows}
+            self._rows = [
+                (record, rendered.get(id(record)) or history_row(record.as_dict()))
+                for record in reversed(gateway.monitor.history)
+            ]
+            fragments.update(history_fragments([row for _, row in self._rows]))
         return fragments
 
     def _render_cards(self, views: list[dict[str, Any]]) -> list[Card]:
@@ -325,6 +332,14 @@ class Dashboard:
             return
         sent.update(changed)
         self._everything = None
+        if "history" in changed:
+            records = [record for record, _ in self._rows]
+            new = _new_on_top(records, self._sent_rows)
+            if new is not None:  # the rows sent are still there, below the new ones
+                del changed["history"]
+                rows = [history_row(record.as_dict(), fresh=True) for record in records[:new]]
+                changed.update(new_history_fragments(rows, len(records)))
+            self._sent_rows = records
         if "backends" in changed and self._layout == self._sent_layout:
             # The same cards in the same order: only the insides that changed, each alone.
             del changed["backends"]
@@ -405,6 +420,18 @@ class Dashboard:
             text = await client.queue.get()
         log.info("dashboard client too slow: disconnected")
         await send({"type": "websocket.close", "code": CLOSE_TOO_SLOW})
+
+
+def _new_on_top(rows: list[RequestRecord], sent: list[RequestRecord]) -> int | None:
+    """How many rows are new on top of those sent, or None when the rows sent are not all
+    still there below them (more than the table keeps came in)."""
+    if not sent:
+        return None
+    for index, record in enumerate(rows):
+        if record is sent[0]:
+            kept = rows[index:]
+            return index if all(a is b for a, b in zip(kept, sent, strict=False)) else None
+    return None
 
 
 def _card_key(view: dict[str, Any], charts: int | None) -> tuple[Any, ...]:

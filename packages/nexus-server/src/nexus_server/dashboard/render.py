@@ -24,6 +24,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from nexus_core.observability import HISTORY
 from nexus_server import __version__
 
 #: The stylesheet, inlined: the first paint need not wait for a second request (the page's CSP
@@ -187,31 +188,25 @@ def _matrix(backends: list[dict[str, Any]], matrix: dict[str, Any]) -> str:
 HISTORY_COLUMNS = ("Time", "Model", "Backend", "Status", "Duration", "Tokens", "Error")
 
 
-def _history_rows(entries: list[dict[str, Any]], seen: Any) -> str:
-    # Rows newer than ``seen`` (the newest request id of the previous rendering) flash once.
-    rows = []
-    fresh = seen is not None and any(entry.get("request_id") == seen for entry in entries)
-    for entry in entries:
-        request_id = entry.get("request_id")
-        if fresh and request_id == seen:
-            fresh = False
-        status = entry.get("status") or 0
-        tokens = ""
-        if entry.get("prompt_tokens") is not None or entry.get("completion_tokens") is not None:
-            tokens = f"{entry.get('prompt_tokens') or 0}/{entry.get('completion_tokens') or 0}"
-        failed = status >= 400 or entry.get("error")
-        stamp = entry.get("time")
-        rows.append(
-            f'<tr class="{"failed" if failed else "ok"}{" new" if fresh else ""}" '
-            f'data-request-id="{_e(request_id or "")}">'
-            f'<td><time datetime="{_e(stamp)}">{_e(_time(stamp))}</time></td>'
-            f"<td>{_e(entry.get('model') if entry.get('model') is not None else DASH)}</td>"
-            f"<td>{_e(entry.get('backend') or DASH)}</td>"
-            f"<td>{_e(status)}</td><td>{_ms(entry.get('duration_ms'))}</td>"
-            f"<td>{_e(tokens)}</td><td>{_e(entry.get('error') or '')}</td></tr>"
-        )
-    head = "".join(f'<th scope="col">{name}</th>' for name in HISTORY_COLUMNS)
-    return f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody>"
+def history_row(entry: dict[str, Any], fresh: bool = False) -> str:
+    """One row of the last requests (``entry``: a ``/v1/history`` entry; a ``fresh`` one
+    flashes once)."""
+    status = entry.get("status") or 0
+    tokens = ""
+    if entry.get("prompt_tokens") is not None or entry.get("completion_tokens") is not None:
+        tokens = f"{entry.get('prompt_tokens') or 0}/{entry.get('completion_tokens') or 0}"
+    failed = status >= 400 or entry.get("error")
+    stamp = entry.get("time")
+    model = entry.get("model")
+    return (
+        f'<tr class="{"failed" if failed else "ok"}{" new" if fresh else ""}" '
+        f'data-request-id="{_e(entry.get("request_id") or "")}">'
+        f'<td><time datetime="{_e(stamp)}">{_e(_time(stamp))}</time></td>'
+        f"<td>{_e(DASH if model is None else model)}</td>"
+        f"<td>{_e(entry.get('backend') or DASH)}</td>"
+        f"<td>{_e(status)}</td><td>{_ms(entry.get('duration_ms'))}</td>"
+        f"<td>{_e(tokens)}</td><td>{_e(entry.get('error') or '')}</td></tr>"
+    )
 
 
 def _widgets(stats: dict[str, Any]) -> str:
@@ -283,9 +278,18 @@ def matrix_fragments(backends: list[dict[str, Any]], matrix: dict[str, Any]) -> 
     }
 
 
-def history_fragments(entries: list[dict[str, Any]], seen: Any = None) -> Fragments:
-    """The last requests, newest first (``entries``: ``/v1/history`` entries)."""
-    return {"request-count": str(len(entries)), "history": _history_rows(entries, seen)}
+def history_fragments(rows: list[str]) -> Fragments:
+    """The table of the last requests (``rows``: ``history_row``s, newest first)."""
+    head = "".join(f'<th scope="col">{name}</th>' for name in HISTORY_COLUMNS)
+    return {
+        "request-count": str(len(rows)),
+        "history": f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody>",
+    }
+
+
+def new_history_fragments(rows: list[str], count: int) -> Fragments:
+    """The rows to put on top of the table (it keeps its last ``HISTORY``), and the count."""
+    return {"request-count": str(count), "history-rows": "".join(rows)}
 
 
 def snapshot_fragments(snapshot: dict[str, Any]) -> Fragments:
@@ -301,7 +305,7 @@ def snapshot_fragments(snapshot: dict[str, Any]) -> Fragments:
         **widget_fragments(snapshot.get("stats") or {}),
         **backend_fragments(cards),
         **matrix_fragments(backends, snapshot.get("matrix") or {}),
-        **history_fragments(snapshot.get("history") or []),
+        **history_fragments([history_row(entry) for entry in snapshot.get("history") or []]),
     }
 
 
@@ -349,7 +353,7 @@ def page(fragments: Fragments, now: float | None = None) -> str:
 <h2 id="requests-title">Last requests
 <span id="request-count" class="count">{f["request-count"]}</span></h2>
 <div class="scroll" tabindex="0" role="region" aria-labelledby="requests-title">
-<table id="history" class="history">{f["history"]}</table>
+<table id="history" class="history" data-keep="{HISTORY}">{f["history"]}</table>
 </div>
 </section>
 </main>

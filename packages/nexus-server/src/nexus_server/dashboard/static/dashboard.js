@@ -1,7 +1,9 @@
 // Nexus dashboard: keeps the server-rendered page live by swapping in fragments the server
 // rendered. Each message is {"type": "fragments", "fragments": {id: html}}: the new content of
-// the page's element with that id. The server renders (and escapes) all of it; this script
-// builds no markup. Live through /ws; when the WebSocket fails, polls /dashboard/fragments.
+// the page's element with that id; "history-rows" are rows to put on top of the last requests
+// (the table keeps as many as its data-keep says). The server renders (and escapes) all of it;
+// this script builds no markup. Live through /ws; when the WebSocket fails, polls
+// /dashboard/fragments.
 "use strict";
 (function () {
   var POLL_MS = 2000;
@@ -13,6 +15,13 @@
     if (!message || message.type !== "fragments") return;
     var fragments = message.fragments || {};
     Object.keys(fragments).forEach(function (id) {
+      if (id === "history-rows") {
+        var table = document.getElementById("history");
+        var rows = table.tBodies[0];
+        rows.insertAdjacentHTML("afterbegin", fragments[id]);
+        while (rows.rows.length > Number(table.dataset.keep)) rows.deleteRow(-1);
+        return;
+      }
       var target = document.getElementById(id);
       if (target) target.innerHTML = fragments[id];
     });
