@@ -1,4 +1,4 @@
-"""The dashboard without a browser: escaping, origin check, queue bound, series, messages, scale."""
+"""The dashboard without a browser: escaping, origin check, queue bound, series, fragments."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import pytest
 from nexus_core.adapters import BackendStatus, ModelInfo
 from nexus_core.config import BackendConfig, ServerConfig, validate_config
 from nexus_core.gateway import Gateway
-from nexus_core.observability import RequestRecord
+from nexus_core.observability import HISTORY, RequestRecord
 from nexus_core.registry import Backend
 from nexus_server.dashboard import Dashboard, origin_allowed, render_page
 from nexus_server.dashboard.live import CLOSE_FORBIDDEN, CLOSE_TOO_SLOW, Client
-from nexus_server.dashboard.render import CARD_MODELS, MATRIX_MODELS
+from nexus_server.dashboard.render import CARD_MODELS, LIVE_REGIONS, MATRIX_MODELS
 from nexus_server.dashboard.series import STEP, Series
 from nexus_server.trust import Trust
 
@@ -154,17 +154,121 @@ def test_series_points_per_step_with_zeros_where_idle() -> None:
     assert series.points("a", 1)[0]["rps"] == 0.0
 
 
-def test_finished_requests_feed_the_series_and_the_clients() -> None:
+def fragments_of(client: Client) -> list[dict[str, str]]:
+    """The fragments of every message queued for ``client``, oldest first."""
+    out = []
+    while not client.queue.empty():
+        message = json.loads(client.queue.get_nowait() or "")
+        assert message["type"] == "fragments"
+        out.append(message["fragments"])
+    return out
+
+
+def test_a_finished_request_is_rendered_once_for_every_client_at_the_next_flush() -> None:
     dashboard = Dashboard(gateway())
-    client = Client()
-    dashboard.clients.add(client)
+    dashboard.everything()  # what the clients were sent on connect
+    clients = [Client() for _ in range(3)]
+    dashboard.clients.update(clients)
     record = RequestRecord(request_id="r1", model=EVIL, backend="a", status=502, error="upstream")
     dashboard.gateway.monitor.finish(record)
-    message = json.loads(client.queue.get_nowait() or "")
-    assert message["type"] == "request"
-    assert message["request"]["request_id"] == "r1"
-    assert message["request"]["model"] == EVIL
+    # The listener renders and sends nothing: the request path only marks the history stale.
+    assert all(client.queue.empty() for client in clients)
     assert dashboard.series._steps["a"][-1].errors == 1
+    dashboard.flush()
+    texts = {client.queue.get_nowait() for client in clients}
+    assert len(texts) == 1  # one encoded message, the same object for every client
+    (message,) = (json.loads(text or "") for text in texts)
+    fragments = message["fragments"]
+    # The history had no rows: the whole table (with its one row) is sent.
+    assert set(fragments) == {"request-count", "history", "widgets"}
+    assert fragments["request-count"] == "1"
+    assert 'data-request-id="r1"' in fragments["history"]
+    assert "&lt;img src=x onerror=alert(1)&gt;" in fragments["history"]
+    assert "<img" not in fragments["history"]
+    # Nothing changed since: the next flush sends nothing.
+    dashboard.flush()
+    assert all(client.queue.empty() for client in clients)
+    # Two more: only the new rows, to go on top (they flash once).
+    for request_id in ("r2", "r3"):
+        dashboard.gateway.monitor.finish(RequestRecord(request_id=request_id, status=200))
+    dashboard.flush()
+    (added,) = fragments_of(clients[0])
+    assert set(added) == {"request-count", "history-rows", "widgets"}
+    assert added["request-count"] == "3"
+    assert re.findall(r'<tr class="([^"]*)" data-request-id="(r\d)"', added["history-rows"]) == [
+        ("ok new", "r3"),
+        ("ok new", "r2"),
+    ]
+    # A new client and the page get the whole table, rows not flashing.
+    assert 'data-request-id="r1"' in dashboard.page()
+    assert " new" not in json.loads(dashboard.everything())["fragments"]["history"]
+
+
+def test_more_new_requests_than_the_table_keeps_send_the_whole_table() -> None:
+    dashboard = Dashboard(gateway())
+    monitor = dashboard.gateway.monitor
+    monitor.finish(RequestRecord(request_id="first", status=200))
+    dashboard.everything()
+    client = Client()
+    dashboard.clients.add(client)
+    for index in range(HISTORY):
+        monitor.finish(RequestRecord(request_id=f"r{index}", status=200))
+    dashboard.flush()
+    (sent,) = fragments_of(client)
+    assert "history-rows" not in sent
+    assert sent["history"].count("<tr class=") == HISTORY
+    assert "first" not in sent["history"]
+    monitor.finish(RequestRecord(request_id="last", status=200))
+    dashboard.flush()
+    (sent,) = fragments_of(client)
+    assert sent["history-rows"].count("<tr ") == 1
+    assert sent["request-count"] == str(HISTORY)
+
+
+def test_every_fragment_is_a_live_region_of_the_page_and_the_page_holds_them() -> None:
+    fleet = gateway()
+    add(fleet, "box", ["m1", EVIL])
+    dashboard = Dashboard(fleet)
+    message = json.loads(dashboard.everything())
+    fragments = message["fragments"]
+    cards = [key for key in fragments if key.startswith("card-")]
+    assert set(fragments) == set(LIVE_REGIONS)
+    assert cards == []  # on connect, the cards are inside "backends"
+    html = dashboard.page()
+    for key in LIVE_REGIONS:
+        assert f'id="{key}"' in html
+        assert fragments[key] in html
+    # The same text, rendered once: a poll and a new client get the cached message.
+    assert dashboard.everything() is dashboard.everything()
+
+
+def test_a_card_that_changed_is_sent_alone_and_a_new_backend_sends_all_cards() -> None:
+    fleet = gateway()
+    box = add(fleet, "box", ["m1"])
+    add(fleet, "other", ["m2"])
+    dashboard = Dashboard(fleet)
+    dashboard.everything()
+    client = Client()
+    dashboard.clients.add(client)
+    box.latency_ms = 42.0
+    fleet.registry.set_status(box, BackendStatus.UNHEALTHY)
+    dashboard.flush()
+    (changed,) = fragments_of(client)
+    # The matrix's dots and the health pill follow the status; one card's inside, alone.
+    assert "backends" not in changed
+    (slot,) = [key for key in changed if key.startswith("card-")]
+    assert "42 ms" in changed[slot]
+    assert "status-unhealthy" in changed[slot]
+    assert f'id="{slot}" data-backend="box"' in dashboard.page()
+    assert {"health", "matrix"} <= set(changed)
+    add(fleet, "third", [EVIL])
+    dashboard.flush()
+    (added,) = fragments_of(client)
+    assert not [key for key in added if key.startswith("card-")]
+    assert added["backend-count"] == "3"
+    assert added["backends"].count('<article class="card"') == 3
+    assert "<li>&lt;img src=x onerror=alert(1)&gt;</li>" in added["backends"]
+    assert "<img" not in json.dumps(added)
 
 
 def test_snapshot_shape() -> None:
@@ -182,6 +286,17 @@ def test_snapshot_shape() -> None:
     }
     assert snapshot["matrix"] == {"model_count": 0, "rows": []}
     json.dumps(snapshot, allow_nan=False)
+
+
+def test_the_page_is_the_same_rendered_from_the_snapshot_or_by_the_feed() -> None:
+    fleet = gateway()
+    add(fleet, "box", [EVIL, "m1"])
+    dashboard = Dashboard(fleet)
+    fed = dashboard.page()
+    from_snapshot = render_page(dashboard.snapshot())
+    # The same markup but for the time stamp and the cards' element ids.
+    strip = re.compile(r'datetime="[^"]*"|\d\d:\d\d:\d\d UTC|id="card-\d+"')
+    assert strip.sub("", fed) == strip.sub("", from_snapshot)
 
 
 async def connected(dashboard: Dashboard) -> None:
@@ -241,12 +356,14 @@ async def test_a_slow_client_is_disconnected_and_unsubscribed() -> None:
     )
     await connected(dashboard)
     for index in range(20):  # never blocks, whatever the client does
-        dashboard.broadcast({"type": "request", "request": {"n": index}})
+        dashboard.gateway.monitor.finish(RequestRecord(request_id=f"r{index}", status=200))
+        dashboard.flush()
     socket.release.set()
     await asyncio.wait_for(task, 5)
     types = [m["type"] for m in socket.sent]
     assert types == ["websocket.accept", "websocket.send", "websocket.close"]
-    assert json.loads(socket.sent[1]["text"])["type"] == "snapshot"
+    first = json.loads(socket.sent[1]["text"])
+    assert set(first["fragments"]) == set(LIVE_REGIONS)
     assert socket.sent[2]["code"] == CLOSE_TOO_SLOW
     assert not dashboard.clients
 
@@ -259,12 +376,20 @@ async def test_a_client_that_leaves_is_unsubscribed() -> None:
         dashboard.websocket(socket.scope, socket.receive, socket.send, TRUST)
     )
     await connected(dashboard)
-    dashboard.broadcast({"type": "request", "request": {}})
-    await asyncio.sleep(0.05)
+    dashboard.gateway.monitor.finish(RequestRecord(request_id="r1", status=200))
+    # The feed's own task flushes within FLUSH_SECONDS.
+    for _ in range(100):
+        if len(socket.sent) > 2:
+            break
+        await asyncio.sleep(0.05)
+    assert dashboard._flusher is not None
     socket.leave.set()
     await asyncio.wait_for(task, 5)
     assert not dashboard.clients
-    assert [json.loads(m["text"])["type"] for m in socket.sent[1:]] == ["snapshot", "request"]
+    assert dashboard._flusher is None  # the last client took the feed's task with it
+    messages = [json.loads(m["text"]) for m in socket.sent[1:]]
+    assert set(messages[0]["fragments"]) == set(LIVE_REGIONS)
+    assert 'data-request-id="r1"' in messages[1]["fragments"]["history"]
 
 
 # -- scale: 20,000 models across backends ----------------------------------------------------
@@ -352,72 +477,79 @@ def test_the_card_view_is_the_backend_snapshot_with_its_first_models(big_fleet: 
         assert view == full
 
 
-def stepped(dashboard: Dashboard) -> Callable[[], dict[str, Any]]:
-    """The stats message of each next step, decoded (the series' clock is moved one step)."""
+def stepped(dashboard: Dashboard, client: Client) -> Callable[[], dict[str, str]]:
+    """The fragments sent in each next step (the series' clock is moved one step)."""
     now = [1_000_000.0]
     dashboard.series.clock = lambda: now[0]
+    dashboard.everything()
+    dashboard.clients.add(client)
 
-    def next_stats() -> dict[str, Any]:
+    def next_step() -> dict[str, str]:
         now[0] += STEP
-        message: dict[str, Any] = json.loads(dashboard.stats_message())
-        return message
+        dashboard.flush()
+        sent = fragments_of(client)
+        return sent[0] if sent else {}
 
-    return next_stats
+    return next_step
 
 
-def test_stats_message_is_bounded_and_carries_the_matrix_only_after_a_change() -> None:
+def test_each_step_sends_only_what_changed_and_the_matrix_only_after_a_change() -> None:
     fleet = gateway()
     boxes = [add(fleet, f"box-{index}", own_models(index) + SHARED) for index in range(3)]
     dashboard = Dashboard(fleet)
-    next_stats = stepped(dashboard)
-    first = next_stats()
-    assert first["type"] == "stats"
-    assert "matrix" not in first  # the snapshot of a new client has it
-    assert [b["model_count"] for b in first["backends"]] == [OWN + len(SHARED)] * 3
-    assert all(len(b["models"]) == CARD_MODELS for b in first["backends"])
-    assert set(first["stats"]) == {"uptime_seconds", "requests", "budget", "queue"}
-    assert len(json.dumps(first)) < 10_000
-    # A probe finds a new model on box-1: the next step (once) brings the new matrix.
+    next_step = stepped(dashboard, Client())
+    # Idle backends, nothing new: a step renders nothing that differs, so nothing is sent.
+    assert next_step() == {}
+    # A request: the history, the widgets and its backend's card (the step it ended in is a
+    # point of the charts now); then that card alone each step, as its charts move on.
+    dashboard.gateway.monitor.finish(RequestRecord(request_id="r", backend="box-1", status=200))
+    first = next_step()
+    (slot,) = set(first) - {"request-count", "history", "widgets"}
+    assert f'id="{slot}" data-backend="box-1"' in dashboard.page()
+    assert "<b>0.5</b>" in first[slot]  # req/s peak: one request in a 2 s step
+    charts = next_step()
+    assert set(charts) == {slot}
+    assert len(json.dumps(charts)) < 10_000
+    # A probe finds a new model on box-1: its card and the matrix, once.
     fleet.registry.set_models(boxes[1], [ModelInfo(m) for m in [*own_models(1), *SHARED, "aaa"]])
-    changed = next_stats()
-    assert changed["matrix"]["model_count"] == 3 * OWN + len(SHARED) + 1
-    assert changed["matrix"]["rows"][0] == {"model": "aaa", "backends": ["box-1"]}
-    assert changed["backends"][1]["models"][0] == "aaa"
-    assert "matrix" not in next_stats()
-    # A status change leaves the rows alone: no matrix; the backends carry the status.
+    changed = next_step()
+    assert changed["model-count"] == f"{3 * OWN + len(SHARED) + 1:,}"
+    assert '<tr><th scope="row">aaa</th>' in changed["matrix"]
+    assert "<li>aaa</li>" in changed[slot]
+    assert "matrix" not in next_step()
+    # A status change: the matrix's dots, the card and the health pill.
     fleet.registry.set_status(boxes[0], BackendStatus.UNHEALTHY)
-    after = next_stats()
-    assert "matrix" not in after
-    assert after["backends"][0]["status"] == "unhealthy"
-    # A removed backend leaves the matrix.
+    after = next_step()
+    assert {"matrix", "health"} <= set(after)
+    assert "status-unhealthy" in after["matrix"]
+    # A removed backend: every card again (one fewer), and the matrix without it.
     fleet.registry.remove("box-2")
-    removed = next_stats()
-    assert removed["matrix"]["model_count"] == 2 * OWN + len(SHARED) + 1
+    removed = next_step()
+    assert removed["backend-count"] == "2"
     assert "box-2" not in json.dumps(removed)
+    assert removed["model-count"] == f"{2 * OWN + len(SHARED) + 1:,}"
 
 
-def test_backend_events_carry_the_bounded_view() -> None:
+def test_backend_events_only_mark_the_page_stale() -> None:
     fleet = gateway()
     dashboard = Dashboard(fleet)
+    dashboard.everything()
     client = Client()
     dashboard.clients.add(client)
     add(fleet, "box", own_models(0))
-    events = []
-    while not client.queue.empty():
-        events.append(json.loads(client.queue.get_nowait() or ""))
-    assert [(e["type"], e["event"]) for e in events] == [
-        ("backend", "added"),
-        ("backend", "models"),
-        ("backend", "status"),
-    ]
-    assert events[1]["backend"]["model_count"] == OWN
-    assert events[1]["backend"]["models"] == own_models(0)[:CARD_MODELS]
+    assert client.queue.empty()  # rendered and sent by the next flush, not by the listener
+    dashboard.flush()
+    (added,) = fragments_of(client)
+    assert f'<p class="models-title">{OWN:,} models</p>' in added["backends"]
+    assert added["backends"].count("<li>") == CARD_MODELS
     dashboard.series.add("box", 0.1, failed=False)
     fleet.registry.remove("box")
-    removed = json.loads(client.queue.get_nowait() or "")
-    assert (removed["event"], removed["backend"]["name"]) == ("removed", "box")
+    dashboard.flush()
+    (removed,) = fragments_of(client)
+    assert "No backends configured" in removed["backends"]
     # Nothing is kept of a removed backend.
     assert dashboard._card_models == {}
+    assert dashboard._cards == {}
     assert "box" not in dashboard.series._steps
 
 

@@ -1,4 +1,9 @@
-"""The dashboard: ``/`` (server-rendered, then live), ``/ws``, ``/dashboard/snapshot``, assets."""
+"""The dashboard: ``/`` (server-rendered, then live), ``/ws``, ``/dashboard/fragments``,
+``/dashboard/snapshot``, assets.
+
+``render`` holds all of its HTML, ``live`` its state and feed, ``series`` the charts' figures;
+``static/`` the stylesheet and the script that swaps fragments in.
+"""
 
 from __future__ import annotations
 
@@ -42,13 +47,22 @@ def route_handlers(dashboard: Dashboard) -> list[Any]:
     @get("/", include_in_schema=False, guards=[guard])
     async def page() -> Response[str]:
         return Response(
-            render_page(dashboard.snapshot()),
+            dashboard.page(),
             media_type=MediaType.HTML,
             headers={
                 "Content-Security-Policy": CONTENT_SECURITY_POLICY,
                 "Cache-Control": "no-store",
                 "X-Content-Type-Options": "nosniff",
             },
+        )
+
+    @get("/dashboard/fragments", include_in_schema=False, guards=[guard])
+    async def fragments() -> Response[str]:
+        # The page's polling fallback: the /ws message with every fragment, current.
+        return Response(
+            dashboard.everything(),
+            media_type=MediaType.JSON,
+            headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
         )
 
     @get("/dashboard/snapshot", include_in_schema=False, guards=[guard])
@@ -62,4 +76,4 @@ def route_handlers(dashboard: Dashboard) -> list[Any]:
         cache_control=None,
         name="dashboard-static",
     )
-    return [page, snapshot, assets]
+    return [page, fragments, snapshot, assets]

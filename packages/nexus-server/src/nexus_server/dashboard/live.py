@@ -1,18 +1,26 @@
-"""The dashboard's live feed: ``GET /ws`` (plain ASGI WebSocket) and the snapshot behind it.
+"""The dashboard's state and live feed: the page's fragments, ``GET /ws``, the snapshot.
 
-One ``Dashboard`` per app listens to the registry and the monitor once, for the app's life, and
-fans every event out to the connected clients. With nobody connected a finished request costs one
-O(1) update of the time series and a loop over an empty set.
+One ``Dashboard`` per app listens to the registry and the monitor once, for the app's life. The
+listeners run on the request path and in the health loop: they only set bits saying which parts
+of the page are out of date (and a finished request bumps its backend's chart step, O(1)); they
+render nothing and send nothing.
 
-What is sent is bounded whatever the size of the fleet: a backend carries its first
-``CARD_MODELS`` model ids (sorted) and its model count, and the models x backends matrix its first
-``MATRIX_MODELS`` rows and the count of distinct models. Both are computed when the models change
-(the registry replaces a backend's ``models`` dict then, and says so), not per message; the
-periodic ``stats`` message carries the matrix only in the step after it changed.
+All HTML comes from ``render``. ``refresh()`` renders again, once, the fragments that are out of
+date, whoever asks first (``GET /``, a poll of ``/dashboard/fragments``, a client connecting or
+the feed): the history after requests finish, the matrix after backends or their models change,
+and the summary and the cards (latency, pending, charts) once per 2 s step.
 
-Every client has a bounded queue of encoded messages. Listeners only ``put_nowait``: a client
-whose queue is full is disconnected (close code 1013, "try again later"); the page reconnects and
-starts again from a fresh snapshot, so no client ever sees a state with a delta missing.
+The feed: while a client is connected, one task flushes every ``FLUSH_SECONDS``: it refreshes,
+keeps the fragments that differ from those it sent last, encodes them into one message and
+queues that same text for every client. A client gets every fragment when it connects, then the
+changed ones. Every client has a bounded queue; a client whose queue is full is disconnected
+(close code 1013, "try again later"); the page reconnects and starts again from every fragment,
+so no client ever shows a state with an update missing.
+
+What is rendered is bounded whatever the size of the fleet: a card shows its first
+``CARD_MODELS`` model ids (sorted) and its model count, the matrix its first ``MATRIX_MODELS``
+rows and the count of distinct models. Both lists are computed when the models change (the
+registry replaces a backend's ``models`` dict then, and says so), not per rendering.
 """
 
 from __future__ import annotations
@@ -27,7 +35,22 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from nexus_core.auth import presented_key
-from nexus_server.dashboard.render import CARD_MODELS, MATRIX_MODELS
+from nexus_server.dashboard.render import (
+    CARD_MODELS,
+    CHART_POINTS,
+    MATRIX_MODELS,
+    Card,
+    Fragments,
+    backend_fragments,
+    card,
+    health_fragments,
+    history_fragments,
+    history_row,
+    matrix_fragments,
+    new_history_fragments,
+    page,
+    widget_fragments,
+)
 from nexus_server.dashboard.series import POINTS, STEP, Series
 from nexus_server.trust import LOCAL_KEY, Trust
 
@@ -39,8 +62,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nexus.dashboard")
 
-#: Version of the ``/ws`` message schema (docs/dashboard.md). 2: bounded model lists, ``matrix``.
+#: Version of the ``/dashboard/snapshot`` schema (docs/dashboard.md). 2: bounded model lists,
+#: ``matrix``.
 SCHEMA_VERSION = 2
+#: Seconds between two flushes of the feed: how long a change waits to reach the pages, and
+#: what a burst of requests is gathered into.
+FLUSH_SECONDS = 0.25
+#: The parts of the page a listener can mark out of date.
+HEALTH, WIDGETS, BACKENDS, MATRIX, HISTORY = 1, 2, 4, 8, 16
+EVERYTHING = HEALTH | WIDGETS | BACKENDS | MATRIX | HISTORY
 #: Messages waiting for one client before it counts as too slow and is disconnected.
 QUEUE_SIZE = 256
 #: Seconds one send may take before the client counts as too slow.
@@ -50,8 +80,10 @@ CLOSE_FORBIDDEN = 4003
 CLOSE_TOO_SLOW = 1013
 
 
-def _encode(message: dict[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"), allow_nan=False)
+def _encode(fragments: Fragments) -> str:
+    """The ``fragments`` message of ``/ws`` and ``/dashboard/fragments``."""
+    message = {"type": "fragments", "fragments": fragments}
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
 
 
 def viewer_allowed(gateway: Any, scope: Scope) -> bool:
@@ -87,7 +119,7 @@ def origin_allowed(headers: list[tuple[bytes, bytes]], trust: Trust) -> bool:
 
 
 class Client:
-    """One connected page: its bounded queue of encoded messages."""
+    """One connected page: its bounded queue of encoded messages (shared with every client)."""
 
     __slots__ = ("overflowed", "queue")
 
@@ -110,49 +142,60 @@ class Client:
 
 
 class Dashboard:
-    """State and live feed of the dashboard of one gateway."""
+    """State, fragments and live feed of the dashboard of one gateway."""
 
     def __init__(self, gateway: Gateway, *, queue_size: int = QUEUE_SIZE) -> None:
         self.gateway = gateway
         self.queue_size = queue_size
         self.series = Series()
         self.clients: set[Client] = set()
-        self._stats_cache: tuple[int, str] | None = None
         # Per backend: the ``models`` dict the list was taken from (the registry replaces it on
         # every change, so identity says whether it is current) and its first model ids.
         self._card_models: dict[str, tuple[dict[str, Any], list[str]]] = {}
         self._matrix: dict[str, Any] | None = None
-        # Bumped when the matrix may have changed; the stats message carries it when the
-        # version it sent last is older.
-        self._matrix_version = 0
-        self._matrix_sent = 0
+        # What the page shows: the fragments as rendered last, the parts out of date since
+        # (bits), the 2 s step the widgets and cards were rendered in.
+        self._fragments: Fragments = {}
+        # The cards: per backend, the id of its card's element, what its inside was rendered
+        # from (``_card_key``) and the inside; ids are never reused.
+        self._cards: dict[str, tuple[str, tuple[Any, ...], str]] = {}
+        self._card_ids = 0
+        self._layout: list[tuple[str, str]] = []
+        self._stale = EVERYTHING
+        self._step = -1
+        # The history's rows, newest first: each record (a finished one never changes) and
+        # its row, rendered once.
+        self._rows: list[tuple[RequestRecord, str]] = []
+        # The fragments as sent last (every one after the first flush; the cards' insides and
+        # their layout apart), and the message carrying all of them (for a new client or a
+        # poll), encoded once per change.
+        self._sent: Fragments = {}
+        self._sent_layout: list[tuple[str, str]] = []
+        self._sent_cards: dict[str, str] = {}
+        self._sent_rows: list[RequestRecord] = []
+        self._everything: str | None = None
+        self._flusher: asyncio.Future[None] | None = None
         gateway.registry.subscribe(self._on_backend)
         gateway.monitor.subscribers.append(self._on_request)
 
     # -- listeners (called on the request path and by the health loop: never block) ----------
 
     def _on_request(self, record: RequestRecord) -> None:
-        failed = record.status >= 400 or record.error is not None
         if record.backend:
-            self.series.add(record.backend, record.duration, failed)
-        if self.clients:
-            self.broadcast({"type": "request", "request": record.as_dict()})
+            self.series.add(
+                record.backend, record.duration, record.status >= 400 or bool(record.error)
+            )
+        self._stale |= HISTORY | WIDGETS
 
     def _on_backend(self, event: str, backend: Backend) -> None:
         if event != "status":  # added, removed, models: the matrix is built again when read
             self._matrix = None
-            self._matrix_version += 1
-        if self.clients:
-            self.broadcast({"type": "backend", "event": event, "backend": self.backend(backend)})
+        # The health pill counts backends, the matrix's dots have the backends' colours.
+        self._stale |= HEALTH | BACKENDS | MATRIX
         if event == "removed":
             self.series.forget(backend.name)
             self._card_models.pop(backend.name, None)
-
-    def broadcast(self, message: dict[str, Any]) -> None:
-        """Queue ``message`` for every client (encoded once)."""
-        text = _encode(message)
-        for client in self.clients:
-            client.offer(text)
+            self._cards.pop(backend.name, None)
 
     # -- what the page shows --------------------------------------------------------------------
 
@@ -206,10 +249,8 @@ class Dashboard:
         """The summary widgets' part of ``/v1/stats`` (its per-model part grows with the fleet)."""
         return self.gateway.monitor.summary()
 
-    # -- messages -------------------------------------------------------------------------------
-
     def snapshot(self) -> dict[str, Any]:
-        """Everything the page shows: the ``snapshot`` message and ``/dashboard/snapshot``."""
+        """Everything the page shows, as data: ``GET /dashboard/snapshot``."""
         gateway = self.gateway
         backends = list(gateway.registry)
         return {
@@ -225,33 +266,110 @@ class Dashboard:
             "series": {b.name: self.series.points(b.name, POINTS) for b in backends},
         }
 
-    def stats_message(self) -> str:
-        """The ``stats`` message of the step completed last (built once per step)."""
-        index = self.series.now_index()
-        cached = self._stats_cache
-        if cached is not None and cached[0] == index:
-            return cached[1]
+    # -- fragments ------------------------------------------------------------------------------
+
+    def refresh(self) -> Fragments:
+        """Every fragment of the page, rendering again (once) those that are out of date."""
+        step = self.series.now_index()
+        if step != self._step:  # a new chart point; latency, pending, the queue: per step
+            self._step = step
+            self._stale |= WIDGETS | BACKENDS
+        stale = self._stale
+        if not stale:
+            return self._fragments
+        self._stale = 0
         gateway = self.gateway
-        backends = list(gateway.registry)
-        message = {
-            "type": "stats",
-            "time": time.time(),
-            "health": gateway.health_summary(),
-            "backends": [self.backend(b) for b in backends],
-            "stats": self.stats(),
-            "points": {b.name: self.series.last_point(b.name) for b in backends},
-        }
-        if self._matrix_sent != self._matrix_version:
-            self._matrix_sent = self._matrix_version
-            message["matrix"] = self.matrix()
-        text = _encode(message)
-        self._stats_cache = (index, text)
-        return text
+        fragments = self._fragments
+        views: list[dict[str, Any]] = []
+        if stale & (BACKENDS | MATRIX):
+            views = [self.backend(b) for b in gateway.registry]
+        if stale & HEALTH:
+            fragments.update(health_fragments(gateway.health_summary()))
+        if stale & WIDGETS:
+            fragments.update(widget_fragments(self.stats()))
+        if stale & BACKENDS:
+            fragments.update(backend_fragments(self._render_cards(views)))
+        if stale & MATRIX:
+            fragments.update(matrix_fragments(views, self.matrix()))
+        if stale & HISTORY:
+            rendered = {id(record): row for record, row in self._rows}
+            self._rows = [
+                (record, rendered.get(id(record)) or history_row(record.as_dict()))
+                for record in reversed(gateway.monitor.history)
+            ]
+            fragments.update(history_fragments([row for _, row in self._rows]))
+        return fragments
+
+    def _render_cards(self, views: list[dict[str, Any]]) -> list[Card]:
+        """Every backend's card; the inside of one is rendered again only when what it shows
+        changed (a card whose backend served nothing for as long as its charts show does not
+        change from one step to the next)."""
+        window = self._step - CHART_POINTS
+        cards: list[Card] = []
+        for view in views:
+            name = view["name"]
+            charts = self._step if self.series.active_since(name, window) else None
+            key = _card_key(view, charts)
+            cached = self._cards.get(name)
+            if cached is None or cached[1] != key:
+                slot = cached[0] if cached is not None else self._card_id()
+                inside = card(view, self.series.points(name, CHART_POINTS))
+                cached = self._cards[name] = (slot, key, inside)
+            cards.append((cached[0], name, cached[2]))
+        self._layout = [(slot, name) for slot, name, _ in cards]
+        return cards
+
+    def _card_id(self) -> str:
+        self._card_ids += 1
+        return f"card-{self._card_ids}"
+
+    def flush(self) -> None:
+        """Refresh, and queue the fragments that changed since the last flush for every client
+        (rendered and encoded once, whatever the number of clients)."""
+        sent = self._sent
+        changed = {key: html for key, html in self.refresh().items() if sent.get(key) != html}
+        if not changed:
+            return
+        sent.update(changed)
+        self._everything = None
+        if "history" in changed:
+            records = [record for record, _ in self._rows]
+            new = _new_on_top(records, self._sent_rows)
+            if new is not None:  # the rows sent are still there, below the new ones
+                del changed["history"]
+                rows = [history_row(record.as_dict(), fresh=True) for record in records[:new]]
+                changed.update(new_history_fragments(rows, len(records)))
+            self._sent_rows = records
+        if "backends" in changed and self._layout == self._sent_layout:
+            # The same cards in the same order: only the insides that changed, each alone.
+            del changed["backends"]
+            for slot, inside in ((c[0], c[2]) for c in self._cards.values()):
+                if self._sent_cards.get(slot) != inside:
+                    changed[slot] = inside
+        self._sent_layout = self._layout
+        self._sent_cards = {slot: inside for slot, _, inside in self._cards.values()}
+        if self.clients and changed:
+            text = _encode(changed)
+            for client in self.clients:
+                client.offer(text)
+
+    def everything(self) -> str:
+        """The message with every fragment, current: a client's first, and each poll's answer."""
+        self.flush()
+        if self._everything is None:
+            self._everything = _encode(self._sent)
+        return self._everything
+
+    def page(self) -> str:
+        """The whole page, current (``GET /``)."""
+        self.flush()
+        return page(self._sent)
 
     # -- the WebSocket --------------------------------------------------------------------------
 
     async def websocket(self, scope: Scope, receive: Receive, send: Send, trust: Trust) -> None:
-        """``GET /ws``: check the Origin, send a snapshot, then deltas until the client leaves."""
+        """``GET /ws``: check the Origin, send every fragment, then the changed ones until the
+        client leaves."""
         message = await receive()
         if message["type"] != "websocket.connect":
             return
@@ -261,48 +379,75 @@ class Dashboard:
             return
         await send({"type": "websocket.accept"})
         client = Client(self.queue_size)
-        first = _encode(self.snapshot())
-        # Registered in the same step the snapshot was taken: every later event is a delta.
+        first = self.everything()
+        # Registered in the same step its first message was taken: every later change reaches
+        # it in a flush.
         self.clients.add(client)
+        if self._flusher is None:
+            self._flusher = asyncio.ensure_future(self._flush_loop())
         sender = asyncio.ensure_future(self._send_loop(client, first, send))
         listener = asyncio.ensure_future(_until_disconnect(receive))
         try:
             await asyncio.wait({sender, listener}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.clients.discard(client)
-            for task in (sender, listener):
+            tasks: list[asyncio.Future[None]] = [sender, listener]
+            if not self.clients and self._flusher is not None:
+                tasks.append(self._flusher)
+                self._flusher = None
+            for task in tasks:
                 task.cancel()
-            for task in (sender, listener):
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
-    async def _send_loop(self, client: Client, first: str, send: Send) -> None:
-        await asyncio.wait_for(send({"type": "websocket.send", "text": first}), SEND_TIMEOUT)
-        next_tick = _next_tick()
+    async def _flush_loop(self) -> None:
         while True:
-            timeout = next_tick - time.time()
-            if timeout <= 0:
-                text: str | None = self.stats_message()
-                next_tick = _next_tick()
-            else:
-                try:
-                    text = await asyncio.wait_for(client.queue.get(), timeout)
-                except TimeoutError:
-                    continue
-            if text is None:
-                log.info("dashboard client too slow: disconnected")
-                await send({"type": "websocket.close", "code": CLOSE_TOO_SLOW})
-                return
+            await asyncio.sleep(FLUSH_SECONDS)
+            try:
+                self.flush()
+            except Exception:  # a rendering bug must not end the feed of every page
+                log.exception("dashboard: rendering failed")
+
+    async def _send_loop(self, client: Client, first: str, send: Send) -> None:
+        text: str | None = first
+        while text is not None:
             try:
                 await asyncio.wait_for(send({"type": "websocket.send", "text": text}), SEND_TIMEOUT)
             except TimeoutError:
                 log.info("dashboard client too slow: disconnected")
                 return
+            text = await client.queue.get()
+        log.info("dashboard client too slow: disconnected")
+        await send({"type": "websocket.close", "code": CLOSE_TOO_SLOW})
 
 
-def _next_tick() -> float:
-    # Just after the next step boundary, so that the step it reports is complete.
-    return (int(time.time() // STEP) + 1) * STEP + 0.05
+def _new_on_top(rows: list[RequestRecord], sent: list[RequestRecord]) -> int | None:
+    """How many rows are new on top of those sent, or None when the rows sent are not all
+    still there below them (more than the table keeps came in)."""
+    if not sent:
+        return None
+    for index, record in enumerate(rows):
+        if record is sent[0]:
+            kept = rows[index:]
+            return index if all(a is b for a, b in zip(kept, sent, strict=False)) else None
+    return None
+
+
+def _card_key(view: dict[str, Any], charts: int | None) -> tuple[Any, ...]:
+    # What a card shows (its charts: the step they end at, or None when they are all zeros).
+    return (
+        view["status"],
+        view["type"],
+        view["zone"],
+        view["latency_ms"],
+        view["pending"],
+        view["max_concurrent"],
+        view["last_error"],
+        view["model_count"],
+        view["models"],
+        charts,
+    )
 
 
 async def _until_disconnect(receive: Receive) -> None:

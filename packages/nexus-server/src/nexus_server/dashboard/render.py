@@ -1,7 +1,12 @@
-"""The server-rendered dashboard page: the whole current state, readable without JavaScript.
+"""All of the dashboard's HTML: the page and the fragments that keep it live.
 
-Every value that comes from a backend or a client goes through ``html.escape`` (``_e``); the
-page's script later rebuilds the same markup with ``textContent``, never ``innerHTML``.
+The page is rendered here and only here. Its live regions are elements with an ``id``
+(``LIVE_REGIONS``, and each backend's card) whose content is a *fragment*: the ``*_fragments``
+functions each return ``{id: inner HTML}`` for a few of them, ``card`` the inside of a card;
+``page`` puts them in the page, and the page's script swaps in newer ones from ``/ws`` or
+``/dashboard/fragments`` (it renders nothing itself). Every value that comes from a backend or
+a client goes through ``html.escape`` (``_e``), here on the server: the script inserts only
+this module's markup.
 
 The page is bounded whatever the fleet: a card lists at most ``CARD_MODELS`` models and the
 matrix at most ``MATRIX_MODELS`` rows, each with a note saying how many more there are (the
@@ -11,6 +16,7 @@ snapshot from ``Dashboard.snapshot()`` carries no more than that; these limits h
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import time
 from datetime import UTC, datetime
@@ -18,6 +24,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from nexus_core.observability import HISTORY
 from nexus_server import __version__
 
 #: The stylesheet, inlined: the first paint need not wait for a second request (the page's CSP
@@ -33,6 +40,8 @@ REFRESH_SECONDS = 5
 CHART_POINTS = 150
 CHART_WIDTH = 120
 CHART_HEIGHT = 28
+#: A fragment set: the ``id`` of a live region of the page and its inner HTML, in page order.
+Fragments = dict[str, str]
 #: Shown for a missing value.
 DASH = "\u2013"
 #: Models listed on a backend card (the first by name): a typical box's whole list, about five
@@ -72,15 +81,22 @@ def _time(iso: Any) -> str:
     return text[11:19] if len(text) >= 19 else text
 
 
+@functools.cache
+def _xs(count: int) -> tuple[str, ...]:
+    step = CHART_WIDTH / max(1, count - 1)
+    return tuple(f"{i * step:.1f}," for i in range(count))
+
+
 def sparkline(values: list[float]) -> str:
     """The ``points`` of an SVG polyline drawing ``values`` (the top is their maximum)."""
     if not values:
         return ""
-    top = max(values) or 1.0
-    step = CHART_WIDTH / max(1, len(values) - 1)
+    scale = (CHART_HEIGHT - 2) / (max(values) or 1.0)
+    bottom = CHART_HEIGHT - 1
+    floor = f"{bottom:.1f}"  # most steps of most backends are idle: no formatting
     return " ".join(
-        f"{i * step:.1f},{CHART_HEIGHT - 1 - (v / top) * (CHART_HEIGHT - 2):.1f}"
-        for i, v in enumerate(values)
+        x + (f"{bottom - v * scale:.1f}" if v else floor)
+        for x, v in zip(_xs(len(values)), values, strict=True)
     )
 
 
@@ -96,7 +112,9 @@ def _chart(label: str, key: str, points: list[dict[str, Any]], unit: str) -> str
     )
 
 
-def _card(backend: dict[str, Any], points: list[dict[str, Any]]) -> str:
+def card(backend: dict[str, Any], points: list[dict[str, Any]]) -> str:
+    """The inside of a backend's card (``backend``: a ``Dashboard.backend`` view; ``points``:
+    its chart points, oldest first)."""
     status = _status(backend.get("status"))
     pending = _number(backend.get("pending"))
     if backend.get("max_concurrent"):
@@ -109,7 +127,6 @@ def _card(backend: dict[str, Any], points: list[dict[str, Any]]) -> str:
     more = count - len(models)
     error = backend.get("last_error")
     return (
-        f'<article class="card" data-backend="{_e(backend.get("name"))}">'
         f"<header><h3>{_e(backend.get('name'))}</h3>"
         f'<span class="pill status-{status}">{_e(status)}</span></header>'
         '<dl class="facts">'
@@ -127,7 +144,6 @@ def _card(backend: dict[str, Any], points: list[dict[str, Any]]) -> str:
         f'<p class="models-title">{_count(count)} model{"" if count == 1 else "s"}</p>'
         f'<ul class="models">{model_items}</ul>'
         + (f'<p class="more">and {_count(more)} more</p>' if more > 0 else "")
-        + "</article>"
     )
 
 
@@ -172,28 +188,28 @@ def _matrix(backends: list[dict[str, Any]], matrix: dict[str, Any]) -> str:
 HISTORY_COLUMNS = ("Time", "Model", "Backend", "Status", "Duration", "Tokens", "Error")
 
 
-def _history(entries: list[dict[str, Any]]) -> str:
-    rows = []
-    for entry in entries:
-        status = entry.get("status") or 0
-        tokens = ""
-        if entry.get("prompt_tokens") is not None or entry.get("completion_tokens") is not None:
-            tokens = f"{entry.get('prompt_tokens') or 0}/{entry.get('completion_tokens') or 0}"
-        failed = status >= 400 or entry.get("error")
-        stamp = entry.get("time")
-        rows.append(
-            f'<tr class="{"failed" if failed else "ok"}">'
-            f'<td><time datetime="{_e(stamp)}">{_e(_time(stamp))}</time></td>'
-            f"<td>{_e(entry.get('model'))}</td><td>{_e(entry.get('backend') or DASH)}</td>"
-            f"<td>{_e(status)}</td><td>{_ms(entry.get('duration_ms'))}</td>"
-            f"<td>{_e(tokens)}</td><td>{_e(entry.get('error') or '')}</td></tr>"
-        )
-    head = "".join(f'<th scope="col">{name}</th>' for name in HISTORY_COLUMNS)
-    return f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody>"
+def history_row(entry: dict[str, Any], fresh: bool = False) -> str:
+    """One row of the last requests (``entry``: a ``/v1/history`` entry; a ``fresh`` one
+    flashes once)."""
+    status = entry.get("status") or 0
+    tokens = ""
+    if entry.get("prompt_tokens") is not None or entry.get("completion_tokens") is not None:
+        tokens = f"{entry.get('prompt_tokens') or 0}/{entry.get('completion_tokens') or 0}"
+    failed = status >= 400 or entry.get("error")
+    stamp = entry.get("time")
+    model = entry.get("model")
+    return (
+        f'<tr class="{"failed" if failed else "ok"}{" new" if fresh else ""}" '
+        f'data-request-id="{_e(entry.get("request_id") or "")}">'
+        f'<td><time datetime="{_e(stamp)}">{_e(_time(stamp))}</time></td>'
+        f"<td>{_e(DASH if model is None else model)}</td>"
+        f"<td>{_e(entry.get('backend') or DASH)}</td>"
+        f"<td>{_e(status)}</td><td>{_ms(entry.get('duration_ms'))}</td>"
+        f"<td>{_e(tokens)}</td><td>{_e(entry.get('error') or '')}</td></tr>"
+    )
 
 
-def _widgets(snapshot: dict[str, Any]) -> str:
-    stats = snapshot.get("stats") or {}
+def _widgets(stats: dict[str, Any]) -> str:
     requests = stats.get("requests") or {}
     budget = stats.get("budget")
     queue = stats.get("queue")
@@ -226,19 +242,77 @@ def _widgets(snapshot: dict[str, Any]) -> str:
     )
 
 
-def render_page(snapshot: dict[str, Any]) -> str:
-    """The whole page for ``snapshot`` (``Dashboard.snapshot()``)."""
-    backends = snapshot.get("backends") or []
-    series = snapshot.get("series") or {}
-    matrix = snapshot.get("matrix") or {}
-    health = snapshot.get("health") or {}
+def health_fragments(health: dict[str, Any]) -> Fragments:
+    """The overall health pill (``health``: ``Gateway.health_summary()``)."""
     overall = health.get("status", "unknown")
     overall_class = {"healthy": "healthy", "degraded": "loading"}.get(overall, "unhealthy")
-    stamp = datetime.fromtimestamp(snapshot.get("time") or time.time(), UTC)
-    cards = "".join(_card(b, series.get(b.get("name"), [])) for b in backends)
-    if not cards:
-        cards = '<p class="empty">No backends configured.</p>'
-    history = snapshot.get("history") or []
+    return {"health": f'<span class="pill status-{overall_class}">{_e(overall)}</span>'}
+
+
+def widget_fragments(stats: dict[str, Any]) -> Fragments:
+    """The summary widgets (``stats``: ``Monitor.summary()``)."""
+    return {"widgets": _widgets(stats)}
+
+
+#: A card on the page: the ``id`` of its element (its fragment), the backend's name, its inside.
+Card = tuple[str, Any, str]
+
+
+def backend_fragments(cards: list[Card]) -> Fragments:
+    """The backends' cards, each in an element whose ``id`` lets its inside be swapped alone."""
+    html = "".join(
+        f'<article class="card" id="{slot}" data-backend="{_e(name)}">{inside}</article>'
+        for slot, name, inside in cards
+    )
+    return {
+        "backend-count": str(len(cards)),
+        "backends": html or '<p class="empty">No backends configured.</p>',
+    }
+
+
+def matrix_fragments(backends: list[dict[str, Any]], matrix: dict[str, Any]) -> Fragments:
+    """The models x backends matrix (``matrix``: ``Dashboard.matrix()``) and its model count."""
+    return {
+        "model-count": _count(matrix.get("model_count", 0)),
+        "matrix": _matrix(backends, matrix),
+    }
+
+
+def history_fragments(rows: list[str]) -> Fragments:
+    """The table of the last requests (``rows``: ``history_row``s, newest first)."""
+    head = "".join(f'<th scope="col">{name}</th>' for name in HISTORY_COLUMNS)
+    return {
+        "request-count": str(len(rows)),
+        "history": f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody>",
+    }
+
+
+def new_history_fragments(rows: list[str], count: int) -> Fragments:
+    """The rows to put on top of the table (it keeps its last ``HISTORY``), and the count."""
+    return {"request-count": str(count), "history-rows": "".join(rows)}
+
+
+def snapshot_fragments(snapshot: dict[str, Any]) -> Fragments:
+    """Every fragment of the page for ``snapshot`` (``Dashboard.snapshot()``)."""
+    backends = snapshot.get("backends") or []
+    series = snapshot.get("series") or {}
+    cards = [
+        (f"card-{index}", b.get("name"), card(b, series.get(b.get("name"), [])))
+        for index, b in enumerate(backends)
+    ]
+    return {
+        **health_fragments(snapshot.get("health") or {}),
+        **widget_fragments(snapshot.get("stats") or {}),
+        **backend_fragments(cards),
+        **matrix_fragments(backends, snapshot.get("matrix") or {}),
+        **history_fragments([history_row(entry) for entry in snapshot.get("history") or []]),
+    }
+
+
+def page(fragments: Fragments, now: float | None = None) -> str:
+    """The whole page with ``fragments`` in its live regions, as rendered at ``now``."""
+    stamp = datetime.fromtimestamp(now or time.time(), UTC)
+    f = {key: fragments.get(key, "") for key in LIVE_REGIONS}
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -254,7 +328,7 @@ def render_page(snapshot: dict[str, Any]) -> str:
 <a class="skip" href="#requests">Skip to recent requests</a>
 <header class="top">
 <h1>Nexus</h1>
-<span id="health" class="pill status-{overall_class}">{_e(overall)}</span>
+<span id="health">{f["health"]}</span>
 <span id="connection" class="connection" role="status" aria-live="polite">snapshot
  <time datetime="{stamp.isoformat(timespec="seconds")}">{stamp:%H:%M:%S} UTC</time>,
  refreshed every {REFRESH_SECONDS} s</span>
@@ -262,24 +336,24 @@ def render_page(snapshot: dict[str, Any]) -> str:
 <main>
 <section aria-labelledby="summary-title">
 <h2 id="summary-title" class="visually-hidden">Summary</h2>
-<div id="widgets" class="widgets">{_widgets(snapshot)}</div>
+<div id="widgets" class="widgets">{f["widgets"]}</div>
 </section>
 <section aria-labelledby="backends-title">
 <h2 id="backends-title">Backends
-<span id="backend-count" class="count">{len(backends)}</span></h2>
-<div id="backends" class="cards">{cards}</div>
+<span id="backend-count" class="count">{f["backend-count"]}</span></h2>
+<div id="backends" class="cards">{f["backends"]}</div>
 </section>
 <section aria-labelledby="models-title">
 <h2 id="models-title">Models &#215; backends
-<span id="model-count" class="count">{_count(matrix.get("model_count", 0))}</span></h2>
+<span id="model-count" class="count">{f["model-count"]}</span></h2>
 <div id="matrix" class="scroll" tabindex="0" role="region" aria-labelledby="models-title">
-{_matrix(backends, matrix)}</div>
+{f["matrix"]}</div>
 </section>
 <section id="requests" aria-labelledby="requests-title">
 <h2 id="requests-title">Last requests
-<span id="request-count" class="count">{len(history)}</span></h2>
+<span id="request-count" class="count">{f["request-count"]}</span></h2>
 <div class="scroll" tabindex="0" role="region" aria-labelledby="requests-title">
-<table id="history" class="history">{_history(history)}</table>
+<table id="history" class="history" data-keep="{HISTORY}">{f["history"]}</table>
 </div>
 </section>
 </main>
@@ -289,3 +363,21 @@ def render_page(snapshot: dict[str, Any]) -> str:
 </body>
 </html>
 """
+
+
+#: The ids of the page's live regions, in page order: every fragment set fills some of them.
+LIVE_REGIONS = (
+    "health",
+    "widgets",
+    "backend-count",
+    "backends",
+    "model-count",
+    "matrix",
+    "request-count",
+    "history",
+)
+
+
+def render_page(snapshot: dict[str, Any]) -> str:
+    """The whole page for ``snapshot`` (``Dashboard.snapshot()``)."""
+    return page(snapshot_fragments(snapshot), snapshot.get("time"))

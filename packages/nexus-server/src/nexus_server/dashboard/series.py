@@ -72,6 +72,11 @@ class Series:
         if len(step.durations) < SAMPLES_PER_STEP:
             step.durations.append(duration)
 
+    def active_since(self, backend: str, index: int) -> bool:
+        """Whether ``backend`` served a request in step ``index`` or later."""
+        steps = self._steps.get(backend)
+        return steps is not None and len(steps) > 0 and steps[-1].index >= index
+
     def forget(self, backend: str) -> None:
         """Drop a removed backend's points."""
         self._steps.pop(backend, None)
