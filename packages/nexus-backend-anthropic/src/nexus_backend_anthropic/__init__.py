@@ -5,9 +5,9 @@ comes from the environment variable named by ``api_key_env`` and goes out as ``x
 ``anthropic-version: 2023-06-01``; a client's ``Authorization`` is never forwarded, because the
 adapter sends its own headers only.
 
-Requests arrive in OpenAI's chat format and are translated by ``nexus_core.anthropic_wire``:
-``chat_to_messages`` on the way out, ``message_to_chat`` for an answer and
-``MessagesStreamToChat`` for a stream, which leaves here as OpenAI SSE chunks and ``[DONE]``.
+Requests arrive in OpenAI's chat format and are translated by ``nexus_backend_anthropic.wire``:
+``chat_request_to_anthropic`` on the way out, ``anthropic_answer_to_chat`` for an answer and
+``AnthropicStreamToChat`` for a stream, which leaves here as OpenAI SSE chunks and ``[DONE]``.
 Anthropic serves chat only: completions and embeddings are a client error (404).
 
 A probe pages through ``GET /v1/models``; context window and capabilities come from the list
@@ -24,6 +24,12 @@ from typing import Any, ClassVar
 import httpx
 
 from nexus_backend_anthropic import models_table
+from nexus_backend_anthropic.wire import (
+    AnthropicStreamError,
+    AnthropicStreamToChat,
+    anthropic_answer_to_chat,
+    chat_request_to_anthropic,
+)
 from nexus_core import hookimpl
 from nexus_core.adapter_kit import (
     ErrorBody,
@@ -47,13 +53,7 @@ from nexus_core.adapters import (
     Timeouts,
     UpstreamResponse,
 )
-from nexus_core.anthropic_wire import (
-    AnthropicStreamError,
-    MessagesStreamToChat,
-    TranslationError,
-    chat_to_messages,
-    message_to_chat,
-)
+from nexus_core.anthropic_format import TranslationError
 from nexus_core.config import BackendConfig
 from nexus_core.http import HttpClients
 from nexus_core.sse import DONE, event_data
@@ -140,7 +140,7 @@ class AnthropicAdapter:
             raise refused(404, _CHAT_ONLY)
         try:
             request = json.loads(body)
-            translated = chat_to_messages(request, default_max_tokens=DEFAULT_MAX_TOKENS)
+            translated = chat_request_to_anthropic(request, default_max_tokens=DEFAULT_MAX_TOKENS)
         except TranslationError as exc:
             raise refused(400, str(exc), param=exc.param) from None
         except ValueError:
@@ -171,7 +171,7 @@ class AnthropicAdapter:
             )
         options = request.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        translator = MessagesStreamToChat(translated["model"], include_usage=include_usage)
+        translator = AnthropicStreamToChat(translated["model"], include_usage=include_usage)
         return UpstreamResponse(
             status=response.status,
             content_type="text/event-stream",
@@ -302,13 +302,13 @@ def _translate_message(body: bytes | None) -> bytes:
         message = json.loads(body or b"")
         if not isinstance(message, dict) or message.get("type") != "message":
             raise ValueError("not a message")
-        return dumps(message_to_chat(message))
+        return dumps(anthropic_answer_to_chat(message))
     except (ValueError, TypeError, AttributeError):
         raise BackendError(ErrorKind.MALFORMED, "the answer is not an Anthropic message") from None
 
 
 async def _translate_stream(
-    events: AsyncIterator[bytes], translator: MessagesStreamToChat
+    events: AsyncIterator[bytes], translator: AnthropicStreamToChat
 ) -> AsyncIterator[bytes]:
     """OpenAI chunk events from Anthropic's, ``[DONE]`` after ``message_stop``.
 
