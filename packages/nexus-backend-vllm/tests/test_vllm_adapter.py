@@ -340,6 +340,29 @@ async def test_errors_are_classified_by_the_http_status(
     assert json.loads(info.value.body)["error"]["code"] == str(body_code)
 
 
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        ({"messages": [{"role": "user", "content": "word " * 20}]}, "input tokens"),
+        ({"max_tokens": 30}, "'max_tokens' or 'max_completion_tokens' is too large"),
+    ],
+)
+async def test_a_prompt_over_the_context_has_openais_code(
+    clients: HttpClients, extra: dict[str, Any], said: str
+) -> None:
+    # vLLM says it with its int code 400; OpenAI clients and LiteLLM key on the string code.
+    async with FakeVLLM(max_model_len=16) as fake:
+        with pytest.raises(BackendError) as info:
+            await make_adapter(fake.url, clients).send(
+                Endpoint.CHAT, chat(**extra), stream=False, timeouts=FAST
+            )
+    assert (info.value.kind, info.value.status) == (ErrorKind.CLIENT_ERROR, 400)
+    error = json.loads(info.value.body)["error"]
+    assert (error["code"], error["type"]) == ("context_length_exceeded", "BadRequestError")
+    assert "maximum context length is 16 tokens" in error["message"]
+    assert said in error["message"]
+
+
 def test_error_bodies_are_normalised() -> None:
     flat = {"object": "error", "message": "bad", "type": "BadRequestError", "param": None}
     assert json.loads(normalise_error_body(json.dumps({**flat, "code": 400}).encode(), 400)) == {

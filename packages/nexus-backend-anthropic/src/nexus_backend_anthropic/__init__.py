@@ -5,9 +5,9 @@ comes from the environment variable named by ``api_key_env`` and goes out as ``x
 ``anthropic-version: 2023-06-01``; a client's ``Authorization`` is never forwarded, because the
 adapter sends its own headers only.
 
-Requests arrive in OpenAI's chat format and are translated by ``nexus_core.anthropic_wire``:
-``chat_to_messages`` on the way out, ``message_to_chat`` for an answer and
-``MessagesStreamToChat`` for a stream, which leaves here as OpenAI SSE chunks and ``[DONE]``.
+Requests arrive in OpenAI's chat format and are translated by ``nexus_backend_anthropic.wire``:
+``chat_request_to_anthropic`` on the way out, ``anthropic_answer_to_chat`` for an answer and
+``AnthropicStreamToChat`` for a stream, which leaves here as OpenAI SSE chunks and ``[DONE]``.
 Anthropic serves chat only: completions and embeddings are a client error (404).
 
 A probe pages through ``GET /v1/models``; context window and capabilities come from the list
@@ -16,6 +16,7 @@ where it states them, else from ``models_table``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any, ClassVar
@@ -23,7 +24,24 @@ from typing import Any, ClassVar
 import httpx
 
 from nexus_backend_anthropic import models_table
+from nexus_backend_anthropic.wire import (
+    AnthropicStreamError,
+    AnthropicStreamToChat,
+    anthropic_answer_to_chat,
+    chat_request_to_anthropic,
+)
 from nexus_core import hookimpl
+from nexus_core.adapter_kit import (
+    ErrorBody,
+    ErrorFields,
+    ErrorQuirk,
+    ProbeAnswer,
+    UpstreamErrors,
+    dumps,
+    probe_get,
+    read_error,
+    refused,
+)
 from nexus_core.adapters import (
     BackendError,
     BackendStatus,
@@ -35,23 +53,16 @@ from nexus_core.adapters import (
     Timeouts,
     UpstreamResponse,
 )
-from nexus_core.anthropic_wire import (
-    AnthropicStreamError,
-    MessagesStreamToChat,
-    TranslationError,
-    chat_to_messages,
-    message_to_chat,
-)
+from nexus_core.anthropic_format import TranslationError
 from nexus_core.config import BackendConfig
 from nexus_core.http import HttpClients
-from nexus_core.openai_wire import dumps
 from nexus_core.sse import DONE, event_data
 
 __all__ = [
     "ANTHROPIC_VERSION",
+    "ERRORS",
     "AnthropicAdapter",
     "api_root",
-    "openai_error_body",
     "register_backends",
 ]
 
@@ -81,6 +92,24 @@ _OPENAI_ERROR_TYPES = {
 _BUSY_ERRORS = frozenset({"overloaded_error", "rate_limit_error"})
 
 
+def _openai_fields(fields: ErrorFields) -> ErrorFields:
+    """Anthropic's error ``type`` becomes the envelope's ``code``, and OpenAI's type for it the
+    ``type``."""
+    anthropic_type = fields.type or "api_error"
+    openai_type = _OPENAI_ERROR_TYPES.get(anthropic_type, "invalid_request_error")
+    return dataclasses.replace(fields, type=openai_type, code=anthropic_type, param=None)
+
+
+#: Anthropic's errors in OpenAI's envelope; 529 ``overloaded_error`` is ``overloaded``.
+ERRORS = UpstreamErrors(
+    "Anthropic",
+    body=ErrorBody.OPENAI,
+    quirks=(ErrorQuirk(status=529, kind=ErrorKind.OVERLOADED),),
+    message="Anthropic answered HTTP {status} ({code}): {message}",
+    adjust=_openai_fields,
+)
+
+
 class AnthropicAdapter:
     """Anthropic's Messages API, spoken to in OpenAI's chat format."""
 
@@ -96,25 +125,26 @@ class AnthropicAdapter:
         self.clients = clients
         self.api_base = api_root(config.url) + "/v1"
         self._messages_url = self.api_base + "/messages"
-        self._probe_headers = {"anthropic-version": ANTHROPIC_VERSION}
+        #: What every probe request sends: the API version and the key from ``api_key_env``.
+        self.probe_headers = {"anthropic-version": ANTHROPIC_VERSION}
         key = config.api_key()
         if key:
-            self._probe_headers["x-api-key"] = key
-        self._headers = {**self._probe_headers, "content-type": "application/json"}
+            self.probe_headers["x-api-key"] = key
+        self._headers = {**self.probe_headers, "content-type": "application/json"}
 
     async def send(
         self, endpoint: Endpoint, body: bytes, *, stream: bool, timeouts: Timeouts
     ) -> UpstreamResponse:
         """Translate the chat request, POST it to ``/v1/messages``, translate the answer back."""
         if endpoint is not Endpoint.CHAT:
-            raise _client_error(404, _CHAT_ONLY, "not_found_error")
+            raise refused(404, _CHAT_ONLY)
         try:
             request = json.loads(body)
-            translated = chat_to_messages(request, default_max_tokens=DEFAULT_MAX_TOKENS)
+            translated = chat_request_to_anthropic(request, default_max_tokens=DEFAULT_MAX_TOKENS)
         except TranslationError as exc:
-            raise _client_error(400, str(exc), "invalid_request_error", exc.param) from None
+            raise refused(400, str(exc), param=exc.param) from None
         except ValueError:
-            raise _client_error(400, "the body is not JSON", "invalid_request_error") from None
+            raise refused(400, "the body is not JSON") from None
         if stream:
             translated["stream"] = True
         else:
@@ -128,7 +158,7 @@ class AnthropicAdapter:
                 timeouts=timeouts,
             )
         except BackendError as exc:
-            raise anthropic_error(exc) from None
+            raise ERRORS.normalise(exc) from None
         if response.events is None:
             if stream:
                 await response.aclose()
@@ -141,7 +171,7 @@ class AnthropicAdapter:
             )
         options = request.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        translator = MessagesStreamToChat(translated["model"], include_usage=include_usage)
+        translator = AnthropicStreamToChat(translated["model"], include_usage=include_usage)
         return UpstreamResponse(
             status=response.status,
             content_type="text/event-stream",
@@ -163,19 +193,16 @@ class AnthropicAdapter:
             params = {"limit": "1000"}
             if after is not None:
                 params["after_id"] = after
+            answer = await probe_get(
+                self.clients, self.api_base + "/models", self.probe_headers, params=params
+            )
+            if answer.failure is not None:
+                return answer.unreachable()
+            if answer.status != 200:
+                return ProbeResult(BackendStatus.UNHEALTHY, detail=self._refusal(answer))
+            version = answer.headers.get("anthropic-version") or version
             try:
-                response = await self.clients.probe.get(
-                    self.api_base + "/models", headers=self._probe_headers, params=params
-                )
-            except httpx.TimeoutException:
-                return ProbeResult(BackendStatus.UNHEALTHY, detail="probe timed out")
-            except httpx.HTTPError as exc:
-                return ProbeResult(BackendStatus.UNHEALTHY, detail=f"cannot connect: {exc}")
-            if response.status_code != 200:
-                return ProbeResult(BackendStatus.UNHEALTHY, detail=self._refusal(response))
-            version = response.headers.get("anthropic-version") or version
-            try:
-                payload = response.json()
+                payload = answer.payload
                 entries = payload["data"]
                 if not isinstance(entries, list):
                     raise TypeError("'data' is not a list")
@@ -188,9 +215,9 @@ class AnthropicAdapter:
             after = last_id
         return ProbeResult(BackendStatus.HEALTHY, models=tuple(models), version=version)
 
-    def _refusal(self, response: httpx.Response) -> str:
-        status = response.status_code
-        message = _error_fields(response.content)[1]
+    def _refusal(self, answer: ProbeAnswer) -> str:
+        status = answer.status
+        message = read_error(answer.content).message or "no error message"
         if status in (401, 403):
             if not self.config.api_key():
                 return (
@@ -213,16 +240,13 @@ class AnthropicAdapter:
         try:
             if httpx.URL(url).host == ANTHROPIC_HOST:
                 return True
-            if not api_key:
-                return False
-            response = await clients.probe.get(
-                api_root(url) + "/v1/models",
-                headers={"x-api-key": api_key, "anthropic-version": ANTHROPIC_VERSION},
-            )
-            payload = response.json()
-        except (httpx.HTTPError, httpx.InvalidURL, ValueError, TypeError):
+        except httpx.InvalidURL:
             return False
-        return response.status_code == 200 and is_model_list(payload)
+        if not api_key:
+            return False
+        headers = {"x-api-key": api_key, "anthropic-version": ANTHROPIC_VERSION}
+        answer = await probe_get(clients, api_root(url) + "/v1/models", headers)
+        return answer.ok and is_model_list(answer.payload)
 
 
 def api_root(url: str) -> str:
@@ -273,67 +297,18 @@ def model_info(entry: Mapping[str, Any]) -> ModelInfo:
     )
 
 
-def openai_error_body(
-    message: str, error_type: str, param: str | None = None, code: str | None = None
-) -> bytes:
-    """An OpenAI error envelope for an Anthropic error ``type`` and message."""
-    openai_type = _OPENAI_ERROR_TYPES.get(error_type, "invalid_request_error")
-    return dumps({"error": {"message": message, "type": openai_type, "param": param, "code": code}})
-
-
-def anthropic_error(exc: BackendError) -> BackendError:
-    """An upstream error with an OpenAI body; 529 ``overloaded_error`` is ``overloaded``."""
-    if exc.status is None:
-        return exc
-    error_type, message = _error_fields(exc.body)
-    kind = ErrorKind.OVERLOADED if exc.status == 529 else exc.kind
-    return BackendError(
-        kind,
-        f"Anthropic answered HTTP {exc.status} ({error_type}): {message}",
-        status=exc.status,
-        body=openai_error_body(message, error_type, code=error_type),
-        headers={**exc.headers, "content-type": "application/json"},
-        retry_after=exc.retry_after,
-    )
-
-
-def _error_fields(body: bytes) -> tuple[str, str]:
-    """Anthropic's error ``type`` and message from an error body (any body, in fact)."""
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        payload = None
-    error = payload.get("error") if isinstance(payload, dict) else None
-    if isinstance(error, dict):
-        return str(error.get("type") or "api_error"), str(error.get("message") or "")
-    text = " ".join(body.decode("utf-8", "replace").split())[:200]
-    return "api_error", text or "no error message"
-
-
-def _client_error(
-    status: int, message: str, error_type: str, param: str | None = None
-) -> BackendError:
-    return BackendError(
-        ErrorKind.CLIENT_ERROR,
-        message,
-        status=status,
-        body=openai_error_body(message, error_type, param),
-        headers={"content-type": "application/json"},
-    )
-
-
 def _translate_message(body: bytes | None) -> bytes:
     try:
         message = json.loads(body or b"")
         if not isinstance(message, dict) or message.get("type") != "message":
             raise ValueError("not a message")
-        return dumps(message_to_chat(message))
+        return dumps(anthropic_answer_to_chat(message))
     except (ValueError, TypeError, AttributeError):
         raise BackendError(ErrorKind.MALFORMED, "the answer is not an Anthropic message") from None
 
 
 async def _translate_stream(
-    events: AsyncIterator[bytes], translator: MessagesStreamToChat
+    events: AsyncIterator[bytes], translator: AnthropicStreamToChat
 ) -> AsyncIterator[bytes]:
     """OpenAI chunk events from Anthropic's, ``[DONE]`` after ``message_stop``.
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, ClassVar
@@ -26,30 +25,35 @@ from typing import Any, ClassVar
 import httpx
 
 from nexus_core import hookimpl
-from nexus_core.adapters import (
-    BackendError,
-    BackendStatus,
-    Endpoint,
-    ErrorKind,
-    ModelInfo,
-    ProbeResult,
-    Timeouts,
-    UpstreamResponse,
-)
+from nexus_core.adapter_kit import ErrorBody, ErrorQuirk, UpstreamErrors, probe_get
+from nexus_core.adapters import BackendStatus, ErrorKind, ModelInfo, ProbeResult
 from nexus_core.config import BackendConfig
 from nexus_core.http import HttpClients
-from nexus_core.openai_wire import OpenAIWireAdapter, api_base, dumps
+from nexus_core.openai_wire import OpenAIWireAdapter, api_base
 
-__all__ = ["EXO_API_PORT", "ExoAdapter", "register_backends"]
+__all__ = ["ERRORS", "EXO_API_PORT", "ExoAdapter", "register_backends"]
 
 log = logging.getLogger("nexus.backend.exo")
 
 #: exo's default API (and dashboard) port (``--api-port``).
 EXO_API_PORT = 52415
 NO_INSTANCE = "No instance found for model"
+#: exo's ``{"error": {"type": "<HTTP phrase>", "code": <int>}}`` and FastAPI's ``{"detail"}`` as
+#: OpenAI's envelope; a model listed at the last probe and stopped since is worth a failover.
+ERRORS = UpstreamErrors(
+    "exo",
+    body=ErrorBody.OPENAI,
+    quirks=(
+        ErrorQuirk(
+            status=404,
+            says=NO_INSTANCE,
+            kind=ErrorKind.SERVER_ERROR,
+            message="exo has no running instance: {message}",
+        ),
+    ),
+)
 # exo dumps its chunks with pydantic (compact, "id" first): the first occurrence is the top level.
 _CHUNK_OBJECT = (b'"object":"chat.completion",', b'"object":"chat.completion.chunk",')
-_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
 
 class ExoAdapter(OpenAIWireAdapter):
@@ -57,6 +61,7 @@ class ExoAdapter(OpenAIWireAdapter):
 
     type_name: ClassVar[str] = "exo"
     is_cloud: ClassVar[bool] = False
+    errors: ClassVar[UpstreamErrors] = ERRORS
 
     def __init__(self, config: BackendConfig, clients: HttpClients) -> None:
         super().__init__(config, clients)
@@ -80,14 +85,9 @@ class ExoAdapter(OpenAIWireAdapter):
 
     async def _running(self) -> set[str] | None:
         """Models with an instance, from exo's Ollama shim; None when it does not answer."""
-        url = self.api_base.removesuffix("/v1") + "/ollama/api/ps"
-        try:
-            response = await self.clients.probe.get(url, headers=self._probe_headers())
-            payload = response.json()
-        except (httpx.HTTPError, ValueError):
-            return None
-        models = payload.get("models") if isinstance(payload, dict) else None
-        if response.status_code != 200 or not isinstance(models, list):
+        answer = await self.probe_get(self.api_base.removesuffix("/v1") + "/ollama/api/ps")
+        models = answer.get("models")
+        if not answer.ok or not isinstance(models, list):
             return None
         return {
             entry["model"]
@@ -123,26 +123,15 @@ class ExoAdapter(OpenAIWireAdapter):
             owned_by=owned_by if isinstance(owned_by, str) else None,
         )
 
-    async def send(
-        self, endpoint: Endpoint, body: bytes, *, stream: bool, timeouts: Timeouts
-    ) -> UpstreamResponse:
-        """Forward unchanged; streamed chunks get ``object: chat.completion.chunk``."""
-        try:
-            response = await super().send(endpoint, body, stream=stream, timeouts=timeouts)
-        except BackendError as exc:
-            raise normalise_error(exc) from None
-        if response.events is not None:
-            response.events = _as_chunks(response.events)
-        return response
+    def stream_events(self, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Streamed chunks with ``object: chat.completion.chunk`` (exo says ``chat.completion``)."""
+        return _as_chunks(events)
 
     @classmethod
     async def detect(cls, url: str, clients: HttpClients, api_key: str | None = None) -> bool:
         """True when ``/v1/models`` lists a card owned by ``exo``."""
-        try:
-            response = await clients.probe.get(api_base(url) + cls.models_path)
-            entries = response.json().get("data") if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError, AttributeError):
-            return False
+        answer = await probe_get(clients, api_base(url) + cls.models_path)
+        entries = answer.get("data") if answer.ok else None
         return isinstance(entries, list) and any(
             isinstance(entry, dict) and entry.get("owned_by") == "exo" for entry in entries
         )
@@ -161,39 +150,6 @@ async def _as_chunks(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         close = getattr(events, "aclose", None)
         if close is not None:
             await close()
-
-
-def normalise_error(exc: BackendError) -> BackendError:
-    """An OpenAI envelope for exo's error body; "no instance" becomes worth a failover."""
-    if exc.status is None:
-        return exc
-    try:
-        payload = json.loads(exc.body)
-    except ValueError:
-        payload = None
-    error = payload.get("error") if isinstance(payload, dict) else None
-    if isinstance(error, dict):
-        message = str(error.get("message") or f"exo answered HTTP {exc.status}")
-    elif isinstance(payload, dict) and isinstance(payload.get("detail"), str):
-        message = payload["detail"]  # FastAPI's own 404/405/422
-    else:
-        return exc
-    kind = exc.kind
-    if exc.status == 404 and message.startswith(NO_INSTANCE):
-        # Listed at the last probe, stopped since: another backend may well have it.
-        kind = ErrorKind.SERVER_ERROR
-    error_type = _TYPES.get(
-        exc.status, "server_error" if exc.status >= 500 else "invalid_request_error"
-    )
-    body = dumps({"error": {"message": message, "type": error_type, "param": None, "code": None}})
-    return BackendError(
-        kind,
-        exc.message if kind is exc.kind else f"exo has no running instance: {message}",
-        status=exc.status,
-        body=body,
-        headers={**exc.headers, "content-type": "application/json"},
-        retry_after=exc.retry_after,
-    )
 
 
 @hookimpl

@@ -13,34 +13,47 @@ said nowhere in what it lists: an empty ``POST /v1/embeddings`` tells, once per 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeGuard
 
 import httpx
 
 from nexus_core import hookimpl, prometheus
-from nexus_core.adapters import (
-    BackendError,
-    BackendStatus,
-    Endpoint,
-    LoadSignal,
-    ModelInfo,
-    ProbeResult,
-    Timeouts,
-    UpstreamResponse,
+from nexus_core.adapter_kit import (
+    ErrorBody,
+    ErrorQuirk,
+    ProbeAnswer,
+    UpstreamErrors,
+    bearer,
+    probe_get,
+    read_error,
 )
+from nexus_core.adapters import BackendStatus, LoadSignal, ModelInfo, ProbeResult, clip
 from nexus_core.config import BackendConfig
 from nexus_core.http import HttpClients
-from nexus_core.openai_wire import OpenAIWireAdapter, api_base, dumps
+from nexus_core.openai_wire import OpenAIWireAdapter, api_base
 
-__all__ = ["LlamaCppAdapter", "metrics_load", "normalise_error_body", "register_backends"]
+__all__ = [
+    "ERRORS",
+    "LlamaCppAdapter",
+    "metrics_load",
+    "normalise_error_body",
+    "register_backends",
+]
 
 PROCESSING = "llamacpp:requests_processing"
 DEFERRED = "llamacpp:requests_deferred"
 _METRICS = frozenset({PROCESSING, DEFERRED})
 #: Router-mode model states in which a child server runs (``status.value``).
 RUNNING_STATES = frozenset({"loaded", "loading", "sleeping"})
+#: llama-server's envelope with its int ``code`` as a string, as OpenAI clients expect; a prompt
+#: over the context (``exceed_context_size_error``) gets OpenAI's code for it, which clients and
+#: LiteLLM key on. A 501 (no ``--embeddings``) needs nothing: failover knows the status.
+ERRORS = UpstreamErrors(
+    "llama-server",
+    body=ErrorBody.STRING_CODES,
+    quirks=(ErrorQuirk(error_type="exceed_context_size_error", code="context_length_exceeded"),),
+)
 
 
 class LlamaCppAdapter(OpenAIWireAdapter):
@@ -48,6 +61,7 @@ class LlamaCppAdapter(OpenAIWireAdapter):
 
     type_name: ClassVar[str] = "llamacpp"
     is_cloud: ClassVar[bool] = False
+    errors: ClassVar[UpstreamErrors] = ERRORS
 
     def __init__(self, config: BackendConfig, clients: HttpClients) -> None:
         super().__init__(config, clients)
@@ -73,51 +87,46 @@ class LlamaCppAdapter(OpenAIWireAdapter):
         return result
 
     async def _probe(self) -> ProbeResult:
-        headers = self._probe_headers()
+        health = await self.probe_get(self.root + "/health")
+        if health.failure is not None:
+            return health.unreachable()
+        if health.status == 503:
+            return ProbeResult(BackendStatus.LOADING, detail=_loading_detail(health))
+        if health.status != 200:
+            return ProbeResult(
+                BackendStatus.UNHEALTHY, detail=f"/health answered HTTP {health.status}"
+            )
+        listing = await self.probe_get(self.api_base + "/models")
+        if listing.failure is not None:
+            return listing.unreachable()
+        if listing.status == 503:
+            return ProbeResult(BackendStatus.LOADING, detail=_loading_detail(listing))
+        if listing.status != 200:
+            return ProbeResult(
+                BackendStatus.UNHEALTHY,
+                detail=f"/v1/models answered HTTP {listing.status}: {_error_message(listing)}",
+            )
+        entries = listing.get("data")
+        if not isinstance(entries, list):
+            return ProbeResult(BackendStatus.UNHEALTHY, detail="unreadable model list")
+        cards = [entry for entry in entries if isinstance(entry, dict)]
+        self.router = any(isinstance(card.get("status"), dict) for card in cards)
         try:
-            health = await self.clients.probe.get(self.root + "/health", headers=headers)
-            if health.status_code == 503:
-                return ProbeResult(BackendStatus.LOADING, detail=_loading_detail(health))
-            if health.status_code != 200:
-                return ProbeResult(
-                    BackendStatus.UNHEALTHY, detail=f"/health answered HTTP {health.status_code}"
-                )
-            listing = await self.clients.probe.get(self.api_base + "/models", headers=headers)
-            if listing.status_code == 503:
-                return ProbeResult(BackendStatus.LOADING, detail=_loading_detail(listing))
-            if listing.status_code != 200:
-                return ProbeResult(
-                    BackendStatus.UNHEALTHY,
-                    detail=f"/v1/models answered HTTP {listing.status_code}: "
-                    f"{_error_message(listing)}",
-                )
-            entries = listing.json()["data"]
-            if not isinstance(entries, list):
-                raise TypeError("'data' is not a list")
-            cards = [entry for entry in entries if isinstance(entry, dict)]
-            self.router = any(isinstance(card.get("status"), dict) for card in cards)
-            if self.router:
-                models = await self._router_models(cards, headers)
-            else:
-                models = await self._single_model(cards, headers)
-        except httpx.TimeoutException:
-            return ProbeResult(BackendStatus.UNHEALTHY, detail="probe timed out")
-        except httpx.HTTPError as exc:
-            return ProbeResult(BackendStatus.UNHEALTHY, detail=f"cannot connect: {exc}")
+            models = await (
+                self._router_models(cards) if self.router else self._single_model(cards)
+            )
         except (ValueError, TypeError, KeyError) as exc:
             return ProbeResult(BackendStatus.UNHEALTHY, detail=f"unreadable model list: {exc}")
         # A restarted server may have gained or lost --slots: try /slots again.
         self._slots_endpoint = True
         return ProbeResult(BackendStatus.HEALTHY, models=tuple(models))
 
-    async def _single_model(
-        self, cards: list[dict[str, Any]], headers: Mapping[str, str]
-    ) -> list[ModelInfo]:
-        props = await self._props(self.root + "/props", headers)
+    async def _single_model(self, cards: list[dict[str, Any]]) -> list[ModelInfo]:
+        props = await self._props()
         total = props.get("total_slots")
         self._total_slots = total if _is_int(total) and total > 0 else None
         self.running_models = ()
-        embeddings = await self._embeddings_enabled(props, headers)
+        embeddings = await self._embeddings_enabled(props)
         return [
             dataclasses.replace(
                 self._with_props(self.model_info(card), card, props), embeddings=embeddings
@@ -125,9 +134,7 @@ class LlamaCppAdapter(OpenAIWireAdapter):
             for card in cards
         ]
 
-    async def _embeddings_enabled(
-        self, props: Mapping[str, Any], headers: Mapping[str, str]
-    ) -> bool | None:
+    async def _embeddings_enabled(self, props: Mapping[str, Any]) -> bool | None:
         """Whether the server was started with ``--embeddings`` (None: it did not say).
 
         Neither ``/props`` nor ``/v1/models`` says it; ``POST /v1/embeddings`` with an empty body
@@ -143,7 +150,7 @@ class LlamaCppAdapter(OpenAIWireAdapter):
             return self._embeddings
         try:
             response = await self.clients.probe.post(
-                self.api_base + "/embeddings", json={}, headers=headers
+                self.api_base + "/embeddings", json={}, headers=self.probe_headers
             )
         except httpx.HTTPError:
             return self._embeddings
@@ -156,10 +163,8 @@ class LlamaCppAdapter(OpenAIWireAdapter):
         self._embeddings_asked = started
         return self._embeddings
 
-    async def _router_models(
-        self, cards: list[dict[str, Any]], headers: Mapping[str, str]
-    ) -> list[ModelInfo]:
-        router_props = await self._props(self.root + "/props", headers)
+    async def _router_models(self, cards: list[dict[str, Any]]) -> list[ModelInfo]:
+        router_props = await self._props()
         # Without autoload the router answers 400 "model is not loaded" for a stopped model.
         autoload = router_props.get("models_autoload") is not False
         self._total_slots = None
@@ -178,21 +183,16 @@ class LlamaCppAdapter(OpenAIWireAdapter):
             if state == "loaded":
                 # autoload=false: read the child's props without waking or loading anything.
                 query = {"model": info.id, "autoload": "false"}
-                props = await self._props(self.root + "/props", headers, query)
+                props = await self._props(query)
                 info = self._with_props(info, card, props)
             models.append(info)
         self.running_models = tuple(running)
         return models
 
-    async def _props(
-        self, url: str, headers: Mapping[str, str], params: Mapping[str, str] | None = None
-    ) -> dict[str, Any]:
+    async def _props(self, params: Mapping[str, str] | None = None) -> dict[str, Any]:
         """``/props``, or ``{}`` when it cannot be read: it only refines what the list says."""
-        try:
-            response = await self.clients.probe.get(url, headers=headers, params=params)
-            body = response.json() if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError):
-            return {}
+        answer = await self.probe_get(self.root + "/props", params=params)
+        body = answer.payload if answer.ok else None
         return body if isinstance(body, dict) else {}
 
     def model_info(self, entry: Mapping[str, Any]) -> ModelInfo:
@@ -241,96 +241,64 @@ class LlamaCppAdapter(OpenAIWireAdapter):
     async def load(self) -> LoadSignal | None:
         """Busy and total slots from ``/slots`` (summed over a router's running models); from
         ``/metrics`` (busy and deferred requests) when the server has no ``/slots``."""
-        headers = self._probe_headers()
-        try:
-            if self.router:
-                return await self._router_load(headers)
-            if self._slots_endpoint:
-                response = await self.clients.probe.get(self.root + "/slots", headers=headers)
-                if response.status_code == 200:
-                    return _slots_load(response.json())
-                if response.status_code == 501:  # started with --no-slots
-                    self._slots_endpoint = False
-            response = await self.clients.probe.get(self.root + "/metrics", headers=headers)
-        except (httpx.HTTPError, ValueError):
-            return None
-        if response.status_code != 200:
-            return None
-        return metrics_load(response.text, self._total_slots)
+        if self.router:
+            return await self._router_load()
+        if self._slots_endpoint:
+            slots = await self.probe_get(self.root + "/slots")
+            if slots.ok:
+                return _slots_load(slots.payload)
+            if slots.failure is not None:
+                return None
+            if slots.status == 501:  # started with --no-slots
+                self._slots_endpoint = False
+        metrics = await self.probe_get(self.root + "/metrics")
+        return metrics_load(metrics.text, self._total_slots) if metrics.ok else None
 
-    async def _router_load(self, headers: Mapping[str, str]) -> LoadSignal | None:
+    async def _router_load(self) -> LoadSignal | None:
         busy = total = 0
         for model in self.running_models:
-            response = await self.clients.probe.get(
-                self.root + "/slots", headers=headers, params={"model": model, "autoload": "false"}
+            slots = await self.probe_get(
+                self.root + "/slots", params={"model": model, "autoload": "false"}
             )
-            signal = _slots_load(response.json()) if response.status_code == 200 else None
+            if slots.failure is not None:
+                return None
+            signal = _slots_load(slots.payload) if slots.ok else None
             if signal is not None:
                 busy += signal.busy_slots or 0
                 total += signal.total_slots or 0
         return LoadSignal(busy_slots=busy, total_slots=total) if total else None
 
-    # -- requests and detection ------------------------------------------------------------------
-
-    async def send(
-        self, endpoint: Endpoint, body: bytes, *, stream: bool, timeouts: Timeouts
-    ) -> UpstreamResponse:
-        """Forward the body unchanged; an error's body comes back with a string ``code``."""
-        try:
-            return await self.clients.transport.post(
-                self._urls[endpoint], body, self._headers, stream=stream, timeouts=timeouts
-            )
-        except BackendError as exc:
-            if exc.body:
-                exc.body = normalise_error_body(exc.body)
-            raise
+    # -- detection -------------------------------------------------------------------------------
 
     @classmethod
     async def detect(cls, url: str, clients: HttpClients, api_key: str | None = None) -> bool:
         """True when ``/health`` answers like llama-server and ``/props`` is llama-server's."""
         root = api_base(url).removesuffix("/v1")
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        try:
-            health = await clients.probe.get(root + "/health")
-            body = health.json()
-            if not isinstance(body, dict):
-                return False
-            if health.status_code == 503:
-                # The model is still loading: every other endpoint answers the same 503.
-                return _error_type(body) == "unavailable_error"
-            if health.status_code != 200 or body.get("status") != "ok":
-                return False
-            props = await clients.probe.get(root + "/props", headers=headers)
-            payload = props.json()
-        except (httpx.HTTPError, ValueError):
+        health = await probe_get(clients, root + "/health")
+        body = health.payload
+        if not isinstance(body, dict):
             return False
+        if health.status == 503:
+            # The model is still loading: every other endpoint answers the same 503.
+            return _error_type(body) == "unavailable_error"
+        if health.status != 200 or body.get("status") != "ok":
+            return False
+        props = await probe_get(clients, root + "/props", bearer(api_key))
+        payload = props.payload
         if not isinstance(payload, dict):
             return False
-        if props.status_code == 401:
+        if props.status == 401:
             return _error_type(payload) == "authentication_error"
-        return props.status_code == 200 and (
+        return props.ok and (
             isinstance(payload.get("default_generation_settings"), dict)
             or payload.get("role") == "router"
         )
 
 
-def normalise_error_body(body: bytes) -> bytes:
-    """llama-server's error body with its int ``code`` as a string, as OpenAI clients expect.
-
-    A prompt over the context (``exceed_context_size_error``) gets OpenAI's code for it,
-    ``context_length_exceeded``, which OpenAI clients key on; the rest of the body is kept.
-    """
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        return body
-    error = payload.get("error") if isinstance(payload, dict) else None
-    if not isinstance(error, dict) or not _is_int(error.get("code")):
-        return body
-    code = str(error["code"])
-    if error.get("type") == "exceed_context_size_error":
-        code = "context_length_exceeded"
-    return dumps({**payload, "error": {**error, "code": code}})
+def normalise_error_body(body: bytes, status: int = 400) -> bytes:
+    """llama-server's error body as ``ERRORS`` leaves it: its int ``code`` a string, OpenAI's
+    ``context_length_exceeded`` for a prompt over the context, the rest of the body kept."""
+    return ERRORS.rewrite(body, status)
 
 
 def metrics_load(text: str, total_slots: int | None) -> LoadSignal | None:
@@ -364,18 +332,12 @@ def _error_type(payload: Mapping[str, Any]) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
-def _error_message(response: httpx.Response) -> str:
-    try:
-        error = response.json().get("error")
-    except (ValueError, AttributeError):
-        return response.text[:200]
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return str(error["message"])
-    return response.text[:200]
+def _error_message(answer: ProbeAnswer) -> str:
+    return clip(read_error(answer.content).message or "")
 
 
-def _loading_detail(response: httpx.Response) -> str:
-    message = _error_message(response) or "Loading model"
+def _loading_detail(answer: ProbeAnswer) -> str:
+    message = _error_message(answer) or "Loading model"
     return f"llama-server: {message}"
 
 

@@ -8,39 +8,31 @@ model, ``loaded_context_length``. Servers without ``/api/v0`` (LM Studio answers
 HTTP 200 ``{"error": "Unexpected endpoint or method. ..."}``) are described by ``/v1/models``
 alone. Which models are in memory is kept for a router that prefers them (``model_loaded``).
 Requests go to ``/v1/...`` unchanged; LM Studio sends no usage chunk in streams, which the relay
-passes through as it is.
+passes through as it is. Its ``{"error": "text"}`` error bodies become OpenAI's envelope.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-import httpx
-
 from nexus_core import hookimpl
-from nexus_core.adapters import (
-    BackendError,
-    BackendStatus,
-    Endpoint,
-    ModelInfo,
-    ProbeResult,
-    Timeouts,
-    UpstreamResponse,
-)
+from nexus_core.adapter_kit import ErrorBody, UpstreamErrors, bearer, probe_get
+from nexus_core.adapters import BackendStatus, ModelInfo, ProbeResult
 from nexus_core.config import BackendConfig
 from nexus_core.http import HttpClients
-from nexus_core.openai_wire import OpenAIWireAdapter, api_base, dumps
+from nexus_core.openai_wire import OpenAIWireAdapter, api_base
 
-__all__ = ["LMStudioAdapter", "describe", "normalise_error", "register_backends"]
+__all__ = ["ERRORS", "LMStudioAdapter", "describe", "register_backends"]
 
 #: How LM Studio answers (with HTTP 200) a path it does not serve.
 UNEXPECTED_ENDPOINT = "Unexpected endpoint or method."
 _VISION = {"vlm": True, "llm": False, "embeddings": False}
 _EMBEDDINGS = {"embeddings": True, "llm": False, "vlm": False}
+#: LM Studio's ``{"error": "text"}`` bodies as OpenAI's envelope (its OpenAI-shaped ones pass).
+ERRORS = UpstreamErrors("LM Studio", body=ErrorBody.OPENAI)
 
 
 class LMStudioAdapter(OpenAIWireAdapter):
@@ -48,6 +40,7 @@ class LMStudioAdapter(OpenAIWireAdapter):
 
     type_name: ClassVar[str] = "lmstudio"
     is_cloud: ClassVar[bool] = False
+    errors: ClassVar[UpstreamErrors] = ERRORS
 
     def __init__(self, config: BackendConfig, clients: HttpClients) -> None:
         super().__init__(config, clients)
@@ -81,14 +74,9 @@ class LMStudioAdapter(OpenAIWireAdapter):
 
     async def _rest_models(self) -> dict[str, Mapping[str, Any]] | None:
         """``/api/v0/models`` by id; None when the server has no REST API or it fails."""
-        url = self.api_base.removesuffix("/v1") + "/api/v0/models"
-        try:
-            response = await self.clients.probe.get(url, headers=self._probe_headers())
-            payload = response.json()
-        except (httpx.HTTPError, ValueError):
-            return None
-        data = payload.get("data") if isinstance(payload, dict) else None
-        if response.status_code != 200 or not isinstance(data, list):
+        answer = await self.probe_get(self.api_base.removesuffix("/v1") + "/api/v0/models")
+        data = answer.get("data")
+        if not answer.ok or not isinstance(data, list):
             return None
         return {
             entry["id"]: entry
@@ -96,31 +84,17 @@ class LMStudioAdapter(OpenAIWireAdapter):
             if isinstance(entry, dict) and isinstance(entry.get("id"), str)
         }
 
-    async def send(
-        self, endpoint: Endpoint, body: bytes, *, stream: bool, timeouts: Timeouts
-    ) -> UpstreamResponse:
-        """Forward unchanged; an error body of LM Studio's ``{"error": "text"}`` form is wrapped."""
-        try:
-            return await super().send(endpoint, body, stream=stream, timeouts=timeouts)
-        except BackendError as exc:
-            raise normalise_error(exc) from None
-
     @classmethod
     async def detect(cls, url: str, clients: HttpClients, api_key: str | None = None) -> bool:
         """True when ``/api/v0/models`` answers a model list, or LM Studio's own 200 error."""
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        try:
-            response = await clients.probe.get(
-                api_base(url).removesuffix("/v1") + "/api/v0/models", headers=headers
-            )
-            payload = response.json()
-        except (httpx.HTTPError, ValueError):
+        answer = await probe_get(
+            clients, api_base(url).removesuffix("/v1") + "/api/v0/models", bearer(api_key)
+        )
+        if not answer.ok:
             return False
-        if response.status_code != 200 or not isinstance(payload, dict):
-            return False
-        error = payload.get("error")
+        error = answer.get("error")
         # A server before 0.3.6 has no /api/v0, but its "Returning 200 anyway" is unmistakable.
-        return isinstance(payload.get("data"), list) or (
+        return isinstance(answer.get("data"), list) or (
             isinstance(error, str) and error.startswith(UNEXPECTED_ENDPOINT)
         )
 
@@ -143,29 +117,6 @@ def describe(model: ModelInfo, entry: Mapping[str, Any] | None) -> ModelInfo:
         json_mode=False if embedder else None,
         embeddings=_EMBEDDINGS.get(kind) if isinstance(kind, str) else None,
         owned_by=model.owned_by,
-    )
-
-
-def normalise_error(exc: BackendError) -> BackendError:
-    """The same error, its body an OpenAI envelope when LM Studio sent ``{"error": "text"}``."""
-    try:
-        payload = json.loads(exc.body)
-    except ValueError:
-        return exc
-    if not isinstance(payload, dict) or not isinstance(payload.get("error"), str):
-        return exc
-    status = exc.status or 500
-    error_type = "invalid_request_error" if status < 500 else "server_error"
-    body = dumps(
-        {"error": {"message": payload["error"], "type": error_type, "param": None, "code": None}}
-    )
-    return BackendError(
-        exc.kind,
-        exc.message,
-        status=exc.status,
-        body=body,
-        headers={**exc.headers, "content-type": "application/json"},
-        retry_after=exc.retry_after,
     )
 
 

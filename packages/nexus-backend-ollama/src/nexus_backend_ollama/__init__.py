@@ -21,6 +21,7 @@ import httpx
 
 from nexus_backend_ollama import embeddings
 from nexus_core import hookimpl
+from nexus_core.adapter_kit import ProbeAnswer, UpstreamErrors, bearer, probe_get
 from nexus_core.adapters import (
     BackendError,
     BackendStatus,
@@ -34,7 +35,7 @@ from nexus_core.config import BackendConfig
 from nexus_core.http import HttpClients
 from nexus_core.openai_wire import OpenAIWireAdapter, api_base
 
-__all__ = ["LoadedModel", "OllamaAdapter", "ShownModel", "register_backends"]
+__all__ = ["ERRORS", "LoadedModel", "OllamaAdapter", "ShownModel", "register_backends"]
 
 #: What ``GET /`` answers on every Ollama.
 BANNER = "Ollama is running"
@@ -42,6 +43,9 @@ BANNER = "Ollama is running"
 SHOW_CONCURRENCY = 4
 #: How long a probe waits for ``/api/show`` answers; slower ones land in the next probe.
 SHOW_BUDGET_SECONDS = 2.0
+
+#: Errors of Ollama's ``/v1``, passed on as they are but for the busy 503.
+ERRORS = UpstreamErrors("Ollama", quirks=(embeddings.SERVER_BUSY,))
 
 ModelVersion = tuple[str | None, str | None]  # (digest, modified_at) of one model in /api/tags
 
@@ -70,6 +74,7 @@ class OllamaAdapter(OpenAIWireAdapter):
 
     type_name: ClassVar[str] = "ollama"
     is_cloud: ClassVar[bool] = False
+    errors: ClassVar[UpstreamErrors] = ERRORS
 
     def __init__(self, config: BackendConfig, clients: HttpClients) -> None:
         super().__init__(config, clients)
@@ -94,7 +99,7 @@ class OllamaAdapter(OpenAIWireAdapter):
                 self._urls[endpoint], body, self._headers, stream=stream, timeouts=timeouts
             )
         except BackendError as exc:
-            raise embeddings.classify(exc) from None
+            raise self.upstream_error(exc) from None
 
     async def _embed(self, body: bytes, timeouts: Timeouts) -> UpstreamResponse:
         request = embeddings.to_native(body)
@@ -103,7 +108,7 @@ class OllamaAdapter(OpenAIWireAdapter):
                 self._embed_url, request.body, self._headers, stream=False, timeouts=timeouts
             )
         except BackendError as exc:
-            raise embeddings.native_error(exc) from None
+            raise embeddings.NATIVE_ERRORS.normalise(exc) from None
         return UpstreamResponse(
             status=upstream.status,
             content_type="application/json",
@@ -119,46 +124,42 @@ class OllamaAdapter(OpenAIWireAdapter):
 
     async def probe(self) -> ProbeResult:
         """Healthy when ``/api/version`` and ``/api/tags`` answer; models with what is known."""
-        headers = self._probe_headers()
-        version_response, tags_response, ps_response = await asyncio.gather(
-            _get(self.clients.probe, self.root + "/api/version", headers),
-            _get(self.clients.probe, self.root + "/api/tags", headers),
-            _get(self.clients.probe, self.root + "/api/ps", headers),
+        version_answer, tags_answer, ps_answer = await asyncio.gather(
+            self.probe_get(self.root + "/api/version"),
+            self.probe_get(self.root + "/api/tags"),
+            self.probe_get(self.root + "/api/ps"),
         )
-        if isinstance(version_response, httpx.HTTPError):
-            return _unreachable(version_response)
+        if version_answer.failure is not None:
+            return version_answer.unreachable()
         version: str | None = None
-        if version_response.status_code == 200:
-            version = _field(version_response, "version")
-        elif version_response.status_code != 404 or not await self._banner(headers):
+        if version_answer.ok:
+            version = _string(version_answer.get("version"))
+        elif version_answer.status != 404 or not _is_banner(await self.probe_get(self.root + "/")):
             # Only a server older than /api/version may answer 404 there; "/" still says so.
             return ProbeResult(
                 BackendStatus.UNHEALTHY,
-                detail=f"/api/version answered HTTP {version_response.status_code}",
+                detail=f"/api/version answered HTTP {version_answer.status}",
             )
-        if isinstance(tags_response, httpx.HTTPError):
-            return _unreachable(tags_response)
-        if tags_response.status_code != 200:
+        if tags_answer.failure is not None:
+            return tags_answer.unreachable()
+        if not tags_answer.ok:
             return ProbeResult(
-                BackendStatus.UNHEALTHY,
-                detail=f"/api/tags answered HTTP {tags_response.status_code}",
+                BackendStatus.UNHEALTHY, detail=f"/api/tags answered HTTP {tags_answer.status}"
             )
+        listed = tags_answer.get("models")
         try:
-            entries = [e for e in tags_response.json()["models"] if isinstance(e, dict)]
-            tags = [(str(entry["name"]), entry) for entry in entries]
-        except (ValueError, TypeError, KeyError) as exc:
+            if not isinstance(listed, list):
+                raise TypeError("'models' is not a list")
+            tags = [(str(entry["name"]), entry) for entry in listed if isinstance(entry, dict)]
+        except (TypeError, KeyError) as exc:
             return ProbeResult(BackendStatus.UNHEALTHY, detail=f"unreadable model list: {exc}")
-        self._loaded = _loaded_models(ps_response)
+        self._loaded = _loaded_models(ps_answer)
         await self._show_new(tags)
         return ProbeResult(
             BackendStatus.HEALTHY,
             models=tuple(self._model(name, entry) for name, entry in tags),
             version=version,
         )
-
-    async def _banner(self, headers: Mapping[str, str]) -> bool:
-        response = await _get(self.clients.probe, self.root + "/", headers)
-        return not isinstance(response, httpx.HTTPError) and _is_banner(response)
 
     async def _show_new(self, tags: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
         """Ask ``/api/show`` about models the tags do not describe and that are new or changed."""
@@ -189,7 +190,7 @@ class OllamaAdapter(OpenAIWireAdapter):
         try:
             async with self._show_slots:
                 response = await self.clients.probe.post(
-                    self.root + "/api/show", json={"model": name}, headers=self._probe_headers()
+                    self.root + "/api/show", json={"model": name}, headers=self.probe_headers
                 )
             if response.status_code >= 500:
                 return  # may pass: ask again at the next probe
@@ -246,18 +247,16 @@ class OllamaAdapter(OpenAIWireAdapter):
         server older than ``/api/version`` answers 404 there.
         """
         root = api_base(url).removesuffix("/v1")
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        headers = bearer(api_key)
         banner, version = await asyncio.gather(
-            _get(clients.probe, root + "/", headers),
-            _get(clients.probe, root + "/api/version", headers),
+            probe_get(clients, root + "/", headers),
+            probe_get(clients, root + "/api/version", headers),
         )
-        if isinstance(version, httpx.HTTPError) or isinstance(banner, httpx.HTTPError):
+        if not _is_banner(banner) or version.failure is not None:
             return False
-        if not _is_banner(banner):
-            return False
-        if version.status_code == 404:
+        if version.status == 404:
             return True
-        return version.status_code == 200 and _field(version, "version") is not None
+        return version.ok and _string(version.get("version")) is not None
 
 
 def namespace(name: str) -> str:
@@ -266,31 +265,12 @@ def namespace(name: str) -> str:
     return parts[-2] if len(parts) > 1 else "library"
 
 
-async def _get(
-    client: httpx.AsyncClient, url: str, headers: Mapping[str, str]
-) -> httpx.Response | httpx.HTTPError:
-    try:
-        return await client.get(url, headers=headers)
-    except httpx.HTTPError as exc:
-        return exc
-
-
-def _unreachable(exc: httpx.HTTPError) -> ProbeResult:
-    if isinstance(exc, httpx.TimeoutException):
-        return ProbeResult(BackendStatus.UNHEALTHY, detail="probe timed out")
-    return ProbeResult(BackendStatus.UNHEALTHY, detail=f"cannot connect: {exc}")
-
-
-def _field(response: httpx.Response, key: str) -> str | None:
-    try:
-        value = response.json().get(key)
-    except (ValueError, AttributeError):
-        return None
+def _string(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _is_banner(response: httpx.Response) -> bool:
-    return response.status_code == 200 and response.text.startswith(BANNER)
+def _is_banner(answer: ProbeAnswer) -> bool:
+    return answer.ok and answer.text.startswith(BANNER)
 
 
 def _version(entry: Mapping[str, Any]) -> ModelVersion:
@@ -347,16 +327,13 @@ def _show_facts(response: httpx.Response) -> tuple[frozenset[str] | None, int | 
     return _capabilities(payload.get("capabilities")), context
 
 
-def _loaded_models(
-    response: httpx.Response | httpx.HTTPError,
-) -> dict[str, LoadedModel] | None:
+def _loaded_models(answer: ProbeAnswer) -> dict[str, LoadedModel] | None:
     """The models ``/api/ps`` lists, or None when it did not answer."""
-    if isinstance(response, httpx.HTTPError) or response.status_code != 200:
+    if not answer.ok:
         return None
     try:
-        entries = response.json()["models"]
         loaded = {}
-        for entry in entries:
+        for entry in answer.payload["models"]:
             if not isinstance(entry, dict):
                 continue
             name = str(entry.get("name") or entry["model"])
@@ -366,7 +343,7 @@ def _loaded_models(
                 context_length=_positive(entry.get("context_length")),
                 expires_at=expires if isinstance(expires, str) else None,
             )
-    except (ValueError, TypeError, KeyError):
+    except (TypeError, KeyError):
         return None
     return loaded
 

@@ -13,12 +13,19 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from nexus_core.adapter_kit import ErrorBody, ErrorQuirk, UpstreamErrors, dumps, refused
 from nexus_core.adapters import BackendError, ErrorKind
-from nexus_core.openai_wire import dumps
 
 #: How Ollama words a full request queue (``ErrMaxQueue``, HTTP 503): a busy server, not a
 #: broken one.
-BUSY_MARKER = b"server busy"
+BUSY_MARKER = "server busy"
+#: That 503, which is "overloaded": the request fails over and the backend is not held broken.
+SERVER_BUSY = ErrorQuirk(
+    status=503,
+    says=BUSY_MARKER,
+    kind=ErrorKind.OVERLOADED,
+    message="Ollama is busy: its request queue is full (OLLAMA_MAX_QUEUE)",
+)
 #: Native ``/api/embed`` fields passed on as they are when a client sends them.
 NATIVE_FIELDS = ("truncate", "keep_alive", "options")
 ENCODINGS = ("float", "base64")
@@ -98,58 +105,21 @@ def from_native(data: bytes, request: EmbedRequest) -> bytes:
     )
 
 
-def classify(exc: BackendError) -> BackendError:
-    """``exc`` with Ollama's ``server busy`` 503 as OVERLOADED; anything else unchanged."""
-    if exc.status != 503 or BUSY_MARKER not in exc.body:
-        return exc
-    return BackendError(
-        ErrorKind.OVERLOADED,
-        "Ollama is busy: its request queue is full (OLLAMA_MAX_QUEUE)",
-        status=exc.status,
-        body=exc.body,
-        headers=exc.headers,
-        retry_after=exc.retry_after,
-    )
+def error_type(status: int) -> str:
+    """The error type Ollama's own ``/v1`` gives a status (``middleware/openai.go``)."""
+    return {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
 
 
-def native_error(exc: BackendError) -> BackendError:
-    """A native ``{"error": "text"}`` failure, classified, with the body in OpenAI's envelope.
-
-    The envelope is the one Ollama's own ``/v1`` sends, so a client sees the same error shape
-    from embeddings as from chat.
-    """
-    exc = classify(exc)
-    try:
-        message = json.loads(exc.body)["error"]
-    except (ValueError, KeyError, TypeError):
-        return exc
-    if not isinstance(message, str) or exc.status is None:
-        return exc
-    return BackendError(
-        exc.kind,
-        exc.message,
-        status=exc.status,
-        body=dumps(error_envelope(exc.status, message)),
-        headers=exc.headers,
-        retry_after=exc.retry_after,
-    )
-
-
-def error_envelope(status: int, message: str) -> dict[str, Any]:
-    """Ollama's OpenAI error envelope: the type follows the status, param and code are null."""
-    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
-    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+#: A native ``{"error": "text"}`` failure in the OpenAI envelope Ollama's own ``/v1`` sends, so
+#: a client sees the same error shape from embeddings as from chat.
+NATIVE_ERRORS = UpstreamErrors(
+    "Ollama", body=ErrorBody.OPENAI, quirks=(SERVER_BUSY,), error_type=error_type
+)
 
 
 def invalid_request(message: str) -> BackendError:
     """A 400 the client sees as it is, for a request that cannot be translated."""
-    return BackendError(
-        ErrorKind.CLIENT_ERROR,
-        message,
-        status=400,
-        body=dumps(error_envelope(400, message)),
-        headers={"content-type": "application/json"},
-    )
+    return refused(400, message, type=error_type(400))
 
 
 def _base64(vector: list[float]) -> str:

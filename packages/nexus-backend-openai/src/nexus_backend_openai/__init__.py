@@ -24,8 +24,8 @@ import httpx
 
 from nexus_backend_openai import models_table
 from nexus_core import hookimpl
+from nexus_core.adapter_kit import bearer, probe_get
 from nexus_core.adapters import (
-    OPENAI_PATHS,
     BackendError,
     BackendStatus,
     Endpoint,
@@ -77,11 +77,12 @@ class OpenAIAdapter(OpenAIWireAdapter):
 
     def __init__(self, config: BackendConfig, clients: HttpClients) -> None:
         super().__init__(config, clients)
-        self.api_base = cloud_api_base(config.url)
-        self._endpoints = {
-            endpoint: self.api_base + path for endpoint, path in OPENAI_PATHS.items()
-        }
         self.rate_limits = RateLimits()
+
+    @classmethod
+    def api_base_for(cls, url: str) -> str:
+        """``cloud_api_base``: a vendor's versioned path is kept as it is."""
+        return cloud_api_base(url)
 
     async def send(
         self, endpoint: Endpoint, body: bytes, *, stream: bool, timeouts: Timeouts
@@ -89,7 +90,7 @@ class OpenAIAdapter(OpenAIWireAdapter):
         """Forward with the configured key only; note the rate-limit headers of the answer."""
         try:
             response = await self.clients.transport.post(
-                self._endpoints[endpoint], body, self._headers, stream=stream, timeouts=timeouts
+                self._urls[endpoint], body, self._headers, stream=stream, timeouts=timeouts
             )
         except BackendError as exc:
             if exc.headers or exc.status == 429:
@@ -152,18 +153,11 @@ class OpenAIAdapter(OpenAIWireAdapter):
             return False
         if not api_key:
             return False
-        try:
-            response = await clients.probe.get(
-                cloud_api_base(url) + cls.models_path,
-                headers={"Authorization": f"Bearer {api_key}"},
-            )
-            payload = response.json()
-        except (httpx.HTTPError, ValueError):
+        answer = await probe_get(clients, cloud_api_base(url) + cls.models_path, bearer(api_key))
+        entries = answer.get("data")
+        if not answer.ok or not isinstance(entries, list):
             return False
-        entries = payload.get("data") if isinstance(payload, dict) else None
-        if response.status_code != 200 or not isinstance(entries, list):
-            return False
-        if any(name in response.headers for name in OPENAI_HEADERS):
+        if any(name in answer.headers for name in OPENAI_HEADERS):
             return True
         return any(isinstance(e, dict) and e.get("owned_by") in OPENAI_OWNERS for e in entries)
 

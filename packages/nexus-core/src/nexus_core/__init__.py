@@ -4,6 +4,17 @@ async with Gateway(config) as gateway:
     reply = await gateway.chat_completions({"model": "llama3", "messages": [...]})
 """
 
+from nexus_core.adapter_kit import (
+    ErrorBody,
+    ErrorQuirk,
+    ProbeAnswer,
+    UpstreamErrors,
+    bearer,
+    error_envelope,
+    probe_get,
+    read_error,
+    refused,
+)
 from nexus_core.adapters import (
     BackendAdapter,
     BackendError,
@@ -30,17 +41,26 @@ __all__ = [
     "BackendStatus",
     "ConfigError",
     "Endpoint",
+    "ErrorBody",
     "ErrorKind",
+    "ErrorQuirk",
     "Gateway",
     "GatewayError",
     "LoadSignal",
     "ModelInfo",
     "NexusConfig",
     "OpenAIWireAdapter",
+    "ProbeAnswer",
     "ProbeResult",
     "Timeouts",
+    "UpstreamErrors",
     "UpstreamResponse",
     "__version__",
+    "bearer",
+    "error_envelope",
     "hookimpl",
     "load_config",
+    "probe_get",
+    "read_error",
+    "refused",
 ]

@@ -2,25 +2,27 @@
 
 Per-type adapters (vLLM, llama.cpp, LM Studio, exo, LocalAI, OpenAI) subclass it and override
 what their server does differently: how it is probed, where capabilities come from, how it is
-recognised. Used as it is, it is the ``generic`` backend type.
+recognised, and its error quirks as data (``errors``, from ``nexus_core.adapter_kit``) rather
+than a ``send`` of their own. Used as it is, it is the ``generic`` backend type.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
-import httpx
-
+from nexus_core.adapter_kit import ProbeAnswer, UpstreamErrors, bearer, probe_get
+from nexus_core.adapter_kit import dumps as dumps
 from nexus_core.adapters import (
     OPENAI_PATHS,
+    BackendError,
     BackendStatus,
     Endpoint,
     ModelInfo,
     ProbeResult,
     Timeouts,
     UpstreamResponse,
+    clip,
 )
 from nexus_core.config import BackendConfig
 from nexus_core.http import HttpClients
@@ -36,58 +38,81 @@ class OpenAIWireAdapter:
     is_cloud: ClassVar[bool] = False
     #: Path probed (relative to the API base) to decide health and list models.
     models_path: ClassVar[str] = "/models"
+    #: How the server's error answers are read: its quirks, and what the client sees of the
+    #: body (``nexus_core.adapter_kit``). The default passes them on as classified by status.
+    errors: ClassVar[UpstreamErrors] = UpstreamErrors()
 
     def __init__(self, config: BackendConfig, clients: HttpClients) -> None:
         self.config = config
         self.name = config.name
         self.url = config.url
         self.clients = clients
-        self.api_base = api_base(config.url)
+        self.api_base = self.api_base_for(config.url)
         self._urls = {endpoint: self.api_base + path for endpoint, path in OPENAI_PATHS.items()}
         self._headers = self.request_headers()
+        #: What every probe request sends: the request headers but the content type.
+        self.probe_headers = {k: v for k, v in self._headers.items() if k != "Content-Type"}
+        # Decided once: whether ``send`` hands streams to ``stream_events``.
+        self._rewrites_streams = type(self).stream_events is not OpenAIWireAdapter.stream_events
+
+    @classmethod
+    def api_base_for(cls, url: str) -> str:
+        """The API base for a configured URL (``api_base``: ``/v1`` added when missing)."""
+        return api_base(url)
 
     def request_headers(self) -> dict[str, str]:
         """Headers sent with every request: JSON, plus the key from ``api_key_env`` if set."""
-        headers = {"Content-Type": "application/json"}
-        key = self.config.api_key()
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
+        return {"Content-Type": "application/json", **bearer(self.config.api_key())}
 
     async def send(
         self, endpoint: Endpoint, body: bytes, *, stream: bool, timeouts: Timeouts
     ) -> UpstreamResponse:
-        """Forward the body unchanged to the server's OpenAI endpoint."""
-        return await self.clients.transport.post(
-            self._urls[endpoint], body, self._headers, stream=stream, timeouts=timeouts
-        )
+        """Forward the body unchanged to the server's OpenAI endpoint.
+
+        An error answer goes through ``upstream_error``; a stream, when the class has its own
+        ``stream_events``, through that.
+        """
+        try:
+            response = await self.clients.transport.post(
+                self._urls[endpoint], body, self._headers, stream=stream, timeouts=timeouts
+            )
+        except BackendError as exc:
+            raise self.upstream_error(exc) from None
+        if stream and self._rewrites_streams and response.events is not None:
+            response.events = self.stream_events(response.events)
+        return response
+
+    def upstream_error(self, exc: BackendError) -> BackendError:
+        """An error as the server meant it (``errors``); override for what data cannot say."""
+        return self.errors.normalise(exc)
+
+    def stream_events(self, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """A stream's events as the client should get them; override to rewrite them (the
+        default, passing them through, costs nothing: ``send`` does not call it)."""
+        return events
+
+    async def probe_get(self, url: str, *, params: Mapping[str, str] | None = None) -> ProbeAnswer:
+        """GET ``url`` with ``probe_headers`` through the bounded probe client; never raises."""
+        return await probe_get(self.clients, url, self.probe_headers, params=params)
 
     async def probe(self) -> ProbeResult:
         """Healthy when the model list answers; 503 while loading counts as ``loading``."""
-        try:
-            response = await self.clients.probe.get(
-                self.api_base + self.models_path, headers=self._probe_headers()
-            )
-        except httpx.TimeoutException:
-            return ProbeResult(BackendStatus.UNHEALTHY, detail="probe timed out")
-        except httpx.HTTPError as exc:
-            return ProbeResult(BackendStatus.UNHEALTHY, detail=f"cannot connect: {exc}")
-        if response.status_code == 503:
-            return ProbeResult(BackendStatus.LOADING, detail=_short(response.text))
-        if response.status_code != 200:
+        answer = await self.probe_get(self.api_base + self.models_path)
+        if answer.failure is not None:
+            return answer.unreachable()
+        if answer.status == 503:
+            return ProbeResult(BackendStatus.LOADING, detail=clip(answer.text))
+        if answer.status != 200:
             return ProbeResult(
-                BackendStatus.UNHEALTHY,
-                detail=f"HTTP {response.status_code}: {_short(response.text)}",
+                BackendStatus.UNHEALTHY, detail=f"HTTP {answer.status}: {clip(answer.text)}"
             )
+        if answer.payload is None:
+            return ProbeResult(BackendStatus.UNHEALTHY, detail="unreadable model list: not JSON")
         try:
-            payload = response.json()
-            models = tuple(self.parse_models(payload))
+            models = tuple(self.parse_models(answer.payload))
         except (ValueError, TypeError, KeyError) as exc:
             return ProbeResult(BackendStatus.UNHEALTHY, detail=f"unreadable model list: {exc}")
         return ProbeResult(BackendStatus.HEALTHY, models=models)
-
-    def _probe_headers(self) -> dict[str, str]:
-        return {k: v for k, v in self._headers.items() if k != "Content-Type"}
 
     def parse_models(self, payload: Any) -> list[ModelInfo]:
         """Turn an OpenAI ``/v1/models`` body into ``ModelInfo`` entries."""
@@ -113,25 +138,11 @@ class OpenAIWireAdapter:
     @classmethod
     async def detect(cls, url: str, clients: HttpClients, api_key: str | None = None) -> bool:
         """True when ``GET {url}/v1/models`` answers an OpenAI model list."""
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        try:
-            response = await clients.probe.get(api_base(url) + cls.models_path, headers=headers)
-            return response.status_code == 200 and isinstance(response.json().get("data"), list)
-        except (httpx.HTTPError, ValueError, AttributeError):
-            return False
+        answer = await probe_get(clients, cls.api_base_for(url) + cls.models_path, bearer(api_key))
+        return answer.ok and isinstance(answer.get("data"), list)
 
 
 def api_base(url: str) -> str:
     """The ``/v1`` base for a configured URL, whether or not the user wrote ``/v1``."""
     url = url.rstrip("/")
     return url if url.endswith("/v1") else url + "/v1"
-
-
-def _short(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def dumps(value: Any) -> bytes:
-    """Compact JSON bytes."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()

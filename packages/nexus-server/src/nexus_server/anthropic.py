@@ -1,7 +1,7 @@
 """The Anthropic Messages front door: ``POST /v1/messages`` and ``/v1/messages/count_tokens``.
 
 What Claude Code and the ``anthropic`` SDK speak. A request is translated to OpenAI chat
-(``nexus_core.anthropic_wire``), routed like any chat request (policies, budget, failover,
+(``nexus_server.anthropic_wire``), routed like any chat request (policies, budget, failover,
 queue, headers), and the answer translated back: a Message, or Anthropic's event stream. Errors
 use Anthropic's shape and status codes, so the SDK raises its usual exception classes.
 """
@@ -13,18 +13,16 @@ import json
 from typing import Any
 
 from nexus_core.adapters import Endpoint
-from nexus_core.anthropic_wire import (
-    ChatStreamToMessages,
-    TranslationError,
-    anthropic_error_body,
-    chat_to_message,
-    count_tokens,
-    messages_to_chat,
-    wants_thinking,
-)
+from nexus_core.anthropic_format import TranslationError, anthropic_error_body, count_tokens
 from nexus_core.errors import GatewayError
 from nexus_core.gateway import Gateway
 from nexus_core.observability import RequestRecord
+from nexus_server.anthropic_wire import (
+    ChatStreamToAnthropic,
+    anthropic_request_to_chat,
+    chat_answer_to_anthropic,
+    wants_thinking,
+)
 from nexus_server.proxy import (
     JSON,
     ProxyEndpoint,
@@ -77,7 +75,7 @@ class MessagesEndpoint(_AnthropicEndpoint):
         try:
             if not isinstance(data, dict):
                 raise TranslationError("the request body must be a JSON object")
-            chat = messages_to_chat(data, system_messages=self.system_messages)
+            chat = anthropic_request_to_chat(data, system_messages=self.system_messages)
         except TranslationError as exc:
             await self.reject(send, record, GatewayError(400, str(exc), param=exc.param))
             return
@@ -102,7 +100,7 @@ class MessagesEndpoint(_AnthropicEndpoint):
         headers = route_headers(result)
         if result.stream is None:
             answer = result.data if result.data is not None else json.loads(result.body or b"{}")
-            message = chat_to_message(
+            message = chat_answer_to_anthropic(
                 answer,
                 model=model,
                 stop_sequences=stop_sequences,
@@ -112,7 +110,7 @@ class MessagesEndpoint(_AnthropicEndpoint):
             await send_whole(send, result.status, JSON, out, headers)
             return
         stream = result.stream
-        converter = ChatStreamToMessages(
+        converter = ChatStreamToAnthropic(
             model,
             input_tokens=count_tokens(data),
             stop_sequences=stop_sequences,

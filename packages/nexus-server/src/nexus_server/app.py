@@ -22,7 +22,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from nexus_core.accounting import usd
 from nexus_core.adapters import BackendStatus, Endpoint
-from nexus_core.anthropic_wire import anthropic_error_body
+from nexus_core.anthropic_format import anthropic_error_body
 from nexus_core.auth import ApiKey
 from nexus_core.config import BackendConfig, ServerConfig
 from nexus_core.errors import GatewayError, model_not_found, payload_too_large

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from nexus_core.anthropic_wire import anthropic_error_body
+from nexus_core.anthropic_format import anthropic_error_body
 from nexus_core.errors import GatewayError
 from nexus_core.ollama_wire import ollama_error
 

@@ -43,7 +43,7 @@ from typing import Any
 
 from aiohttp import web
 
-from nexus_core.anthropic_wire import anthropic_error_type, count_tokens, new_tool_use_id
+from nexus_core.anthropic_format import anthropic_error_type, count_tokens, new_tool_use_id
 from nexus_core.testing.fake_backend import (
     _MALFORMED_JSON,
     _SSE_HEADERS,
