@@ -324,11 +324,20 @@ def test_redis_paused_then_killed_gives_503_in_bounded_time_and_recovers(
             # Back: served again, and the new request's cost is recorded.
             check_served(url)
             wait_for(lambda: int(check_redis.get(spend_key) or 0) > spent_before, "the new spend")
-            # The stream that ended during the pause is counted once, at its reservation:
-            # its settle was not retried, so the store holds its estimate and nothing more.
+            # The stream that ended during the pause is counted once. Its settle was not
+            # retried: either Redis never ran it, so the store holds the reservation's estimate,
+            # or Redis ran the command still in its socket buffer when it woke (a timed-out
+            # client cannot take back bytes it wrote), so the stream's actual cost is in the
+            # spend, on top of the two served requests (each costs `spent_before`).
             pending = [int(v) for v in check_redis.hvals(pending_key)]
-            assert len(pending) == 1
-            assert pending[0] > 0
+            if pending:
+                assert len(pending) == 1
+                assert pending[0] > 0
+            else:
+                wait_for(
+                    lambda: int(check_redis.get(spend_key) or 0) > 2 * spent_before,
+                    "the stream's settle, run by Redis when it woke",
+                )
             admin_keys = httpx.get(url + "/admin/keys", timeout=CLIENT_TIMEOUT).json()["data"]
             assert "made-during-outage" not in [k["name"] for k in admin_keys]
 
