@@ -39,7 +39,7 @@ from nexus_core.config import (
     validate_config,
 )
 from nexus_core.errors import GatewayError, model_not_found
-from nexus_core.failover import ProxyResult, ProxyStream, execute
+from nexus_core.failover import Failover, ProxyResult, ProxyStream
 from nexus_core.health import HealthChecker
 from nexus_core.http import PROBE_DEADLINE_SECONDS, HttpClients
 from nexus_core.observability import Monitor, RequestRecord
@@ -156,8 +156,8 @@ class Gateway:
         self._refused: set[tuple[str, str]] = set()
         self._undetected: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
-        #: Each attempt is logged (``nexus.failover`` at DEBUG); read once, at ``start``.
-        self._debug_attempts = False
+        #: How each request's routes are tried; rebuilt at ``start`` (``debug`` is read then).
+        self.failover = self._failover()
         self.registry.subscribe(self._on_registry_event)
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -180,7 +180,9 @@ class Gateway:
         # The DEBUG lines of routing and failover cost a request nothing while off: the levels
         # are read here, once, not per request.
         self.router.debug = logging.getLogger("nexus.routing").isEnabledFor(logging.DEBUG)
-        self._debug_attempts = logging.getLogger("nexus.failover").isEnabledFor(logging.DEBUG)
+        self.failover = self._failover(
+            debug=logging.getLogger("nexus.failover").isEnabledFor(logging.DEBUG)
+        )
         await self._start_accounting()
         self.keys.store = self.accountant.store
         await self.keys.load()
@@ -196,6 +198,17 @@ class Gateway:
         if self.config.discovery.enabled:
             await self._start_discovery()
         await plugins.call_startup(self)
+
+    def _failover(self, *, debug: bool = False) -> Failover:
+        """The failover settings every request shares (each attempt logged with ``debug``)."""
+        return Failover(
+            timeouts=self.timeouts,
+            deadline_seconds=self.request_timeout,
+            queue=self.queue,
+            quality=self.quality,
+            accountant=self.accountant,
+            debug=debug,
+        )
 
     async def _add_static(self, config: BackendConfig) -> None:
         """Add a configured backend; one whose server turns out not to fit its config (a cloud
@@ -869,23 +882,7 @@ class Gateway:
         # Full backends are ordered last, so a first route with room means no wait (the hot path).
         if routes and is_full(routes[0].backend) and all(is_full(r.backend) for r in routes):
             routes = await self._wait_for_slot(needs, routes, priority_high)
-        result = await execute(
-            routes,
-            endpoint,
-            body,
-            needs,
-            timeouts=self.timeouts,
-            deadline_seconds=self.request_timeout,
-            queue=self.queue,
-            quality=self.quality,
-            accountant=accountant,
-            data=data,
-            span=record.span,
-            key=None if key is None else key.name,
-            client_auth=record.client_auth,
-            request_id=record.request_id,
-            debug=self._debug_attempts,
-        )
+        result = await self.failover.execute(routes, endpoint, body, needs, data, record)
         if accountant.limit is not None:
             result.budget_headers = accountant.headers()
         return result
