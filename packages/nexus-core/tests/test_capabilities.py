@@ -134,3 +134,21 @@ def test_every_configurable_strategy_is_registered(name: str) -> None:
 
 def test_the_registry_names_only_configurable_strategies() -> None:
     assert set(STRATEGIES) == {strategy.value for strategy in RoutingStrategy}
+
+
+def test_the_fast_filter_follows_a_backend_that_lists_its_models_anew() -> None:
+    """The router remembers which backends state a limit; a new model list is seen at once."""
+    registry = Registry()
+    backend = make_backend(registry, "a", [ModelInfo("m")])
+    make_backend(registry, "b", [ModelInfo("m")])
+    router = Router(registry, RoutingConfig())
+    needs = RequestNeeds("m", estimated_tokens=100, tools=True)
+    assert [b.name for b in router.eligible("m", needs)] == ["a", "b"]
+    registry.set_models(backend, [ModelInfo("m", context_length=50)])
+    assert [b.name for b in router.eligible("m", needs)] == ["b"]
+    registry.set_models(backend, [ModelInfo("m", context_length=500, tools=False)])
+    assert [b.name for b in router.eligible("m", needs)] == ["b"]
+    registry.set_models(backend, [ModelInfo("m", context_length=500, tools=True)])
+    assert [b.name for b in router.eligible("m", needs)] == ["a", "b"]
+    registry.remove("b")
+    assert [b.name for b in router.eligible("m", needs)] == ["a"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,10 @@ log = logging.getLogger("nexus.routing")
 #: policy keeps it off a backend. Every other reason (``unhealthy``, which covers loading and
 #: draining, ``cooling_down``, ``budget``) passes.
 PERMANENT_REASONS = frozenset({"missing_capability", "privacy", "tier"})
+#: A request that needs everything: a model ``missing`` finds nothing for never excludes anyone.
+_EVERY_NEED = RequestNeeds(
+    "", vision=True, tools=True, json_mode=True, embeddings=True, estimated_tokens=sys.maxsize
+)
 
 
 @dataclass(slots=True, frozen=True)
@@ -100,6 +105,8 @@ class Router:
                 backend.rerank()
         self._aliases: Mapping[str, str] = dict(config.aliases)
         self._fallbacks: Mapping[str, list[str]] = {k: list(v) for k, v in config.fallbacks.items()}
+        #: Per model: the registry's tuple it was worked out from, and ``_stating``'s answer.
+        self._stated: dict[str, tuple[tuple[Backend, ...], tuple[Backend, ...]]] = {}
         self.policies: tuple[CompiledPolicy, ...] = tuple(
             CompiledPolicy.compile(p) for p in config.policies
         )
@@ -172,12 +179,14 @@ class Router:
                 or needs.json_mode
                 or needs.embeddings
             ):
-                # Something a model can say it lacks: ask the one capability check.
-                found = [
-                    b
-                    for b in found
-                    if (info := b.models.get(model)) is None or not missing(info, needs)
-                ]
+                # Something a model can say it lacks: ask the one capability check, only about
+                # the backends whose model states a limit at all (usually none: no per-backend
+                # work then).
+                stated = self._stating(model, serving)
+                if stated:
+                    lacking = {b.name for b in stated if missing(b.models[model], needs)}
+                    if lacking:
+                        found = [b for b in found if b.name not in lacking]
             if quality is None or not quality.cooled:
                 return found
             return self._cool(found, model, None)
@@ -247,6 +256,23 @@ class Router:
         if quality is None or not quality.cooled:
             return out
         return self._cool(out, model, reasons)
+
+    def _stating(self, model: str, serving: tuple[Backend, ...]) -> tuple[Backend, ...]:
+        """The backends of ``serving`` whose ``model`` states a capability it lacks or a
+        context length: the only ones ``missing`` can ever exclude.
+
+        Worked out again only when the registry's tuple for ``model`` changes (it is rebuilt
+        whenever a backend serving it comes, goes or lists its models anew).
+        """
+        cached = self._stated.get(model)
+        if cached is not None and cached[0] is serving:
+            return cached[1]
+        stated = tuple(
+            b for b in serving if (info := b.models.get(model)) and missing(info, _EVERY_NEED)
+        )
+        if serving:
+            self._stated[model] = (serving, stated)
+        return stated
 
     def _cool(
         self, candidates: list[Backend], model: str, reasons: list[dict[str, Any]] | None
