@@ -14,16 +14,8 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from nexus_core.adapters import (
-    AdapterFactory,
-    BackendStatus,
-)
-from nexus_core.config import (
-    AUTO_TYPE,
-    BACKEND_NAME,
-    BACKEND_NAME_RULE,
-    BackendConfig,
-)
+from nexus_core.adapters import AdapterFactory, BackendStatus
+from nexus_core.config import AUTO_TYPE, BACKEND_NAME, BACKEND_NAME_RULE, BackendConfig
 from nexus_core.errors import GatewayError
 from nexus_core.gateway.components import GatewayComponents
 from nexus_core.registry import Backend

@@ -4,22 +4,14 @@ monitor, tracing, keys), wired once; the other modules of this package add its b
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from nexus_core.accounting import Accountant
-from nexus_core.adapters import (
-    AdapterFactory,
-    ResponseLimits,
-    Timeouts,
-)
+from nexus_core.adapters import AdapterFactory, ResponseLimits, Timeouts
 from nexus_core.auth import KeyRing
-from nexus_core.config import (
-    NexusConfig,
-    validate_config,
-)
+from nexus_core.config import NexusConfig, validate_config
 from nexus_core.failover import Failover
 from nexus_core.health import HealthChecker
 from nexus_core.http import PROBE_DEADLINE_SECONDS, HttpClients
@@ -28,22 +20,17 @@ from nexus_core.quality import QualityTracker
 from nexus_core.queueing import CapacityQueue
 from nexus_core.registry import Backend, Registry
 from nexus_core.routing import Router
-from nexus_core.state import (
-    StateStore,
-    open_store,
-)
+from nexus_core.state import StateStore, open_store
 from nexus_core.telemetry import Tracing
 
 if TYPE_CHECKING:
     from nexus_core.discovery import DiscoverySource, DiscoverySourceFactory
 
-log = logging.getLogger("nexus.gateway")
-
 __all__ = ["GatewayComponents"]
 
 
 class GatewayComponents:
-    """The gateway's parts and settings, built from its config; no behaviour of their own."""
+    """The gateway's parts and settings, built from its config (``Gateway(config)`` runs this)."""
 
     def __init__(
         self,

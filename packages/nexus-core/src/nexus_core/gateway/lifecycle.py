@@ -8,19 +8,12 @@ import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Self, cast
 
-from nexus_core.config import (
-    StateBackend,
-)
+from nexus_core.config import StateBackend
 from nexus_core.gateway.backends import BackendManagement
 
 if TYPE_CHECKING:
     from nexus_core.gateway.facade import Gateway
-from nexus_core.state import (
-    MemoryStore,
-    StateError,
-    is_default_path,
-    store_location,
-)
+from nexus_core.state import MemoryStore, StateError, is_default_path, store_location
 
 log = logging.getLogger("nexus.gateway")
 

@@ -13,9 +13,7 @@ from typing import Any, Literal, overload
 
 from nexus_core import fastjson
 from nexus_core.accounting import Accountant, usd
-from nexus_core.adapters import (
-    Endpoint,
-)
+from nexus_core.adapters import Endpoint
 from nexus_core.auth import ApiKey
 from nexus_core.errors import GatewayError, model_not_found
 from nexus_core.failover import ProxyResult, ProxyStream
@@ -24,9 +22,7 @@ from nexus_core.observability import RequestRecord
 from nexus_core.queueing import is_full
 from nexus_core.routing import RequestNeeds, Route, analyze
 from nexus_core.sse import event_data
-from nexus_core.state import (
-    StateError,
-)
+from nexus_core.state import StateError
 
 __all__ = ["Requests", "state_unavailable"]
 
