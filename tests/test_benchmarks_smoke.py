@@ -45,3 +45,16 @@ def test_the_benchmark_commands_parse_their_options() -> None:
         )
         assert result.returncode == 0, result.stderr
         assert "--json" in result.stdout
+
+
+def test_the_request_path_benchmark_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "request_path.py"), "20"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("whole ")
+    assert ", stream " in result.stdout

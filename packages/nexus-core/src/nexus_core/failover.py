@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nexus_core import fastjson
 from nexus_core.accounting import (
@@ -52,6 +52,19 @@ from nexus_core.registry import Backend
 from nexus_core.routing import RequestNeeds, Route, replace_model, with_include_usage
 from nexus_core.sse import DONE_PREFIXES, error_event, event_data
 from nexus_core.telemetry import AttemptSpan, RequestSpan
+
+if TYPE_CHECKING:
+    from nexus_core.observability import RequestRecord
+    from nexus_core.pricing import Price
+
+__all__ = [
+    "Attempt",
+    "Failover",
+    "ProxyResult",
+    "ProxyStream",
+    "client_error",
+    "is_json",
+]
 
 log = logging.getLogger("nexus.failover")
 
@@ -295,262 +308,387 @@ class ProxyStream:
                 on_end(self)
 
 
-async def execute(
-    routes: list[Route],
-    endpoint: Endpoint,
-    body: bytes,
-    needs: RequestNeeds,
-    *,
-    timeouts: Timeouts,
-    deadline_seconds: float,
-    queue: CapacityQueue | None = None,
-    quality: QualityTracker | None = None,
-    accountant: Accountant | None = None,
-    data: Any = None,
-    span: RequestSpan | None = None,
-    key: str | None = None,
-    client_auth: str | None = None,
-    request_id: str = "",
-    debug: bool = False,
-) -> ProxyResult:
-    """Try ``routes`` in order within one overall deadline; return the first 2xx answer.
+@dataclass(slots=True, frozen=True)
+class Failover:
+    """How a gateway tries each request's routes: its limits and collaborators, built once.
 
-    Every slot taken here is given back through ``queue.release``, which wakes a waiter.
-    Each attempt's outcome goes to ``quality`` (a client's 4xx is not the backend's fault).
-    An attempt on a priced route reserves its estimated cost with ``accountant`` first and
-    settles the actual cost from the answer's ``usage`` (``data``: the parsed request body).
-    With ``span`` (tracing on), each attempt is a child span whose ``traceparent`` the upstream
-    request carries. ``key``: the gateway key's name (its own spend counts the cost too).
-    ``client_auth``: the client's Authorization, passed only to backends that set
-    ``forward_client_auth``. ``request_id`` goes on every log line about the request; with
-    ``debug`` (the ``nexus.failover`` logger at DEBUG when the gateway started) each attempt and
-    its outcome is logged too.
+    ``timeouts`` bound each attempt, ``deadline_seconds`` the whole request. Every slot taken is
+    given back through ``queue`` (``release`` wakes a waiter). Each attempt's outcome goes to
+    ``quality`` (a client's 4xx is not the backend's fault). An attempt on a priced route
+    reserves its estimated cost with ``accountant`` first and settles the actual cost from the
+    answer's ``usage``. With ``debug`` (the ``nexus.failover`` logger at DEBUG when the gateway
+    started) each attempt and its outcome is logged.
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + deadline_seconds
-    attempts: list[Attempt] = []
-    last_error: BackendError | None = None
-    stream = needs.stream
-    # The answer limit is looked up only once a backend states its context (most say nothing).
-    limit: int | None = None
-    clampable = not needs.vision and endpoint is not Endpoint.EMBEDDINGS
-    last = len(routes) - 1
-    for index, route in enumerate(routes):
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            break
+
+    timeouts: Timeouts
+    deadline_seconds: float
+    queue: CapacityQueue | None = None
+    quality: QualityTracker | None = None
+    accountant: Accountant | None = None
+    debug: bool = False
+
+    async def execute(
+        self,
+        routes: list[Route],
+        endpoint: Endpoint,
+        body: bytes,
+        needs: RequestNeeds,
+        data: Any,
+        record: RequestRecord,
+    ) -> ProxyResult:
+        """Try ``routes`` in order within one overall deadline; return the first 2xx answer.
+
+        ``data``: the parsed request body. ``record``: the request's id (on every log line), its
+        gateway key (whose own spend counts the cost too), the client's Authorization (passed
+        only to backends that set ``forward_client_auth``) and its span (tracing on: each
+        attempt is a child span whose ``traceparent`` the upstream request carries).
+        """
+        request = _Request(self, endpoint, body, needs, data, record)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.deadline_seconds
+        last = len(routes) - 1
+        for route in routes:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            result = await request.attempt(route, remaining, len(request.attempts) == last)
+            if result is not None:
+                return result
+        attempts = request.attempts
+        raise _failed(
+            _exhausted(request.last_error, attempts, self.deadline_seconds, bool(routes), endpoint),
+            attempts,
+        )
+
+
+class _Request:
+    """One request's failover: what its attempts share, and what the failed ones left."""
+
+    __slots__ = (
+        "attempts",
+        "body",
+        "clampable",
+        "data",
+        "endpoint",
+        "failover",
+        "last_error",
+        "limit",
+        "needs",
+        "record",
+    )
+
+    def __init__(
+        self,
+        failover: Failover,
+        endpoint: Endpoint,
+        body: bytes,
+        needs: RequestNeeds,
+        data: Any,
+        record: RequestRecord,
+    ) -> None:
+        self.failover = failover
+        self.endpoint = endpoint
+        self.body = body
+        self.needs = needs
+        self.data = data
+        self.record = record
+        self.attempts: list[Attempt] = []
+        self.last_error: BackendError | None = None
+        #: The request's answer limit, looked up only once a backend states its context (most
+        #: say nothing); None until then.
+        self.limit: int | None = None
+        self.clampable = not needs.vision and endpoint is not Endpoint.EMBEDDINGS
+
+    async def attempt(self, route: Route, remaining: float, last: bool) -> ProxyResult | None:
+        """One try at ``route``: its 2xx answer, or None after a failure another route may not
+        have; a failure that no other backend can change raises the client's error.
+
+        ``remaining``: seconds left of the request's deadline; ``last``: no route comes after.
+        """
+        failover = self.failover
+        needs = self.needs
         backend = route.backend
-        payload = body if route.model == needs.model else replace_model(body, route.model)
+        payload = self.body if route.model == needs.model else replace_model(self.body, route.model)
         clamped = None
-        if clampable:
+        if self.clampable:
             # This backend's context for this model, when it says: a few reads per attempt.
             info = backend.models.get(route.model)
             if info is not None and info.context_length is not None:
+                limit = self.limit
                 if limit is None:
-                    limit = requested_limit(endpoint, data, needs.vision) or 0
+                    limit = self.limit = (
+                        requested_limit(self.endpoint, self.data, needs.vision) or 0
+                    )
                 left = room(info.context_length, payload) if limit else 0
                 if 0 < left < limit:
                     payload = clamp(payload, left)
                     clamped = left
-        price = accountant.price(backend, route.model) if accountant is not None else None
         charge: Charge | None = None
-        if price is not None:
-            assert accountant is not None
-            completion = completion_estimate(data) if isinstance(data, dict) else 0
-            charge = await accountant.open_charge(
-                price, needs.estimated_tokens, completion, key, request_id
-            )
-            if stream and not needs.include_usage:
-                payload = with_include_usage(payload)
+        accountant = failover.accountant
+        if accountant is not None:
+            price = accountant.price(backend, route.model)
+            if price is not None:
+                charge = await self._open_charge(accountant, price)
+                if needs.stream and not needs.include_usage:
+                    payload = with_include_usage(payload)
+        timeouts = failover.timeouts
         if remaining < timeouts.first_byte:
-            attempt_timeouts = Timeouts(timeouts.connect, remaining, timeouts.idle)
-        else:
-            attempt_timeouts = timeouts
+            timeouts = Timeouts(timeouts.connect, remaining, timeouts.idle)
+        record = self.record
         backend.pending += 1
         backend.requests_total += 1
         started = time.perf_counter()
         released = False
-        attempt = None
-        if span is not None:
-            attempt = span.attempt(
-                backend=backend.name,
-                backend_type=backend.type_name,
-                url=backend.config.url,
-                model=route.model,
-            )
+        span = None if record.span is None else _attempt_span(record.span, route)
+        client_auth = record.client_auth
         forward = client_auth if client_auth and backend.config.forward_client_auth else None
-        if debug:
-            log.debug(
-                "%s attempt %d: backend %s, model %s (%s)",
-                request_id or "-",
-                len(attempts) + 1,
+        if failover.debug:
+            self._debug(
+                "attempt %d: backend %s, model %s (%s)",
+                len(self.attempts) + 1,
                 backend.name,
                 route.model,
                 route.reason,
-                extra={"request_id": request_id},
             )
         try:
-            if attempt is None and forward is None:
+            if span is None and forward is None:
                 upstream = await backend.adapter.send(
-                    endpoint, payload, stream=stream, timeouts=attempt_timeouts
+                    self.endpoint, payload, stream=needs.stream, timeouts=timeouts
                 )
             else:
                 upstream = await _send_with_context(
-                    backend, endpoint, payload, stream, attempt_timeouts, attempt, forward
+                    backend, self.endpoint, payload, needs.stream, timeouts, span, forward
                 )
-            if upstream.events is not None:
-                try:
-                    async with asyncio.timeout(attempt_timeouts.first_byte):
-                        first = await anext(upstream.events)
-                except StopAsyncIteration:
-                    await upstream.aclose()
-                    raise BackendError(
-                        ErrorKind.MALFORMED, "stream ended before its first event"
-                    ) from None
-                except TimeoutError:
-                    await upstream.aclose()
-                    raise BackendError(
-                        ErrorKind.TIMEOUT,
-                        f"no first event within {attempt_timeouts.first_byte:g} s",
-                    ) from None
-                except BaseException:
-                    await upstream.aclose()
-                    raise
-                elapsed = (time.perf_counter() - started) * 1000
-                backend.observe_latency(elapsed)
-                if quality is not None:
-                    quality.observe_ttft(backend.name, route.model, elapsed)
-                meter = None
-                if charge is not None:
-                    meter = StreamMeter(charge, prompt_tokens=needs.estimated_tokens)
-                released = True  # the stream releases the slot (and settles) when it ends
-                if attempt is not None:
-                    attempt.end(status=200)
-                if debug:
-                    log.debug(
-                        "%s attempt %d: backend %s streams (first event after %.1f ms)",
-                        request_id or "-",
-                        len(attempts) + 1,
-                        backend.name,
-                        elapsed,
-                        extra={"request_id": request_id},
-                    )
-                return ProxyResult(
-                    route=route,
-                    requested_model=needs.model,
-                    content_type=upstream.content_type,
-                    stream=ProxyStream(
-                        backend,
-                        upstream,
-                        first,
-                        queue=queue,
-                        model=route.model,
-                        quality=quality,
-                        meter=meter,
-                        # Nexus asked for usage to price the stream; the client did not.
-                        hide_usage=charge is not None and not needs.include_usage,
-                        request_id=request_id,
-                    ),
-                    attempts=attempts,
-                    charge=charge,
-                    ttft=elapsed / 1000,
-                    max_tokens_clamped=clamped,
-                )
-            elapsed = (time.perf_counter() - started) * 1000
-            backend.observe_latency(elapsed)
-            content_type = upstream.content_type
-            if not (content_type == JSON or is_json(content_type)):
+            if upstream.events is None:
+                return self._answered(route, upstream, started, span, charge, clamped)
+            try:
+                async with asyncio.timeout(timeouts.first_byte):
+                    first = await anext(upstream.events)
+            except StopAsyncIteration:
+                await upstream.aclose()
                 raise BackendError(
-                    ErrorKind.MALFORMED,
-                    f"the backend answered HTTP {upstream.status} with content type "
-                    f"'{clip(content_type, 100)}', not JSON",
-                )
-            parsed = None
-            if upstream.body is not None and (
-                endpoint is not Endpoint.EMBEDDINGS or charge is not None
-            ):
-                try:
-                    parsed = fastjson.loads(upstream.body)
-                except ValueError:
-                    raise BackendError(ErrorKind.MALFORMED, "the body is not JSON") from None
-            if quality is not None:
-                quality.record(backend.name, route.model, True)
-            if attempt is not None:
-                attempt.end(status=upstream.status)
-            if charge is not None:
-                usage = parsed.get("usage") if isinstance(parsed, dict) else None
-                cost = charge.cost_of(usage)
-                charge.settle(charge.estimate if cost is None else cost)
-            if debug:
-                log.debug(
-                    "%s attempt %d: backend %s answered HTTP %d in %.1f ms",
-                    request_id or "-",
-                    len(attempts) + 1,
-                    backend.name,
-                    upstream.status,
-                    elapsed,
-                    extra={"request_id": request_id},
-                )
-            return ProxyResult(
-                route=route,
-                requested_model=needs.model,
-                content_type=upstream.content_type,
-                body=upstream.body,
-                attempts=attempts,
-                data=None if endpoint is Endpoint.EMBEDDINGS else parsed,
-                charge=charge,
-                max_tokens_clamped=clamped,
-            )
+                    ErrorKind.MALFORMED, "stream ended before its first event"
+                ) from None
+            except TimeoutError:
+                await upstream.aclose()
+                raise BackendError(
+                    ErrorKind.TIMEOUT, f"no first event within {timeouts.first_byte:g} s"
+                ) from None
+            except BaseException:
+                await upstream.aclose()
+                raise
+            released = True  # the stream releases the slot (and settles) when it ends
+            return self._streams(route, upstream, first, started, span, charge, clamped)
         except BackendError as exc:
-            backend.errors_total += 1
-            if attempt is not None:
-                attempt.end(status=exc.status, error_type=exc.kind.value)
-            if charge is not None:
-                charge.settle(0)  # providers do not bill a request that failed
-            if (
-                quality is not None
-                and exc.kind is not ErrorKind.CLIENT_ERROR
-                and exc.status != NOT_IMPLEMENTED
-            ):
-                # A client's mistake, or a kind of request this backend does not do at all
-                # (501), says nothing about the backend's health.
-                quality.record(backend.name, route.model, False)
-            attempts.append(Attempt(backend.name, exc.kind.value, exc.message, exc.status))
-            if not exc.retryable:
-                if debug:
-                    log.debug(
-                        "%s attempt %d: backend %s failed (%s: %s); not retried",
-                        request_id or "-",
-                        len(attempts),
-                        backend.name,
-                        exc.kind,
-                        exc.message,
-                        extra={"request_id": request_id},
-                    )
-                # Raised straight from the call: an exception held in a local of this frame
-                # would form a cycle with its own traceback (freed only by the collector).
-                raise _failed(_as_gateway_error(exc, backend, attempts), attempts) from None
-            log.info(
-                "%s backend %s failed (%s: %s); %s",
-                request_id or "-",
-                backend.name,
-                exc.kind,
-                exc.message,
-                "trying the next" if index < last else "no other backend to try",
-                extra={"request_id": request_id},
-            )
-            last_error = exc.with_traceback(None)  # its traceback holds this frame
+            error = self._failed(exc, route, span, charge, last)
+            if error is not None:
+                # Raised straight from here: an exception held in a local of this frame would
+                # form a cycle with its own traceback (freed only by the collector).
+                raise error from None
+            return None
         finally:
-            if attempt is not None:
-                attempt.end(error_type="cancelled")  # a no-op when it was ended above
+            if span is not None:
+                span.end(error_type="cancelled")  # a no-op when it was ended above
             if not released:
-                release(backend, queue)
+                release(backend, failover.queue)
                 if charge is not None and charge.settled is None:
-                    # Cancelled on the way: the prompt may have been processed (and billed).
-                    charge.settle(estimate_nano_usd(charge.price, needs.estimated_tokens, 0))
-    raise _failed(
-        _exhausted(last_error, attempts, deadline_seconds, bool(routes), endpoint), attempts
+                    _settle_cancelled(charge, needs)
+
+    async def _open_charge(self, accountant: Accountant, price: Price) -> Charge:
+        """Reserve the attempt's estimated cost (the key's spend counts it too)."""
+        data = self.data
+        key = self.record.api_key
+        return await accountant.open_charge(
+            price,
+            self.needs.estimated_tokens,
+            completion_estimate(data) if isinstance(data, dict) else 0,
+            None if key is None else key.name,
+            self.record.request_id,
+        )
+
+    def _streams(
+        self,
+        route: Route,
+        upstream: UpstreamResponse,
+        first: bytes,
+        started: float,
+        span: AttemptSpan | None,
+        charge: Charge | None,
+        clamped: int | None,
+    ) -> ProxyResult:
+        """The answer of a stream whose first event came: relayed by a ``ProxyStream``."""
+        failover = self.failover
+        needs = self.needs
+        backend = route.backend
+        elapsed = (time.perf_counter() - started) * 1000
+        backend.observe_latency(elapsed)
+        quality = failover.quality
+        if quality is not None:
+            quality.observe_ttft(backend.name, route.model, elapsed)
+        if span is not None:
+            span.end(status=200)
+        if failover.debug:
+            self._debug(
+                "attempt %d: backend %s streams (first event after %.1f ms)",
+                len(self.attempts) + 1,
+                backend.name,
+                elapsed,
+            )
+        return ProxyResult(
+            route=route,
+            requested_model=needs.model,
+            content_type=upstream.content_type,
+            stream=ProxyStream(
+                backend,
+                upstream,
+                first,
+                queue=failover.queue,
+                model=route.model,
+                quality=quality,
+                meter=None
+                if charge is None
+                else StreamMeter(charge, prompt_tokens=needs.estimated_tokens),
+                # Nexus asked for usage to price the stream; the client did not.
+                hide_usage=charge is not None and not needs.include_usage,
+                request_id=self.record.request_id,
+            ),
+            attempts=self.attempts,
+            charge=charge,
+            ttft=elapsed / 1000,
+            max_tokens_clamped=clamped,
+        )
+
+    def _answered(
+        self,
+        route: Route,
+        upstream: UpstreamResponse,
+        started: float,
+        span: AttemptSpan | None,
+        charge: Charge | None,
+        clamped: int | None,
+    ) -> ProxyResult:
+        """A whole answer, once it is known to be JSON (else ``BackendError``, malformed)."""
+        backend = route.backend
+        endpoint = self.endpoint
+        elapsed = (time.perf_counter() - started) * 1000
+        backend.observe_latency(elapsed)
+        content_type = upstream.content_type
+        if not (content_type == JSON or is_json(content_type)):
+            raise BackendError(
+                ErrorKind.MALFORMED,
+                f"the backend answered HTTP {upstream.status} with content type "
+                f"'{clip(content_type, 100)}', not JSON",
+            )
+        parsed = None
+        if upstream.body is not None and (
+            endpoint is not Endpoint.EMBEDDINGS or charge is not None
+        ):
+            try:
+                parsed = fastjson.loads(upstream.body)
+            except ValueError:
+                raise BackendError(ErrorKind.MALFORMED, "the body is not JSON") from None
+        quality = self.failover.quality
+        if quality is not None:
+            quality.record(backend.name, route.model, True)
+        if span is not None:
+            span.end(status=upstream.status)
+        if charge is not None:
+            _settle_answer(charge, parsed)
+        if self.failover.debug:
+            self._debug(
+                "attempt %d: backend %s answered HTTP %d in %.1f ms",
+                len(self.attempts) + 1,
+                backend.name,
+                upstream.status,
+                elapsed,
+            )
+        return ProxyResult(
+            route=route,
+            requested_model=self.needs.model,
+            content_type=content_type,
+            body=upstream.body,
+            attempts=self.attempts,
+            data=None if endpoint is Endpoint.EMBEDDINGS else parsed,
+            charge=charge,
+            max_tokens_clamped=clamped,
+        )
+
+    def _failed(
+        self,
+        exc: BackendError,
+        route: Route,
+        span: AttemptSpan | None,
+        charge: Charge | None,
+        last: bool,
+    ) -> GatewayError | None:
+        """Account for a failed attempt; the client's error when no other route can help."""
+        backend = route.backend
+        backend.errors_total += 1
+        if span is not None:
+            span.end(status=exc.status, error_type=exc.kind.value)
+        if charge is not None:
+            charge.settle(0)  # providers do not bill a request that failed
+        quality = self.failover.quality
+        if (
+            quality is not None
+            and exc.kind is not ErrorKind.CLIENT_ERROR
+            and exc.status != NOT_IMPLEMENTED
+        ):
+            # A client's mistake, or a kind of request this backend does not do at all
+            # (501), says nothing about the backend's health.
+            quality.record(backend.name, route.model, False)
+        attempts = self.attempts
+        attempts.append(Attempt(backend.name, exc.kind.value, exc.message, exc.status))
+        request_id = self.record.request_id
+        if not exc.retryable:
+            if self.failover.debug:
+                self._debug(
+                    "attempt %d: backend %s failed (%s: %s); not retried",
+                    len(attempts),
+                    backend.name,
+                    exc.kind,
+                    exc.message,
+                )
+            return _failed(_as_gateway_error(exc, backend, attempts), attempts)
+        log.info(
+            "%s backend %s failed (%s: %s); %s",
+            request_id or "-",
+            backend.name,
+            exc.kind,
+            exc.message,
+            "no other backend to try" if last else "trying the next",
+            extra={"request_id": request_id},
+        )
+        self.last_error = exc.with_traceback(None)  # its traceback holds the attempt's frame
+        return None
+
+    def _debug(self, message: str, *args: object) -> None:
+        """One DEBUG line about this request's failover (only while ``debug`` is on)."""
+        request_id = self.record.request_id
+        log.debug("%s " + message, request_id or "-", *args, extra={"request_id": request_id})
+
+
+def _attempt_span(span: RequestSpan, route: Route) -> AttemptSpan:
+    """The child span of one attempt at ``route``."""
+    backend = route.backend
+    return span.attempt(
+        backend=backend.name,
+        backend_type=backend.type_name,
+        url=backend.config.url,
+        model=route.model,
     )
+
+
+def _settle_answer(charge: Charge, answer: Any) -> None:
+    """Settle a whole answer's cost from its ``usage`` (the estimate when it has none)."""
+    usage = answer.get("usage") if isinstance(answer, dict) else None
+    cost = charge.cost_of(usage)
+    charge.settle(charge.estimate if cost is None else cost)
+
+
+def _settle_cancelled(charge: Charge, needs: RequestNeeds) -> None:
+    """Settle an attempt cancelled on the way: the prompt may have been processed (and billed)."""
+    charge.settle(estimate_nano_usd(charge.price, needs.estimated_tokens, 0))
 
 
 def _failed(error: GatewayError, attempts: list[Attempt]) -> GatewayError:
