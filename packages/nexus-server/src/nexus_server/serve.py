@@ -22,6 +22,7 @@ import uvicorn
 from nexus_core import plugins
 from nexus_core.config import LogFormat, NexusConfig, StateBackend
 from nexus_core.gateway import Gateway
+from nexus_core.http import UpstreamClientError
 from nexus_core.state import open_store
 from nexus_core.telemetry import TelemetryError
 from nexus_server.app import create_app
@@ -330,7 +331,7 @@ def run(
 def _serve(config: NexusConfig, sock: socket.socket | None, config_file: Path | None) -> int:
     try:
         server = build_server(config, config_file)
-    except TelemetryError as exc:  # [telemetry] enabled without the otel extra
+    except (TelemetryError, UpstreamClientError) as exc:  # an extra that is not installed
         log.error("%s", exc)
         return 1
     # Everything imported so far lives for the whole run: keep it out of the collector's scans,

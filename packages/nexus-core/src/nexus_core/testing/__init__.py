@@ -11,7 +11,17 @@ headers or events, events after ``[DONE]``, HTML, redirects, drip-fed bytes, gar
         fb.push(Behaviour(status=503, retry_after=2))
         ...  # point a client at fb.url; the first request gets a 503, the next ones succeed
         assert fb.inference_requests[0].json["model"] == "llama3"
+
+The fakes are aiohttp servers: install the extra ``nexusgw-core[testing]``.
 """
+
+try:
+    import aiohttp as _aiohttp  # noqa: F401  (only to name the extra when it is missing)
+except ModuleNotFoundError as exc:
+    raise ModuleNotFoundError(
+        "nexus_core.testing's fake backends need aiohttp: pip install 'nexusgw-core[testing]'",
+        name="aiohttp",
+    ) from exc
 
 from nexus_core.testing.anthropic import FakeAnthropic
 from nexus_core.testing.exo import FakeExo
