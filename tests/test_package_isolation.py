@@ -22,7 +22,13 @@ from tests.scratch_venv import ROOT, ScratchVenv
 pytestmark = pytest.mark.slow
 
 #: Adapter packages whose own tests need only the package and core.
-ISOLATED = ["nexus-backend-vllm"]
+ISOLATED = [
+    "nexus-backend-vllm",
+    "nexus-backend-exo",
+    "nexus-backend-lmstudio",
+    "nexus-backend-localai",
+    "nexus-backend-openai",
+]
 #: What a package's tests may use besides the package and core.
 TEST_TOOLS = ("pytest", "anyio")
 
