@@ -28,6 +28,8 @@ ISOLATED = [
     "nexus-backend-lmstudio",
     "nexus-backend-localai",
     "nexus-backend-openai",
+    "nexus-backend-ollama",
+    "nexus-backend-llamacpp",
 ]
 #: What a package's tests may use besides the package and core.
 TEST_TOOLS = ("pytest", "anyio")
