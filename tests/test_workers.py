@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
-from nexus_core.testing import FakeBackend, free_port
+from nexus_core.testing import FakeBackend, closed_port_url, free_port
 from nexus_core.testing.redis import redis_server, redis_server_binary
 from tests.conftest import NEXUS, nexus_serve
 
@@ -137,3 +141,107 @@ def test_two_server_processes_share_a_rate_limit_through_redis(tmp_path: Path) -
     # requests_per_minute = 4 for the key, wherever its requests land.
     assert statuses == [200, 200, 200, 200, 429, 429]
     assert len(backend.inference_requests) == 4
+
+
+def worker_config(path: Path, backend_url: str) -> Path:
+    path.write_text(
+        f"""
+[discovery]
+enabled = false
+
+[state]
+backend = "sqlite"
+path = "{path.parent / "state.sqlite3"}"
+
+[[backends]]
+name = "a"
+url = "{backend_url}"
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def ask(url: str, retries: int) -> str:
+    """One chat completion through the OpenAI SDK on a connection of its own."""
+    with openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=retries) as sdk:
+        reply = sdk.chat.completions.create(
+            model="llama3", messages=[{"role": "user", "content": "Hi"}]
+        )
+    return reply.choices[0].message.content or ""
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not in time"
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
+def test_a_worker_killed_under_load_is_replaced(tmp_path: Path) -> None:
+    backend = FakeBackend("a", models=["llama3"])
+    with backend.running():
+        config = worker_config(tmp_path / "nexus.toml", backend.url)
+        with nexus_serve(config, "--workers", "2") as (process, url):
+            workers = children(process.pid)
+            assert len(workers) == 2
+            failures: list[Exception] = []
+            answers: list[str] = []
+            stop = threading.Event()
+
+            def load() -> None:
+                # The SDK's default retries: a request in flight on the killed worker loses its
+                # connection, and the client sends it again, to a worker that is alive.
+                while not stop.is_set():
+                    try:
+                        answers.append(ask(url, retries=2))
+                    except Exception as exc:  # every failure is reported below
+                        failures.append(exc)
+
+            threads = [threading.Thread(target=load) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            try:
+                wait_for(lambda: len(answers) >= 20)
+                os.kill(workers[0], signal.SIGKILL)
+                # New connections never fail: the other worker accepts on the same socket
+                # while the dead one is replaced (no retries here).
+                for _ in range(10):
+                    assert ask(url, retries=0)
+                wait_for(lambda: len(children(process.pid)) == 2)
+                replacement = set(children(process.pid)) - set(workers)
+                assert len(replacement) == 1
+                # The new worker has started (a third "startup complete" in the log).
+                log_file = config.with_suffix(".log")
+                wait_for(lambda: log_file.read_text().count("Application startup complete") == 3)
+                before = len(answers)
+                wait_for(lambda: len(answers) >= before + 40)
+            finally:
+                stop.set()
+                for thread in threads:
+                    thread.join(30)
+            assert failures == []
+            assert all(answers)
+            assert workers[1] in children(process.pid)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(20) == 0
+        log = config.with_suffix(".log").read_text()
+        assert re.search(
+            rf"worker [01] \(pid {workers[0]}\) was killed by SIGKILL: starting a new one", log
+        )
+
+
+def test_workers_that_keep_dying_stop_the_server(tmp_path: Path) -> None:
+    config = worker_config(tmp_path / "nexus.toml", closed_port_url())
+    result = subprocess.run(
+        [NEXUS, "serve", "--config", str(config), "--port", str(free_port()), "--workers", "2"],
+        # Every worker fails as it starts: an upstream client that does not exist.
+        env={**os.environ, "NEXUS_DISCOVERY": "false", "NEXUS_UPSTREAM_CLIENT": "bogus"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("exited with status 1: starting a new one") >= 4
+    assert "5 deaths within 60 s: giving up, stopping the server" in result.stderr

@@ -12,7 +12,6 @@ import httpx
 import pytest
 
 from nexus_backend_llamacpp import LlamaCppAdapter, metrics_load, normalise_error_body
-from nexus_backend_vllm import VLLMAdapter
 from nexus_core.adapters import (
     BackendError,
     BackendStatus,
@@ -27,7 +26,6 @@ from nexus_core.http import HttpClients
 from nexus_core.openai_wire import OpenAIWireAdapter
 from nexus_core.testing import Behaviour, FakeBackend, FakeLlamaCpp, FakeVLLM
 from nexus_core.testing.contract import AdapterContract
-from nexus_server.testing import running_server
 
 FAST = Timeouts(connect=2.0, first_byte=5.0, idle=5.0)
 CHAT = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}
@@ -79,23 +77,6 @@ async def test_loading_model_is_loading_and_still_recognised(clients: HttpClient
         assert (info.value.kind, info.value.status) == (ErrorKind.SERVER_ERROR, 503)
         fake.loading = False
         assert (await adapter.probe()).status is BackendStatus.HEALTHY
-
-
-def test_the_gateway_shows_loading_then_healthy() -> None:
-    with FakeLlamaCpp().running() as fake:
-        fake.loading = True
-        config = {
-            "discovery": {"enabled": False},
-            "health_check": {"interval_seconds": 0.1},
-            "backends": [{"name": "box", "url": fake.url, "type": "llamacpp"}],
-        }
-        with running_server(config) as nexus:
-            backend = nexus.gateway.registry.get("box")
-            assert backend is not None
-            assert backend.status is BackendStatus.LOADING
-            assert backend.last_error == "llama-server: Loading model"
-            fake.loading = False
-            wait_until(lambda: backend.status is BackendStatus.HEALTHY)
 
 
 # -- context length and capabilities -------------------------------------------------------------
@@ -428,51 +409,4 @@ async def test_detect_tells_llamacpp_vllm_and_plain_openai_apart(clients: HttpCl
         assert await LlamaCppAdapter.detect(router.url, clients) is True
         assert await LlamaCppAdapter.detect(vllm.url, clients) is False
         assert await LlamaCppAdapter.detect(plain.url, clients) is False
-        assert await VLLMAdapter.detect(llama.url, clients) is False
         assert await OpenAIWireAdapter.detect(llama.url, clients) is True  # generic fits, too
-
-
-# -- load-aware routing end to end ----------------------------------------------------------------
-
-
-def gateway_config(*fakes: FakeLlamaCpp, strategy: str) -> dict[str, Any]:
-    return {
-        "server": {"first_byte_timeout_seconds": 2.0, "request_timeout_seconds": 10.0},
-        "discovery": {"enabled": False},
-        "health_check": {"interval_seconds": 3600, "load_interval_seconds": 0.1},
-        "routing": {"strategy": strategy},
-        "backends": [
-            {"name": fake.name, "url": fake.url, "type": "llamacpp", "priority": 10 * (i + 1)}
-            for i, fake in enumerate(fakes)
-        ],
-    }
-
-
-@pytest.mark.parametrize("strategy", ["least_loaded", "smart"])
-def test_requests_avoid_the_saturated_llama_server(strategy: str) -> None:
-    with (
-        FakeLlamaCpp("a", ["tiny"]).running() as a,
-        FakeLlamaCpp("b", ["tiny"]).running() as b,
-        running_server(gateway_config(a, b, strategy=strategy)) as nexus,
-    ):
-        backend_a = nexus.gateway.registry.get("a")
-        backend_b = nexus.gateway.registry.get("b")
-        assert backend_a is not None
-        assert backend_b is not None
-
-        def served_by() -> list[str]:
-            return [
-                httpx.post(
-                    nexus.base_url + "/chat/completions", json={"model": "tiny", **CHAT}
-                ).headers["x-nexus-backend"]
-                for _ in range(4)
-            ]
-
-        a.set_load(processing=2, deferred=4)  # both slots busy, four waiting
-        wait_until(lambda: backend_a.load_busy == 1.0)
-        assert served_by() == ["b"] * 4
-
-        a.set_load()
-        b.set_load(processing=2)
-        wait_until(lambda: backend_a.load_busy == 0.0 and backend_b.load_busy == 1.0)
-        assert served_by() == ["a"] * 4

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import openai
 import pytest
 
 from nexus_backend_lmstudio import LMStudioAdapter
@@ -25,7 +23,6 @@ from nexus_core.testing import (
     FakeOpenAI,
 )
 from nexus_core.testing.contract import FAST, AdapterContract
-from nexus_server.testing import running_server
 
 pytestmark = pytest.mark.anyio
 
@@ -218,40 +215,3 @@ async def test_detect_claims_no_other_server(
 ) -> None:
     async with fake_class("other", ["m"]) as fake:
         assert not await LMStudioAdapter.detect(fake.url, clients, api_key="sk-x")
-
-
-# -- end to end: the openai SDK -> Nexus -> fake LM Studio ----------------------------------------
-
-
-@pytest.fixture
-def fake_lmstudio() -> Iterator[FakeLMStudio]:
-    with FakeLMStudio("lms", MODELS).running() as fake:
-        yield fake
-
-
-def nexus_config(fake: FakeLMStudio) -> dict[str, Any]:
-    return {
-        "server": {"first_byte_timeout_seconds": 2.0, "request_timeout_seconds": 10.0},
-        "discovery": {"enabled": False},
-        "health_check": {"interval_seconds": 3600},
-        "backends": [{"name": "lms", "url": fake.url, "type": "lmstudio"}],
-    }
-
-
-def test_streaming_through_nexus_without_usage(fake_lmstudio: FakeLMStudio) -> None:
-    with running_server(nexus_config(fake_lmstudio)) as nexus:
-        client = openai.OpenAI(base_url=nexus.base_url, api_key="sk-test", max_retries=0)
-        stream = client.chat.completions.create(
-            model=LLM,
-            messages=[{"role": "user", "content": "Hi"}],
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-        chunks = list(stream)
-        listed = {m["id"]: m for m in httpx.get(nexus.base_url + "/models").json()["data"]}
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
-        "Hello from lms"
-    )
-    assert all(chunk.usage is None for chunk in chunks)
-    assert listed[LLM]["context_length"] == 8192
-    assert listed[EMBED]["context_length"] == 2048

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
-import openai
 import pytest
 
 from nexus_backend_localai import LocalAIAdapter
@@ -23,8 +21,7 @@ from nexus_core.testing import (
     FakeOpenAI,
 )
 from nexus_core.testing.contract import FAST, AdapterContract
-from nexus_core.testing.localai import localai_error, model_loading_error
-from nexus_server.testing import running_server
+from nexus_core.testing.localai import model_loading_error
 
 pytestmark = pytest.mark.anyio
 
@@ -185,38 +182,3 @@ async def test_detect_claims_no_other_server(
 ) -> None:
     async with fake_class("other", ["m"]) as fake:
         assert not await LocalAIAdapter.detect(fake.url, clients, api_key="sk-x")
-
-
-# -- end to end: the openai SDK -> Nexus -> fake LocalAI ------------------------------------------
-
-
-@pytest.fixture
-def fake_localai() -> Iterator[FakeLocalAI]:
-    with FakeLocalAI("lai", MODELS).running() as fake:
-        yield fake
-
-
-def test_client_sees_an_openai_error(fake_localai: FakeLocalAI) -> None:
-    config = {
-        "server": {"first_byte_timeout_seconds": 2.0, "request_timeout_seconds": 10.0},
-        "discovery": {"enabled": False},
-        "health_check": {"interval_seconds": 3600},
-        "backends": [{"name": "lai", "url": fake_localai.url, "type": "localai"}],
-    }
-    fake_localai.push(
-        Behaviour(status=400, error_body=localai_error(400, "failed parsing request body"))
-    )
-    with running_server(config) as nexus:
-        client = openai.OpenAI(base_url=nexus.base_url, api_key="sk-test", max_retries=0)
-        with pytest.raises(openai.BadRequestError) as info:
-            client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "x"}])
-        answer = client.chat.completions.create(
-            model=CHAT, messages=[{"role": "user", "content": "x"}]
-        )
-    assert info.value.body == {
-        "message": "failed parsing request body",
-        "type": "invalid_request_error",
-        "param": None,
-        "code": None,
-    }
-    assert answer.choices[0].message.content == "Hello from lai"

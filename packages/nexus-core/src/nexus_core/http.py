@@ -17,9 +17,8 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
-import aiohttp
 import httpx
 
 from nexus_core.adapters import (
@@ -33,6 +32,9 @@ from nexus_core.buffers import gather, joined
 from nexus_core.h1 import BODY_PIECES, H1Transport, stalled
 from nexus_core.h1 import TRACE_HEADERS as TRACE_HEADERS
 from nexus_core.sse import DONE_PREFIXES, EventTooLarge, SSEParser, completes_answer
+
+if TYPE_CHECKING:
+    from nexus_core.http_aiohttp import AiohttpTransport as AiohttpTransport
 
 #: The longest a probe client's answer may take, from the request to its last byte (seconds);
 #: per read, connect and write the probe timeout (5 s) applies as well.
@@ -63,160 +65,6 @@ class TransportFactory(Protocol):
     """How an ``UpstreamTransport`` is made (the classes below are such factories)."""
 
     def __call__(self, *, limits: ResponseLimits | None = None) -> UpstreamTransport: ...
-
-
-class AiohttpTransport:
-    """``UpstreamTransport`` over one pooled ``aiohttp.ClientSession``.
-
-    aiohttp bounds each header line and the number of headers while parsing; the total is checked
-    once they are in. Redirects are never followed.
-    """
-
-    def __init__(self, *, limits: ResponseLimits | None = None) -> None:
-        self.limits = limits or ResponseLimits()
-        self._session: aiohttp.ClientSession | None = None
-        self._connect_timeouts: dict[float, aiohttp.ClientTimeout] = {}
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        session = self._session
-        if session is None or session.closed:
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, enable_cleanup_closed=True)
-            session = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent",),
-                timeout=aiohttp.ClientTimeout(total=None),
-                max_line_size=self.limits.headers,
-                max_field_size=self.limits.headers,
-            )
-            self._session = session
-        return session
-
-    async def post(
-        self,
-        url: str,
-        body: bytes,
-        headers: Mapping[str, str],
-        *,
-        stream: bool,
-        timeouts: Timeouts,
-    ) -> UpstreamResponse:
-        """POST and classify the answer; a stream comes back as an event iterator."""
-        trace_headers = TRACE_HEADERS.get()
-        if trace_headers is not None:
-            headers = {**headers, **dict(trace_headers)}
-        session = self._session
-        if session is None or session.closed:
-            session = self._get_session()
-        connect_timeout = self._connect_timeouts.get(timeouts.connect)
-        if connect_timeout is None:
-            connect_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect)
-            self._connect_timeouts[timeouts.connect] = connect_timeout
-        limits = self.limits
-        response: aiohttp.ClientResponse | None = None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeouts.first_byte
-        try:
-            # One deadline for the headers and, when the answer is not a stream, the body.
-            async with asyncio.timeout_at(deadline):
-                try:
-                    response = await session.post(
-                        url,
-                        data=body,
-                        headers=headers,
-                        timeout=connect_timeout,
-                        allow_redirects=False,
-                    )
-                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                    if isinstance(exc, aiohttp.ClientConnectorError):
-                        raise
-                    # A pooled keep-alive connection the server had already closed (llama-server
-                    # closes after a stream despite advertising keep-alive): once more, afresh.
-                    response = await session.post(
-                        url,
-                        data=body,
-                        headers=headers,
-                        timeout=connect_timeout,
-                        allow_redirects=False,
-                    )
-                if _header_size(response.raw_headers) > limits.headers:
-                    raise limits.headers_error()
-                status = response.status
-                content_type = response.headers.get("Content-Type", "application/json")
-                if status < 200:
-                    raise BackendError.from_status(status, b"", _lower_headers(response.headers))
-                if status >= 300 or not stream or not content_type.startswith("text/event-stream"):
-                    data = await _read_aiohttp(response, limits)
-                    response.release()
-                    if status >= 300:
-                        raise BackendError.from_status(
-                            status, data, _lower_headers(response.headers)
-                        )
-                    return UpstreamResponse(
-                        status=status,
-                        content_type=content_type,
-                        body=data,
-                        headers=response.headers,
-                    )
-        except BackendError:
-            if response is not None:
-                response.close()
-            raise
-        except aiohttp.ServerTimeoutError:
-            # Before ``TimeoutError``: aiohttp's connect timeout is a subclass of it.
-            raise BackendError(
-                ErrorKind.TIMEOUT, f"connect timed out after {timeouts.connect:g} s"
-            ) from None
-        except TimeoutError:
-            if response is not None:
-                response.close()
-                raise BackendError(ErrorKind.TIMEOUT, "response body stalled") from None
-            raise BackendError(
-                ErrorKind.TIMEOUT, f"no response within {timeouts.first_byte:g} s"
-            ) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise BackendError(ErrorKind.CONNECT, f"cannot connect: {exc.os_error}") from None
-        except aiohttp.ClientResponseError as exc:
-            # Raised by the parser: the answer is not HTTP, or its headers are past the limits.
-            if response is not None:
-                response.close()
-            message = str(exc.message)
-            if message.startswith(("Got more than", "Too many headers")):
-                raise limits.headers_error() from None
-            raise BackendError(
-                ErrorKind.MALFORMED, f"the backend's answer is not valid HTTP: {message[:200]}"
-            ) from None
-        except aiohttp.ClientError as exc:
-            if response is not None:
-                response.close()
-                raise BackendError(ErrorKind.CONNECT, f"connection lost: {exc}") from None
-            raise BackendError(ErrorKind.CONNECT, f"connection failed: {exc}") from None
-        except asyncio.CancelledError:
-            # The client went away: drop the socket so the backend sees it now, not when the
-            # response object happens to be collected.
-            if response is not None:
-                response.close()
-            raise
-
-        async def release() -> None:
-            # Closing (not releasing) drops the socket, so the upstream sees the client go away.
-            response.close()
-
-        return UpstreamResponse(
-            status=status,
-            content_type=content_type,
-            events=sse_events(
-                _aiohttp_chunks(response), timeouts, release, deadline=deadline, limits=limits
-            ),
-            release=release,
-            headers=response.headers,
-        )
-
-    async def aclose(self) -> None:
-        """Close the session and its connections."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
 
 async def sse_events(
@@ -281,23 +129,6 @@ async def sse_events(
             raise BackendError(ErrorKind.MALFORMED, "stream ended before the answer was complete")
     finally:
         await close()
-
-
-async def _aiohttp_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    content = response.content
-    while True:
-        try:
-            chunk = await content.readany()
-        except aiohttp.ClientError as exc:
-            raise BackendError(ErrorKind.CONNECT, f"stream broken: {exc}") from None
-        if not chunk:
-            return
-        yield chunk
-
-
-async def _read_aiohttp(response: aiohttp.ClientResponse, limits: ResponseLimits) -> bytes:
-    """A whole body within ``limits`` (aiohttp's own errors pass through to the caller)."""
-    return await read_bounded(response.content.iter_any(), response.content_length, limits)
 
 
 async def read_bounded(
@@ -482,9 +313,31 @@ async def _httpx_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
         raise BackendError(ErrorKind.CONNECT, f"stream broken: {exc}") from None
 
 
+class UpstreamClientError(ValueError):
+    """``NEXUS_UPSTREAM_CLIENT`` names a client that is unknown or not installed."""
+
+
+def _aiohttp_transport(*, limits: ResponseLimits | None = None) -> UpstreamTransport:
+    """``nexus_core.http_aiohttp.AiohttpTransport``, imported only when it is chosen.
+
+    aiohttp is the optional extra ``nexusgw-core[aiohttp]``: importing it costs more than the
+    rest of ``import nexus_core``, and the default client does not need it.
+    """
+    try:
+        from nexus_core.http_aiohttp import AiohttpTransport
+    except ModuleNotFoundError as exc:
+        if exc.name != "aiohttp":
+            raise
+        raise UpstreamClientError(
+            "NEXUS_UPSTREAM_CLIENT=aiohttp needs aiohttp, which is not installed: "
+            "pip install 'nexusgw-core[aiohttp]'"
+        ) from None
+    return AiohttpTransport(limits=limits)
+
+
 TRANSPORTS: Mapping[str, TransportFactory] = {
     "h1": H1Transport,
-    "aiohttp": AiohttpTransport,
+    "aiohttp": _aiohttp_transport,
     "httpx": HttpxTransport,
 }
 
@@ -496,7 +349,7 @@ def make_transport(
     name = (name or os.environ.get("NEXUS_UPSTREAM_CLIENT") or "h1").lower()
     factory = TRANSPORTS.get(name)
     if factory is None:
-        raise ValueError(
+        raise UpstreamClientError(
             f"NEXUS_UPSTREAM_CLIENT: unknown client {name!r} (known: {', '.join(TRANSPORTS)})"
         )
     return factory(limits=limits)
@@ -644,3 +497,12 @@ class HttpClients:
         if self._probe is not None:
             await self._probe.aclose()
             self._probe = None
+
+
+def __getattr__(name: str) -> Any:
+    """``AiohttpTransport`` still imports from here, but only loads aiohttp when asked for."""
+    if name == "AiohttpTransport":
+        from nexus_core.http_aiohttp import AiohttpTransport
+
+        return AiohttpTransport
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,6 +22,7 @@ import uvicorn
 from nexus_core import plugins
 from nexus_core.config import LogFormat, NexusConfig, StateBackend
 from nexus_core.gateway import Gateway
+from nexus_core.http import UpstreamClientError
 from nexus_core.state import open_store
 from nexus_core.telemetry import TelemetryError
 from nexus_server.app import create_app
@@ -330,7 +331,7 @@ def run(
 def _serve(config: NexusConfig, sock: socket.socket | None, config_file: Path | None) -> int:
     try:
         server = build_server(config, config_file)
-    except TelemetryError as exc:  # [telemetry] enabled without the otel extra
+    except (TelemetryError, UpstreamClientError) as exc:  # an extra that is not installed
         log.error("%s", exc)
         return 1
     # Everything imported so far lives for the whole run: keep it out of the collector's scans,
@@ -342,8 +343,19 @@ def _serve(config: NexusConfig, sock: socket.socket | None, config_file: Path | 
     return 0 if server.started else 1
 
 
+#: A worker that dies is replaced after ``RESTART_DELAY_SECONDS``, doubled for each other death
+#: of that worker within ``RESTART_WINDOW_SECONDS`` (at most ``RESTART_DELAY_MAX_SECONDS``).
+RESTART_DELAY_SECONDS = 0.1
+RESTART_DELAY_MAX_SECONDS = 5.0
+RESTART_WINDOW_SECONDS = 60.0
+#: This many deaths of one worker within the window and the server gives up (exit 1): a worker
+#: that cannot stay up will not be fixed by starting it again, and a process manager restarting
+#: the whole server, with its log, is more use than a silent loop.
+RESTARTS_IN_WINDOW = 5
+
+
 def run_workers(config: NexusConfig, workers: int, config_file: Path | None = None) -> int:
-    """Serve one listening socket from ``workers`` forked processes; wait for them all.
+    """Serve one listening socket from ``workers`` forked processes, replacing any that dies.
 
     Each worker is a whole gateway (its own health view); spend, keys, rate limits and the
     backends added at run time go through the state store, which must be shared.
@@ -367,27 +379,105 @@ def run_workers(config: NexusConfig, workers: int, config_file: Path | None = No
     sock.listen(2048)
     sock.set_inheritable(True)
     log.info("nexus listening on http://%s:%d with %d workers", host, port, workers)
-    children: list[int] = []
-    for _ in range(workers):
+    return WorkerSupervisor(config, sock, config_file).run(workers)
+
+
+def _death(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with status {code}"
+
+
+class WorkerSupervisor:
+    """Forks the workers, replaces each that dies (with a backoff), stops them on SIGTERM/SIGINT.
+
+    The parent keeps the listening socket (a replacement inherits it) and does nothing else:
+    while a worker is being replaced, its siblings go on accepting, and connections that arrive
+    when none is left wait in the socket's backlog.
+    """
+
+    def __init__(self, config: NexusConfig, sock: socket.socket, config_file: Path | None) -> None:
+        self.config = config
+        self.sock = sock
+        self.config_file = config_file
+        self.children: dict[int, int] = {}  # pid -> worker number
+        self.deaths: dict[int, list[float]] = {}  # worker number -> times it died, in the window
+        self.stopping = False
+        self.failed = False
+
+    def spawn(self, number: int) -> None:
+        """Fork worker ``number``; the child serves and never returns here."""
         pid = os.fork()
         if pid == 0:  # a worker: serve, and leave without running the parent's clean-up
             code = 1
             try:
-                code = _serve(config, sock, config_file)
+                # uvicorn installs its own handlers when it starts; until then, the defaults.
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                code = _serve(self.config, self.sock, self.config_file)
             finally:
                 os._exit(code)
-        children.append(pid)
-    sock.close()
+        self.children[pid] = number
 
-    def forward(signum: int, _: Any) -> None:
-        for child in children:
+    def stop(self, signum: int, _: Any = None) -> None:
+        """Pass ``signum`` on to every worker and replace none from now on."""
+        self.stopping = True
+        with contextlib.suppress(OSError):
+            self.sock.close()  # no new connections queue up for workers that are leaving
+        for child in list(self.children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    worst = 0
-    for child in children:
-        _, status = os.waitpid(child, 0)
-        worst = max(worst, os.waitstatus_to_exitcode(status) if status else 0)
-    return 0 if worst in (0, -signal.SIGTERM, -signal.SIGINT) else 1
+    def run(self, workers: int) -> int:
+        """Until stopped: 0 when every worker drained cleanly, else 1."""
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        for number in range(workers):
+            self.spawn(number)
+        while self.children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            number = self.children.pop(pid, -1)
+            if number < 0:  # not a worker
+                continue
+            if self.stopping:
+                if os.waitstatus_to_exitcode(status) not in (0, -signal.SIGTERM, -signal.SIGINT):
+                    self.failed = True
+                continue
+            self.replace(number, pid, status)
+        return 1 if self.failed else 0
+
+    def replace(self, number: int, pid: int, status: int) -> None:
+        """Start worker ``number`` again after its death, or give up when it keeps dying."""
+        now = time.monotonic()
+        deaths = [t for t in self.deaths.get(number, []) if now - t < RESTART_WINDOW_SECONDS]
+        deaths.append(now)
+        self.deaths[number] = deaths
+        if len(deaths) >= RESTARTS_IN_WINDOW:
+            log.error(
+                "worker %d (pid %d) %s, %d deaths within %g s: giving up, stopping the server",
+                number,
+                pid,
+                _death(status),
+                len(deaths),
+                RESTART_WINDOW_SECONDS,
+            )
+            self.failed = True
+            self.stop(signal.SIGTERM)
+            return
+        delay = min(RESTART_DELAY_MAX_SECONDS, RESTART_DELAY_SECONDS * 2 ** (len(deaths) - 1))
+        log.warning(
+            "worker %d (pid %d) %s: starting a new one in %.1f s",
+            number,
+            pid,
+            _death(status),
+            delay,
+        )
+        deadline = now + delay
+        while not self.stopping and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.05))
+        if not self.stopping:
+            self.spawn(number)
