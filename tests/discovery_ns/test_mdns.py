@@ -23,11 +23,12 @@ import pytest
 from zeroconf.asyncio import AsyncServiceInfo
 
 from nexus_core.adapters import BackendStatus
-from nexus_core.discovery import Advertisement, Advertiser, MdnsDiscovery, open_zeroconf
+from nexus_core.discovery import MdnsDiscovery, open_zeroconf
 from nexus_core.errors import GatewayError
 from nexus_core.gateway import Gateway
 from nexus_core.registry import Backend
 from nexus_core.testing import FakeBackend, FakeLlamaCpp, FakeOllama, FakeVLLM, free_port
+from nexus_server.advertise import Advertisement, Advertiser
 from nexus_server.testing import running_server
 
 if os.environ.get("NEXUS_IN_NETNS") != "1":

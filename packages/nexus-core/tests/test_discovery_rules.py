@@ -14,7 +14,6 @@ from nexus_core.config import ConfigError, validate_config
 from nexus_core.discovery import (
     LLM_SERVICE,
     OLLAMA_SERVICE,
-    Advertisement,
     Announcement,
     MdnsDiscovery,
     backend_name,
@@ -185,30 +184,6 @@ def test_same_server_matches_the_advertised_host_name() -> None:
     assert same_server("http://gpu-box.local:8000", found)
     assert same_server("http://192.168.1.20:8000", found)
     assert not same_server("http://other-box.local:8000", found)
-
-
-# -- advertisements --------------------------------------------------------------------------
-
-
-def test_an_ollama_advertisement_is_ollama_anything_else_is_llm() -> None:
-    ollama = Advertisement(port=11434, type="ollama", name="Den")
-    other = Advertisement(port=8080, type="llamacpp", api_path="v1/", models=("a", "b"))
-    unknown = Advertisement(port=8080)
-    assert ollama.service_type == OLLAMA_SERVICE
-    assert other.service_type == LLM_SERVICE
-    assert unknown.service_type == LLM_SERVICE
-    assert ollama.txt() == {"type": "ollama"}
-    assert other.txt() == {"type": "llamacpp", "api_path": "/v1", "models": "a,b"}
-    assert unknown.txt() == {}
-    info = ollama.service_info(["192.168.1.20"])
-    assert (info.name, info.server, info.port) == ("Den._ollama._tcp.local.", "den.local.", 11434)
-    assert info.parsed_addresses() == ["192.168.1.20"]
-    assert info.properties == {b"type": b"ollama"}
-
-
-def test_an_advertised_name_fits_a_dns_label() -> None:
-    with pytest.raises(ValueError, match="63 bytes"):
-        Advertisement(port=1, name="x" * 64).service_info(["192.168.1.20"])
 
 
 # -- configuration ---------------------------------------------------------------------------

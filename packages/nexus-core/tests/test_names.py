@@ -14,7 +14,7 @@ import pytest
 
 from nexus_core.config import BACKEND_NAME, BackendConfig
 from nexus_core.discovery import NAME_BASE_LENGTH, Announcement, MdnsDiscovery, backend_name
-from nexus_core.discovery import _Service as Service
+from nexus_core.discovery.mdns import _Service as Service
 from nexus_core.gateway import BACKENDS_COLLECTION, Gateway, _name_from_url
 from nexus_core.registry import Backend
 from nexus_core.state import MemoryStore

@@ -392,7 +392,7 @@ def test_advertise_turns_flags_into_an_advertisement(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import nexus_server.advertise
-    from nexus_core.discovery import Advertisement
+    from nexus_server.advertise import Advertisement
 
     seen: list[tuple[Advertisement, list[str]]] = []
     monkeypatch.setattr(

@@ -1,4 +1,9 @@
-"""``nexus advertise``: announce an inference server over mDNS until SIGINT/SIGTERM."""
+"""``nexus advertise``: announce an inference server over mDNS until SIGINT/SIGTERM.
+
+``Advertiser`` publishes a server that does not announce itself (Ollama does not):
+``_ollama._tcp.local.`` for Ollama, ``_llm._tcp.local.`` for anything else, with the TXT keys
+discovery reads (``nexus_core.discovery.announcements``).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,154 @@ import difflib
 import signal
 import socket
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
 
 import zeroconf
+from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
-from nexus_core.discovery import Advertisement, Advertiser, MdnsUnavailable, base_path
+from nexus_core.discovery import (
+    LLM_SERVICE,
+    OLLAMA_SERVICE,
+    MdnsUnavailable,
+    backend_name,
+    base_path,
+    open_zeroconf,
+)
+
+#: TTL of what ``nexus advertise`` publishes. RFC 6762 suggests 75 minutes for service records;
+#: two minutes means an advertiser that dies without a goodbye is forgotten within two minutes.
+ADVERTISED_TTL = 120
+
+
+@dataclass(frozen=True)
+class Advertisement:
+    """A server to announce over mDNS; what ``nexus advertise`` publishes."""
+
+    port: int
+    #: The backend type (TXT ``type``), or None to let Nexus probe the server.
+    type: str | None = None
+    #: The instance name (default: this machine's host name and the type).
+    name: str | None = None
+    api_path: str = ""
+    models: tuple[str, ...] = ()
+    version: str | None = None
+    #: Where clients reach the server (default: this machine's address on the interfaces used).
+    addresses: tuple[str, ...] = ()
+
+    @property
+    def service_type(self) -> str:
+        """``_ollama._tcp.local.`` for Ollama (what Ollama's own proposals use), else
+        ``_llm._tcp.local.``."""
+        return OLLAMA_SERVICE if self.type == "ollama" else LLM_SERVICE
+
+    @property
+    def instance_label(self) -> str:
+        """The instance name without the service type."""
+        return self.name or f"{socket.gethostname().split('.')[0]} {self.type or 'llm'}"
+
+    def txt(self) -> dict[str, str]:
+        """The TXT record: only the keys that say something."""
+        values = {
+            "type": self.type or "",
+            "api_path": base_path(self.api_path),
+            "models": ",".join(self.models),
+            "version": self.version or "",
+        }
+        return {key: value for key, value in values.items() if value}
+
+    def service_info(self, addresses: Sequence[str]) -> AsyncServiceInfo:
+        """The zeroconf record for this advertisement at ``addresses``."""
+        label = self.instance_label
+        if len(label.encode()) > 63:
+            raise ValueError(f"the name {label!r} is longer than 63 bytes (a DNS label)")
+        return AsyncServiceInfo(
+            self.service_type,
+            f"{label}.{self.service_type}",
+            port=self.port,
+            properties=self.txt(),
+            # A host name of its own: the machine's name may be published by Avahi already, and
+            # the addresses may be another machine's.
+            server=f"{backend_name(label)}.local.",
+            host_ttl=ADVERTISED_TTL,
+            other_ttl=ADVERTISED_TTL,
+            parsed_addresses=list(addresses),
+        )
+
+
+def default_addresses(interfaces: Sequence[str] = ()) -> list[str]:
+    """The addresses to announce: the interfaces given, else the one multicast leaves from."""
+    if interfaces:
+        return list(interfaces)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("224.0.0.251", 5353))  # a UDP connect sends nothing
+        except OSError as exc:
+            raise MdnsUnavailable(
+                f"no route for multicast ({exc.strerror}); pass the address to announce"
+            ) from exc
+        address: str = probe.getsockname()[0]
+    return [address]
+
+
+class Advertiser:
+    """Publishes one ``Advertisement`` until ``stop``, which sends the goodbye packets.
+
+    ``async with Advertiser(ad, interfaces=["192.168.1.20"]) as advertiser:`` — ``info`` is the
+    record as registered (its name gets a ``-2`` suffix if another host had taken it).
+    """
+
+    def __init__(self, advertisement: Advertisement, *, interfaces: Sequence[str] = ()) -> None:
+        self.advertisement = advertisement
+        self.interfaces = list(interfaces)
+        self.info: AsyncServiceInfo | None = None
+        self._zeroconf: AsyncZeroconf | None = None
+
+    @property
+    def addresses(self) -> list[str]:
+        """The addresses announced."""
+        return list(self.advertisement.addresses) or default_addresses(self.interfaces)
+
+    async def start(self) -> AsyncServiceInfo:
+        """Probe for the name, then announce the service; raise ``MdnsUnavailable`` or
+        ``OSError`` without multicast."""
+        info = self.advertisement.service_info(self.addresses)
+        self._zeroconf = open_zeroconf(self.interfaces)
+        try:
+            announced = await self._zeroconf.async_register_service(info, allow_name_change=True)
+            await announced
+        except BaseException:
+            await self.stop()
+            raise
+        self.info = info
+        return info
+
+    async def stop(self) -> None:
+        """Withdraw the service (goodbye packets) and close the sockets."""
+        instance, self._zeroconf = self._zeroconf, None
+        info, self.info = self.info, None
+        if instance is None:
+            return
+        try:
+            if info is not None:
+                withdrawn = await instance.async_unregister_service(info)
+                await withdrawn
+        finally:
+            await instance.async_close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
 
 
 def _error(line: str) -> None:

@@ -313,8 +313,9 @@ def advertise(
     interface
         Address of a local interface to send mDNS on (repeatable; default: every interface).
     """
-    from nexus_core.discovery import TYPE_ALIASES, Advertisement
+    from nexus_core.discovery import TYPE_ALIASES
     from nexus_core.plugins import backend_types
+    from nexus_server.advertise import Advertisement
 
     kind = backend_type.strip().lower()
     kind = TYPE_ALIASES.get(kind, kind)

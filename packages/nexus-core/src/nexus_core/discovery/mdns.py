@@ -1,4 +1,4 @@
-"""Discovery: inference servers found on the local network over mDNS (DNS-SD), and announced.
+"""The built-in discovery source: inference servers found on the local network over mDNS (DNS-SD).
 
 ``MdnsDiscovery`` is the built-in discovery source (plugin ``builtin:mdns``). It browses every
 ``[discovery] service_types`` entry with zeroconf's asyncio browser, off the request path, and
@@ -14,10 +14,6 @@ keeps what it finds in the gateway's registry:
 - a withdrawn service is ``unknown`` (not routable) at once and removed after
   ``grace_period_seconds`` unless it comes back, in which case the same backend object, with its
   name and counters, is probed again.
-
-``Advertiser`` publishes a server that does not announce itself (Ollama does not) for
-``nexus advertise``: ``_ollama._tcp.local.`` for Ollama, ``_llm._tcp.local.`` for anything else,
-with the TXT keys above.
 """
 
 from __future__ import annotations
@@ -26,27 +22,26 @@ import asyncio
 import contextlib
 import errno
 import hashlib
-import ipaddress
 import logging
-import re
-import socket
 import time
-import unicodedata
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import TYPE_CHECKING, Any
 
 import zeroconf
 from pydantic import ValidationError
 from zeroconf import InterfaceChoice, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from nexus_core.adapters import AdapterFactory
 from nexus_core.config import AUTO_TYPE, BackendConfig
+from nexus_core.discovery.announcements import (
+    SOURCE,
+    Announcement,
+    backend_name,
+    parse_service,
+    same_server,
+)
 from nexus_core.errors import GatewayError
-from nexus_core.registry import DISCOVERED, server_address
-from nexus_core.registry import is_this_machine as is_this_machine  # where it used to live
 
 if TYPE_CHECKING:
     from nexus_core.gateway import Gateway
@@ -54,225 +49,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nexus.discovery")
 
-__all__ = [
-    "LLM_SERVICE",
-    "OLLAMA_SERVICE",
-    "SOURCE",
-    "Advertisement",
-    "Advertiser",
-    "Announcement",
-    "DiscoverySource",
-    "DiscoverySourceFactory",
-    "MdnsDiscovery",
-    "MdnsUnavailable",
-    "parse_service",
-]
+__all__ = ["MdnsDiscovery", "MdnsUnavailable", "open_zeroconf"]
 
-#: The ``source`` of backends this module adds (``Backend.source``, ``/admin/backends``).
-SOURCE = DISCOVERED
-OLLAMA_SERVICE = "_ollama._tcp.local."
-LLM_SERVICE = "_llm._tcp.local."
 #: How long one service may take to resolve (address, port, TXT) before it is skipped.
 RESOLVE_TIMEOUT_MS = 3000
 #: Services ignored past ``discovery.max_services`` are logged at most this often.
 IGNORED_LOG_SECONDS = 60.0
-#: TTL of what ``nexus advertise`` publishes. RFC 6762 suggests 75 minutes for service records;
-#: two minutes means an advertiser that dies without a goodbye is forgotten within two minutes.
-ADVERTISED_TTL = 120
-#: What people write in TXT ``type`` for a type registered under another name.
-TYPE_ALIASES = {
-    "llama.cpp": "llamacpp",
-    "llama-cpp": "llamacpp",
-    "llama_cpp": "llamacpp",
-    "lm-studio": "lmstudio",
-    "lm_studio": "lmstudio",
-}
 # Errors that mean "no multicast here" (no interface, no such address, no route...).
 _MDNS_ERRORS = (OSError, RuntimeError, zeroconf.Error)
 
 
 class MdnsUnavailable(Exception):
     """mDNS cannot run here: no usable interface for multicast, or the address is not ours."""
-
-
-class DiscoverySource(Protocol):
-    """A way of finding backends, started and stopped with the gateway.
-
-    A source adds what it finds with ``gateway.add_backend(..., source=NAME)`` and manages it
-    with ``suspend_backend``, ``resume_backend``, ``reconfigure_backend`` and ``remove_backend``.
-    """
-
-    async def start(self) -> None:
-        """Begin discovering; return quickly and do the work in background tasks."""
-        ...
-
-    async def stop(self) -> None:
-        """Stop every task the source started."""
-        ...
-
-
-#: What ``register_discovery_sources`` registers: called with the gateway, once, at start-up.
-DiscoverySourceFactory = Callable[["Gateway"], DiscoverySource]
-
-
-# ---------------------------------------------------------------------------------------------
-# What a service says
-
-
-@dataclass(frozen=True, slots=True)
-class Announcement:
-    """What one resolved mDNS service says about the server behind it."""
-
-    instance: str
-    service_type: str
-    #: The instance name without the service type (``GPU Box``).
-    label: str
-    url: str
-    #: The backend type, or None: ask the server (``type = "auto"``).
-    type: str | None
-    #: The host name in the SRV record (``gpu-box.local``), without the final dot.
-    host_name: str | None = None
-    #: TXT ``models``: what the server says it serves; a hint, the probe is what counts.
-    models: tuple[str, ...] = ()
-    version: str | None = None
-
-
-def parse_service(
-    *,
-    instance: str,
-    service_type: str,
-    addresses: Sequence[str],
-    port: int | None,
-    properties: Mapping[bytes, bytes | None],
-    host_name: str | None,
-    known_types: Mapping[str, AdapterFactory],
-) -> Announcement:
-    """Turn a resolved service into an ``Announcement``; ``ValueError`` says why it cannot be."""
-    if not port:
-        raise ValueError("no port")
-    host = pick_address(addresses)
-    if host is None:
-        shown = ", ".join(addresses) or "none"
-        raise ValueError(f"no usable address (advertised: {shown})")
-    txt = txt_values(properties)
-    url = f"http://{host}:{port}{base_path(txt.get('api_path', ''))}"
-    models = tuple(m.strip() for m in txt.get("models", "").split(",") if m.strip())
-    return Announcement(
-        instance=instance,
-        service_type=service_type,
-        label=instance_label(instance, service_type),
-        url=url,
-        type=resolve_type(txt.get("type"), service_type, known_types, instance),
-        host_name=host_name.rstrip(".").lower() if host_name else None,
-        models=models,
-        version=txt.get("version") or None,
-    )
-
-
-def txt_values(properties: Mapping[bytes, bytes | None]) -> dict[str, str]:
-    """TXT key/value pairs as text; keys are case-insensitive (RFC 6763), so lower-cased."""
-    out: dict[str, str] = {}
-    for key, value in properties.items():
-        name = key.decode("utf-8", "replace").strip().lower()
-        if name and name not in out:
-            out[name] = (value or b"").decode("utf-8", "replace").strip()
-    return out
-
-
-def base_path(raw: str) -> str:
-    """TXT ``api_path`` as a URL base path: ``""``, or ``/x`` without a trailing slash."""
-    path = raw.strip()
-    if any(char.isspace() for char in path) or any(mark in path for mark in ("?", "#", "://")):
-        raise ValueError(f"TXT api_path {raw!r} is not a URL path")
-    path = path.strip("/")
-    return "/" + path if path else ""
-
-
-def pick_address(addresses: Sequence[str]) -> str | None:
-    """The address to reach a server at, as a URL host: IPv4 first (routable before link-local
-    before loopback), then IPv6 in brackets. Link-local IPv6 needs a zone id and is skipped."""
-    ranked: list[tuple[tuple[int, bool, bool, int], str]] = []
-    for index, text in enumerate(addresses):
-        try:
-            address = ipaddress.ip_address(text)
-        except ValueError:
-            continue
-        if address.version == 6 and address.is_link_local:
-            continue
-        rank = (address.version, address.is_loopback, address.is_link_local, index)
-        ranked.append((rank, str(address)))
-    if not ranked:
-        return None
-    best = min(ranked)[1]
-    return f"[{best}]" if ":" in best else best
-
-
-def instance_label(instance: str, service_type: str) -> str:
-    """``GPU Box._ollama._tcp.local.`` -> ``GPU Box``."""
-    suffix = "." + service_type
-    if instance.lower().endswith(suffix.lower()):
-        return instance[: -len(suffix)]
-    return instance.split(".", 1)[0]
-
-
-def resolve_type(
-    txt_type: str | None,
-    service_type: str,
-    known_types: Mapping[str, AdapterFactory],
-    instance: str = "",
-) -> str | None:
-    """The backend type a service stands for; None means "probe the server"."""
-    if txt_type:
-        name = txt_type.strip().lower()
-        name = TYPE_ALIASES.get(name, name)
-        factory = known_types.get(name)
-        if factory is not None and not factory.is_cloud:
-            return name
-        if name != AUTO_TYPE:
-            # A cloud type needs a key and lives outside the LAN: what is meant is "speaks the
-            # OpenAI protocol", which probing works out. An unknown type is not installed here.
-            why = "is a cloud type" if factory is not None else "is not installed here"
-            log.info("mDNS service %r: TXT type %r %s; probing the server", instance, name, why)
-        return None
-    label = service_type.split(".", 1)[0].lstrip("_").lower()
-    factory = known_types.get(label)
-    if factory is not None and not factory.is_cloud:
-        return label
-    return None
-
-
-#: The longest name taken from a label, so that ``_name_for``'s suffixes (``-ollama``,
-#: ``-<digest>-<n>``) keep it within the 64 characters of a backend name.
-NAME_BASE_LENGTH = 40
-
-
-def backend_name(label: str) -> str:
-    """A backend name from an instance label: ``GPU Box (2)`` -> ``gpu-box-2``.
-
-    Always a valid backend name (``config.BACKEND_NAME``) of at most ``NAME_BASE_LENGTH``.
-    """
-    text = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode().lower()
-    name = re.sub(r"[^a-z0-9._-]+", "-", text).strip("-._")[:NAME_BASE_LENGTH]
-    return name.rstrip("-._") or "mdns"
-
-
-def same_server(url: str, announcement: Announcement) -> bool:
-    """Whether ``url`` (of a backend known otherwise) points at the announced server.
-
-    Addresses of this machine all count as ``localhost``; a host name is compared with the
-    service's host name, so ``http://gpu-box.local:11434`` matches ``gpu-box.local.``.
-    """
-    host, port, path = server_address(url)
-    other_host, other_port, other_path = server_address(announcement.url)
-    if (port, path) != (other_port, other_path):
-        return False
-    return host == other_host or (
-        announcement.host_name is not None and host == announcement.host_name
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Browsing
 
 
 @dataclass(eq=False)
@@ -663,135 +451,3 @@ def open_zeroconf(interfaces: Sequence[str] = ()) -> AsyncZeroconf:
                 f"this machine ({exc.strerror})"
             ) from exc
         raise
-
-
-# ---------------------------------------------------------------------------------------------
-# Advertising
-
-
-@dataclass(frozen=True)
-class Advertisement:
-    """A server to announce over mDNS; what ``nexus advertise`` publishes."""
-
-    port: int
-    #: The backend type (TXT ``type``), or None to let Nexus probe the server.
-    type: str | None = None
-    #: The instance name (default: this machine's host name and the type).
-    name: str | None = None
-    api_path: str = ""
-    models: tuple[str, ...] = ()
-    version: str | None = None
-    #: Where clients reach the server (default: this machine's address on the interfaces used).
-    addresses: tuple[str, ...] = ()
-
-    @property
-    def service_type(self) -> str:
-        """``_ollama._tcp.local.`` for Ollama (what Ollama's own proposals use), else
-        ``_llm._tcp.local.``."""
-        return OLLAMA_SERVICE if self.type == "ollama" else LLM_SERVICE
-
-    @property
-    def instance_label(self) -> str:
-        """The instance name without the service type."""
-        return self.name or f"{socket.gethostname().split('.')[0]} {self.type or 'llm'}"
-
-    def txt(self) -> dict[str, str]:
-        """The TXT record: only the keys that say something."""
-        values = {
-            "type": self.type or "",
-            "api_path": base_path(self.api_path),
-            "models": ",".join(self.models),
-            "version": self.version or "",
-        }
-        return {key: value for key, value in values.items() if value}
-
-    def service_info(self, addresses: Sequence[str]) -> AsyncServiceInfo:
-        """The zeroconf record for this advertisement at ``addresses``."""
-        label = self.instance_label
-        if len(label.encode()) > 63:
-            raise ValueError(f"the name {label!r} is longer than 63 bytes (a DNS label)")
-        return AsyncServiceInfo(
-            self.service_type,
-            f"{label}.{self.service_type}",
-            port=self.port,
-            properties=self.txt(),
-            # A host name of its own: the machine's name may be published by Avahi already, and
-            # the addresses may be another machine's.
-            server=f"{backend_name(label)}.local.",
-            host_ttl=ADVERTISED_TTL,
-            other_ttl=ADVERTISED_TTL,
-            parsed_addresses=list(addresses),
-        )
-
-
-def default_addresses(interfaces: Sequence[str] = ()) -> list[str]:
-    """The addresses to announce: the interfaces given, else the one multicast leaves from."""
-    if interfaces:
-        return list(interfaces)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(("224.0.0.251", 5353))  # a UDP connect sends nothing
-        except OSError as exc:
-            raise MdnsUnavailable(
-                f"no route for multicast ({exc.strerror}); pass the address to announce"
-            ) from exc
-        address: str = probe.getsockname()[0]
-    return [address]
-
-
-class Advertiser:
-    """Publishes one ``Advertisement`` until ``stop``, which sends the goodbye packets.
-
-    ``async with Advertiser(ad, interfaces=["192.168.1.20"]) as advertiser:`` — ``info`` is the
-    record as registered (its name gets a ``-2`` suffix if another host had taken it).
-    """
-
-    def __init__(self, advertisement: Advertisement, *, interfaces: Sequence[str] = ()) -> None:
-        self.advertisement = advertisement
-        self.interfaces = list(interfaces)
-        self.info: AsyncServiceInfo | None = None
-        self._zeroconf: AsyncZeroconf | None = None
-
-    @property
-    def addresses(self) -> list[str]:
-        """The addresses announced."""
-        return list(self.advertisement.addresses) or default_addresses(self.interfaces)
-
-    async def start(self) -> AsyncServiceInfo:
-        """Probe for the name, then announce the service; raise ``MdnsUnavailable`` or
-        ``OSError`` without multicast."""
-        info = self.advertisement.service_info(self.addresses)
-        self._zeroconf = open_zeroconf(self.interfaces)
-        try:
-            announced = await self._zeroconf.async_register_service(info, allow_name_change=True)
-            await announced
-        except BaseException:
-            await self.stop()
-            raise
-        self.info = info
-        return info
-
-    async def stop(self) -> None:
-        """Withdraw the service (goodbye packets) and close the sockets."""
-        instance, self._zeroconf = self._zeroconf, None
-        info, self.info = self.info, None
-        if instance is None:
-            return
-        try:
-            if info is not None:
-                withdrawn = await instance.async_unregister_service(info)
-                await withdrawn
-        finally:
-            await instance.async_close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
