@@ -34,14 +34,29 @@ HOOK_DOC = REPO_ROOT / "docs" / "plugin-hooks.md"
 Register = Callable[[str, Any], None]
 
 
+def reset_plugins() -> None:
+    """Forget every plugin and the loaded state, so the next call loads again from scratch."""
+    if plugins._state.undo_trace is not None:
+        plugins._state.undo_trace()
+    for name, plugin in plugins.pm.list_name_plugin():
+        if plugin is None:
+            plugins.pm.unblock(name)
+        else:
+            plugins.pm.unregister(name=name)
+    plugins._state.loaded = False
+    plugins._state.records.clear()
+    plugins._state.collected.clear()
+    plugins._state.undo_trace = None
+
+
 @pytest.fixture(autouse=True)
 def fresh_plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test loads plugins from scratch, with no plugin variables from the outer shell."""
     for variable in (plugins.LOAD_ENV, plugins.DISABLE_ENV, plugins.TRACE_ENV):
         monkeypatch.delenv(variable, raising=False)
-    plugins._reset_for_tests()
+    reset_plugins()
     yield
-    plugins._reset_for_tests()
+    reset_plugins()
 
 
 @pytest.fixture

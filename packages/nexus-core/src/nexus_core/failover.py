@@ -356,7 +356,7 @@ class Failover:
                 return result
         attempts = request.attempts
         raise _failed(
-            _exhausted(request.last_error, attempts, self.deadline_seconds, bool(routes), endpoint),
+            _exhausted(request.last_error, attempts, self.deadline_seconds, endpoint),
             attempts,
         )
 
@@ -779,7 +779,6 @@ def _exhausted(
     last: BackendError | None,
     attempts: list[Attempt],
     deadline: float,
-    had_routes: bool,
     endpoint: Endpoint,
 ) -> GatewayError:
     details = [_attempt_detail(a) for a in attempts]

@@ -243,21 +243,6 @@ def hook_names() -> list[str]:
     return sorted(name for name in dir(hookspecs) if pm.parse_hookspec_opts(hookspecs, name))
 
 
-def _reset_for_tests() -> None:
-    """Forget every plugin and the loaded state, so the next call loads again from scratch."""
-    if _state.undo_trace is not None:
-        _state.undo_trace()
-    for name, plugin in pm.list_name_plugin():
-        if plugin is None:
-            pm.unblock(name)
-        else:
-            pm.unregister(name=name)
-    _state.loaded = False
-    _state.records.clear()
-    _state.collected.clear()
-    _state.undo_trace = None
-
-
 def _load(info: PluginInfo, load: Callable[[], object]) -> None:
     try:
         _register(load(), info.name)

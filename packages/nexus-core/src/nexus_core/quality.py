@@ -75,10 +75,6 @@ class QualityTracker:
         elif key in self.slow:
             del self.slow[key]
 
-    def ttft_ms(self, backend: str, model: str) -> float | None:
-        """The pair's average time to first token (None: no stream measured yet)."""
-        return self._ttft.get((backend, model))
-
     def ttft_factor(self, backend: str, model: str) -> float:
         """What a slow TTFT does to the pair's score: 1.0 when it is not over the threshold."""
         return self.slow.get((backend, model), 1.0)

@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from nexus_core.adapters import Endpoint
 from nexus_core.config import TelemetryConfig
 from nexus_core.h1 import TRACE_HEADERS
 
@@ -63,8 +64,12 @@ NEXUS_COST_USD = "nexus.cost_usd"
 NEXUS_TTFT_SECONDS = "nexus.ttft_seconds"
 NEXUS_ATTEMPT = "nexus.attempt"
 
-#: GenAI operation names of the three OpenAI endpoints.
-OPERATIONS = ("chat", "text_completion", "embeddings")
+#: GenAI operation names of the endpoints (``gen_ai.operation.name``).
+OPERATIONS = {
+    Endpoint.CHAT: "chat",
+    Endpoint.COMPLETIONS: "text_completion",
+    Endpoint.EMBEDDINGS: "embeddings",
+}
 
 #: Numeric request parameters recorded on the request span: body field -> attribute.
 _REQUEST_NUMBERS: tuple[tuple[str, str], ...] = (

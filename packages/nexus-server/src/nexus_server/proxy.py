@@ -46,20 +46,6 @@ INTERNAL_ERROR = GatewayError(
 log = logging.getLogger("nexus.server")
 
 
-async def send_json(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
-) -> None:
-    """Send a complete response."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", JSON), (b"content-length", b"%d" % len(body)), *headers],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
 async def send_error(send: Send, error: GatewayError) -> None:
     """Send a ``GatewayError`` as its envelope (or the upstream's own body)."""
     body = error.body()

@@ -23,6 +23,7 @@ from nexus_core.queueing import is_full
 from nexus_core.routing import RequestNeeds, Route, analyze
 from nexus_core.sse import event_data
 from nexus_core.state import StateError
+from nexus_core.telemetry import OPERATIONS
 
 __all__ = ["Requests", "state_unavailable"]
 
@@ -134,7 +135,7 @@ class Requests(Catalogue):
         tracing = self.tracing
         if tracing.enabled:
             record.span = tracing.start_request(
-                operation=_OPERATIONS[endpoint],
+                operation=OPERATIONS[endpoint],
                 model=needs.model,
                 front_door=record.front_door,
                 request_id=record.request_id,
@@ -311,14 +312,6 @@ CONTENT_LOG_LIMIT = 4096
 def _clip(body: bytes) -> str:
     text = body[:CONTENT_LOG_LIMIT].decode("utf-8", errors="replace")
     return text + ("..." if len(body) > CONTENT_LOG_LIMIT else "")
-
-
-#: GenAI operation names of the endpoints.
-_OPERATIONS = {
-    Endpoint.CHAT: "chat",
-    Endpoint.COMPLETIONS: "text_completion",
-    Endpoint.EMBEDDINGS: "embeddings",
-}
 
 
 def _tokens(record: RequestRecord, usage: Mapping[str, Any]) -> None:
