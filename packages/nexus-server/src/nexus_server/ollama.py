@@ -295,18 +295,15 @@ def tags(gateway: Gateway, key: ApiKey | None = None) -> dict[str, Any]:
     }
 
 
-def show(gateway: Gateway, data: Any, key: ApiKey | None = None) -> tuple[int, dict[str, Any]]:
-    """``POST /api/show``: status and body (Ollama's 404 for a model nobody serves, or that
-    ``key`` may not use)."""
-    if not isinstance(data, dict):
-        return 400, {"error": "the request body must be a JSON object"}
-    name = data.get("model") or data.get("name")
-    if not isinstance(name, str) or not name:
-        return 400, {"error": "model is required"}
+def show(gateway: Gateway, name: str | None, key: ApiKey | None = None) -> dict[str, Any]:
+    """``POST /api/show`` of the model ``name``: Ollama's 404 for a model nobody serves, or
+    that ``key`` may not use (raised as ``GatewayError``, answered in Ollama's shape)."""
+    if not name:
+        raise GatewayError(400, "model is required", param="model")
     entry = gateway.get_model(name) or gateway.get_model(gateway.router.resolve(name))
     if entry is None or (key is not None and not key.allows(name)):
-        return 404, {"error": f"model '{name}' not found"}
-    return 200, show_response(
+        raise GatewayError(404, f"model '{name}' not found", param="model")
+    return show_response(
         name,
         context_length=entry["context_length"],
         capabilities=ollama_capabilities(entry["capabilities"]),
