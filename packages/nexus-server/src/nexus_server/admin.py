@@ -10,8 +10,6 @@ keys made here are kept as digests, their plaintext shown once.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from litestar import Controller, Response, Router, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
@@ -37,6 +35,7 @@ from nexus_server.schemas import (
     Removed,
     Revoked,
     answer,
+    checked_url,
     errors,
 )
 
@@ -65,22 +64,6 @@ def _backend_or_404(gateway: NamedDependency[Gateway], name: FromPath[str]) -> B
     if backend is None:
         raise GatewayError(404, f"No backend named '{name}'", code="backend_not_found")
     return backend
-
-
-def _checked_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise GatewayError(
-            400, f"'{url}' is not an http(s) URL with a host", param="url", code="invalid_url"
-        )
-    if parts.username is not None or parts.password is not None:
-        raise GatewayError(
-            400,
-            "The URL holds credentials; give the key through api_key_env instead",
-            param="url",
-            code="credentials_in_url",
-        )
-    return url
 
 
 def url_taken(backend: Backend, url: str) -> GatewayError:
@@ -132,7 +115,7 @@ class AdminController(Controller):
         self, gateway: NamedDependency[Gateway], data: JSONBody[NewBackend]
     ) -> BackendAnswer:
         """Add a backend: probed (its type detected unless given) before the answer."""
-        url = _checked_url(data.url)
+        url = checked_url(data.url)
         fields = data.model_dump(exclude_none=True)
         fields.setdefault("name", _name_from_url(url))
         try:

@@ -227,30 +227,51 @@ class UnknownPaths:
             self._timer = None
 
 
+#: Request state key of a body ``NexusRequest.json`` parsed: read back when it fails validation.
+BODY_STATE = "nexus_body"
+
+
+def _body_model(request: Request[Any, Any, Any]) -> Any:
+    """The type of the body the request's handler takes (``nexus_server.schemas``), if any."""
+    data = request.route_handler.parsed_data_field
+    return data.annotation if data is not None else None
+
+
 class NexusRequest(Request[Any, Any, Any]):
     """Litestar's request, with bodies parsed as the proxy doors parse them (``fastjson``: the
-    standard library's rules), and a body that is not JSON a 400 ``invalid_json`` in the door's
-    shape. (Litestar's own parser lets absurd nesting escape as a 500.)"""
+    standard library's rules), and a body that is not JSON (an empty one included) a 400
+    ``invalid_json`` in the door's shape. (Litestar's own parser lets absurd nesting escape as a
+    500.)"""
 
     async def json(self) -> Any:
-        """The body parsed as JSON (``null`` when empty)."""
+        """The body parsed as JSON."""
         body = await self.body()
         try:
-            return fastjson.loads(body) if body else None
+            value = fastjson.loads(body)
         except (ValueError, RecursionError):
-            raise GatewayError(400, "The body is not valid JSON", code="invalid_json") from None
+            message = getattr(_body_model(self), "not_json", "The body is not valid JSON")
+            raise GatewayError(400, message, code="invalid_json") from None
+        self.state[BODY_STATE] = value
+        return value
 
 
 def _invalid_body(request: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:
-    """A body (or parameter) of the wrong shape: 400 naming the fields, in the door's shape.
+    """A body (or parameter) of the wrong shape: 400 in the door's shape.
 
-    Unknown fields are listed with the fields the body takes (a misspelt limit must not make a
-    key without one); other problems as ``Invalid <what>: <field>: <problem>``, with ``param``
-    the first field at fault.
+    In the body type's own words when it has them (``RequestBody.refusal``: not an object,
+    unknown fields listed with the known ones, the key ring's rules...), else as
+    ``Invalid <what>: <field>: <problem>`` from pydantic's errors, ``param`` the first field.
     """
-    data = request.route_handler.parsed_data_field
-    model = data.annotation if data is not None else None
-    known: dict[str, Any] = getattr(model, "model_fields", {})
+    model = _body_model(request)
+    if model is not None:
+        if BODY_STATE not in request.state:
+            # Litestar parses every body that has bytes (NexusRequest.json): this one was empty.
+            message = getattr(model, "not_json", "The body is not valid JSON")
+            return _envelope_response(request, GatewayError(400, message, code="invalid_json"))
+        refusal = getattr(model, "refusal", None)
+        error: GatewayError | None = refusal(request.state[BODY_STATE]) if refusal else None
+        if error is not None:
+            return _envelope_response(request, error)
     problems = [
         (str(item.get("key") or ""), str(item.get("message") or ""))
         for item in (exc.extra if isinstance(exc.extra, list) else [])
@@ -259,17 +280,9 @@ def _invalid_body(request: Request[Any, Any, Any], exc: ValidationException) -> 
     fields = [(key, message) for key, message in problems if key and key != "data"]
     if not fields:
         return _envelope_response(request, GatewayError(400, "The body must be a JSON object"))
-    unknown = [key for key, _ in fields if key.split(".", 1)[0] not in known] if known else []
-    if unknown:
-        error = GatewayError(
-            400,
-            f"Unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
-            param=unknown[0],
-        )
-    else:
-        noun = getattr(model, "noun", "request")
-        shown = "; ".join(f"{key}: {message}" for key, message in fields)
-        error = GatewayError(400, f"Invalid {noun}: {shown}", param=fields[0][0].split(".")[0])
+    noun = getattr(model, "noun", "request")
+    shown = "; ".join(f"{key}: {message}" for key, message in fields)
+    error = GatewayError(400, f"Invalid {noun}: {shown}", param=fields[0][0].split(".")[0])
     return _envelope_response(request, error)
 
 

@@ -19,6 +19,7 @@ the same as before the types.
 from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import msgspec
 from litestar.openapi import ResponseSpec
@@ -26,7 +27,9 @@ from msgspec import UNSET, UnsetType
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from nexus_core.adapters import BackendStatus
+from nexus_core.auth import KeyRingError, checked_settings
 from nexus_core.config import Zone
+from nexus_core.errors import GatewayError
 
 T = TypeVar("T")
 
@@ -95,12 +98,56 @@ def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
 
+def unknown_fields(body: dict[str, Any], kind: type[BaseModel]) -> GatewayError | None:
+    """400 naming the fields of ``body`` that ``kind`` does not take, and those it does."""
+    unknown = sorted(set(body) - set(kind.model_fields))
+    if not unknown:
+        return None
+    return GatewayError(
+        400,
+        f"Unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(kind.model_fields))}",
+        param=unknown[0],
+    )
+
+
+def checked_url(url: str) -> str:
+    """``url`` if it is an http(s) URL with a host and no credentials, else a 400."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise GatewayError(
+            400, f"'{url}' is not an http(s) URL with a host", param="url", code="invalid_url"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise GatewayError(
+            400,
+            "The URL holds credentials; give the key through api_key_env instead",
+            param="url",
+            code="credentials_in_url",
+        )
+    return url
+
+
 class RequestBody(BaseModel):
-    """Base of the request bodies: strict, unknown fields refused."""
+    """Base of the request bodies: strict, unknown fields refused.
+
+    A body Litestar cannot parse or validate is answered by ``nexus_server.app`` with a 400 in
+    the door's shape: ``not_json``, ``refusal(body)`` when it names the fault, else
+    ``Invalid <noun>: <field>: <problem>`` from pydantic's errors.
+    """
 
     model_config = ConfigDict(extra="forbid")
     #: What the body describes, for error messages ("Invalid backend: ...").
     noun: ClassVar[str] = "request"
+    #: The message of a body that is not JSON (empty included).
+    not_json: ClassVar[str] = "The body is not valid JSON"
+
+    @classmethod
+    def refusal(cls, body: Any) -> GatewayError | None:
+        """The 400 for a ``body`` that failed validation, in this API's own words (None: say
+        what pydantic found)."""
+        if not isinstance(body, dict):
+            return GatewayError(400, "The body must be a JSON object")
+        return unknown_fields(body, cls)
 
 
 class NewBackend(RequestBody):
@@ -109,37 +156,54 @@ class NewBackend(RequestBody):
 
     noun: ClassVar[str] = "backend"
 
-    url: str = Field(
-        description="Base URL of the server (http or https, a host, no credentials).",
-        examples=["http://192.168.1.20:11434"],
-    )
+    # In BackendConfig's order, so that several problems are listed as the configuration's are.
     name: str | None = Field(
         default=None,
         description="1-64 letters, digits, '.', '_', '-' or '~', starting with a letter or digit.",
         examples=["gpu-box"],
+    )
+    url: str = Field(
+        min_length=1,
+        description="Base URL of the server (http or https, a host, no credentials).",
+        examples=["http://192.168.1.20:11434"],
     )
     type: str | None = Field(
         default=None,
         description="Backend type (`nexus plugins` lists them); auto or none: detected.",
         examples=["ollama"],
     )
+    priority: int | None = Field(
+        default=None, ge=0, le=100, description="Lower numbers are preferred."
+    )
     zone: Annotated[Literal["restricted", "open"], BeforeValidator(_lower)] | None = Field(
         default=None,
         description="Privacy zone (default: restricted, open for a cloud type).",
     )
     tier: int | None = Field(default=None, ge=1, le=5, description="Capability tier.")
-    priority: int | None = Field(
-        default=None, ge=0, le=100, description="Lower numbers are preferred."
-    )
-    max_concurrent: int | None = Field(
-        default=None, ge=1, description="Most requests in flight at once; null: no limit."
-    )
     api_key_env: str | None = Field(
         default=None,
         description="The environment variable holding the backend's key (a configured "
         "backend's, or one of auth.allowed_api_key_envs).",
         examples=["GPU_BOX_API_KEY"],
     )
+    max_concurrent: int | None = Field(
+        default=None, ge=1, description="Most requests in flight at once; null: no limit."
+    )
+
+    @classmethod
+    def refusal(cls, body: Any) -> GatewayError | None:
+        """Not an object, unknown fields, then a missing or bad ``url``."""
+        refused = super().refusal(body)
+        if refused is not None:
+            return refused
+        url = body.get("url")
+        if not isinstance(url, str) or not url:
+            return GatewayError(400, "'url' is required", param="url")
+        try:
+            checked_url(url)
+        except GatewayError as error:
+            return error
+        return None
 
 
 class NewKey(RequestBody):
@@ -160,16 +224,45 @@ class NewKey(RequestBody):
     tokens_per_minute: int | None = Field(default=None, ge=1)
     monthly_budget_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
+    @classmethod
+    def refusal(cls, body: Any) -> GatewayError | None:
+        """The key ring's own words (``checked_settings``): they say what a setting may be."""
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+            return GatewayError(400, "'name' is required", param="name")
+        refused = unknown_fields(body, cls)
+        if refused is not None:
+            return refused
+        try:
+            checked_settings(
+                body.get("models"),
+                body.get("requests_per_minute"),
+                body.get("tokens_per_minute"),
+                body.get("monthly_budget_usd"),
+            )
+        except KeyRingError as exc:
+            return GatewayError(exc.status, exc.message, param=exc.param)
+        return None
 
-class ShowRequest(BaseModel):
+
+class ShowRequest(RequestBody):
     """``POST /api/show``: the model by ``model`` (or the older ``name``); Ollama's other
     fields (``verbose``, ``system``...) are taken and ignored, as Ollama takes them."""
 
     model_config = ConfigDict(extra="ignore")
-    noun: ClassVar[str] = "request"
+    not_json: ClassVar[str] = "the request body is not valid JSON"
 
     model: str | None = None
     name: str | None = None
+
+    @classmethod
+    def refusal(cls, body: Any) -> GatewayError | None:
+        """Ollama's words: the body must be an object naming a model."""
+        if not isinstance(body, dict):
+            return GatewayError(400, "the request body must be a JSON object")
+        name = body.get("model") or body.get("name")
+        if not isinstance(name, str):
+            return GatewayError(400, "model is required", param="model")
+        return None
 
 
 # -- admin answers ----------------------------------------------------------------------------
