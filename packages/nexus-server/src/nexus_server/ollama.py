@@ -1,7 +1,7 @@
 """The Ollama front door: ``/api/chat``, ``/api/generate``, ``/api/embed`` and the listings.
 
 Ollama clients (Open WebUI, the ``ollama`` Python client, scripts) see Nexus as one big Ollama.
-Every request is translated to OpenAI chat, completions or embeddings (``nexus_core.ollama_wire``)
+Every request is translated to OpenAI chat, completions or embeddings (``nexus_server.ollama_wire``)
 and routed like any other, to any backend type (Ollama ones included, through their OpenAI
 endpoints); answers come back in Ollama's shapes, streamed as NDJSON by default. Errors are
 Ollama's ``{"error": "..."}`` with the same status codes.
@@ -20,16 +20,11 @@ from nexus_core.errors import GatewayError
 from nexus_core.failover import ProxyResult
 from nexus_core.gateway import Gateway
 from nexus_core.observability import RequestRecord
-from nexus_core.ollama_wire import (
+from nexus_server.ollama_wire.listings import ps_entry, show_response, tags_entry
+from nexus_server.ollama_wire.to_ollama import (
     ChatStreamToOllama,
     GenerateStreamToOllama,
-    TranslationError,
-    chat_is_load,
-    chat_to_openai,
-    embed_to_openai,
     error_line,
-    generate_to_openai,
-    legacy_embeddings_to_openai,
     load_response,
     ollama_error,
     openai_chat_to_ollama,
@@ -37,9 +32,14 @@ from nexus_core.ollama_wire import (
     openai_completion_to_ollama_generate,
     openai_embeddings_to_ollama,
     openai_embeddings_to_ollama_legacy,
-    ps_entry,
-    show_response,
-    tags_entry,
+)
+from nexus_server.ollama_wire.to_openai import (
+    TranslationError,
+    chat_is_load,
+    chat_to_openai,
+    embed_to_openai,
+    generate_to_openai,
+    legacy_embeddings_to_openai,
 )
 from nexus_server.proxy import (
     JSON,
