@@ -99,7 +99,10 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
     status = exc.status_code
     code: str | None
     method = "HEAD" if request.scope.get(HEAD_KEY) else request.method
-    if isinstance(exc, NotFoundException):
+    headers = dict(exc.headers or {})
+    if isinstance(exc, NotFoundException) or (status == 405 and _websocket_only(exc)):
+        # /ws takes WebSockets only: a plain HTTP request finds nothing there.
+        status, headers = 404, {}
         message = f"Unknown path {method} {request.url.path}"
         code = "not_found"
     elif status == 413:
@@ -110,7 +113,6 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
     if status in (404, 405):
         unknown: UnknownPaths = request.app.state.unknown_paths
         unknown.note(method, request.url.path, status, _request_id(request))
-    headers = dict(exc.headers or {})
     return _envelope_response(
         request,
         GatewayError(
@@ -121,6 +123,11 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
             headers=headers,
         ),
     )
+
+
+def _websocket_only(exc: HTTPException) -> bool:
+    """Litestar's 405 for an HTTP request to a WebSocket route (``Allow: websocket``)."""
+    return (exc.headers or {}).get("allow") == "websocket"
 
 
 def max_body_of(request: Request[Any, Any, Any]) -> int:
@@ -411,7 +418,7 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
         # The same limit as the proxy doors': every route answers 413 past it.
         request_max_body_size=gateway.config.server.max_body_bytes,
     )
-    return NexusApp(litestar_app, proxies, dashboard, trust=trust)
+    return NexusApp(litestar_app, proxies, trust=trust)
 
 
 async def _add_default_ollama(gateway: Gateway, url: str, *, first: bool = False) -> bool:
@@ -553,7 +560,6 @@ class NexusApp:
         self,
         app: Any,
         proxies: dict[str, ProxyEndpoint],
-        dashboard: Dashboard | None = None,
         *,
         trust: Trust | None = None,
     ) -> None:
@@ -569,16 +575,9 @@ class NexusApp:
             else None
         )
         self.trust = trust if trust is not None else Trust(config)
-        self.dashboard = dashboard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            if scope["type"] == "websocket" and scope["path"] == "/ws" and self.dashboard:
-                headers = scope["headers"]
-                client = scope.get("client")
-                scope[LOCAL_KEY] = self.trust.is_local(client[0] if client else None, headers)
-                await self.dashboard.websocket(scope, receive, send, self.trust)
-                return
+        if scope["type"] != "http":  # lifespan, and the dashboard's /ws (a Litestar handler)
             await self.app(scope, receive, send)
             return
         request_id = origin = host = content_type = None

@@ -1,12 +1,13 @@
-"""The typed cold routes, end to end: ``/openapi/openapi.json`` describes the admin API's bodies
-and answers, the real answers match the document, and bad admin bodies get a 400 in the door's
-shape whose message says what is wrong.
+"""The cold routes on Litestar, end to end: ``/openapi/openapi.json`` describes the admin API's
+bodies and answers, the real answers match the document, bad admin bodies get a 400 in the door's
+shape whose message says what is wrong, and ``/ws`` is a WebSocket route only.
 
 The proxy doors are not in the document (they follow the OpenAI / Anthropic / Ollama specs).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,9 @@ import httpx
 import pytest
 import schemathesis
 from schemathesis.checks import response_schema_conformance
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+from websockets.typing import Origin
 
 from nexus_core.testing import FakeBackend
 from nexus_server.testing import running_server
@@ -316,3 +320,28 @@ def test_bad_show_bodies_get_ollamas_shape(
     )
     assert answer.status_code == status
     assert answer.json() == {"error": message}
+
+
+# -- /ws ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "HEAD"])
+def test_ws_over_plain_http_is_an_unknown_path(server: Served, method: str) -> None:
+    """``/ws`` is Litestar's WebSocket route; a plain HTTP request finds nothing there (no 405
+    with ``Allow: websocket``, which is no method)."""
+    answer = httpx.request(method, server.url + "/ws")
+    assert answer.status_code == 404
+    assert "allow" not in answer.headers
+    if method != "HEAD":
+        assert answer.json()["error"]["code"] == "not_found"
+
+
+def test_ws_serves_the_dashboard_through_litestar(server: Served) -> None:
+    """The page's own origin gets the snapshot; another site's page a 403 handshake."""
+    url = server.url.replace("http://", "ws://") + "/ws"
+    with connect(url, origin=Origin(server.url), open_timeout=5) as socket:
+        first = json.loads(socket.recv(timeout=5))
+    assert first["type"] == "snapshot"
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url, origin=Origin("http://evil.example"), open_timeout=5)
+    assert refused.value.response.status_code == 403
