@@ -10,11 +10,14 @@ Three measurements, each printed as a small table:
   backend (nginx when installed), sent straight to the proxy door (Nexus's own dispatch) and
   with a trailing ``/``, which Litestar's router takes to the same door (its router, middleware
   and ASGI route handler in front of the same work). wrk, non-streaming.
+- ``answers``: the admin API's backend listing (50 backends of 20 models each) turned into its
+  answer type and encoded as Litestar does: a msgspec Struct (``nexus_server.schemas``) against
+  the same types as pydantic models.
 - ``routes``: a minimal JSON ``POST`` (parse the chat body, answer a small JSON object) served by
   one uvicorn process as plain ASGI and as a Litestar handler taking the body as
   ``data: dict[str, Any]``: what a typed Litestar handler costs before any proxying.
 
-Run: uv run python benchmarks/litestar_cost.py [ws|door|routes ...] [--duration 5]
+Run: uv run python benchmarks/litestar_cost.py [ws|answers|door|routes ...] [--duration 5]
      [--connections 1,32]
 """
 
@@ -188,6 +191,76 @@ def run_ws(args: argparse.Namespace) -> None:
         print(f"  {key:32} {best:10.1f}")
 
 
+# -- typed answers: msgspec Structs or pydantic models -----------------------------------------
+
+
+def listing(backends: int = 50, models: int = 20) -> dict[str, Any]:
+    """A ``GET /admin/backends`` answer as the core builds it (``Backend.snapshot()``)."""
+    model = {"context_length": 8192, "vision": None, "tools": True, "json_mode": None}
+    return {
+        "object": "list",
+        "data": [
+            {
+                "name": f"gpu-{n}", "url": f"http://10.0.0.{n}:11434", "type": "ollama",
+                "kind": "local", "source": "static", "status": "healthy", "zone": "restricted",
+                "tier": 2, "priority": 50, "max_concurrent": None, "pending": 0,
+                "latency_ms": 1.5, "last_error": None, "last_checked": 1.0, "version": "0.12.6",
+                "requests_total": 10, "errors_total": 0,
+                "models": [{"id": f"m{i}", **model, "embeddings": False} for i in range(models)],
+            }
+            for n in range(backends)
+        ],
+    }  # fmt: skip
+
+
+def run_answers(args: argparse.Namespace) -> None:
+    import timeit
+
+    import msgspec
+    from litestar.plugins.pydantic import PydanticInitPlugin
+    from litestar.serialization import encode_json, get_serializer
+    from pydantic import BaseModel, ConfigDict, create_model
+
+    from nexus_server import schemas
+
+    def as_pydantic(struct: type[Any], made: dict[type[Any], type[BaseModel]]) -> type[BaseModel]:
+        if struct not in made:
+            fields: dict[str, Any] = {}
+            for field in msgspec.structs.fields(struct):
+                kind = field.type
+                if (
+                    getattr(kind, "__origin__", None) is list
+                    and isinstance(kind.__args__[0], type)
+                    and issubclass(kind.__args__[0], msgspec.Struct)
+                ):
+                    kind = list[as_pydantic(kind.__args__[0], made)]  # type: ignore[misc]
+                fields[field.name] = (kind, ...)
+            made[struct] = create_model(  # type: ignore[call-overload]
+                struct.__name__, __config__=ConfigDict(extra="forbid"), **fields
+            )
+        return made[struct]
+
+    value = listing()
+    model = as_pydantic(schemas.BackendList, {})
+    # As Litestar encodes a pydantic answer: through the pydantic plugin's type encoders.
+    pydantic_encoder = get_serializer(PydanticInitPlugin.encoders())
+    struct_time = min(
+        timeit.repeat(
+            lambda: encode_json(schemas.answer(schemas.BackendList, value)), number=200, repeat=5
+        )
+    )
+    pydantic_time = min(
+        timeit.repeat(
+            lambda: encode_json(model.model_validate(value), pydantic_encoder), number=200, repeat=5
+        )
+    )
+    plain_time = min(timeit.repeat(lambda: encode_json(value), number=200, repeat=5))
+    print("GET /admin/backends answer, 50 backends x 20 models, typed and encoded (best of 5):")
+    print(f"  {'dict, untyped':26} {plain_time / 200 * 1e6:8.0f} µs")
+    print(f"  {'msgspec Struct':26} {struct_time / 200 * 1e6:8.0f} µs")
+    print(f"  {'pydantic model':26} {pydantic_time / 200 * 1e6:8.0f} µs")
+
+
 # -- the proxy door, straight or through Litestar's router ---------------------------------------
 
 
@@ -309,7 +382,7 @@ def run_routes(args: argparse.Namespace) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("what", nargs="*", default=["ws", "door", "routes"])
+    parser.add_argument("what", nargs="*", default=["ws", "answers", "door", "routes"])
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--port", type=int, default=8000)
@@ -318,7 +391,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     for what in args.what:
-        {"ws": run_ws, "door": run_door, "routes": run_routes}[what](args)
+        {"ws": run_ws, "answers": run_answers, "door": run_door, "routes": run_routes}[what](args)
     return 0
 
 
