@@ -45,3 +45,18 @@ def test_the_benchmark_commands_parse_their_options() -> None:
         )
         assert result.returncode == 0, result.stderr
         assert "--json" in result.stdout
+
+
+def test_the_litestar_cost_benchmark_runs_in_process() -> None:
+    """Its in-process parts (``ws``, ``answers``) run; ``door`` and ``routes`` need wrk."""
+    script = str(ROOT / "benchmarks" / "litestar_cost.py")
+    result = subprocess.run(
+        [sys.executable, script, "ws", "answers", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT / "benchmarks",
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for row in ("connections/s", "per broadcast to 100 pages", "msgspec Struct", "pydantic model"):
+        assert row in result.stdout
