@@ -58,3 +58,18 @@ def test_the_request_path_benchmark_runs() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("whole ")
     assert ", stream " in result.stdout
+
+
+def test_the_litestar_cost_benchmark_runs_in_process() -> None:
+    """Its in-process parts (``ws``, ``answers``) run; ``door`` and ``routes`` need wrk."""
+    script = str(ROOT / "benchmarks" / "litestar_cost.py")
+    result = subprocess.run(
+        [sys.executable, script, "ws", "answers", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT / "benchmarks",
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for row in ("connections/s", "per broadcast to 100 pages", "msgspec Struct", "pydantic model"):
+        assert row in result.stdout

@@ -1,113 +1,69 @@
 """The admin API under ``/admin/``: backends and gateway keys of the running server.
 
-Every call needs the admin key (``[auth] admin_key_env``) as ``Authorization: Bearer`` or
-``x-api-key``; with no admin key configured, only clients on this machine are answered, as
-``nexus_server.trust`` decides (loopback, a ``Host`` naming this machine, no undeclared proxy).
-``NexusApp`` has already refused other sites' pages (``Origin``), preflights and bodies that are
-not JSON. Backends added here are kept in the state store and come back after a restart; keys
-made here are kept as digests, their plaintext shown once.
+Every call passes ``admin_guard`` (``nexus_server.guards``): the admin key, or with no admin key
+configured a client on this machine. ``NexusApp`` has already refused other sites' pages
+(``Origin``), preflights and bodies that are not JSON. Bodies and answers are typed
+(``nexus_server.schemas``): Litestar refuses a body of the wrong shape with a 400 before the
+handler runs. Backends added here are kept in the state store and come back after a restart;
+keys made here are kept as digests, their plaintext shown once.
 """
 
 from __future__ import annotations
 
-from typing import Any
-from urllib.parse import urlsplit
-
-from litestar import Request, Response, delete, get, post
-from litestar.connection import ASGIConnection
-from litestar.params import FromPath
+from litestar import Controller, Response, Router, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
 from pydantic import ValidationError
 
-from nexus_core import fastjson
 from nexus_core.adapters import BackendStatus
-from nexus_core.auth import KeyRingError, presented_key
+from nexus_core.auth import KeyRingError
 from nexus_core.config import BackendConfig
 from nexus_core.errors import GatewayError
 from nexus_core.gateway import Gateway, _name_from_url
 from nexus_core.registry import Backend, server_address
 from nexus_core.state import StateError
-from nexus_server.trust import LOCAL_KEY, Trust, misdirected
-
-#: Fields ``POST /admin/backends`` accepts.
-BACKEND_FIELDS = frozenset(
-    {"url", "name", "type", "zone", "tier", "priority", "max_concurrent", "api_key_env"}
+from nexus_server.guards import admin_guard
+from nexus_server.schemas import Backend as BackendAnswer
+from nexus_server.schemas import (
+    BackendList,
+    CreatedKey,
+    ErrorEnvelope,
+    KeyList,
+    ModelList,
+    NewBackend,
+    NewKey,
+    Removed,
+    Revoked,
+    answer,
+    checked_url,
+    errors,
 )
 
-#: Fields ``POST /admin/keys`` accepts.
-KEY_FIELDS = frozenset(
-    {"name", "models", "requests_per_minute", "tokens_per_minute", "monthly_budget_usd"}
-)
+#: What any admin call can be refused with.
+REFUSALS = {
+    401: "The admin key is configured and the request does not carry it (invalid_admin_key).",
+    403: "No admin key is configured and the client is not on this machine "
+    "(admin_loopback_only), or the request comes from another site's page "
+    "(origin_not_allowed).",
+    421: "The Host does not name this server (misdirected_request).",
+}
+#: And an admin write.
+WRITE_REFUSALS = {
+    **REFUSALS,
+    400: "The body is not JSON, not an object, has unknown fields or invalid values.",
+    413: "The body is larger than server.max_body_bytes (request_too_large).",
+    415: "The body is not sent as application/json (unsupported_media_type).",
+    503: "The state store is not answering (state_unavailable); nothing was changed.",
+}
+#: And a call naming a backend or a key.
+NOT_FOUND = {404: "No backend of that name (backend_not_found)."}
 
 
-def presented_in(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
-    """The key a request carries (``Authorization: Bearer`` or ``x-api-key``), if any."""
-    headers = connection.headers
-    return presented_key(
-        headers.get("authorization", "").encode("latin-1") or None,
-        headers.get("x-api-key", "").encode("latin-1") or None,
-    )
-
-
-def check_admin(gateway: Gateway, request: Request[Any, Any, Any], trust: Trust) -> None:
-    """Raise 401/403/421 unless the request may use the admin API."""
-    keys = gateway.keys
-    presented = presented_in(request)
-    if keys.admin_digest is not None:
-        if keys.is_admin(presented):
-            return
-        raise GatewayError(
-            401,
-            "The admin API needs the admin key (Authorization: Bearer or x-api-key)",
-            type="authentication_error",
-            code="invalid_admin_key",
-        )
-    if request.scope.get(LOCAL_KEY) is True:
-        return
-    host = request.headers.get("host")
-    if host is not None and not trust.host_allowed(host.encode("latin-1")):
-        raise misdirected(host.encode("latin-1"))
-    raise GatewayError(
-        403,
-        "The admin API answers clients on this machine only (over loopback, with a Host that "
-        "names this machine, not forwarded by a proxy missing from server.trusted_proxies), "
-        "unless [auth] admin_key_env names an admin key",
-        type="permission_error",
-        code="admin_loopback_only",
-    )
-
-
-async def read_json(request: Request[Any, Any, Any]) -> Any:
-    """The request's body parsed as JSON; 400 if it is not JSON (413 past the body limit)."""
-    raw = await request.body()
-    try:
-        return fastjson.loads(raw)
-    except (ValueError, RecursionError):
-        raise GatewayError(400, "The body is not valid JSON", code="invalid_json") from None
-
-
-def _backend_or_404(gateway: Gateway, name: str) -> Any:
+def _backend_or_404(gateway: NamedDependency[Gateway], name: FromPath[str]) -> Backend:
     backend = gateway.registry.get(name)
     if backend is None:
         raise GatewayError(404, f"No backend named '{name}'", code="backend_not_found")
     return backend
-
-
-def _checked_url(url: Any) -> str:
-    if not isinstance(url, str) or not url:
-        raise GatewayError(400, "'url' is required", param="url")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise GatewayError(
-            400, f"'{url}' is not an http(s) URL with a host", param="url", code="invalid_url"
-        )
-    if parts.username is not None or parts.password is not None:
-        raise GatewayError(
-            400,
-            "The URL holds credentials; give the key through api_key_env instead",
-            param="url",
-            code="credentials_in_url",
-        )
-    return url
 
 
 def url_taken(backend: Backend, url: str) -> GatewayError:
@@ -122,31 +78,45 @@ def url_taken(backend: Backend, url: str) -> GatewayError:
     )
 
 
-def admin_routes(gateway: Gateway, trust: Trust) -> list[Any]:
-    """The admin route handlers, bound to ``gateway`` and the server's ``trust`` rules."""
-    #: Addresses being added right now (probing takes a while): a second add waits its turn.
-    adding: dict[tuple[str, int, str], str] = {}
+def _snapshot(backend: Backend) -> BackendAnswer:
+    return answer(BackendAnswer, backend.snapshot())
 
-    @get("/admin/backends")
-    async def list_backends(request: Request[Any, Any, Any]) -> dict[str, Any]:
-        check_admin(gateway, request, trust)
-        return {"object": "list", "data": gateway.backends()}
 
-    @post("/admin/backends", status_code=201)
-    async def add_backend(request: Request[Any, Any, Any]) -> dict[str, Any]:
-        check_admin(gateway, request, trust)
-        body = await read_json(request)
-        if not isinstance(body, dict):
-            raise GatewayError(400, "The body must be a JSON object")
-        unknown = sorted(set(body) - BACKEND_FIELDS)
-        if unknown:
-            raise GatewayError(
-                400,
-                f"Unknown field(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(BACKEND_FIELDS))}",
-            )
-        url = _checked_url(body.get("url"))
-        fields = {k: v for k, v in body.items() if v is not None}
+class AdminController(Controller):
+    """``/admin/backends`` and ``/admin/keys``: the running server's backends and keys."""
+
+    path = "/admin"
+    guards = [admin_guard]
+    tags = ["admin"]
+
+    def __init__(self, owner: Router) -> None:
+        super().__init__(owner)
+        #: Addresses being added right now (probing takes a while): a second add waits its turn.
+        self.adding: dict[tuple[str, int, str], str] = {}
+
+    @get("/backends", responses=errors(ErrorEnvelope, REFUSALS))
+    async def list_backends(self, gateway: NamedDependency[Gateway]) -> BackendList:
+        """Every backend, with its status, load and models."""
+        return answer(BackendList, {"object": "list", "data": gateway.backends()})
+
+    @post(
+        "/backends",
+        status_code=201,
+        responses=errors(
+            ErrorEnvelope,
+            {
+                **WRITE_REFUSALS,
+                409: "A backend of that name exists (backend_exists), or the server is a "
+                "backend under another name (backend_url_exists).",
+            },
+        ),
+    )
+    async def add_backend(
+        self, gateway: NamedDependency[Gateway], data: JSONBody[NewBackend]
+    ) -> BackendAnswer:
+        """Add a backend: probed (its type detected unless given) before the answer."""
+        url = checked_url(data.url)
+        fields = data.model_dump(exclude_none=True)
         fields.setdefault("name", _name_from_url(url))
         try:
             config = BackendConfig(**fields)
@@ -165,6 +135,7 @@ def admin_routes(gateway: Gateway, trust: Trust) -> list[Any]:
         if existing is not None and existing.name != config.name:
             raise url_taken(existing, url)
         address = server_address(url)
+        adding = self.adding
         if address in adding:
             raise GatewayError(
                 409,
@@ -185,98 +156,105 @@ def admin_routes(gateway: Gateway, trust: Trust) -> list[Any]:
             # never reach the other workers) is not half there. The handler answers 503.
             await gateway.remove_backend(backend.name)
             raise
-        snapshot: dict[str, Any] = backend.snapshot()
-        return snapshot
+        return _snapshot(backend)
 
-    @delete("/admin/backends/{name:str}", status_code=200)
+    @delete(
+        "/backends/{name:str}",
+        status_code=200,
+        responses=errors(ErrorEnvelope, {**REFUSALS, **NOT_FOUND, 503: WRITE_REFUSALS[503]}),
+    )
     async def remove_backend(
-        request: Request[Any, Any, Any], name: FromPath[str]
-    ) -> dict[str, Any]:
-        check_admin(gateway, request, trust)
+        self, gateway: NamedDependency[Gateway], name: FromPath[str]
+    ) -> Removed:
+        """Remove a backend (requests on it finish) and forget it for restarts."""
         _backend_or_404(gateway, name)
         # Forgotten by the store first: if that fails (503), the backend is still there rather
         # than gone now and back after the next restart.
         await gateway.forget_backend(name)
         await gateway.remove_backend(name)
-        return {"removed": name}
+        return Removed(removed=name)
 
-    @post("/admin/backends/{name:str}/drain", status_code=200)
-    async def drain_backend(request: Request[Any, Any, Any], name: FromPath[str]) -> dict[str, Any]:
-        check_admin(gateway, request, trust)
+    @post(
+        "/backends/{name:str}/drain",
+        status_code=200,
+        responses=errors(ErrorEnvelope, {**REFUSALS, **NOT_FOUND}),
+    )
+    async def drain_backend(
+        self, gateway: NamedDependency[Gateway], name: FromPath[str]
+    ) -> BackendAnswer:
+        """No new requests for the backend; those in flight finish."""
         backend = _backend_or_404(gateway, name)
         gateway.registry.set_status(backend, BackendStatus.DRAINING, "drained by the admin API")
-        snapshot: dict[str, Any] = backend.snapshot()
-        return snapshot
+        return _snapshot(backend)
 
-    @post("/admin/backends/{name:str}/resume", status_code=200)
+    @post(
+        "/backends/{name:str}/resume",
+        status_code=200,
+        responses=errors(ErrorEnvelope, {**REFUSALS, **NOT_FOUND}),
+    )
     async def resume_backend(
-        request: Request[Any, Any, Any], name: FromPath[str]
-    ) -> dict[str, Any]:
-        check_admin(gateway, request, trust)
+        self, gateway: NamedDependency[Gateway], name: FromPath[str]
+    ) -> BackendAnswer:
+        """Probe the backend again; it is routed to once healthy."""
         backend = _backend_or_404(gateway, name)
         gateway.registry.set_status(backend, BackendStatus.UNKNOWN, "resumed by the admin API")
         await gateway.resume_backend(backend)
-        snapshot: dict[str, Any] = backend.snapshot()
-        return snapshot
+        return _snapshot(backend)
 
-    @get("/admin/models")
-    async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
-        check_admin(gateway, request, trust)
-        return {"object": "list", "data": gateway.list_models()}
+    @get("/models", responses=errors(ErrorEnvelope, REFUSALS))
+    async def list_models(self, gateway: NamedDependency[Gateway]) -> ModelList:
+        """The same list as ``/v1/models`` (every model: the admin sees everything)."""
+        return answer(ModelList, {"object": "list", "data": gateway.list_models()})
 
-    @get("/admin/keys")
-    async def list_keys(request: Request[Any, Any, Any]) -> dict[str, Any]:
-        check_admin(gateway, request, trust)
-        return {"object": "list", "data": [key.public() for key in gateway.keys.listing()]}
+    @get("/keys", responses=errors(ErrorEnvelope, REFUSALS))
+    async def list_keys(self, gateway: NamedDependency[Gateway]) -> KeyList:
+        """Every gateway key's settings, never a key or its digest."""
+        keys = [key.public() for key in gateway.keys.listing()]
+        return answer(KeyList, {"object": "list", "data": keys})
 
-    @post("/admin/keys", status_code=201)
-    async def create_key(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-        check_admin(gateway, request, trust)
-        body = await read_json(request)
-        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-            raise GatewayError(400, "'name' is required", param="name")
-        unknown = sorted(set(body) - KEY_FIELDS)
-        if unknown:  # a misspelt limit must not make a key without one
-            raise GatewayError(
-                400,
-                f"Unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(KEY_FIELDS))}",
-                param=unknown[0],
-            )
-        models = body.get("models")
+    @post(
+        "/keys",
+        status_code=201,
+        responses=errors(ErrorEnvelope, {**WRITE_REFUSALS, 409: "A key of that name exists."}),
+    )
+    async def create_key(
+        self, gateway: NamedDependency[Gateway], data: JSONBody[NewKey]
+    ) -> Response[CreatedKey]:
+        """Make a gateway key; the answer is the only place its plaintext ever appears."""
         try:
             key, plaintext = await gateway.keys.create(
-                body["name"],
-                models=models,
-                requests_per_minute=body.get("requests_per_minute"),
-                tokens_per_minute=body.get("tokens_per_minute"),
-                monthly_budget_usd=body.get("monthly_budget_usd"),
+                data.name,
+                models=data.models,
+                requests_per_minute=data.requests_per_minute,
+                tokens_per_minute=data.tokens_per_minute,
+                monthly_budget_usd=data.monthly_budget_usd,
             )
         except KeyRingError as exc:
             raise GatewayError(exc.status, exc.message, param=exc.param) from None
         # The plaintext leaves once, in this answer; it is never stored or logged.
         return Response(
-            {**key.public(), "key": plaintext},
+            answer(CreatedKey, {**key.public(), "key": plaintext}),
             status_code=201,
             headers={"Cache-Control": "no-store"},
         )
 
-    @delete("/admin/keys/{name:str}", status_code=200)
-    async def revoke_key(request: Request[Any, Any, Any], name: FromPath[str]) -> dict[str, Any]:
-        check_admin(gateway, request, trust)
+    @delete(
+        "/keys/{name:str}",
+        status_code=200,
+        responses=errors(
+            ErrorEnvelope,
+            {
+                **REFUSALS,
+                404: "No key of that name.",
+                409: "The key is configured ([[auth.keys]]): remove it there.",
+                503: WRITE_REFUSALS[503],
+            },
+        ),
+    )
+    async def revoke_key(self, gateway: NamedDependency[Gateway], name: FromPath[str]) -> Revoked:
+        """Revoke a key made at run time."""
         try:
             await gateway.keys.revoke(name)
         except KeyRingError as exc:
             raise GatewayError(exc.status, exc.message) from None
-        return {"revoked": name}
-
-    return [
-        list_backends,
-        add_backend,
-        remove_backend,
-        drain_backend,
-        resume_backend,
-        list_models,
-        list_keys,
-        create_key,
-        revoke_key,
-    ]
+        return Revoked(revoked=name)

@@ -10,30 +10,31 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from litestar import Litestar, Request, Response, get, post
-from litestar.connection import ASGIConnection
-from litestar.exceptions import HTTPException, NotFoundException
+from litestar import Litestar, Request, Response
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.handlers import asgi
-from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
-from litestar.params import FromPath
+from litestar.plugins.pydantic import PydanticPlugin
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
-from nexus_core.accounting import usd
+from nexus_core import fastjson
 from nexus_core.adapters import BackendStatus, Endpoint
 from nexus_core.anthropic_format import anthropic_error_body
-from nexus_core.auth import ApiKey
 from nexus_core.config import BackendConfig, ServerConfig
-from nexus_core.errors import GatewayError, model_not_found, payload_too_large
+from nexus_core.errors import GatewayError, payload_too_large
 from nexus_core.gateway import Gateway, state_unavailable
 from nexus_core.state import StateError
 from nexus_server import __version__, anthropic_models, ollama
-from nexus_server.admin import admin_routes, presented_in, read_json
+from nexus_server.admin import AdminController
 from nexus_server.anthropic import CountTokensEndpoint, MessagesEndpoint
 from nexus_server.dashboard import Dashboard
 from nexus_server.dashboard import route_handlers as dashboard_routes
 from nexus_server.doors import error_body
+from nexus_server.guards import provide_viewer
+from nexus_server.listings import HealthController, ListingsController, OllamaListingsController
 from nexus_server.proxy import (
     JSON,
     REQUEST_ID_KEY,
@@ -44,7 +45,6 @@ from nexus_server.proxy import (
     Send,
     accepts_body_type,
     is_json_type,
-    missing_key,
     send_whole,
     unsupported_media_type,
 )
@@ -99,7 +99,10 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
     status = exc.status_code
     code: str | None
     method = "HEAD" if request.scope.get(HEAD_KEY) else request.method
-    if isinstance(exc, NotFoundException):
+    headers = dict(exc.headers or {})
+    if isinstance(exc, NotFoundException) or (status == 405 and _websocket_only(exc)):
+        # /ws takes WebSockets only: a plain HTTP request finds nothing there.
+        status, headers = 404, {}
         message = f"Unknown path {method} {request.url.path}"
         code = "not_found"
     elif status == 413:
@@ -110,7 +113,6 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
     if status in (404, 405):
         unknown: UnknownPaths = request.app.state.unknown_paths
         unknown.note(method, request.url.path, status, _request_id(request))
-    headers = dict(exc.headers or {})
     return _envelope_response(
         request,
         GatewayError(
@@ -121,6 +123,11 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
             headers=headers,
         ),
     )
+
+
+def _websocket_only(exc: HTTPException) -> bool:
+    """Litestar's 405 for an HTTP request to a WebSocket route (``Allow: websocket``)."""
+    return (exc.headers or {}).get("allow") == "websocket"
 
 
 def max_body_of(request: Request[Any, Any, Any]) -> int:
@@ -227,6 +234,65 @@ class UnknownPaths:
             self._timer = None
 
 
+#: Request state key of a body ``NexusRequest.json`` parsed: read back when it fails validation.
+BODY_STATE = "nexus_body"
+
+
+def _body_model(request: Request[Any, Any, Any]) -> Any:
+    """The type of the body the request's handler takes (``nexus_server.schemas``), if any."""
+    data = request.route_handler.parsed_data_field
+    return data.annotation if data is not None else None
+
+
+class NexusRequest(Request[Any, Any, Any]):
+    """Litestar's request, with bodies parsed as the proxy doors parse them (``fastjson``: the
+    standard library's rules), and a body that is not JSON (an empty one included) a 400
+    ``invalid_json`` in the door's shape. (Litestar's own parser lets absurd nesting escape as a
+    500.)"""
+
+    async def json(self) -> Any:
+        """The body parsed as JSON."""
+        body = await self.body()
+        try:
+            value = fastjson.loads(body)
+        except (ValueError, RecursionError):
+            message = getattr(_body_model(self), "not_json", "The body is not valid JSON")
+            raise GatewayError(400, message, code="invalid_json") from None
+        self.state[BODY_STATE] = value
+        return value
+
+
+def _invalid_body(request: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:
+    """A body (or parameter) of the wrong shape: 400 in the door's shape.
+
+    In the body type's own words when it has them (``RequestBody.refusal``: not an object,
+    unknown fields listed with the known ones, the key ring's rules...), else as
+    ``Invalid <what>: <field>: <problem>`` from pydantic's errors, ``param`` the first field.
+    """
+    model = _body_model(request)
+    if model is not None:
+        if BODY_STATE not in request.state:
+            # Litestar parses every body that has bytes (NexusRequest.json): this one was empty.
+            message = getattr(model, "not_json", "The body is not valid JSON")
+            return _envelope_response(request, GatewayError(400, message, code="invalid_json"))
+        refusal = getattr(model, "refusal", None)
+        error: GatewayError | None = refusal(request.state[BODY_STATE]) if refusal else None
+        if error is not None:
+            return _envelope_response(request, error)
+    problems = [
+        (str(item.get("key") or ""), str(item.get("message") or ""))
+        for item in (exc.extra if isinstance(exc.extra, list) else [])
+        if isinstance(item, dict)
+    ]
+    fields = [(key, message) for key, message in problems if key and key != "data"]
+    if not fields:
+        return _envelope_response(request, GatewayError(400, "The body must be a JSON object"))
+    noun = getattr(model, "noun", "request")
+    shown = "; ".join(f"{key}: {message}" for key, message in fields)
+    error = GatewayError(400, f"Invalid {noun}: {shown}", param=fields[0][0].split(".")[0])
+    return _envelope_response(request, error)
+
+
 def _gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
     return _envelope_response(request, exc)
 
@@ -265,108 +331,6 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
     """The ASGI app: Litestar wrapped in a thin layer that gives every response a request id."""
 
     trust = Trust(gateway.config.server)
-
-    def viewer(connection: ASGIConnection[Any, Any, Any, Any]) -> ApiKey | None:
-        """The gateway key whose own view a request gets; None: everything (auth off, admin).
-
-        With [auth] on, the JSON endpoints need a gateway key or the admin key (else 401).
-        """
-        keys = gateway.keys
-        if not keys.enabled:
-            return None
-        presented = presented_in(connection)
-        if keys.is_admin(presented):
-            return None
-        key = keys.identify(presented)
-        if key is None:
-            raise missing_key(presented)
-        return key
-
-    def key_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        viewer(connection)
-
-    @get("/v1/models", guards=[key_guard])
-    async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
-        # The models the caller's key may use (every model with auth off or the admin key), in
-        # OpenAI's shape, or Anthropic's for the Anthropic SDKs (anthropic_models).
-        models = gateway.list_models(viewer(request))
-        if anthropic_models.wants_anthropic(request.headers):
-            return anthropic_models.page(models, request.query_params)
-        return {"object": "list", "data": models}
-
-    @get("/v1/models/{model_id:path}", guards=[key_guard])
-    async def get_model(request: Request[Any, Any, Any], model_id: FromPath[str]) -> dict[str, Any]:
-        model_id = model_id.lstrip("/")
-        key = viewer(request)
-        entry = gateway.get_model(model_id, key)
-        if entry is None:
-            raise model_not_found(model_id, gateway.model_ids(key))
-        if anthropic_models.wants_anthropic(request.headers):
-            return anthropic_models.model_info(entry)
-        return entry
-
-    @get("/health")
-    async def health() -> dict[str, Any]:
-        return gateway.health_summary()
-
-    @get("/health/ready")
-    async def ready() -> Response[dict[str, Any]]:
-        summary = gateway.health_summary()
-        ok = summary["backends"]["healthy"] > 0
-        return Response(
-            {"ready": ok, **summary}, status_code=200 if ok else 503, media_type="application/json"
-        )
-
-    # Litestar adds "; charset=utf-8" to a text type itself: named here, it would be said twice.
-    @get("/metrics", media_type="text/plain; version=0.0.4")
-    async def metrics() -> str:
-        return gateway.monitor.render_prometheus()
-
-    @get("/v1/stats", guards=[key_guard])
-    async def stats(request: Request[Any, Any, Any]) -> dict[str, Any]:
-        key = viewer(request)
-        if key is None:
-            return gateway.monitor.stats()
-        own = gateway.monitor.key_stats(key.name)
-        if key.monthly_budget_usd is not None:
-            accountant = gateway.accountant
-            spent = usd(await accountant.track_key(key.name))
-            own["budget"] = {
-                "period": accountant.period,
-                "spent_usd": round(spent, 9),
-                "limit_usd": key.monthly_budget_usd,
-                "remaining_usd": round(max(0.0, key.monthly_budget_usd - spent), 9),
-                "resets_in_seconds": round(accountant.seconds_to_rollover()),
-            }
-        return own
-
-    @get("/v1/history", guards=[key_guard])
-    async def history(request: Request[Any, Any, Any]) -> dict[str, Any]:
-        key = viewer(request)
-        entries = gateway.monitor.history_entries(None if key is None else key.name)
-        return {"object": "list", "data": entries}
-
-    @get("/api/tags", guards=[key_guard])
-    async def ollama_tags(request: Request[Any, Any, Any]) -> dict[str, Any]:
-        return ollama.tags(gateway, viewer(request))
-
-    @get("/api/ps", guards=[key_guard])
-    async def ollama_ps(request: Request[Any, Any, Any]) -> dict[str, Any]:
-        return ollama.ps(gateway, viewer(request))
-
-    @get("/api/version")
-    async def ollama_version() -> dict[str, Any]:
-        # The Ollama API version this front door follows; Nexus's own is in /health.
-        return {"version": ollama.OLLAMA_API_VERSION, "nexus_version": __version__}
-
-    @post("/api/show", status_code=200, guards=[key_guard])
-    async def ollama_show(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-        try:
-            data = await read_json(request)
-        except GatewayError:
-            return Response({"error": "the request body is not valid JSON"}, status_code=400)
-        status, body = ollama.show(gateway, data, viewer(request))
-        return Response(body, status_code=status)
 
     proxies: dict[str, ProxyEndpoint] = {
         "/v1/chat/completions": ProxyEndpoint(gateway, Endpoint.CHAT),
@@ -416,22 +380,26 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
     litestar_app = Litestar(
         route_handlers=[
             *dashboard_routes(dashboard),
-            list_models,
-            get_model,
-            health,
-            ready,
-            metrics,
-            stats,
-            history,
-            ollama_tags,
-            ollama_ps,
-            ollama_version,
-            ollama_show,
-            *admin_routes(gateway, trust),
+            ListingsController,
+            OllamaListingsController,
+            HealthController,
+            AdminController,
             *(proxy_route(path) for path in proxies),
         ],
+        # Handlers take the gateway and the caller's view as dependencies; guards read the app's
+        # state (they run before dependencies are resolved).
+        dependencies={
+            "gateway": Provide(lambda: gateway, use_cache=True, sync_to_thread=False),
+            "viewer": Provide(provide_viewer, sync_to_thread=False),
+        },
+        state=State({"gateway": gateway, "trust": trust, "unknown_paths": unknown_paths}),
+        request_class=NexusRequest,
+        # Request bodies are pydantic models checked strictly: a boolean is never a number, a
+        # string never an integer (nexus_server.schemas).
+        plugins=[PydanticPlugin(validate_strict=True)],
         exception_handlers={
             GatewayError: _gateway_error,
+            ValidationException: _invalid_body,
             HTTPException: _http_exception,
             StateError: _state_error,
             Exception: _unexpected,
@@ -450,9 +418,7 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
         # The same limit as the proxy doors': every route answers 413 past it.
         request_max_body_size=gateway.config.server.max_body_bytes,
     )
-    litestar_app.state.gateway = gateway
-    litestar_app.state.unknown_paths = unknown_paths
-    return NexusApp(litestar_app, proxies, dashboard, trust=trust)
+    return NexusApp(litestar_app, proxies, trust=trust)
 
 
 async def _add_default_ollama(gateway: Gateway, url: str, *, first: bool = False) -> bool:
@@ -594,7 +560,6 @@ class NexusApp:
         self,
         app: Any,
         proxies: dict[str, ProxyEndpoint],
-        dashboard: Dashboard | None = None,
         *,
         trust: Trust | None = None,
     ) -> None:
@@ -610,16 +575,9 @@ class NexusApp:
             else None
         )
         self.trust = trust if trust is not None else Trust(config)
-        self.dashboard = dashboard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            if scope["type"] == "websocket" and scope["path"] == "/ws" and self.dashboard:
-                headers = scope["headers"]
-                client = scope.get("client")
-                scope[LOCAL_KEY] = self.trust.is_local(client[0] if client else None, headers)
-                await self.dashboard.websocket(scope, receive, send, self.trust)
-                return
+        if scope["type"] != "http":  # lifespan, and the dashboard's /ws (a Litestar handler)
             await self.app(scope, receive, send)
             return
         request_id = origin = host = content_type = None

@@ -12,7 +12,7 @@ from typing import Literal
 
 from nexus_core.anthropic_format import anthropic_error_body
 from nexus_core.errors import GatewayError
-from nexus_core.ollama_wire import ollama_error
+from nexus_server.ollama_wire.to_ollama import ollama_error
 
 Door = Literal["openai", "anthropic", "ollama"]
 

@@ -1,7 +1,7 @@
 """The Ollama front door: ``/api/chat``, ``/api/generate``, ``/api/embed`` and the listings.
 
 Ollama clients (Open WebUI, the ``ollama`` Python client, scripts) see Nexus as one big Ollama.
-Every request is translated to OpenAI chat, completions or embeddings (``nexus_core.ollama_wire``)
+Every request is translated to OpenAI chat, completions or embeddings (``nexus_server.ollama_wire``)
 and routed like any other, to any backend type (Ollama ones included, through their OpenAI
 endpoints); answers come back in Ollama's shapes, streamed as NDJSON by default. Errors are
 Ollama's ``{"error": "..."}`` with the same status codes.
@@ -20,16 +20,11 @@ from nexus_core.errors import GatewayError
 from nexus_core.failover import ProxyResult
 from nexus_core.gateway import Gateway
 from nexus_core.observability import RequestRecord
-from nexus_core.ollama_wire import (
+from nexus_server.ollama_wire.listings import ps_entry, show_response, tags_entry
+from nexus_server.ollama_wire.to_ollama import (
     ChatStreamToOllama,
     GenerateStreamToOllama,
-    TranslationError,
-    chat_is_load,
-    chat_to_openai,
-    embed_to_openai,
     error_line,
-    generate_to_openai,
-    legacy_embeddings_to_openai,
     load_response,
     ollama_error,
     openai_chat_to_ollama,
@@ -37,9 +32,14 @@ from nexus_core.ollama_wire import (
     openai_completion_to_ollama_generate,
     openai_embeddings_to_ollama,
     openai_embeddings_to_ollama_legacy,
-    ps_entry,
-    show_response,
-    tags_entry,
+)
+from nexus_server.ollama_wire.to_openai import (
+    TranslationError,
+    chat_is_load,
+    chat_to_openai,
+    embed_to_openai,
+    generate_to_openai,
+    legacy_embeddings_to_openai,
 )
 from nexus_server.proxy import (
     JSON,
@@ -295,18 +295,15 @@ def tags(gateway: Gateway, key: ApiKey | None = None) -> dict[str, Any]:
     }
 
 
-def show(gateway: Gateway, data: Any, key: ApiKey | None = None) -> tuple[int, dict[str, Any]]:
-    """``POST /api/show``: status and body (Ollama's 404 for a model nobody serves, or that
-    ``key`` may not use)."""
-    if not isinstance(data, dict):
-        return 400, {"error": "the request body must be a JSON object"}
-    name = data.get("model") or data.get("name")
-    if not isinstance(name, str) or not name:
-        return 400, {"error": "model is required"}
+def show(gateway: Gateway, name: str | None, key: ApiKey | None = None) -> dict[str, Any]:
+    """``POST /api/show`` of the model ``name``: Ollama's 404 for a model nobody serves, or
+    that ``key`` may not use (raised as ``GatewayError``, answered in Ollama's shape)."""
+    if not name:
+        raise GatewayError(400, "model is required", param="model")
     entry = gateway.get_model(name) or gateway.get_model(gateway.router.resolve(name))
     if entry is None or (key is not None and not key.allows(name)):
-        return 404, {"error": f"model '{name}' not found"}
-    return 200, show_response(
+        raise GatewayError(404, f"model '{name}' not found", param="model")
+    return show_response(
         name,
         context_length=entry["context_length"],
         capabilities=ollama_capabilities(entry["capabilities"]),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from litestar import MediaType, Response, get
+from litestar import MediaType, Response, WebSocket, get, websocket
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.static_files import create_static_files_router
@@ -18,6 +18,7 @@ from litestar.static_files import create_static_files_router
 from nexus_core.errors import GatewayError
 from nexus_server.dashboard.live import Dashboard, origin_allowed, viewer_allowed
 from nexus_server.dashboard.render import STYLE_HASH, render_page
+from nexus_server.trust import LOCAL_KEY, Trust
 
 __all__ = ["Dashboard", "origin_allowed", "render_page", "route_handlers"]
 
@@ -33,7 +34,7 @@ CONTENT_SECURITY_POLICY = (
 
 
 def route_handlers(dashboard: Dashboard) -> list[Any]:
-    """The Litestar handlers of the dashboard's HTTP side (``/ws`` is dispatched by NexusApp)."""
+    """The Litestar handlers of the dashboard: the page, its snapshot, its assets and ``/ws``."""
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         if not viewer_allowed(dashboard.gateway, connection.scope):  # type: ignore[arg-type]
@@ -69,6 +70,18 @@ def route_handlers(dashboard: Dashboard) -> list[Any]:
     async def snapshot() -> Response[dict[str, Any]]:
         return Response(dashboard.snapshot(), headers={"Cache-Control": "no-store"})
 
+    @websocket("/ws", name="dashboard-live")
+    async def live(socket: WebSocket[Any, Any, Any]) -> None:
+        # The Origin and the viewer are checked by Dashboard.websocket, before it accepts: a
+        # refused page gets a 403 handshake, as a guard's exception would not give it.
+        scope: Any = socket.scope  # the raw ASGI scope, as the proxy doors get it
+        trust: Trust = socket.app.state.trust
+        client = scope.get("client")
+        scope[LOCAL_KEY] = trust.is_local(client[0] if client else None, scope["headers"])
+        receive: Any = socket.receive
+        send: Any = socket.send
+        await dashboard.websocket(scope, receive, send, trust)
+
     assets = create_static_files_router(
         path="/dashboard/static",
         directories=[STATIC],
@@ -76,4 +89,4 @@ def route_handlers(dashboard: Dashboard) -> list[Any]:
         cache_control=None,
         name="dashboard-static",
     )
-    return [page, fragments, snapshot, assets]
+    return [page, fragments, snapshot, live, assets]

@@ -12,33 +12,35 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nexus_core.ollama_wire import (
-    ChatStreamToOllama,
-    GenerateStreamToOllama,
-    TranslationError,
-    chat_is_load,
-    chat_to_openai,
-    embed_to_openai,
-    error_line,
-    generate_to_openai,
+from nexus_server.ollama_wire.listings import (
     guess_parameter_size,
     guess_quantization,
-    image_mime,
-    legacy_embeddings_to_openai,
+    ps_entry,
+    show_response,
+    tags_entry,
+)
+from nexus_server.ollama_wire.to_ollama import (
+    ChatStreamToOllama,
+    GenerateStreamToOllama,
+    error_line,
     load_response,
-    models_response,
     ollama_error,
     openai_chat_to_ollama,
     openai_chat_to_ollama_generate,
     openai_completion_to_ollama_generate,
     openai_embeddings_to_ollama,
     openai_embeddings_to_ollama_legacy,
-    options_to_openai,
-    ps_entry,
     rfc3339_nano,
-    show_response,
-    tags_entry,
-    version_response,
+)
+from nexus_server.ollama_wire.to_openai import (
+    TranslationError,
+    chat_is_load,
+    chat_to_openai,
+    embed_to_openai,
+    generate_to_openai,
+    image_mime,
+    legacy_embeddings_to_openai,
+    options_to_openai,
 )
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20).decode()
@@ -765,7 +767,7 @@ def test_tags_entry_guesses_from_the_name_and_parses_in_the_client() -> None:
     }
     assert entry["capabilities"] == ["completion", "tools"]
     listing = ollama.ListResponse.model_validate(
-        models_response([entry, tags_entry("gpt-4o", format="gguf", size=5)])
+        {"models": [entry, tags_entry("gpt-4o", format="gguf", size=5)]}
     )
     assert listing.models[0].model == entry["model"]
     assert listing.models[1].details is not None
@@ -807,9 +809,8 @@ def test_show_response_parses_in_the_client() -> None:
     assert embedder["model_info"] == {"general.architecture": "unknown"}
 
 
-def test_ps_and_version_parse_in_the_client() -> None:
+def test_ps_parses_in_the_client() -> None:
     entry = ps_entry("llama3.2:3b", context_length=4096)
-    parsed = ollama.ProcessResponse.model_validate(models_response([entry]))
+    parsed = ollama.ProcessResponse.model_validate({"models": [entry]})
     assert parsed.models[0].context_length == 4096
     assert parsed.models[0].expires_at is not None
-    assert version_response("0.1.0") == {"version": "0.1.0"}
