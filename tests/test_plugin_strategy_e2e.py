@@ -119,8 +119,8 @@ def write_config(tmp_path: Path, strategy: str, alpha: str, zulu: str) -> Path:
 
 def route(url: str) -> tuple[str, str]:
     """The backend that answered one chat request, and why it was picked."""
-    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
-    raw = client.chat.completions.with_raw_response.create(model="m", messages=HELLO)
+    with openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0) as client:
+        raw = client.chat.completions.with_raw_response.create(model="m", messages=HELLO)
     assert raw.parse().choices[0].message.content
     return raw.headers["x-nexus-backend"], raw.headers["x-nexus-route-reason"]
 
