@@ -1,7 +1,8 @@
 """Each distribution works with only what it declares: its own tests run with only it and core.
 
 A package's tests (``packages/<name>/tests``) may import that package, ``nexusgw-core`` (with its
-``[testing]`` extra: the fake backends) and the test tools, nothing else; tests that need the
+``[testing]`` extra: the fake backends) and the test tools (the Anthropic adapter's also the
+``anthropic`` SDK, which reads core's fake as it reads Anthropic), nothing else; tests that need the
 server or another adapter live in ``tests/``. Here that is checked the only way that cannot be
 fooled by the workspace's own environment: a throw-away virtual environment holding exactly
 those distributions, at the lock's versions, runs the package's tests.
@@ -30,9 +31,12 @@ ISOLATED = [
     "nexus-backend-openai",
     "nexus-backend-ollama",
     "nexus-backend-llamacpp",
+    "nexus-backend-anthropic",
 ]
 #: What a package's tests may use besides the package and core.
 TEST_TOOLS = ("pytest", "anyio")
+#: A package's own test tools beyond those: Anthropic's checks core's fake against the real SDK.
+PACKAGE_TEST_TOOLS = {"nexus-backend-anthropic": ("anthropic",)}
 
 
 def nexus_distributions(venv: ScratchVenv) -> set[str]:
@@ -46,6 +50,7 @@ def test_a_packages_own_tests_run_with_only_it_and_core(tmp_path: Path, package:
         "-e", str(ROOT / "packages" / "nexus-core") + "[testing]",
         "-e", str(ROOT / "packages" / package),
         *TEST_TOOLS,
+        *PACKAGE_TEST_TOOLS.get(package, ()),
     )  # fmt: skip
     distribution = "nexusgw-" + package.removeprefix("nexus-")
     assert nexus_distributions(venv) == {"nexusgw-core", distribution}

@@ -3,15 +3,18 @@ model listing all follow it; the strategy registry covers every configurable str
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nexus_core import Gateway
+from nexus_core import Gateway, adapters
 from nexus_core.adapters import BackendStatus, ModelInfo
-from nexus_core.config import RoutingConfig, RoutingStrategy
+from nexus_core.config import BackendConfig, RoutingConfig, RoutingStrategy
+from nexus_core.config.schema import ModelDeclaration
+from nexus_core.errors import CAPABILITY_ERRORS
 from nexus_core.registry import Registry
 from nexus_core.routing import (
     CAPABILITIES,
@@ -152,3 +155,24 @@ def test_the_fast_filter_follows_a_backend_that_lists_its_models_anew() -> None:
     assert [b.name for b in router.eligible("m", needs)] == ["a", "b"]
     registry.remove("b")
     assert [b.name for b in router.eligible("m", needs)] == ["a"]
+
+
+def test_one_list_of_capabilities_names_the_same_fields_everywhere() -> None:
+    assert CAPABILITIES is adapters.CAPABILITIES
+    model_fields = {field.name for field in dataclasses.fields(ModelInfo)}
+    needs_fields = {field.name for field in dataclasses.fields(RequestNeeds)}
+    assert set(CAPABILITIES) <= model_fields & needs_fields & set(ModelDeclaration.model_fields)
+    # Its own order is the order errors name a lack in; its keys are the same names.
+    assert set(CAPABILITY_ERRORS) == {"context_length", *CAPABILITIES}
+
+
+@pytest.mark.parametrize("name", CAPABILITIES)
+def test_a_declared_capability_overrides_what_the_server_says(name: str) -> None:
+    registry = Registry()
+    backend = make_backend(registry, "a", [ModelInfo("m", **{name: True})])  # type: ignore[arg-type]
+    backend.config = BackendConfig(
+        name="a", url="http://127.0.0.1:9", models=[{"id": "m", name: False}]
+    )
+    registry.set_models(backend, [ModelInfo("m", **{name: True})])  # type: ignore[arg-type]
+    assert getattr(backend.models["m"], name) is False
+    assert backend.snapshot()["models"][0][name] is False

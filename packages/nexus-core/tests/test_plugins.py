@@ -11,7 +11,7 @@ import logging
 import re
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,20 @@ import pytest
 
 from nexus_core import hookimpl, plugins
 from nexus_core.adapters import BackendAdapter
-from nexus_core.config import BackendConfig
+from nexus_core.config import (
+    BackendConfig,
+    ConfigError,
+    NexusConfig,
+    QualityConfig,
+    RoutingConfig,
+)
 from nexus_core.http import HttpClients
 from nexus_core.openai_wire import OpenAIWireAdapter
+from nexus_core.quality import QualityTracker
+from nexus_core.registry import Backend, Registry
+from nexus_core.routing import PriorityStrategy, Router
+
+from .test_routing import chat, make_backend
 
 BUNDLED_TYPES = ("ollama", "vllm", "llamacpp", "lmstudio", "exo", "openai", "localai")
 # Part of the core, loaded whatever the allow- and deny-lists say.
@@ -148,6 +159,102 @@ def test_register_routing_strategies() -> None:
     finally:
         plugins.unregister_plugin("strategy-plugin")
     assert "fewest_letters" not in plugins.routing_strategies()
+
+
+class _LastFirst:
+    """A strategy object: the candidates in reverse order."""
+
+    reason = "last-first"
+
+    def order(self, candidates: Sequence[Backend], model: str) -> list[Backend]:
+        return list(reversed(candidates))
+
+
+class _ByName:
+    """A strategy class, so a factory: built with ``[routing]`` and the quality tracker."""
+
+    def __init__(self, config: RoutingConfig, quality: QualityTracker | None) -> None:
+        self.reason = f"by-name-{config.max_retries}"
+        self.quality = quality
+
+    def order(self, candidates: Sequence[Backend], model: str) -> list[Backend]:
+        return sorted(candidates, key=lambda backend: backend.name, reverse=True)
+
+
+def _strategy_plugin(**strategies: object) -> None:
+    class Plugin:
+        @hookimpl
+        def register_routing_strategies(self, register: Register) -> None:
+            for name, strategy in strategies.items():
+                register(name, strategy)
+
+    plugins.register_plugin(Plugin(), "strategy-plugin")
+
+
+def _planned(router: Router) -> list[tuple[str, str]]:
+    return [(route.backend.name, route.reason) for route in router.plan(chat("m"))]
+
+
+def test_the_router_builds_a_plugins_strategy_object_or_factory_once() -> None:
+    last_first = _LastFirst()
+    _strategy_plugin(
+        last_first=last_first, by_name=_ByName, by_function=lambda config, quality: last_first
+    )
+    registry = Registry()
+    for name, priority in (("a", 1), ("b", 2), ("c", 3)):
+        make_backend(registry, name, ["m"], priority=priority)
+    quality = QualityTracker(QualityConfig())
+
+    router = Router(registry, RoutingConfig(strategy="last_first"))
+    assert router.strategy is last_first
+    assert router.strategy_name == "last_first"
+    assert _planned(router) == [("c", "last-first"), ("b", "failover"), ("a", "failover")]
+
+    built = Router(registry, RoutingConfig(strategy="BY_NAME", max_retries=1), quality=quality)
+    assert isinstance(built.strategy, _ByName)
+    assert built.strategy.quality is quality
+    assert _planned(built) == [("c", "by-name-1"), ("b", "failover")]
+    assert Router(registry, RoutingConfig(strategy="by_function")).strategy is last_first
+
+
+def test_a_built_in_name_is_not_taken_over_by_a_plugin() -> None:
+    _strategy_plugin(priority_only=_LastFirst())
+    router = Router(Registry(), RoutingConfig(strategy="priority_only"))
+    assert isinstance(router.strategy, PriorityStrategy)
+
+
+def test_an_unknown_strategy_or_one_that_is_none_is_a_config_error() -> None:
+    _strategy_plugin(last_first=_LastFirst(), broken=lambda config, quality: "not a strategy")
+    with pytest.raises(ConfigError) as unknown:
+        Router(Registry(), RoutingConfig(strategy="last_frist"))
+    assert unknown.value.errors == [
+        "routing.strategy: unknown routing strategy 'last_frist'; did you mean 'last_first'? "
+        "(known strategies: broken, last_first, least_loaded, priority_only, random, "
+        "round_robin, smart)"
+    ]
+    with pytest.raises(ConfigError) as broken:
+        Router(Registry(), RoutingConfig(strategy="broken"))
+    assert broken.value.errors == [
+        "routing.strategy: the plugin strategy 'broken' is not a strategy (a 'reason' string "
+        "and an 'order(candidates, model)' method) nor a factory of one: 'not a strategy'"
+    ]
+
+
+def test_config_problems_name_an_unknown_strategy_and_the_known_ones() -> None:
+    _strategy_plugin(last_first=_LastFirst())
+    known = NexusConfig.model_validate({"routing": {"strategy": "last_first"}})
+    assert plugins.config_problems(known, "nexus.toml") == []
+    unknown = NexusConfig.model_validate({"routing": {"strategy": "fastest"}})
+    assert plugins.config_problems(unknown, "nexus.toml") == [
+        "nexus.toml: routing.strategy: unknown routing strategy 'fastest' (known strategies: "
+        "last_first, least_loaded, priority_only, random, round_robin, smart)"
+    ]
+
+
+def test_a_registered_strategy_must_be_one_or_make_one(caplog: pytest.LogCaptureFixture) -> None:
+    _strategy_plugin(fine=_LastFirst(), wrong=42)
+    assert plugins.routing_strategies() == {}  # nothing of a plugin that failed half-way
+    assert "'wrong' is neither a strategy (an 'order' method) nor a factory of one" in caplog.text
 
 
 @pytest.mark.anyio

@@ -141,13 +141,14 @@ def test_check_reports_every_error_and_exits_1(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     path = tmp_path / "bad.toml"
-    path.write_text("[sever]\n[routing]\nstrategy = 'best'\n", encoding="utf-8")
+    path.write_text("[sever]\n[routing]\nstrategy = 'the best'\n", encoding="utf-8")
     code, out, err = nexus(capsys, "config", "check", str(path))
     assert code == 1
     assert out == ""
     assert sorted(err.splitlines()) == [
-        f"{path}: routing.strategy: must be 'smart', 'round_robin', 'priority_only', 'random' "
-        "or 'least_loaded' (any case) (got 'best')",
+        f"{path}: routing.strategy: must be a built-in strategy ('smart', 'round_robin', "
+        "'priority_only', 'random', 'least_loaded') or the name of one a plugin registers "
+        "(lower-case letters, digits, '_', '.', '-', starting with a letter) (got 'the best')",
         f"{path}: sever: unknown key; did you mean 'server'?",
     ]
 

@@ -44,6 +44,12 @@ OPENAI_PATHS: Mapping[Endpoint, str] = {
 }
 
 
+#: The yes/no capabilities a request can need and a model can lack, by their field names on
+#: ``ModelInfo`` (and on routing's ``RequestNeeds`` and a ``[[backends.models]]`` entry); the
+#: model catalogue lists them, in this order, under ``capabilities``. The one list of them.
+CAPABILITIES = ("vision", "tools", "json_mode", "embeddings")
+
+
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
     """One model a backend serves and what it can do.

@@ -27,7 +27,9 @@ def register_discovery_sources(register: Callable[[str, Any], None]) -> None:
 
 @hookspec
 def register_routing_strategies(register: Callable[[str, Any], None]) -> None:
-    """Register routing strategies: ``register(name, strategy)``."""
+    """Register routing strategies: ``register(name, strategy)``, ``strategy`` a ``Strategy`` object
+    or a factory ``(RoutingConfig, QualityTracker | None) -> Strategy``; ``[routing] strategy``
+    selects one by name."""
 
 
 @hookspec

@@ -35,6 +35,7 @@ import pluggy
 from nexus_core import hookspecs
 from nexus_core.adapters import AdapterFactory
 from nexus_core.config import AUTO_TYPE
+from nexus_core.config.fields import REGISTERED_NAME
 
 if TYPE_CHECKING:
     from nexus_core.config import NexusConfig
@@ -54,8 +55,8 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("builtin:mdns", "nexus_core.default_plugins.mdns"),
 )
 
-# The same rule the configuration applies to `[[backends]] type`.
-_REGISTERED_NAME = re.compile(r"^[a-z][a-z0-9_.-]*$")
+# The same rule the configuration applies to `[[backends]] type` and `[routing] strategy`.
+_REGISTERED_NAME = REGISTERED_NAME
 
 pm = pluggy.PluginManager("nexus")
 pm.add_hookspecs(hookspecs)
@@ -158,16 +159,22 @@ def plugin_report() -> list[PluginInfo]:
 
 
 def config_problems(config: NexusConfig, source: str) -> list[str]:
-    """One line per backend problem only the plugins reveal: unknown type, cloud rules broken.
+    """One line per problem only the plugins reveal: a backend type or a routing strategy no
+    plugin registers, a cloud adapter's rules broken.
 
     A backend of a cloud adapter (``is_cloud``) needs ``api_key_env`` and may not set
     ``forward_client_auth``; lines read like other configuration errors
     (``nexus.toml: backends[1].api_key_env: ...``), ``source`` naming the file.
     """
+    from nexus_core.routing.strategies import strategy_problem  # routing imports this module
+
     types = backend_types()
     known = sorted(types)
     problems: list[str] = []
-    unknown = False
+    strategy = strategy_problem(config.routing, routing_strategies())
+    if strategy is not None:
+        problems.append(f"{source}: routing.strategy: {strategy}")
+    unknown = strategy is not None
     for index, backend in enumerate(config.backends):
         if backend.type == AUTO_TYPE:
             continue  # known once the server answers: Gateway.add_backend checks it then
@@ -205,7 +212,7 @@ def discovery_sources() -> dict[str, DiscoverySourceFactory]:
 
 
 def routing_strategies() -> dict[str, Any]:
-    """Routing strategy name -> strategy, from ``register_routing_strategies``."""
+    """Routing strategy name -> strategy or factory, from ``register_routing_strategies``."""
     return dict(_collect("register_routing_strategies").winners)
 
 
@@ -287,6 +294,13 @@ class _Registrar:
             raise TypeError(f"{self.hook_name}: nothing registered for {name!r}")
         if self.hook_name == "register_backends" and not callable(obj):
             raise TypeError(f"register_backends: the factory for {name!r} is not callable")
+        if self.hook_name == "register_routing_strategies" and not (
+            callable(obj) or callable(getattr(obj, "order", None))
+        ):
+            raise TypeError(
+                f"register_routing_strategies: {name!r} is neither a strategy (an 'order' "
+                "method) nor a factory of one"
+            )
         if _state.undo_trace is not None:
             print(
                 f"nexus plugin trace:   {self.plugin_name} registered {name!r} = {obj!r}",

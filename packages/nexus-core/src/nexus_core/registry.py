@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from nexus_core.adapters import BackendAdapter, BackendStatus, LoadSignal, ModelInfo
+from nexus_core.adapters import CAPABILITIES, BackendAdapter, BackendStatus, LoadSignal, ModelInfo
 from nexus_core.config import BackendConfig, Zone
 
 log = logging.getLogger("nexus.registry")
@@ -199,10 +199,7 @@ class Backend:
                 {
                     "id": m.id,
                     "context_length": m.context_length,
-                    "vision": m.vision,
-                    "tools": m.tools,
-                    "json_mode": m.json_mode,
-                    "embeddings": m.embeddings,
+                    **{name: getattr(m, name) for name in CAPABILITIES},
                 }
                 for m in self.models.values()
             ],
@@ -291,7 +288,7 @@ class Registry:
             base = new.get(declared.id) or ModelInfo(declared.id)
             overrides = {
                 key: value
-                for key in ("context_length", "vision", "tools", "json_mode", "embeddings")
+                for key in ("context_length", *CAPABILITIES)
                 if (value := getattr(declared, key)) is not None
             }
             new[declared.id] = dataclasses.replace(base, **overrides) if overrides else base

@@ -261,7 +261,9 @@ def backend_table(backends: Sequence[Mapping[str, Any]], *, colour: bool = False
 def capabilities(model: Mapping[str, Any]) -> str:
     """``vision,tools``: the capabilities a model has, comma-separated; ``-`` for none."""
     flags = model.get("capabilities") or {}
-    names = [name for name in ("vision", "tools", "json_mode", "embeddings") if flags.get(name)]
+    # The catalogue lists them in ``nexus_core.adapters.CAPABILITIES`` order (this module
+    # imports only httpx, to start fast).
+    names = [name for name, present in flags.items() if present]
     return ",".join(names) or "-"
 
 

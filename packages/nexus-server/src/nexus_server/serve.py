@@ -20,7 +20,7 @@ from typing import Any
 import uvicorn
 
 from nexus_core import plugins
-from nexus_core.config import LogFormat, NexusConfig, StateBackend
+from nexus_core.config import ConfigError, LogFormat, NexusConfig, StateBackend
 from nexus_core.gateway import Gateway
 from nexus_core.http import UpstreamClientError
 from nexus_core.state import open_store
@@ -333,6 +333,10 @@ def _serve(config: NexusConfig, sock: socket.socket | None, config_file: Path | 
         server = build_server(config, config_file)
     except (TelemetryError, UpstreamClientError) as exc:  # an extra that is not installed
         log.error("%s", exc)
+        return 1
+    except ConfigError as exc:  # a plugin's routing strategy that fails to build
+        for line in exc.errors:
+            print(line, file=sys.stderr)
         return 1
     # Everything imported so far lives for the whole run: keep it out of the collector's scans,
     # and collect the young generation less often (fewer pauses under load).

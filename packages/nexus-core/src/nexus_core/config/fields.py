@@ -24,6 +24,8 @@ class LowerEnum(enum.StrEnum):
 
 
 class RoutingStrategy(LowerEnum):
+    """The built-in strategies' names; ``[routing] strategy`` also takes one a plugin registers."""
+
     SMART = "smart"
     ROUND_ROBIN = "round_robin"
     PRIORITY_ONLY = "priority_only"
@@ -127,7 +129,26 @@ def _http_url(value: Any) -> Any:
     return value.rstrip("/")
 
 
-Strategy = Annotated[RoutingStrategy, BeforeValidator(_lower)]
+#: What a plugin may register a name as (``nexus_core.plugins``), so what a strategy may be called.
+REGISTERED_NAME = re.compile(r"^[a-z][a-z0-9_.-]*$")
+
+
+def _strategy_name(value: Any) -> Any:
+    # Any well-formed name passes here: whether a plugin registered it is known only once the
+    # plugins load (``plugins.config_problems``, run by ``nexus serve`` and ``nexus config check``).
+    if not isinstance(value, str):
+        return value
+    name = value.lower()
+    if not REGISTERED_NAME.match(name):
+        builtin = ", ".join(repr(strategy.value) for strategy in RoutingStrategy)
+        raise ValueError(
+            f"must be a built-in strategy ({builtin}) or the name of one a plugin registers "
+            f"(lower-case letters, digits, '_', '.', '-', starting with a letter) (got {value!r})"
+        )
+    return name
+
+
+Strategy = Annotated[str, BeforeValidator(_strategy_name)]
 SystemMessagesMode = Annotated[SystemMessages, BeforeValidator(_lower)]
 ZoneName = Annotated[Zone, BeforeValidator(_lower)]
 Privacy = Annotated[PolicyPrivacy, BeforeValidator(_lower)]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from typing import Annotated, Any, Self
 from urllib.parse import urlsplit
 
@@ -32,6 +31,7 @@ from nexus_core.config.fields import (
     BACKEND_NAME,
     BACKEND_NAME_RULE,
     HOST_NAME,
+    REGISTERED_NAME,
     SERVICE_TYPE,
     Action,
     EnvName,
@@ -415,9 +415,9 @@ class RoutingConfig(Section):
     """``[routing]``: how a backend is chosen and what happens when it fails."""
 
     strategy: Strategy = Field(
-        default=RoutingStrategy.SMART,
+        default=RoutingStrategy.SMART.value,
         description="smart (score of priority, load and latency), round_robin, priority_only, "
-        "random or least_loaded.",
+        "random, least_loaded, or the name of a strategy a plugin registers.",
     )
     max_retries: int = Field(
         default=2,
@@ -572,7 +572,7 @@ class BackendConfig(Section):
     @classmethod
     def _type_name(cls, value: str) -> str:
         value = value.lower()
-        if not re.match(r"^[a-z][a-z0-9_.-]*$", value):
+        if not REGISTERED_NAME.match(value):
             raise ValueError(f"must be a backend type name such as 'ollama' (got {value!r})")
         return value
 

@@ -6,11 +6,10 @@ import dataclasses
 import time
 from typing import Any
 
-from nexus_core.adapters import BackendStatus, ModelInfo
+from nexus_core.adapters import CAPABILITIES, BackendStatus, ModelInfo
 from nexus_core.auth import ApiKey
 from nexus_core.gateway.components import GatewayComponents
 from nexus_core.registry import Backend
-from nexus_core.routing import CAPABILITIES
 
 __all__ = ["Catalogue"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from nexus_core.adapters import Endpoint, ModelInfo
+from nexus_core.adapters import CAPABILITIES, Endpoint, ModelInfo
 from nexus_core.errors import GatewayError, bad_request
 
 __all__ = [
@@ -19,9 +19,6 @@ __all__ = [
 
 # Rough bytes-per-token used to estimate prompt size before the context-length check.
 CHARS_PER_TOKEN = 4
-#: The yes/no capabilities a request can need and a model can lack, by their names on both
-#: ``RequestNeeds`` and ``ModelInfo`` (the model catalogue lists them under ``capabilities``).
-CAPABILITIES = ("vision", "tools", "json_mode", "embeddings")
 
 
 @dataclass(slots=True)

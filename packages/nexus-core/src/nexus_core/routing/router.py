@@ -24,7 +24,7 @@ from nexus_core.routing.policies import (
     privacy_reason,
     tier_reason,
 )
-from nexus_core.routing.strategies import STRATEGIES, SmartStrategy, Strategy
+from nexus_core.routing.strategies import SmartStrategy, Strategy, build_strategy
 
 if TYPE_CHECKING:
     from nexus_core.accounting import Accountant
@@ -93,9 +93,10 @@ class Router:
         #: Cool-downs of failing backends; None: every healthy backend is routable.
         self.quality = quality
         self.config = config
-        self.strategy: Strategy = strategy or STRATEGIES[config.strategy.value](config, quality)
+        #: Built once, here: a built-in or a plugin's (``build_strategy``); ``order`` per request.
+        self.strategy: Strategy = strategy or build_strategy(config, quality)
         #: The strategy's name in the debug lines: the config's, or a custom one's class.
-        self.strategy_name = config.strategy.value if strategy is None else type(strategy).__name__
+        self.strategy_name = str(config.strategy) if strategy is None else type(strategy).__name__
         if isinstance(self.strategy, SmartStrategy):
             # Backends keep their smart score current from now on (see Backend.rank).
             weights = self.strategy.weights

@@ -2,19 +2,21 @@
 
 A strategy is any object with a ``reason`` (sent as ``X-Nexus-Route-Reason`` when it picked among
 several) and ``order(candidates, model) -> list[Backend]``; the first is the pick, the rest the
-failover order. ``STRATEGIES`` maps the names ``[routing] strategy`` takes to a factory called
-once, when the router is built. ``order`` runs for every request: keep it a sort or a rotation.
+failover order. ``STRATEGIES`` maps the built-in names ``[routing] strategy`` takes to a factory
+called once, when the router is built; plugins add others (``register_routing_strategies``),
+which ``build_strategy`` finds. ``order`` runs for every request: keep it a sort or a rotation.
 """
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import operator
 import random
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol, cast
 
-from nexus_core.config import RoutingConfig
+from nexus_core.config import ConfigError, RoutingConfig
 from nexus_core.quality import QualityTracker
 from nexus_core.registry import Backend
 
@@ -27,8 +29,11 @@ __all__ = [
     "SmartStrategy",
     "Strategy",
     "StrategyFactory",
+    "build_strategy",
     "builtin_strategies",
+    "is_strategy",
     "load_ratio",
+    "strategy_problem",
 ]
 
 
@@ -167,9 +172,9 @@ class LeastLoadedStrategy:
         )
 
 
-#: The strategies ``[routing] strategy`` names, each built once when the router is. A new one: a
-#: class with ``reason`` and ``order`` above, its factory here, its name in
-#: ``config.RoutingStrategy``.
+#: The built-in strategies ``[routing] strategy`` names, each built once when the router is. A new
+#: one: a class with ``reason`` and ``order`` above, its factory here, its name in
+#: ``config.RoutingStrategy`` (or, outside the core, a plugin: ``register_routing_strategies``).
 STRATEGIES: dict[str, StrategyFactory] = {
     "smart": SmartStrategy.from_config,
     "round_robin": lambda config, quality: RoundRobinStrategy(),
@@ -184,3 +189,76 @@ def builtin_strategies(
 ) -> dict[str, Strategy]:
     """Every strategy of ``STRATEGIES``, built (``quality``: TTFT penalties for smart)."""
     return {name: build(config, quality) for name, build in STRATEGIES.items()}
+
+
+def is_strategy(obj: object) -> bool:
+    """Whether ``obj`` follows ``Strategy``: a ``reason`` string and an ``order`` method."""
+    return isinstance(getattr(obj, "reason", None), str) and callable(getattr(obj, "order", None))
+
+
+def build_strategy(
+    config: RoutingConfig,
+    quality: QualityTracker | None = None,
+    registered: Mapping[str, object] | None = None,
+) -> Strategy:
+    """The strategy ``[routing] strategy`` names, built once: a built-in (``STRATEGIES``, which
+    win a name clash) or one a plugin registered.
+
+    A plugin registers a ready strategy object (used as is: every router shares it) or a
+    factory ``(RoutingConfig, QualityTracker | None) -> Strategy`` like ``STRATEGIES``' (a class
+    counts as a factory). ``registered``: the plugins' registry, by default
+    ``nexus_core.plugins.routing_strategies()``, read only for a name that is not built in.
+    ``ConfigError`` (one line) for a name nothing registered or an object that is no strategy.
+    """
+    name = str(config.strategy)
+    builtin = STRATEGIES.get(name)
+    if builtin is not None:
+        return builtin(config, quality)
+    if registered is None:
+        from nexus_core.plugins import routing_strategies  # plugins import the config, as we do
+
+        registered = routing_strategies()
+    found = registered.get(name)
+    if found is None:
+        raise ConfigError([f"routing.strategy: {_unknown(name, [*STRATEGIES, *registered])}"])
+    if is_strategy(found) and not isinstance(found, type):
+        return cast(Strategy, found)
+    if not callable(found):
+        raise ConfigError([f"routing.strategy: {_not_a_strategy(name, found)}"])
+    try:
+        built = found(config, quality)
+    except Exception as exc:
+        raise ConfigError(
+            [f"routing.strategy: the plugin strategy {name!r} failed to build: {exc!r}"]
+        ) from exc
+    if not is_strategy(built):
+        raise ConfigError([f"routing.strategy: {_not_a_strategy(name, built)}"])
+    return cast(Strategy, built)
+
+
+def strategy_problem(config: RoutingConfig, registered: Mapping[str, object]) -> str | None:
+    """What is wrong with ``[routing] strategy`` given the plugins' ``registered`` strategies
+    (without building one); None when nothing is."""
+    name = str(config.strategy)
+    if name in STRATEGIES:
+        return None
+    found = registered.get(name)
+    if found is None:
+        return _unknown(name, [*STRATEGIES, *registered])
+    if not (callable(found) or is_strategy(found)):
+        return _not_a_strategy(name, found)
+    return None
+
+
+def _unknown(name: str, known: Iterable[str]) -> str:
+    names = sorted(set(known))
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown routing strategy {name!r}{hint} (known strategies: {', '.join(names)})"
+
+
+def _not_a_strategy(name: str, found: object) -> str:
+    return (
+        f"the plugin strategy {name!r} is not a strategy (a 'reason' string and an "
+        f"'order(candidates, model)' method) nor a factory of one: {found!r}"
+    )
