@@ -162,3 +162,25 @@ def test_listed_items_have_ids_and_written_out_messages() -> None:
     assert listed(call, 3) == call
     said = listed({"role": "assistant", "content": "Hi"}, 1)
     assert said["content"] == [{"type": "output_text", "text": "Hi"}]
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"retention_seconds": 0}, "responses.retention_seconds"),
+        ({"max_record_bytes": 100}, "responses.max_record_bytes"),
+        ({"keep": True}, "responses.keep"),
+    ],
+)
+def test_bad_responses_settings_are_refused(section: dict[str, Any], message: str) -> None:
+    from nexus_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        validate_config({"responses": section})
+
+
+def test_the_defaults_are_openais() -> None:
+    config = validate_config({}).responses
+    assert config.store is True
+    assert config.retention_seconds == 30 * 24 * 3600
+    assert config.max_record_bytes == 16 * 1024 * 1024
