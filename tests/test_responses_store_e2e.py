@@ -217,7 +217,9 @@ def test_two_replicas_on_one_redis_share_stored_responses(
             client(one, TEAM_A).responses.retrieve("resp_shared")
 
 
-def test_a_store_that_cannot_answer_is_a_503(tmp_path: Path) -> None:
+def test_a_store_that_cannot_answer_is_a_503(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     config = gateway_config()
     path = tmp_path / "state.sqlite3"
     config["state"] = {"backend": "sqlite", "path": str(path)}
@@ -232,6 +234,13 @@ def test_a_store_that_cannot_answer_is_a_503(tmp_path: Path) -> None:
         assert failed.value.response.headers["retry-after"] == "5"
         assert failed.value.response.json()["error"]["code"] == "state_unavailable"
         assert "stored responses are kept there" in failed.value.message
+        request_id = failed.value.response.headers["x-request-id"]
+        logged = [r.getMessage() for r in caplog.records if r.name == "nexus.state"]
+        assert any(
+            line.startswith(f"{request_id} the sqlite state store failed (DELETE ")
+            and "/v1/responses/resp_locked" in line
+            for line in logged
+        ), logged
         # The lock gone, the response is still there and can be deleted.
         assert client(server).responses.retrieve("resp_locked").id == "resp_locked"
         client(server).responses.delete("resp_locked")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from litestar import Controller, delete, get
+from litestar import Controller, Request, delete, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 
@@ -20,6 +20,7 @@ from nexus_core.errors import GatewayError, bad_request
 from nexus_core.gateway import Gateway, state_unavailable
 from nexus_core.state import StateError
 from nexus_server.guards import key_guard
+from nexus_server.proxy import REQUEST_ID_KEY
 from nexus_server.responses_store import ResponseStore, StoredResponse, response_not_found
 from nexus_server.schemas import Answer, ErrorEnvelope, errors
 
@@ -65,6 +66,7 @@ class ResponsesController(Controller):
     @get("/{response_id:str}", responses=errors(ErrorEnvelope, {**NOT_FOUND, 400: "stream=true."}))
     async def retrieve(
         self,
+        request: Request[Any, Any, Any],
         gateway: NamedDependency[Gateway],
         viewer: NamedDependency[ApiKey | None],
         response_id: ResponseId,
@@ -79,11 +81,12 @@ class ResponsesController(Controller):
                 "Nexus does not replay a stored response as a stream; retrieve it without stream",
                 param="stream",
             )
-        return (await _stored(gateway, viewer, response_id)).response
+        return (await _stored(request, gateway, viewer, response_id)).response
 
     @delete("/{response_id:str}", status_code=200, responses=errors(ErrorEnvelope, NOT_FOUND))
     async def remove(
         self,
+        request: Request[Any, Any, Any],
         gateway: NamedDependency[Gateway],
         viewer: NamedDependency[ApiKey | None],
         response_id: ResponseId,
@@ -93,7 +96,7 @@ class ResponsesController(Controller):
         try:
             deleted = await ResponseStore(gateway).delete(response_id, owner, any_owner=any_owner)
         except StateError as exc:
-            raise _unavailable(gateway, exc) from None
+            raise _unavailable(request, gateway, exc) from None
         if not deleted:
             raise response_not_found(response_id)
         return ResponseDeleted(id=response_id, object="response", deleted=True)
@@ -104,6 +107,7 @@ class ResponsesController(Controller):
     )
     async def input_items(
         self,
+        request: Request[Any, Any, Any],
         gateway: NamedDependency[Gateway],
         viewer: NamedDependency[ApiKey | None],
         response_id: ResponseId,
@@ -122,7 +126,7 @@ class ResponsesController(Controller):
             raise bad_request(f"limit must be from 1 to {MAX_PAGE}", param="limit")
         if order not in ("asc", "desc"):
             raise bad_request("order must be 'asc' or 'desc'", param="order")
-        stored = await _stored(gateway, viewer, response_id)
+        stored = await _stored(request, gateway, viewer, response_id)
         items = [listed(item, index) for index, item in enumerate(stored.input_items)]
         if order == "desc":
             items.reverse()
@@ -165,17 +169,25 @@ def _owner(gateway: Gateway, viewer: ApiKey | None) -> tuple[str | None, bool]:
     return None, gateway.keys.enabled
 
 
-async def _stored(gateway: Gateway, viewer: ApiKey | None, response_id: str) -> StoredResponse:
+async def _stored(
+    request: Request[Any, Any, Any], gateway: Gateway, viewer: ApiKey | None, response_id: str
+) -> StoredResponse:
     owner, any_owner = _owner(gateway, viewer)
     try:
         stored = await ResponseStore(gateway).load(response_id, owner, any_owner=any_owner)
     except StateError as exc:
-        raise _unavailable(gateway, exc) from None
+        raise _unavailable(request, gateway, exc) from None
     if stored is None:
         raise response_not_found(response_id)
     return stored
 
 
-def _unavailable(gateway: Gateway, exc: StateError) -> GatewayError:
-    gateway.store_outage.failed("reading or deleting a stored response", exc)
+def _unavailable(
+    request: Request[Any, Any, Any], gateway: Gateway, exc: StateError
+) -> GatewayError:
+    """503 ``state_unavailable``; the store's failure logged once per burst."""
+    raw = request.scope.get(REQUEST_ID_KEY)
+    request_id = raw.decode("latin-1") if isinstance(raw, bytes) else ""
+    what = f"{request.method} {request.url.path!r}"
+    gateway.store_outage.failed(what, exc, request_id)
     return state_unavailable("stored responses are kept there")

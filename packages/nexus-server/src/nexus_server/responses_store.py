@@ -19,6 +19,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from nexus_core import fastjson
 from nexus_core.errors import GatewayError
 from nexus_core.gateway import Gateway
@@ -90,13 +92,8 @@ class ResponseStore:
         response_id = response.get("id")
         if not isinstance(response_id, str) or not 0 < len(response_id) <= MAX_ID_LENGTH:
             raise ValueError(f"a stored response needs an id of 1 to {MAX_ID_LENGTH} characters")
-        record = json.dumps(
-            {"owner": owner, "response": response, "items": items},
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
-        # Characters count at most 4 bytes each in UTF-8: encode only when that could matter.
-        size = len(record) if len(record) * 4 <= config.max_record_bytes else len(record.encode())
+        record = _encode({"owner": owner, "response": response, "items": items})
+        size = len(record)
         if size > config.max_record_bytes:
             log.warning(
                 "response %s is not stored: its record (the response and its conversation of "
@@ -109,8 +106,9 @@ class ResponseStore:
             )
             return False
         await self._gateway.accountant.store.put(
-            COLLECTION, response_id, record, ttl_seconds=config.retention_seconds
+            COLLECTION, response_id, record.decode(), ttl_seconds=config.retention_seconds
         )
+        self._gateway.store_outage.recovered()
         return True
 
     async def load(
@@ -138,4 +136,18 @@ class ResponseStore:
         """Remove the response ``owner`` stored under ``response_id``; False as ``load`` None."""
         if await self.load(response_id, owner, any_owner=any_owner) is None:
             return False
-        return await self._gateway.accountant.store.delete(COLLECTION, response_id)
+        deleted = await self._gateway.accountant.store.delete(COLLECTION, response_id)
+        self._gateway.store_outage.recovered()
+        return deleted
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def _encode(record: dict[str, Any]) -> bytes:
+    """``record`` as compact JSON: msgspec's speed (a record may be megabytes, encoded on the
+    event loop), the standard library for what msgspec refuses (integers beyond 64 bits)."""
+    try:
+        return _encoder.encode(record)
+    except (TypeError, OverflowError, msgspec.EncodeError):
+        return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
