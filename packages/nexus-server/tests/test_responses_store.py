@@ -102,7 +102,7 @@ async def test_a_record_over_the_limit_is_not_kept(caplog: pytest.LogCaptureFixt
 async def test_what_json_holds_comes_back_exactly() -> None:
     store = ResponseStore(gateway())
     answer = response(text="naïve 😀 \u2028")
-    answer["metadata"] = {"big": 2**70, "ratio": 0.1, "none": None}  # 2**70: past msgspec's ints
+    answer["metadata"] = {"big": 2**70, "ratio": 0.1, "none": None}
     await store.save(answer, conversation(answer), None)
     stored = await store.load("resp_1", None)
     assert stored is not None
