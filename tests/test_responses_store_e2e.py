@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import schemathesis
+from schemathesis.checks import response_schema_conformance
 
 from nexus_core.testing.redis import redis_server, redis_server_binary
 from nexus_server.responses_store import ResponseStore
@@ -244,3 +246,26 @@ def test_a_store_that_cannot_answer_is_a_503(
         # The lock gone, the response is still there and can be deleted.
         assert client(server).responses.retrieve("resp_locked").id == "resp_locked"
         client(server).responses.delete("resp_locked")
+
+
+def test_the_openapi_document_describes_the_real_answers() -> None:
+    with running_server(with_auth(gateway_config())) as server:
+        save(server, answer("resp_doc"), "team-a")
+        schema = schemathesis.openapi.from_url(
+            server.url + "/openapi/openapi.json", headers={"Host": "127.0.0.1"}
+        )
+        team = {"Authorization": f"Bearer {TEAM_A}"}
+        calls = [
+            ("/v1/responses/{response_id}", "GET", "resp_doc", {}, 200),
+            ("/v1/responses/{response_id}/input_items", "GET", "resp_doc", {"limit": 1}, 200),
+            ("/v1/responses/{response_id}", "DELETE", "resp_doc", {}, 200),
+            ("/v1/responses/{response_id}", "GET", "resp_doc", {}, 404),
+            ("/v1/responses/{response_id}/input_items", "GET", "resp_doc", {}, 404),
+        ]
+        for path, method, response_id, query, status in calls:
+            case = schema[path][method].Case(
+                path_parameters={"response_id": response_id}, query=query
+            )
+            got = case.call(base_url=server.url, headers=team, timeout=30)
+            case.validate_response(got, checks=[response_schema_conformance])
+            assert got.status_code == status, (path, method, got.text)
