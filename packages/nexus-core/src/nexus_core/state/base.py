@@ -147,7 +147,7 @@ class StateStore(Protocol):
 
         With ``ttl_seconds`` the record expires that long after this write and ``items`` does
         not list it (read it with ``get``); without, it stays until deleted. Either replaces
-        whatever ``key`` held. Committed when this returns (lost by no restart of the process).
+        whatever ``key`` held. Durable once this returns (SQLite, Redis: a restart loses nothing).
         """
 
     async def get(self, collection: str, key: str) -> str | None:
