@@ -147,7 +147,8 @@ class StateStore(Protocol):
 
         With ``ttl_seconds`` the record expires that long after this write and ``items`` does
         not list it (read it with ``get``); without, it stays until deleted. Either replaces
-        whatever ``key`` held. Durable once this returns (SQLite, Redis: a restart loses nothing).
+        whatever ``key`` held. Kept once this returns (SQLite, Redis: a restart of Nexus loses
+        nothing).
         """
 
     async def get(self, collection: str, key: str) -> str | None:
