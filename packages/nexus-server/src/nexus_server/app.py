@@ -48,6 +48,7 @@ from nexus_server.proxy import (
     send_whole,
     unsupported_media_type,
 )
+from nexus_server.responses_routes import ResponsesController
 from nexus_server.trust import LOCAL_KEY, Trust, misdirected
 
 log = logging.getLogger("nexus.server")
@@ -384,6 +385,7 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
             OllamaListingsController,
             HealthController,
             AdminController,
+            ResponsesController,
             *(proxy_route(path) for path in proxies),
         ],
         # Handlers take the gateway and the caller's view as dependencies; guards read the app's
