@@ -260,39 +260,3 @@ def test_openai_agents_default_model_through_the_responses_door(
     tool_messages = [m for m in second["messages"] if m.get("role") == "tool"]
     assert [m["tool_call_id"] for m in tool_messages] == ["call_weather"]
     assert "Sunny and 21 degrees in Paris" in tool_messages[0]["content"]
-
-
-def test_codex_exec_through_the_responses_door(stack: Stack, tmp_path: Path) -> None:
-    """The Codex CLI's non-interactive ``codex exec``, with a model provider in its config file
-    whose ``base_url`` is Nexus and whose wire API is the Responses API."""
-    _need("codex")
-    home = tmp_path / "home"
-    codex_home = home / ".codex"
-    codex_home.mkdir(parents=True)
-    (codex_home / "config.toml").write_text(
-        "\n".join(
-            [
-                'model = "fake-model"',
-                'model_provider = "nexus"',
-                "",
-                "[model_providers.nexus]",
-                'name = "Nexus"',
-                f'base_url = "{stack.server.base_url}"',
-                'wire_api = "responses"',
-                'env_key = "NEXUS_API_KEY"',
-                "",
-            ]
-        ),
-        encoding="utf-8",
-    )
-    project = tmp_path / "project"
-    project.mkdir()
-    env = clean_env(home, CODEX_HOME=str(codex_home), NEXUS_API_KEY="sk-codex")
-    output = run(
-        [TOOLS["codex"], "exec", "--skip-git-repo-check", "--sandbox", "read-only", "Say hi"],
-        env,
-        project,
-    )
-    assert ANSWER in output.stdout, output.stderr
-    assert _responses(stack)
-    assert stack.chats()[-1]["model"] == "fake-model"
