@@ -112,7 +112,10 @@ class ResponsesEndpoint(ProxyEndpoint):
                         await send_chunk(send, events)
             except asyncio.CancelledError:
                 await end_cut_stream(
-                    send, converter.error("Nexus is shutting down; the answer was cut short")
+                    send,
+                    converter.error(
+                        "Nexus is shutting down; the answer was cut short", code="shutdown"
+                    ),
                 )
                 raise
             except StreamBroke as broke:
