@@ -278,6 +278,28 @@ def test_stream_of_a_function_call(server: RunningServer, fakes: list[FakeBacken
     )
 
 
+def test_reasoning_text_is_a_reasoning_item(
+    server: RunningServer, fakes: list[FakeBackend]
+) -> None:
+    fakes[0].push(Behaviour(reasoning="Think first", times=2))
+    sdk = client(server)
+    whole = sdk.responses.create(model="fake-model", input="Hi")
+    assert [item.type for item in whole.output] == ["reasoning", "message"]
+    with sdk.responses.stream(model="fake-model", input="Hi") as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    types = [event.type for event in events]
+    assert types[2:4] == ["response.output_item.added", "response.reasoning_text.delta"]
+    assert "response.reasoning_text.done" in types
+    for response in (whole, final):
+        reasoning = response.output[0]
+        assert reasoning.type == "reasoning"
+        assert reasoning.id.startswith("rs_")
+        assert reasoning.content is not None
+        assert reasoning.content[0].text == "Think first"
+        assert response.output_text == "Hello from a"
+
+
 def test_a_stream_broken_mid_way_ends_in_response_failed(
     server: RunningServer, fakes: list[FakeBackend]
 ) -> None:

@@ -342,6 +342,9 @@ def completions(draw: st.DrawFn) -> dict[str, Any]:
     prompt, completion = draw(st.integers(0, 10**6)), draw(st.integers(0, 10**6))
     finish_reason = "tool_calls" if calls else draw(st.sampled_from(["stop", "length"]))
     message: dict[str, Any] = {"role": "assistant", "content": text}
+    reasoning = draw(st.none() | TEXT)
+    if reasoning is not None:
+        message["reasoning_content"] = reasoning
     if calls:
         message["tool_calls"] = [
             {
@@ -388,6 +391,13 @@ def test_chat_to_responses_to_chat_keeps_text_calls_and_usage(completion: dict[s
         assert parsed.incomplete_details is not None
         assert parsed.incomplete_details.reason == "max_output_tokens"
     assert parsed.output_text == (message["content"] or "")
+    reasoning = [item for item in parsed.output if item.type == "reasoning"]
+    if "reasoning_content" in message:
+        assert parsed.output[0] == reasoning[0]
+        assert reasoning[0].content is not None
+        assert reasoning[0].content[0].text == message["reasoning_content"]
+    else:
+        assert reasoning == []
 
 
 def stream_chunks(completion: dict[str, Any], cuts: list[int]) -> list[dict[str, Any]]:
@@ -409,6 +419,9 @@ def stream_chunks(completion: dict[str, Any], cuts: list[int]) -> list[dict[str,
         }
 
     chunks = [chunk({"role": "assistant", "content": ""})]
+    chunks += [
+        chunk({"reasoning_content": p}) for p in pieces(message.get("reasoning_content", ""))
+    ]
     chunks += [chunk({"content": piece}) for piece in pieces(message["content"] or "")]
     for index, call in enumerate(message.get("tool_calls") or []):
         function = call["function"]

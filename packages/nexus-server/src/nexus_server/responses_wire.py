@@ -18,6 +18,8 @@ summarised here:
   assistant text just before them); ``function_call_output`` items become ``tool`` messages.
   ``reasoning`` items are dropped (they mean nothing to another model).
 - ``max_output_tokens`` becomes ``max_tokens`` (what every local server reads).
+- A backend's reasoning text (``reasoning_content`` or ``reasoning``) becomes a ``reasoning`` item
+  before the answer, its text as one ``reasoning_text`` part.
 - Fields a chat backend cannot honour are accepted and ignored (``reasoning``, ``truncation``,
   ``include``, ``service_tier``, ``store``, ``metadata``, ``prompt_cache_key``,
   ``safety_identifier``, ``max_tool_calls``, ``top_logprobs``, ``text.verbosity``,
@@ -71,6 +73,7 @@ IGNORED_FIELDS = frozenset(
 #: Input item types that are dropped from the history sent on.
 _DROPPED_ITEMS = frozenset({"reasoning"})
 _TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
+_ID_PREFIXES = {"message": "msg", "function_call": "fc", "reasoning": "rs"}
 
 
 class ResponsesRequestError(TranslationError):
@@ -519,6 +522,22 @@ def _message_item(item_id: str, text: str, status: str) -> JSONDict:
     }
 
 
+def _reasoning_item(item_id: str, text: str, status: str) -> JSONDict:
+    return {
+        "id": item_id,
+        "type": "reasoning",
+        "status": status,
+        "summary": [],
+        "content": [{"type": "reasoning_text", "text": text}],
+    }
+
+
+def _reasoning_of(message: Mapping[str, Any]) -> str:
+    # vLLM, llama.cpp and DeepSeek use reasoning_content; Ollama and newer vLLM use reasoning.
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    return reasoning if isinstance(reasoning, str) else ""
+
+
 def _call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> JSONDict:
     return {
         "id": item_id,
@@ -584,6 +603,9 @@ def chat_answer_to_response(
     message = choice.get("message") or {}
     status, incomplete = _status_of(choice.get("finish_reason"))
     output: list[JSONDict] = []
+    reasoning = _reasoning_of(message)
+    if reasoning:
+        output.append(_reasoning_item(new_id("rs"), reasoning, "completed"))
     text = openai_text(message.get("content"))
     tool_calls = message.get("tool_calls") or []
     if text or not tool_calls:
@@ -615,7 +637,8 @@ def chat_answer_to_response(
 
 
 class _Item:
-    """One output item being streamed: a message's text, or a function call's arguments."""
+    """One output item being streamed: a message's text, a function call's arguments, or
+    reasoning text."""
 
     __slots__ = ("call_id", "done", "id", "index", "kind", "name", "parts")
 
@@ -632,6 +655,8 @@ class _Item:
         text = "".join(self.parts)
         if self.kind == "message":
             return _message_item(self.id, text, status)
+        if self.kind == "reasoning":
+            return _reasoning_item(self.id, text, status)
         return _call_item(self.id, self.call_id, self.name, text, status)
 
 
@@ -662,6 +687,7 @@ class ChatStreamToResponses:
         self._usage: Any = None
         self._items: list[_Item] = []
         self._message: _Item | None = None
+        self._reasoning: _Item | None = None
         self._calls: dict[int, _Item] = {}
         self._last_call: int | None = None
 
@@ -699,6 +725,9 @@ class ChatStreamToResponses:
             if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
+            reasoning = _reasoning_of(delta)
+            if reasoning:
+                self._reasoning_delta(out, reasoning)
             text = delta.get("content")
             if isinstance(text, str) and text:
                 self._text(out, text)
@@ -711,13 +740,56 @@ class ChatStreamToResponses:
         return b"".join(out)
 
     def _open(self, kind: str) -> _Item:
-        item = _Item(kind, len(self._items), new_id("msg" if kind == "message" else "fc"))
+        item = _Item(kind, len(self._items), new_id(_ID_PREFIXES[kind]))
         self._items.append(item)
         return item
+
+    def _reasoning_delta(self, out: list[bytes], text: str) -> None:
+        item = self._reasoning
+        if item is None:
+            self._close_message(out, "completed")
+            item = self._reasoning = self._open("reasoning")
+            self._event(
+                out,
+                "response.output_item.added",
+                output_index=item.index,
+                item={**item.as_item("in_progress"), "content": []},
+            )
+        item.parts.append(text)
+        self._event(
+            out,
+            "response.reasoning_text.delta",
+            item_id=item.id,
+            output_index=item.index,
+            content_index=0,
+            delta=text,
+        )
+
+    def _close_reasoning(self, out: list[bytes]) -> None:
+        item = self._reasoning
+        if item is None:
+            return
+        self._reasoning = None
+        item.done = True
+        self._event(
+            out,
+            "response.reasoning_text.done",
+            item_id=item.id,
+            output_index=item.index,
+            content_index=0,
+            text="".join(item.parts),
+        )
+        self._event(
+            out,
+            "response.output_item.done",
+            output_index=item.index,
+            item=item.as_item("completed"),
+        )
 
     def _open_message(self, out: list[bytes]) -> _Item:
         message = self._message
         if message is None:
+            self._close_reasoning(out)
             message = self._message = self._open("message")
             self._event(
                 out,
@@ -797,6 +869,7 @@ class ChatStreamToResponses:
         function = call.get("function") or {}
         if state is None:
             # A function call is an item of its own, after the text before it.
+            self._close_reasoning(out)
             self._close_message(out, "completed")
             state = self._calls[index] = self._open("function_call")
             state.call_id = call_id if isinstance(call_id, str) and call_id else new_id("call")
@@ -852,9 +925,10 @@ class ChatStreamToResponses:
         if not self._started:
             out.append(self.start())
         status, incomplete = _status_of(self.finish_reason)
-        if not self._items:
+        if not any(item.kind != "reasoning" for item in self._items):
             # An answer with no text and no call is still one (empty) message, as whole.
             self._open_message(out)
+        self._close_reasoning(out)
         self._close_message(out, status)
         self._close_calls(out)
         response = self._snapshot(status)
