@@ -416,7 +416,7 @@ def test_accepted_and_ignored_fields_reach_no_backend(
     assert response.reasoning is not None
     assert response.reasoning.effort == "low"
     sent = fakes[0].inference_requests[-1].json
-    assert set(sent) == {"model", "messages", "parallel_tool_calls"}
+    assert set(sent) == {"model", "messages"}  # parallel_tool_calls only goes with tools
 
 
 def test_history_and_metrics_name_the_door(server: RunningServer) -> None:

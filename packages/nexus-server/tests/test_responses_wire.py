@@ -235,6 +235,20 @@ def test_refused_requests_name_their_param(request_: dict[str, Any], param: str)
     assert caught.value.param == param
 
 
+def test_tool_choice_and_parallel_calls_go_on_only_with_tools() -> None:
+    chat = responses_request_to_chat(
+        {
+            "model": "m",
+            "input": "x",
+            "tool_choice": "auto",
+            "parallel_tool_calls": True,
+            "tools": [],
+        }
+    )
+    assert "tool_choice" not in chat
+    assert "parallel_tool_calls" not in chat
+
+
 def test_background_false_is_accepted() -> None:
     chat = responses_request_to_chat({"model": "m", "input": "x", "background": False})
     assert chat["messages"] == [{"role": "user", "content": "x"}]

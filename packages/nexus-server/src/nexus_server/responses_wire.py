@@ -18,6 +18,8 @@ summarised here:
   assistant text just before them); ``function_call_output`` items become ``tool`` messages.
   ``reasoning`` items are dropped (they mean nothing to another model).
 - ``max_output_tokens`` becomes ``max_tokens`` (what every local server reads).
+- ``tool_choice`` and ``parallel_tool_calls`` go on only with ``tools`` (chat servers refuse
+  them alone).
 - A backend's reasoning text (``reasoning_content`` or ``reasoning``) becomes a ``reasoning`` item
   before the answer, its text as one ``reasoning_text`` part.
 - Fields a chat backend cannot honour are accepted and ignored (``reasoning``, ``truncation``,
@@ -175,18 +177,24 @@ def responses_request_to_chat(
                 "must be an integer of at least 1", "max_output_tokens", "invalid_type"
             )
         chat["max_tokens"] = max_output_tokens
-    for key in ("temperature", "top_p", "parallel_tool_calls", "user"):
+    for key in ("temperature", "top_p", "user"):
         if request.get(key) is not None:
             chat[key] = request[key]
     if request.get("stream") is True:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
     tools = request.get("tools")
-    if tools:
-        chat["tools"] = _tools_to_chat(tools)
     tool_choice = request.get("tool_choice")
     if tool_choice is not None:
-        chat["tool_choice"] = _tool_choice_to_chat(tool_choice)
+        tool_choice = _tool_choice_to_chat(tool_choice)
+    # Chat servers (OpenAI's own) refuse tool_choice and parallel_tool_calls without tools;
+    # Responses clients send them anyway.
+    if tools:
+        chat["tools"] = _tools_to_chat(tools)
+        if tool_choice is not None:
+            chat["tool_choice"] = tool_choice
+        if isinstance(request.get("parallel_tool_calls"), bool):
+            chat["parallel_tool_calls"] = request["parallel_tool_calls"]
     text = request.get("text")
     if text is not None:
         response_format = _text_to_chat(text)
