@@ -235,6 +235,53 @@ def test_refused_requests_name_their_param(request_: dict[str, Any], param: str)
     assert caught.value.param == param
 
 
+NAMESPACE = {
+    "type": "namespace",
+    "name": "agents",
+    "description": "Sub-agents",
+    "tools": [
+        {"type": "function", "name": "spawn", "parameters": {"type": "object"}},
+        {"type": "function", "name": "close", "description": "Close one"},
+    ],
+}
+
+
+def test_namespace_tools_are_flattened_and_their_calls_name_the_namespace() -> None:
+    request = {"model": "m", "input": "x", "tools": [NAMESPACE]}
+    chat = responses_request_to_chat(request)
+    assert chat["tools"] == [
+        {"type": "function", "function": {"name": "spawn", "parameters": {"type": "object"}}},
+        {
+            "type": "function",
+            "function": {
+                "name": "close",
+                "description": "Close one",
+                "parameters": {"type": "object", "properties": {}},
+            },
+        },
+    ]
+    call = {"id": "c1", "type": "function", "function": {"name": "close", "arguments": "{}"}}
+    answer = {"choices": [{"message": {"content": None, "tool_calls": [call]}}]}
+    (item,) = chat_answer_to_response(answer, request)["output"]
+    assert (item["name"], item["namespace"]) == ("close", "agents")
+    converter = ChatStreamToResponses(request)
+    data = converter.feed(
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, **call}]}}]}
+    )
+    data += converter.finish()
+    final = accumulate(parse_events(data))
+    assert final.output[0].namespace == "agents"
+    # Handed back, the call is the plain function again.
+    assert items_to_messages([final.output[0].model_dump(exclude_none=True)])[0]["tool_calls"] == [
+        call
+    ]
+    with pytest.raises(ResponsesRequestError) as caught:
+        responses_request_to_chat(
+            {**request, "tools": [{**NAMESPACE, "tools": [{"type": "custom", "name": "x"}]}]}
+        )
+    assert caught.value.param == "tools.0.tools.0.type"
+
+
 def test_tool_choice_and_parallel_calls_go_on_only_with_tools() -> None:
     chat = responses_request_to_chat(
         {

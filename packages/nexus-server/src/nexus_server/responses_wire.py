@@ -51,6 +51,7 @@ __all__ = [
     "new_id",
     "response_usage",
     "responses_request_to_chat",
+    "tool_namespaces",
     "usage_to_chat",
 ]
 
@@ -408,29 +409,56 @@ def _tools_to_chat(tools: Any) -> list[JSONDict]:
     result: list[JSONDict] = []
     for i, tool in enumerate(tools):
         path = f"tools.{i}"
-        if not isinstance(tool, Mapping):
-            raise ResponsesRequestError("must be an object", path, "invalid_type")
-        tool_type = tool.get("type")
-        if tool_type != "function":
-            raise ResponsesRequestError(
-                f"tool type {tool_type!r} is not supported: Nexus translates to chat "
-                "completions, where only function tools exist",
-                path + ".type",
-            )
-        name = tool.get("name")
-        if not isinstance(name, str) or not name:
-            raise ResponsesRequestError("field required", path + ".name")
-        function: JSONDict = {"name": name}
-        if isinstance(tool.get("description"), str):
-            function["description"] = tool["description"]
-        parameters = tool.get("parameters")
-        function["parameters"] = (
-            parameters if isinstance(parameters, Mapping) else {"type": "object", "properties": {}}
-        )
-        if isinstance(tool.get("strict"), bool):
-            function["strict"] = tool["strict"]
-        result.append({"type": "function", "function": function})
+        if isinstance(tool, Mapping) and tool.get("type") == "namespace":
+            # A group of function tools (the Codex CLI sends some): each becomes a chat tool of
+            # its own name; a call of one gets its ``namespace`` back in the answer.
+            inner = tool.get("tools")
+            if not isinstance(inner, list):
+                raise ResponsesRequestError("must be a list of tools", path + ".tools")
+            for j, function_tool in enumerate(inner):
+                result.append(_function_tool(function_tool, f"{path}.tools.{j}"))
+        else:
+            result.append(_function_tool(tool, path))
     return result
+
+
+def tool_namespaces(request: Mapping[str, Any]) -> dict[str, str]:
+    """The functions of the request's ``namespace`` tools: function name -> namespace."""
+    found: dict[str, str] = {}
+    tools = request.get("tools")
+    for tool in tools if isinstance(tools, list) else ():
+        if isinstance(tool, Mapping) and tool.get("type") == "namespace":
+            inner = tool.get("tools")
+            for function_tool in inner if isinstance(inner, list) else ():
+                name = function_tool.get("name") if isinstance(function_tool, Mapping) else None
+                if isinstance(name, str) and isinstance(tool.get("name"), str):
+                    found.setdefault(name, tool["name"])
+    return found
+
+
+def _function_tool(tool: Any, path: str) -> JSONDict:
+    if not isinstance(tool, Mapping):
+        raise ResponsesRequestError("must be an object", path, "invalid_type")
+    tool_type = tool.get("type")
+    if tool_type != "function":
+        raise ResponsesRequestError(
+            f"tool type {tool_type!r} is not supported: Nexus translates to chat "
+            "completions, where only function tools (and namespaces of them) exist",
+            path + ".type",
+        )
+    name = tool.get("name")
+    if not isinstance(name, str) or not name:
+        raise ResponsesRequestError("field required", path + ".name")
+    function: JSONDict = {"name": name}
+    if isinstance(tool.get("description"), str):
+        function["description"] = tool["description"]
+    parameters = tool.get("parameters")
+    function["parameters"] = (
+        parameters if isinstance(parameters, Mapping) else {"type": "object", "properties": {}}
+    )
+    if isinstance(tool.get("strict"), bool):
+        function["strict"] = tool["strict"]
+    return {"type": "function", "function": function}
 
 
 def _tool_choice_to_chat(tool_choice: Any) -> Any:
@@ -546,8 +574,10 @@ def _reasoning_of(message: Mapping[str, Any]) -> str:
     return reasoning if isinstance(reasoning, str) else ""
 
 
-def _call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> JSONDict:
-    return {
+def _call_item(
+    item_id: str, call_id: str, name: str, arguments: str, status: str, namespace: str | None
+) -> JSONDict:
+    item: JSONDict = {
         "id": item_id,
         "type": "function_call",
         "status": status,
@@ -555,6 +585,9 @@ def _call_item(item_id: str, call_id: str, name: str, arguments: str, status: st
         "name": name,
         "arguments": arguments,
     }
+    if namespace is not None:
+        item["namespace"] = namespace
+    return item
 
 
 def response_shell(
@@ -611,6 +644,7 @@ def chat_answer_to_response(
     message = choice.get("message") or {}
     status, incomplete = _status_of(choice.get("finish_reason"))
     output: list[JSONDict] = []
+    namespaces = tool_namespaces(request)
     reasoning = _reasoning_of(message)
     if reasoning:
         output.append(_reasoning_item(new_id("rs"), reasoning, "completed"))
@@ -623,13 +657,15 @@ def chat_answer_to_response(
         arguments = function.get("arguments")
         if not isinstance(arguments, str):
             arguments = "" if arguments is None else json.dumps(arguments, separators=(",", ":"))
+        name = function.get("name") or ""
         output.append(
             _call_item(
                 new_id("fc"),
                 call.get("id") or new_id("call"),
-                function.get("name") or "",
+                name,
                 arguments,
                 "completed",
+                namespaces.get(name),
             )
         )
     response = response_shell(
@@ -648,7 +684,7 @@ class _Item:
     """One output item being streamed: a message's text, a function call's arguments, or
     reasoning text."""
 
-    __slots__ = ("call_id", "done", "id", "index", "kind", "name", "parts")
+    __slots__ = ("call_id", "done", "id", "index", "kind", "name", "namespace", "parts")
 
     def __init__(self, kind: str, index: int, item_id: str) -> None:
         self.kind = kind
@@ -656,6 +692,7 @@ class _Item:
         self.id = item_id
         self.call_id = ""
         self.name = ""
+        self.namespace: str | None = None
         self.parts: list[str] = []
         self.done = False
 
@@ -665,7 +702,7 @@ class _Item:
             return _message_item(self.id, text, status)
         if self.kind == "reasoning":
             return _reasoning_item(self.id, text, status)
-        return _call_item(self.id, self.call_id, self.name, text, status)
+        return _call_item(self.id, self.call_id, self.name, text, status, self.namespace)
 
 
 class ChatStreamToResponses:
@@ -698,6 +735,7 @@ class ChatStreamToResponses:
         self._reasoning: _Item | None = None
         self._calls: dict[int, _Item] = {}
         self._last_call: int | None = None
+        self._namespaces = tool_namespaces(request)
 
     def _event(self, out: list[bytes], event_type: str, **fields: Any) -> None:
         event: JSONDict = {"type": event_type, "sequence_number": self._sequence, **fields}
@@ -883,6 +921,7 @@ class ChatStreamToResponses:
             state.call_id = call_id if isinstance(call_id, str) and call_id else new_id("call")
             name = function.get("name")
             state.name = name if isinstance(name, str) else ""
+            state.namespace = self._namespaces.get(state.name)
             self._event(
                 out,
                 "response.output_item.added",
