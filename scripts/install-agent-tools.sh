@@ -22,7 +22,8 @@ exec 4>"$cache/.lock"
 flock 4
 runs() {
     "$cache/node_modules/.bin/claude" --version >/dev/null 2>&1 &&
-        "$cache/node_modules/.bin/opencode" --version >/dev/null 2>&1
+        "$cache/node_modules/.bin/opencode" --version >/dev/null 2>&1 &&
+        "$cache/node_modules/.bin/codex" --version >/dev/null 2>&1
 }
 if ! cmp -s tests/tools/npm/package.json "$cache/package.json" || ! runs; then
     cp tests/tools/npm/package.json "$cache/"
