@@ -325,9 +325,15 @@ def test_failover_before_the_first_byte(server: RunningServer, fakes: list[FakeB
     raw = client(server).responses.with_raw_response.create(model="fake-model", input="Hi")
     assert raw.parse().output_text == "Hello from b"
     assert raw.headers["x-nexus-backend"] == "b"
-    with client(server).responses.stream(model="fake-model", input="Hi") as stream:
-        final = stream.get_final_response()
-    assert final.output_text in ("Hello from a", "Hello from b")
+    a.push(Behaviour(status=503, times=1))
+    streamed = client(server).responses.with_raw_response.create(
+        model="fake-model", input="Hi", stream=True
+    )
+    assert streamed.headers["x-nexus-backend"] == "b"
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    events = list(streamed.parse())
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.output_text == "Hello from b"
 
 
 def test_max_output_tokens_cut_is_incomplete(

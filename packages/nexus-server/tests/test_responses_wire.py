@@ -17,6 +17,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from nexus_server.responses_wire import (
+    IGNORED_FIELDS,
     ChatStreamToResponses,
     ResponsesRequestError,
     chat_answer_to_response,
@@ -294,6 +295,30 @@ def test_tool_choice_and_parallel_calls_go_on_only_with_tools() -> None:
     )
     assert "tool_choice" not in chat
     assert "parallel_tool_calls" not in chat
+
+
+IGNORED_VALUES: dict[str, Any] = {
+    "reasoning": {"effort": "high", "summary": "auto"},
+    "truncation": "auto",
+    "include": ["reasoning.encrypted_content"],
+    "service_tier": "flex",
+    "store": False,
+    "metadata": {"k": "v"},
+    "prompt_cache_key": "k",
+    "prompt_cache_retention": "24h",
+    "safety_identifier": "s",
+    "max_tool_calls": 3,
+    "top_logprobs": 2,
+    "stream_options": {"include_obfuscation": False},
+}
+
+
+@pytest.mark.parametrize("field", sorted(IGNORED_FIELDS))
+def test_ignored_fields_change_nothing_sent(field: str) -> None:
+    plain = {"model": "m", "input": "x"}
+    assert responses_request_to_chat({**plain, field: IGNORED_VALUES[field]}) == (
+        responses_request_to_chat(plain)
+    )
 
 
 def test_background_false_is_accepted() -> None:
