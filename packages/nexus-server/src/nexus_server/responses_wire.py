@@ -43,6 +43,7 @@ from typing import Any
 from nexus_core.anthropic_format import TEXT_SEPARATOR, JSONDict, TranslationError, openai_text
 
 __all__ = [
+    "IGNORED_FIELDS",
     "ChatStreamToResponses",
     "ResponsesRequestError",
     "chat_answer_to_response",
@@ -614,7 +615,7 @@ def response_shell(
         "model": model or request.get("model"),
         "output": [],
         "parallel_tool_calls": request.get("parallel_tool_calls", True) is not False,
-        "previous_response_id": None,
+        "previous_response_id": request.get("previous_response_id"),
         "reasoning": reasoning
         if isinstance(reasoning, Mapping)
         else {"effort": None, "summary": None},
