@@ -614,6 +614,28 @@ def test_text_after_a_tool_call_opens_a_new_message_and_indexless_calls_are_foll
     assert final.output_text == "AB"
 
 
+def test_a_call_becomes_an_item_once_its_name_is_known() -> None:
+    converter = ChatStreamToResponses({"model": "m", "input": "x"})
+
+    def chunk(call: dict[str, Any]) -> dict[str, Any]:
+        return {"choices": [{"index": 0, "delta": {"tool_calls": [call]}}]}
+
+    data = converter.feed(chunk({"index": 0, "id": "c1", "function": {"arguments": '{"a"'}}))
+    # Nothing yet but the opening events.
+    assert [e.type for e in parse_events(data)] == ["response.created", "response.in_progress"]
+    data += converter.feed(chunk({"index": 0, "function": {"name": "f", "arguments": ":1}"}}))
+    data += converter.feed(chunk({"index": 1, "function": {"arguments": "{}"}}))  # never named
+    data += converter.finish()
+    events = parse_events(data)
+    added = [e for e in events if e.type == "response.output_item.added"]
+    assert (added[0].item.name, added[0].item.call_id) == ("f", "c1")
+    final = accumulate(events)
+    assert [item.type for item in final.output] == ["function_call", "function_call"]
+    assert final.output[0].arguments == '{"a":1}'
+    assert (final.output[1].name, final.output[1].arguments) == ("", "{}")
+    assert final.output[1].call_id.startswith("call_")
+
+
 def test_an_empty_answer_is_one_empty_message() -> None:
     converter = ChatStreamToResponses({"model": "m", "input": "x"})
     data = converter.feed({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})

@@ -912,32 +912,25 @@ class ChatStreamToResponses:
             else:
                 index = self._last_call
         self._last_call = index
-        state = self._calls.get(index)
         function = call.get("function") or {}
+        state = self._calls.get(index)
         if state is None:
-            # A function call is an item of its own, after the text before it.
-            self._close_reasoning(out)
-            self._close_message(out, "completed")
-            state = self._calls[index] = self._open("function_call")
-            state.call_id = call_id if isinstance(call_id, str) and call_id else new_id("call")
-            name = function.get("name")
-            state.name = name if isinstance(name, str) else ""
-            state.namespace = self._namespaces.get(state.name)
-            self._event(
-                out,
-                "response.output_item.added",
-                output_index=state.index,
-                item=state.as_item("in_progress"),
-            )
-        else:
-            name = function.get("name")
-            if isinstance(name, str) and name and not state.name:
-                state.name = name
+            # Not an output item until its name is known (index -1).
+            state = self._calls[index] = _Item("function_call", -1, new_id("fc"))
+        if isinstance(call_id, str) and call_id and not state.call_id:
+            state.call_id = call_id
+        name = function.get("name")
+        if isinstance(name, str) and name and not state.name:
+            state.name = name
         arguments = function.get("arguments")
         if arguments is not None and not isinstance(arguments, str):
             arguments = json.dumps(arguments, ensure_ascii=False, separators=(",", ":"))
         if arguments:
             state.parts.append(arguments)
+        if state.index < 0:
+            if state.name:
+                self._open_call(out, state)
+        elif arguments:
             self._event(
                 out,
                 "response.function_call_arguments.delta",
@@ -946,10 +939,36 @@ class ChatStreamToResponses:
                 delta=arguments,
             )
 
+    def _open_call(self, out: list[bytes], state: _Item) -> None:
+        """Make a call an output item: ``output_item.added``, then the arguments so far."""
+        # A function call is an item of its own, after the text before it.
+        self._close_reasoning(out)
+        self._close_message(out, "completed")
+        state.index = len(self._items)
+        self._items.append(state)
+        state.call_id = state.call_id or new_id("call")
+        state.namespace = self._namespaces.get(state.name)
+        self._event(
+            out,
+            "response.output_item.added",
+            output_index=state.index,
+            item={**state.as_item("in_progress"), "arguments": ""},
+        )
+        if state.parts:
+            self._event(
+                out,
+                "response.function_call_arguments.delta",
+                item_id=state.id,
+                output_index=state.index,
+                delta="".join(state.parts),
+            )
+
     def _close_calls(self, out: list[bytes]) -> None:
         for state in self._calls.values():
             if state.done:
                 continue
+            if state.index < 0:  # arguments but never a name: still worth handing over
+                self._open_call(out, state)
             state.done = True
             arguments = "".join(state.parts)
             self._event(
@@ -973,7 +992,7 @@ class ChatStreamToResponses:
         if not self._started:
             out.append(self.start())
         status, incomplete = _status_of(self.finish_reason)
-        if not any(item.kind != "reasoning" for item in self._items):
+        if not self._calls and not any(item.kind != "reasoning" for item in self._items):
             # An answer with no text and no call is still one (empty) message, as whole.
             self._open_message(out)
         self._close_reasoning(out)
