@@ -3,7 +3,7 @@
 # - aider and the openai-agents SDK, each in its own locked environment (tests/tools/aider: aider
 #   pins exact, older versions of much of what Nexus is tested with; tests/tools/openai-agents: it
 #   pins websockets and brings MCP's server stack), so neither changes the workspace's versions;
-# - Claude Code and opencode from npm, at the exact versions
+# - Claude Code, opencode and the Codex CLI from npm, at the exact versions
 #   tests/tools/npm/package.json names (each pins its native binary, an optional dependency of
 #   the same version), into a cache folder outside the repository that is reused while that file
 #   is unchanged.
@@ -26,7 +26,8 @@ exec 4>"$cache/.lock"
 flock 4
 runs() {
     "$cache/node_modules/.bin/claude" --version >/dev/null 2>&1 &&
-        "$cache/node_modules/.bin/opencode" --version >/dev/null 2>&1
+        "$cache/node_modules/.bin/opencode" --version >/dev/null 2>&1 &&
+        "$cache/node_modules/.bin/codex" --version >/dev/null 2>&1
 }
 if ! cmp -s tests/tools/npm/package.json "$cache/package.json" || ! runs; then
     cp tests/tools/npm/package.json "$cache/"

@@ -18,15 +18,18 @@ SNIPPETS = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), r
 
 
 def test_the_page_has_a_snippet_per_sdk() -> None:
-    assert len(SNIPPETS) == 3
+    assert len(SNIPPETS) == 4
     assert [s.split("\n", 1)[0] for s in SNIPPETS] == [
+        "from openai import OpenAI",
         "from openai import OpenAI",
         "import anthropic",
         "import ollama",
     ]
 
 
-@pytest.mark.parametrize("snippet", SNIPPETS, ids=["openai", "anthropic", "ollama"])
+@pytest.mark.parametrize(
+    "snippet", SNIPPETS, ids=["openai", "openai-responses", "anthropic", "ollama"]
+)
 def test_snippet_runs(snippet: str) -> None:
     backend = FakeBackend("local", ["llama3.2"])
     with backend.running(), running_server(gateway_config(backend)) as server:

@@ -260,3 +260,35 @@ def test_openai_agents_default_model_through_the_responses_door(
     tool_messages = [m for m in second["messages"] if m.get("role") == "tool"]
     assert [m["tool_call_id"] for m in tool_messages] == ["call_weather"]
     assert "Sunny and 21 degrees in Paris" in tool_messages[0]["content"]
+
+
+def test_codex_through_the_responses_door(stack: Stack, tmp_path: Path) -> None:
+    """The Codex CLI's ``exec`` with a model provider of ``wire_api = "responses"`` in its
+    ``config.toml``; its web search (a hosted tool no chat backend runs) turned off."""
+    _need("codex")
+    stack.vllm.behave(Behaviour(system_first=True, reasoning=REASONING))
+    project = tmp_path / "project"
+    project.mkdir()
+    codex_home = tmp_path / "home" / ".codex"
+    codex_home.mkdir(parents=True)
+    (codex_home / "config.toml").write_text(
+        'model = "fake-model"\n'
+        'model_provider = "nexus"\n'
+        'web_search = "disabled"\n'
+        "[model_providers.nexus]\n"
+        'name = "Nexus"\n'
+        f'base_url = "{stack.server.base_url}"\n'
+        'wire_api = "responses"\n'
+        'env_key = "NEXUS_API_KEY"\n',
+        encoding="utf-8",
+    )
+    env = clean_env(tmp_path / "home", CODEX_HOME=str(codex_home), NEXUS_API_KEY="sk-codex")
+    output = run([TOOLS["codex"], "exec", "--skip-git-repo-check", "Say hi"], env, project)
+    assert ANSWER in output.stdout
+    chats = stack.chats()
+    assert chats
+    # Its developer messages reached the strict template as one system message, first.
+    assert all(_one_system_message_first(chat) for chat in chats)
+    assert all(chat["stream"] is True for chat in chats)
+    # Its namespace of sub-agent tools became plain function tools.
+    assert all(tool["type"] == "function" for chat in chats for tool in chat.get("tools", []))

@@ -5,8 +5,9 @@
   --project tests/tools/aider``; aider pins older versions of what Nexus is tested with).
 - ``openai-agents``: the SDK's own environment, ``tests/tools/openai-agents/.venv`` (its Python
   runs ``tests/tools/openai-agents/run_agent.py``).
-- ``claude`` (Claude Code) and ``opencode``: npm packages at the versions of
-  ``tests/tools/npm/package.json``, in ``$NEXUS_AGENT_TOOLS`` or the default cache folder.
+- ``claude`` (Claude Code), ``opencode`` and ``codex`` (the Codex CLI): npm packages at the
+  versions of ``tests/tools/npm/package.json``, in ``$NEXUS_AGENT_TOOLS`` or the default cache
+  folder.
 
 ``scripts/install-agent-tools.sh`` installs all of them but llm; ``.ci/run`` runs it.
 """
@@ -29,6 +30,7 @@ TOOLS = {
     "aider": ROOT / "tests" / "tools" / "aider" / ".venv" / "bin" / "aider",
     "claude": NPM_TOOLS / "claude",
     "opencode": NPM_TOOLS / "opencode",
+    "codex": NPM_TOOLS / "codex",
     "openai-agents": ROOT / "tests" / "tools" / "openai-agents" / ".venv" / "bin" / "python",
 }
 INSTALL_HINT = "scripts/install-agent-tools.sh (and uv sync for llm) installs it"

@@ -48,6 +48,7 @@ from nexus_server.proxy import (
     send_whole,
     unsupported_media_type,
 )
+from nexus_server.responses import ResponsesEndpoint
 from nexus_server.responses_routes import ResponsesController
 from nexus_server.trust import LOCAL_KEY, Trust, misdirected
 
@@ -339,6 +340,7 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
         "/v1/embeddings": ProxyEndpoint(gateway, Endpoint.EMBEDDINGS),
         "/v1/messages": MessagesEndpoint(gateway),
         "/v1/messages/count_tokens": CountTokensEndpoint(gateway),
+        "/v1/responses": ResponsesEndpoint(gateway),
         "/api/chat": ollama.ChatEndpoint(gateway),
         "/api/generate": ollama.GenerateEndpoint(gateway),
         "/api/embed": ollama.EmbedEndpoint(gateway),
