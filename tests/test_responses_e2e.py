@@ -368,9 +368,9 @@ def test_max_output_tokens_cut_is_incomplete(
             None,
         ),
         (
-            {"model": "fake-model", "input": "Hi", "previous_response_id": "resp_1"},
+            {"model": "fake-model", "input": "Hi", "previous_response_id": "resp_none"},
             "previous_response_id",
-            None,
+            "previous_response_not_found",
         ),
     ],
 )
@@ -393,7 +393,7 @@ def test_refused_requests_get_openais_envelope(
     if param == "tools.0.type":
         assert "'web_search'" in error["message"]
     if param == "previous_response_id":
-        assert "stored conversations are not available" in error["message"]
+        assert error["message"] == "Previous response with id 'resp_none' not found."
 
 
 def test_unknown_model_is_a_404_like_the_chat_door(server: RunningServer) -> None:

@@ -2,8 +2,9 @@
 ``responses.input_items.list`` against a real Nexus, per gateway key, shared by two replicas on
 one real ``redis-server``, answered 503 when the store cannot answer.
 
-``POST /v1/responses`` (the door that saves them) is another module's: here responses are saved
-through the server's own ``ResponseStore``, on its event loop, as the door does.
+Most tests seed records through the server's own ``ResponseStore``, on its event loop, as the
+door does; the conversation tests at the end go through ``POST /v1/responses`` itself
+(``store``, ``previous_response_id``) in front of a fake backend.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 import schemathesis
 from schemathesis.checks import response_schema_conformance
 
+from nexus_core.testing import FakeBackend
 from nexus_core.testing.redis import redis_server, redis_server_binary
 from nexus_server.responses_store import ResponseStore
 from nexus_server.testing import RunningServer, running_server
@@ -269,3 +271,91 @@ def test_the_openapi_document_describes_the_real_answers() -> None:
             got = case.call(base_url=server.url, headers=team, timeout=30)
             case.validate_response(got, checks=[response_schema_conformance])
             assert got.status_code == status, (path, method, got.text)
+
+
+# -- conversations through the door ----------------------------------------------------------
+
+
+def _messages(backend: FakeBackend) -> list[tuple[str, str]]:
+    """The roles and texts of the last chat request the backend received."""
+    chat = backend.inference_requests[-1].json
+    return [(m["role"], m["content"]) for m in chat["messages"]]
+
+
+def test_previous_response_id_continues_a_conversation_through_the_door() -> None:
+    backend = FakeBackend("a", ["fake-model"])
+    with backend.running(), running_server(gateway_config(backend)) as server:
+        sdk = client(server)
+        first = sdk.responses.create(
+            model="fake-model", instructions="Be brief.", input="My name is Ada."
+        )
+        assert first.store is True
+        # The second turn streams; the stored first turn goes before its input, without the
+        # first turn's instructions (OpenAI does not carry them over either).
+        with sdk.responses.stream(
+            model="fake-model", input="What is my name?", previous_response_id=first.id
+        ) as stream:
+            second = stream.get_final_response()
+        assert second.previous_response_id == first.id
+        assert _messages(backend) == [
+            ("user", "My name is Ada."),
+            ("assistant", "Hello from a"),
+            ("user", "What is my name?"),
+        ]
+        # Each turn is kept: retrieved as answered, its input items the conversation so far.
+        kept = sdk.responses.retrieve(second.id)
+        assert (kept.id, kept.output_text) == (second.id, "Hello from a")
+        items = sdk.responses.input_items.list(second.id, order="asc").data
+        texts = [part.text for item in items for part in item.content]  # type: ignore[union-attr]
+        assert texts == ["My name is Ada.", "Hello from a", "What is my name?"]
+        # A third turn on the second carries both earlier turns.
+        sdk.responses.create(model="fake-model", input="Thanks.", previous_response_id=second.id)
+        assert [role for role, _ in _messages(backend)] == [
+            "user",
+            "assistant",
+            "user",
+            "assistant",
+            "user",
+        ]
+        # Deleted: it cannot be continued any more, and nothing reached the backend.
+        sdk.responses.delete(first.id)
+        sent = len(backend.inference_requests)
+        with pytest.raises(openai.BadRequestError) as caught:
+            sdk.responses.create(model="fake-model", input="Hi", previous_response_id=first.id)
+        error = caught.value.body
+        assert isinstance(error, dict)
+        assert (error["code"], error["param"]) == (
+            "previous_response_not_found",
+            "previous_response_id",
+        )
+        assert error["message"] == f"Previous response with id '{first.id}' not found."
+        assert len(backend.inference_requests) == sent
+
+
+def test_store_false_keeps_nothing() -> None:
+    backend = FakeBackend("a", ["fake-model"])
+    with backend.running(), running_server(gateway_config(backend)) as server:
+        sdk = client(server)
+        answer_ = sdk.responses.create(model="fake-model", input="Hi", store=False)
+        assert answer_.store is False
+        with pytest.raises(openai.NotFoundError):
+            sdk.responses.retrieve(answer_.id)
+        with pytest.raises(openai.BadRequestError):
+            sdk.responses.create(model="fake-model", input="Hi", previous_response_id=answer_.id)
+
+
+def test_another_key_cannot_continue_a_conversation() -> None:
+    backend = FakeBackend("a", ["fake-model"])
+    with backend.running(), running_server(with_auth(gateway_config(backend))) as server:
+        mine = client(server, TEAM_A).responses.create(model="fake-model", input="A secret.")
+        with pytest.raises(openai.BadRequestError) as caught:
+            client(server, TEAM_B).responses.create(
+                model="fake-model", input="What was it?", previous_response_id=mine.id
+            )
+        assert caught.value.code == "previous_response_not_found"
+        assert all("A secret." not in r.body.decode() for r in backend.inference_requests[1:])
+        follow = client(server, TEAM_A).responses.create(
+            model="fake-model", input="What was it?", previous_response_id=mine.id
+        )
+        assert follow.status == "completed"
+        assert _messages(backend)[0] == ("user", "A secret.")

@@ -205,7 +205,6 @@ def test_tools_choice_format_and_settings() -> None:
         ({"input": "x"}, "model"),
         ({"model": "m"}, "input"),
         ({"model": "m", "input": "x", "background": True}, "background"),
-        ({"model": "m", "input": "x", "previous_response_id": "resp_1"}, "previous_response_id"),
         ({"model": "m", "input": "x", "conversation": "conv_1"}, "conversation"),
         ({"model": "m", "input": "x", "prompt": {"id": "pmpt_1"}}, "prompt"),
         ({"model": "m", "input": "x", "tools": [{"type": "file_search"}]}, "tools.0.type"),

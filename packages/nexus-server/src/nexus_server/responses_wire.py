@@ -132,12 +132,6 @@ def responses_request_to_chat(
             "background responses are not supported: Nexus answers while the connection is open",
             "background",
         )
-    if request.get("previous_response_id") is not None:
-        raise ResponsesRequestError(
-            "stored conversations are not available on this gateway: send the whole "
-            "conversation in input instead of previous_response_id",
-            "previous_response_id",
-        )
     for field in ("conversation", "prompt"):
         if request.get(field) is not None:
             raise ResponsesRequestError(
