@@ -22,7 +22,13 @@ from nexus_server.testing import RunningServer, running_server
 from tests.conftest import gateway_config
 
 # Which error shape each front door answers with.
-OPENAI = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/admin/backends")
+OPENAI = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/admin/backends",
+)
 ANTHROPIC = ("/v1/messages", "/v1/messages/count_tokens")
 OLLAMA = ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/show")
 POST_PATHS = (*OPENAI, *ANTHROPIC, *OLLAMA)

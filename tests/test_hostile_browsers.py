@@ -316,7 +316,13 @@ def test_forwarded_requests_are_not_local_unless_a_trusted_proxy_says_so(
 def test_cross_site_forms_cannot_drive_the_proxy_doors(server: RunningServer) -> None:
     body = json.dumps({"model": "fake-model", "messages": [{"role": "user", "content": "Hi"}]})
     page = {"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}
-    for path in ("/v1/chat/completions", "/v1/messages", "/api/chat", "/api/generate"):
+    for path in (
+        "/v1/chat/completions",
+        "/v1/responses",
+        "/v1/messages",
+        "/api/chat",
+        "/api/generate",
+    ):
         for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
             headers = {**page, **({"Content-Type": content_type} if content_type else {})}
             response = httpx.post(server.url + path, content=body, headers=headers)

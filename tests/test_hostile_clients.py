@@ -258,6 +258,7 @@ def test_a_body_over_the_limit_is_413_on_every_route(
         "/admin/backends": lambda body: body["error"]["code"] == "request_too_large",
         "/api/show": lambda body: isinstance(body["error"], str) and "65536" in body["error"],
         "/v1/chat/completions": lambda body: body["error"]["code"] == "request_too_large",
+        "/v1/responses": lambda body: body["error"]["code"] == "request_too_large",
         "/v1/messages": lambda body: (
             body["type"] == "error" and body["error"]["type"] == "request_too_large"
         ),

@@ -163,7 +163,13 @@ def test_the_document_describes_the_admin_key_body_and_answers(server: Served) -
 def test_the_proxy_doors_are_not_in_the_document(server: Served) -> None:
     paths = set(document(server)["paths"])
     assert {"/admin/backends", "/v1/models", "/api/tags", "/health"} <= paths
-    for door in ("/v1/chat/completions", "/v1/messages", "/api/chat", "/api/embed"):
+    for door in (
+        "/v1/chat/completions",
+        "/v1/responses",
+        "/v1/messages",
+        "/api/chat",
+        "/api/embed",
+    ):
         assert door not in paths
 
 

@@ -1,4 +1,5 @@
-"""Real coding agents through a real Nexus: llm (+ llm-ollama), aider, Claude Code, opencode.
+"""Real coding agents through a real Nexus: llm (+ llm-ollama), aider, Claude Code, opencode,
+the openai-agents SDK and the Codex CLI.
 
 The tests are in ``tests/tools_ns/``; this module runs each in a child pytest inside
 ``unshare --net`` (a fresh network namespace with only a loopback interface), with
@@ -35,6 +36,8 @@ TESTS = {
     "aider": "test_aider_through_the_openai_door",
     "claude": "test_claude_code_through_the_anthropic_door",
     "opencode": "test_opencode_through_the_openai_door",
+    "openai-agents": "test_openai_agents_default_model_through_the_responses_door",
+    "codex": "test_codex_through_the_responses_door",
 }
 
 

@@ -380,3 +380,33 @@ def test_llama_servers_context_error_reaches_every_door(launch_llama: LaunchLlam
         "error": {"type": "invalid_request_error", "message": message},
     }
     assert (ollama_refused.value.status_code, ollama_refused.value.error) == (400, message)
+
+
+def test_responses_door_whole_and_streamed(launch_llama: LaunchLlama) -> None:
+    # The Responses API (client.responses) through Nexus to a server that speaks only chat.
+    server = launch_llama("a")
+    with running_server(nexus_config(server)) as nexus:
+        client = sdk(nexus)
+        raw = client.responses.with_raw_response.create(
+            model=ALIAS, instructions="Answer.", input="Hello", max_output_tokens=8
+        )
+        with client.responses.stream(model=ALIAS, input="Hello", max_output_tokens=8) as stream:
+            events = list(stream)
+    response = raw.parse()
+    assert raw.headers["x-nexus-backend"] == "a"
+    assert response.usage is not None
+    assert 0 < response.usage.output_tokens <= 8
+    assert response.usage.input_tokens > 5
+    assert response.output_text
+    cut = response.usage.output_tokens == 8
+    assert response.status == ("incomplete" if cut else "completed")
+    types = [event.type for event in events]
+    assert types[:2] == ["response.created", "response.in_progress"]
+    assert "response.output_text.delta" in types
+    last = events[-1]
+    assert last.type in {"response.completed", "response.incomplete"}
+    final = last.response  # type: ignore[union-attr]
+    assert final.usage is not None
+    assert final.usage.output_tokens > 0
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")  # type: ignore[union-attr]
+    assert final.output[0].content[0].text == text  # type: ignore[union-attr]

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from nexus_core.testing import Behaviour, FakeVLLM
 from nexus_server.testing import RunningServer, running_server
 from tests.conftest import gateway_config
-from tests.tools_ns.tools import TOOLS, clean_env, missing, run
+from tests.tools_ns.tools import ROOT, TOOLS, clean_env, missing, run
 
 CONTEXT = 32768
 REASONING = "The user wants a short greeting."
@@ -221,3 +222,73 @@ def test_opencode_through_the_openai_door(stack: Stack, tmp_path: Path) -> None:
     assert chats
     assert chats[-1]["model"] == "fake-model"
     assert all(_one_system_message_first(chat) for chat in chats)
+
+
+WEATHER = "It is sunny and 21 degrees in Paris."
+
+
+def _responses(stack: Stack) -> list[dict[str, Any]]:
+    """The requests Nexus's history shows for the Responses door, oldest first."""
+    history = httpx.get(stack.server.url + "/v1/history", timeout=10).json()["data"]
+    return [entry for entry in reversed(history) if entry.get("front_door") == "responses"]
+
+
+def test_openai_agents_default_model_through_the_responses_door(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The openai-agents SDK with its default model class (the Responses API), its default
+    client pointed at Nexus, running an agent with one function tool to its final answer."""
+    _need("openai-agents")
+    call = {
+        "id": "call_weather",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+    }
+    stack.vllm.behave(Behaviour(system_first=True, tool_calls=[call], times=1))
+    stack.vllm.behave(Behaviour(system_first=True, content=WEATHER))
+    script = ROOT / "tests" / "tools" / "openai-agents" / "run_agent.py"
+    output = run(
+        [TOOLS["openai-agents"], script, stack.server.base_url, "fake-model"],
+        clean_env(tmp_path / "home"),
+        tmp_path,
+    ).stdout
+    result = json.loads(output.strip().splitlines()[-1])
+    assert result == {"final": WEATHER, "calls": ["Paris"]}
+    # Both turns came through the Responses door; the second carried the tool's output.
+    assert len(_responses(stack)) == 2
+    second = stack.chats()[-1]
+    tool_messages = [m for m in second["messages"] if m.get("role") == "tool"]
+    assert [m["tool_call_id"] for m in tool_messages] == ["call_weather"]
+    assert "Sunny and 21 degrees in Paris" in tool_messages[0]["content"]
+
+
+def test_codex_through_the_responses_door(stack: Stack, tmp_path: Path) -> None:
+    """The Codex CLI's ``exec`` with a model provider of ``wire_api = "responses"`` in its
+    ``config.toml``; its web search (a hosted tool no chat backend runs) turned off."""
+    _need("codex")
+    stack.vllm.behave(Behaviour(system_first=True, reasoning=REASONING))
+    project = tmp_path / "project"
+    project.mkdir()
+    codex_home = tmp_path / "home" / ".codex"
+    codex_home.mkdir(parents=True)
+    (codex_home / "config.toml").write_text(
+        'model = "fake-model"\n'
+        'model_provider = "nexus"\n'
+        'web_search = "disabled"\n'
+        "[model_providers.nexus]\n"
+        'name = "Nexus"\n'
+        f'base_url = "{stack.server.base_url}"\n'
+        'wire_api = "responses"\n'
+        'env_key = "NEXUS_API_KEY"\n',
+        encoding="utf-8",
+    )
+    env = clean_env(tmp_path / "home", CODEX_HOME=str(codex_home), NEXUS_API_KEY="sk-codex")
+    output = run([TOOLS["codex"], "exec", "--skip-git-repo-check", "Say hi"], env, project)
+    assert ANSWER in output.stdout
+    chats = stack.chats()
+    assert chats
+    # Its developer messages reached the strict template as one system message, first.
+    assert all(_one_system_message_first(chat) for chat in chats)
+    assert all(chat["stream"] is True for chat in chats)
+    # Its namespace of sub-agent tools became plain function tools.
+    assert all(tool["type"] == "function" for chat in chats for tool in chat.get("tools", []))

@@ -3,10 +3,13 @@
 - ``llm`` (with the ``llm-ollama`` plugin): the workspace's dev dependencies, next to this Python.
 - ``aider``: its own locked environment, ``tests/tools/aider/.venv`` (``uv sync --frozen
   --project tests/tools/aider``; aider pins older versions of what Nexus is tested with).
-- ``claude`` (Claude Code) and ``opencode``: npm packages at the versions of
-  ``tests/tools/npm/package.json``, in ``$NEXUS_AGENT_TOOLS`` or the default cache folder.
+- ``openai-agents``: the SDK's own environment, ``tests/tools/openai-agents/.venv`` (its Python
+  runs ``tests/tools/openai-agents/run_agent.py``).
+- ``claude`` (Claude Code), ``opencode`` and ``codex`` (the Codex CLI): npm packages at the
+  versions of ``tests/tools/npm/package.json``, in ``$NEXUS_AGENT_TOOLS`` or the default cache
+  folder.
 
-``scripts/install-agent-tools.sh`` installs aider, Claude Code and opencode; ``.ci/run`` runs it.
+``scripts/install-agent-tools.sh`` installs all of them but llm; ``.ci/run`` runs it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ TOOLS = {
     "aider": ROOT / "tests" / "tools" / "aider" / ".venv" / "bin" / "aider",
     "claude": NPM_TOOLS / "claude",
     "opencode": NPM_TOOLS / "opencode",
+    "codex": NPM_TOOLS / "codex",
+    "openai-agents": ROOT / "tests" / "tools" / "openai-agents" / ".venv" / "bin" / "python",
 }
 INSTALL_HINT = "scripts/install-agent-tools.sh (and uv sync for llm) installs it"
 #: Longest a tool may take for its one request (they take seconds).

@@ -352,6 +352,14 @@ configs = st.fixed_dictionaries(
         "auth": auth,
         "logging": logging_section,
         "state": state,
+        "responses": st.fixed_dictionaries(
+            {},
+            optional={
+                "store": st.booleans(),
+                "retention_seconds": seconds,
+                "max_record_bytes": st.integers(1024, 2**40),
+            },
+        ),
         "telemetry": st.fixed_dictionaries(
             {},
             optional={"enabled": st.booleans(), "otlp_endpoint": urls, "service_name": texts},

@@ -362,6 +362,176 @@ async def test_sqlite_records_survive_reopening(tmp_path: Path) -> None:
         await second.close()
 
 
+async def test_get_reads_one_record_of_either_kind(store: StateStore) -> None:
+    assert await store.get("responses", "resp_1") is None
+    await store.put("backends", "gpu", "{}")
+    await store.put("responses", "resp_1", '{"id": "resp_1"}', ttl_seconds=3600)
+    assert await store.get("backends", "gpu") == "{}"
+    assert await store.get("responses", "resp_1") == '{"id": "resp_1"}'
+    assert await store.get("backends", "resp_1") is None  # collections are separate
+    # An expiring record is read by key, never listed: its collection may be large.
+    assert await store.items("responses") == {}
+    await store.put("responses", "resp_1", '{"id": "resp_1", "v": 2}', ttl_seconds=3600)
+    assert await store.get("responses", "resp_1") == '{"id": "resp_1", "v": 2}'
+    # One value per key: a put of the other kind replaces it.
+    await store.put("responses", "resp_1", "listed")
+    assert await store.items("responses") == {"resp_1": "listed"}
+    await store.put("responses", "resp_1", "expiring", ttl_seconds=3600)
+    assert await store.items("responses") == {}
+    assert await store.get("responses", "resp_1") == "expiring"
+    assert await store.delete("responses", "resp_1") is True
+    assert await store.delete("responses", "resp_1") is False
+    assert await store.get("responses", "resp_1") is None
+
+
+async def test_large_expiring_records_come_back_whole(store: StateStore) -> None:
+    value = "é" * 3_000_000  # 6 MB of UTF-8
+    await store.put("responses", "big", value, ttl_seconds=60)
+    assert await store.get("responses", "big") == value
+
+
+class Clock:
+    """Wall-clock seconds that move only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_expiring_records_go_when_their_time_is_up(kind: str, tmp_path: Path) -> None:
+    clock = Clock()
+    store: StateStore = (
+        MemoryStore(clock=clock)
+        if kind == "memory"
+        else SqliteStore(tmp_path / "state.sqlite3", clock=clock)
+    )
+    await store.open()
+    try:
+        await store.put("responses", "short", "a", ttl_seconds=10)
+        await store.put("responses", "long", "b", ttl_seconds=100)
+        await store.put("backends", "kept", "c")
+        clock.now += 9.5
+        assert await store.get("responses", "short") == "a"
+        clock.now += 0.5
+        assert await store.get("responses", "short") is None
+        assert await store.delete("responses", "short") is False  # expired: was not there
+        assert await store.get("responses", "long") == "b"
+        clock.now += 1000
+        assert await store.get("responses", "long") is None
+        assert await store.get("backends", "kept") == "c"  # no ttl: never expires
+    finally:
+        await store.close()
+
+
+async def test_sqlite_writes_purge_expired_records_in_batches(tmp_path: Path) -> None:
+    from nexus_core.state.base import PURGE_BATCH, PURGE_INTERVAL_SECONDS
+
+    clock = Clock()
+    path = tmp_path / "state.sqlite3"
+    store = SqliteStore(path, clock=clock)
+    await store.open()
+    try:
+        for n in range(PURGE_BATCH + 5):
+            await store.put("responses", f"r{n}", "x", ttl_seconds=1)
+        await store.put("responses", "fresh", "y", ttl_seconds=10_000)
+        clock.now += PURGE_INTERVAL_SECONDS + 1
+
+        def rows() -> int:
+            with contextlib.closing(sqlite3.connect(path)) as db:
+                return int(db.execute("SELECT COUNT(*) FROM expiring").fetchone()[0])
+
+        assert rows() == PURGE_BATCH + 6
+        await store.put("responses", "next", "z", ttl_seconds=10_000)  # purges one batch
+        assert rows() == 5 + 2
+        await store.put("responses", "again", "z", ttl_seconds=10_000)  # too soon: no purge
+        assert rows() == 5 + 3
+        clock.now += PURGE_INTERVAL_SECONDS
+        await store.put("responses", "later", "z", ttl_seconds=10_000)
+        assert rows() == 4
+        assert await store.get("responses", "fresh") == "y"
+    finally:
+        await store.close()
+
+
+async def test_memory_writes_purge_expired_records() -> None:
+    from nexus_core.state.base import PURGE_INTERVAL_SECONDS
+
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    for n in range(50):
+        await store.put("responses", f"r{n}", "x", ttl_seconds=1)
+    clock.now += PURGE_INTERVAL_SECONDS
+    await store.put("responses", "fresh", "y", ttl_seconds=10)
+    assert list(store._expiring) == [("responses", "fresh")]
+
+
+async def test_sqlite_expiring_records_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    first = SqliteStore(path)
+    await first.open()
+    await first.put("responses", "resp_1", '{"id": "resp_1"}', ttl_seconds=3600)
+    await first.close()
+    second = SqliteStore(path)
+    await second.open()
+    try:
+        assert await second.get("responses", "resp_1") == '{"id": "resp_1"}'
+    finally:
+        await second.close()
+
+
+async def test_sqlite_file_of_an_earlier_version_gains_the_expiring_table(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    with contextlib.closing(sqlite3.connect(path)) as db:  # the schema before expiring records
+        db.execute(
+            "CREATE TABLE records (collection TEXT NOT NULL, key TEXT NOT NULL, "
+            "value TEXT NOT NULL, PRIMARY KEY (collection, key)) WITHOUT ROWID"
+        )
+        db.execute("INSERT INTO records VALUES ('backends', 'gpu', '{}')")
+        db.execute("PRAGMA user_version=1")
+        db.commit()
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        await store.put("responses", "resp_1", "{}", ttl_seconds=60)
+        assert await store.get("responses", "resp_1") == "{}"
+        assert await store.items("backends") == {"gpu": "{}"}
+    finally:
+        await store.close()
+
+
+async def test_redis_expiring_records_are_keys_redis_expires(redis_url: str) -> None:
+    from redis.asyncio import Redis
+
+    prefix = f"test-{uuid.uuid4().hex}:"
+    one, two = redis_store(redis_url, prefix), redis_store(redis_url, prefix)
+    await one.open()
+    await two.open()
+    raw = Redis.from_url(redis_url)
+    try:
+        await one.put("responses", "resp_1", "{}", ttl_seconds=30 * 86400)
+        assert await raw.get(f"{prefix}expiring:responses:resp_1") == b"{}"
+        ttl = await raw.ttl(f"{prefix}expiring:responses:resp_1")
+        assert 30 * 86400 - 60 < ttl <= 30 * 86400
+        assert await two.get("responses", "resp_1") == "{}"  # another replica reads it
+        await one.put("responses", "soon", "x", ttl_seconds=0.05)
+        with anyio.fail_after(10):
+            for _ in range(500):  # Redis expires it itself, however long that takes here
+                if await two.get("responses", "soon") is None:
+                    break
+                await anyio.sleep(0.02)
+        assert await two.get("responses", "soon") is None
+        assert await raw.exists(f"{prefix}expiring:responses:soon") == 0
+        assert await two.delete("responses", "resp_1") is True
+        assert await one.get("responses", "resp_1") is None
+    finally:
+        await raw.aclose()
+        await one.close()
+        await two.close()
+
+
 async def test_throttle_is_a_token_bucket(store: StateStore) -> None:
     # 10 per minute: one unit every 6 s, a minute's worth (10) may come at once.
     waits = [await store.throttle("key:a", 6.0, 60.0, 1) for _ in range(11)]

@@ -179,6 +179,19 @@ async def test_tool_calls_non_stream(fake: FakeBackend, client: httpx.AsyncClien
     assert choice["message"]["tool_calls"] == TOOL_CALLS
 
 
+async def test_finish_reason_can_be_set_whole_and_streamed(
+    fake: FakeBackend, client: httpx.AsyncClient
+) -> None:
+    fake.behave(Behaviour(finish_reason="length"))
+    choice = (await client.post("/v1/chat/completions", json=CHAT)).json()["choices"][0]
+    assert choice["finish_reason"] == "length"
+    assert choice["message"]["content"] == "Hello from alpha"
+    chunks = chunks_of((await client.post("/v1/chat/completions", json=STREAM)).content)
+    reasons = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert reasons[-1] == "length"
+    assert set(reasons[:-1]) == {None}
+
+
 async def test_tool_calls_stream_reassemble_to_the_same_calls(
     fake: FakeBackend, client: httpx.AsyncClient
 ) -> None:

@@ -48,6 +48,8 @@ from nexus_server.proxy import (
     send_whole,
     unsupported_media_type,
 )
+from nexus_server.responses import ResponsesEndpoint
+from nexus_server.responses_routes import ResponsesController
 from nexus_server.trust import LOCAL_KEY, Trust, misdirected
 
 log = logging.getLogger("nexus.server")
@@ -338,6 +340,7 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
         "/v1/embeddings": ProxyEndpoint(gateway, Endpoint.EMBEDDINGS),
         "/v1/messages": MessagesEndpoint(gateway),
         "/v1/messages/count_tokens": CountTokensEndpoint(gateway),
+        "/v1/responses": ResponsesEndpoint(gateway),
         "/api/chat": ollama.ChatEndpoint(gateway),
         "/api/generate": ollama.GenerateEndpoint(gateway),
         "/api/embed": ollama.EmbedEndpoint(gateway),
@@ -384,6 +387,7 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
             OllamaListingsController,
             HealthController,
             AdminController,
+            ResponsesController,
             *(proxy_route(path) for path in proxies),
         ],
         # Handlers take the gateway and the caller's view as dependencies; guards read the app's

@@ -787,6 +787,32 @@ class StateConfig(Section):
         return self
 
 
+#: OpenAI keeps a stored response 30 days; so does Nexus unless told otherwise.
+RESPONSES_RETENTION_SECONDS = 30 * 24 * 3600
+
+
+class ResponsesConfig(Section):
+    """``[responses]``: what the Responses API door (``/v1/responses``) keeps in ``[state]``."""
+
+    store: bool = Field(
+        default=True,
+        description="Keep responses (asked with store, true by default as OpenAI's) in the "
+        "[state] store for previous_response_id and GET/DELETE /v1/responses/{id}; false: "
+        "nothing is kept and none is found.",
+    )
+    retention_seconds: PositiveSeconds = Field(
+        default=float(RESPONSES_RETENTION_SECONDS),
+        description="How long a stored response is kept after it was written (OpenAI: 30 "
+        "days), then it is gone for every replica.",
+    )
+    max_record_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Largest stored record (the response with its whole conversation, as "
+        "JSON); a bigger one is answered but not kept (logged at WARNING).",
+    )
+
+
 class TelemetryConfig(Section):
     """``[telemetry]``: metrics and OpenTelemetry traces."""
 
@@ -847,6 +873,10 @@ class NexusConfig(Section):
         default_factory=StateConfig,
         description="Where durable state (spend, rate limits, keys and backends added at run "
         "time) lives.",
+    )
+    responses: ResponsesConfig = Field(
+        default_factory=ResponsesConfig,
+        description="Responses kept for previous_response_id and GET /v1/responses/{id}.",
     )
     telemetry: TelemetryConfig = Field(
         default_factory=TelemetryConfig, description="OpenTelemetry traces."

@@ -3,7 +3,9 @@
 
 A store holds spend per ``(scope, period)`` — scope ``"global"`` or ``"key:team-a"``, period
 ``"2026-11"``, amounts in integer nano-USD —, token buckets for rate limits (``throttle``) and
-small collections of records (keys and backends added at run time).
+small collections of records (keys and backends added at run time), listed whole by ``items``,
+and records that expire (``put`` with ``ttl_seconds``: stored responses of the Responses API),
+read one at a time by ``get`` and never listed, so a collection of them may be large.
 
 Crash safety. A request first *reserves* its estimated cost under an id unique to that attempt;
 the reservation counts in ``total()`` at once. When the request ends, ``settle`` removes the
@@ -28,6 +30,12 @@ from collections.abc import Callable
 from typing import Protocol
 
 log = logging.getLogger("nexus.state")
+
+#: Expired records are removed by the store's writes at most this often (SQLite and memory; Redis
+#: expires its keys itself). Until then an expired record is only hidden from ``get``.
+PURGE_INTERVAL_SECONDS = 60.0
+#: Expired records one write removes at most (the rest go at the next purge).
+PURGE_BATCH = 1000
 
 #: While a store keeps failing, a reminder is logged at most this often.
 OUTAGE_LOG_SECONDS = 60.0
@@ -132,14 +140,25 @@ class StateStore(Protocol):
         ``force`` takes the cost even when it does not fit (usage known only afterwards).
         """
 
-    async def put(self, collection: str, key: str, value: str) -> None:
-        """Store ``value`` (a JSON document, say) under ``key`` in ``collection``."""
+    async def put(
+        self, collection: str, key: str, value: str, *, ttl_seconds: float | None = None
+    ) -> None:
+        """Store ``value`` (a JSON document, say) under ``key`` in ``collection``.
+
+        With ``ttl_seconds`` the record expires that long after this write and ``items`` does
+        not list it (read it with ``get``); without, it stays until deleted. Either replaces
+        whatever ``key`` held. Kept once this returns (SQLite, Redis: a restart of Nexus loses
+        nothing).
+        """
+
+    async def get(self, collection: str, key: str) -> str | None:
+        """The value under ``key`` in ``collection``; None when absent or expired."""
 
     async def items(self, collection: str) -> dict[str, str]:
-        """Every key and value of ``collection``."""
+        """Every key and value of ``collection`` put without ``ttl_seconds``."""
 
     async def delete(self, collection: str, key: str) -> bool:
-        """Remove ``key`` from ``collection``; False when it was not there."""
+        """Remove ``key`` from ``collection``; False when it was not there (or had expired)."""
 
 
 def gcra(

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
-from nexus_core.state.base import gcra
+from nexus_core.state.base import PURGE_INTERVAL_SECONDS, gcra
 
 
 class MemoryStore:
@@ -13,11 +14,15 @@ class MemoryStore:
 
     kind = "memory"
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         self._settled: dict[tuple[str, str], int] = {}
         self._pending: dict[tuple[str, str], dict[str, int]] = {}
         self._records: dict[str, dict[str, str]] = {}
         self._tats: dict[str, float] = {}
+        #: Records put with a ttl: (collection, key) -> (expires at, value).
+        self._expiring: dict[tuple[str, str], tuple[float, str]] = {}
+        self._purged_at = clock()
 
     async def open(self) -> None:
         """Nothing to connect to."""
@@ -51,14 +56,43 @@ class MemoryStore:
             self._tats[key] = tat
         return wait
 
-    async def put(self, collection: str, key: str, value: str) -> None:
-        """Store ``value`` under ``key`` in ``collection``."""
-        self._records.setdefault(collection, {})[key] = value
+    async def put(
+        self, collection: str, key: str, value: str, *, ttl_seconds: float | None = None
+    ) -> None:
+        """Store ``value`` under ``key`` in ``collection`` (expiring after ``ttl_seconds``)."""
+        if ttl_seconds is None:
+            self._expiring.pop((collection, key), None)
+            self._records.setdefault(collection, {})[key] = value
+            return
+        now = self._clock()
+        self._records.get(collection, {}).pop(key, None)
+        self._expiring[collection, key] = (now + ttl_seconds, value)
+        if now - self._purged_at >= PURGE_INTERVAL_SECONDS:
+            self._purged_at = now
+            expired = [name for name, (until, _) in self._expiring.items() if until <= now]
+            for name in expired:
+                del self._expiring[name]
+
+    async def get(self, collection: str, key: str) -> str | None:
+        """The value under ``key`` in ``collection``; None when absent or expired."""
+        value = self._records.get(collection, {}).get(key)
+        if value is not None:
+            return value
+        found = self._expiring.get((collection, key))
+        if found is None:
+            return None
+        if found[0] <= self._clock():
+            del self._expiring[collection, key]
+            return None
+        return found[1]
 
     async def items(self, collection: str) -> dict[str, str]:
-        """Every key and value of ``collection``."""
+        """Every key and value of ``collection`` put without ``ttl_seconds``."""
         return dict(self._records.get(collection, {}))
 
     async def delete(self, collection: str, key: str) -> bool:
-        """Remove ``key`` from ``collection``; False when it was not there."""
-        return self._records.get(collection, {}).pop(key, None) is not None
+        """Remove ``key`` from ``collection``; False when it was not there (or had expired)."""
+        if self._records.get(collection, {}).pop(key, None) is not None:
+            return True
+        found = self._expiring.pop((collection, key), None)
+        return found is not None and found[0] > self._clock()

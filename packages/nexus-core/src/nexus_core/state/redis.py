@@ -8,6 +8,7 @@ connection (a paused server must not hang requests).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -50,7 +51,9 @@ return 0
 class RedisStore:
     """Redis shared by several replicas: spend in ``{prefix}spend:{scope}:{period}`` (an integer)
     and ``{prefix}pending:{scope}:{period}`` (a hash entry -> amount); token buckets in
-    ``{prefix}tat:{key}``, records in ``{prefix}records:{collection}`` (a hash).
+    ``{prefix}tat:{key}``, records in ``{prefix}records:{collection}`` (a hash), records put
+    with a ttl in ``{prefix}expiring:{collection}:{key}`` (a string with Redis's own expiry:
+    a hash field cannot expire before Redis 7.4).
 
     Needs Redis 7 or newer (``PEXPIRE ... NX``) and the optional ``redis`` package:
     ``pip install 'nexusgw-core[redis]'``.
@@ -151,22 +154,53 @@ class RedisStore:
             )
         return float(_text(wait))
 
-    async def put(self, collection: str, key: str, value: str) -> None:
-        """Store ``value`` under ``key`` in ``collection`` (one hash per collection)."""
+    async def put(
+        self, collection: str, key: str, value: str, *, ttl_seconds: float | None = None
+    ) -> None:
+        """Store ``value`` under ``key`` in ``collection``: in the collection's hash, or with
+        ``ttl_seconds`` in a key of its own that Redis expires (one MULTI/EXEC either way)."""
+        listed, expiring = self._record_keys(collection, key)
         with self._errors():
-            await self._redis().hset(f"{self.key_prefix}records:{collection}", key, value)
+            async with self._redis().pipeline(transaction=True) as pipe:
+                if ttl_seconds is None:
+                    pipe.delete(expiring)
+                    pipe.hset(listed, key, value)
+                else:
+                    pipe.hdel(listed, key)
+                    pipe.set(expiring, value, px=max(1, math.ceil(ttl_seconds * 1000)))
+                await pipe.execute()
+
+    async def get(self, collection: str, key: str) -> str | None:
+        """The value under ``key`` in ``collection``; None when absent or expired."""
+        listed, expiring = self._record_keys(collection, key)
+        with self._errors():
+            async with self._redis().pipeline(transaction=True) as pipe:
+                pipe.hget(listed, key)
+                pipe.get(expiring)
+                found, kept = await pipe.execute()
+        value = found if found is not None else kept
+        return None if value is None else _text(value)
 
     async def items(self, collection: str) -> dict[str, str]:
-        """Every key and value of ``collection``."""
+        """Every key and value of ``collection`` put without ``ttl_seconds``."""
         with self._errors():
             raw = await self._redis().hgetall(f"{self.key_prefix}records:{collection}")
         return {_text(key): _text(value) for key, value in raw.items()}
 
     async def delete(self, collection: str, key: str) -> bool:
-        """Remove ``key`` from ``collection``; False when it was not there."""
+        """Remove ``key`` from ``collection``; False when it was not there (or had expired)."""
+        listed, expiring = self._record_keys(collection, key)
         with self._errors():
-            removed = await self._redis().hdel(f"{self.key_prefix}records:{collection}", key)
-        return bool(removed)
+            async with self._redis().pipeline(transaction=True) as pipe:
+                pipe.hdel(listed, key)
+                pipe.delete(expiring)
+                removed = await pipe.execute()
+        return any(removed)
+
+    def _record_keys(self, collection: str, key: str) -> tuple[str, str]:
+        """The collection's hash, and the key of ``key`` put with a ttl."""
+        prefix = self.key_prefix
+        return f"{prefix}records:{collection}", f"{prefix}expiring:{collection}:{key}"
 
     def _key(self, kind: str, scope: str, period: str) -> str:
         return f"{self.key_prefix}{kind}:{scope}:{period}"

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from nexus_core.state.base import StateError, gcra
+from nexus_core.state.base import PURGE_BATCH, PURGE_INTERVAL_SECONDS, StateError, gcra
 
 _T = TypeVar("_T")
 
@@ -44,8 +44,18 @@ CREATE TABLE IF NOT EXISTS records (
     value TEXT NOT NULL,
     PRIMARY KEY (collection, key)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS expiring (
+    collection TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    expires REAL NOT NULL,
+    PRIMARY KEY (collection, key)
+);
+CREATE INDEX IF NOT EXISTS expiring_by_time ON expiring (expires);
 """
 # Files written by earlier versions also hold a table ``counters``, never written to: left alone.
+# ``expiring`` (records put with a ttl, large values: a rowid table) came later without a new
+# schema version: a new table that older versions never read, so they still open the file.
 
 
 class SqliteStore:
@@ -57,9 +67,18 @@ class SqliteStore:
 
     kind = "sqlite"
 
-    def __init__(self, path: str | Path, busy_timeout_seconds: float = SQLITE_BUSY_SECONDS) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        busy_timeout_seconds: float = SQLITE_BUSY_SECONDS,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.path = Path(path).expanduser()
         self._busy_timeout = busy_timeout_seconds
+        #: Wall-clock seconds, for when records expire (shared by processes, so not monotonic).
+        self._clock = clock
+        self._purged_at = 0.0
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
 
@@ -201,20 +220,62 @@ class SqliteStore:
                 )
         return wait
 
-    async def put(self, collection: str, key: str, value: str) -> None:
-        """Store ``value`` under ``key`` in ``collection`` (one committed transaction)."""
-        await self._run(self._put, collection, key, value)
+    async def put(
+        self, collection: str, key: str, value: str, *, ttl_seconds: float | None = None
+    ) -> None:
+        """Store ``value`` under ``key`` in ``collection`` (one committed transaction).
 
-    def _put(self, collection: str, key: str, value: str) -> None:
+        A write with ``ttl_seconds`` also removes expired records, at most every
+        ``PURGE_INTERVAL_SECONDS`` and ``PURGE_BATCH`` at a time.
+        """
+        await self._run(self._put, collection, key, value, ttl_seconds)
+
+    def _put(self, collection: str, key: str, value: str, ttl_seconds: float | None) -> None:
         db = self._connection()
         with _transaction(db):
+            if ttl_seconds is None:
+                db.execute(
+                    "DELETE FROM expiring WHERE collection = ? AND key = ?", (collection, key)
+                )
+                db.execute(
+                    "INSERT OR REPLACE INTO records (collection, key, value) VALUES (?, ?, ?)",
+                    (collection, key, value),
+                )
+                return
+            now = self._clock()
+            db.execute("DELETE FROM records WHERE collection = ? AND key = ?", (collection, key))
             db.execute(
-                "INSERT OR REPLACE INTO records (collection, key, value) VALUES (?, ?, ?)",
-                (collection, key, value),
+                "INSERT OR REPLACE INTO expiring (collection, key, value, expires) "
+                "VALUES (?, ?, ?, ?)",
+                (collection, key, value, now + ttl_seconds),
             )
+            if now - self._purged_at >= PURGE_INTERVAL_SECONDS:
+                self._purged_at = now
+                db.execute(
+                    "DELETE FROM expiring WHERE rowid IN "
+                    "(SELECT rowid FROM expiring WHERE expires <= ? LIMIT ?)",
+                    (now, PURGE_BATCH),
+                )
+
+    async def get(self, collection: str, key: str) -> str | None:
+        """The value under ``key`` in ``collection``; None when absent or expired."""
+        return await self._run(self._get, collection, key)
+
+    def _get(self, collection: str, key: str) -> str | None:
+        # One statement: one consistent snapshot of both tables.
+        row = (
+            self._connection()
+            .execute(
+                "SELECT value FROM records WHERE collection = ?1 AND key = ?2 UNION ALL "
+                "SELECT value FROM expiring WHERE collection = ?1 AND key = ?2 AND expires > ?3",
+                (collection, key, self._clock()),
+            )
+            .fetchone()
+        )
+        return None if row is None else str(row[0])
 
     async def items(self, collection: str) -> dict[str, str]:
-        """Every key and value of ``collection``."""
+        """Every key and value of ``collection`` put without ``ttl_seconds``."""
         return await self._run(self._items, collection)
 
     def _items(self, collection: str) -> dict[str, str]:
@@ -226,16 +287,22 @@ class SqliteStore:
         return {str(key): str(value) for key, value in rows}
 
     async def delete(self, collection: str, key: str) -> bool:
-        """Remove ``key`` from ``collection``; False when it was not there."""
+        """Remove ``key`` from ``collection``; False when it was not there (or had expired)."""
         return await self._run(self._delete, collection, key)
 
     def _delete(self, collection: str, key: str) -> bool:
         db = self._connection()
         with _transaction(db):
-            cursor = db.execute(
+            listed = db.execute(
                 "DELETE FROM records WHERE collection = ? AND key = ?", (collection, key)
-            )
-        return cursor.rowcount > 0
+            ).rowcount
+            expiring = db.execute(
+                "DELETE FROM expiring WHERE collection = ? AND key = ? AND expires > ?",
+                (collection, key, self._clock()),
+            ).rowcount
+            # An expired one goes too: it was not there for anyone.
+            db.execute("DELETE FROM expiring WHERE collection = ? AND key = ?", (collection, key))
+        return listed + expiring > 0
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:

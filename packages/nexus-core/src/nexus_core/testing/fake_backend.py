@@ -77,6 +77,8 @@ class Behaviour:
     system_first: bool = False
     #: Answer with these assistant ``tool_calls`` (finish_reason ``tool_calls``) instead of text.
     tool_calls: list[dict[str, Any]] | None = None
+    #: Chat: this ``finish_reason`` instead of the natural one (``length``: cut at max_tokens).
+    finish_reason: str | None = None
     #: Merged into the JSON response and into every stream chunk.
     extra_response_fields: dict[str, Any] | None = None
     #: Apply to the next N requests only, then fall back to the default behaviour.
@@ -596,6 +598,7 @@ class FakeBackend:
                     tool_calls=behaviour.tool_calls,
                     prompt_tokens=prompt_tokens,
                     reasoning=behaviour.reasoning,
+                    finish_reason=behaviour.finish_reason,
                 )
                 return self._ok(behaviour, answer, extra=True)
             chunks = shapes.chat_chunks(
@@ -607,6 +610,7 @@ class FakeBackend:
                 prompt_tokens=prompt_tokens,
                 include_usage=include_usage,
                 reasoning=behaviour.reasoning,
+                finish_reason=behaviour.finish_reason,
             )
         else:
             completion_id = f"cmpl-{self.name}-{number}"

@@ -126,9 +126,12 @@ def chat_completion(
     tool_calls: Sequence[Mapping[str, Any]] | None,
     prompt_tokens: int,
     reasoning: str | None = None,
+    finish_reason: str | None = None,
 ) -> dict[str, Any]:
     """A non-streaming ``chat.completion`` object (``reasoning``: the message's
-    ``reasoning_content``, as vLLM, llama-server and DeepSeek send a reasoning model's)."""
+    ``reasoning_content``, as vLLM, llama-server and DeepSeek send a reasoning model's;
+    ``finish_reason`` instead of the natural one, e.g. ``length``)."""
+    override = finish_reason
     message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
     if reasoning:
         message["reasoning_content"] = reasoning
@@ -148,7 +151,12 @@ def chat_completion(
         "model": model,
         "system_fingerprint": FINGERPRINT,
         "choices": [
-            {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": override or finish_reason,
+            }
         ],
         "usage": usage(prompt_tokens, completion_tokens),
     }
@@ -164,13 +172,16 @@ def chat_chunks(
     prompt_tokens: int,
     include_usage: bool,
     reasoning: str | None = None,
+    finish_reason: str | None = None,
 ) -> list[dict[str, Any]]:
     """The ``chat.completion.chunk`` objects of one streamed answer, in order.
 
     A role chunk, content (or ``tool_calls``) deltas, a finish chunk with an empty delta and, when
     the client asked for ``stream_options.include_usage``, a last chunk with ``choices: []`` and
     the usage (every other chunk then carries ``"usage": null``, as OpenAI does).
+    ``finish_reason`` replaces the natural one (e.g. ``length``).
     """
+    override = finish_reason
     deltas: list[dict[str, Any]] = []
     # Reasoning deltas come first, after the role chunk (inserted below).
     thinking = [{"reasoning_content": piece} for piece in split_text(reasoning or "")]
@@ -219,7 +230,16 @@ def chat_chunks(
         for delta in deltas
     ]
     chunks.append(
-        chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason}])
+        chunk(
+            [
+                {
+                    "index": 0,
+                    "delta": {},
+                    "logprobs": None,
+                    "finish_reason": override or finish_reason,
+                }
+            ]
+        )
     )
     if include_usage:
         last = chunk([])
