@@ -410,3 +410,22 @@ def test_responses_door_whole_and_streamed(launch_llama: LaunchLlama) -> None:
     assert final.usage.output_tokens > 0
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")  # type: ignore[union-attr]
     assert final.output[0].content[0].text == text  # type: ignore[union-attr]
+
+
+def test_responses_door_continues_a_stored_conversation(launch_llama: LaunchLlama) -> None:
+    # previous_response_id: the stored first turn goes before the second turn's input, so the
+    # real server counts more prompt tokens for the same new input.
+    server = launch_llama("a")
+    with running_server(nexus_config(server)) as nexus:
+        client = sdk(nexus)
+        first = client.responses.create(model=ALIAS, input="Hello", max_output_tokens=8)
+        second = client.responses.create(
+            model=ALIAS, input="Hello", max_output_tokens=8, previous_response_id=first.id
+        )
+        kept = client.responses.retrieve(second.id)
+    assert first.usage is not None
+    assert second.usage is not None
+    assert first.output_text
+    assert second.usage.input_tokens > first.usage.input_tokens
+    assert second.previous_response_id == first.id
+    assert (kept.id, kept.output_text) == (second.id, second.output_text)
