@@ -146,12 +146,12 @@ def serve_log(tmp_path: Path, log_format: str, *, debug: bool) -> list[dict[str,
                     messages=HELLO,
                     extra_headers={"X-Request-Id": "rid-none"},
                 )
-            # 5. A path Nexus does not serve (the OpenAI Responses API), three times.
+            # 5. A path Nexus does not serve (OpenAI's image generation), three times.
             for number in range(3):
                 with pytest.raises(openai.NotFoundError):
-                    client.responses.create(
+                    client.images.generate(
                         model="fake-model",
-                        input="Hi",
+                        prompt="Hi",
                         extra_headers={"X-Request-Id": f"rid-unknown-{number}"},
                     )
             missing = httpx.delete(
@@ -239,9 +239,10 @@ def test_every_line_about_a_request_names_it(tmp_path: Path, log_format: str) ->
     assert " status=503 " in messages(store, "nexus.requests", "info")[0]
 
     # The unknown path: one line for three requests, naming the first; the wrong method too.
-    unknown = [e for e in entries if "/v1/responses" in e["message"]]
+    unknown = [e for e in entries if "/v1/images/generations" in e["message"]]
     assert [e["message"] for e in unknown] == [
-        "rid-unknown-0 POST /v1/responses: 404, Nexus has no such route (further requests for "
+        "rid-unknown-0 POST /v1/images/generations: 404, Nexus has no such route (further "
+        "requests for "
         "it are counted: one line a minute)"
     ]
     assert unknown[0]["level"] == "info"
