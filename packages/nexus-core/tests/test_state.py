@@ -833,3 +833,23 @@ def test_instances_starting_together_take_the_old_file_once(tmp_path: Path) -> N
     winner = answers.index("True")
     assert (tmp_path / "state.sqlite3.owner").read_text() == f"instance {winner}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.sqlite3", "state.sqlite3.owner"]
+
+
+async def test_stores_opening_a_new_sqlite_file_at_once_all_open_it(tmp_path: Path) -> None:
+    """Workers of one instance start together on a file none has made yet. Turning a new file
+    to WAL takes a lock SQLite does not wait for (no busy handler), so each opener must retry:
+    before it did, one of two workers sometimes died at start-up ("database is locked")."""
+    for round_ in range(40):
+        path = tmp_path / f"state-{round_}.sqlite3"
+        stores = [SqliteStore(path) for _ in range(4)]
+        try:
+            await asyncio.gather(*(store.open() for store in stores))
+            for number, store in enumerate(stores):
+                await store.settle("global", "2026-12", f"entry-{number}", 1)
+            assert await stores[0].total("global", "2026-12") == 4
+        finally:
+            for store in stores:
+                await store.close()
+        db = sqlite3.connect(path)
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        db.close()

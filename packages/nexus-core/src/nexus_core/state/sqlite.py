@@ -108,7 +108,7 @@ class SqliteStore:
             # WAL lets readers in other processes go on while one writes. synchronous=NORMAL in
             # WAL mode: a COMMIT is in the OS's hands once it returns, so a killed process loses
             # nothing; only a power cut can drop the last commits (never corrupting the file).
-            db.execute("PRAGMA journal_mode=WAL")
+            self._wal(db)
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
             version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -130,6 +130,22 @@ class SqliteStore:
             db.close()
             raise
         self._db = db
+
+    def _wal(self, db: sqlite3.Connection) -> None:
+        """Turn the file to WAL, waiting up to the busy timeout for another opener.
+
+        Changing the journal mode takes a lock SQLite does not wait for (no busy handler): two
+        workers opening a new file at once, one got "database is locked" at start-up.
+        """
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.005)
 
     async def close(self) -> None:
         """Close the connection and stop the worker thread; closing twice is harmless."""
