@@ -15,14 +15,13 @@ under CI (``CI`` set), where it fails. By hand:
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
+
+from tests.netns import namespace_prefix, summary_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = "tests/discovery_ns"
@@ -34,50 +33,12 @@ NAMESPACE_SCRIPT = (
 )
 
 
-def _cannot(reason: str) -> NoReturn:
-    """Skip on a developer's machine; under CI, fail: CI must never pass by skipping these."""
-    if os.environ.get("CI"):
-        pytest.fail(f"the mDNS tests cannot run: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-def _namespace_prefix() -> tuple[list[str], str]:
-    """``unshare`` with its flags, and the path of ``ip``."""
-    unshare = shutil.which("unshare")
-    ip = shutil.which(
-        "ip", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-    )
-    if not sys.platform.startswith("linux") or unshare is None or ip is None:
-        _cannot("needs Linux with unshare (util-linux) and ip (iproute2)")
-    prefix = [unshare, "--net"] if os.geteuid() == 0 else [unshare, "--net", "--map-root-user"]
-    probe = subprocess.run(
-        [*prefix, ip, "link", "set", "lo", "up"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    if probe.returncode != 0:
-        _cannot(f"cannot make a network namespace here: {probe.stderr.strip()}")
-    return prefix, ip
-
-
-def summary_counts(output: str) -> dict[str, int]:
-    """``{"passed": 9, "failed": 1}`` from pytest's last summary line."""
-    lines = [line for line in output.splitlines() if re.search(r"\bin [\d.]+s\b", line)]
-    if not lines:
-        return {}
-    found = re.findall(
-        r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed|warnings?)", lines[-1]
-    )
-    return {
-        kind.rstrip("s") if kind in ("errors", "warnings") else kind: int(n) for n, kind in found
-    }
+WHAT = "the mDNS tests"
 
 
 @pytest.mark.slow
 def test_discovery_suite_in_a_private_network_namespace() -> None:
-    prefix, ip = _namespace_prefix()
+    prefix, ip = namespace_prefix(WHAT)
     try:
         result = subprocess.run(
             [*prefix, "sh", "-c", NAMESPACE_SCRIPT, sys.executable, ip],

@@ -15,15 +15,13 @@ where it fails. By hand:
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 
-from tests.test_discovery import summary_counts
+from tests.netns import cannot, namespace_prefix, summary_counts
 from tests.tools_ns.tools import missing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,32 +39,7 @@ TESTS = {
 }
 
 
-def _cannot(reason: str) -> NoReturn:
-    """Skip on a developer's machine; under CI, fail: CI must never pass by skipping these."""
-    if os.environ.get("CI"):
-        pytest.fail(f"the coding-agent test cannot run: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-def _namespace_prefix() -> tuple[list[str], str]:
-    """``unshare`` with its flags, and the path of ``ip``."""
-    unshare = shutil.which("unshare")
-    ip = shutil.which(
-        "ip", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-    )
-    if not sys.platform.startswith("linux") or unshare is None or ip is None:
-        _cannot("needs Linux with unshare (util-linux) and ip (iproute2)")
-    prefix = [unshare, "--net"] if os.geteuid() == 0 else [unshare, "--net", "--map-root-user"]
-    probe = subprocess.run(
-        [*prefix, ip, "link", "set", "lo", "up"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    if probe.returncode != 0:
-        _cannot(f"cannot make a network namespace here: {probe.stderr.strip()}")
-    return prefix, ip
+WHAT = "the coding-agent test"
 
 
 @pytest.mark.slow
@@ -74,8 +47,8 @@ def _namespace_prefix() -> tuple[list[str], str]:
 def test_a_real_coding_agent_through_nexus(tool: str) -> None:
     reason = missing(tool)
     if reason is not None:
-        _cannot(reason)
-    prefix, ip = _namespace_prefix()
+        cannot(WHAT, reason)
+    prefix, ip = namespace_prefix(WHAT)
     test = f"{SUITE}::{TESTS[tool]}"
     try:
         result = subprocess.run(

@@ -28,6 +28,7 @@ from nexus_server.proxy import (
     ProxyEndpoint,
     Send,
     StreamBroke,
+    answer_data,
     end_cut_stream,
     header_list,
     openai_chunks,
@@ -84,22 +85,12 @@ class MessagesEndpoint(_AnthropicEndpoint):
         if not isinstance(stop_sequences, list):
             stop_sequences = ()
         include_thinking = wants_thinking(data)
-        payload = json.dumps(chat, ensure_ascii=False, separators=(",", ":")).encode()
-        try:
-            result = await self.gateway.proxy(
-                Endpoint.CHAT,
-                payload,
-                data=chat,
-                flexible=flexible,
-                priority_high=high,
-                record=record,
-            )
-        except GatewayError as error:
-            await self.send_error(send, error)
+        result = await self.route(send, Endpoint.CHAT, chat, flexible, high, record)
+        if result is None:
             return
         headers = route_headers(result)
         if result.stream is None:
-            answer = result.data if result.data is not None else json.loads(result.body or b"{}")
+            answer = answer_data(result)
             message = chat_answer_to_anthropic(
                 answer,
                 model=model,

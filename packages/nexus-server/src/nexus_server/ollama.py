@@ -46,6 +46,7 @@ from nexus_server.proxy import (
     ProxyEndpoint,
     Send,
     StreamBroke,
+    answer_data,
     end_cut_stream,
     header_list,
     openai_chunks,
@@ -64,10 +65,6 @@ def _dumps(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _answer_data(result: ProxyResult) -> Any:
-    return result.data if result.data is not None else json.loads(result.body or b"{}")
-
-
 class _OllamaEndpoint(ProxyEndpoint):
     """Shared by the Ollama endpoints: errors in Ollama's shape, and the proxy call."""
 
@@ -81,30 +78,6 @@ class _OllamaEndpoint(ProxyEndpoint):
         await send_whole(
             send, error.status, JSON, ollama_error(error.message), header_list(error.headers)
         )
-
-    async def route(
-        self,
-        send: Send,
-        endpoint: Endpoint,
-        body: dict[str, Any],
-        flexible: bool,
-        high: bool,
-        record: RequestRecord,
-    ) -> ProxyResult | None:
-        """Proxy a translated body; on a gateway error answer it and return None."""
-        payload = _dumps(body)
-        try:
-            return await self.gateway.proxy(
-                endpoint,
-                payload,
-                data=body,
-                flexible=flexible,
-                priority_high=high,
-                record=record,
-            )
-        except GatewayError as error:
-            await self.send_error(send, error)
-            return None
 
     async def relay(
         self,
@@ -175,7 +148,7 @@ class ChatEndpoint(_OllamaEndpoint):
         if result is None:
             return
         if result.stream is None:
-            answer = openai_chat_to_ollama(_answer_data(result), model=model, started_ns=started)
+            answer = openai_chat_to_ollama(answer_data(result), model=model, started_ns=started)
             await send_whole(send, 200, JSON, _dumps(answer), route_headers(result))
             return
         await self.relay(send, result, ChatStreamToOllama(model, started_ns=started))
@@ -220,7 +193,7 @@ class GenerateEndpoint(_OllamaEndpoint):
                 if kind == "chat"
                 else openai_completion_to_ollama_generate
             )
-            answer = convert(_answer_data(result), model=model, started_ns=started)
+            answer = convert(answer_data(result), model=model, started_ns=started)
             await send_whole(send, 200, JSON, _dumps(answer), route_headers(result))
             return
         await self.relay(send, result, GenerateStreamToOllama(model, started_ns=started))
@@ -258,7 +231,7 @@ class EmbedEndpoint(_OllamaEndpoint):
             result = await self.route(send, Endpoint.EMBEDDINGS, translated, flexible, high, record)
             if result is None:
                 return
-            response = _answer_data(result)
+            response = answer_data(result)
             headers = route_headers(result)
         answer = (
             openai_embeddings_to_ollama_legacy(response)

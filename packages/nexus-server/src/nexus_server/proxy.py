@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
@@ -84,6 +85,31 @@ class ProxyEndpoint:
     async def send_error(self, send: Send, error: GatewayError) -> None:
         """Answer ``error`` in this front door's error shape (OpenAI's envelope here)."""
         await send_error(send, error)
+
+    async def route(
+        self,
+        send: Send,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        flexible: bool,
+        high: bool,
+        record: RequestRecord,
+    ) -> ProxyResult | None:
+        """Proxy a body a translating door made; on a gateway error answer it in the door's
+        shape and return None."""
+        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            return await self.gateway.proxy(
+                endpoint,
+                payload,
+                data=body,
+                flexible=flexible,
+                priority_high=high,
+                record=record,
+            )
+        except GatewayError as error:
+            await self.send_error(send, error)
+            return None
 
     async def reject(self, send: Send, record: RequestRecord, error: GatewayError) -> None:
         """Answer a request refused before routing, and count it."""
@@ -410,6 +436,11 @@ def missing_key(presented: str | None) -> GatewayError:
         code="invalid_api_key",
         headers={"WWW-Authenticate": 'Bearer realm="nexus"'},
     )
+
+
+def answer_data(result: ProxyResult) -> Any:
+    """A whole answer's JSON: parsed already on the request path, or parsed now."""
+    return result.data if result.data is not None else json.loads(result.body or b"{}")
 
 
 def route_headers(result: ProxyResult) -> list[tuple[bytes, bytes]]:

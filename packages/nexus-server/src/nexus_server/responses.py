@@ -26,6 +26,7 @@ from nexus_server.proxy import (
     ProxyEndpoint,
     Send,
     StreamBroke,
+    answer_data,
     end_cut_stream,
     openai_chunks,
     route_headers,
@@ -94,22 +95,12 @@ class ResponsesEndpoint(ProxyEndpoint):
             )
             return
         keep = self.store.enabled and data.get("store", True) is not False
-        payload = json.dumps(chat, ensure_ascii=False, separators=(",", ":")).encode()
-        try:
-            result = await self.gateway.proxy(
-                Endpoint.CHAT,
-                payload,
-                data=chat,
-                flexible=flexible,
-                priority_high=high,
-                record=record,
-            )
-        except GatewayError as error:
-            await self.send_error(send, error)
+        result = await self.route(send, Endpoint.CHAT, chat, flexible, high, record)
+        if result is None:
             return
         headers = route_headers(result)
         if result.stream is None:
-            answer = result.data if result.data is not None else json.loads(result.body or b"{}")
+            answer = answer_data(result)
             response = chat_answer_to_response(answer, data)
             if keep:
                 await self._save(response, items, owner, record)
