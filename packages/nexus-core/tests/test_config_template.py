@@ -358,6 +358,8 @@ configs = st.fixed_dictionaries(
                 "store": st.booleans(),
                 "retention_seconds": seconds,
                 "max_record_bytes": st.integers(1024, 2**40),
+                "max_chain_depth": st.integers(1, 1_000_000),
+                "max_conversation_bytes": st.integers(1024, 2**40),
             },
         ),
         "telemetry": st.fixed_dictionaries(

@@ -34,7 +34,7 @@ from nexus_server.proxy import (
     send_whole,
     start_response,
 )
-from nexus_server.responses_store import MAX_ID_LENGTH, ResponseStore
+from nexus_server.responses_store import MAX_ID_LENGTH, ResponseStore, StoredResponse
 from nexus_server.responses_wire import (
     ChatStreamToResponses,
     ResponsesRequestError,
@@ -80,11 +80,12 @@ class ResponsesEndpoint(ProxyEndpoint):
             return
         owner = record.api_key.name if record.api_key is not None else None
         try:
-            earlier = await self._earlier_items(data, owner, record)
+            previous = await self._previous(data, owner, record)
         except GatewayError as error:
             await self.reject(send, record, error)
             return
         # What the backend is asked: the stored conversation, then this request's input.
+        earlier = previous.items if previous is not None else []
         items = [*earlier, *input_items(data)]
         asked = {**data, "input": items} if earlier else data
         try:
@@ -103,7 +104,7 @@ class ResponsesEndpoint(ProxyEndpoint):
             answer = answer_data(result)
             response = chat_answer_to_response(answer, data)
             if keep:
-                await self._save(response, items, owner, record)
+                await self._save(response, items[len(earlier) :], previous, owner, record)
             out = json.dumps(response, ensure_ascii=False, separators=(",", ":")).encode()
             await send_whole(send, result.status, JSON, out, headers)
             if self.on_complete is not None:
@@ -139,7 +140,8 @@ class ResponsesEndpoint(ProxyEndpoint):
                     final = converter.finish()
                     if keep and converter.response is not None:
                         # Kept before the client hears it is complete: a next turn finds it.
-                        await self._save(converter.response, items, owner, record)
+                        new = items[len(earlier) :]
+                        await self._save(converter.response, new, previous, owner, record)
                     await send_chunk(send, final)
             await send({"type": "http.response.body", "body": b""})
         finally:
@@ -147,13 +149,13 @@ class ResponsesEndpoint(ProxyEndpoint):
         if converter.response is not None and self.on_complete is not None:
             await self.on_complete(input_items(data), converter.response)
 
-    async def _earlier_items(
+    async def _previous(
         self, data: JSONDict, owner: str | None, record: RequestRecord
-    ) -> list[JSONDict]:
-        """The stored conversation ``previous_response_id`` names (none without one)."""
+    ) -> StoredResponse | None:
+        """The stored conversation ``previous_response_id`` names (None without one)."""
         previous = data.get("previous_response_id")
         if previous is None:
-            return []
+            return None
         if not isinstance(previous, str) or not 0 < len(previous) <= MAX_ID_LENGTH:
             raise GatewayError(
                 400,
@@ -173,18 +175,24 @@ class ResponsesEndpoint(ProxyEndpoint):
                 param="previous_response_id",
                 code="previous_response_not_found",
             )
-        return stored.items
+        return stored
 
     async def _save(
-        self, response: JSONDict, items: list[JSONDict], owner: str | None, record: RequestRecord
+        self,
+        response: JSONDict,
+        items: list[JSONDict],
+        previous: StoredResponse | None,
+        owner: str | None,
+        record: RequestRecord,
     ) -> None:
-        """Keep ``response`` and its conversation; a store that fails costs the client only the
-        chance to continue it (the answer still goes out), and is logged as an outage."""
+        """Keep ``response`` with its turn's ``items``, linked to ``previous``; a store that
+        fails costs the client only the chance to continue it (the answer still goes out), and
+        is logged as an outage."""
         output = response.get("output")
         outputs = (
             [item for item in output if isinstance(item, dict)] if isinstance(output, list) else []
         )
         try:
-            await self.store.save(response, [*items, *outputs], owner)
+            await self.store.save(response, [*items, *outputs], owner, previous=previous)
         except StateError as exc:
             self.gateway.store_outage.failed("keep a response", exc, record.request_id)

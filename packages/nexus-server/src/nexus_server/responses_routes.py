@@ -81,7 +81,7 @@ class ResponsesController(Controller):
                 "Nexus does not replay a stored response as a stream; retrieve it without stream",
                 param="stream",
             )
-        return (await _stored(request, gateway, viewer, response_id)).response
+        return (await _stored(request, gateway, viewer, response_id, whole=False)).response
 
     @delete("/{response_id:str}", status_code=200, responses=errors(ErrorEnvelope, NOT_FOUND))
     async def remove(
@@ -91,7 +91,7 @@ class ResponsesController(Controller):
         viewer: NamedDependency[ApiKey | None],
         response_id: ResponseId,
     ) -> ResponseDeleted:
-        """Delete a stored response (its conversation goes with it)."""
+        """Delete a stored response (only it: the responses it continued stay)."""
         owner, any_owner = _owner(gateway, viewer)
         try:
             deleted = await ResponseStore(gateway).delete(response_id, owner, any_owner=any_owner)
@@ -103,7 +103,15 @@ class ResponsesController(Controller):
 
     @get(
         "/{response_id:str}/input_items",
-        responses=errors(ErrorEnvelope, {**NOT_FOUND, 400: "A bad limit, order or after."}),
+        responses=errors(
+            ErrorEnvelope,
+            {
+                **NOT_FOUND,
+                400: "A bad limit, order or after; a response of its conversation is gone "
+                "(previous_response_not_found) or the conversation is past [responses] "
+                "max_chain_depth or max_conversation_bytes (conversation_too_long).",
+            },
+        ),
     )
     async def input_items(
         self,
@@ -121,12 +129,13 @@ class ResponsesController(Controller):
             str, QueryParameter(description="asc (oldest first) or desc (newest first).")
         ] = "desc",
     ) -> InputItemList:
-        """The items the stored response answered (its whole conversation before its output)."""
+        """The items the stored response answered (its whole conversation before its output,
+        read back through the responses it continued)."""
         if not 1 <= limit <= MAX_PAGE:
             raise bad_request(f"limit must be from 1 to {MAX_PAGE}", param="limit")
         if order not in ("asc", "desc"):
             raise bad_request("order must be 'asc' or 'desc'", param="order")
-        stored = await _stored(request, gateway, viewer, response_id)
+        stored = await _stored(request, gateway, viewer, response_id, whole=True)
         items = [listed(item, index) for index, item in enumerate(stored.input_items)]
         if order == "desc":
             items.reverse()
@@ -170,11 +179,22 @@ def _owner(gateway: Gateway, viewer: ApiKey | None) -> tuple[str | None, bool]:
 
 
 async def _stored(
-    request: Request[Any, Any, Any], gateway: Gateway, viewer: ApiKey | None, response_id: str
+    request: Request[Any, Any, Any],
+    gateway: Gateway,
+    viewer: ApiKey | None,
+    response_id: str,
+    *,
+    whole: bool,
 ) -> StoredResponse:
+    """The response's record; ``whole``: with its whole conversation (a 400 when it is broken
+    or too long)."""
     owner, any_owner = _owner(gateway, viewer)
+    store = ResponseStore(gateway)
     try:
-        stored = await ResponseStore(gateway).load(response_id, owner, any_owner=any_owner)
+        if whole:
+            stored = await store.load(response_id, owner, any_owner=any_owner, to_list=True)
+        else:
+            stored = await store.record(response_id, owner, any_owner=any_owner)
     except StateError as exc:
         raise _unavailable(request, gateway, exc) from None
     if stored is None:

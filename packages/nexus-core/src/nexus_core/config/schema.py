@@ -808,8 +808,23 @@ class ResponsesConfig(Section):
     max_record_bytes: int = Field(
         default=16 * 1024 * 1024,
         ge=1024,
-        description="Largest stored record (the response with its whole conversation, as "
-        "JSON); a bigger one is answered but not kept (logged at WARNING).",
+        description="Largest stored record (the response with the input items of its request "
+        "and its output, as JSON); a bigger one is answered but not kept (logged at WARNING).",
+    )
+    max_chain_depth: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Most responses one conversation holds: continuing a response with this "
+        "many in its conversation (itself included) is refused (400 conversation_too_long). "
+        "Each one is a read of the store when the conversation is continued.",
+    )
+    max_conversation_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Largest conversation continued: the stored records of its responses "
+        "together, as JSON; past it, previous_response_id is refused (400 "
+        "conversation_too_long).",
     )
 
 
