@@ -10,6 +10,8 @@ door does; the conversation tests at the end go through ``POST /v1/responses`` i
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -359,3 +361,261 @@ def test_another_key_cannot_continue_a_conversation() -> None:
         )
         assert follow.status == "completed"
         assert _messages(backend)[0] == ("user", "A secret.")
+
+
+# -- conversations as chains of responses ------------------------------------------------------
+
+
+def sqlite_bytes(path: Path) -> int:
+    """The bytes of the stored responses the SQLite file holds (committed, read by another
+    connection)."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        (total,) = db.execute(
+            "SELECT coalesce(sum(length(CAST(value AS BLOB))), 0) FROM expiring "
+            "WHERE collection = 'responses'"
+        ).fetchone()
+    return int(total)
+
+
+def redis_bytes(url: str) -> int:
+    """The bytes of the stored responses a Redis server holds (``STRLEN`` of their keys)."""
+    import redis
+
+    with contextlib.closing(redis.Redis.from_url(url)) as db:
+        return sum(int(db.strlen(key)) for key in db.scan_iter("nexus:expiring:responses:*"))
+
+
+def assert_linear(held: list[int]) -> None:
+    """Each turn added about the same number of bytes: its own record, not the conversation."""
+    growth = [after - before for before, after in itertools.pairwise([0, *held])]
+    assert min(growth) > 0, growth
+    # Ids and texts are of fixed width; usage figures and the depth gain a digit now and then.
+    assert max(growth[1:]) - min(growth[1:]) <= 16, growth
+    assert held[-1] <= len(held) * (min(growth[1:]) + 16)
+
+
+def sqlite_config(backend: FakeBackend, path: Path) -> dict[str, Any]:
+    config = gateway_config(backend)
+    config["state"] = {"backend": "sqlite", "path": str(path)}
+    return config
+
+
+def test_a_twenty_turn_conversation_is_stored_linearly(tmp_path: Path) -> None:
+    backend = FakeBackend("a", ["fake-model"])
+    path = tmp_path / "state.sqlite3"
+    with backend.running(), running_server(sqlite_config(backend, path)) as server:
+        sdk = client(server)
+        held: list[int] = []
+        previous: str | None = None
+        for number in range(1, 21):
+            said = f"Turn {number:02d}: " + "tell me more. " * 10
+            if previous is None:
+                answer_ = sdk.responses.create(model="fake-model", input=said)
+            else:
+                answer_ = sdk.responses.create(
+                    model="fake-model", input=said, previous_response_id=previous
+                )
+            previous = answer_.id
+            held.append(sqlite_bytes(path))
+        assert_linear(held)
+        # The twentieth turn was asked with the whole conversation, in order.
+        asked = _messages(backend)
+        assert len(asked) == 39
+        assert [role for role, _ in asked] == ["user", "assistant"] * 19 + ["user"]
+        assert [text[:7] for role, text in asked if role == "user"] == [
+            f"Turn {n:02d}" for n in range(1, 21)
+        ]
+        # Its input items are the whole conversation too, paged by the SDK.
+        items = list(sdk.responses.input_items.list(previous, limit=7, order="asc"))
+        assert len(items) == 39
+        # Sent without ids, the questions are listed by their place in the conversation.
+        assert [item.id for item in items[::2]] == [f"item_{n}" for n in range(0, 39, 2)]
+        assert len({item.id for item in items}) == 39
+        texts = [part.text for item in items for part in item.content]  # type: ignore[union-attr]
+        assert texts[-1].startswith("Turn 20: ")
+        assert texts[0].startswith("Turn 01: ")
+
+
+def test_a_conversation_goes_on_across_replicas_on_one_redis(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEXUS_TEST_REDIS", redis_url)
+    backend = FakeBackend("a", ["fake-model"])
+    with backend.running():
+        config = with_auth(gateway_config(backend))
+        config["state"] = {"backend": "redis", "redis_url_env": "NEXUS_TEST_REDIS"}
+        with running_server(config) as one, running_server(config) as two:
+            _a_conversation_across(one, two, redis_url, backend)
+
+
+def _a_conversation_across(
+    one: RunningServer, two: RunningServer, redis_url: str, backend: FakeBackend
+) -> None:
+    """Eight turns of one conversation, each on the other replica."""
+    held: list[int] = []
+    previous: str | None = None
+    for number in range(1, 9):
+        replica = (one, two)[number % 2]  # every turn on the other replica
+        said = f"Turn {number:02d} on replica {number % 2}."
+        answer_ = client(replica, TEAM_A).responses.create(
+            model="fake-model", input=said, previous_response_id=previous or openai.omit
+        )
+        previous = answer_.id
+        held.append(redis_bytes(redis_url))
+    assert_linear(held)
+    assert previous is not None
+    assert [text for role, text in _messages(backend) if role == "user"] == [
+        f"Turn {n:02d} on replica {n % 2}." for n in range(1, 9)
+    ]
+    listed_ = client(one, TEAM_A).responses.input_items.list(previous, limit=100)
+    assert len(listed_.data) == 15  # 8 questions and 7 answers, newest first
+    assert listed_.data[0].content[0].text == "Turn 08 on replica 0."  # type: ignore[union-attr]
+    # Every link is team-a's: team-b continues nothing, on either replica.
+    for replica in (one, two):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client(replica, TEAM_B).responses.create(
+                model="fake-model", input="And?", previous_response_id=previous
+            )
+        assert caught.value.code == "previous_response_not_found"
+        with pytest.raises(openai.NotFoundError):
+            client(replica, TEAM_B).responses.input_items.list(previous)
+    # The admin key lists a key's conversation, through its links.
+    assert len(client(two, ADMIN).responses.input_items.list(previous, limit=100).data) == 15
+
+
+def _turns(sdk: openai.OpenAI, count: int) -> list[str]:
+    """``count`` turns of one conversation through the door; their ids."""
+    ids: list[str] = []
+    for number in range(1, count + 1):
+        answer_ = sdk.responses.create(
+            model="fake-model",
+            input=f"Turn {number}.",
+            previous_response_id=ids[-1] if ids else openai.omit,
+        )
+        ids.append(answer_.id)
+    return ids
+
+
+def test_a_conversation_past_its_depth_is_refused_before_any_backend() -> None:
+    backend = FakeBackend("a", ["fake-model"])
+    with backend.running():
+        config = gateway_config(backend)
+        config["responses"] = {"max_chain_depth": 3}
+        with running_server(config) as server:
+            sdk = client(server)
+            ids = _turns(sdk, 3)
+            sent = len(backend.inference_requests)
+            with pytest.raises(openai.BadRequestError) as caught:
+                sdk.responses.create(
+                    model="fake-model", input="Turn 4.", previous_response_id=ids[-1]
+                )
+            error = caught.value.body
+            assert isinstance(error, dict)
+            assert (error["code"], error["param"], error["type"]) == (
+                "conversation_too_long",
+                "previous_response_id",
+                "invalid_request_error",
+            )
+            assert error["message"] == (
+                f"The conversation of response '{ids[-1]}' is too long to continue: it holds "
+                "3 responses or more, and [responses] max_chain_depth is 3. Start a new "
+                "conversation (send the whole input without previous_response_id)."
+            )
+            assert len(backend.inference_requests) == sent
+            # The last turn is still listed whole, and an earlier one can still be continued.
+            assert len(sdk.responses.input_items.list(ids[-1]).data) == 5
+            sdk.responses.create(model="fake-model", input="Again.", previous_response_id=ids[0])
+
+
+def test_a_conversation_past_its_bytes_is_refused_before_any_backend() -> None:
+    backend = FakeBackend("a", ["fake-model"])
+    with backend.running():
+        config = gateway_config(backend)
+        config["responses"] = {"max_conversation_bytes": 4096}
+        with running_server(config) as server:
+            sdk = client(server)
+            ids: list[str] = []
+            refused: openai.BadRequestError | None = None
+            while refused is None and len(ids) < 20:
+                try:
+                    answer_ = sdk.responses.create(
+                        model="fake-model",
+                        input=f"Turn {len(ids) + 1}. " + "Go on. " * 50,
+                        previous_response_id=ids[-1] if ids else openai.omit,
+                    )
+                except openai.BadRequestError as exc:
+                    refused = exc
+                else:
+                    ids.append(answer_.id)
+            assert refused is not None
+            assert refused.code == "conversation_too_long"
+            assert "max_conversation_bytes is 4096" in refused.message
+            assert 1 < len(ids) < 20
+            assert len(backend.inference_requests) == len(ids)
+
+
+def test_a_broken_conversation_names_the_response_that_is_gone() -> None:
+    backend = FakeBackend("a", ["fake-model"])
+    with backend.running(), running_server(gateway_config(backend)) as server:
+        sdk = client(server)
+        ids = _turns(sdk, 4)
+        sdk.responses.delete(ids[1])
+        sent = len(backend.inference_requests)
+        with pytest.raises(openai.BadRequestError) as caught:
+            sdk.responses.create(model="fake-model", input="And?", previous_response_id=ids[3])
+        error = caught.value.body
+        assert isinstance(error, dict)
+        assert (error["code"], error["param"]) == (
+            "previous_response_not_found",
+            "previous_response_id",
+        )
+        assert error["message"].startswith(
+            f"Previous response with id '{ids[1]}' not found: response '{ids[3]}' continues a "
+            "conversation that needs it, and it has expired or was deleted."
+        )
+        assert len(backend.inference_requests) == sent
+        # The later turns are still there on their own; their input items are not.
+        assert sdk.responses.retrieve(ids[3]).output_text == "Hello from a"
+        with pytest.raises(openai.BadRequestError, match=f"'{ids[1]}' not found"):
+            sdk.responses.input_items.list(ids[2])
+        # What came before the deleted response goes on.
+        sdk.responses.create(model="fake-model", input="Go on.", previous_response_id=ids[0])
+        assert [text for _, text in _messages(backend)] == ["Turn 1.", "Hello from a", "Go on."]
+
+
+def test_a_record_stored_whole_before_the_upgrade_is_continued() -> None:
+    backend = FakeBackend("a", ["fake-model"])
+    with backend.running(), running_server(with_auth(gateway_config(backend))) as server:
+        old = answer("resp_old", "Paris.")
+        history = [
+            {"role": "user", "content": "Capital of France?"},
+            *old["output"],
+            {"role": "user", "content": "And of Italy?"},
+            {"role": "assistant", "content": "Rome."},
+        ]
+        # As the previous version wrote every record: the whole conversation in one record.
+        record = json.dumps({"owner": "team-a", "response": old, "items": history})
+        server.call(
+            server.gateway.accountant.store.put("responses", "resp_old", record, ttl_seconds=600)
+        )
+        sdk = client(server, TEAM_A)
+        assert sdk.responses.retrieve("resp_old").output_text == "Paris."
+        follow = sdk.responses.create(
+            model="fake-model", input="And of Spain?", previous_response_id="resp_old"
+        )
+        assert _messages(backend) == [
+            ("user", "Capital of France?"),
+            ("assistant", "Paris."),
+            ("user", "And of Italy?"),
+            ("assistant", "Rome."),
+            ("user", "And of Spain?"),
+        ]
+        again = sdk.responses.create(
+            model="fake-model", input="Thanks.", previous_response_id=follow.id
+        )
+        items = sdk.responses.input_items.list(again.id, order="asc", limit=100).data
+        assert len(items) == 7
+        with pytest.raises(openai.BadRequestError):
+            client(server, TEAM_B).responses.create(
+                model="fake-model", input="Hi", previous_response_id=follow.id
+            )
