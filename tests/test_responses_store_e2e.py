@@ -518,7 +518,7 @@ def test_a_conversation_past_its_depth_is_refused_before_any_backend() -> None:
             )
             assert error["message"] == (
                 f"The conversation of response '{ids[-1]}' is too long to continue: it holds "
-                "3 responses or more, and [responses] max_chain_depth is 3. Start a new "
+                "3 responses, and [responses] max_chain_depth is 3. Start a new "
                 "conversation (send the whole input without previous_response_id)."
             )
             assert len(backend.inference_requests) == sent

@@ -241,7 +241,7 @@ class ResponseStore:
             if depth > max_depth or hops > max_depth:
                 raise conversation_too_long(
                     response_id,
-                    f"it holds {max(depth, hops)} responses or more, and [responses] "
+                    f"it holds {max(depth, hops)} responses, and [responses] "
                     f"max_chain_depth is {config.max_chain_depth}",
                 )
             if size > max_bytes:
