@@ -495,3 +495,13 @@ def test_a_chain_loads_what_the_whole_records_held(
                     await store.load(f"resp_{number}", None)
 
     anyio.run(check)
+
+
+async def test_a_setting_lowered_since_bounds_listing_too() -> None:
+    state = MemoryStore()
+    await talk(ResponseStore(gateway(state)), [[said("one")], [said("two")], [said("three")]])
+    lowered = ResponseStore(gateway(state, max_chain_depth=2))
+    with pytest.raises(GatewayError, match="too long to list: it holds 3 responses"):
+        await lowered.load("resp_3", None, to_list=True)
+    assert await lowered.load("resp_2", None, to_list=True) is not None
+    assert await lowered.record("resp_3", None) is not None  # retrieving needs no walk

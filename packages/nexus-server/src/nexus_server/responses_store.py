@@ -76,11 +76,11 @@ def previous_response_not_found(response_id: str, asked: str | None = None) -> G
     )
 
 
-def conversation_too_long(response_id: str, why: str) -> GatewayError:
+def conversation_too_long(response_id: str, why: str, *, to: str = "continue") -> GatewayError:
     """400 ``conversation_too_long``: the conversation ``response_id`` ends is past a bound."""
     return GatewayError(
         400,
-        f"The conversation of response '{_shown(response_id)}' is too long to continue: {why}. "
+        f"The conversation of response '{_shown(response_id)}' is too long to {to}: {why}. "
         "Start a new conversation (send the whole input without previous_response_id).",
         param="previous_response_id",
         code="conversation_too_long",
@@ -230,6 +230,7 @@ class ResponseStore:
         config = self._gateway.config.responses
         max_depth = config.max_chain_depth if to_list else config.max_chain_depth - 1
         max_bytes = config.max_conversation_bytes + (config.max_record_bytes if to_list else 0)
+        to = "list" if to_list else "continue"
         # The depth its record says is checked first: one read refuses a conversation that
         # is too long, and the walk below counts for itself, so neither bound relies on it.
         depth = first.depth
@@ -243,12 +244,14 @@ class ResponseStore:
                     response_id,
                     f"it holds {max(depth, hops)} responses, and [responses] "
                     f"max_chain_depth is {config.max_chain_depth}",
+                    to=to,
                 )
             if size > max_bytes:
                 raise conversation_too_long(
                     response_id,
                     f"its stored records hold {size} bytes or more, and [responses] "
                     f"max_conversation_bytes is {config.max_conversation_bytes}",
+                    to=to,
                 )
             if link is None:
                 break
