@@ -271,7 +271,7 @@ class LifecycleContract:
         self, fake: FakeBackend, clients: HttpClients
     ) -> AsyncIterator[ModelLifecycle]:
         """The adapter under test, pointed at the fake, as a ``ModelLifecycle``."""
-        adapter = self.adapter_class(self.backend_config(fake.url), clients)
+        adapter: BackendAdapter = self.adapter_class(self.backend_config(fake.url), clients)
         assert isinstance(adapter, ModelLifecycle)
         yield adapter
         await adapter.close()
