@@ -2,7 +2,8 @@
 
 Two copies of the tiny model under two names, ``--models-max 1``: both listed with their state,
 a load, a second load that unloads the first (least recently used), an unload, and a chat through
-Nexus for a model that is not loaded, which the router loads. Marked ``slow``.
+Nexus for a model that is not loaded, which the router loads; and a single-model server, which
+says it can load nothing. Marked ``slow``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from nexus_core.config import BackendConfig
 from nexus_core.http import HttpClients
 from nexus_core.testing import free_port
 from nexus_server.testing import running_server
-from tests.real.llama_server import LlamaServer
+from tests.real.llama_server import ALIAS, LaunchLlama, LlamaServer
 
 pytestmark = pytest.mark.slow
 
@@ -137,3 +138,24 @@ async def test_a_chat_for_an_unloaded_model_loads_it(
     assert answer.usage.completion_tokens == 4
     # The router loaded beta for the request and, with --models-max 1, unloaded alpha.
     assert await states(adapter) == {"alpha": ModelState.UNLOADED, "beta": ModelState.LOADED}
+
+
+@pytest.mark.anyio
+async def test_a_single_model_server_says_it_cannot_load(launch_llama: LaunchLlama) -> None:
+    server = launch_llama("single")
+    clients = HttpClients()
+    adapter = LlamaCppAdapter(
+        BackendConfig(name="single", url=server.url, type="llamacpp"), clients
+    )
+    try:
+        support = await adapter.lifecycle_support()
+        assert (support.available_models, support.load, support.unload) == (True, False, False)
+        inventory = await adapter.available_models()
+        assert [(entry.id, entry.state) for entry in inventory.models] == [
+            (ALIAS, ModelState.LOADED)
+        ]
+        with pytest.raises(LifecycleError) as info:
+            await adapter.unload_model(ALIAS)
+        assert info.value.reason is LifecycleFailure.NOT_SUPPORTED
+    finally:
+        await clients.aclose()
