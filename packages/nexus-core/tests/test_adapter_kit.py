@@ -27,12 +27,20 @@ from nexus_core.adapter_kit import (
     poll_until,
 )
 from nexus_core.adapters import (
+    NO_LIFECYCLE,
+    AvailableModel,
     BackendError,
     BackendStatus,
     Endpoint,
     ErrorKind,
+    LifecycleError,
+    LifecycleFailure,
+    ModelInventory,
+    ModelState,
     ProbeResult,
     ResponseLimits,
+    lifecycle_of,
+    lifecycle_support,
 )
 from nexus_core.config import BackendConfig
 from nexus_core.http import HttpClients
@@ -445,6 +453,37 @@ async def test_poll_until_returns_the_first_answer_or_times_out() -> None:
         await poll_until(never, timeout=0.1, what="loading 'm' on b", interval=0.01)
     assert info.value.kind is ErrorKind.TIMEOUT
     assert info.value.message == "loading 'm' on b: not done within 0.1 s"
+
+
+async def test_an_adapter_without_lifecycle_operations_supports_none(
+    clients: HttpClients,
+) -> None:
+    generic = OpenAIWireAdapter(BackendConfig(name="g", url="http://127.0.0.1:9"), clients)
+    assert lifecycle_of(generic) is None
+    support = await lifecycle_support(generic)
+    assert support is NO_LIFECYCLE
+    assert (support.available_models, support.load, support.unload) == (False, False, False)
+
+
+def test_inventory_memory_and_lookups() -> None:
+    inventory = ModelInventory(
+        (
+            AvailableModel("a", ModelState.LOADED, memory_bytes=3),
+            AvailableModel("b", ModelState.SLEEPING),
+        ),
+        memory_total_bytes=10,
+        memory_used_bytes=3,
+    )
+    assert inventory.memory_free_bytes == 7
+    assert ModelInventory(memory_used_bytes=3).memory_free_bytes is None
+    assert inventory.in_state(ModelState.SLEEPING, ModelState.LOADING) == ("b",)
+    entry = inventory.get("a")
+    assert entry is not None
+    assert entry.loaded
+    assert inventory.get("c") is None
+    error = LifecycleError(LifecycleFailure.LOAD_FAILED, "no memory", status=500)
+    assert (error.kind, error.retryable, error.status) == (ErrorKind.SERVER_ERROR, True, 500)
+    assert LifecycleError(LifecycleFailure.UNKNOWN_MODEL, "x").kind is ErrorKind.CLIENT_ERROR
 
 
 # -- the base class applies it --------------------------------------------------------------------
