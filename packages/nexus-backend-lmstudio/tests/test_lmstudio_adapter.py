@@ -9,7 +9,16 @@ import httpx
 import pytest
 
 from nexus_backend_lmstudio import LMStudioAdapter
-from nexus_core.adapters import BackendError, BackendStatus, Endpoint, ErrorKind, ModelInfo
+from nexus_core.adapters import (
+    BackendError,
+    BackendStatus,
+    Endpoint,
+    ErrorKind,
+    LifecycleError,
+    LifecycleFailure,
+    ModelInfo,
+    ModelState,
+)
 from nexus_core.config import BackendConfig
 from nexus_core.http import HttpClients
 from nexus_core.sse import event_data
@@ -22,7 +31,7 @@ from nexus_core.testing import (
     FakeOllama,
     FakeOpenAI,
 )
-from nexus_core.testing.contract import FAST, AdapterContract
+from nexus_core.testing.contract import FAST, AdapterContract, LifecycleContract
 
 pytestmark = pytest.mark.anyio
 
@@ -215,3 +224,86 @@ async def test_detect_claims_no_other_server(
 ) -> None:
     async with fake_class("other", ["m"]) as fake:
         assert not await LMStudioAdapter.detect(fake.url, clients, api_key="sk-x")
+
+
+# -- model lifecycle ------------------------------------------------------------------------------
+
+
+class TestLMStudioLifecycle(LifecycleContract):
+    adapter_class = LMStudioAdapter
+
+    def make_fake(self) -> FakeBackend:
+        # Without just-in-time loading: only a load makes a model servable.
+        return FakeLMStudio(
+            "lms", [{"id": model, "state": "not-loaded"} for model in self.models], jit=False
+        )
+
+    def slow_loads(self, fake: FakeBackend, seconds: float) -> None:
+        assert isinstance(fake, FakeLMStudio)
+        fake.load_delay = seconds
+
+
+def lms_adapter(fake: FakeLMStudio, clients: HttpClients) -> LMStudioAdapter:
+    return LMStudioAdapter(BackendConfig(name="lms", url=fake.url, type="lmstudio"), clients)
+
+
+async def test_v1_listing_load_and_unload(clients: HttpClients) -> None:
+    async with FakeLMStudio("lms", MODELS) as fake:
+        adapter = lms_adapter(fake, clients)
+        support = await adapter.lifecycle_support()
+        assert (support.load, support.unload, support.autoload) == (True, True, None)
+        inventory = await adapter.available_models()
+        assert [(e.id, e.state, e.context_length) for e in inventory.models] == [
+            (VLM, ModelState.UNLOADED, None),
+            (LLM, ModelState.LOADED, 8192),
+            (EMBED, ModelState.UNLOADED, None),
+        ]
+        assert {e.size_bytes for e in inventory.models} == {4_920_000_000}
+        entry = await adapter.load_model(VLM, timeout=10)
+        assert (entry.state, entry.context_length) == (ModelState.LOADED, 4096)
+        assert fake.instances(VLM) == [VLM]
+        await adapter.unload_model(LLM, timeout=10)
+        assert fake.state(LLM) == "not-loaded"
+        calls = [(r.path, r.json) for r in fake.requests if r.method == "POST"]
+        assert calls == [
+            ("/api/v1/models/load", {"model": VLM}),
+            ("/api/v1/models/unload", {"instance_id": LLM}),
+        ]
+
+
+async def test_unload_unloads_every_instance(clients: HttpClients) -> None:
+    async with FakeLMStudio("lms", MODELS) as fake:
+        adapter = lms_adapter(fake, clients)
+        # A load of a loaded model made elsewhere (lms, the SDK) adds a second instance.
+        async with httpx.AsyncClient(trust_env=False) as client:
+            await client.post(f"{fake.url}/api/v1/models/load", json={"model": LLM})
+        assert fake.instances(LLM) == [LLM, f"{LLM}:2"]
+        entry = (await adapter.available_models()).get(LLM)
+        assert entry is not None
+        assert entry.detail == "2 instances loaded"
+        await adapter.unload_model(LLM, timeout=10)
+        assert fake.instances(LLM) == []
+
+
+async def test_a_failed_load_is_a_load_failure(clients: HttpClients) -> None:
+    async with FakeLMStudio("lms", MODELS) as fake:
+        fake.fail_loads.add(VLM)
+        with pytest.raises(LifecycleError) as info:
+            await lms_adapter(fake, clients).load_model(VLM, timeout=10)
+        assert info.value.reason is LifecycleFailure.LOAD_FAILED
+        assert "not enough memory" in info.value.message
+
+
+async def test_before_0_4_it_lists_but_cannot_load(clients: HttpClients) -> None:
+    async with FakeLMStudio("lms", MODELS, v1_api=False) as fake:
+        adapter = lms_adapter(fake, clients)
+        support = await adapter.lifecycle_support()
+        assert (support.available_models, support.load, support.unload) == (True, False, False)
+        assert support.detail is not None
+        assert "lms" in support.detail
+        inventory = await adapter.available_models()
+        assert inventory.in_state(ModelState.LOADED) == (LLM,)
+        with pytest.raises(LifecycleError) as info:
+            await adapter.load_model(VLM, timeout=10)
+        assert info.value.reason is LifecycleFailure.NOT_SUPPORTED
+        assert not [r for r in fake.requests if r.method == "POST"]

@@ -19,14 +19,28 @@ from nexus_core import (
     read_error,
     refused,
 )
-from nexus_core.adapter_kit import ErrorShape, http_phrase, openai_error_type
+from nexus_core.adapter_kit import (
+    ErrorShape,
+    http_phrase,
+    lifecycle_call,
+    openai_error_type,
+    poll_until,
+)
 from nexus_core.adapters import (
+    NO_LIFECYCLE,
+    AvailableModel,
     BackendError,
     BackendStatus,
     Endpoint,
     ErrorKind,
+    LifecycleError,
+    LifecycleFailure,
+    ModelInventory,
+    ModelState,
     ProbeResult,
     ResponseLimits,
+    lifecycle_of,
+    lifecycle_support,
 )
 from nexus_core.config import BackendConfig
 from nexus_core.http import HttpClients
@@ -389,6 +403,87 @@ async def test_probe_get_classifies_what_never_answered(clients: HttpClients) ->
     assert "server.max_response_body_bytes" in str(flood.failure)
     invalid = await probe_get(clients, "http://[::1")
     assert str(invalid.failure).startswith("invalid URL")
+
+
+# -- lifecycle calls ------------------------------------------------------------------------------
+
+
+async def test_lifecycle_call_sends_json_and_answers_any_status(clients: HttpClients) -> None:
+    async with FakeBackend(models=("m1",), api_key="k") as fake:
+        answer = await lifecycle_call(
+            clients, "POST", fake.url + "/nowhere", bearer("k"), body={"model": "m1"}, timeout=5
+        )
+        listed = await lifecycle_call(clients, "GET", fake.url + "/v1/models", timeout=5)
+    assert answer.status == 404
+    sent = fake.requests[0]
+    assert (sent.json, sent.headers["authorization"]) == ({"model": "m1"}, "Bearer k")
+    assert sent.headers["content-type"] == "application/json"
+    assert listed.status == 401  # no key: an answer like any other, for the adapter to read
+
+
+async def test_lifecycle_call_raises_what_never_answered(clients: HttpClients) -> None:
+    with pytest.raises(BackendError) as dead:
+        await lifecycle_call(clients, "GET", closed_port_url() + "/models", timeout=5)
+    assert dead.value.kind is ErrorKind.CONNECT
+    async with HostileBackend(drip_seconds=0.05) as hostile:
+        hostile.probes = True
+        hostile.attack = Attack.DRIP
+        with pytest.raises(BackendError) as slow:
+            await lifecycle_call(clients, "GET", hostile.url + "/v1/models", timeout=0.3)
+        hostile.attack = Attack.ENDLESS_BODY
+        with pytest.raises(BackendError) as flood:
+            await lifecycle_call(clients, "GET", hostile.url + "/v1/models", timeout=30)
+    assert slow.value.kind is ErrorKind.TIMEOUT
+    assert "within 0.3 s" in slow.value.message
+    assert flood.value.kind is ErrorKind.TOO_LARGE
+
+
+async def test_poll_until_returns_the_first_answer_or_times_out() -> None:
+    answers = iter([None, None, "ready"])
+
+    async def check() -> str | None:
+        return next(answers)
+
+    assert await poll_until(check, timeout=5, what="x", interval=0.01) == "ready"
+
+    async def never() -> str | None:
+        return None
+
+    with pytest.raises(BackendError) as info:
+        await poll_until(never, timeout=0.1, what="loading 'm' on b", interval=0.01)
+    assert info.value.kind is ErrorKind.TIMEOUT
+    assert info.value.message == "loading 'm' on b: not done within 0.1 s"
+
+
+async def test_an_adapter_without_lifecycle_operations_supports_none(
+    clients: HttpClients,
+) -> None:
+    generic = OpenAIWireAdapter(BackendConfig(name="g", url="http://127.0.0.1:9"), clients)
+    assert lifecycle_of(generic) is None
+    support = await lifecycle_support(generic)
+    assert support is NO_LIFECYCLE
+    assert (support.available_models, support.load, support.unload) == (False, False, False)
+
+
+def test_inventory_memory_and_lookups() -> None:
+    inventory = ModelInventory(
+        (
+            AvailableModel("a", ModelState.LOADED, memory_bytes=3),
+            AvailableModel("b", ModelState.SLEEPING),
+        ),
+        memory_total_bytes=10,
+        memory_used_bytes=3,
+    )
+    assert inventory.memory_free_bytes == 7
+    assert ModelInventory(memory_used_bytes=3).memory_free_bytes is None
+    assert inventory.in_state(ModelState.SLEEPING, ModelState.LOADING) == ("b",)
+    entry = inventory.get("a")
+    assert entry is not None
+    assert entry.loaded
+    assert inventory.get("c") is None
+    error = LifecycleError(LifecycleFailure.LOAD_FAILED, "no memory", status=500)
+    assert (error.kind, error.retryable, error.status) == (ErrorKind.SERVER_ERROR, True, 500)
+    assert LifecycleError(LifecycleFailure.UNKNOWN_MODEL, "x").kind is ErrorKind.CLIENT_ERROR
 
 
 # -- the base class applies it --------------------------------------------------------------------

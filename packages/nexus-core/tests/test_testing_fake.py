@@ -20,6 +20,7 @@ import pytest
 from nexus_core.testing import (
     Behaviour,
     FakeBackend,
+    FakeLlamaCpp,
     blackhole_url,
     closed_port_url,
     free_port,
@@ -400,6 +401,22 @@ async def test_behaviours_spare_probes_unless_asked(
     fake.behave(Behaviour(status=500, probes=True))
     assert (await client.get("/v1/models")).status_code == 500
     assert (await client.get("/health")).status_code == 500
+
+
+async def test_lifecycle_behaviours_apply_to_the_lifecycle_paths_only() -> None:
+    async with (
+        FakeLlamaCpp(models=["alpha"], router=True) as fake,
+        httpx.AsyncClient(base_url=fake.url, trust_env=False) as client,
+    ):
+        chat = {**CHAT, "model": "alpha"}
+        fake.push(Behaviour(status=500, lifecycle=True, times=2))
+        # Not inference, not a probe: the chat and /v1/models are answered as usual.
+        assert (await client.post("/v1/chat/completions", json=chat)).status_code == 200
+        assert (await client.get("/v1/models")).status_code == 200
+        assert (await client.get("/models")).status_code == 500
+        load = await client.post("/models/load", json={"model": "alpha"})
+        assert load.status_code == 500
+        assert (await client.get("/models")).status_code == 200  # both turns used
 
 
 async def test_delay_before_headers(fake: FakeBackend, client: httpx.AsyncClient) -> None:

@@ -9,6 +9,13 @@ HTTP 200 ``{"error": "Unexpected endpoint or method. ..."}``) are described by `
 alone. Which models are in memory is kept for a router that prefers them (``model_loaded``).
 Requests go to ``/v1/...`` unchanged; LM Studio sends no usage chunk in streams, which the relay
 passes through as it is. Its ``{"error": "text"}`` error bodies become OpenAI's envelope.
+
+Model lifecycle (``nexus_core.adapters.ModelLifecycle``) through the REST API v1 (LM Studio 0.4+):
+``GET /api/v1/models`` (every downloaded model, its ``size_bytes`` and ``loaded_instances``),
+``POST /api/v1/models/load {"model"}`` (answers once loaded; it would load a second instance of
+a loaded model, so the adapter loads only what has no instance), ``POST /api/v1/models/unload
+{"instance_id"}`` for each instance. Before 0.4 only the listing (``/api/v0/models``'s
+``state``) is there: loading and unloading are the ``lms`` command's.
 """
 
 from __future__ import annotations
@@ -19,8 +26,34 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from nexus_core import hookimpl
-from nexus_core.adapter_kit import ErrorBody, UpstreamErrors, bearer, probe_get
-from nexus_core.adapters import BackendStatus, ModelInfo, ProbeResult
+from nexus_core.adapter_kit import (
+    ErrorBody,
+    ProbeAnswer,
+    UpstreamErrors,
+    bearer,
+    deadline_in,
+    lifecycle_call,
+    poll_until,
+    probe_get,
+    read_error,
+    time_left,
+)
+from nexus_core.adapters import (
+    LOAD_TIMEOUT_SECONDS,
+    UNLOAD_TIMEOUT_SECONDS,
+    AvailableModel,
+    BackendError,
+    BackendStatus,
+    ErrorKind,
+    LifecycleError,
+    LifecycleFailure,
+    LifecycleSupport,
+    ModelInfo,
+    ModelInventory,
+    ModelState,
+    ProbeResult,
+    clip,
+)
 from nexus_core.config import BackendConfig
 from nexus_core.http import HttpClients
 from nexus_core.openai_wire import OpenAIWireAdapter, api_base
@@ -31,6 +64,17 @@ __all__ = ["ERRORS", "LMStudioAdapter", "describe", "register_backends"]
 UNEXPECTED_ENDPOINT = "Unexpected endpoint or method."
 _VISION = {"vlm": True, "llm": False, "embeddings": False}
 _EMBEDDINGS = {"embeddings": True, "llm": False, "vlm": False}
+#: How long listing the models may take (seconds).
+LIST_TIMEOUT_SECONDS = 10.0
+REST_V1 = (
+    "LM Studio REST API v1: /api/v1/models, /api/v1/models/load and /api/v1/models/unload; "
+    "whether a request loads a model (just-in-time loading) is a server setting it does not report"
+)
+REST_V0 = (
+    "LM Studio before 0.4: /api/v0/models lists the models and their state; its REST API "
+    "has no load or unload (use the lms command)"
+)
+
 #: LM Studio's ``{"error": "text"}`` bodies as OpenAI's envelope (its OpenAI-shaped ones pass).
 ERRORS = UpstreamErrors("LM Studio", body=ErrorBody.OPENAI)
 
@@ -84,6 +128,143 @@ class LMStudioAdapter(OpenAIWireAdapter):
             if isinstance(entry, dict) and isinstance(entry.get("id"), str)
         }
 
+    # -- model lifecycle -------------------------------------------------------------------------
+
+    @property
+    def _root(self) -> str:
+        return self.api_base.removesuffix("/v1")
+
+    async def lifecycle_support(self) -> LifecycleSupport:
+        """Everything with the REST API v1 (0.4+); the listing alone with ``/api/v0``."""
+        v1 = await self.probe_get(self._root + "/api/v1/models")
+        if v1.ok and isinstance(v1.get("models"), list):
+            return LifecycleSupport(available_models=True, load=True, unload=True, detail=REST_V1)
+        v0 = await self.probe_get(self._root + "/api/v0/models")
+        if v0.ok and isinstance(v0.get("data"), list):
+            return LifecycleSupport(available_models=True, detail=REST_V0)
+        return LifecycleSupport(detail="LM Studio's REST API did not answer")
+
+    async def available_models(self) -> ModelInventory:
+        """``/api/v1/models`` (sizes, instances); ``/api/v0/models`` before LM Studio 0.4."""
+        v1 = await self._v1_models()
+        if v1 is not None:
+            return ModelInventory(tuple(_v1_available(card) for card in v1))
+        v0 = await self._lifecycle("GET", "/api/v0/models", timeout=LIST_TIMEOUT_SECONDS)
+        data = v0.get("data")
+        if not isinstance(data, list):
+            raise BackendError(ErrorKind.MALFORMED, "LM Studio's /api/v0/models is not a list")
+        return ModelInventory(
+            tuple(_v0_available(entry) for entry in data if isinstance(entry, dict))
+        )
+
+    async def load_model(
+        self,
+        model: str,
+        *,
+        timeout: float = LOAD_TIMEOUT_SECONDS,  # noqa: ASYNC109 - ModelLifecycle's contract
+    ) -> AvailableModel:
+        """``POST /api/v1/models/load`` unless an instance is loaded; LM Studio answers once
+        the model is loaded."""
+        deadline = deadline_in(timeout)
+        card = await self._v1_card(model, "load")
+        if _instances(card):
+            return _v1_available(card)
+        answer = await self._lifecycle(
+            "POST",
+            "/api/v1/models/load",
+            {"model": model},
+            timeout=time_left(deadline),
+            check=False,
+        )
+        self._check_answer(answer, model, "load")
+
+        async def loaded() -> AvailableModel | None:
+            now = (await self.available_models()).get(model)
+            return now if now is not None and now.loaded else None
+
+        return await poll_until(
+            loaded, timeout=time_left(deadline), what=f"loading '{model}' on {self.name}"
+        )
+
+    async def unload_model(
+        self,
+        model: str,
+        *,
+        timeout: float = UNLOAD_TIMEOUT_SECONDS,  # noqa: ASYNC109 - ModelLifecycle's contract
+    ) -> None:
+        """``POST /api/v1/models/unload`` for each loaded instance of ``model``."""
+        deadline = deadline_in(timeout)
+        card = await self._v1_card(model, "unload")
+        for instance in _instances(card):
+            answer = await self._lifecycle(
+                "POST",
+                "/api/v1/models/unload",
+                {"instance_id": instance},
+                timeout=time_left(deadline),
+                check=False,
+            )
+            if answer.status != 404:  # gone meanwhile (its TTL ran out): nothing to do
+                self._check_answer(answer, model, "unload")
+
+    async def _v1_models(self) -> list[dict[str, Any]] | None:
+        """``/api/v1/models``' models; None on a server without the v1 API (before 0.4)."""
+        answer = await self._lifecycle(
+            "GET", "/api/v1/models", timeout=LIST_TIMEOUT_SECONDS, check=False
+        )
+        models = answer.get("models")
+        if answer.ok and isinstance(models, list):
+            return [card for card in models if isinstance(card, dict)]
+        if answer.ok or answer.status == 404:
+            return None  # LM Studio's 200 "Unexpected endpoint or method."
+        raise self._failure(answer)
+
+    async def _v1_card(self, model: str, operation: str) -> dict[str, Any]:
+        cards = await self._v1_models()
+        if cards is None:
+            raise LifecycleError(
+                LifecycleFailure.NOT_SUPPORTED, f"cannot {operation} '{model}': {REST_V0}"
+            )
+        card = next((card for card in cards if card.get("key") == model), None)
+        if card is None:
+            raise _unknown(model, self.name)
+        return card
+
+    def _check_answer(self, answer: ProbeAnswer, model: str, operation: str) -> None:
+        """Raise what an answer to a load or unload other than a 200 means."""
+        error = answer.get("error")
+        if answer.ok and error is None:
+            return
+        if answer.status == 404:
+            raise _unknown(model, self.name)
+        message = read_error(answer.content).message or f"HTTP {answer.status}"
+        raise LifecycleError(
+            LifecycleFailure.LOAD_FAILED,
+            f"LM Studio could not {operation} '{model}': {clip(message)}",
+            status=answer.status,
+            body=answer.content,
+        )
+
+    async def _lifecycle(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        timeout: float,  # noqa: ASYNC109 - passed on to lifecycle_call
+        check: bool = True,
+    ) -> ProbeAnswer:
+        answer = await lifecycle_call(
+            self.clients, method, self._root + path, self.probe_headers, body=body, timeout=timeout
+        )
+        if check and not answer.ok:
+            raise self._failure(answer)
+        return answer
+
+    def _failure(self, answer: ProbeAnswer) -> BackendError:
+        return self.upstream_error(
+            BackendError.from_status(answer.status, answer.content, answer.headers)
+        )
+
     @classmethod
     async def detect(cls, url: str, clients: HttpClients, api_key: str | None = None) -> bool:
         """True when ``/api/v0/models`` answers a model list, or LM Studio's own 200 error."""
@@ -117,6 +298,44 @@ def describe(model: ModelInfo, entry: Mapping[str, Any] | None) -> ModelInfo:
         json_mode=False if embedder else None,
         embeddings=_EMBEDDINGS.get(kind) if isinstance(kind, str) else None,
         owned_by=model.owned_by,
+    )
+
+
+def _instances(card: Mapping[str, Any]) -> list[str]:
+    """The ids of a ``/api/v1/models`` card's loaded instances."""
+    instances = card.get("loaded_instances")
+    if not isinstance(instances, list):
+        return []
+    return [str(item["id"]) for item in instances if isinstance(item, dict) and item.get("id")]
+
+
+def _v1_available(card: Mapping[str, Any]) -> AvailableModel:
+    instances = card.get("loaded_instances")
+    first = instances[0] if isinstance(instances, list) and instances else None
+    config = first.get("config") if isinstance(first, dict) else None
+    context = _positive(config.get("context_length")) if isinstance(config, dict) else None
+    count = len(_instances(card))
+    return AvailableModel(
+        id=str(card.get("key")),
+        state=ModelState.LOADED if count else ModelState.UNLOADED,
+        size_bytes=_positive(card.get("size_bytes")),
+        context_length=context,
+        detail=f"{count} instances loaded" if count > 1 else None,
+    )
+
+
+def _v0_available(entry: Mapping[str, Any]) -> AvailableModel:
+    loaded = entry.get("state") == "loaded"
+    return AvailableModel(
+        id=str(entry.get("id")),
+        state=ModelState.LOADED if loaded else ModelState.UNLOADED,
+        context_length=_positive(entry.get("loaded_context_length")) if loaded else None,
+    )
+
+
+def _unknown(model: str, backend: str) -> LifecycleError:
+    return LifecycleError(
+        LifecycleFailure.UNKNOWN_MODEL, f"backend '{backend}' has no model '{model}'", status=404
     )
 
 
