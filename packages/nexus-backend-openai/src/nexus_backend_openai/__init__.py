@@ -78,6 +78,9 @@ class OpenAIAdapter(OpenAIWireAdapter):
     def __init__(self, config: BackendConfig, clients: HttpClients) -> None:
         super().__init__(config, clients)
         self.rate_limits = RateLimits()
+        #: OpenAI's own API has ``/v1/responses``; the other clouds this type fronts mostly do
+        #: not (``native_responses = true`` in a backend's config says one does).
+        self.speaks_responses = httpx.URL(self.api_base).host == OPENAI_HOST
 
     @classmethod
     def api_base_for(cls, url: str) -> str:

@@ -3,7 +3,10 @@
 What ``client.responses`` of the openai SDK, the openai-agents SDK and the Codex CLI speak. A
 request is translated to OpenAI chat (``nexus_server.responses_wire``), routed like any chat
 request (policies, budget, failover, queue, headers), and the answer translated back: a
-``response`` object, or the Responses API's typed event stream. Errors before the answer starts
+``response`` object, or the Responses API's typed event stream. A backend that speaks the
+Responses API natively is sent the request as it is instead, and its answer relayed unchanged
+(``nexus_server.responses_native``); failover picks the body per attempt, so one route list can
+mix both. Errors before the answer starts
 use OpenAI's envelope with the chat door's codes; a stream that breaks later ends with an
 ``error`` event and ``response.failed``.
 """
@@ -18,6 +21,7 @@ from typing import Any
 from nexus_core.adapters import Endpoint
 from nexus_core.anthropic_format import JSONDict
 from nexus_core.errors import GatewayError
+from nexus_core.failover import ProxyResult
 from nexus_core.gateway import Gateway, state_unavailable
 from nexus_core.observability import RequestRecord
 from nexus_core.state import StateError
@@ -34,6 +38,7 @@ from nexus_server.proxy import (
     send_whole,
     start_response,
 )
+from nexus_server.responses_native import NativeStream, native_request
 from nexus_server.responses_store import MAX_ID_LENGTH, ResponseStore
 from nexus_server.responses_wire import (
     ChatStreamToResponses,
@@ -44,6 +49,8 @@ from nexus_server.responses_wire import (
 )
 
 SSE = b"text/event-stream; charset=utf-8"
+#: The statuses of a finished response: kept, and handed to ``on_complete``.
+FINISHED = ("completed", "incomplete")
 
 #: Called with the request's input items and the finished response object (completed or
 #: incomplete, never failed): where a conversation store keeps them.
@@ -95,10 +102,15 @@ class ResponsesEndpoint(ProxyEndpoint):
             )
             return
         keep = self.store.enabled and data.get("store", True) is not False
-        result = await self.route(send, Endpoint.CHAT, chat, flexible, high, record)
+        # A backend that speaks the Responses API is sent this instead of the chat body.
+        native = native_request(data, earlier)
+        result = await self.route(send, Endpoint.CHAT, chat, flexible, high, record, native)
         if result is None:
             return
         headers = route_headers(result)
+        if result.native:
+            await self._relay_native(send, result, headers, data, items, keep, owner, record)
+            return
         if result.stream is None:
             answer = answer_data(result)
             response = chat_answer_to_response(answer, data)
@@ -146,6 +158,61 @@ class ResponsesEndpoint(ProxyEndpoint):
             await stream.aclose()
         if converter.response is not None and self.on_complete is not None:
             await self.on_complete(input_items(data), converter.response)
+
+    async def _relay_native(
+        self,
+        send: Send,
+        result: ProxyResult,
+        headers: list[tuple[bytes, bytes]],
+        data: JSONDict,
+        items: list[JSONDict],
+        keep: bool,
+        owner: str | None,
+        record: RequestRecord,
+    ) -> None:
+        """A native backend's answer, relayed unchanged: its response object or its events,
+        kept and reported as a translated answer is; a cut stream ends with ``response.failed``."""
+        stream = result.stream
+        if stream is None:
+            answer = answer_data(result)
+            final = (
+                answer if isinstance(answer, dict) and answer.get("status") in FINISHED else None
+            )
+            if keep and final is not None:
+                await self._save(final, items, owner, record)
+            await send_whole(send, result.status, JSON, result.body or b"", headers)
+            if final is not None and self.on_complete is not None:
+                await self.on_complete(input_items(data), final)
+            return
+        watch = NativeStream(result.route.model)
+        try:
+            await start_response(send, 200, SSE, headers)
+            try:
+                async for event in stream:
+                    final = watch.feed(event)
+                    if final is not None and keep:
+                        # Kept before the client hears it is complete: a next turn finds it.
+                        await self._save(final, items, owner, record)
+                    await send_chunk(send, event)
+            except asyncio.CancelledError:
+                await end_cut_stream(
+                    send,
+                    watch.error("Nexus is shutting down; the answer was cut short", "shutdown"),
+                )
+                raise
+            except StreamBroke as broke:
+                await send_chunk(send, watch.error(broke.message))
+            else:
+                if not watch.ended:
+                    # The upstream ended without a final event: never a silent truncation.
+                    await send_chunk(
+                        send, watch.error("the upstream stream ended before the answer did")
+                    )
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            await stream.aclose()
+        if watch.response is not None and self.on_complete is not None:
+            await self.on_complete(input_items(data), watch.response)
 
     async def _earlier_items(
         self, data: JSONDict, owner: str | None, record: RequestRecord
