@@ -114,12 +114,14 @@ def test_whole_answer_passes_through_with_only_model_and_store_changed(
         assert raw.headers["x-nexus-route-reason"]
         # Upstream: the client's body, store false, nothing else changed; no chat anywhere.
         assert responses_sent(native) == [{**body, "store": False}]
-        assert chats_sent(native) == [] and local.inference_requests == []
+        assert chats_sent(native) == []
+        assert local.inference_requests == []
         # Downstream: the upstream's object as it is (its ids, its fields), not a translation.
         relayed = raw.http_response.json()
         direct = native_answer(native, {**body, "store": False}).json()
         assert set(relayed) == set(direct)
-        assert relayed["id"] != direct["id"] and relayed["id"].startswith("resp_")
+        assert relayed["id"] != direct["id"]
+        assert relayed["id"].startswith("resp_")
         assert relayed["output"][0]["id"] == "msg_" + relayed["id"][5:]  # the fake's own ids
         assert relayed["usage"] == direct["usage"]
         assert relayed["store"] is False  # what the upstream was asked
@@ -148,7 +150,8 @@ def test_stream_events_reach_the_sdk_unchanged(fleet: tuple[FakeOpenAI, FakeBack
             texts = [e.delta for e in stream if e.type == "response.output_text.delta"]
             final = stream.get_final_response()
         assert "".join(texts) == final.output_text == "Hello from native"
-        assert final.usage is not None and final.usage.output_tokens == 3
+        assert final.usage is not None
+        assert final.usage.output_tokens == 3
         sent = responses_sent(native)
         assert sent[-1] == {
             "model": "fake-model",
@@ -257,7 +260,8 @@ def test_a_conversation_continues_across_native_and_translating_backends(
         assert third.output_text == "Hello from native"
         sent = responses_sent(native)[-1]
         assert "previous_response_id" not in sent
-        assert sent["store"] is False and sent["stream"] is True
+        assert sent["store"] is False
+        assert sent["stream"] is True
         said = [
             (
                 item.get("role"),
@@ -383,7 +387,9 @@ def test_an_adapter_declares_it_and_native_responses_false_turns_it_off(
     entry["api_key_env"] = KEY_ENV  # the fake checks a key; the adapter sends it
     with running_server(config(entry)) as server:
         client(server).responses.create(model="fake-model", input="Hi")
-        assert len(responses_sent(native)) == 1 and chats_sent(native) == []
+        assert len(responses_sent(native)) == 1
+        assert chats_sent(native) == []
     with running_server(config({**entry, "native_responses": False})) as server:
         client(server).responses.create(model="fake-model", input="Hi")
-        assert len(responses_sent(native)) == 1 and len(chats_sent(native)) == 1
+        assert len(responses_sent(native)) == 1
+        assert len(chats_sent(native)) == 1

@@ -560,6 +560,7 @@ class BackendConfig(Section):
         description="Send /v1/responses requests to this backend as they are (its own "
         "/v1/responses) rather than translated to chat completions. Unset: what its adapter "
         "declares (openai: only for api.openai.com).",
+        examples=[True],
     )
     models: list[DeclaredModel] = Field(
         default_factory=list,
