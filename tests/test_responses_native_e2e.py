@@ -393,3 +393,30 @@ def test_an_adapter_declares_it_and_native_responses_false_turns_it_off(
         client(server).responses.create(model="fake-model", input="Hi")
         assert len(responses_sent(native)) == 1
         assert len(chats_sent(native)) == 1
+
+
+def test_what_only_the_responses_api_has_goes_to_a_native_backend_only(
+    fleet: tuple[FakeOpenAI, FakeBackend],
+) -> None:
+    native, local = fleet
+    tools: Any = [{"type": "web_search"}]
+    # The translating backend comes first; it cannot be sent a built-in tool, so it is passed
+    # over without a request, and the native backend gets the tool as the client sent it.
+    with running_server(config(local_entry(local), native_entry(native))) as server:
+        raw = client(server).responses.with_raw_response.create(
+            model="fake-model", input="News?", tools=tools
+        )
+        assert raw.headers["x-nexus-backend"] == "native"
+        assert raw.parse().output_text == "Hello from native"
+        assert responses_sent(native)[-1]["tools"] == tools
+        assert local.inference_requests == []
+    # No native backend on the routes: the translation's own 400, and no backend was asked.
+    with running_server(config(local_entry(local))) as server:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client(server).responses.create(model="fake-model", input="News?", tools=tools)
+        assert isinstance(caught.value.body, dict)
+        assert caught.value.body["param"] == "tools.0.type"
+        assert "'web_search'" in caught.value.body["message"]
+        history = httpx.get(server.url + "/v1/history").json()["data"]
+        assert [h["status"] for h in history] == [400]
+        assert local.inference_requests == []

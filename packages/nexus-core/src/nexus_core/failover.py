@@ -327,18 +327,26 @@ class NativeRequest:
     Failover chooses the body per attempt: a backend that ``accepts`` gets this one (at
     ``endpoint``, its ``model`` replaced by the route's, never clamped), any other the translated
     body as usual. The body is serialised only when a native backend is tried.
+
+    ``refusal``: the request has no translation (it uses what only the door's API has); the
+    other backends are passed over, and it is the client's error when no backend was tried.
     """
 
-    __slots__ = ("_body", "accepts", "data", "endpoint")
+    __slots__ = ("_body", "accepts", "data", "endpoint", "refusal")
 
     def __init__(
-        self, endpoint: Endpoint, data: dict[str, Any], accepts: Callable[[Backend], bool]
+        self,
+        endpoint: Endpoint,
+        data: dict[str, Any],
+        accepts: Callable[[Backend], bool],
+        refusal: GatewayError | None = None,
     ) -> None:
         self.endpoint = endpoint
         #: The body to send, as a dict (serialised on first use).
         self.data = data
         #: Whether a backend speaks the door's API (asked once per attempt).
         self.accepts = accepts
+        self.refusal = refusal
         self._body: bytes | None = None
 
     @property
@@ -401,6 +409,8 @@ class Failover:
             if result is not None:
                 return result
         attempts = request.attempts
+        if not attempts and native is not None and native.refusal is not None:
+            raise native.refusal  # no backend that speaks the door's API was on the routes
         raise _failed(
             _exhausted(request.last_error, attempts, self.deadline_seconds, endpoint),
             attempts,
@@ -459,19 +469,20 @@ class _Request:
         backend = route.backend
         endpoint = self.endpoint
         native = self.native
-        if native is not None and native.accepts(backend):
+        if native is None or not native.accepts(backend):
+            if native is not None and native.refusal is not None:
+                return None  # it would need the translation this request cannot have
+            payload = (
+                self.body if route.model == needs.model else replace_model(self.body, route.model)
+            )
+            is_native = False
+        else:
             # This backend speaks the door's own API: its request as the client sent it.
             endpoint = native.endpoint
             body = native.body
             payload = body if route.model == needs.model else replace_model(body, route.model)
-            clamped = None
             is_native = True
-        else:
-            payload = (
-                self.body if route.model == needs.model else replace_model(self.body, route.model)
-            )
-            clamped = None
-            is_native = False
+        clamped = None
         if self.clampable and not is_native:
             # This backend's context for this model, when it says: a few reads per attempt.
             info = backend.models.get(route.model)

@@ -94,16 +94,23 @@ class ResponsesEndpoint(ProxyEndpoint):
         # What the backend is asked: the stored conversation, then this request's input.
         items = [*earlier, *input_items(data)]
         asked = {**data, "input": items} if earlier else data
+        refusal = None
         try:
             chat = responses_request_to_chat(asked, system_messages=self.system_messages)
         except ResponsesRequestError as exc:
-            await self.reject(
-                send, record, GatewayError(400, str(exc), param=exc.param, code=exc.code)
-            )
-            return
+            refusal = GatewayError(400, str(exc), param=exc.param, code=exc.code)
+            model = data.get("model")
+            if not isinstance(model, str) or not model:
+                await self.reject(send, record, refusal)
+                return
+            # What only the Responses API has (built-in tools, background...): a backend that
+            # speaks it may serve it, the others are passed over; none, and this is the answer.
+            chat = {"model": model, "messages": []}
+            if data.get("stream") is True:
+                chat["stream"] = True
         keep = self.store.enabled and data.get("store", True) is not False
         # A backend that speaks the Responses API is sent this instead of the chat body.
-        native = native_request(data, earlier)
+        native = native_request(data, earlier, refusal)
         result = await self.route(send, Endpoint.CHAT, chat, flexible, high, record, native)
         if result is None:
             return

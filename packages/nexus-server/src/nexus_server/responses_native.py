@@ -21,6 +21,7 @@ from typing import Any
 from nexus_core import fastjson
 from nexus_core.adapters import Endpoint, speaks_responses
 from nexus_core.anthropic_format import JSONDict
+from nexus_core.errors import GatewayError
 from nexus_core.failover import NativeRequest
 from nexus_core.registry import Backend
 from nexus_core.sse import event_data
@@ -42,14 +43,17 @@ def speaks_natively(backend: Backend) -> bool:
     return speaks_responses(backend.adapter) if override is None else override
 
 
-def native_request(data: Mapping[str, Any], earlier: list[JSONDict] | None) -> NativeRequest:
+def native_request(
+    data: Mapping[str, Any], earlier: list[JSONDict] | None, refusal: GatewayError | None = None
+) -> NativeRequest:
     """The request a native backend is sent: the client's, with ``store: false`` and the stored
-    conversation (``earlier``) in place of ``previous_response_id``."""
+    conversation (``earlier``) in place of ``previous_response_id``. ``refusal``: why it cannot
+    be translated (only native backends may then serve it)."""
     body: JSONDict = {key: value for key, value in data.items() if key != "previous_response_id"}
     body["store"] = False
     if earlier:
         body["input"] = [*(item for item in earlier if _replayable(item)), *input_items(data)]
-    return NativeRequest(Endpoint.RESPONSES, body, speaks_natively)
+    return NativeRequest(Endpoint.RESPONSES, body, speaks_natively, refusal)
 
 
 def _replayable(item: JSONDict) -> bool:
