@@ -20,6 +20,7 @@ import pytest
 from nexus_core import hookimpl, plugins
 from nexus_core.openai_wire import OpenAIWireAdapter
 from nexus_core.testing import Behaviour, FakeBackend, FakeOpenAI
+from nexus_server.responses import ResponsesEndpoint
 from nexus_server.testing import RunningServer, running_server
 from tests.conftest import gateway_config
 
@@ -302,6 +303,8 @@ def test_a_native_stream_cut_mid_way_ends_in_response_failed(
         # Not kept, and the history says the stream broke; nothing went to the other backend.
         with pytest.raises(openai.NotFoundError):
             client(server).responses.retrieve(failed.response.id)
+        history = httpx.get(server.url + "/v1/history").json()["data"]
+        assert [(h["backend"], h["error"]) for h in history] == [("native", "stream_broken")]
         assert local.inference_requests == []
 
 
@@ -420,3 +423,27 @@ def test_what_only_the_responses_api_has_goes_to_a_native_backend_only(
         history = httpx.get(server.url + "/v1/history").json()["data"]
         assert [h["status"] for h in history] == [400]
         assert local.inference_requests == []
+
+
+def test_on_complete_gets_the_native_answers(fleet: tuple[FakeOpenAI, FakeBackend]) -> None:
+    native, _ = fleet
+    seen: list[tuple[list[dict[str, Any]], dict[str, Any]]] = []
+
+    async def keep(items: list[dict[str, Any]], response: dict[str, Any]) -> None:
+        seen.append((items, response))
+
+    with running_server(config(native_entry(native))) as server:
+        endpoint = server.server.config.app.proxies["/v1/responses"]
+        assert isinstance(endpoint, ResponsesEndpoint)
+        endpoint.on_complete = keep
+        sdk = client(server)
+        whole = sdk.responses.create(model="fake-model", input="Hi")
+        with sdk.responses.stream(model="fake-model", input="Yo") as stream:
+            streamed = stream.get_final_response()
+        native.push(Behaviour(cut_after_events=4, times=1))
+        with sdk.responses.stream(model="fake-model", input="Cut") as stream:
+            list(stream)
+    assert [response["id"] for _, response in seen] == [whole.id, streamed.id]
+    assert seen[0][0] == [{"type": "message", "role": "user", "content": "Hi"}]
+    assert seen[1][1]["status"] == "completed"
+    assert seen[1][1]["usage"]["output_tokens"] == 3
