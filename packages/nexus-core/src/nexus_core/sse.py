@@ -17,6 +17,13 @@ from nexus_core.buffers import gather
 DONE = b"data: [DONE]\n\n"
 _FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
 _RESPONSE_END = re.compile(rb'"type"\s*:\s*"response\.(?:completed|incomplete|failed)"')
+#: How a Responses API event begins: its ``event:`` line, or its data when it has none.
+_RESPONSE_EVENTS = (
+    b"event: response.",
+    b"event:response.",
+    b'data: {"type":"response.',
+    b'data: {"type": "response.',
+)
 #: How the event that ends an OpenAI stream begins.
 DONE_PREFIXES = (b"data: [DONE]", b"data:[DONE]")
 
@@ -32,8 +39,8 @@ def completes_answer(event: bytes) -> bool:
         event.startswith(DONE_PREFIXES)
         or _FINISHED.search(event) is not None
         # A Responses API stream (a backend that speaks it natively) ends at its final event;
-        # one cheap byte search keeps chat chunks off the second pattern.
-        or (b'"response.' in event and _RESPONSE_END.search(event) is not None)
+        # a prefix test (no scan of the event) keeps chat chunks off the pattern.
+        or (event.startswith(_RESPONSE_EVENTS) and _RESPONSE_END.search(event) is not None)
     )
 
 
