@@ -447,3 +447,30 @@ def test_on_complete_gets_the_native_answers(fleet: tuple[FakeOpenAI, FakeBacken
     assert seen[0][0] == [{"type": "message", "role": "user", "content": "Hi"}]
     assert seen[1][1]["status"] == "completed"
     assert seen[1][1]["usage"]["output_tokens"] == 3
+
+
+def test_the_fake_speaks_the_sdks_shapes(fleet: tuple[FakeOpenAI, FakeBackend]) -> None:
+    # The fake itself, straight from the SDK (no Nexus): its objects and events are the SDK's.
+    native, _ = fleet
+    sdk = openai.OpenAI(base_url=native.url + "/v1", api_key="sk-native", max_retries=0)
+    whole = sdk.responses.create(model="fake-model", input="Hi there", instructions="Be brief.")
+    assert whole.status == "completed"
+    assert whole.output_text == "Hello from native"
+    assert whole.usage is not None
+    assert (whole.usage.input_tokens, whole.usage.output_tokens) == (4, 3)
+    call = [{"id": "call_1", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}]
+    native.push(Behaviour(tool_calls=call, times=1))
+    with sdk.responses.stream(model="fake-model", input="Weather?") as stream:
+        types = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert types[:2] == ["response.created", "response.in_progress"]
+    assert "response.function_call_arguments.delta" in types
+    assert types[-1] == "response.completed"
+    item = final.output[0]
+    assert item.type == "function_call"
+    assert (item.call_id, item.name, item.arguments) == ("call_1", "get_weather", '{"city":"Oslo"}')
+    native.push(Behaviour(finish_reason="length", times=1))
+    cut = sdk.responses.create(model="fake-model", input="Long", max_output_tokens=1)
+    assert cut.status == "incomplete"
+    assert cut.incomplete_details is not None
+    assert cut.incomplete_details.reason == "max_output_tokens"
