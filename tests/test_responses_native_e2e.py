@@ -261,6 +261,8 @@ def test_a_conversation_continues_across_native_and_translating_backends(
         assert third.output_text == "Hello from native"
         sent = responses_sent(native)[-1]
         assert "previous_response_id" not in sent
+        # Replayed without ids: the upstream keeps nothing, and refuses ids it did not store.
+        assert all("id" not in item for item in sent["input"])
         assert sent["store"] is False
         assert sent["stream"] is True
         said = [

@@ -297,15 +297,27 @@ def native_request(
     body: JSONDict = {key: value for key, value in data.items() if key != "previous_response_id"}
     body["store"] = False
     if earlier:
-        body["input"] = [*(item for item in earlier if _replayable(item)), *input_items(data)]
+        body["input"] = [*_replayed(earlier), *input_items(data)]
     return NativeRequest(Endpoint.RESPONSES, body, speaks_natively, refusal)
 
 
-def _replayable(item: JSONDict) -> bool:
-    """A reasoning item is sent back only with its ``encrypted_content``: without it (another
-    model's reasoning, or OpenAI's own with nothing stored upstream) OpenAI refuses it, and it
-    means nothing to the model."""
-    return item.get("type") != "reasoning" or bool(item.get("encrypted_content"))
+def _replayed(earlier: list[JSONDict]) -> list[JSONDict]:
+    """Stored items as a backend that keeps nothing accepts them again.
+
+    With ``store: false`` OpenAI answers 404 for an input item whose ``id`` it did not store, so
+    the ids go (an id is optional on a message, a function call or its output). A reasoning item
+    is kept only with its ``encrypted_content`` (then with its id, as OpenAI asks): without it
+    (another model's reasoning, or OpenAI's own with nothing stored upstream) it is refused, and
+    it means nothing to the model.
+    """
+    out: list[JSONDict] = []
+    for item in earlier:
+        if item.get("type") == "reasoning":
+            if item.get("encrypted_content"):
+                out.append(item)
+        else:
+            out.append({key: value for key, value in item.items() if key != "id"})
+    return out
 
 
 class NativeStream:
