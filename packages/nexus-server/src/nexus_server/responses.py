@@ -5,7 +5,7 @@ request is translated to OpenAI chat (``nexus_server.responses_wire``), routed l
 request (policies, budget, failover, queue, headers), and the answer translated back: a
 ``response`` object, or the Responses API's typed event stream. A backend that speaks the
 Responses API natively is sent the request as it is instead, and its answer relayed unchanged
-(``nexus_server.responses_native``); failover picks the body per attempt, so one route list can
+(the second half of this module); failover picks the body per attempt, so one route list can
 mix both. What Nexus changes for a native backend (``native_request``): ``model`` (per attempt),
 ``store: false`` (the conversation is Nexus's to keep), and ``previous_response_id`` replaced by
 the stored conversation it names; ``NativeStream`` watches a relayed stream with a few byte
