@@ -28,6 +28,7 @@ from nexus_core.adapters import (
     ModelInfo,
     Timeouts,
     UpstreamResponse,
+    speaks_responses,
 )
 from nexus_core.config import BackendConfig
 from nexus_core.http import HttpClients
@@ -361,3 +362,21 @@ async def test_detect_claims_no_local_server(
 ) -> None:
     async with fake_class("other", ["m"]) as fake:
         assert not await OpenAIAdapter.detect(fake.url, clients, api_key=KEY)
+
+
+@pytest.mark.parametrize(
+    ("url", "native"),
+    [
+        ("https://api.openai.com", True),
+        ("https://api.openai.com/v1", True),
+        ("https://api.groq.com/openai/v1", False),
+        ("https://openrouter.ai/api/v1", False),
+    ],
+)
+def test_only_openais_own_api_is_declared_to_speak_the_responses_api(
+    url: str, native: bool
+) -> None:
+    # Other OpenAI-wire clouds often lack /v1/responses: they get it translated to chat unless
+    # their backend's config says native_responses = true.
+    adapter = OpenAIAdapter(config(url), HttpClients())
+    assert speaks_responses(adapter) is native

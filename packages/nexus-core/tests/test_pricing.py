@@ -281,3 +281,20 @@ def test_estimates_charge_every_prompt_token_at_the_input_price() -> None:
     opus = builtin_price("claude-opus-4-1")
     assert opus is not None
     assert estimate_nano_usd(opus, 2000, 1000) == 105_000_000
+
+
+def test_responses_api_usage_costs_what_the_same_chat_usage_costs() -> None:
+    # A backend that speaks the Responses API natively names the counts input/output tokens.
+    chat = {
+        "prompt_tokens": 1000,
+        "completion_tokens": 500,
+        "prompt_tokens_details": {"cached_tokens": 800},
+    }
+    responses = {
+        "input_tokens": 1000,
+        "output_tokens": 500,
+        "input_tokens_details": {"cached_tokens": 800},
+        "total_tokens": 1500,
+    }
+    assert cost_nano_usd(GPT_4O, responses) == cost_nano_usd(GPT_4O, chat) == 6_500_000
+    assert cost_nano_usd(GPT_4O, {"total_tokens": 3}) is None

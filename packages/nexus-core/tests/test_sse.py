@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from nexus_core.sse import DONE, EventTooLarge, SSEParser, error_event, event_data
+from nexus_core.sse import DONE, EventTooLarge, SSEParser, completes_answer, error_event, event_data
 
 EVENTS = [
     b'data: {"id":"1","choices":[{"delta":{"content":"Hel"}}]}\n\n',
@@ -262,3 +262,23 @@ def test_any_chunking_gives_the_same_events(
     expected = _expected(events)
     assert parse(stream) == expected
     assert parse(*chunks) == expected
+
+
+@pytest.mark.parametrize(
+    ("event", "complete"),
+    [
+        (b'event: response.completed\ndata: {"type":"response.completed","response":{}}\n\n', True),
+        (b'data: {"type": "response.incomplete", "response": {}}\n\n', True),
+        (b'event: response.failed\ndata: {"type":"response.failed","response":{}}\n\n', True),
+        (b'data: {"type":"response.output_text.delta","delta":"response.completed"}\n\n', False),
+        # The name inside a text (escaped quotes) is not the event's type.
+        (
+            b'data: {"type":"response.output_text.delta",'
+            b'"delta":"\\"type\\":\\"response.completed\\""}\n\n',
+            False,
+        ),
+        (b'data: {"type":"response.created","response":{"status":"in_progress"}}\n\n', False),
+    ],
+)
+def test_a_responses_stream_is_complete_at_its_final_event(event: bytes, complete: bool) -> None:
+    assert completes_answer(event) is complete

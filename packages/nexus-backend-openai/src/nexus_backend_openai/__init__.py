@@ -11,6 +11,9 @@ completions, embeddings; not speech, transcription, images, moderation, realtime
 Responses-only models) and fills in what the list does not say (context window, vision, tools,
 JSON mode, embeddings) from ``models_table``. Prices are core's (``nexus_core.pricing``).
 The ``x-ratelimit-*`` headers of each answer become the backend's load signal (``load``).
+It declares ``speaks_responses`` for ``api.openai.com`` only: the Responses door passes requests
+through to OpenAI's own ``/v1/responses`` and translates them to chat for the other clouds
+(a backend's ``native_responses`` setting says otherwise).
 """
 
 from __future__ import annotations
@@ -78,6 +81,9 @@ class OpenAIAdapter(OpenAIWireAdapter):
     def __init__(self, config: BackendConfig, clients: HttpClients) -> None:
         super().__init__(config, clients)
         self.rate_limits = RateLimits()
+        #: OpenAI's own API has ``/v1/responses``; the other clouds this type fronts mostly do
+        #: not (``native_responses = true`` in a backend's config says one does).
+        self.speaks_responses = httpx.URL(self.api_base).host == OPENAI_HOST
 
     @classmethod
     def api_base_for(cls, url: str) -> str:

@@ -35,13 +35,26 @@ class Endpoint(enum.StrEnum):
     CHAT = "chat"
     COMPLETIONS = "completions"
     EMBEDDINGS = "embeddings"
+    #: OpenAI's Responses API, sent only to a backend that speaks it (``speaks_responses``).
+    RESPONSES = "responses"
 
 
 OPENAI_PATHS: Mapping[Endpoint, str] = {
     Endpoint.CHAT: "/chat/completions",
     Endpoint.COMPLETIONS: "/completions",
     Endpoint.EMBEDDINGS: "/embeddings",
+    Endpoint.RESPONSES: "/responses",
 }
+
+
+def speaks_responses(adapter: object) -> bool:
+    """Whether an adapter declares that its server speaks OpenAI's Responses API natively.
+
+    An optional attribute, ``speaks_responses = True``, not part of ``BackendAdapter``: an
+    adapter without it (most) is sent Responses requests translated to chat. One that has it is
+    sent ``Endpoint.RESPONSES`` with the Responses body, and answers in that API's shapes.
+    """
+    return getattr(adapter, "speaks_responses", False) is True
 
 
 #: The yes/no capabilities a request can need and a model can lack, by their field names on

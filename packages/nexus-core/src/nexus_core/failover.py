@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Attempt",
     "Failover",
+    "NativeRequest",
     "ProxyResult",
     "ProxyStream",
     "client_error",
@@ -100,6 +102,9 @@ class ProxyResult:
     #: The answer limit sent to the backend when the request's ``max_tokens`` did not fit its
     #: context (``nexus_core.clamping``).
     max_tokens_clamped: int | None = None
+    #: The backend was sent the door's own request (``NativeRequest``) and answered in the
+    #: door's API, not in OpenAI chat.
+    native: bool = False
 
     @property
     def route_reason(self) -> str:
@@ -204,7 +209,15 @@ class ProxyStream:
             return False
         usage = payload.get("usage")
         if not isinstance(usage, dict):
-            return False
+            # A Responses API stream reports it in its last event's response object.
+            response = payload.get("response")
+            usage = response.get("usage") if isinstance(response, dict) else None
+            if not isinstance(usage, dict):
+                return False
+            self.usage = usage
+            if self._meter is not None:
+                self._meter.usage(usage)
+            return False  # the event that ends the answer: never hidden
         self.usage = usage
         if self._meter is not None:
             self._meter.usage(usage)
@@ -308,6 +321,45 @@ class ProxyStream:
                 on_end(self)
 
 
+class NativeRequest:
+    """A front door's own request, for the backends that speak the door's API natively.
+
+    Failover chooses the body per attempt: a backend that ``accepts`` gets this one (at
+    ``endpoint``, its ``model`` replaced by the route's, never clamped), any other the translated
+    body as usual. The body is serialised only when a native backend is tried.
+
+    ``refusal``: the request has no translation (it uses what only the door's API has); the
+    other backends are passed over, and it is the client's error when no backend was tried.
+    """
+
+    __slots__ = ("_body", "accepts", "data", "endpoint", "refusal")
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        data: dict[str, Any],
+        accepts: Callable[[Backend], bool],
+        refusal: GatewayError | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        #: The body to send, as a dict (serialised on first use).
+        self.data = data
+        #: Whether a backend speaks the door's API (asked once per attempt).
+        self.accepts = accepts
+        self.refusal = refusal
+        self._body: bytes | None = None
+
+    @property
+    def body(self) -> bytes:
+        """The body as sent (serialised once)."""
+        body = self._body
+        if body is None:
+            body = self._body = json.dumps(
+                self.data, ensure_ascii=False, separators=(",", ":")
+            ).encode()
+        return body
+
+
 @dataclass(slots=True, frozen=True)
 class Failover:
     """How a gateway tries each request's routes: its limits and collaborators, built once.
@@ -335,6 +387,7 @@ class Failover:
         needs: RequestNeeds,
         data: Any,
         record: RequestRecord,
+        native: NativeRequest | None = None,
     ) -> ProxyResult:
         """Try ``routes`` in order within one overall deadline; return the first 2xx answer.
 
@@ -342,8 +395,9 @@ class Failover:
         gateway key (whose own spend counts the cost too), the client's Authorization (passed
         only to backends that set ``forward_client_auth``) and its span (tracing on: each
         attempt is a child span whose ``traceparent`` the upstream request carries).
+        ``native``: the front door's own request, sent instead to a backend that speaks it.
         """
-        request = _Request(self, endpoint, body, needs, data, record)
+        request = _Request(self, endpoint, body, needs, data, record, native)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.deadline_seconds
         last = len(routes) - 1
@@ -355,6 +409,8 @@ class Failover:
             if result is not None:
                 return result
         attempts = request.attempts
+        if not attempts and native is not None and native.refusal is not None:
+            raise native.refusal  # no backend that speaks the door's API was on the routes
         raise _failed(
             _exhausted(request.last_error, attempts, self.deadline_seconds, endpoint),
             attempts,
@@ -373,6 +429,7 @@ class _Request:
         "failover",
         "last_error",
         "limit",
+        "native",
         "needs",
         "record",
     )
@@ -385,6 +442,7 @@ class _Request:
         needs: RequestNeeds,
         data: Any,
         record: RequestRecord,
+        native: NativeRequest | None = None,
     ) -> None:
         self.failover = failover
         self.endpoint = endpoint
@@ -398,6 +456,7 @@ class _Request:
         #: say nothing); None until then.
         self.limit: int | None = None
         self.clampable = not needs.vision and endpoint is not Endpoint.EMBEDDINGS
+        self.native = native
 
     async def attempt(self, route: Route, remaining: float, last: bool) -> ProxyResult | None:
         """One try at ``route``: its 2xx answer, or None after a failure another route may not
@@ -408,9 +467,23 @@ class _Request:
         failover = self.failover
         needs = self.needs
         backend = route.backend
-        payload = self.body if route.model == needs.model else replace_model(self.body, route.model)
+        endpoint = self.endpoint
+        native = self.native
+        if native is None or not native.accepts(backend):
+            if native is not None and native.refusal is not None:
+                return None  # it would need the translation this request cannot have
+            payload = (
+                self.body if route.model == needs.model else replace_model(self.body, route.model)
+            )
+            is_native = False
+        else:
+            # This backend speaks the door's own API: its request as the client sent it.
+            endpoint = native.endpoint
+            body = native.body
+            payload = body if route.model == needs.model else replace_model(body, route.model)
+            is_native = True
         clamped = None
-        if self.clampable:
+        if self.clampable and not is_native:
             # This backend's context for this model, when it says: a few reads per attempt.
             info = backend.models.get(route.model)
             if info is not None and info.context_length is not None:
@@ -429,7 +502,7 @@ class _Request:
             price = accountant.price(backend, route.model)
             if price is not None:
                 charge = await self._open_charge(accountant, price)
-                if needs.stream and not needs.include_usage:
+                if needs.stream and not needs.include_usage and not is_native:
                     payload = with_include_usage(payload)
         timeouts = failover.timeouts
         if remaining < timeouts.first_byte:
@@ -453,14 +526,16 @@ class _Request:
         try:
             if span is None and forward is None:
                 upstream = await backend.adapter.send(
-                    self.endpoint, payload, stream=needs.stream, timeouts=timeouts
+                    endpoint, payload, stream=needs.stream, timeouts=timeouts
                 )
             else:
                 upstream = await _send_with_context(
-                    backend, self.endpoint, payload, needs.stream, timeouts, span, forward
+                    backend, endpoint, payload, needs.stream, timeouts, span, forward
                 )
             if upstream.events is None:
-                return self._answered(route, upstream, started, span, charge, clamped)
+                result = self._answered(route, upstream, started, span, charge, clamped)
+                result.native = is_native
+                return result
             try:
                 async with asyncio.timeout(timeouts.first_byte):
                     first = await anext(upstream.events)
@@ -478,7 +553,9 @@ class _Request:
                 await upstream.aclose()
                 raise
             released = True  # the stream releases the slot (and settles) when it ends
-            return self._streams(route, upstream, first, started, span, charge, clamped)
+            result = self._streams(route, upstream, first, started, span, charge, clamped)
+            result.native = is_native
+            return result
         except BackendError as exc:
             error = self._failed(exc, route, span, charge, last)
             if error is not None:

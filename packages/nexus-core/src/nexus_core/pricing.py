@@ -312,14 +312,23 @@ def _tokens(value: Any) -> int | None:
 
 
 def cost_nano_usd(price: Price, usage: Mapping[str, Any]) -> int | None:
-    """What an OpenAI ``usage`` object costs, in nano-USD (None: no usable token counts)."""
+    """What an OpenAI ``usage`` object costs, in nano-USD (None: no usable token counts).
+
+    Chat's names (``prompt_tokens``...) or the Responses API's (``input_tokens``...).
+    """
     prompt = _tokens(usage.get("prompt_tokens"))
     completion = _tokens(usage.get("completion_tokens"))
+    details_key = "prompt_tokens_details"
     if prompt is None and completion is None:
-        return None
+        # The Responses API's names for the same counts.
+        prompt = _tokens(usage.get("input_tokens"))
+        completion = _tokens(usage.get("output_tokens"))
+        if prompt is None and completion is None:
+            return None
+        details_key = "input_tokens_details"
     prompt = prompt or 0
     cached = 0
-    details = usage.get("prompt_tokens_details")
+    details = usage.get(details_key)
     if price.cached_input_per_million is not None and isinstance(details, Mapping):
         # Cached tokens are part of prompt_tokens; never more than them.
         cached = min(_tokens(details.get("cached_tokens")) or 0, prompt)

@@ -16,17 +16,32 @@ from nexus_core.buffers import gather
 
 DONE = b"data: [DONE]\n\n"
 _FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
+_RESPONSE_END = re.compile(rb'"type"\s*:\s*"response\.(?:completed|incomplete|failed)"')
+#: How a Responses API event begins: its ``event:`` line, or its data when it has none.
+_RESPONSE_EVENTS = (
+    b"event: response.",
+    b"event:response.",
+    b'data: {"type":"response.',
+    b'data: {"type": "response.',
+)
 #: How the event that ends an OpenAI stream begins.
 DONE_PREFIXES = (b"data: [DONE]", b"data:[DONE]")
 
 
 def completes_answer(event: bytes) -> bool:
-    """Whether ``event`` shows an OpenAI stream complete: ``[DONE]`` or a ``finish_reason``.
+    """Whether ``event`` shows an OpenAI stream complete: ``[DONE]`` or a ``finish_reason``
+    (chat), or a Responses stream's ``response.completed``/``incomplete``/``failed``.
 
     Servers that omit ``[DONE]`` may still send a usage chunk after the finish chunk, so a stream
     that ends after either is whole; one that ends before both was cut.
     """
-    return event.startswith(DONE_PREFIXES) or _FINISHED.search(event) is not None
+    return (
+        event.startswith(DONE_PREFIXES)
+        or _FINISHED.search(event) is not None
+        # A Responses API stream (a backend that speaks it natively) ends at its final event;
+        # a prefix test (no scan of the event) keeps chat chunks off the pattern.
+        or (event.startswith(_RESPONSE_EVENTS) and _RESPONSE_END.search(event) is not None)
+    )
 
 
 #: The default limit on one event (``server.max_stream_event_bytes``).

@@ -69,6 +69,7 @@ OPERATIONS = {
     Endpoint.CHAT: "chat",
     Endpoint.COMPLETIONS: "text_completion",
     Endpoint.EMBEDDINGS: "embeddings",
+    Endpoint.RESPONSES: "chat",
 }
 
 #: Numeric request parameters recorded on the request span: body field -> attribute.

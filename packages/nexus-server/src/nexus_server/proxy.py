@@ -22,7 +22,7 @@ from nexus_core import fastjson
 from nexus_core.adapters import Endpoint
 from nexus_core.auth import presented_key
 from nexus_core.errors import GatewayError, payload_too_large
-from nexus_core.failover import ProxyResult, ProxyStream
+from nexus_core.failover import NativeRequest, ProxyResult, ProxyStream
 from nexus_core.gateway import Gateway
 from nexus_core.observability import RequestRecord
 from nexus_core.sse import error_event, event_data
@@ -94,9 +94,11 @@ class ProxyEndpoint:
         flexible: bool,
         high: bool,
         record: RequestRecord,
+        native: NativeRequest | None = None,
     ) -> ProxyResult | None:
         """Proxy a body a translating door made; on a gateway error answer it in the door's
-        shape and return None."""
+        shape and return None. ``native``: the door's own request, for the backends that speak
+        its API (``result.native`` says one answered)."""
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         try:
             return await self.gateway.proxy(
@@ -106,6 +108,7 @@ class ProxyEndpoint:
                 flexible=flexible,
                 priority_high=high,
                 record=record,
+                native=native,
             )
         except GatewayError as error:
             await self.send_error(send, error)

@@ -555,6 +555,13 @@ class BackendConfig(Section):
         description="Pass the client's own Authorization header to this backend (local types "
         "only; a cloud backend always uses api_key_env).",
     )
+    native_responses: bool | None = Field(
+        default=None,
+        description="Send /v1/responses requests to this backend as they are (its own "
+        "/v1/responses) rather than translated to chat completions. Unset: what its adapter "
+        "declares (openai: only for api.openai.com).",
+        examples=[True],
+    )
     models: list[DeclaredModel] = Field(
         default_factory=list,
         description="Models this backend is known to serve, added to what the server lists: "

@@ -16,7 +16,7 @@ from nexus_core.accounting import Accountant, usd
 from nexus_core.adapters import Endpoint
 from nexus_core.auth import ApiKey
 from nexus_core.errors import GatewayError, model_not_found
-from nexus_core.failover import ProxyResult, ProxyStream
+from nexus_core.failover import NativeRequest, ProxyResult, ProxyStream
 from nexus_core.gateway.catalogue import Catalogue
 from nexus_core.observability import RequestRecord
 from nexus_core.queueing import is_full
@@ -40,6 +40,7 @@ class Requests(Catalogue):
         flexible: bool = False,
         priority_high: bool = False,
         record: RequestRecord | None = None,
+        native: NativeRequest | None = None,
     ) -> ProxyResult:
         """Route and forward one raw request body; raise ``GatewayError`` if it cannot be served.
 
@@ -49,6 +50,8 @@ class Requests(Catalogue):
         in the queue because every planned backend is at its ``max_concurrent``.
         ``record``: what the server knows of the request (id, front door, client); the gateway
         completes it and hands it to ``monitor`` when the request ends (a stream: at its end).
+        ``native``: a front door's own request, sent instead of ``body`` to the backends that
+        speak the door's API (``failover.NativeRequest``); the result says which was answered.
         """
         if record is None:
             # In-process: an id of its own, so its history entry and log lines name it.
@@ -56,7 +59,9 @@ class Requests(Catalogue):
         record.begin(endpoint.value)
         try:
             try:
-                result = await self._proxy(endpoint, body, data, flexible, priority_high, record)
+                result = await self._proxy(
+                    endpoint, body, data, flexible, priority_high, record, native
+                )
             except StateError as exc:
                 # A rate limit, a budget or a priced route's spend needs the store: refused,
                 # never served unchecked.
@@ -117,6 +122,7 @@ class Requests(Catalogue):
         flexible: bool,
         priority_high: bool,
         record: RequestRecord,
+        native: NativeRequest | None = None,
     ) -> ProxyResult:
         if data is None:
             try:
@@ -164,7 +170,7 @@ class Requests(Catalogue):
         # Full backends are ordered last, so a first route with room means no wait (the hot path).
         if routes and is_full(routes[0].backend) and all(is_full(r.backend) for r in routes):
             routes = await self._wait_for_slot(needs, routes, priority_high)
-        result = await self.failover.execute(routes, endpoint, body, needs, data, record)
+        result = await self.failover.execute(routes, endpoint, body, needs, data, record, native)
         if accountant.limit is not None:
             result.budget_headers = accountant.headers()
         return result
@@ -317,6 +323,10 @@ def _clip(body: bytes) -> str:
 def _tokens(record: RequestRecord, usage: Mapping[str, Any]) -> None:
     prompt = usage.get("prompt_tokens")
     completion = usage.get("completion_tokens")
+    if prompt is None and completion is None:
+        # A Responses API answer (a backend that speaks it natively) names them so.
+        prompt = usage.get("input_tokens")
+        completion = usage.get("output_tokens")
     if isinstance(prompt, int):
         record.prompt_tokens = prompt
     if isinstance(completion, int):

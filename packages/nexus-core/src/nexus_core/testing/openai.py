@@ -14,20 +14,37 @@ backend-apis.md`` §2.6):
   and its prompt plus ``max_tokens`` (default 16) tokens; when none is left the answer is 429
   ``rate_limit_exceeded`` (type ``requests`` or ``tokens``). ``refill()`` starts a new window.
 - Streams honour ``stream_options.include_usage`` exactly as OpenAI documents it.
+- ``POST /v1/responses`` (the Responses API): a ``response`` object, or with ``stream: true`` its
+  typed events (``event:``/``data:``, ``sequence_number`` from 0, ``response.completed`` last
+  with the usage; no ``[DONE]``), shapes from ``nexus_core.testing.responses_shapes``. The
+  ``Behaviour`` applies as to chat: ``content``, ``tool_calls`` (``function_call`` items),
+  ``finish_reason="length"`` (``incomplete``), ``status`` (an error envelope),
+  ``cut_after_events`` and ``delay_between_events``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
 
 from nexus_core.testing import openai_shapes as shapes
-from nexus_core.testing.fake_backend import Behaviour, FakeBackend, _Exchange, _json
+from nexus_core.testing import responses_shapes
+from nexus_core.testing.fake_backend import (
+    _INFERENCE_PATHS,
+    _SSE_HEADERS,
+    Behaviour,
+    FakeBackend,
+    _drop,
+    _Exchange,
+    _json,
+)
 
 __all__ = ["FakeOpenAI"]
 
@@ -41,6 +58,8 @@ _NO_KEY = (
 
 class FakeOpenAI(FakeBackend):
     """A fake OpenAI API on ``127.0.0.1`` (point ``base_url`` at ``url + "/v1"``)."""
+
+    inference_paths = {**_INFERENCE_PATHS, "/v1/responses": "responses"}
 
     def __init__(
         self,
@@ -138,6 +157,11 @@ class FakeOpenAI(FakeBackend):
     ) -> web.StreamResponse | None:
         """The model list (``owned_by: system``) and rate limiting of inference."""
         path, method = request.path, request.method
+        if kind == "responses":
+            limited = self._take_from_limits(request, body)
+            if limited is not None:
+                return limited
+            return await self._responses(request, body, behaviour, exchange)
         if kind is not None:
             return self._take_from_limits(request, body)
         if method == "GET" and path == "/v1/models":
@@ -151,6 +175,65 @@ class FakeOpenAI(FakeBackend):
                     return self._ok(behaviour, card, extra=False)
             return _json(shapes.model_not_found(wanted), 404)
         return None
+
+    async def _responses(
+        self, request: web.Request, body: bytes, behaviour: Behaviour, exchange: _Exchange
+    ) -> web.StreamResponse:
+        """``POST /v1/responses``: the answer whole, or as its typed events."""
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
+            return _json(shapes.error_body("Invalid body", "invalid_request_error"), 400)
+        model = payload.get("model")
+        if not isinstance(model, str) or not model:
+            return _json(
+                shapes.error_body(
+                    "Missing required parameter: 'model'.", "invalid_request_error", param="model"
+                ),
+                400,
+            )
+        if model not in self._model_ids():
+            return _json(shapes.model_not_found(model), 404)
+        if "input" not in payload:
+            return _json(
+                shapes.error_body(
+                    "Missing required parameter: 'input'.", "invalid_request_error", param="input"
+                ),
+                400,
+            )
+        answer: dict[str, Any] = {
+            "response_id": f"resp_{secrets.token_hex(24)}",
+            "created_at": int(time.time()),
+            "model": model,
+            "content": behaviour.content
+            if behaviour.content is not None
+            else f"Hello from {self.name}",
+            "tool_calls": behaviour.tool_calls,
+            "incomplete": behaviour.finish_reason == "length",
+        }
+        if payload.get("stream") is not True:
+            return self._ok(
+                behaviour, responses_shapes.response_object(payload, **answer), extra=True
+            )
+        events = [
+            responses_shapes.sse_event(event)
+            for event in responses_shapes.response_events(payload, **answer)
+        ]
+        cut = behaviour.cut_after_events
+        if cut is not None:
+            events = events[:cut]
+        response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
+        await response.prepare(request)
+        for index, event in enumerate(events):
+            if index and behaviour.delay_between_events:
+                await asyncio.sleep(behaviour.delay_between_events)
+            await response.write(event)
+        if cut is not None:
+            await _drop(request, exchange, reset=False)
+        await response.write_eof()
+        return response
 
     def _take_from_limits(self, request: web.Request, body: bytes) -> web.Response | None:
         try:
