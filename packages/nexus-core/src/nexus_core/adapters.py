@@ -358,6 +358,10 @@ class ModelState(enum.StrEnum):
     DOWNLOADING = "downloading"
 
 
+#: The states in which a model occupies a backend's memory or is about to.
+RESIDENT_STATES = frozenset({ModelState.LOADED, ModelState.LOADING})
+
+
 @dataclass(frozen=True, slots=True)
 class AvailableModel:
     """One model a backend could serve, its state, and what the server says of its memory.
