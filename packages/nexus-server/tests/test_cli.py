@@ -452,6 +452,8 @@ def _commands(parent: App, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str
             continue
         command = parent[name]
         if any(not sub.startswith("-") for sub in command):
+            if command.default_command is not None:  # ``nexus models`` runs on its own too
+                found.append(((*prefix, name), command))
             found += _commands(command, (*prefix, name))
         else:
             found.append(((*prefix, name), command))

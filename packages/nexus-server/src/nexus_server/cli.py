@@ -39,6 +39,11 @@ backends_app = App(
 app.command(backends_app)
 keys_app = App(name="keys", help="Create, list and revoke the API keys of a running Nexus.")
 app.command(keys_app)
+models_app = App(
+    name="models",
+    help="List the models of a running Nexus; load, unload and move them across backends.",
+)
+app.command(models_app)
 
 DEFAULT_URL = "http://localhost:8000"
 #: ``--url``: the Nexus to talk to; $NEXUS_URL when the flag is not given.
@@ -514,7 +519,7 @@ def backends_drain(
     return _remote(url, command)
 
 
-@app.command
+@models_app.default
 def models(
     *,
     url: ServerUrl = DEFAULT_URL,
@@ -552,6 +557,163 @@ def models(
             client.print_json(entries)
         else:
             print(client.model_table(entries))
+        return 0
+
+    return _remote(url, command)
+
+
+#: ``--no-wait``: print the operation as it starts and return.
+NoWait = Annotated[bool, Parameter(name="--no-wait")]
+
+
+def _run_operation(
+    url: str, path: str, body: dict[str, Any], *, no_wait: bool, json_output: bool
+) -> int:
+    """Start an operation; unless ``no_wait``, follow it to its end (exit 1 if it failed)."""
+    from nexus_server import client
+
+    def command(nexus: NexusClient) -> int:
+        started = client.object_data(nexus.post(path, body), "operation")
+        if no_wait:
+            if json_output:
+                client.print_json(started)
+            else:
+                print(f"started {client.operation_progress(started)}")
+            return 0
+        try:
+            ended = client.follow_operation(nexus, started, sys.stderr)
+        except KeyboardInterrupt:
+            _error(
+                f"\nstopped waiting; operation {started.get('id')} goes on "
+                "(nexus operations shows it)"
+            )
+            return 130
+        if json_output:
+            client.print_json(ended)
+        elif ended.get("state") == "succeeded":
+            print(client.operation_outcome(ended))
+        if ended.get("state") != "succeeded":
+            _error(f"error: {client.operation_outcome(ended)}")
+            return 1
+        return 0
+
+    return _remote(url, command)
+
+
+@models_app.command(name="load")
+def models_load(
+    model: str,
+    /,
+    *,
+    backend: Annotated[str, Parameter(name=["--backend", "-b"])],
+    url: ServerUrl = DEFAULT_URL,
+    no_wait: NoWait = False,
+    json_output: JsonFlag = False,
+) -> int:
+    """Load MODEL on a backend and wait until Nexus routes requests for it there.
+
+    Parameters
+    ----------
+    model
+        The model's id on that backend.
+    backend
+        Name of the backend.
+    url
+        The Nexus to talk to.
+    no_wait
+        Print the operation as it starts and return at once.
+    json_output
+        Print the operation (as it ended, or started with --no-wait) as JSON.
+    """
+    body = {"model": model, "backend": backend}
+    return _run_operation(url, "/admin/models/load", body, no_wait=no_wait, json_output=json_output)
+
+
+@models_app.command(name="unload")
+def models_unload(
+    model: str,
+    /,
+    *,
+    backend: Annotated[str, Parameter(name=["--backend", "-b"])],
+    url: ServerUrl = DEFAULT_URL,
+    no_wait: NoWait = False,
+    json_output: JsonFlag = False,
+) -> int:
+    """Unload MODEL from a backend once its requests there have finished.
+
+    Parameters
+    ----------
+    model
+        The model's id on that backend.
+    backend
+        Name of the backend.
+    url
+        The Nexus to talk to.
+    no_wait
+        Print the operation as it starts and return at once.
+    json_output
+        Print the operation (as it ended, or started with --no-wait) as JSON.
+    """
+    body = {"model": model, "backend": backend}
+    return _run_operation(
+        url, "/admin/models/unload", body, no_wait=no_wait, json_output=json_output
+    )
+
+
+@models_app.command(name="migrate")
+def models_migrate(
+    model: str,
+    /,
+    *,
+    source: Annotated[str, Parameter(name="--from")],
+    target: Annotated[str, Parameter(name="--to")],
+    url: ServerUrl = DEFAULT_URL,
+    no_wait: NoWait = False,
+    json_output: JsonFlag = False,
+) -> int:
+    """Move MODEL from one backend to another without dropping a request: load it on the
+    target, send new requests there, let those on the source finish, unload the source.
+
+    Parameters
+    ----------
+    model
+        The model's id on both backends.
+    source
+        The backend the model leaves.
+    target
+        The backend the model goes to.
+    url
+        The Nexus to talk to.
+    no_wait
+        Print the operation as it starts and return at once.
+    json_output
+        Print the operation (as it ended, or started with --no-wait) as JSON.
+    """
+    body = {"model": model, "from": source, "to": target}
+    return _run_operation(
+        url, "/admin/models/migrate", body, no_wait=no_wait, json_output=json_output
+    )
+
+
+@app.command
+def operations(*, url: ServerUrl = DEFAULT_URL, json_output: JsonFlag = False) -> int:
+    """List the model operations (loads, unloads, migrations): running, then the last finished.
+
+    Parameters
+    ----------
+    url
+        The Nexus to talk to.
+    json_output
+        Print the operations as a JSON array instead of a table.
+    """
+    from nexus_server import client
+
+    def command(nexus: NexusClient) -> int:
+        listed = client.list_data(nexus.get("/admin/operations"), "operation list")
+        if json_output:
+            client.print_json(listed)
+        else:
+            print(client.operation_table(listed))
         return 0
 
     return _remote(url, command)

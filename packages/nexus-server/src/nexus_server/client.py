@@ -354,3 +354,103 @@ def health_summary(health: Mapping[str, Any], url: str, *, colour: bool = False)
 HEALTH_EXIT = {"healthy": 0, "degraded": 1, "unhealthy": 2}
 #: ``nexus health`` exit status when there is no health document (no answer, an error answer).
 UNHEALTHY_EXIT = HEALTH_EXIT["unhealthy"]
+
+
+# -- fleet operations -------------------------------------------------------------------------
+
+#: How often ``follow_operation`` asks how an operation is doing (seconds).
+POLL_SECONDS = 0.25
+#: What an operation did, for its last line.
+DONE_VERBS = {"load": "loaded", "unload": "unloaded", "migrate": "moved"}
+
+
+def operation_target(operation: Mapping[str, Any]) -> str:
+    """``MODEL on BACKEND`` or ``MODEL from A to B``."""
+    model = _text(operation.get("model"))
+    if operation.get("kind") == "migrate":
+        return f"{model} from {_text(operation.get('backend'))} to {_text(operation.get('target'))}"
+    return f"{model} on {_text(operation.get('backend'))}"
+
+
+def operation_progress(operation: Mapping[str, Any]) -> str:
+    """``op_… migrate m from a to b: 50% draining the source``: one line of a running operation."""
+    progress = operation.get("progress")
+    share = f"{progress * 100:.0f}%" if isinstance(progress, int | float) else "-"
+    step = operation.get("step") or operation.get("state") or ""
+    return (
+        f"{_text(operation.get('id'))} {_text(operation.get('kind'))} "
+        f"{operation_target(operation)}: {share} {step}".rstrip()
+    )
+
+
+def follow_operation(
+    nexus: NexusClient,
+    operation: Mapping[str, Any],
+    stream: IO[str],
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Poll the operation until it ends, writing a progress line to ``stream`` each time it
+    changes (rewritten in place on a terminal); the operation as it ended."""
+    current = dict(operation)
+    terminal = stream.isatty()
+    shown = ""
+    path = f"/admin/operations/{current.get('id')}"
+    while True:
+        line = operation_progress(current)
+        if line != shown:
+            if terminal:
+                stream.write("\r\x1b[2K" + line)
+            else:
+                stream.write(line + "\n")
+            stream.flush()
+            shown = line
+        if current.get("state") in ("succeeded", "failed"):
+            if terminal:
+                stream.write("\n")
+            return current
+        sleep(POLL_SECONDS)
+        current = object_data(nexus.get(path), "operation")
+
+
+def operation_outcome(operation: Mapping[str, Any]) -> str:
+    """The last line: ``loaded m on box in 2.1 s``, or ``failed: ...``."""
+    started = operation.get("started_at") or operation.get("created_at")
+    finished = operation.get("finished_at")
+    took = ""
+    if isinstance(started, int | float) and isinstance(finished, int | float):
+        took = f" in {finished - started:.1f} s"
+    if operation.get("state") == "succeeded":
+        verb = DONE_VERBS.get(str(operation.get("kind")), "done")
+        return f"{verb} {operation_target(operation)}{took}"
+    step = operation.get("step")
+    return (
+        f"{_text(operation.get('kind'))} of {operation_target(operation)} failed"
+        f"{f' while {step}' if step else ''}: {_text(operation.get('error'))}"
+    )
+
+
+def operation_table(operations: Sequence[Mapping[str, Any]]) -> str:
+    """``nexus operations``: one row per operation, newest first."""
+    header = ("ID", "KIND", "MODEL", "BACKEND", "TARGET", "STATE", "PROGRESS", "ORIGIN", "STARTED")
+    rows = []
+    for operation in operations:
+        progress = operation.get("progress")
+        state = _text(operation.get("state"))
+        if state == "failed" and operation.get("error_code"):
+            state = f"failed ({operation['error_code']})"
+        rows.append(
+            (
+                _text(operation.get("id")),
+                _text(operation.get("kind")),
+                _text(operation.get("model")),
+                _text(operation.get("backend")),
+                _text(operation.get("target")),
+                state,
+                f"{progress * 100:.0f}%" if isinstance(progress, int | float) else "-",
+                _text(operation.get("origin")),
+                _when(operation.get("created_at")),
+            )
+        )
+    text = table(header, rows)
+    return text + ("\n(no operations)" if not rows else "")
