@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nexus_core.adapters import RESIDENT_STATES, AvailableModel, BackendStatus, ModelState
@@ -315,12 +315,21 @@ class Prewarmer:
             if reading is None or reading.inventory is None:
                 continue
             inventory = reading.inventory
+            # The registry's states are newer than the reading: an operation that just ended
+            # set its model's state there; the next reading says the same later.
+            states = backend.model_states
+            models = tuple(
+                entry
+                if states.get(entry.id, entry.state) is entry.state
+                else replace(entry, state=states[entry.id])
+                for entry in inventory.models
+            )
             views.append(
                 BackendView(
                     name=backend.name,
                     healthy=backend.status is BackendStatus.HEALTHY,
                     can_load=reading.support.load,
-                    models=inventory.models,
+                    models=models,
                     memory_total_bytes=inventory.memory_total_bytes,
                     memory_used_bytes=inventory.memory_used_bytes,
                     in_flight=dict(backend.in_flight),
