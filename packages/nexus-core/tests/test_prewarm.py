@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nexus_core.adapters import RESIDENT_STATES, AvailableModel, ModelState
-from nexus_core.fleet.demand import MAX_MODELS_PER_BUCKET, DemandLog, ModelDemand
+from nexus_core.fleet.demand import COLLECTION, MAX_MODELS_PER_BUCKET, DemandLog, ModelDemand
 from nexus_core.fleet.prewarm import BackendView, Plan, PlanSettings, plan
+from nexus_core.state import MemoryStore, SqliteStore
 
 MODELS = ("a", "b", "c", "d")
 GIB = 1 << 30
@@ -250,3 +254,63 @@ def test_demand_log_is_bounded() -> None:
     for index in range(MAX_MODELS_PER_BUCKET + 10):
         log.record(f"made-up-{index}", 30.0)
     assert len(log.demand(30.0)) == MAX_MODELS_PER_BUCKET
+
+
+# -- the hourly counts in the state store --------------------------------------------------------
+
+NOW = 1_800_000_000.0
+DAY = 86400.0
+
+
+@pytest.mark.anyio
+async def test_previous_days_survive_a_restart(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "state.db")
+    await store.open()
+    try:
+        before = DemandLog(window_seconds=600, lookback_days=3, clock=lambda: NOW - DAY)
+        for _ in range(5):
+            before.record("m", NOW - DAY)
+        await before.sync(store)  # what the running Nexus saves each cycle
+    finally:
+        await store.close()
+    reopened = SqliteStore(tmp_path / "state.db")
+    await reopened.open()
+    try:
+        after = DemandLog(window_seconds=600, lookback_days=3, clock=lambda: NOW)
+        assert "m" not in after.demand(NOW)
+        await after.sync(reopened)
+        found = after.demand(NOW)["m"]
+        assert (found.recent, found.same_hour) == (0, 5)
+    finally:
+        await reopened.close()
+
+
+@pytest.mark.anyio
+async def test_processes_sharing_a_store_count_each_others_requests() -> None:
+    store = MemoryStore()
+    first = DemandLog(window_seconds=600, lookback_days=2, clock=lambda: NOW)
+    second = DemandLog(window_seconds=600, lookback_days=2, clock=lambda: NOW)
+    first.record("m", NOW - 2 * DAY)
+    await first.sync(store, NOW - 2 * DAY + 60)
+    first.record("m", NOW - DAY)
+    second.record("m", NOW - DAY)
+    for log in (first, second, first, second):  # cycles, in any order, many times
+        await log.sync(store, NOW - DAY + 60)
+    await first.sync(store)
+    await second.sync(store)
+    # Each sees its own (in memory) and the other's (from the store), never twice.
+    assert first.demand(NOW)["m"].same_hour == 3
+    assert second.demand(NOW)["m"].same_hour == 3
+
+
+@pytest.mark.anyio
+async def test_old_and_unreadable_records_are_dropped() -> None:
+    store = MemoryStore()
+    hour = int(NOW // 3600)
+    await store.put(COLLECTION, f"{hour - 24 * 5}:gone", json.dumps({"m": 9}))
+    await store.put(COLLECTION, f"{hour - 24}:other", json.dumps({"m": 2, "n": "x", "o": -1}))
+    await store.put(COLLECTION, "garbage", "not json")
+    log = DemandLog(window_seconds=600, lookback_days=2, clock=lambda: NOW)
+    await log.sync(store)
+    assert set(await store.items(COLLECTION)) == {f"{hour - 24}:other"}
+    assert {m: d.same_hour for m, d in log.demand(NOW).items()} == {"m": 2}

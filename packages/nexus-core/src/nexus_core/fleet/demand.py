@@ -4,11 +4,18 @@ Pre-warming reads two figures per model from it: the requests of the last ``wind
 (per-minute counts), and the requests at this clock hour (UTC) on each of the previous days
 (per-hour counts). ``/v1/history`` keeps only the last 100 requests, too few for either, so the
 gateway feeds this log from the monitor's finished records (``Monitor.subscribers``): one dict
-increment per request. It lives in memory: a restart starts it empty.
+increment per request.
+
+The per-minute counts live in memory only. The per-hour counts are also kept in the state store
+(``sync``, once per pre-warming cycle), one record per hour and process, so the same hour of
+previous days survives a restart and counts the requests every worker and every Nexus sharing
+the store served.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,12 +24,16 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from nexus_core.observability import RequestRecord
     from nexus_core.registry import Registry
+    from nexus_core.state import StateStore
 
 __all__ = ["DemandLog", "ModelDemand"]
 
 #: Distinct models counted in one minute or one hour; past it new names are not counted, so
 #: clients inventing model names cannot grow the log (only models some backend lists count).
 MAX_MODELS_PER_BUCKET = 512
+#: The state store's collection of hourly counts: ``"<epoch hour>:<process id>"`` → JSON
+#: ``{model: requests}``.
+COLLECTION = "fleet_demand"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +78,12 @@ class DemandLog:
         #: Epoch hour → model → requests.
         self._hours: dict[int, dict[str, int]] = {}
         self._minute = -1
-        self._hour = -1
+        #: This process's name in the state store's records (new at every start).
+        self.instance = os.urandom(6).hex()
+        #: Epoch hour → model → requests, from the store: other processes', earlier runs'.
+        self._others: dict[int, dict[str, int]] = {}
+        #: Hours counted in since the last ``sync``.
+        self._unsaved: set[int] = set()
 
     def record(self, model: str, at: float | None = None) -> None:
         """Count one request for ``model`` at ``at`` (default: now)."""
@@ -77,7 +93,9 @@ class DemandLog:
             self._minute = minute
             self._prune(when)
         _add(self._minutes, minute, model)
-        _add(self._hours, minute // 60, model)
+        hour = minute // 60
+        _add(self._hours, hour, model)
+        self._unsaved.add(hour)
 
     def subscriber(self, registry: Registry) -> Callable[[RequestRecord], None]:
         """A ``Monitor`` subscriber counting each request's model (the model served, else the
@@ -104,8 +122,9 @@ class DemandLog:
         hour = int(now // 3600)
         same_hour: dict[str, int] = {}
         for day in range(1, self.lookback_days + 1):
-            for model, count in self._hours.get(hour - 24 * day, {}).items():
-                same_hour[model] = same_hour.get(model, 0) + count
+            for source in (self._hours, self._others):
+                for model, count in source.get(hour - 24 * day, {}).items():
+                    same_hour[model] = same_hour.get(model, 0) + count
         return {
             model: ModelDemand(
                 model,
@@ -115,6 +134,45 @@ class DemandLog:
             )
             for model in sorted(recent.keys() | same_hour.keys())
         }
+
+    async def sync(self, store: StateStore, now: float | None = None) -> None:
+        """Save this process's counts of the hours counted in since the last call; read every
+        other record of the hours looked back; delete the records older than those."""
+        if self.lookback_days <= 0:
+            return
+        now = self.clock() if now is None else now
+        hour = int(now // 3600)
+        unsaved, self._unsaved = self._unsaved, set()
+        try:
+            for each in sorted(unsaved):
+                counts = self._hours.get(each)
+                if counts:
+                    await store.put(COLLECTION, f"{each}:{self.instance}", json.dumps(counts))
+        except BaseException:
+            self._unsaved |= unsaved  # saved next time
+            raise
+        oldest = hour - 24 * self.lookback_days
+        others: dict[int, dict[str, int]] = {}
+        for key, value in (await store.items(COLLECTION)).items():
+            hour_text, _, instance = key.partition(":")
+            try:
+                stored_hour = int(hour_text)
+                counts = json.loads(value)
+            except ValueError:
+                await store.delete(COLLECTION, key)  # not ours to read: not kept either
+                continue
+            if stored_hour < oldest:
+                await store.delete(COLLECTION, key)
+                continue
+            if instance == self.instance or not isinstance(counts, dict):
+                continue
+            merged = others.setdefault(stored_hour, {})
+            for model, count in counts.items():
+                if type(count) is not int or count <= 0:
+                    continue
+                if model in merged or len(merged) < MAX_MODELS_PER_BUCKET:
+                    merged[model] = merged.get(model, 0) + count
+        self._others = others
 
     def _prune(self, now: float) -> None:
         oldest_minute = int((now - self.window_seconds) // 60)

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -33,6 +33,7 @@ from nexus_core.fleet.demand import DemandLog, ModelDemand
 from nexus_core.fleet.inventory import FleetInventory
 from nexus_core.fleet.operations import Operation, Operations, Origin
 from nexus_core.registry import Registry
+from nexus_core.state import StateError, StateStore, StoreOutage
 
 __all__ = [
     "BackendView",
@@ -285,8 +286,13 @@ class Prewarmer:
         config: PrewarmConfig,
         *,
         headroom_percent: float,
+        store: Callable[[], StateStore] | None = None,
+        outage: StoreOutage | None = None,
     ) -> None:
         self.registry = registry
+        #: The state store keeping the hourly counts (called: it is opened at start).
+        self._store = store
+        self._outage = outage
         self.inventory = inventory
         self.operations = operations
         self.demand = demand
@@ -462,15 +468,31 @@ class Prewarmer:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="nexus-prewarm")
 
     async def stop(self) -> None:
-        """Stop the background cycles (operations already started go on until Nexus stops)."""
+        """Stop the background cycles (operations already started go on until Nexus stops)
+        and save the hourly counts."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            await self.sync()
+
+    async def sync(self) -> None:
+        """Save and read the hourly counts in the state store (``DemandLog.sync``)."""
+        if self._store is None:
+            return
+        try:
+            await self.demand.sync(self._store())
+        except StateError as exc:
+            if self._outage is not None:
+                self._outage.failed("keep the pre-warming counts", exc)
+        except Exception:  # a store bug must not end pre-warming for good
+            log.exception("saving the pre-warming counts failed")
 
     async def _loop(self) -> None:
         while True:
+            # First: the counts of previous days kept by earlier runs and other workers.
+            await self.sync()
             await asyncio.sleep(self.config.interval_seconds)
             try:
                 self.cycle()

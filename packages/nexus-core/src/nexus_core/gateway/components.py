@@ -135,6 +135,8 @@ class GatewayComponents:
             self.demand,
             prewarm,
             headroom_percent=fleet.headroom_percent,
+            store=lambda: self.accountant.store,
+            outage=self.store_outage,
         )
         self._token_counts: set[asyncio.Task[None]] = set()
         self.started_at = time.time()
