@@ -188,7 +188,11 @@ def test_off_it_still_says_what_it_would_do_with_the_numbers() -> None:
 def test_a_backend_serving_another_model_is_left_alone_until_it_is_idle() -> None:
     # ``two`` holds one model at a time: loading WANTED there would evict OTHER.
     with fleet(enabled=True, second_max_loaded=1) as (server, _, two):
-        two.behave(Behaviour(content="one two three four five six", delay_between_events=0.4))
+        two.behave(
+            Behaviour(
+                content="one two three four five six seven eight nine ten", delay_between_events=0.4
+            )
+        )
         client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
         stream = client.chat.completions.create(model=OTHER, messages=MESSAGES, stream=True)
         chunks = iter(stream)
