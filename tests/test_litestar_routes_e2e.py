@@ -198,6 +198,7 @@ def test_the_real_answers_match_the_document(server: Served) -> None:
         ("/v1/stats", "GET", {}, admin_headers),
         ("/v1/stats", "GET", {}, team_headers),
         ("/v1/history", "GET", {}, team_headers),
+        ("/v1/fleet/recommendations", "GET", {}, admin_headers),
         ("/api/tags", "GET", {}, team_headers),
         ("/api/ps", "GET", {}, team_headers),
         ("/api/show", "POST", {"body": {"model": "llama3"}}, team_headers),
@@ -208,6 +209,7 @@ def test_the_real_answers_match_the_document(server: Served) -> None:
         ("/admin/backends/{name}", "DELETE", {"path_parameters": {"name": "nope"}}, {}),
         ("/v1/models/{model_id}", "GET", {"path_parameters": {"model_id": "secret"}}, team_headers),
         ("/api/show", "POST", {"body": {"model": "nope"}}, team_headers),
+        ("/v1/fleet/recommendations", "GET", {}, team_headers),
     ]
     statuses: list[int] = []
     for path, method, parts, headers in calls:
@@ -218,7 +220,7 @@ def test_the_real_answers_match_the_document(server: Served) -> None:
         response = case.call(base_url=server.url, headers=sent, timeout=30)
         case.validate_response(response, checks=[response_schema_conformance])
         statuses.append(response.status_code)
-    assert statuses == [201, 200, 200, 200, 200, 201] + [200] * 15 + [404, 404, 404]
+    assert statuses == [201, 200, 200, 200, 200, 201] + [200] * 16 + [404, 404, 404, 403]
 
 
 # -- bad bodies ---------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from nexus_server.proxy import (
     send_whole,
     unsupported_media_type,
 )
+from nexus_server.recommendations import FleetController
 from nexus_server.responses import ResponsesEndpoint
 from nexus_server.responses_routes import ResponsesController
 from nexus_server.trust import LOCAL_KEY, Trust, misdirected
@@ -384,6 +385,7 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
         route_handlers=[
             *dashboard_routes(dashboard),
             ListingsController,
+            FleetController,
             OllamaListingsController,
             HealthController,
             AdminController,

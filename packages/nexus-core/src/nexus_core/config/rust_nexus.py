@@ -56,9 +56,18 @@ UPSTREAM_KEYS: tuple[UpstreamKey, ...] = (
     UpstreamKey("routing.policies[].max_cost_per_request", None, "use routing.budget"),
     UpstreamKey("routing.policies[].fallback_allowed", None, "fallbacks follow routing.fallbacks"),
     UpstreamKey("lifecycle", None, "there is no model lifecycle API"),
-    # [fleet] is a section here too (docs/fleet.md); the Rust Nexus's pre-warming keys are not.
-    UpstreamKey("fleet.enabled", None, "there is no pre-warming yet"),
-    UpstreamKey("fleet.min_sample_days", None, "there is no pre-warming yet"),
+    # [fleet] is a section here too (docs/fleet.md); the Rust Nexus's pre-warming keys are not:
+    # its analysis only advised, pre-warming here loads (so it is not turned on by its key).
+    UpstreamKey(
+        "fleet.enabled",
+        None,
+        "pre-warming is [fleet.prewarm] enabled; GET /v1/fleet/recommendations always answers",
+    ),
+    UpstreamKey(
+        "fleet.min_sample_days",
+        None,
+        "the hours of previous days are fleet.prewarm.hour_lookback_days",
+    ),
 )
 
 

@@ -852,6 +852,52 @@ class TelemetryConfig(Section):
     service_name: str = Field(default="nexus", description="service.name of the spans.")
 
 
+class PrewarmConfig(Section):
+    """``[fleet.prewarm]``: keeping the models traffic asks for loaded (docs/fleet.md)."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Load the models the request history asks for on enough backends, in the "
+        "background; off, GET /v1/fleet/recommendations still says what it would do.",
+    )
+    dry_run: bool = Field(
+        default=False,
+        description="With enabled: work out and log the recommendations, load nothing.",
+    )
+    interval_seconds: PositiveSeconds = Field(
+        default=60.0, description="Time between two pre-warming cycles."
+    )
+    window_seconds: float = Field(
+        default=3600.0,
+        ge=60,
+        le=86400,
+        description="Recent demand: the requests for a model over this last stretch of time.",
+    )
+    min_requests: int = Field(
+        default=3,
+        ge=1,
+        description="Requests a model needs (in the window, or on average at this hour on "
+        "the days looked back) to count as in demand.",
+    )
+    backends_per_model: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="On how many backends a model in demand should be loaded (at most the "
+        "backends that can serve it).",
+    )
+    max_loads_per_cycle: int = Field(
+        default=1, ge=1, le=64, description="Most loads one cycle starts (or recommends)."
+    )
+    hour_lookback_days: int = Field(
+        default=7,
+        ge=0,
+        le=28,
+        description="Demand at this hour of the day: the same clock hour (UTC) on each of "
+        "this many previous days, averaged; 0: recent demand only.",
+    )
+
+
 class FleetConfig(Section):
     """``[fleet]``: loading, unloading and moving models across backends (docs/fleet.md)."""
 
@@ -880,6 +926,10 @@ class FleetConfig(Section):
         ge=1,
         le=10000,
         description="Finished operations kept for GET /admin/operations (the newest).",
+    )
+    prewarm: PrewarmConfig = Field(
+        default_factory=PrewarmConfig,
+        description="Pre-warming: keeping the models the request history asks for loaded.",
     )
 
 

@@ -13,7 +13,7 @@ from nexus_core.adapters import AdapterFactory, ResponseLimits, Timeouts
 from nexus_core.auth import KeyRing
 from nexus_core.config import NexusConfig, validate_config
 from nexus_core.failover import Failover
-from nexus_core.fleet import FleetInventory, Operations
+from nexus_core.fleet import DemandLog, FleetInventory, Operations, Prewarmer
 from nexus_core.health import HealthChecker
 from nexus_core.http import PROBE_DEADLINE_SECONDS, HttpClients
 from nexus_core.observability import Monitor
@@ -120,6 +120,23 @@ class GatewayComponents:
                 else server.drain_timeout_seconds
             ),
             probe=self.health.check,
+        )
+        prewarm = fleet.prewarm
+        #: Requests per model over time, for pre-warming (fed by the monitor).
+        self.demand = DemandLog(
+            window_seconds=prewarm.window_seconds, lookback_days=prewarm.hour_lookback_days
+        )
+        self.monitor.subscribers.append(self.demand.subscriber(self.registry))
+        #: Keeps the models in demand loaded (``[fleet.prewarm]``); its plan is always readable.
+        self.prewarmer = Prewarmer(
+            self.registry,
+            self.fleet,
+            self.operations,
+            self.demand,
+            prewarm,
+            headroom_percent=fleet.headroom_percent,
+            store=lambda: self.accountant.store,
+            outage=self.store_outage,
         )
         self._token_counts: set[asyncio.Task[None]] = set()
         self.started_at = time.time()

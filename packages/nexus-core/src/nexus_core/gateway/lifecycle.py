@@ -42,6 +42,7 @@ class Lifecycle(BackendManagement):
         self.keys.store = self.accountant.store
         await self.keys.load()
         self.fleet.start()
+        self.prewarmer.start()
         await asyncio.gather(*(self._add_static(b) for b in self.config.backends))
         await self._restore_backends()
         if self.config.server.workers > 1:
@@ -116,6 +117,7 @@ class Lifecycle(BackendManagement):
                 except Exception:
                     log.exception("discovery source %r failed to stop", name)
             self.discovery.clear()
+            await self.prewarmer.stop()
             await self.operations.stop()
             await self.fleet.stop()
             await self.health.stop()
