@@ -10,14 +10,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from litestar import MediaType, Response, WebSocket, get, websocket
+from litestar import MediaType, Request, Response, WebSocket, get, websocket
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.static_files import create_static_files_router
 
 from nexus_core.errors import GatewayError
+from nexus_server.dashboard import control
 from nexus_server.dashboard.live import Dashboard, origin_allowed, viewer_allowed
-from nexus_server.dashboard.render import STYLE_HASH, render_page
+from nexus_server.dashboard.render import (
+    STYLE_HASH,
+    manage_section,
+    render_page,
+    sign_in_form,
+    sign_in_page,
+)
+from nexus_server.dashboard.sessions import cookie
 from nexus_server.trust import LOCAL_KEY, Trust
 
 __all__ = ["Dashboard", "origin_allowed", "render_page", "route_handlers"]
@@ -28,16 +36,20 @@ STATIC = Path(__file__).resolve().parent / "static"
 #: could still not run or load anything.
 CONTENT_SECURITY_POLICY = (
     f"default-src 'none'; script-src 'self'; style-src 'self' '{STYLE_HASH}'; "
-    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; "
     "frame-ancestors 'none'"
 )
 
 
 def route_handlers(dashboard: Dashboard) -> list[Any]:
-    """The Litestar handlers of the dashboard: the page, its snapshot, its assets and ``/ws``."""
+    """The Litestar handlers of the dashboard: the page, its snapshot, its assets, ``/ws`` and
+    the controls' writes (``control``)."""
+    gateway = dashboard.gateway
+    sessions = dashboard.sessions
+    types: list[str] = []
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        if not viewer_allowed(dashboard.gateway, connection.scope):  # type: ignore[arg-type]
+        if not viewer_allowed(gateway, connection.scope, sessions):  # type: ignore[arg-type]
             raise GatewayError(
                 401,
                 "With [auth] on, the dashboard needs the admin key or a client on this machine",
@@ -45,16 +57,36 @@ def route_handlers(dashboard: Dashboard) -> list[Any]:
                 code="invalid_admin_key",
             )
 
-    @get("/", include_in_schema=False, guards=[guard])
-    async def page() -> Response[str]:
+    @get("/", include_in_schema=False)
+    async def page(request: Request[Any, Any, Any]) -> Response[str]:
+        scope: Any = request.scope
+        headers = {
+            "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+        }
+        session = control.operator_of(dashboard, scope)
+        if session is None and control.loopback_rule(gateway, scope):
+            # A browser on this machine manages without signing in (no admin key is set); its
+            # session still binds the CSRF token to it.
+            session_id, session = sessions.open(local=True)
+            headers["Set-Cookie"] = cookie(session_id, secure=control.over_https(scope))
+        if session is None and not viewer_allowed(gateway, scope, sessions):
+            message = "With [auth] on, the dashboard shows to this machine and the admin key only"
+            return Response(
+                sign_in_page(message), status_code=401, media_type=MediaType.HTML, headers=headers
+            )
+        if session is None:
+            viewer = sign_in_form() if gateway.keys.admin_digest is not None else ""
+            return Response(dashboard.page(viewer), media_type=MediaType.HTML, headers=headers)
+        if not types:
+            types.extend(sorted(gateway.backend_types))
+        notice, failed = session.take_notice()
+        viewer = manage_section(
+            session.csrf, signed_in=not session.local, types=types, notice=notice, failed=failed
+        )
         return Response(
-            dashboard.page(),
-            media_type=MediaType.HTML,
-            headers={
-                "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-                "Cache-Control": "no-store",
-                "X-Content-Type-Options": "nosniff",
-            },
+            dashboard.page(viewer, operator=True), media_type=MediaType.HTML, headers=headers
         )
 
     @get("/dashboard/fragments", include_in_schema=False, guards=[guard])
@@ -89,4 +121,4 @@ def route_handlers(dashboard: Dashboard) -> list[Any]:
         cache_control=None,
         name="dashboard-static",
     )
-    return [page, fragments, snapshot, live, assets]
+    return [page, fragments, snapshot, live, assets, *control.route_handlers(dashboard)]

@@ -52,6 +52,7 @@ from nexus_server.dashboard.render import (
     widget_fragments,
 )
 from nexus_server.dashboard.series import POINTS, STEP, Series
+from nexus_server.dashboard.sessions import Sessions, session_id_in
 from nexus_server.trust import LOCAL_KEY, Trust
 
 if TYPE_CHECKING:
@@ -86,14 +87,19 @@ def _encode(fragments: Fragments) -> str:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
 
 
-def viewer_allowed(gateway: Any, scope: Scope) -> bool:
-    """With ``[auth]`` on, the dashboard shows to this machine (``nexus_server.trust``) and to
-    the admin key only: it shows every tenant's requests, which a gateway key may not see."""
+def viewer_allowed(gateway: Any, scope: Scope, sessions: Sessions | None = None) -> bool:
+    """With ``[auth]`` on, the dashboard shows to this machine (``nexus_server.trust``), to the
+    admin key and to an operator signed in with it (``sessions``) only: it shows every tenant's
+    requests, which a gateway key may not see."""
     keys = gateway.keys
     if not keys.enabled:
         return True
     if scope.get(LOCAL_KEY) is True:
         return True
+    if sessions is not None and keys.admin_digest is not None:
+        session = sessions.get(session_id_in(scope["headers"]))
+        if session is not None and not session.local:
+            return True
     found = dict(scope["headers"])
     admin: bool = keys.is_admin(presented_key(found.get(b"authorization"), found.get(b"x-api-key")))
     return admin
@@ -147,6 +153,8 @@ class Dashboard:
     def __init__(self, gateway: Gateway, *, queue_size: int = QUEUE_SIZE) -> None:
         self.gateway = gateway
         self.queue_size = queue_size
+        #: The operators' sessions (``control``): who sees and may use the controls.
+        self.sessions = Sessions()
         self.series = Series()
         self.clients: set[Client] = set()
         # Per backend: the ``models`` dict the list was taken from (the registry replaces it on
@@ -360,10 +368,10 @@ class Dashboard:
             self._everything = _encode(self._sent)
         return self._everything
 
-    def page(self) -> str:
-        """The whole page, current (``GET /``)."""
+    def page(self, viewer: str = "", *, operator: bool = False) -> str:
+        """The whole page, current (``GET /``), with the ``viewer``'s own part."""
         self.flush()
-        return page(self._sent)
+        return page(self._sent, viewer=viewer, operator=operator)
 
     # -- the WebSocket --------------------------------------------------------------------------
 
@@ -373,7 +381,9 @@ class Dashboard:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
-        if not origin_allowed(scope["headers"], trust) or not viewer_allowed(self.gateway, scope):
+        if not origin_allowed(scope["headers"], trust) or not viewer_allowed(
+            self.gateway, scope, self.sessions
+        ):
             # Closing before accepting makes the server answer the handshake with 403.
             await send({"type": "websocket.close", "code": CLOSE_FORBIDDEN})
             return

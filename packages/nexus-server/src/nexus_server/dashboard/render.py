@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from nexus_core.observability import HISTORY
 from nexus_server import __version__
@@ -126,6 +127,7 @@ def card(backend: dict[str, Any], points: list[dict[str, Any]]) -> str:
     model_items = "".join(f"<li>{_e(model)}</li>" for model in models)
     more = count - len(models)
     error = backend.get("last_error")
+    name = backend.get("name")
     return (
         f"<header><h3>{_e(backend.get('name'))}</h3>"
         f'<span class="pill status-{status}">{_e(status)}</span></header>'
@@ -144,6 +146,31 @@ def card(backend: dict[str, Any], points: list[dict[str, Any]]) -> str:
         f'<p class="models-title">{_count(count)} model{"" if count == 1 else "s"}</p>'
         f'<ul class="models">{model_items}</ul>'
         + (f'<p class="more">and {_count(more)} more</p>' if more > 0 else "")
+        + _card_controls(name, status)
+    )
+
+
+def _action(path: str, label: str, target: Any, *, danger: bool = False) -> str:
+    """A button submitting the operator's action form (``ACTION_FORM``) to ``path``: inert on a
+    page without that form (a reader's)."""
+    style = ' class="danger"' if danger else ""
+    return (
+        f'<button type="submit" form="{ACTION_FORM}" formaction="{_e(path)}"{style}>'
+        f'{label}<span class="visually-hidden"> {_e(target)}</span></button>'
+    )
+
+
+def _card_controls(name: Any, status: str) -> str:
+    """Drain or resume, and remove: the operator's controls of a backend's card."""
+    base = "/dashboard/backends/" + quote(str(name), safe="")
+    toggle = (
+        _action(base + "/resume", "Resume", name)
+        if status == "draining"
+        else _action(base + "/drain", "Drain", name)
+    )
+    return (
+        f'<div class="controls">{toggle}'
+        f"{_action(base + '/remove', 'Remove', name, danger=True)}</div>"
     )
 
 
@@ -309,10 +336,25 @@ def snapshot_fragments(snapshot: dict[str, Any]) -> Fragments:
     }
 
 
-def page(fragments: Fragments, now: float | None = None) -> str:
-    """The whole page with ``fragments`` in its live regions, as rendered at ``now``."""
+def page(
+    fragments: Fragments, now: float | None = None, *, viewer: str = "", operator: bool = False
+) -> str:
+    """The whole page with ``fragments`` in its live regions, as rendered at ``now``.
+
+    ``viewer`` is the part of the page that is this viewer's own (``manage_section`` for an
+    operator, ``sign_in_form`` for a reader who could sign in); an ``operator``'s page shows
+    the controls and, without JavaScript, is not reloaded every few seconds (its forms would
+    lose what is being typed).
+    """
     stamp = datetime.fromtimestamp(now or time.time(), UTC)
     f = {key: fragments.get(key, "") for key in LIVE_REGIONS}
+    refresh = (
+        ""
+        if operator
+        else f'<noscript><meta http-equiv="refresh" content="{REFRESH_SECONDS}"></noscript>\n'
+    )
+    body = '<body class="operator">' if operator else "<body>"
+    note = "reload to update" if operator else f"refreshed every {REFRESH_SECONDS} s"
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -321,19 +363,19 @@ def page(fragments: Fragments, now: float | None = None) -> str:
 <meta name="color-scheme" content="light dark">
 <title>Nexus dashboard</title>
 <style>{INLINE_CSS}</style>
-<noscript><meta http-equiv="refresh" content="{REFRESH_SECONDS}"></noscript>
-<script src="/dashboard/static/dashboard.js" defer></script>
+{refresh}<script src="/dashboard/static/dashboard.js" defer></script>
 </head>
-<body>
+{body}
 <a class="skip" href="#requests">Skip to recent requests</a>
 <header class="top">
 <h1>Nexus</h1>
 <span id="health">{f["health"]}</span>
 <span id="connection" class="connection" role="status" aria-live="polite">snapshot
  <time datetime="{stamp.isoformat(timespec="seconds")}">{stamp:%H:%M:%S} UTC</time>,
- refreshed every {REFRESH_SECONDS} s</span>
+ {note}</span>
 </header>
 <main>
+{viewer}
 <section aria-labelledby="summary-title">
 <h2 id="summary-title" class="visually-hidden">Summary</h2>
 <div id="widgets" class="widgets">{f["widgets"]}</div>
@@ -360,6 +402,93 @@ def page(fragments: Fragments, now: float | None = None) -> str:
 <footer>Nexus {_e(__version__)} · <a href="/v1/stats">/v1/stats</a> ·
 <a href="/v1/history">/v1/history</a> · <a href="/metrics">/metrics</a> ·
 <a href="/dashboard/snapshot">snapshot JSON</a></footer>
+</body>
+</html>
+"""
+
+
+#: The ``id`` of the operator's action form: the controls in the cards and the matrix submit it
+#: (``form`` and ``formaction`` attributes), so that the shared fragments carry no token.
+ACTION_FORM = "act"
+
+
+def _csrf(token: str) -> str:
+    return f'<input type="hidden" name="csrf" value="{_e(token)}">'
+
+
+def _notice(notice: str | None, failed: bool) -> str:
+    if not notice:
+        return ""
+    kind = "notice failed" if failed else "notice"
+    return f'<p class="{kind}" role="status">{_e(notice)}</p>'
+
+
+def manage_section(
+    csrf: str,
+    *,
+    signed_in: bool,
+    types: list[str],
+    notice: str | None = None,
+    failed: bool = False,
+) -> str:
+    """An operator's own part of the page: the action form (its CSRF token), the forms to add a
+    backend, and to sign out (``signed_in``: by the admin key, not by the loopback rule)."""
+    options = "".join(f'<option value="{_e(t)}">{_e(t)}</option>' for t in ["auto", *types])
+    who = "signed in with the admin key" if signed_in else "on this machine (no admin key set)"
+    sign_out = (
+        '<form method="post" action="/dashboard/sign-out">'
+        f'{_csrf(csrf)}<button type="submit">Sign out</button></form>'
+        if signed_in
+        else ""
+    )
+    return (
+        '<section id="manage" class="manage" aria-labelledby="manage-title">'
+        f'<h2 id="manage-title">Manage <span class="count">{who}</span></h2>'
+        f"{_notice(notice, failed)}"
+        f'<form id="{ACTION_FORM}" method="post" action="/dashboard/backends">'
+        f"{_csrf(csrf)}</form>"
+        '<form id="add-backend" method="post" action="/dashboard/backends">'
+        f"{_csrf(csrf)}"
+        '<label>Name <input name="name" placeholder="from the URL" maxlength="64"></label>'
+        '<label>URL <input name="url" type="url" required '
+        'placeholder="http://192.168.1.20:11434"></label>'
+        f'<label>Type <select name="type">{options}</select></label>'
+        '<button type="submit">Add backend</button></form>'
+        f"{sign_out}</section>"
+    )
+
+
+def sign_in_form(notice: str | None = None) -> str:
+    """The form a reader signs in with (shown when an admin key is configured)."""
+    return (
+        '<section class="sign-in-section" aria-label="Sign in">'
+        f"{_notice(notice, True)}"
+        '<form class="sign-in" method="post" action="/dashboard/sign-in">'
+        '<label for="admin-key">Admin key</label>'
+        '<input id="admin-key" name="key" type="password" autocomplete="off" required>'
+        '<button type="submit">Sign in to manage</button></form></section>'
+    )
+
+
+def sign_in_page(message: str) -> str:
+    """A page of its own with ``message`` and the sign-in form (a refused sign-in, a dashboard
+    that shows only to the admin key)."""
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="color-scheme" content="light dark">
+<title>Nexus: sign in</title>
+<style>{INLINE_CSS}</style>
+</head>
+<body>
+<header class="top"><h1>Nexus</h1></header>
+<main>
+<p>{_e(message)}</p>
+{sign_in_form()}
+<p><a href="/">Back to the dashboard</a></p>
+</main>
 </body>
 </html>
 """
