@@ -21,11 +21,12 @@ from nexus_server.dashboard.live import Dashboard, origin_allowed, viewer_allowe
 from nexus_server.dashboard.render import (
     STYLE_HASH,
     manage_section,
+    plain_page,
     render_page,
     sign_in_form,
     sign_in_page,
 )
-from nexus_server.dashboard.sessions import cookie
+from nexus_server.dashboard.sessions import Session, cookie
 from nexus_server.trust import LOCAL_KEY, Trust
 
 __all__ = ["Dashboard", "origin_allowed", "render_page", "route_handlers"]
@@ -57,6 +58,31 @@ def route_handlers(dashboard: Dashboard) -> list[Any]:
                 code="invalid_admin_key",
             )
 
+    def operator(scope: Any, headers: dict[str, str]) -> Session | None:
+        """The request's operator session; a browser on this machine gets one without signing
+        in while no admin key is configured (its session still binds the CSRF token to it)."""
+        session = control.operator_of(dashboard, scope)
+        if session is None and control.loopback_rule(gateway, scope):
+            session_id, session = sessions.open(local=True)
+            headers["Set-Cookie"] = cookie(session_id, secure=control.over_https(scope))
+        return session
+
+    def manage(session: Session, back: str = "/") -> str:
+        if not types:
+            types.extend(sorted(gateway.backend_types))
+        notice, failed = session.take_notice()
+        return manage_section(
+            session.csrf,
+            signed_in=not session.local,
+            types=types,
+            notice=notice,
+            failed=failed,
+            back=back,
+        )
+
+    def html(text: str, headers: dict[str, str], status: int = 200) -> Response[str]:
+        return Response(text, status_code=status, media_type=MediaType.HTML, headers=headers)
+
     @get("/", include_in_schema=False)
     async def page(request: Request[Any, Any, Any]) -> Response[str]:
         scope: Any = request.scope
@@ -65,29 +91,31 @@ def route_handlers(dashboard: Dashboard) -> list[Any]:
             "Cache-Control": "no-store",
             "X-Content-Type-Options": "nosniff",
         }
-        session = control.operator_of(dashboard, scope)
-        if session is None and control.loopback_rule(gateway, scope):
-            # A browser on this machine manages without signing in (no admin key is set); its
-            # session still binds the CSRF token to it.
-            session_id, session = sessions.open(local=True)
-            headers["Set-Cookie"] = cookie(session_id, secure=control.over_https(scope))
-        if session is None and not viewer_allowed(gateway, scope, sessions):
+        session = operator(scope, headers)
+        if session is not None:
+            return html(dashboard.page(manage(session), operator=True), headers)
+        if not viewer_allowed(gateway, scope, sessions):
             message = "With [auth] on, the dashboard shows to this machine and the admin key only"
-            return Response(
-                sign_in_page(message), status_code=401, media_type=MediaType.HTML, headers=headers
-            )
+            return html(sign_in_page(message), headers, 401)
+        viewer = sign_in_form() if gateway.keys.admin_digest is not None else ""
+        return html(dashboard.page(viewer), headers)
+
+    @get("/dashboard/manage", include_in_schema=False)
+    async def manage_page(request: Request[Any, Any, Any]) -> Response[str]:
+        """The operator's forms on a page that does not reload itself (without JavaScript the
+        dashboard reloads every few seconds)."""
+        scope: Any = request.scope
+        headers = {
+            "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+        }
+        session = operator(scope, headers)
         if session is None:
-            viewer = sign_in_form() if gateway.keys.admin_digest is not None else ""
-            return Response(dashboard.page(viewer), media_type=MediaType.HTML, headers=headers)
-        if not types:
-            types.extend(sorted(gateway.backend_types))
-        notice, failed = session.take_notice()
-        viewer = manage_section(
-            session.csrf, signed_in=not session.local, types=types, notice=notice, failed=failed
-        )
-        return Response(
-            dashboard.page(viewer, operator=True), media_type=MediaType.HTML, headers=headers
-        )
+            return html(
+                sign_in_page("Sign in with the admin key to manage this server"), headers, 401
+            )
+        return html(plain_page("Nexus: manage", manage(session, "/dashboard/manage")), headers)
 
     @get("/dashboard/fragments", include_in_schema=False, guards=[guard])
     async def fragments() -> Response[str]:
@@ -121,4 +149,12 @@ def route_handlers(dashboard: Dashboard) -> list[Any]:
         cache_control=None,
         name="dashboard-static",
     )
-    return [page, fragments, snapshot, live, assets, *control.route_handlers(dashboard)]
+    return [
+        page,
+        manage_page,
+        fragments,
+        snapshot,
+        live,
+        assets,
+        *control.route_handlers(dashboard),
+    ]

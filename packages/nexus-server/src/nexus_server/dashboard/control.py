@@ -35,7 +35,7 @@ from nexus_server.admin import (
     resume_named_backend,
 )
 from nexus_server.dashboard.live import origin_allowed
-from nexus_server.dashboard.render import sign_in_page
+from nexus_server.dashboard.render import PAGES, sign_in_page
 from nexus_server.dashboard.sessions import Session, cleared_cookie, cookie, session_id_in
 from nexus_server.schemas import NewBackend
 from nexus_server.trust import LOCAL_KEY, Trust
@@ -124,9 +124,16 @@ def refused(error: GatewayError, *, headers: dict[str, str] | None = None) -> Re
     )
 
 
-def back_to_page(headers: dict[str, str] | None = None) -> Response[str]:
-    """303 to the page: after a write, the browser loads the page again (POST-redirect-GET)."""
-    return Response("", status_code=303, headers={**NO_STORE, "Location": "/", **(headers or {})})
+def back_to_page(
+    headers: dict[str, str] | None = None, form: dict[str, str] | None = None
+) -> Response[str]:
+    """303 to the page the form came from (``PAGES``: never anywhere else): after a write, the
+    browser loads it again (POST-redirect-GET)."""
+    back = (form or {}).get("back", "/")
+    location = back if back in PAGES else "/"
+    return Response(
+        "", status_code=303, headers={**NO_STORE, "Location": location, **(headers or {})}
+    )
 
 
 async def form_of(request: Request[Any, Any, Any]) -> dict[str, str]:
@@ -186,7 +193,7 @@ def route_handlers(dashboard: Dashboard) -> list[Any]:
             session.tell(exc.message, failed=True)
         except StateError:
             session.tell("The state store is not answering: nothing was changed", failed=True)
-        return back_to_page()
+        return back_to_page(form=form)
 
     @post("/dashboard/sign-in", include_in_schema=False)
     async def sign_in(request: Request[Any, Any, Any]) -> Response[str]:

@@ -343,18 +343,11 @@ def page(
 
     ``viewer`` is the part of the page that is this viewer's own (``manage_section`` for an
     operator, ``sign_in_form`` for a reader who could sign in); an ``operator``'s page shows
-    the controls and, without JavaScript, is not reloaded every few seconds (its forms would
-    lose what is being typed).
+    the controls.
     """
     stamp = datetime.fromtimestamp(now or time.time(), UTC)
     f = {key: fragments.get(key, "") for key in LIVE_REGIONS}
-    refresh = (
-        ""
-        if operator
-        else f'<noscript><meta http-equiv="refresh" content="{REFRESH_SECONDS}"></noscript>\n'
-    )
     body = '<body class="operator">' if operator else "<body>"
-    note = "reload to update" if operator else f"refreshed every {REFRESH_SECONDS} s"
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -363,7 +356,8 @@ def page(
 <meta name="color-scheme" content="light dark">
 <title>Nexus dashboard</title>
 <style>{INLINE_CSS}</style>
-{refresh}<script src="/dashboard/static/dashboard.js" defer></script>
+<noscript><meta http-equiv="refresh" content="{REFRESH_SECONDS}"></noscript>
+<script src="/dashboard/static/dashboard.js" defer></script>
 </head>
 {body}
 <a class="skip" href="#requests">Skip to recent requests</a>
@@ -372,7 +366,7 @@ def page(
 <span id="health">{f["health"]}</span>
 <span id="connection" class="connection" role="status" aria-live="polite">snapshot
  <time datetime="{stamp.isoformat(timespec="seconds")}">{stamp:%H:%M:%S} UTC</time>,
- {note}</span>
+ refreshed every {REFRESH_SECONDS} s</span>
 </header>
 <main>
 {viewer}
@@ -412,8 +406,11 @@ def page(
 ACTION_FORM = "act"
 
 
-def _csrf(token: str) -> str:
-    return f'<input type="hidden" name="csrf" value="{_e(token)}">'
+def _csrf(token: str, back: str = "/") -> str:
+    hidden = f'<input type="hidden" name="csrf" value="{_e(token)}">'
+    if back != "/":
+        hidden += f'<input type="hidden" name="back" value="{_e(back)}">'
+    return hidden
 
 
 def _notice(notice: str | None, failed: bool) -> str:
@@ -423,6 +420,11 @@ def _notice(notice: str | None, failed: bool) -> str:
     return f'<p class="{kind}" role="status">{_e(notice)}</p>'
 
 
+#: Where a write sends the browser back to (the form's ``back`` field): the page, or the page of
+#: forms that does not reload itself.
+PAGES = ("/", "/dashboard/manage")
+
+
 def manage_section(
     csrf: str,
     *,
@@ -430,9 +432,15 @@ def manage_section(
     types: list[str],
     notice: str | None = None,
     failed: bool = False,
+    back: str = "/",
 ) -> str:
     """An operator's own part of the page: the action form (its CSRF token), the forms to add a
-    backend, and to sign out (``signed_in``: by the admin key, not by the loopback rule)."""
+    backend, and to sign out (``signed_in``: by the admin key, not by the loopback rule).
+
+    ``back``: the page the forms come back to (``PAGES``). Without JavaScript the dashboard
+    reloads every few seconds, which would empty a form being filled: it links to
+    ``/dashboard/manage``, the same forms on a page that does not reload.
+    """
     options = "".join(f'<option value="{_e(t)}">{_e(t)}</option>' for t in ["auto", *types])
     who = "signed in with the admin key" if signed_in else "on this machine (no admin key set)"
     sign_out = (
@@ -441,14 +449,22 @@ def manage_section(
         if signed_in
         else ""
     )
+    hidden = _csrf(csrf, back)
+    still = (
+        '<noscript><p class="more">Without JavaScript this page reloads every '
+        f'{REFRESH_SECONDS} s: fill the forms on <a href="/dashboard/manage">a page that '
+        "does not</a>.</p></noscript>"
+        if back == "/"
+        else ""
+    )
     return (
         '<section id="manage" class="manage" aria-labelledby="manage-title">'
         f'<h2 id="manage-title">Manage <span class="count">{who}</span></h2>'
-        f"{_notice(notice, failed)}"
+        f"{_notice(notice, failed)}{still}"
         f'<form id="{ACTION_FORM}" method="post" action="/dashboard/backends">'
-        f"{_csrf(csrf)}</form>"
+        f"{hidden}</form>"
         '<form id="add-backend" method="post" action="/dashboard/backends">'
-        f"{_csrf(csrf)}"
+        f"{hidden}"
         '<label>Name <input name="name" placeholder="from the URL" maxlength="64"></label>'
         '<label>URL <input name="url" type="url" required '
         'placeholder="http://192.168.1.20:11434"></label>'
@@ -473,20 +489,24 @@ def sign_in_form(notice: str | None = None) -> str:
 def sign_in_page(message: str) -> str:
     """A page of its own with ``message`` and the sign-in form (a refused sign-in, a dashboard
     that shows only to the admin key)."""
+    return plain_page("Nexus: sign in", f"<p>{_e(message)}</p>{sign_in_form()}")
+
+
+def plain_page(title: str, inside: str) -> str:
+    """A page of the dashboard's style that is not live (no script, no reload)."""
     return f"""<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="color-scheme" content="light dark">
-<title>Nexus: sign in</title>
+<title>{_e(title)}</title>
 <style>{INLINE_CSS}</style>
 </head>
-<body>
+<body class="operator">
 <header class="top"><h1>Nexus</h1></header>
 <main>
-<p>{_e(message)}</p>
-{sign_in_form()}
+{inside}
 <p><a href="/">Back to the dashboard</a></p>
 </main>
 </body>

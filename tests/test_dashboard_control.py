@@ -1,0 +1,206 @@
+"""The dashboard as a management UI, in a real browser: Debian's chromium driven by Playwright.
+
+An operator signs in with the admin key (or, with no admin key configured, manages from this
+machine without signing in) and drains, resumes, adds and removes backends by clicks; every
+result is checked through the admin API, never through the page alone. The hostile side (other
+sites' pages, forged tokens, DNS rebinding) is in ``tests/test_hostile_browsers.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from nexus_core.testing import FakeBackend
+from nexus_server.testing import RunningServer, running_server
+from tests.conftest import gateway_config
+
+CHROMIUM = Path("/usr/bin/chromium")
+ADMIN_KEY = "nxa-dashboard-operator-key-0123456789abcdef"
+ADMIN_ENV = "NEXUS_ADMIN_KEY_DASHBOARD_TEST"
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists() and not os.environ.get("CI"),
+    reason="Debian's chromium is not installed (.ci/run installs it)",
+)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless chromium for the module."""
+    assert CHROMIUM.exists(), "CI needs /usr/bin/chromium: apt-get install chromium"
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True
+        )
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+@pytest.fixture
+def fakes() -> Iterator[list[FakeBackend]]:
+    alpha = FakeBackend("alpha", models=["llama3.2:3b"])
+    beta = FakeBackend("beta", models=["qwen2.5:7b"])
+    with alpha.running(), beta.running():
+        yield [alpha, beta]
+
+
+@pytest.fixture
+def keyed(fakes: list[FakeBackend], monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningServer]:
+    """A server with an admin key: the controls need signing in, even from this machine."""
+    monkeypatch.setenv(ADMIN_ENV, ADMIN_KEY)
+    config = gateway_config(*fakes)
+    config["auth"] = {"admin_key_env": ADMIN_ENV}
+    with running_server(config) as running:
+        yield running
+
+
+@pytest.fixture
+def open_server(fakes: list[FakeBackend]) -> Iterator[RunningServer]:
+    """A server without an admin key: the admin API and the controls answer this machine."""
+    with running_server(gateway_config(*fakes)) as running:
+        yield running
+
+
+def admin(server: RunningServer) -> httpx.Client:
+    """The admin API, asked the right way (with the key: it is ignored when none is set)."""
+    return httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30
+    )
+
+
+def status_of(server: RunningServer, name: str) -> str | None:
+    """A backend's status as the admin API reports it (None: no such backend)."""
+    with admin(server) as api:
+        for backend in api.get("/admin/backends").json()["data"]:
+            if backend["name"] == name:
+                return str(backend["status"])
+    return None
+
+
+def card(page: Any, name: str) -> Any:
+    return page.locator(f'article.card[data-backend="{name}"]')
+
+
+def sign_in(page: Any, key: str = ADMIN_KEY) -> None:
+    page.get_by_label("Admin key").fill(key)
+    page.get_by_role("button", name="Sign in to manage").click()
+
+
+def test_an_operator_signs_in_drains_resumes_and_signs_out_by_clicks(
+    browser: Any, keyed: RunningServer
+) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(keyed.url + "/")
+    # A reader: the page, no controls, a sign-in form.
+    expect(card(page, "alpha")).to_be_visible()
+    expect(card(page, "alpha").get_by_role("button", name="Drain alpha")).to_be_hidden()
+    assert page.locator("form#act").count() == 0
+    sign_in(page, "not-the-key")
+    expect(page.get_by_text("That is not the admin key")).to_be_visible()
+    assert not [c for c in context.cookies() if c["name"] == "nexus_session"]
+
+    page.goto(keyed.url + "/")
+    sign_in(page)
+    expect(page.locator(".notice")).to_contain_text("Signed in")
+    session = next(c for c in context.cookies() if c["name"] == "nexus_session")
+    assert session["httpOnly"] and session["sameSite"] == "Strict" and session["path"] == "/"
+    assert ADMIN_KEY not in str(context.cookies())
+    assert ADMIN_KEY not in page.content()
+
+    card(page, "alpha").get_by_role("button", name="Drain alpha").click()
+    expect(page.get_by_text("Draining alpha")).to_be_visible()
+    assert status_of(keyed, "alpha") == "draining"
+    expect(card(page, "alpha").locator(".pill")).to_have_text("draining")
+
+    card(page, "alpha").get_by_role("button", name="Resume alpha").click()
+    expect(page.get_by_text("Resumed alpha")).to_be_visible()
+    assert status_of(keyed, "alpha") == "healthy"
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("button", name="Sign in to manage")).to_be_visible()
+    expect(card(page, "alpha").get_by_role("button", name="Drain alpha")).to_be_hidden()
+    assert not [c for c in context.cookies() if c["name"] == "nexus_session"]
+    context.close()
+
+
+def test_from_this_machine_without_an_admin_key_a_backend_is_added_and_removed_by_clicks(
+    browser: Any, open_server: RunningServer
+) -> None:
+    extra = FakeBackend("gamma", models=["mistral:7b"])
+    with extra.running():
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(open_server.url + "/")
+        # No sign-in: the loopback rule, as for the admin API.
+        expect(page.get_by_text("on this machine (no admin key set)")).to_be_visible()
+        form = page.locator("form#add-backend")
+        form.get_by_label("Name").fill("gamma")
+        form.get_by_label("URL").fill(extra.url)
+        form.get_by_label("Type").select_option("generic")
+        form.get_by_role("button", name="Add backend").click()
+        expect(page.get_by_text("Added backend gamma")).to_be_visible()
+        assert status_of(open_server, "gamma") == "healthy"
+        expect(card(page, "gamma")).to_be_visible()
+        expect(page.locator("#matrix")).to_contain_text("mistral:7b")
+
+        # A refused add says why, on the page.
+        form = page.locator("form#add-backend")
+        form.get_by_label("Name").fill("bad name!")
+        form.get_by_label("URL").fill(extra.url)
+        form.get_by_role("button", name="Add backend").click()
+        expect(page.locator(".notice.failed")).to_contain_text("name")
+
+        card(page, "gamma").get_by_role("button", name="Remove gamma").click()
+        expect(page.get_by_text("Removed backend gamma")).to_be_visible()
+        assert status_of(open_server, "gamma") is None
+        expect(card(page, "gamma")).to_have_count(0)
+        context.close()
+
+
+def test_the_controls_work_without_javascript(browser: Any, keyed: RunningServer) -> None:
+    extra = FakeBackend("gamma", models=["mistral:7b"])
+    with extra.running():
+        context = browser.new_context(java_script_enabled=False)
+        page = context.new_page()
+        page.goto(keyed.url + "/")
+        sign_in(page)
+        card(page, "beta").get_by_role("button", name="Drain beta").click()
+        expect(page.get_by_text("Draining beta")).to_be_visible()
+        assert status_of(keyed, "beta") == "draining"
+        # The page reloads itself every few seconds without JavaScript: the forms to fill are
+        # also on a page that does not, and come back to it.
+        page.get_by_role("link", name="does not").click()
+        assert page.locator('meta[http-equiv="refresh"]').count() == 0
+        form = page.locator("form#add-backend")
+        form.get_by_label("Name").fill("gamma")
+        form.get_by_label("URL").fill(extra.url)
+        form.get_by_role("button", name="Add backend").click()
+        expect(page.get_by_text("Added backend gamma")).to_be_visible()
+        assert page.url == keyed.url + "/dashboard/manage"
+        assert status_of(keyed, "gamma") == "healthy"
+        context.close()
+
+
+def test_a_reader_without_javascript_still_reads_and_the_page_reloads(
+    browser: Any, keyed: RunningServer
+) -> None:
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    page.goto(keyed.url + "/")
+    expect(card(page, "alpha")).to_contain_text("llama3.2:3b")
+    assert re.search(r'http-equiv="refresh" content="\d+"', page.content())
+    # Not signed in: no controls to see, and the page of forms asks to sign in.
+    expect(card(page, "alpha").get_by_role("button", name="Drain alpha")).to_be_hidden()
+    assert httpx.get(keyed.url + "/dashboard/manage").status_code == 401
+    context.close()
