@@ -114,7 +114,9 @@ def test_an_operator_signs_in_drains_resumes_and_signs_out_by_clicks(
     sign_in(page)
     expect(page.locator(".notice")).to_contain_text("Signed in")
     session = next(c for c in context.cookies() if c["name"] == "nexus_session")
-    assert session["httpOnly"] and session["sameSite"] == "Strict" and session["path"] == "/"
+    assert session["httpOnly"]
+    assert session["sameSite"] == "Strict"
+    assert session["path"] == "/"
     assert ADMIN_KEY not in str(context.cookies())
     assert ADMIN_KEY not in page.content()
 
