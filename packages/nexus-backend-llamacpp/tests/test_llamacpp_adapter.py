@@ -3,6 +3,7 @@ router mode, API key, errors and load-aware routing."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -12,20 +13,24 @@ import httpx
 import pytest
 
 from nexus_backend_llamacpp import LlamaCppAdapter, metrics_load, normalise_error_body
+from nexus_core.adapter_kit import poll_until
 from nexus_core.adapters import (
     BackendError,
     BackendStatus,
     Endpoint,
     ErrorKind,
+    LifecycleError,
+    LifecycleFailure,
     LoadSignal,
     ModelInfo,
+    ModelState,
     Timeouts,
 )
 from nexus_core.config import BackendConfig
 from nexus_core.http import HttpClients
 from nexus_core.openai_wire import OpenAIWireAdapter
-from nexus_core.testing import Behaviour, FakeBackend, FakeLlamaCpp, FakeVLLM
-from nexus_core.testing.contract import AdapterContract
+from nexus_core.testing import Behaviour, FakeBackend, FakeLlamaCpp, FakeVLLM, closed_port_url
+from nexus_core.testing.contract import AdapterContract, LifecycleContract
 
 FAST = Timeouts(connect=2.0, first_byte=5.0, idle=5.0)
 CHAT = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}
@@ -410,3 +415,128 @@ async def test_detect_tells_llamacpp_vllm_and_plain_openai_apart(clients: HttpCl
         assert await LlamaCppAdapter.detect(vllm.url, clients) is False
         assert await LlamaCppAdapter.detect(plain.url, clients) is False
         assert await OpenAIWireAdapter.detect(llama.url, clients) is True  # generic fits, too
+
+
+# -- model lifecycle (router mode) ------------------------------------------------------------
+
+
+class TestLlamaCppLifecycle(LifecycleContract):
+    adapter_class = LlamaCppAdapter
+
+    def make_fake(self) -> FakeBackend:
+        return FakeLlamaCpp(models=self.models, router=True)
+
+    def slow_loads(self, fake: FakeBackend, seconds: float) -> None:
+        assert isinstance(fake, FakeLlamaCpp)
+        fake.load_seconds = seconds
+
+
+async def test_router_lifecycle_support_and_listing(clients: HttpClients) -> None:
+    async with FakeLlamaCpp(models=["alpha", "beta"], router=True, loaded=["alpha"]) as fake:
+        adapter = make_adapter(fake.url, clients)
+        support = await adapter.lifecycle_support()
+        assert (support.load, support.unload, support.autoload) == (True, True, True)
+        assert support.detail is not None
+        assert "--models-max" in support.detail
+        fake.models_autoload = False
+        assert (await adapter.lifecycle_support()).autoload is False
+        inventory = await adapter.available_models()
+        alpha, beta = inventory.get("alpha"), inventory.get("beta")
+        assert alpha is not None
+        assert beta is not None
+        assert (alpha.state, beta.state) == (ModelState.LOADED, ModelState.UNLOADED)
+        # The loaded model's meta: its size and the context it runs with; none for the other.
+        assert (alpha.size_bytes, alpha.context_length) == (8_488_192, fake.slot_context())
+        assert (beta.size_bytes, beta.context_length) == (None, None)
+        # llama-server reports no memory figures.
+        assert inventory.memory_used_bytes is None
+        assert inventory.memory_free_bytes is None
+
+
+async def test_router_load_evicts_the_least_recently_used(clients: HttpClients) -> None:
+    async with FakeLlamaCpp(models=["alpha", "beta"], router=True, models_max=1) as fake:
+        adapter = make_adapter(fake.url, clients)
+        await adapter.load_model("alpha", timeout=10)
+        assert fake.states == {"alpha": "loaded", "beta": "unloaded"}
+        entry = await adapter.load_model("beta", timeout=10)
+        assert entry.state is ModelState.LOADED
+        inventory = await adapter.available_models()
+        assert inventory.in_state(ModelState.LOADED) == ("beta",)
+        assert inventory.in_state(ModelState.UNLOADED) == ("alpha",)
+
+
+async def test_router_load_is_seen_loading_while_it_loads(clients: HttpClients) -> None:
+    async with FakeLlamaCpp(models=["alpha"], router=True, load_seconds=0.5) as fake:
+        adapter = make_adapter(fake.url, clients)
+        task = asyncio.create_task(adapter.load_model("alpha", timeout=10))
+
+        async def loading() -> bool | None:
+            return True if fake.states["alpha"] == "loading" else None
+
+        await poll_until(loading, timeout=5, what="the fake to start loading")
+        assert (await adapter.available_models()).in_state(ModelState.LOADING) == ("alpha",)
+        # A second load while the first runs waits for the same load: no second request.
+        second = await adapter.load_model("alpha", timeout=10)
+        assert (await task).state is second.state is ModelState.LOADED
+        loads = [r for r in fake.requests if r.path == "/models/load"]
+        assert len(loads) == 1
+        assert loads[0].json == {"model": "alpha"}
+
+
+async def test_router_unload_waits_until_the_child_is_gone(clients: HttpClients) -> None:
+    async with FakeLlamaCpp(
+        models=["alpha"], router=True, loaded=["alpha"], unload_seconds=0.3
+    ) as fake:
+        adapter = make_adapter(fake.url, clients)
+        await adapter.unload_model("alpha", timeout=10)
+        assert fake.states["alpha"] == "unloaded"
+        assert [r.json for r in fake.requests if r.path == "/models/unload"] == [{"model": "alpha"}]
+
+
+async def test_router_load_that_crashes_is_a_load_failure(clients: HttpClients) -> None:
+    async with FakeLlamaCpp(models=["alpha"], router=True) as fake:
+        fake.crash_on_load.add("alpha")
+        adapter = make_adapter(fake.url, clients)
+        with pytest.raises(LifecycleError) as info:
+            await adapter.load_model("alpha", timeout=10)
+        assert info.value.reason is LifecycleFailure.LOAD_FAILED
+        assert info.value.kind is ErrorKind.SERVER_ERROR
+        assert "exit code 1" in info.value.message
+        entry = (await adapter.available_models()).get("alpha")
+        assert entry is not None
+        assert entry.detail == "the last load failed (exit code 1)"
+
+
+async def test_a_request_for_an_unloaded_model_autoloads_it(clients: HttpClients) -> None:
+    async with FakeLlamaCpp(models=["alpha", "beta"], router=True, models_max=1) as fake:
+        adapter = make_adapter(fake.url, clients)
+        await adapter.load_model("alpha", timeout=10)
+        response = await adapter.send(Endpoint.CHAT, chat("beta"), stream=False, timeouts=FAST)
+        assert response.status == 200
+        inventory = await adapter.available_models()
+        assert inventory.in_state(ModelState.LOADED) == ("beta",)
+
+
+async def test_single_model_server_lists_its_model_and_loads_nothing(
+    clients: HttpClients,
+) -> None:
+    async with FakeLlamaCpp(models=["tiny"]) as fake:
+        adapter = make_adapter(fake.url, clients)
+        support = await adapter.lifecycle_support()
+        assert (support.available_models, support.load, support.unload) == (True, False, False)
+        assert support.detail is not None
+        assert "--models-dir" in support.detail
+        inventory = await adapter.available_models()
+        assert [(e.id, e.state) for e in inventory.models] == [("tiny", ModelState.LOADED)]
+        for call in (adapter.load_model("tiny"), adapter.unload_model("tiny")):
+            with pytest.raises(LifecycleError) as info:
+                await call
+            assert info.value.reason is LifecycleFailure.NOT_SUPPORTED
+        assert not [r for r in fake.requests if r.method == "POST"]
+
+
+async def test_lifecycle_support_of_a_dead_server_offers_nothing(clients: HttpClients) -> None:
+    adapter = make_adapter(closed_port_url(), clients)
+    support = await adapter.lifecycle_support()
+    assert (support.available_models, support.load, support.unload) == (False, False, False)
+    assert support.detail == "llama-server did not answer GET /props"

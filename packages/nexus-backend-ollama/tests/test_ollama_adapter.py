@@ -18,14 +18,17 @@ from nexus_core.adapters import (
     BackendStatus,
     Endpoint,
     ErrorKind,
+    LifecycleError,
+    LifecycleFailure,
     ModelInfo,
+    ModelState,
     ProbeResult,
 )
 from nexus_core.config import BackendConfig
 from nexus_core.http import HttpClients
 from nexus_core.testing import Behaviour, FakeBackend, FakeOllama, closed_port_url
 from nexus_core.testing import openai_shapes as shapes
-from nexus_core.testing.contract import FAST, AdapterContract
+from nexus_core.testing.contract import FAST, AdapterContract, LifecycleContract
 
 pytestmark = pytest.mark.anyio
 
@@ -478,3 +481,85 @@ async def test_detect_claims_ollama_only(clients: HttpClients) -> None:
         assert await OllamaAdapter.detect(ollama.url + "/v1", clients) is True
         assert await OllamaAdapter.detect(generic.url, clients) is False
     assert await OllamaAdapter.detect(closed_port_url(), clients) is False
+
+
+# -- model lifecycle ------------------------------------------------------------------------------
+
+
+class TestOllamaLifecycle(LifecycleContract):
+    adapter_class = OllamaAdapter
+    models = ("alpha:latest", "beta:latest")
+
+    def make_fake(self) -> FakeBackend:
+        return FakeOllama("o", self.models)
+
+    def slow_loads(self, fake: FakeBackend, seconds: float) -> None:
+        assert isinstance(fake, FakeOllama)
+        fake.load_seconds = seconds
+
+
+def lifecycle_adapter(fake: FakeOllama, clients: HttpClients) -> OllamaAdapter:
+    return OllamaAdapter(BackendConfig(name="o", url=fake.url, type="ollama"), clients)
+
+
+async def test_available_models_with_sizes_and_memory(clients: HttpClients) -> None:
+    warm = {**QWEN, "loaded": True, "size": 4_000_000_000, "size_vram": 3_000_000_000}
+    cold = {**LLAVA, "size": 5_000_000_000}
+    async with FakeOllama("o", [warm, cold]) as fake:
+        adapter = lifecycle_adapter(fake, clients)
+        support = await adapter.lifecycle_support()
+        assert (support.load, support.unload, support.autoload) == (True, True, True)
+        inventory = await adapter.available_models()
+        qwen, llava = inventory.get("qwen2.5:7b"), inventory.get("llava:latest")
+        assert qwen is not None
+        assert llava is not None
+        assert (qwen.state, qwen.size_bytes) == (ModelState.LOADED, 4_000_000_000)
+        # /api/ps: memory taken, of which in GPU memory, the runtime context, the keep-alive.
+        assert (qwen.memory_bytes, qwen.gpu_memory_bytes) == (4_000_000_000, 3_000_000_000)
+        assert qwen.context_length == 4096
+        assert qwen.detail is not None
+        assert qwen.detail.startswith("in memory until ")
+        assert (llava.state, llava.size_bytes, llava.memory_bytes) == (
+            ModelState.UNLOADED,
+            5_000_000_000,
+            None,
+        )
+        # Used: what the loaded models take; Ollama reports no total, so nothing is free.
+        assert inventory.memory_used_bytes == 4_000_000_000
+        assert inventory.memory_free_bytes is None
+
+
+async def test_load_and_unload_go_through_api_generate(clients: HttpClients) -> None:
+    async with FakeOllama("o", [QWEN], unload_seconds=0.3) as fake:
+        adapter = lifecycle_adapter(fake, clients)
+        entry = await adapter.load_model("qwen2.5:7b", timeout=10)
+        assert (entry.state, entry.memory_bytes) == (ModelState.LOADED, 2_019_393_189)
+        await adapter.unload_model("qwen2.5:7b", timeout=10)
+        # Ollama answers the unload before its runner stops: the adapter waited for /api/ps.
+        assert fake.loaded == {}
+        calls = [r.json for r in fake.requests if r.path == "/api/generate"]
+        assert calls == [{"model": "qwen2.5:7b"}, {"model": "qwen2.5:7b", "keep_alive": 0}]
+
+
+async def test_a_load_ollama_cannot_do_is_a_load_failure(clients: HttpClients) -> None:
+    async with FakeOllama("o", [QWEN]) as fake:
+        fake.fail_loads.add("qwen2.5:7b")
+        adapter = lifecycle_adapter(fake, clients)
+        with pytest.raises(LifecycleError) as info:
+            await adapter.load_model("qwen2.5:7b", timeout=10)
+        assert info.value.reason is LifecycleFailure.LOAD_FAILED
+        assert info.value.status == 500
+        assert "requires more system memory" in info.value.message
+
+
+async def test_ollama_evicts_beyond_its_maximum_and_requests_load(clients: HttpClients) -> None:
+    async with FakeOllama("o", [QWEN, LLAVA], max_loaded=1) as fake:
+        adapter = lifecycle_adapter(fake, clients)
+        await adapter.load_model("qwen2.5:7b", timeout=10)
+        await adapter.load_model("llava:latest", timeout=10)
+        inventory = await adapter.available_models()
+        assert inventory.in_state(ModelState.LOADED) == ("llava:latest",)
+        # A request for a model out of memory loads it, as Ollama does.
+        body = json.dumps({"model": "qwen2.5:7b", "messages": [], "max_tokens": 2}).encode()
+        await adapter.send(Endpoint.CHAT, body, stream=False, timeouts=FAST)
+        assert (await adapter.available_models()).in_state(ModelState.LOADED) == ("qwen2.5:7b",)

@@ -20,7 +20,10 @@ from nexus_core.adapters import (
     BackendStatus,
     Endpoint,
     ErrorKind,
+    LifecycleError,
+    LifecycleFailure,
     LoadSignal,
+    ModelState,
     Timeouts,
 )
 from nexus_core.config import BackendConfig
@@ -36,7 +39,7 @@ from nexus_core.testing import (
     closed_port_url,
     free_port,
 )
-from nexus_core.testing.contract import AdapterContract
+from nexus_core.testing.contract import AdapterContract, LifecycleContract
 
 FAST = Timeouts(connect=2.0, first_byte=5.0, idle=5.0)
 CHAT = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}
@@ -418,3 +421,71 @@ async def test_detect_a_keyed_vllm_with_or_without_the_key(clients: HttpClients)
         # Without the key: /health (empty 200) and /version are public and tell it apart.
         assert await VLLMAdapter.detect(fake.url, clients) is True
         assert await VLLMAdapter.detect(plain.url, clients) is False
+
+
+# -- model lifecycle (sleep mode) ---------------------------------------------------------------
+
+
+class TestVLLMLifecycle(LifecycleContract):
+    adapter_class = VLLMAdapter
+    models = ("alpha",)  # vLLM serves one model; its engine sleeps and wakes as a whole
+    unloaded_state = ModelState.SLEEPING
+
+    def make_fake(self) -> FakeBackend:
+        return FakeVLLM(models=self.models, dev_mode=True, sleeping=True)
+
+    def slow_loads(self, fake: FakeBackend, seconds: float) -> None:
+        assert isinstance(fake, FakeVLLM)
+        fake.wake_seconds = seconds
+
+
+@pytest.mark.anyio
+async def test_sleep_and_wake_up_with_lora_adapters(clients: HttpClients) -> None:
+    async with FakeVLLM(
+        models=["base"], lora_modules={"sql": "base"}, dev_mode=True, max_model_len=4096
+    ) as fake:
+        adapter = make_adapter(fake.url, clients)
+        support = await adapter.lifecycle_support()
+        assert (support.load, support.unload, support.autoload) == (True, True, False)
+        assert support.detail is not None
+        assert "sleep" in support.detail
+        inventory = await adapter.available_models()
+        assert [(e.id, e.state, e.context_length) for e in inventory.models] == [
+            ("base", ModelState.LOADED, 4096),
+            ("sql", ModelState.LOADED, 4096),
+        ]
+        # Unloading the LoRA adapter puts the whole engine to sleep, at level 1.
+        await adapter.unload_model("sql", timeout=10)
+        assert (fake.sleeping, fake.sleep_level) == (True, 1)
+        assert [r.query for r in fake.requests if r.path == "/sleep"] == [{"level": "1"}]
+        inventory = await adapter.available_models()
+        assert inventory.in_state(ModelState.SLEEPING) == ("base", "sql")
+        # A sleeping engine refuses requests (it does not wake by itself).
+        with pytest.raises(BackendError) as info:
+            await adapter.send(Endpoint.CHAT, chat("base"), stream=False, timeouts=FAST)
+        assert info.value.status == 503
+        entry = await adapter.load_model("base", timeout=10)
+        assert entry.state is ModelState.LOADED
+        assert fake.sleeping is False
+        response = await adapter.send(Endpoint.CHAT, chat("base"), stream=False, timeouts=FAST)
+        assert response.status == 200
+
+
+@pytest.mark.anyio
+async def test_without_dev_mode_it_lists_and_says_why_it_cannot_unload(
+    clients: HttpClients,
+) -> None:
+    async with FakeVLLM(models=["base"]) as fake:
+        adapter = make_adapter(fake.url, clients)
+        support = await adapter.lifecycle_support()
+        assert (support.available_models, support.load, support.unload) == (True, False, False)
+        assert support.detail is not None
+        assert "VLLM_SERVER_DEV_MODE=1" in support.detail
+        inventory = await adapter.available_models()
+        assert inventory.in_state(ModelState.LOADED) == ("base",)
+        # Its one model is loaded: a load is nothing to do; an unload cannot be done.
+        assert (await adapter.load_model("base", timeout=10)).state is ModelState.LOADED
+        with pytest.raises(LifecycleError) as info:
+            await adapter.unload_model("base", timeout=10)
+        assert info.value.reason is LifecycleFailure.NOT_SUPPORTED
+        assert not [r for r in fake.requests if r.method == "POST"]

@@ -119,7 +119,7 @@ def test_an_ignored_key_is_dropped_with_a_warning_saying_why() -> None:
             ],
         },
         "lifecycle": {"timeout_ms": 300000},
-        "fleet": {"enabled": False},
+        "fleet": {"enabled": False, "min_sample_days": 7},
     }
     ignored = [entry for entry in UPSTREAM_KEYS if entry.replacement is None]
     config = validate_config(data, source="nexus.toml")
@@ -326,6 +326,7 @@ min_sample_days = 7
         "routing.policies[0].max_cost_per_request",
         "routing.policies[0].fallback_allowed",
         "lifecycle",
-        "fleet",
+        "fleet.enabled",
+        "fleet.min_sample_days",
     ]
     assert all(line.startswith(f"{path}: ") for line in config.deprecation_warnings)

@@ -8,6 +8,11 @@ the load, ``GET /slots`` (busy slots) or ``GET /metrics`` (``llamacpp:requests_p
 said nowhere in what it lists: an empty ``POST /v1/embeddings`` tells, once per server start
 (501 when off, before the body is read; 400 "input is required" when on). Requests go to
 ``/v1/...`` unchanged; error bodies, whose ``code`` llama-server sends as an int, are normalised.
+
+Model lifecycle (``nexus_core.adapters.ModelLifecycle``), in router mode only: ``GET /models``
+(every model of ``--models-dir`` with ``status.value``), ``POST /models/load`` (answered at once:
+the adapter polls ``/models`` until the model is ``loaded``), ``POST /models/unload``. A
+single-model server (``-m``) lists its one model as loaded and can load or unload nothing.
 """
 
 from __future__ import annotations
@@ -25,10 +30,30 @@ from nexus_core.adapter_kit import (
     ProbeAnswer,
     UpstreamErrors,
     bearer,
+    deadline_in,
+    lifecycle_call,
+    poll_until,
     probe_get,
     read_error,
+    time_left,
 )
-from nexus_core.adapters import BackendStatus, LoadSignal, ModelInfo, ProbeResult, clip
+from nexus_core.adapters import (
+    LOAD_TIMEOUT_SECONDS,
+    UNLOAD_TIMEOUT_SECONDS,
+    AvailableModel,
+    BackendError,
+    BackendStatus,
+    ErrorKind,
+    LifecycleError,
+    LifecycleFailure,
+    LifecycleSupport,
+    LoadSignal,
+    ModelInfo,
+    ModelInventory,
+    ModelState,
+    ProbeResult,
+    clip,
+)
 from nexus_core.config import BackendConfig
 from nexus_core.http import HttpClients
 from nexus_core.openai_wire import OpenAIWireAdapter, api_base
@@ -46,6 +71,17 @@ DEFERRED = "llamacpp:requests_deferred"
 _METRICS = frozenset({PROCESSING, DEFERRED})
 #: Router-mode model states in which a child server runs (``status.value``).
 RUNNING_STATES = frozenset({"loaded", "loading", "sleeping"})
+#: How long listing the router's models may take (seconds).
+LIST_TIMEOUT_SECONDS = 10.0
+#: What a single-model llama-server says about the lifecycle.
+SINGLE_MODEL = (
+    "llama-server runs one model (-m): it cannot load or unload models; "
+    "start it in router mode (--models-dir DIR) for that"
+)
+ROUTER = (
+    "llama-server router mode (--models-dir): POST /models/load and /models/unload; "
+    "beyond --models-max the least recently used model is unloaded"
+)
 #: llama-server's envelope with its int ``code`` as a string, as OpenAI clients expect; a prompt
 #: over the context (``exceed_context_size_error``) gets OpenAI's code for it, which clients and
 #: LiteLLM key on. A 501 (no ``--embeddings``) needs nothing: failover knows the status.
@@ -268,6 +304,132 @@ class LlamaCppAdapter(OpenAIWireAdapter):
                 total += signal.total_slots or 0
         return LoadSignal(busy_slots=busy, total_slots=total) if total else None
 
+    # -- model lifecycle -------------------------------------------------------------------------
+
+    async def lifecycle_support(self) -> LifecycleSupport:
+        """Router mode: everything; a single-model server: the listing only (from ``/props``)."""
+        props = await self._props()
+        if props.get("role") == "router":
+            autoload = props.get("models_autoload") is not False
+            return LifecycleSupport(
+                available_models=True, load=True, unload=True, autoload=autoload, detail=ROUTER
+            )
+        if not props:
+            return LifecycleSupport(detail="llama-server did not answer GET /props")
+        return LifecycleSupport(available_models=True, autoload=False, detail=SINGLE_MODEL)
+
+    async def available_models(self) -> ModelInventory:
+        """``GET /models``: each model with its ``status.value``, size and context once loaded."""
+        answer = await self._lifecycle("GET", "/models", timeout=LIST_TIMEOUT_SECONDS)
+        entries = answer.get("data")
+        if not isinstance(entries, list):
+            raise BackendError(ErrorKind.MALFORMED, "llama-server's /models is not a model list")
+        return ModelInventory(
+            tuple(_available(entry) for entry in entries if isinstance(entry, dict))
+        )
+
+    async def load_model(
+        self,
+        model: str,
+        *,
+        timeout: float = LOAD_TIMEOUT_SECONDS,  # noqa: ASYNC109 - ModelLifecycle's contract
+    ) -> AvailableModel:
+        """``POST /models/load``, then ``/models`` until the model is loaded (or failed)."""
+        deadline = deadline_in(timeout)
+        entry = await self._router_entry(model, "load")
+        if entry.state in (ModelState.LOADED, ModelState.SLEEPING):
+            return entry  # a sleeping child wakes on the first request by itself
+        if entry.state is not ModelState.LOADING:
+            answer = await self._lifecycle(
+                "POST", "/models/load", {"model": model}, timeout=time_left(deadline), check=False
+            )
+            if answer.status == 404:
+                raise _unknown(model, self.name)
+            if not answer.ok and "already running" not in _error_message(answer):
+                raise self._failure(answer)
+
+        async def loaded() -> AvailableModel | None:
+            now = (await self.available_models()).get(model)
+            if now is None:
+                raise _unknown(model, self.name)
+            if now.state is ModelState.LOADED:
+                return now
+            if now.state is ModelState.UNLOADED:
+                raise LifecycleError(
+                    LifecycleFailure.LOAD_FAILED,
+                    f"llama-server could not load '{model}'"
+                    + (f": {now.detail}" if now.detail else ": it was unloaded before it served"),
+                )
+            return None
+
+        return await poll_until(
+            loaded, timeout=time_left(deadline), what=f"loading '{model}' on {self.name}"
+        )
+
+    async def unload_model(
+        self,
+        model: str,
+        *,
+        timeout: float = UNLOAD_TIMEOUT_SECONDS,  # noqa: ASYNC109 - ModelLifecycle's contract
+    ) -> None:
+        """``POST /models/unload``, then ``/models`` until the model's child server is gone."""
+        deadline = deadline_in(timeout)
+        entry = await self._router_entry(model, "unload")
+        if entry.state in (ModelState.UNLOADED, ModelState.DOWNLOADING):
+            return
+        answer = await self._lifecycle(
+            "POST", "/models/unload", {"model": model}, timeout=time_left(deadline), check=False
+        )
+        if not answer.ok and "not running" not in _error_message(answer):
+            raise self._failure(answer)
+
+        async def gone() -> bool | None:
+            now = (await self.available_models()).get(model)
+            return True if now is None or now.state is ModelState.UNLOADED else None
+
+        await poll_until(
+            gone, timeout=time_left(deadline), what=f"unloading '{model}' on {self.name}"
+        )
+
+    async def _router_entry(self, model: str, operation: str) -> AvailableModel:
+        """The model's entry on a router; NOT_SUPPORTED on a single-model server."""
+        answer = await self._lifecycle("GET", "/models", timeout=LIST_TIMEOUT_SECONDS)
+        entries = answer.get("data")
+        cards = (
+            [entry for entry in entries if isinstance(entry, dict)]
+            if isinstance(entries, list)
+            else []
+        )
+        if not any(isinstance(card.get("status"), dict) for card in cards):
+            raise LifecycleError(
+                LifecycleFailure.NOT_SUPPORTED, f"cannot {operation} '{model}': {SINGLE_MODEL}"
+            )
+        entry = next((_available(card) for card in cards if card.get("id") == model), None)
+        if entry is None:
+            raise _unknown(model, self.name)
+        return entry
+
+    async def _lifecycle(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        timeout: float,  # noqa: ASYNC109 - passed on to lifecycle_call
+        check: bool = True,
+    ) -> ProbeAnswer:
+        answer = await lifecycle_call(
+            self.clients, method, self.root + path, self.probe_headers, body=body, timeout=timeout
+        )
+        if check and not answer.ok:
+            raise self._failure(answer)
+        return answer
+
+    def _failure(self, answer: ProbeAnswer) -> BackendError:
+        return self.upstream_error(
+            BackendError.from_status(answer.status, answer.content, answer.headers)
+        )
+
     # -- detection -------------------------------------------------------------------------------
 
     @classmethod
@@ -312,6 +474,41 @@ def metrics_load(text: str, total_slots: int | None) -> LoadSignal | None:
         busy_slots=None if processing is None else int(processing),
         queue_depth=None if deferred is None else int(deferred),
         total_slots=total_slots,
+    )
+
+
+def _available(card: Mapping[str, Any]) -> AvailableModel:
+    """One ``/models`` card as an ``AvailableModel`` (a single-model server's card is loaded)."""
+    status = card.get("status")
+    detail = None
+    if isinstance(status, dict):
+        value = status.get("value")
+        try:
+            state = ModelState(str(value))
+        except ValueError:
+            state, detail = ModelState.UNLOADED, f"llama-server says '{clip(str(value))}'"
+        if status.get("failed") is True:
+            code = status.get("exit_code")
+            detail = "the last load failed" + (f" (exit code {code})" if _is_int(code) else "")
+    else:
+        state = ModelState.LOADED
+    meta = card.get("meta")
+    size = context = None
+    if isinstance(meta, dict):
+        size = meta["size"] if _is_int(meta.get("size")) else None
+        context = meta["n_ctx"] if _is_int(meta.get("n_ctx")) else None
+    return AvailableModel(
+        id=str(card.get("id")),
+        state=state,
+        size_bytes=size,
+        context_length=context,
+        detail=detail,
+    )
+
+
+def _unknown(model: str, backend: str) -> LifecycleError:
+    return LifecycleError(
+        LifecycleFailure.UNKNOWN_MODEL, f"backend '{backend}' has no model '{model}'", status=404
     )
 
 

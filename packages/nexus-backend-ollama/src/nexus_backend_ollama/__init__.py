@@ -7,6 +7,12 @@ puts them there (v0.33+), else from ``/api/show``, asked once per model version 
 completions go through Ollama's OpenAI-compatible ``/v1`` unchanged; embeddings through
 ``/api/embed``, translated from and back to the OpenAI shape (``embeddings.py``). A full request
 queue (503 ``server busy``) is "overloaded", so the request fails over. See README.md.
+
+Model lifecycle (``nexus_core.adapters.ModelLifecycle``), as Ollama's API docs describe it:
+``/api/tags`` lists what it could serve, ``/api/ps`` what is in memory (``size``, ``size_vram``,
+``context_length``, ``expires_at``); ``POST /api/generate {"model": m}`` loads a model and
+answers once it is loaded, ``{"model": m, "keep_alive": 0}`` unloads it. A loaded model stays as
+long as the server's keep-alive (``OLLAMA_KEEP_ALIVE``, 5 minutes by default) unless used.
 """
 
 from __future__ import annotations
@@ -21,15 +27,35 @@ import httpx
 
 from nexus_backend_ollama import embeddings
 from nexus_core import hookimpl
-from nexus_core.adapter_kit import ProbeAnswer, UpstreamErrors, bearer, probe_get
+from nexus_core.adapter_kit import (
+    ProbeAnswer,
+    UpstreamErrors,
+    bearer,
+    deadline_in,
+    lifecycle_call,
+    poll_until,
+    probe_get,
+    read_error,
+    time_left,
+)
 from nexus_core.adapters import (
+    LOAD_TIMEOUT_SECONDS,
+    UNLOAD_TIMEOUT_SECONDS,
+    AvailableModel,
     BackendError,
     BackendStatus,
     Endpoint,
+    ErrorKind,
+    LifecycleError,
+    LifecycleFailure,
+    LifecycleSupport,
     ModelInfo,
+    ModelInventory,
+    ModelState,
     ProbeResult,
     Timeouts,
     UpstreamResponse,
+    clip,
 )
 from nexus_core.config import BackendConfig
 from nexus_core.http import HttpClients
@@ -43,6 +69,21 @@ BANNER = "Ollama is running"
 SHOW_CONCURRENCY = 4
 #: How long a probe waits for ``/api/show`` answers; slower ones land in the next probe.
 SHOW_BUDGET_SECONDS = 2.0
+
+#: How long listing the models may take (seconds).
+LIST_TIMEOUT_SECONDS = 10.0
+#: What Ollama offers of the lifecycle, whatever its version.
+SUPPORT = LifecycleSupport(
+    available_models=True,
+    load=True,
+    unload=True,
+    autoload=True,
+    detail=(
+        "Ollama: /api/tags and /api/ps; load and unload through /api/generate "
+        "(keep_alive 0 unloads); a loaded model stays for the server's keep-alive "
+        "(OLLAMA_KEEP_ALIVE, 5 minutes by default) after its last use"
+    ),
+)
 
 #: Errors of Ollama's ``/v1``, passed on as they are but for the busy 503.
 ERRORS = UpstreamErrors("Ollama", quirks=(embeddings.SERVER_BUSY,))
@@ -230,6 +271,137 @@ class OllamaAdapter(OpenAIWireAdapter):
             loaded=None if loaded is None else name in loaded,
         )
 
+    # -- model lifecycle -------------------------------------------------------------------------
+
+    async def lifecycle_support(self) -> LifecycleSupport:
+        """Everything: listing, load, unload, and requests load what they need."""
+        return SUPPORT
+
+    async def available_models(self) -> ModelInventory:
+        """``/api/tags`` with ``/api/ps``: each model, loaded or not, its size and memory."""
+        tags, ps = await asyncio.gather(
+            self._lifecycle("GET", "/api/tags", timeout=LIST_TIMEOUT_SECONDS),
+            self._lifecycle("GET", "/api/ps", timeout=LIST_TIMEOUT_SECONDS),
+        )
+        on_disk = _entries(tags)
+        in_memory = {_name(entry): entry for entry in _entries(ps)}
+        models = [_available(entry, in_memory.get(_name(entry))) for entry in on_disk]
+        listed = {model.id for model in models}
+        # Loaded but gone from the tags (deleted while in memory): still serving.
+        models += [
+            _available(entry, entry) for name, entry in in_memory.items() if name not in listed
+        ]
+        used = [model.memory_bytes for model in models if model.loaded]
+        known = [size for size in used if size is not None]
+        return ModelInventory(
+            tuple(models), memory_used_bytes=sum(known) if len(known) == len(used) else None
+        )
+
+    async def load_model(
+        self,
+        model: str,
+        *,
+        timeout: float = LOAD_TIMEOUT_SECONDS,  # noqa: ASYNC109 - ModelLifecycle's contract
+    ) -> AvailableModel:
+        """``POST /api/generate {"model": m}``: Ollama answers once the model is loaded."""
+        deadline = deadline_in(timeout)
+        entry = await self._entry(model)
+        if entry.loaded:
+            return entry
+        answer = await self._lifecycle(
+            "POST", "/api/generate", {"model": model}, timeout=time_left(deadline), check=False
+        )
+        self._check_answer(answer, model, "load")
+
+        async def loaded() -> AvailableModel | None:
+            now = (await self.available_models()).get(model)
+            return now if now is not None and now.loaded else None
+
+        return await poll_until(
+            loaded, timeout=time_left(deadline), what=f"loading '{model}' on {self.name}"
+        )
+
+    async def unload_model(
+        self,
+        model: str,
+        *,
+        timeout: float = UNLOAD_TIMEOUT_SECONDS,  # noqa: ASYNC109 - ModelLifecycle's contract
+    ) -> None:
+        """``POST /api/generate {"model": m, "keep_alive": 0}``, then ``/api/ps`` until it is
+        gone (Ollama answers before its runner has stopped)."""
+        deadline = deadline_in(timeout)
+        entry = await self._entry(model)
+        if not entry.loaded:
+            return
+        answer = await self._lifecycle(
+            "POST",
+            "/api/generate",
+            {"model": model, "keep_alive": 0},
+            timeout=time_left(deadline),
+            check=False,
+        )
+        self._check_answer(answer, model, "unload")
+
+        async def gone() -> bool | None:
+            now = (await self.available_models()).get(model)
+            return True if now is None or not now.loaded else None
+
+        await poll_until(
+            gone, timeout=time_left(deadline), what=f"unloading '{model}' on {self.name}"
+        )
+
+    async def _entry(self, model: str) -> AvailableModel:
+        entry = (await self.available_models()).get(model)
+        if entry is None:
+            raise LifecycleError(
+                LifecycleFailure.UNKNOWN_MODEL,
+                f"backend '{self.name}' has no model '{model}'",
+                status=404,
+            )
+        return entry
+
+    def _check_answer(self, answer: ProbeAnswer, model: str, operation: str) -> None:
+        """Raise what a load or unload answer other than 200 means."""
+        if answer.ok:
+            return
+        message = read_error(answer.content).message or f"HTTP {answer.status}"
+        if answer.status == 404:
+            raise LifecycleError(
+                LifecycleFailure.UNKNOWN_MODEL,
+                f"backend '{self.name}' has no model '{model}': {clip(message)}",
+                status=404,
+                body=answer.content,
+            )
+        if answer.status == 500:
+            # Ollama's own failure to load: not enough memory, a runner that crashed.
+            raise LifecycleError(
+                LifecycleFailure.LOAD_FAILED,
+                f"Ollama could not {operation} '{model}': {clip(message)}",
+                status=500,
+                body=answer.content,
+            )
+        raise self.upstream_error(
+            BackendError.from_status(answer.status, answer.content, answer.headers)
+        )
+
+    async def _lifecycle(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        timeout: float,  # noqa: ASYNC109 - passed on to lifecycle_call
+        check: bool = True,
+    ) -> ProbeAnswer:
+        answer = await lifecycle_call(
+            self.clients, method, self.root + path, self.probe_headers, body=body, timeout=timeout
+        )
+        if check and not answer.ok:
+            raise self.upstream_error(
+                BackendError.from_status(answer.status, answer.content, answer.headers)
+            )
+        return answer
+
     async def close(self) -> None:
         """Stop ``/api/show`` requests still running."""
         tasks = list(self._showing.values())
@@ -346,6 +518,38 @@ def _loaded_models(answer: ProbeAnswer) -> dict[str, LoadedModel] | None:
     except (TypeError, KeyError):
         return None
     return loaded
+
+
+def _entries(answer: ProbeAnswer) -> list[dict[str, Any]]:
+    """The ``models`` of an ``/api/tags`` or ``/api/ps`` answer."""
+    entries = answer.get("models")
+    if not isinstance(entries, list):
+        raise BackendError(ErrorKind.MALFORMED, "Ollama's model list has no 'models' list")
+    return [entry for entry in entries if isinstance(entry, dict) and _name(entry)]
+
+
+def _name(entry: Mapping[str, Any]) -> str:
+    return str(entry.get("name") or entry.get("model") or "")
+
+
+def _available(on_disk: Mapping[str, Any], in_memory: Mapping[str, Any] | None) -> AvailableModel:
+    """One model from its ``/api/tags`` entry and, when loaded, its ``/api/ps`` entry."""
+    if in_memory is None:
+        return AvailableModel(_name(on_disk), ModelState.UNLOADED, _size(on_disk.get("size")))
+    expires = _string(in_memory.get("expires_at"))
+    return AvailableModel(
+        _name(on_disk),
+        ModelState.LOADED,
+        size_bytes=_size(on_disk.get("size")) if on_disk is not in_memory else None,
+        memory_bytes=_size(in_memory.get("size")),
+        gpu_memory_bytes=_size(in_memory.get("size_vram")),
+        context_length=_positive(in_memory.get("context_length")),
+        detail=f"in memory until {expires} (keep-alive)" if expires else None,
+    )
+
+
+def _size(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 @hookimpl

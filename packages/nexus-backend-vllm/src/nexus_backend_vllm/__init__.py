@@ -5,6 +5,13 @@ model, its ``max_model_len`` and its LoRA adapters (``parent``), ``GET /version`
 ``GET /metrics`` for the load (running and waiting requests, KV-cache use). Requests go to
 ``/v1/...`` unchanged; error bodies, whose ``code`` vLLM sends as an int, are normalised
 (``ERRORS``), and an error event that starts a stream fails the attempt over.
+
+Model lifecycle (``nexus_core.adapters.ModelLifecycle``) through vLLM's sleep mode, which it
+serves only when started with ``VLLM_SERVER_DEV_MODE=1`` (and ``--enable-sleep-mode``):
+``GET /is_sleeping``; unload is ``POST /sleep?level=1`` (weights to CPU memory, KV cache
+dropped), load is ``POST /wake_up``. The engine sleeps and wakes as a whole: every model it
+serves (the base model and its LoRA adapters) at once. Without the development endpoints its
+models are listed as loaded and nothing can be loaded or unloaded.
 """
 
 from __future__ import annotations
@@ -20,13 +27,33 @@ from nexus_core.adapter_kit import (
     ErrorFields,
     ErrorQuirk,
     ErrorShape,
+    ProbeAnswer,
     UpstreamErrors,
     bearer,
+    deadline_in,
     http_phrase,
+    lifecycle_call,
+    poll_until,
     probe_get,
     read_error,
+    time_left,
 )
-from nexus_core.adapters import BackendError, BackendStatus, LoadSignal, ModelInfo, ProbeResult
+from nexus_core.adapters import (
+    LOAD_TIMEOUT_SECONDS,
+    UNLOAD_TIMEOUT_SECONDS,
+    AvailableModel,
+    BackendError,
+    BackendStatus,
+    ErrorKind,
+    LifecycleError,
+    LifecycleFailure,
+    LifecycleSupport,
+    LoadSignal,
+    ModelInfo,
+    ModelInventory,
+    ModelState,
+    ProbeResult,
+)
 from nexus_core.config import BackendConfig
 from nexus_core.http import HttpClients
 from nexus_core.openai_wire import OpenAIWireAdapter, api_base
@@ -52,6 +79,20 @@ ERRORS = UpstreamErrors(
 )
 #: The shapes of an error event in a stream.
 _ERROR_SHAPES = frozenset({ErrorShape.ENVELOPE, ErrorShape.TEXT_ERROR, ErrorShape.FLAT})
+
+#: How long listing the models may take (seconds).
+LIST_TIMEOUT_SECONDS = 10.0
+#: The sleep level Nexus uses: level 1 keeps the weights in CPU memory, so ``/wake_up`` alone
+#: brings the model back; after level 2 the weights must be reloaded by other means.
+SLEEP_LEVEL = "1"
+SLEEP_MODE = (
+    "vLLM sleep mode: unload puts the engine to sleep (level 1: weights to CPU memory, "
+    "KV cache dropped), load wakes it; every model it serves sleeps and wakes together"
+)
+NO_SLEEP_MODE = (
+    "vLLM serves one set of models for its lifetime; sleep and wake-up need "
+    "VLLM_SERVER_DEV_MODE=1 and --enable-sleep-mode"
+)
 
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
@@ -125,6 +166,118 @@ class VLLMAdapter(OpenAIWireAdapter):
         """Running and waiting requests summed over engines, the fullest engine's KV cache."""
         metrics = await self.probe_get(self.root + "/metrics")
         return load_from_metrics(metrics.text) if metrics.ok else None
+
+    # -- model lifecycle (sleep mode) ------------------------------------------------------------
+
+    async def lifecycle_support(self) -> LifecycleSupport:
+        """Load and unload when ``/is_sleeping`` answers (development mode); else the listing."""
+        answer = await self.probe_get(self.root + "/is_sleeping")
+        if answer.ok and isinstance(answer.get("is_sleeping"), bool):
+            return LifecycleSupport(
+                available_models=True, load=True, unload=True, autoload=False, detail=SLEEP_MODE
+            )
+        if answer.status == 404:
+            return LifecycleSupport(available_models=True, autoload=False, detail=NO_SLEEP_MODE)
+        return LifecycleSupport(detail=f"vLLM did not answer GET /is_sleeping: {answer.failure}")
+
+    async def available_models(self) -> ModelInventory:
+        """The served models (``/v1/models``), ``sleeping`` while the engine sleeps."""
+        listing = await self._lifecycle("GET", self.api_base + "/models", LIST_TIMEOUT_SECONDS)
+        try:
+            models = self.parse_models(listing.payload)
+        except (TypeError, KeyError) as exc:
+            raise BackendError(ErrorKind.MALFORMED, f"unreadable model list: {exc}") from None
+        state = ModelState.SLEEPING if await self._sleeping() else ModelState.LOADED
+        return ModelInventory(
+            tuple(
+                AvailableModel(model.id, state, context_length=model.context_length)
+                for model in models
+            )
+        )
+
+    async def load_model(
+        self,
+        model: str,
+        *,
+        timeout: float = LOAD_TIMEOUT_SECONDS,  # noqa: ASYNC109 - ModelLifecycle's contract
+    ) -> AvailableModel:
+        """``POST /wake_up`` when the engine sleeps, then ``/is_sleeping`` until it is awake."""
+        deadline = deadline_in(timeout)
+        entry = await self._entry(model)
+        if entry.state is not ModelState.SLEEPING:
+            return entry
+        await self._lifecycle("POST", self.root + "/wake_up", time_left(deadline))
+        await self._wait(asleep=False, deadline=deadline, what=f"waking '{model}'")
+        return dataclasses.replace(entry, state=ModelState.LOADED)
+
+    async def unload_model(
+        self,
+        model: str,
+        *,
+        timeout: float = UNLOAD_TIMEOUT_SECONDS,  # noqa: ASYNC109 - ModelLifecycle's contract
+    ) -> None:
+        """``POST /sleep?level=1`` unless the engine sleeps, then wait until it does."""
+        deadline = deadline_in(timeout)
+        entry = await self._entry(model)
+        if entry.state is ModelState.SLEEPING:
+            return
+        if not await self._has_sleep_mode():
+            raise LifecycleError(
+                LifecycleFailure.NOT_SUPPORTED, f"cannot unload '{model}': {NO_SLEEP_MODE}"
+            )
+        await self._lifecycle(
+            "POST", self.root + "/sleep", time_left(deadline), params={"level": SLEEP_LEVEL}
+        )
+        await self._wait(asleep=True, deadline=deadline, what=f"putting '{model}' to sleep")
+
+    async def _entry(self, model: str) -> AvailableModel:
+        entry = (await self.available_models()).get(model)
+        if entry is None:
+            raise LifecycleError(
+                LifecycleFailure.UNKNOWN_MODEL,
+                f"backend '{self.name}' has no model '{model}'",
+                status=404,
+            )
+        return entry
+
+    async def _wait(self, *, asleep: bool, deadline: float, what: str) -> None:
+        async def done() -> bool | None:
+            return True if await self._sleeping() is asleep else None
+
+        await poll_until(done, timeout=time_left(deadline), what=f"{what} on {self.name}")
+
+    async def _sleeping(self) -> bool:
+        """``/is_sleeping``; False on a server without it (its engine never sleeps)."""
+        answer = await self._lifecycle(
+            "GET", self.root + "/is_sleeping", LIST_TIMEOUT_SECONDS, allow_missing=True
+        )
+        return answer.get("is_sleeping") is True
+
+    async def _has_sleep_mode(self) -> bool:
+        answer = await self._lifecycle(
+            "GET", self.root + "/is_sleeping", LIST_TIMEOUT_SECONDS, allow_missing=True
+        )
+        return answer.status != 404
+
+    async def _lifecycle(
+        self,
+        method: str,
+        url: str,
+        timeout: float,  # noqa: ASYNC109 - passed on to lifecycle_call
+        *,
+        params: dict[str, str] | None = None,
+        allow_missing: bool = False,
+    ) -> ProbeAnswer:
+        answer = await lifecycle_call(
+            self.clients, method, url, self.probe_headers, params=params, timeout=timeout
+        )
+        if answer.status == 404 and allow_missing:
+            return answer
+        if not answer.ok:
+            raise self.upstream_error(
+                BackendError.from_status(answer.status, answer.content, answer.headers)
+            )
+        return answer
 
     def stream_events(self, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Events relayed; an error event first fails the attempt over, a later one gets a

@@ -9,6 +9,10 @@
 - **Keys.** ``bearer(key)``: the ``Authorization`` header for the backend's own key.
 - **Probes.** ``probe_get``: one GET through the bounded probe client, answered as a
   ``ProbeAnswer`` (status, parsed JSON) or a classified failure; it never raises.
+- **Lifecycle calls.** ``lifecycle_call``: one load, unload or listing request within a timeout
+  of the caller's (loads take minutes), answered as a ``ProbeAnswer`` or raised as the
+  ``BackendError`` of a call that got no answer; ``poll_until`` waits for a server that loads in
+  the background.
 
 ``OpenAIWireAdapter`` applies all of it; an adapter declares ``errors = UpstreamErrors(...)``
 instead of overriding ``send``. See docs/adapter-authors.md.
@@ -16,13 +20,14 @@ instead of overriding ``send``. See docs/adapter-authors.md.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import http
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -39,13 +44,17 @@ __all__ = [
     "ProbeAnswer",
     "UpstreamErrors",
     "bearer",
+    "deadline_in",
     "dumps",
     "error_envelope",
     "http_phrase",
+    "lifecycle_call",
     "openai_error_type",
+    "poll_until",
     "probe_get",
     "read_error",
     "refused",
+    "time_left",
 ]
 
 #: Characters of a text error body kept as the error's message (as ``errors.backend_message``).
@@ -461,3 +470,82 @@ def _refused(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+# -- lifecycle calls ------------------------------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+async def lifecycle_call(
+    clients: HttpClients,
+    method: str,
+    url: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    body: Any = None,
+    params: Mapping[str, str] | None = None,
+    timeout: float,  # noqa: ASYNC109 - it is also the HTTP read timeout of a load
+) -> ProbeAnswer:
+    """One lifecycle request (``body`` sent as JSON, when given) through ``clients.lifecycle``,
+    answered within ``timeout`` seconds.
+
+    Any HTTP answer comes back as a ``ProbeAnswer`` for the adapter to read; no answer raises a
+    ``BackendError``: ``timeout``, ``connect_error``, or ``response_too_large``.
+    """
+    from nexus_core.http import ResponseTooLarge  # http imports this module
+
+    try:
+        async with asyncio.timeout(timeout):
+            response = await clients.lifecycle.request(
+                method, url, headers=headers, json=body, params=params, timeout=timeout
+            )
+    except (TimeoutError, httpx.TimeoutException):
+        raise BackendError(
+            ErrorKind.TIMEOUT, f"no answer to {method} {url} within {timeout:g} s"
+        ) from None
+    except ResponseTooLarge as exc:
+        raise BackendError(ErrorKind.TOO_LARGE, str(exc)) from None
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise BackendError(ErrorKind.CONNECT, f"cannot connect: {clip(str(exc))}") from None
+    content = response.content
+    try:
+        payload = json.loads(content) if content else None
+    except (ValueError, RecursionError):
+        payload = None
+    return ProbeAnswer(response.status_code, payload, content, response.headers)
+
+
+def deadline_in(seconds: float) -> float:
+    """The event loop's time ``seconds`` from now (for ``time_left``)."""
+    return asyncio.get_running_loop().time() + seconds
+
+
+def time_left(deadline: float) -> float:
+    """Seconds until ``deadline`` (from ``deadline_in``), never less than 0."""
+    return max(0.0, deadline - asyncio.get_running_loop().time())
+
+
+async def poll_until(
+    check: Callable[[], Awaitable[_T | None]],
+    *,
+    timeout: float,  # noqa: ASYNC109 - a timeout is a BackendError naming what it waited for
+    what: str,
+    interval: float = 0.05,
+    max_interval: float = 1.0,
+) -> _T:
+    """Call ``check`` until it returns something, pausing longer each time (up to
+    ``max_interval``); a ``timeout`` ``BackendError`` naming ``what`` after ``timeout`` seconds.
+
+    For servers that answer a load at once and load in the background (llama-server's router).
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                found = await check()
+                if found is not None:
+                    return found
+                await asyncio.sleep(interval)
+                interval = min(max_interval, interval * 2)
+    except TimeoutError:
+        raise BackendError(ErrorKind.TIMEOUT, f"{what}: not done within {timeout:g} s") from None

@@ -315,3 +315,200 @@ class AdapterFactory(Protocol):
     async def detect(self, url: str, clients: HttpClients, api_key: str | None = None) -> bool:
         """Return True when the server at ``url`` looks like this type (cheap, no side effects)."""
         ...
+
+
+# -- model lifecycle (optional) -------------------------------------------------------------------
+#
+# An adapter whose server can list, load and unload models implements ``ModelLifecycle`` next to
+# ``BackendAdapter``; the others change nothing (``lifecycle_of`` gives None for them, and
+# ``lifecycle_support`` says they support nothing). docs/fleet.md has the model and the servers.
+
+#: How long ``load_model`` waits for a model to serve, unless the caller says otherwise (seconds).
+LOAD_TIMEOUT_SECONDS = 600.0
+#: How long ``unload_model`` waits for a model to leave memory, unless the caller says otherwise.
+UNLOAD_TIMEOUT_SECONDS = 120.0
+
+
+class ModelState(enum.StrEnum):
+    """Where one model stands on one backend, as the server says."""
+
+    #: In memory and serving.
+    LOADED = "loaded"
+    #: Being loaded; not serving yet.
+    LOADING = "loading"
+    #: On disk only: a load (or, where the server autoloads, a request) brings it in.
+    UNLOADED = "unloaded"
+    #: Put to sleep (vLLM's sleep mode, llama-server's ``--sleep-idle-seconds``): out of GPU
+    #: memory, woken faster than a load.
+    SLEEPING = "sleeping"
+    #: Being downloaded (llama-server router from a Hugging Face preset); not loadable yet.
+    DOWNLOADING = "downloading"
+
+
+#: The states in which a model occupies a backend's memory or is about to.
+RESIDENT_STATES = frozenset({ModelState.LOADED, ModelState.LOADING})
+
+
+@dataclass(frozen=True, slots=True)
+class AvailableModel:
+    """One model a backend could serve, its state, and what the server says of its memory.
+
+    Every figure is the server's own; None where it does not report it (never an estimate).
+    """
+
+    id: str
+    state: ModelState
+    #: The model's size (weights on disk, or as the server reports the loaded weights).
+    size_bytes: int | None = None
+    #: Memory the loaded model takes now (Ollama's ``/api/ps`` ``size``: weights, cache, graph).
+    memory_bytes: int | None = None
+    #: Of ``memory_bytes``, how much is in GPU memory (Ollama's ``size_vram``).
+    gpu_memory_bytes: int | None = None
+    #: The context the loaded model runs with.
+    context_length: int | None = None
+    #: What else the server says (a failed load and its exit code, when a keep-alive ends).
+    detail: str | None = None
+
+    @property
+    def loaded(self) -> bool:
+        """True when the model serves now."""
+        return self.state is ModelState.LOADED
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInventory:
+    """What ``available_models`` returns: every model a backend could serve, and its memory.
+
+    ``memory_used_bytes`` is the sum of the loaded models' ``memory_bytes`` when the server
+    reports them; ``memory_total_bytes`` the server's own figure of what it has (no built-in
+    server reports one over HTTP; a plugin's may). Both None when unknown.
+    """
+
+    models: tuple[AvailableModel, ...] = ()
+    memory_total_bytes: int | None = None
+    memory_used_bytes: int | None = None
+
+    @property
+    def memory_free_bytes(self) -> int | None:
+        """Total less used, when both are known."""
+        if self.memory_total_bytes is None or self.memory_used_bytes is None:
+            return None
+        return max(0, self.memory_total_bytes - self.memory_used_bytes)
+
+    def get(self, model: str) -> AvailableModel | None:
+        """The entry for ``model``, or None when the backend cannot serve it."""
+        return next((entry for entry in self.models if entry.id == model), None)
+
+    def in_state(self, *states: ModelState) -> tuple[str, ...]:
+        """The ids of the models in any of ``states``."""
+        return tuple(entry.id for entry in self.models if entry.state in states)
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleSupport:
+    """Which lifecycle operations a backend offers now, so Nexus never pretends.
+
+    It may depend on how the server was started (llama-server with ``--models-dir`` or ``-m``,
+    vLLM with its development endpoints), so adapters answer it by asking the server.
+    """
+
+    #: ``available_models`` lists what the server could serve, with states.
+    available_models: bool = False
+    load: bool = False
+    unload: bool = False
+    #: Whether a request for an unloaded model loads it (None: the server does not say).
+    autoload: bool | None = None
+    #: Why something is missing, or what an operation means on this server (vLLM: unload is
+    #: sleep), in words for an operator.
+    detail: str | None = None
+
+
+#: What an adapter without lifecycle operations supports.
+NO_LIFECYCLE = LifecycleSupport(detail="this backend type has no model lifecycle operations")
+
+
+class LifecycleFailure(enum.StrEnum):
+    """Why a lifecycle operation failed, beyond the HTTP failures ``ErrorKind`` names."""
+
+    #: The backend (or the way its server was started) does not offer the operation.
+    NOT_SUPPORTED = "not_supported"
+    #: The backend cannot serve a model of that name.
+    UNKNOWN_MODEL = "unknown_model"
+    #: The server tried and failed (out of memory, a crashed child process...).
+    LOAD_FAILED = "load_failed"
+
+
+class LifecycleError(BackendError):
+    """A lifecycle operation the backend refused or failed; ``reason`` says which.
+
+    A ``BackendError`` (``kind`` ``client_error`` for NOT_SUPPORTED and UNKNOWN_MODEL,
+    ``upstream_5xx`` for LOAD_FAILED), so one ``except BackendError`` also catches a refused
+    connection or a timeout (``connect_error``, ``timeout``) of the same operation.
+    """
+
+    def __init__(
+        self,
+        reason: LifecycleFailure,
+        message: str,
+        *,
+        status: int | None = None,
+        body: bytes = b"",
+    ) -> None:
+        kind = (
+            ErrorKind.SERVER_ERROR
+            if reason is LifecycleFailure.LOAD_FAILED
+            else ErrorKind.CLIENT_ERROR
+        )
+        super().__init__(kind, message, status=status, body=body)
+        self.reason = reason
+
+
+@runtime_checkable
+class ModelLifecycle(Protocol):
+    """Optional adapter operations: list what a backend could serve, load and unload models.
+
+    ``load_model`` returns once the model serves (it polls the server where the server answers
+    at once), within ``timeout``; meanwhile ``available_models`` shows it ``loading`` where the
+    server tells. Loading a loaded model and unloading an unloaded one succeed without effect.
+    Failures raise ``LifecycleError`` (not supported, unknown model, load failed) or another
+    ``BackendError`` (connect_error, timeout, upstream_5xx...). ``timeout`` is a parameter, not
+    the caller's ``asyncio.timeout``: it also bounds the HTTP read of a load that answers only
+    when done (Ollama, LM Studio, vLLM), and running out is a ``timeout`` ``BackendError``.
+    """
+
+    async def lifecycle_support(self) -> LifecycleSupport:
+        """Which operations the backend offers now (may ask the server; never raises)."""
+        ...
+
+    async def available_models(self) -> ModelInventory:
+        """Every model the backend could serve, with its state and memory where reported."""
+        ...
+
+    async def load_model(
+        self,
+        model: str,
+        *,
+        timeout: float = LOAD_TIMEOUT_SECONDS,  # noqa: ASYNC109 - see the class docstring
+    ) -> AvailableModel:
+        """Load ``model`` and wait until it serves; its entry as loaded."""
+        ...
+
+    async def unload_model(
+        self,
+        model: str,
+        *,
+        timeout: float = UNLOAD_TIMEOUT_SECONDS,  # noqa: ASYNC109 - see the class docstring
+    ) -> None:
+        """Take ``model`` out of memory (vLLM: put it to sleep) and wait until it is."""
+        ...
+
+
+def lifecycle_of(adapter: object) -> ModelLifecycle | None:
+    """The adapter as a ``ModelLifecycle``, or None when its type has no lifecycle operations."""
+    return adapter if isinstance(adapter, ModelLifecycle) else None
+
+
+async def lifecycle_support(adapter: object) -> LifecycleSupport:
+    """What ``adapter`` supports now: its own answer, or ``NO_LIFECYCLE``."""
+    lifecycle = lifecycle_of(adapter)
+    return NO_LIFECYCLE if lifecycle is None else await lifecycle.lifecycle_support()

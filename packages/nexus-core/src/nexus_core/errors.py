@@ -194,6 +194,22 @@ def no_backend(model: str, reasons: list[dict[str, Any]]) -> GatewayError:
     )
 
 
+def model_loading(model: str, reasons: list[dict[str, Any]]) -> GatewayError:
+    """503 when every backend that could serve ``model`` is loading it: ``Retry-After`` says
+    when to ask again."""
+    waits = [r["retry_after"] for r in reasons if isinstance(r.get("retry_after"), int | float)]
+    wait = max(1, math.ceil(min(waits))) if waits else 5
+    names = ", ".join(str(r["backend"]) for r in reasons[:10])
+    return GatewayError(
+        503,
+        f"Model '{model}' is being loaded ({names}); retry in {wait} s",
+        type="service_unavailable",
+        code="model_loading",
+        details=reasons,
+        headers={"Retry-After": str(wait)},
+    )
+
+
 def payload_too_large(limit: int) -> GatewayError:
     """413 for a body over ``server.max_body_bytes``."""
     return GatewayError(

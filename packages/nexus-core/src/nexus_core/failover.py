@@ -281,7 +281,7 @@ class ProxyStream:
         if self._done:
             return
         self._done = True
-        release(self._backend, self._queue)
+        release(self._backend, self._queue, self._model)
         if self._meter is not None:
             self._meter.finish(self.chunks)
         quality = self._quality
@@ -436,6 +436,8 @@ class _Request:
             timeouts = Timeouts(timeouts.connect, remaining, timeouts.idle)
         record = self.record
         backend.pending += 1
+        in_flight = backend.in_flight
+        in_flight[route.model] = in_flight.get(route.model, 0) + 1
         backend.requests_total += 1
         started = time.perf_counter()
         released = False
@@ -490,7 +492,7 @@ class _Request:
             if span is not None:
                 span.end(error_type="cancelled")  # a no-op when it was ended above
             if not released:
-                release(backend, failover.queue)
+                release(backend, failover.queue, route.model)
                 if charge is not None and charge.settled is None:
                     _settle_cancelled(charge, needs)
 

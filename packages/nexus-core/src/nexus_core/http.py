@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 #: The longest a probe client's answer may take, from the request to its last byte (seconds);
 #: per read, connect and write the probe timeout (5 s) applies as well.
 PROBE_DEADLINE_SECONDS: Final = 10.0
+#: The longest one answer to the lifecycle client may take (a call gives its own, shorter, time).
+LIFECYCLE_DEADLINE_SECONDS: Final = 3600.0
 
 
 class UpstreamTransport(Protocol):
@@ -473,6 +475,7 @@ class HttpClients:
         self.transport: UpstreamTransport = transport or make_transport(limits=self.limits)
         self.probe_deadline = probe_deadline
         self._probe: httpx.AsyncClient | None = None
+        self._lifecycle: httpx.AsyncClient | None = None
 
     @property
     def probe(self) -> httpx.AsyncClient:
@@ -491,12 +494,31 @@ class HttpClients:
             )
         return self._probe
 
+    @property
+    def lifecycle(self) -> httpx.AsyncClient:
+        """An httpx client for model loads and unloads, whose answers may take minutes.
+
+        Bounded in size like ``probe``; each call gives its own timeout (``adapter_kit``'s
+        ``lifecycle_call``), and no answer may take more than ``LIFECYCLE_DEADLINE_SECONDS``.
+        """
+        if self._lifecycle is None or self._lifecycle.is_closed:
+            inner = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=20))
+            self._lifecycle = httpx.AsyncClient(
+                timeout=httpx.Timeout(5.0),
+                transport=BoundedTransport(inner, self.limits, LIFECYCLE_DEADLINE_SECONDS),
+                trust_env=False,
+            )
+        return self._lifecycle
+
     async def aclose(self) -> None:
         """Close every client."""
         await self.transport.aclose()
         if self._probe is not None:
             await self._probe.aclose()
             self._probe = None
+        if self._lifecycle is not None:
+            await self._lifecycle.aclose()
+            self._lifecycle = None
 
 
 def __getattr__(name: str) -> Any:

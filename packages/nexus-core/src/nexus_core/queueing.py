@@ -33,9 +33,13 @@ def is_full(backend: Backend) -> bool:
     return limit is not None and backend.pending >= limit
 
 
-def release(backend: Backend, queue: CapacityQueue | None) -> None:
-    """Give back one of ``backend``'s slots and wake a request waiting for it (the one place)."""
+def release(backend: Backend, queue: CapacityQueue | None, model: str | None = None) -> None:
+    """Give back one of ``backend``'s slots (taken for ``model``) and wake a request waiting for
+    it (the one place)."""
     backend.pending -= 1
+    if model is not None:
+        in_flight = backend.in_flight
+        in_flight[model] = in_flight.get(model, 1) - 1
     if queue is not None and backend.max_concurrent is not None and queue.waiters:
         queue.slot_freed(backend)
 

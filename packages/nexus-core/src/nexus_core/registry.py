@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from nexus_core.adapters import CAPABILITIES, BackendAdapter, BackendStatus, LoadSignal, ModelInfo
+from nexus_core.adapters import (
+    CAPABILITIES,
+    BackendAdapter,
+    BackendStatus,
+    LoadSignal,
+    ModelInfo,
+    ModelState,
+)
 from nexus_core.config import BackendConfig, Zone
 
 log = logging.getLogger("nexus.registry")
@@ -91,6 +98,18 @@ class Backend:
     #: Minus the smart score, kept current whenever an input changes, so ordering candidates is
     #: a sort on one attribute instead of a score computation per candidate and request.
     rank: float = field(default=0.0, repr=False)
+    #: Requests in flight through Nexus per model (what a per-model drain waits for).
+    in_flight: dict[str, int] = field(default_factory=dict, repr=False)
+    #: Each model's lifecycle state, as the fleet inventory last read it (``nexus_core.fleet``);
+    #: empty for backends without lifecycle operations.
+    model_states: dict[str, ModelState] = field(default_factory=dict, repr=False)
+    #: Whether the server loads an unloaded model for a request (None: unknown).
+    autoload: bool | None = None
+    #: Models no new request goes to here, and why (``loading``, ``draining``, ``unloaded``):
+    #: worked out by ``Registry.set_fleet_state`` and ``drain_model``, never per request.
+    held: dict[str, str] = field(default_factory=dict, repr=False)
+    #: Models drained by an operation (``Registry.drain_model``).
+    drained_models: set[str] = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
         self.priority = self.config.priority
@@ -231,6 +250,9 @@ class Registry:
         self._backends: dict[str, Backend] = {}
         self._by_model: dict[str, tuple[Backend, ...]] = {}
         self._listeners: list[Callable[[str, Backend], None]] = []
+        #: Models some backend holds back from routing (``Backend.held``): the router looks
+        #: further only for these.
+        self.held_models: frozenset[str] = frozenset()
         self._next_seq = 0
         self.started_at = time.time()
 
@@ -278,12 +300,22 @@ class Registry:
         backend = self._backends.pop(name, None)
         if backend is not None:
             self._unindex(backend)
+            if backend.held:
+                self._collect_held()
             self._notify("removed", backend)
         return backend
 
     def set_models(self, backend: Backend, models: Iterable[ModelInfo]) -> None:
         """Replace a backend's model list (plus what its config declares); re-index on change."""
         new = {model.id: model for model in models}
+        states = backend.model_states
+        if states:
+            # The fleet inventory knows better than a listing whether a model is in memory.
+            loaded = ModelState.LOADED
+            for model_id, model in new.items():
+                state = states.get(model_id)
+                if state is not None and model.loaded is not (state is loaded):
+                    new[model_id] = dataclasses.replace(model, loaded=state is loaded)
         for declared in backend.config.models:
             base = new.get(declared.id) or ModelInfo(declared.id)
             overrides = {
@@ -299,6 +331,56 @@ class Registry:
         if backend.name in self._backends:
             self._index(backend, new)
         self._notify("models", backend)
+
+    def set_fleet_state(
+        self, backend: Backend, states: dict[str, ModelState], autoload: bool | None
+    ) -> None:
+        """Record each model's lifecycle state on ``backend`` (the fleet inventory's reading):
+        ``loaded`` follows it, and models that are loading, or unloaded where the server does
+        not load on demand, are held back from routing."""
+        changed = states != backend.model_states or autoload != backend.autoload
+        backend.model_states = dict(states)
+        backend.autoload = autoload
+        if changed:
+            self.set_models(backend, list(backend.models.values()))
+        self._rehold(backend)
+
+    def set_model_state(self, backend: Backend, model: str, state: ModelState) -> None:
+        """One model's state changed (a load or unload finished, a request loaded it)."""
+        if not backend.model_states and state is ModelState.LOADED:
+            return  # no inventory for this backend: nothing to correct
+        self.set_fleet_state(backend, {**backend.model_states, model: state}, backend.autoload)
+
+    def drain_model(self, backend: Backend, model: str) -> None:
+        """No new request for ``model`` goes to ``backend``; others, and those in flight, go on."""
+        backend.drained_models.add(model)
+        self._rehold(backend)
+
+    def resume_model(self, backend: Backend, model: str) -> None:
+        """Undo ``drain_model``."""
+        backend.drained_models.discard(model)
+        self._rehold(backend)
+
+    def _rehold(self, backend: Backend) -> None:
+        held: dict[str, str] = {}
+        no_autoload = backend.autoload is False
+        for model, state in backend.model_states.items():
+            if state in (ModelState.LOADING, ModelState.DOWNLOADING) or (
+                no_autoload and state in (ModelState.UNLOADED, ModelState.SLEEPING)
+            ):
+                held[model] = state.value
+        for model in backend.drained_models:
+            held[model] = "draining"
+        if held == backend.held:
+            return
+        backend.held = held
+        self._collect_held()
+        self._notify("models", backend)
+
+    def _collect_held(self) -> None:
+        self.held_models = frozenset(
+            model for backend in self._backends.values() for model in backend.held
+        )
 
     def serving(self, model: str) -> tuple[Backend, ...]:
         """Backends (any status) that list ``model``, in registration order."""

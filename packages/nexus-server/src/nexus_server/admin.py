@@ -1,4 +1,5 @@
-"""The admin API under ``/admin/``: backends and gateway keys of the running server.
+"""The admin API under ``/admin/``: backends, models (the fleet) and gateway keys of the
+running server.
 
 Every call passes ``admin_guard`` (``nexus_server.guards``): the admin key, or with no admin key
 configured a client on this machine. ``NexusApp`` has already refused other sites' pages
@@ -10,17 +11,18 @@ keys made here are kept as digests, their plaintext shown once.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, QueryParameter
 from pydantic import ValidationError
 
 from nexus_core.adapters import BackendStatus
 from nexus_core.auth import KeyRingError
 from nexus_core.config import BackendConfig
 from nexus_core.errors import GatewayError
+from nexus_core.fleet import Operation
 from nexus_core.gateway import Gateway, _name_from_url
 from nexus_core.registry import Backend, server_address
 from nexus_core.state import StateError
@@ -30,16 +32,21 @@ from nexus_server.schemas import (
     BackendList,
     CreatedKey,
     ErrorEnvelope,
+    FleetList,
     KeyList,
+    MigrationBody,
     ModelList,
+    ModelOperationBody,
     NewBackend,
     NewKey,
+    OperationList,
     Removed,
     Revoked,
     answer,
     checked_url,
     errors,
 )
+from nexus_server.schemas import Operation as OperationAnswer
 
 #: What any admin call can be refused with.
 REFUSALS = {
@@ -59,6 +66,31 @@ WRITE_REFUSALS = {
 }
 #: And a call naming a backend or a key.
 NOT_FOUND = {404: "No backend of that name (backend_not_found)."}
+
+
+#: And a fleet operation.
+OPERATION_REFUSALS = {
+    **WRITE_REFUSALS,
+    400: WRITE_REFUSALS[400] + " The backend cannot do it (lifecycle_not_supported), or the "
+    "load would exceed its memory headroom (insufficient_memory).",
+    404: "No backend of that name (backend_not_found), or the backend has no such model "
+    "(model_not_found).",
+    409: "Another operation on the model and backend is running (operation_in_progress).",
+}
+#: ``?wait=true``: answer when the operation has ended.
+Wait = Annotated[
+    bool,
+    QueryParameter(
+        description="Answer when the operation has ended (200) rather than at once (202)."
+    ),
+]
+
+
+async def _operation(operation: Operation, wait: bool) -> Response[OperationAnswer]:
+    """202 with the operation as it starts, or 200 with it at its end (``wait``)."""
+    if wait:
+        await operation.wait()
+    return Response(answer(OperationAnswer, operation.snapshot()), status_code=200 if wait else 202)
 
 
 def _backend_or_404(gateway: NamedDependency[Gateway], name: FromPath[str]) -> Backend:
@@ -233,6 +265,69 @@ class AdminController(Controller):
     async def list_models(self, gateway: NamedDependency[Gateway]) -> ModelList:
         """The same list as ``/v1/models`` (every model: the admin sees everything)."""
         return answer(ModelList, {"object": "list", "data": gateway.list_models()})
+
+    # -- fleet ------------------------------------------------------------------------------------
+
+    @get("/fleet", responses=errors(ErrorEnvelope, REFUSALS))
+    async def fleet(self, gateway: NamedDependency[Gateway]) -> FleetList:
+        """Every backend's models with their state and memory, as last read in the background."""
+        return answer(FleetList, {"object": "list", "data": gateway.fleet.snapshot()})
+
+    @post("/models/load", status_code=202, responses=errors(ErrorEnvelope, OPERATION_REFUSALS))
+    async def load_model(
+        self,
+        gateway: NamedDependency[Gateway],
+        data: JSONBody[ModelOperationBody],
+        wait: Wait = False,
+    ) -> Response[OperationAnswer]:
+        """Load a model on a backend: 202 with the operation (``?wait=true``: 200 at its end)."""
+        operation = gateway.operations.start("load", data.model, data.backend)
+        return await _operation(operation, wait)
+
+    @post("/models/unload", status_code=202, responses=errors(ErrorEnvelope, OPERATION_REFUSALS))
+    async def unload_model(
+        self,
+        gateway: NamedDependency[Gateway],
+        data: JSONBody[ModelOperationBody],
+        wait: Wait = False,
+    ) -> Response[OperationAnswer]:
+        """Unload a model from a backend once its requests there have finished."""
+        operation = gateway.operations.start("unload", data.model, data.backend)
+        return await _operation(operation, wait)
+
+    @post("/models/migrate", status_code=202, responses=errors(ErrorEnvelope, OPERATION_REFUSALS))
+    async def migrate_model(
+        self, gateway: NamedDependency[Gateway], data: JSONBody[MigrationBody], wait: Wait = False
+    ) -> Response[OperationAnswer]:
+        """Move a model: load on ``to``, shift new requests there, unload ``from``."""
+        operation = gateway.operations.start("migrate", data.model, data.source, target=data.target)
+        return await _operation(operation, wait)
+
+    @get("/operations", responses=errors(ErrorEnvelope, REFUSALS))
+    async def list_operations(self, gateway: NamedDependency[Gateway]) -> OperationList:
+        """Running operations and the last finished ones, newest first."""
+        data = [operation.snapshot() for operation in gateway.operations.list()]
+        return answer(OperationList, {"object": "list", "data": data})
+
+    @get(
+        "/operations/{operation_id:str}",
+        responses=errors(
+            ErrorEnvelope, {**REFUSALS, 404: "No such operation (operation_not_found)."}
+        ),
+    )
+    async def get_operation(
+        self, gateway: NamedDependency[Gateway], operation_id: FromPath[str]
+    ) -> OperationAnswer:
+        """One operation, running or among the last finished."""
+        operation = gateway.operations.get(operation_id)
+        if operation is None:
+            raise GatewayError(
+                404,
+                f"No operation '{operation_id}' (finished ones are kept up to "
+                f"fleet.operations_kept)",
+                code="operation_not_found",
+            )
+        return answer(OperationAnswer, operation.snapshot())
 
     @get("/keys", responses=errors(ErrorEnvelope, REFUSALS))
     async def list_keys(self, gateway: NamedDependency[Gateway]) -> KeyList:

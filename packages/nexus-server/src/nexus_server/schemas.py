@@ -266,6 +266,45 @@ class ShowRequest(RequestBody):
         return None
 
 
+class ModelOperationBody(RequestBody):
+    """``POST /admin/models/load`` and ``/unload``: which model, on which backend."""
+
+    noun: ClassVar[str] = "operation"
+
+    model: str = Field(min_length=1, description="The model's id on that backend.")
+    backend: str = Field(min_length=1, description="The backend's name.")
+
+
+class MigrationBody(RequestBody):
+    """``POST /admin/models/migrate``: move a model from one backend to another."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=False)
+    noun: ClassVar[str] = "migration"
+
+    model: str = Field(min_length=1, description="The model's id on both backends.")
+    source: str = Field(
+        alias="from", min_length=1, description="The backend the model leaves (unloaded)."
+    )
+    target: str = Field(
+        alias="to", min_length=1, description="The backend the model goes to (loaded)."
+    )
+
+    @classmethod
+    def refusal(cls, body: Any) -> GatewayError | None:
+        """Unknown fields named by their JSON names (``from``, ``to``)."""
+        if not isinstance(body, dict):
+            return GatewayError(400, "The body must be a JSON object")
+        known = {"model", "from", "to"}
+        unknown = sorted(set(body) - known)
+        if unknown:
+            return GatewayError(
+                400,
+                f"Unknown field(s) {', '.join(unknown)}; known: from, model, to",
+                param=unknown[0],
+            )
+        return None
+
+
 # -- admin answers ----------------------------------------------------------------------------
 
 
@@ -345,6 +384,82 @@ class Revoked(Answer):
     """``DELETE /admin/keys/{name}``."""
 
     revoked: str
+
+
+# -- fleet ------------------------------------------------------------------------------------
+
+
+class Operation(Answer):
+    """A load, unload or migration, and how far it is (``nexus_core.fleet.Operation``)."""
+
+    id: str
+    object: Literal["fleet.operation"]
+    kind: Literal["load", "unload", "migrate"]
+    model: str
+    backend: str
+    target: str | None
+    origin: Literal["admin", "prewarm"]
+    state: Literal["pending", "running", "succeeded", "failed"]
+    step: str | None
+    progress: float
+    error: str | None
+    error_code: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+
+class OperationList(Answer):
+    """``GET /admin/operations``: running ones and the last finished, newest first."""
+
+    object: Literal["list"]
+    data: list[Operation]
+
+
+class FleetLifecycle(Answer):
+    """Which lifecycle operations a backend offers now."""
+
+    available_models: bool
+    load: bool
+    unload: bool
+    autoload: bool | None
+    detail: str | None
+
+
+class FleetModel(Answer):
+    """A model a backend could serve: its state and memory as the server reports them."""
+
+    id: str
+    state: Literal["loaded", "loading", "unloaded", "sleeping", "downloading"] | None
+    size_bytes: int | None
+    memory_bytes: int | None
+    gpu_memory_bytes: int | None
+    context_length: int | None
+    detail: str | None
+    in_flight: int
+    routable: bool
+
+
+class FleetBackend(Answer):
+    """One backend's inventory (``GET /admin/fleet``)."""
+
+    name: str
+    type: str
+    status: BackendStatus
+    lifecycle: FleetLifecycle
+    memory_total_bytes: int | None
+    memory_used_bytes: int | None
+    memory_free_bytes: int | None
+    checked_at: float | None
+    error: str | None
+    models: list[FleetModel]
+
+
+class FleetList(Answer):
+    """``GET /admin/fleet``: every backend's inventory."""
+
+    object: Literal["list"]
+    data: list[FleetBackend]
 
 
 # -- model listings ---------------------------------------------------------------------------

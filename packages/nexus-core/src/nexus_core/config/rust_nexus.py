@@ -56,7 +56,9 @@ UPSTREAM_KEYS: tuple[UpstreamKey, ...] = (
     UpstreamKey("routing.policies[].max_cost_per_request", None, "use routing.budget"),
     UpstreamKey("routing.policies[].fallback_allowed", None, "fallbacks follow routing.fallbacks"),
     UpstreamKey("lifecycle", None, "there is no model lifecycle API"),
-    UpstreamKey("fleet", None, "there are no fleet recommendations"),
+    # [fleet] is a section here too (docs/fleet.md); the Rust Nexus's pre-warming keys are not.
+    UpstreamKey("fleet.enabled", None, "there is no pre-warming yet"),
+    UpstreamKey("fleet.min_sample_days", None, "there is no pre-warming yet"),
 )
 
 

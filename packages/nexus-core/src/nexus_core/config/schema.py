@@ -845,6 +845,37 @@ class TelemetryConfig(Section):
     service_name: str = Field(default="nexus", description="service.name of the spans.")
 
 
+class FleetConfig(Section):
+    """``[fleet]``: loading, unloading and moving models across backends (docs/fleet.md)."""
+
+    headroom_percent: float = Field(
+        default=20.0,
+        ge=0,
+        lt=100,
+        description="A load is refused (400) when it would leave less than this share of a "
+        "backend's memory free; only where the server reports its memory total.",
+    )
+    load_timeout_seconds: PositiveSeconds = Field(
+        default=600.0, description="How long a load may take before its operation fails."
+    )
+    unload_timeout_seconds: PositiveSeconds = Field(
+        default=120.0, description="How long an unload may take before its operation fails."
+    )
+    drain_timeout_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        description="Before an unload (and a migration's), how long the model's requests in "
+        "flight on that backend get to finish; null: server.drain_timeout_seconds.",
+        examples=[60.0],
+    )
+    operations_kept: int = Field(
+        default=100,
+        ge=1,
+        le=10000,
+        description="Finished operations kept for GET /admin/operations (the newest).",
+    )
+
+
 class NexusConfig(Section):
     """The whole configuration; every section has defaults, so an empty file is valid."""
 
@@ -895,6 +926,10 @@ class NexusConfig(Section):
     )
     telemetry: TelemetryConfig = Field(
         default_factory=TelemetryConfig, description="OpenTelemetry traces."
+    )
+    fleet: FleetConfig = Field(
+        default_factory=FleetConfig,
+        description="Loading, unloading and moving models across backends.",
     )
 
     # Set by validate_config: keys of the Rust Nexus the source used (see UPSTREAM_KEYS).

@@ -6,7 +6,7 @@ import dataclasses
 import time
 from typing import Any
 
-from nexus_core.adapters import CAPABILITIES, BackendStatus, ModelInfo
+from nexus_core.adapters import CAPABILITIES, BackendStatus, ModelInfo, ModelState
 from nexus_core.auth import ApiKey
 from nexus_core.gateway.components import GatewayComponents
 from nexus_core.registry import Backend
@@ -89,6 +89,7 @@ class Catalogue(GatewayComponents):
 
     def _now_loaded(self, backend: Backend, info: ModelInfo) -> None:
         """Mark ``info`` loaded on ``backend`` (it just answered with it) until a probe says."""
+        self.registry.set_model_state(backend, info.id, ModelState.LOADED)
         models = [
             dataclasses.replace(model, loaded=True) if model is info else model
             for model in backend.models.values()

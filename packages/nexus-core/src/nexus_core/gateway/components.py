@@ -13,6 +13,7 @@ from nexus_core.adapters import AdapterFactory, ResponseLimits, Timeouts
 from nexus_core.auth import KeyRing
 from nexus_core.config import NexusConfig, validate_config
 from nexus_core.failover import Failover
+from nexus_core.fleet import FleetInventory, Operations
 from nexus_core.health import HealthChecker
 from nexus_core.http import PROBE_DEADLINE_SECONDS, HttpClients
 from nexus_core.observability import Monitor
@@ -101,6 +102,25 @@ class GatewayComponents:
         self.keys = KeyRing(config.auth, self.accountant.store)
         #: One log line per failure burst of the state store, whoever noticed it.
         self.store_outage = self.keys.outage = self.accountant.outage
+        #: What every backend could serve and in which state (read in the background).
+        self.fleet = FleetInventory(
+            self.registry,
+            interval=config.health_check.interval_seconds,
+            timeout=max(PROBE_DEADLINE_SECONDS, config.health_check.timeout_seconds),
+        )
+        fleet = config.fleet
+        #: Loads, unloads and migrations (the admin API's; pre-warming's later).
+        self.operations = Operations(
+            self.registry,
+            self.fleet,
+            fleet,
+            drain_timeout=(
+                fleet.drain_timeout_seconds
+                if fleet.drain_timeout_seconds is not None
+                else server.drain_timeout_seconds
+            ),
+            probe=self.health.check,
+        )
         self._token_counts: set[asyncio.Task[None]] = set()
         self.started_at = time.time()
         self._started = False

@@ -41,6 +41,7 @@ class Lifecycle(BackendManagement):
         await self._start_accounting()
         self.keys.store = self.accountant.store
         await self.keys.load()
+        self.fleet.start()
         await asyncio.gather(*(self._add_static(b) for b in self.config.backends))
         await self._restore_backends()
         if self.config.server.workers > 1:
@@ -115,6 +116,8 @@ class Lifecycle(BackendManagement):
                 except Exception:
                     log.exception("discovery source %r failed to stop", name)
             self.discovery.clear()
+            await self.operations.stop()
+            await self.fleet.stop()
             await self.health.stop()
             for backend in self.registry:
                 await backend.adapter.close()

@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 from nexus_core.adapters import BackendStatus
 from nexus_core.config import MAX_ALIAS_DEPTH, RoutingConfig, Zone
-from nexus_core.errors import GatewayError, cannot_serve, model_not_found, no_backend
+from nexus_core.errors import (
+    GatewayError,
+    cannot_serve,
+    model_loading,
+    model_not_found,
+    no_backend,
+)
 from nexus_core.quality import QualityTracker
 from nexus_core.registry import Backend, Registry
 from nexus_core.routing.analysis import RequestNeeds, missing, missing_reason
@@ -29,7 +35,7 @@ from nexus_core.routing.strategies import SmartStrategy, Strategy, build_strateg
 if TYPE_CHECKING:
     from nexus_core.accounting import Accountant
 
-__all__ = ["PERMANENT_REASONS", "Route", "Router"]
+__all__ = ["COLD_LOAD", "PERMANENT_REASONS", "Route", "Router", "held_reason"]
 
 log = logging.getLogger("nexus.routing")
 
@@ -53,6 +59,56 @@ class Route:
     fallback: bool = False
     #: A ``privacy = "restricted"`` policy applied to this route.
     restricted: bool = False
+
+
+#: ``X-Nexus-Route-Reason`` of a request sent where its model is not loaded: the server loads it
+#: first (every candidate where it is loaded was ordered before).
+COLD_LOAD = "cold-load"
+#: Seconds a client is told to wait for a model being loaded (``Retry-After``).
+LOADING_RETRY_SECONDS = 5
+#: What ``Backend.held`` says, as an exclusion: reason code, message, fix, and whether it passes.
+_HELD = {
+    "loading": (
+        "model_loading",
+        "the model is being loaded there",
+        "wait for the load to finish",
+    ),
+    "downloading": (
+        "model_loading",
+        "the model is being downloaded there",
+        "wait for the download and the load to finish",
+    ),
+    "draining": (
+        "model_draining",
+        "the model is being drained there (an unload or a migration)",
+        "wait for the operation to end (GET /admin/operations)",
+    ),
+    "unloaded": (
+        "model_unloaded",
+        "the model is not loaded there and the server does not load it on demand",
+        "load it: POST /admin/models/load or nexus models load",
+    ),
+    "sleeping": (
+        "model_unloaded",
+        "the model is asleep there and the server does not wake it on demand",
+        "wake it: POST /admin/models/load or nexus models load",
+    ),
+}
+
+
+def held_reason(backend: Backend, model: str, held: str) -> dict[str, Any]:
+    """The exclusion of a backend that holds ``model`` back (``Backend.held``)."""
+    code, message, fix = _HELD.get(held, ("model_unloaded", held, "load the model there"))
+    reason: dict[str, Any] = {
+        "backend": backend.name,
+        "model": model,
+        "reason": code,
+        "message": message,
+        "fix": fix,
+    }
+    if code != "model_unloaded":
+        reason["retry_after"] = LOADING_RETRY_SECONDS
+    return reason
 
 
 def _demotion(backend: Backend, model: str) -> int:
@@ -173,6 +229,10 @@ class Router:
         if reasons is None and constraint is None and not blocks_cloud:
             # The hot path: comprehensions, no per-backend branches beyond what the request needs.
             found = [b for b in serving if b.status is healthy]
+            if model in self.registry.held_models:
+                # Loading, drained or not loadable on demand somewhere (set by the fleet, not
+                # per request): only then is each backend's ``held`` looked at.
+                found = [b for b in found if model not in b.held]
             if (
                 needs.estimated_tokens
                 or needs.vision
@@ -236,6 +296,11 @@ class Router:
                             "retry_after": math.ceil(self.health_interval),
                         }
                     )
+                continue
+            held = backend.held.get(model)
+            if held is not None:
+                if reasons is not None:
+                    reasons.append(held_reason(backend, model, held))
                 continue
             info = backend.models.get(model)
             lacks = () if info is None else missing(info, needs)
@@ -322,6 +387,10 @@ class Router:
             restricted = base is not None and base.restricted_by is not None
             for index, backend in enumerate(ordered[:limit]):
                 reason = first_reason if index == 0 else "failover"
+                if index == 0:
+                    info = backend.models.get(model)
+                    if info is not None and info.loaded is False:
+                        reason = COLD_LOAD  # every warm candidate went before it: none is left
                 routes.append(Route(backend, model, reason, restricted=restricted))
         for fallback in self._fallbacks.get(model, ()):
             fallback_model = self.resolve(fallback)
@@ -431,6 +500,8 @@ class Router:
             return cannot_serve(
                 requested, reasons, tokens=needs.estimated_tokens, prompt=needs.prompt_param
             )
+        if reasons and all(r["reason"] == "model_loading" for r in reasons):
+            return model_loading(requested, reasons)
         return no_backend(requested, reasons)
 
 

@@ -13,6 +13,11 @@ Each test runs the adapter against a fresh fake server on 127.0.0.1: health and 
 chat (whole and streamed), error classification (5xx, 429, 4xx, connection refused), prompt
 cancellation of a stream, and detection of its own server type. Override ``make_fake`` or
 ``backend_config`` when the server needs more (an API key, another model list).
+
+An adapter with model lifecycle operations (``nexus_core.adapters.ModelLifecycle``) also
+passes ``LifecycleContract``: its fake starts with ``models`` out of memory; the tests list
+them, load one (and wait until it serves), load it again (no second load request), unload it,
+ask for an unknown model, time a slow load out, and meet a failing and a dead server.
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ from nexus_core.adapters import (
     BackendStatus,
     Endpoint,
     ErrorKind,
+    LifecycleError,
+    LifecycleFailure,
+    ModelLifecycle,
+    ModelState,
     Timeouts,
 )
 from nexus_core.config import BackendConfig
@@ -209,3 +218,157 @@ class AdapterContract:
     ) -> None:
         """``detect`` recognises the server type it is written for."""
         assert await self.adapter_class.detect(fake.url, clients, api_key=self.api_key)
+
+
+class LifecycleContract:
+    """Subclass, set ``adapter_class`` and write ``make_fake`` (a fake whose ``models`` are all
+    out of memory) and ``slow_loads`` (make the fake's loads take that long)."""
+
+    pytestmark = pytest.mark.anyio
+
+    adapter_class: ClassVar[Any]
+    #: The models the fake can serve; the tests load and unload the first.
+    models: ClassVar[tuple[str, ...]] = ("alpha", "beta")
+    #: The state of a model out of memory on this server (vLLM's: ``sleeping``).
+    unloaded_state: ClassVar[ModelState] = ModelState.UNLOADED
+
+    # -- hooks ---------------------------------------------------------------------------------
+
+    def make_fake(self) -> FakeBackend:
+        """The fake server, every one of ``models`` out of memory."""
+        raise NotImplementedError
+
+    def slow_loads(self, fake: FakeBackend, seconds: float) -> None:
+        """Make every load on ``fake`` take ``seconds``."""
+        raise NotImplementedError
+
+    def backend_config(self, url: str) -> BackendConfig:
+        """The config the adapter is built from."""
+        return BackendConfig(name="lifecycle", url=url, type=self.adapter_class.type_name)
+
+    # -- fixtures ------------------------------------------------------------------------------
+
+    @pytest.fixture
+    def anyio_backend(self) -> str:
+        """aiohttp, the hot-path client, runs on asyncio."""
+        return "asyncio"
+
+    @pytest.fixture
+    async def fake(self, anyio_backend: str) -> AsyncIterator[FakeBackend]:
+        """A running fake server."""
+        async with self.make_fake() as server:
+            yield server
+
+    @pytest.fixture
+    async def clients(self, anyio_backend: str) -> AsyncIterator[HttpClients]:
+        """The HTTP clients adapters share."""
+        shared = HttpClients()
+        yield shared
+        await shared.aclose()
+
+    @pytest.fixture
+    async def lifecycle(
+        self, fake: FakeBackend, clients: HttpClients
+    ) -> AsyncIterator[ModelLifecycle]:
+        """The adapter under test, pointed at the fake, as a ``ModelLifecycle``."""
+        adapter: BackendAdapter = self.adapter_class(self.backend_config(fake.url), clients)
+        assert isinstance(adapter, ModelLifecycle)
+        yield adapter
+        await adapter.close()
+
+    def load_requests(self, fake: FakeBackend) -> int:
+        """How many POSTs the fake received on its lifecycle paths."""
+        return sum(r.method == "POST" and r.path in fake.lifecycle_paths for r in fake.requests)
+
+    # -- the contract --------------------------------------------------------------------------
+
+    async def test_lifecycle_support_says_load_and_unload(self, lifecycle: ModelLifecycle) -> None:
+        """The server offers the listing, loads and unloads."""
+        support = await lifecycle.lifecycle_support()
+        assert (support.available_models, support.load, support.unload) == (True, True, True)
+
+    async def test_lifecycle_lists_every_model_out_of_memory(
+        self, lifecycle: ModelLifecycle
+    ) -> None:
+        """Every model the server could serve is listed, none of them loaded."""
+        inventory = await lifecycle.available_models()
+        assert sorted(entry.id for entry in inventory.models) == sorted(self.models)
+        assert {entry.state for entry in inventory.models} == {self.unloaded_state}
+
+    async def test_lifecycle_load_returns_when_the_model_serves(
+        self, lifecycle: ModelLifecycle, fake: FakeBackend
+    ) -> None:
+        """``load_model`` returns the loaded entry, the listing agrees, a chat is served."""
+        self.slow_loads(fake, 0.2)
+        model = self.models[0]
+        entry = await lifecycle.load_model(model, timeout=10)
+        assert (entry.id, entry.state) == (model, ModelState.LOADED)
+        assert (await lifecycle.available_models()).in_state(ModelState.LOADED) == (model,)
+        body = json.dumps(
+            {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+        ).encode()
+        assert isinstance(lifecycle, BackendAdapter)
+        response = await lifecycle.send(Endpoint.CHAT, body, stream=False, timeouts=FAST)
+        assert response.status == 200
+
+    async def test_lifecycle_loading_a_loaded_model_changes_nothing(
+        self, lifecycle: ModelLifecycle, fake: FakeBackend
+    ) -> None:
+        """A second load of a loaded model returns it without asking the server to load."""
+        await lifecycle.load_model(self.models[0], timeout=10)
+        sent = self.load_requests(fake)
+        entry = await lifecycle.load_model(self.models[0], timeout=10)
+        assert entry.state is ModelState.LOADED
+        assert self.load_requests(fake) == sent
+
+    async def test_lifecycle_unload_returns_when_the_model_is_out(
+        self, lifecycle: ModelLifecycle
+    ) -> None:
+        """After ``unload_model`` the model is listed out of memory; again, nothing changes."""
+        model = self.models[0]
+        await lifecycle.load_model(model, timeout=10)
+        await lifecycle.unload_model(model, timeout=10)
+        entry = (await lifecycle.available_models()).get(model)
+        assert entry is not None
+        assert entry.state is self.unloaded_state
+        await lifecycle.unload_model(model, timeout=10)
+
+    @pytest.mark.parametrize("operation", ["load", "unload"])
+    async def test_lifecycle_unknown_model(self, lifecycle: ModelLifecycle, operation: str) -> None:
+        """A model the server cannot serve is an ``unknown_model`` ``LifecycleError``."""
+        call = lifecycle.load_model if operation == "load" else lifecycle.unload_model
+        with pytest.raises(LifecycleError) as info:
+            await call("no-such-model", timeout=10)
+        assert info.value.reason is LifecycleFailure.UNKNOWN_MODEL
+        assert "no-such-model" in info.value.message
+
+    async def test_lifecycle_load_times_out(
+        self, lifecycle: ModelLifecycle, fake: FakeBackend
+    ) -> None:
+        """A load slower than the timeout is a ``timeout`` ``BackendError``."""
+        self.slow_loads(fake, 5.0)
+        with pytest.raises(BackendError) as info:
+            await lifecycle.load_model(self.models[0], timeout=0.3)
+        assert info.value.kind is ErrorKind.TIMEOUT
+
+    async def test_lifecycle_server_error_is_raised(
+        self, lifecycle: ModelLifecycle, fake: FakeBackend
+    ) -> None:
+        """A 500 from the lifecycle API is an ``upstream_5xx`` ``BackendError``."""
+        fake.push(Behaviour(status=500, lifecycle=True, times=10))
+        with pytest.raises(BackendError) as info:
+            await lifecycle.load_model(self.models[0], timeout=10)
+        assert info.value.kind is ErrorKind.SERVER_ERROR
+        assert info.value.status == 500
+
+    async def test_lifecycle_dead_server(
+        self, lifecycle: ModelLifecycle, fake: FakeBackend
+    ) -> None:
+        """A dead server: the listing and a load raise ``connect_error``;
+        ``lifecycle_support`` does not raise."""
+        await fake.stop()
+        for call in (lifecycle.available_models(), lifecycle.load_model(self.models[0])):
+            with pytest.raises(BackendError) as info:
+                await call
+            assert info.value.kind is ErrorKind.CONNECT
+        await lifecycle.lifecycle_support()

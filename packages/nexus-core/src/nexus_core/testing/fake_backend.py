@@ -85,6 +85,9 @@ class Behaviour:
     times: int | None = None
     #: Also apply to ``GET /health`` and ``GET /v1/models``.
     probes: bool = False
+    #: Also apply to the server's model lifecycle endpoints (its fake's ``lifecycle_paths``:
+    #: load, unload, the lists of what it could serve), and only to them unless ``probes``.
+    lifecycle: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,8 @@ class FakeBackend:
     inference_paths: Mapping[str, str] = _INFERENCE_PATHS
     #: Paths answered without the API key; the others get ``error_body(401)`` without it.
     public_paths: frozenset[str] = frozenset({"/health"})
+    #: Paths of the server's model lifecycle API, which ``Behaviour(lifecycle=True)`` applies to.
+    lifecycle_paths: frozenset[str] = frozenset()
 
     def __init__(
         self,
@@ -345,7 +350,9 @@ class FakeBackend:
         with self._lock:
             self.requests.append(record)
         kind = self.inference_paths.get(path) if request.method == "POST" else None
-        behaviour = self._next_behaviour(inference=kind is not None)
+        behaviour = self._next_behaviour(
+            inference=kind is not None, lifecycle=path in self.lifecycle_paths
+        )
         exchange = _Exchange()
         task = asyncio.current_task()
         if task is not None:
@@ -368,16 +375,16 @@ class FakeBackend:
             if task is not None:
                 self._handlers.discard(task)
 
-    def _next_behaviour(self, *, inference: bool) -> Behaviour:
+    def _next_behaviour(self, *, inference: bool, lifecycle: bool = False) -> Behaviour:
         with self._lock:
             if self._queue:
                 head = self._queue[0]
-                if inference or head.behaviour.probes:
+                if _applies(head.behaviour, inference=inference, lifecycle=lifecycle):
                     head.left -= 1
                     if head.left <= 0:
                         self._queue.popleft()
                     return head.behaviour
-            if inference or self._default.probes:
+            if _applies(self._default, inference=inference, lifecycle=lifecycle):
                 return self._default
             return _CORRECT
 
@@ -636,6 +643,16 @@ class FakeBackend:
 
 
 _CORRECT = Behaviour()
+
+
+def _applies(behaviour: Behaviour, *, inference: bool, lifecycle: bool) -> bool:
+    """Whether ``behaviour`` is for this request: inference (unless it is for the lifecycle
+    endpoints), a lifecycle endpoint when it says so, anything else with ``probes``."""
+    if lifecycle and behaviour.lifecycle:
+        return True
+    if inference:
+        return not behaviour.lifecycle
+    return behaviour.probes
 
 
 def _json(value: Any, status: int, headers: Mapping[str, str] | None = None) -> web.Response:

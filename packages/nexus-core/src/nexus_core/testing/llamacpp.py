@@ -31,6 +31,17 @@ What it serves (``reference/backend-apis.md`` §2.3, observed on a real server):
   is 400 ``model '...' not found``; ``/props`` without ``?model=`` describes the router
   (``"role":"router"``), ``/slots`` and ``/metrics`` need ``?model=``; ``?autoload=false``
   never starts a model; ``POST /models/load`` and ``/models/unload``.
+- The router's lifecycle, as a real one (build 11434) answers it: ``POST /models/load`` answers
+  ``{"success":true}`` at once, the model is ``loading`` from that moment (the least recently
+  used one beyond ``models_max`` is ``unloaded`` at the same moment) and ``loaded``
+  ``load_seconds`` later; a model already running is 400 "model is already running", an
+  unknown one 404 ``not_found_error``. ``POST /models/unload`` answers at once and the model
+  stays ``loaded`` for ``unload_seconds``; a model not running is 400 "model is not running",
+  an unknown one 400 "model is not found". A model in ``crash_on_load`` fails every load: it
+  goes back to ``unloaded`` with ``status.failed`` and ``exit_code`` 1, and a request that
+  autoloaded it gets 503 ``unavailable_error`` (what a real router answers then is not
+  recorded). ``Behaviour(lifecycle=True)`` applies to ``/models``, ``/models/load`` and
+  ``/models/unload`` only.
 """
 
 from __future__ import annotations
@@ -166,6 +177,7 @@ class FakeLlamaCpp(FakeBackend):
         "/v1/embeddings": "embeddings",
     }
     public_paths = frozenset({"/health", "/v1/health"})
+    lifecycle_paths = frozenset({"/models", "/models/load", "/models/unload"})
 
     def __init__(
         self,
@@ -189,6 +201,7 @@ class FakeLlamaCpp(FakeBackend):
         models_autoload: bool = True,
         models_max: int = 4,
         load_seconds: float = 0.05,
+        unload_seconds: float = 0.0,
     ) -> None:
         super().__init__(
             name,
@@ -212,6 +225,10 @@ class FakeLlamaCpp(FakeBackend):
         self.models_autoload = models_autoload
         self.models_max = models_max
         self.load_seconds = load_seconds
+        #: Router mode: seconds an unloaded model stays ``loaded`` after ``/models/unload``.
+        self.unload_seconds = unload_seconds
+        #: Router mode: models whose child server crashes at every load.
+        self.crash_on_load: set[str] = set()
         #: Router mode: each model's ``status.value``.
         names = [entry if isinstance(entry, str) else str(entry.get("id")) for entry in models]
         self.states: dict[str, str] = {
@@ -225,6 +242,7 @@ class FakeLlamaCpp(FakeBackend):
         self._tasks_served: dict[str, int] = dict.fromkeys(self.states, 0)
         self._used: dict[str, float] = {}
         self._loading: dict[str, asyncio.Task[None]] = {}
+        self._unloading: set[asyncio.Task[None]] = set()
 
     @property
     def alias(self) -> str:
@@ -419,30 +437,42 @@ class FakeLlamaCpp(FakeBackend):
             if self.states[model] in ("loading", "sleeping"):
                 return None
             return self._error("model is not loaded", "invalid_request_error")
-        await self._load(model)
+        await asyncio.shield(self._loading.get(model) or self._start_load(model))
+        if self.states[model] != "loaded":
+            return self._error("model failed to load", "unavailable_error")
         return None
 
-    async def _load(self, model: str) -> None:
-        task = self._loading.get(model)
-        if task is None:
-            task = asyncio.ensure_future(self._do_load(model))
-            self._loading[model] = task
-        await asyncio.shield(task)
+    def _start_load(self, model: str) -> asyncio.Task[None]:
+        """Evict the least recently used beyond ``models_max``, mark ``model`` loading (both at
+        once, as the real router does) and finish the load in the background."""
+        running = [m for m, state in self.states.items() if state != "unloaded" and m != model]
+        while len(running) >= self.models_max:
+            oldest = min(running, key=lambda m: self._used.get(m, 0.0))
+            self.states[oldest] = "unloaded"
+            running.remove(oldest)
+        self.states[model] = "loading"
+        self.failed.discard(model)
+        task = asyncio.ensure_future(self._finish_load(model))
+        self._loading[model] = task
+        return task
 
-    async def _do_load(self, model: str) -> None:
+    async def _finish_load(self, model: str) -> None:
         try:
-            running = [m for m, state in self.states.items() if state != "unloaded" and m != model]
-            while len(running) >= self.models_max:
-                oldest = min(running, key=lambda m: self._used.get(m, 0.0))
-                self.states[oldest] = "unloaded"
-                running.remove(oldest)
-            self.states[model] = "loading"
-            self.failed.discard(model)
             await asyncio.sleep(self.load_seconds)
+            if self.states[model] != "loading":
+                return  # unloaded meanwhile
+            if model in self.crash_on_load:
+                self.states[model] = "unloaded"
+                self.failed.add(model)
+                return
             self.states[model] = "loaded"
             self._used[model] = time.monotonic()
         finally:
             self._loading.pop(model, None)
+
+    async def _finish_unload(self, model: str) -> None:
+        await asyncio.sleep(self.unload_seconds)
+        self.states[model] = "unloaded"
 
     async def _load_or_unload(self, body: bytes, *, unload: bool) -> web.Response:
         try:
@@ -457,11 +487,16 @@ class FakeLlamaCpp(FakeBackend):
         if unload:
             if not running:
                 return self._error("model is not running", "invalid_request_error")
-            self.states[model] = "unloaded"
+            if self.unload_seconds:
+                task = asyncio.ensure_future(self._finish_unload(model))
+                self._unloading.add(task)
+                task.add_done_callback(self._unloading.discard)
+            else:
+                self.states[model] = "unloaded"
         else:
             if running:
                 return self._error("model is already running", "invalid_request_error")
-            self._loading[model] = asyncio.ensure_future(self._do_load(model))
+            self._start_load(model)
         return _json({"success": True}, 200)
 
     def error_body(self, status: int) -> dict[str, Any]:

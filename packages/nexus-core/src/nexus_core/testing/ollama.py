@@ -6,13 +6,22 @@ says ``Ollama is running``; ``/api/version``, ``/api/tags`` (with ``capabilities
 (``capabilities``, ``model_info["<arch>.context_length"]``), ``/api/ps`` (loaded models, runtime
 context), ``/api/embed`` (batched) and the legacy ``/api/embeddings``. Native errors are
 ``{"error": "text"}``; ``/v1`` errors are Ollama's OpenAI envelope (``type`` from the status,
-``param`` and ``code`` null). ``/api/chat`` and ``/api/generate`` are not served.
+``param`` and ``code`` null). ``/api/chat`` is not served, and ``/api/generate`` only as Ollama's
+API docs use it to load and unload a model: ``{"model": m}`` with no prompt loads it (answered
+``{"model", "created_at", "response": "", "done": true}`` once loaded, after ``load_seconds``),
+``"keep_alive": 0`` unloads it (``"done_reason": "unload"``, at once; the model leaves
+``/api/ps`` ``unload_seconds`` later); an unknown model is 404 ``model 'x' not found``; a model in
+``fail_loads`` fails every load with Ollama's 500 ``model requires more system memory ...``.
+A request for a model not in memory loads it too (``load_seconds``); beyond ``max_loaded``
+models (``OLLAMA_MAX_LOADED_MODELS``) the least recently used leaves memory.
+``Behaviour(lifecycle=True)`` applies to ``/api/tags``, ``/api/ps`` and ``/api/generate``.
 
 Models are names, or mappings with an ``id`` and any of ``capabilities`` (list, default
 ``["completion"]``; None leaves it out like servers before 0.6.4), ``context_length`` (training
 context, default 8192), ``architecture`` (default ``llama``), ``loaded`` (in ``/api/ps`` from
 the start), ``runtime_context_length`` (default 4096), ``digest``, ``modified_at``,
-``embedding_length``. Like Ollama, a model is loaded by the first request that uses it.
+``embedding_length``, ``size`` (bytes on disk and, loaded, in memory), ``size_vram`` (of which in
+GPU memory; default all of it). Like Ollama, a model is loaded by the first request that uses it.
 
     with FakeOllama("o", [{"id": "nomic-embed-text:latest", "capabilities": ["embedding"]}]
                     ).running() as fake:
@@ -57,6 +66,7 @@ class FakeOllama(FakeBackend):
     """A fake Ollama server on ``127.0.0.1``: native API plus the ``/v1`` compatibility layer."""
 
     inference_paths = _INFERENCE_PATHS
+    lifecycle_paths = frozenset({"/api/tags", "/api/ps", "/api/generate"})
 
     def __init__(
         self,
@@ -65,6 +75,9 @@ class FakeOllama(FakeBackend):
         *,
         version: str | None = "0.33.0",
         legacy_tags: bool = False,
+        load_seconds: float = 0.0,
+        unload_seconds: float = 0.0,
+        max_loaded: int | None = None,
         behaviour: Behaviour | None = None,
         embeddings_dim: int = 8,
         api_key: str | None = None,
@@ -97,6 +110,15 @@ class FakeOllama(FakeBackend):
                 if card is not None:
                     self.loaded[card["id"]] = card["runtime_context_length"]
         self._loaded_lock = threading.Lock()
+        #: Seconds a load takes (``/api/generate`` without a prompt, or a request's own load).
+        self.load_seconds = load_seconds
+        #: Seconds an unloaded model stays in ``/api/ps`` after ``keep_alive: 0``.
+        self.unload_seconds = unload_seconds
+        #: Models in memory at most (``OLLAMA_MAX_LOADED_MODELS``); None: no limit.
+        self.max_loaded = max_loaded
+        #: Models whose every load fails (not enough memory).
+        self.fail_loads: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- steering --------------------------------------------------------------------------------
 
@@ -159,6 +181,8 @@ class FakeOllama(FakeBackend):
             return self._ok(behaviour, {"models": self._ps()}, extra=False)
         if method == "POST" and path == "/api/show":
             return await self._show(behaviour, body)
+        if method == "POST" and path == "/api/generate":
+            return await self._generate_native(behaviour, body)
         if method == "GET" and path == "/v1/models":
             cards = [self._openai_card(card) for card in self._cards()]
             return self._ok(behaviour, {"object": "list", "data": cards}, extra=False)
@@ -170,9 +194,9 @@ class FakeOllama(FakeBackend):
             return self._ok(behaviour, self._openai_card(card), extra=False)
         if kind is None:
             return None
-        return self._inference(behaviour, path, body, kind)
+        return await self._inference(behaviour, path, body, kind)
 
-    def _inference(
+    async def _inference(
         self, behaviour: Behaviour, path: str, body: bytes, kind: str
     ) -> web.StreamResponse | None:
         native = path.startswith("/api/")
@@ -190,8 +214,8 @@ class FakeOllama(FakeBackend):
             return None  # no model at all: the OpenAI layer's own 400
         if self.busy:
             return _error(native, 503, BUSY_MESSAGE)
-        with self._loaded_lock:
-            self.loaded.setdefault(card["id"], card["runtime_context_length"])
+        if not await self._load(card):
+            return _error(native, 500, self._memory_error(card))
         if path == "/api/embed":
             return self._embed(behaviour, payload, card)
         if path == "/api/embeddings":
@@ -233,6 +257,71 @@ class FakeOllama(FakeBackend):
             "prompt_eval_count": sum(max(1, shapes.count_tokens(text)) for text in inputs),
         }
         return self._ok(behaviour, answer, extra=True)
+
+    async def _generate_native(self, behaviour: Behaviour, body: bytes) -> web.Response:
+        """``/api/generate`` without a prompt: load, or with ``keep_alive: 0`` unload."""
+        payload = _loads(body)
+        if not isinstance(payload, dict):
+            return _error(True, 400, "missing request body" if not body else "invalid JSON body")
+        model = payload.get("model")
+        if not isinstance(model, str) or not model:
+            return _error(True, 400, "model is required")
+        card = self._card(model)
+        if card is None:
+            return _error(True, 404, f"model '{model}' not found")
+        if payload.get("prompt") or payload.get("images"):
+            return _error(True, 501, "the fake Ollama generates nothing on /api/generate")
+        answer: dict[str, Any] = {
+            "model": model,
+            "created_at": datetime.now(UTC).isoformat(),
+            "response": "",
+            "done": True,
+        }
+        if payload.get("keep_alive") in (0, "0", "0s"):
+            self._unload(model)
+            return self._ok(behaviour, {**answer, "done_reason": "unload"}, extra=False)
+        if not await self._load(card):
+            return _error(True, 500, self._memory_error(card))
+        return self._ok(behaviour, answer, extra=False)
+
+    async def _load(self, card: Mapping[str, Any]) -> bool:
+        """Bring a model into memory (after ``load_seconds`` when it was not), evicting the
+        least recently used beyond ``max_loaded``; False when the load fails."""
+        model = card["id"]
+        with self._loaded_lock:
+            loaded = model in self.loaded
+        if not loaded:
+            if self.load_seconds:
+                await asyncio.sleep(self.load_seconds)
+            if model in self.fail_loads:
+                return False
+        with self._loaded_lock:
+            self.loaded[model] = self.loaded.pop(model, card["runtime_context_length"])
+            while self.max_loaded is not None and len(self.loaded) > self.max_loaded:
+                del self.loaded[next(iter(self.loaded))]
+        return True
+
+    def _unload(self, model: str) -> None:
+        def drop() -> None:
+            with self._loaded_lock:
+                self.loaded.pop(model, None)
+
+        if not self.unload_seconds:
+            drop()
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(self.unload_seconds)
+            drop()
+
+        task = asyncio.ensure_future(later())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    @staticmethod
+    def _memory_error(card: Mapping[str, Any]) -> str:
+        need = card["size"] / 2**30
+        return f"model requires more system memory ({need:.1f} GiB) than is available (0.5 GiB)"
 
     async def _show(self, behaviour: Behaviour, body: bytes) -> web.Response:
         payload = _loads(body)
@@ -294,6 +383,7 @@ class FakeOllama(FakeBackend):
                     "modified_at": _as_datetime(fields.get("modified_at", _DEFAULT_MODIFIED)),
                     "embedding_length": fields.get("embedding_length"),
                     "size": int(fields.get("size", 2_019_393_189)),
+                    "size_vram": fields.get("size_vram"),
                 }
             )
         return cards
@@ -355,7 +445,7 @@ class FakeOllama(FakeBackend):
                     "digest": card["digest"],
                     "details": self._details(card, rich=False),
                     "expires_at": expires,
-                    "size_vram": card["size"],
+                    "size_vram": card["size"] if card["size_vram"] is None else card["size_vram"],
                     "context_length": loaded[card["id"]],
                 }
             )

@@ -17,6 +17,14 @@ What it serves, as vLLM does (``reference/backend-apis.md`` §2.2):
   with ``api_key``, ``/v1/...`` without the key is 401 ``{"error": "Unauthorized"}`` while
   ``/health``, ``/metrics``, ``/version``, ``/load`` and ``/ping`` stay public.
 
+Sleep mode (``dev_mode=True``: a server started with ``VLLM_SERVER_DEV_MODE=1`` and
+``--enable-sleep-mode``), as vLLM's ``sleep_mode`` docs and its dev router describe it:
+``POST /sleep?level=1`` and ``POST /wake_up`` answer 200 with an empty body once done
+(``sleep_seconds``, ``wake_seconds``), ``GET /is_sleeping`` ``{"is_sleeping": bool}``. While
+asleep, inference answers 503 ``ServiceUnavailableError`` (what vLLM's docs say of a sleeping
+model). Without ``dev_mode`` those paths are 404 ``{"detail": "Not Found"}``, FastAPI's. A
+``Behaviour(lifecycle=True)`` applies to those three paths only.
+
 vLLM refuses connections while it loads a model (the port is bound but not listening): a test
 models that by pointing an adapter at a ``FakeVLLM(port=free_port())`` that is not started yet.
 """
@@ -54,6 +62,7 @@ class FakeVLLM(FakeBackend):
     """A vLLM server on ``127.0.0.1``: OpenAI wire plus vLLM's health, models and metrics."""
 
     public_paths = frozenset({"/health", "/ping", "/load", "/version", "/metrics"})
+    lifecycle_paths = frozenset({"/sleep", "/wake_up", "/is_sleeping"})
 
     def __init__(
         self,
@@ -70,6 +79,10 @@ class FakeVLLM(FakeBackend):
         engines: int = 1,
         kv_cache_metric: str = KV_CACHE_METRIC,
         version: str = "0.33.0",
+        dev_mode: bool = False,
+        sleeping: bool = False,
+        sleep_seconds: float = 0.0,
+        wake_seconds: float = 0.0,
     ) -> None:
         super().__init__(
             name,
@@ -88,6 +101,15 @@ class FakeVLLM(FakeBackend):
         self.version = version
         #: While True, ``/health`` answers 503 (vLLM's ``EngineDeadError``).
         self.engine_dead = False
+        #: Serve ``/sleep``, ``/wake_up`` and ``/is_sleeping`` (``VLLM_SERVER_DEV_MODE=1``).
+        self.dev_mode = dev_mode
+        #: Whether the engine is asleep (its models out of GPU memory).
+        self.sleeping = sleeping
+        #: The level of the last ``/sleep``.
+        self.sleep_level: int | None = 1 if sleeping else None
+        #: Seconds ``/sleep`` and ``/wake_up`` take.
+        self.sleep_seconds = sleep_seconds
+        self.wake_seconds = wake_seconds
         #: Generation requests being answered right now.
         self.in_flight = 0
         self._load_override: tuple[int | None, int | None, float | None] | None = None
@@ -134,6 +156,8 @@ class FakeVLLM(FakeBackend):
         path, method = request.path, request.method
         if kind is not None:
             return self._check_request(body, kind)
+        if path in self.lifecycle_paths:
+            return await self._sleep_mode(request, path)
         if method != "GET" and path != "/ping":
             return None
         if path == "/health":
@@ -152,6 +176,25 @@ class FakeVLLM(FakeBackend):
             return self._ok(behaviour, {"object": "list", "data": self.model_cards()}, extra=False)
         return _json(self._error("Not Found", 404, "Not Found"), 404)
 
+    async def _sleep_mode(self, request: web.Request, path: str) -> web.Response:
+        wanted = "GET" if path == "/is_sleeping" else "POST"
+        if not self.dev_mode:
+            return _json({"detail": "Not Found"}, 404)
+        if request.method != wanted:
+            return _json({"detail": "Method Not Allowed"}, 405)
+        if path == "/is_sleeping":
+            return _json({"is_sleeping": self.sleeping}, 200)
+        if path == "/sleep":
+            level = request.query.get("level", "1")
+            if not level.isdigit():
+                return _json({"detail": "invalid level"}, 422)
+            await asyncio.sleep(self.sleep_seconds)
+            self.sleeping, self.sleep_level = True, int(level)
+        else:
+            await asyncio.sleep(self.wake_seconds)
+            self.sleeping = False
+        return web.Response(status=200)
+
     def _check_request(self, body: bytes, kind: str) -> web.Response | None:
         try:
             payload = json.loads(body)
@@ -163,6 +206,8 @@ class FakeVLLM(FakeBackend):
         if isinstance(model, str) and model not in self._model_ids():
             error = self._error(f"The model `{model}` does not exist.", 404, param="model")
             return _json(error, 404)
+        if self.sleeping:
+            return _json(self._error("The model is sleeping.", 503), 503)
         if kind != "embeddings":
             return self._check_context(payload, kind)
         return None
