@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from nexus_core.testing import FakeBackend
+from nexus_core.testing import FakeBackend, FakeLlamaCpp
 from nexus_server.testing import RunningServer, running_server
 from tests.conftest import gateway_config
 
@@ -205,4 +206,104 @@ def test_a_reader_without_javascript_still_reads_and_the_page_reloads(
     # Not signed in: no controls to see, and the page of forms asks to sign in.
     expect(card(page, "alpha").get_by_role("button", name="Drain alpha")).to_be_hidden()
     assert httpx.get(keyed.url + "/dashboard/manage").status_code == 401
+    context.close()
+
+
+# -- models: load, unload, migrate -------------------------------------------------------------
+
+
+@pytest.fixture
+def llama_servers() -> Iterator[RunningServer]:
+    """Two llama-servers in router mode (fakes): ``m`` loaded on ``a``, available on ``b``."""
+    first = FakeLlamaCpp("a", ["m", "n"], router=True, loaded=["m"], load_seconds=0.3)
+    second = FakeLlamaCpp("b", ["m"], router=True, load_seconds=0.3)
+    with first.running(), second.running():
+        config = gateway_config(
+            {"name": "a", "url": first.url, "type": "llamacpp"},
+            {"name": "b", "url": second.url, "type": "llamacpp"},
+        )
+        with running_server(config) as running:
+            wait_until(lambda: state(running, "b", "m") == "unloaded")
+            yield running
+
+
+def wait_until(condition: Any, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def state(server: RunningServer, backend: str, model: str) -> str | None:
+    """A model's state on a backend, as the admin API's fleet view says (None: not listed)."""
+    with admin(server) as api:
+        for entry in api.get("/admin/fleet").json()["data"]:
+            if entry["name"] == backend:
+                return next((m["state"] for m in entry["models"] if m["id"] == model), None)
+    return None
+
+
+def operations(server: RunningServer) -> list[dict[str, Any]]:
+    with admin(server) as api:
+        return list(api.get("/admin/operations").json()["data"])
+
+
+def test_a_model_is_migrated_between_two_servers_by_clicks(
+    browser: Any, llama_servers: RunningServer
+) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(llama_servers.url + "/")
+    matrix = page.locator("#matrix")
+    expect(matrix.get_by_role("button", name="Unload m on a")).to_be_visible()
+    expect(matrix.get_by_role("button", name="Load m on b")).to_be_visible()
+
+    form = page.locator("form#migrate")
+    form.get_by_label("Model").fill("m")
+    form.get_by_label("From").select_option("a")
+    form.get_by_label("To").select_option("b")
+    form.get_by_role("button", name="Migrate").click()
+    expect(page.locator(".notice")).to_contain_text("Migrating m from a to b")
+
+    # The operations panel follows it live, to its end.
+    row = page.locator("#operations tr[data-operation]").first
+    expect(row).to_contain_text("migrate")
+    expect(row).to_contain_text("a → b")
+    expect(row).to_contain_text("succeeded", timeout=20_000)
+    # Checked through the admin API: the operation, and where the model is now.
+    (done,) = operations(llama_servers)
+    assert (done["kind"], done["model"], done["backend"], done["target"]) == (
+        "migrate",
+        "m",
+        "a",
+        "b",
+    )
+    assert done["state"] == "succeeded"
+    assert done["origin"] == "admin"
+    wait_until(lambda: state(llama_servers, "b", "m") == "loaded")
+    wait_until(lambda: state(llama_servers, "a", "m") == "unloaded")
+    # And the matrix shows it without a reload.
+    expect(matrix.get_by_role("button", name="Load m on a")).to_be_visible(timeout=10_000)
+    expect(matrix.get_by_role("button", name="Unload m on b")).to_be_visible()
+    context.close()
+
+
+def test_a_model_is_loaded_and_unloaded_from_the_matrix_by_clicks(
+    browser: Any, llama_servers: RunningServer
+) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(llama_servers.url + "/")
+    matrix = page.locator("#matrix")
+    matrix.get_by_role("button", name="Load m on b").click()
+    expect(page.locator(".notice")).to_contain_text("Loading m on b")
+    wait_until(lambda: state(llama_servers, "b", "m") == "loaded")
+    expect(matrix.get_by_role("button", name="Unload m on b")).to_be_visible(timeout=10_000)
+
+    matrix.get_by_role("button", name="Unload m on b").click()
+    expect(page.locator(".notice")).to_contain_text("Unloading m on b")
+    wait_until(lambda: state(llama_servers, "b", "m") == "unloaded")
+    kinds = [(op["kind"], op["backend"], op["state"]) for op in operations(llama_servers)]
+    assert kinds[1] == ("load", "b", "succeeded")
+    assert kinds[0][:2] == ("unload", "b")
     context.close()

@@ -78,6 +78,8 @@ def route_handlers(dashboard: Dashboard) -> list[Any]:
             notice=notice,
             failed=failed,
             back=back,
+            backends=[backend.name for backend in gateway.registry],
+            models=[row["model"] for row in dashboard.matrix()["rows"]],
         )
 
     def html(text: str, headers: dict[str, str], status: int = 200) -> Response[str]:

@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 
 #: Who changes things from the dashboard, in the backends' status messages.
 BY = "the dashboard"
+#: Whom the fleet operations started from the dashboard are by: the admin, whose authority an
+#: operator holds (``GET /admin/operations`` shows it as ``origin``).
+ORIGIN = "admin"
 FORM = b"application/x-www-form-urlencoded"
 #: The answers to a write are never cached.
 NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
@@ -286,6 +289,38 @@ def route_handlers(dashboard: Dashboard) -> list[Any]:
             name=f"dashboard-{verb}",
         )(handler)
 
+    def on_model(kind: str) -> Any:
+        async def action(
+            gateway: Gateway, form: dict[str, str], request: Request[Any, Any, Any]
+        ) -> str:
+            name: str = request.path_params["name"]
+            model = form.get("model", "")
+            operation = gateway.operations.start(kind, model, name, origin=ORIGIN)
+            verb = "Loading" if kind == "load" else "Unloading"
+            return f"{verb} {model} on {name}: operation {operation.id}"
+
+        async def handler(request: Request[Any, Any, Any]) -> Response[str]:
+            return await act(request, action)
+
+        handler.__doc__ = f"The {kind} button of a cell of the model matrix."
+        return post(
+            f"/dashboard/backends/{{name:str}}/{kind}",
+            include_in_schema=False,
+            name=f"dashboard-{kind}",
+        )(handler)
+
+    async def migrate(
+        gateway: Gateway, form: dict[str, str], request: Request[Any, Any, Any]
+    ) -> str:
+        model, source, target = form.get("model", ""), form.get("from", ""), form.get("to", "")
+        operation = gateway.operations.start("migrate", model, source, target=target, origin=ORIGIN)
+        return f"Migrating {model} from {source} to {target}: operation {operation.id}"
+
+    @post("/dashboard/models/migrate", include_in_schema=False)
+    async def migrate_model(request: Request[Any, Any, Any]) -> Response[str]:
+        """The "migrate" form: load on the target, shift new requests, unload the source."""
+        return await act(request, migrate)
+
     return [
         sign_in,
         sign_out,
@@ -293,4 +328,7 @@ def route_handlers(dashboard: Dashboard) -> list[Any]:
         on_backend("drain"),
         on_backend("resume"),
         on_backend("remove"),
+        on_model("load"),
+        on_model("unload"),
+        migrate_model,
     ]

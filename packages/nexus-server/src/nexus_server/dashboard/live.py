@@ -48,6 +48,7 @@ from nexus_server.dashboard.render import (
     history_row,
     matrix_fragments,
     new_history_fragments,
+    operations_fragments,
     page,
     widget_fragments,
 )
@@ -70,8 +71,8 @@ SCHEMA_VERSION = 2
 #: what a burst of requests is gathered into.
 FLUSH_SECONDS = 0.25
 #: The parts of the page a listener can mark out of date.
-HEALTH, WIDGETS, BACKENDS, MATRIX, HISTORY = 1, 2, 4, 8, 16
-EVERYTHING = HEALTH | WIDGETS | BACKENDS | MATRIX | HISTORY
+HEALTH, WIDGETS, BACKENDS, MATRIX, HISTORY, OPERATIONS = 1, 2, 4, 8, 16, 32
+EVERYTHING = HEALTH | WIDGETS | BACKENDS | MATRIX | HISTORY | OPERATIONS
 #: Messages waiting for one client before it counts as too slow and is disconnected.
 QUEUE_SIZE = 256
 #: Seconds one send may take before the client counts as too slow.
@@ -171,6 +172,8 @@ class Dashboard:
         self._layout: list[tuple[str, str]] = []
         self._stale = EVERYTHING
         self._step = -1
+        #: What the operations panel was rendered from (``_operations_key``).
+        self._operations_shown: tuple[Any, ...] = ()
         # The history's rows, newest first: each record (a finished one never changes) and
         # its row, rendered once.
         self._rows: list[tuple[RequestRecord, str]] = []
@@ -244,14 +247,30 @@ class Dashboard:
         if self._matrix is None:
             registry = self.gateway.registry
             ids = registry.model_ids()
-            self._matrix = {
-                "model_count": len(ids),
-                "rows": [
-                    {"model": model, "backends": [b.name for b in registry.serving(model)]}
-                    for model in heapq.nsmallest(MATRIX_MODELS, ids)
-                ],
-            }
+            rows = []
+            for model in heapq.nsmallest(MATRIX_MODELS, ids):
+                serving = registry.serving(model)
+                row: dict[str, Any] = {"model": model, "backends": [b.name for b in serving]}
+                # Where the server reports it (lifecycle operations), the model's state there.
+                states = {
+                    b.name: state.value
+                    for b in serving
+                    if (state := b.model_states.get(model)) is not None
+                }
+                if states:
+                    row["states"] = states
+                rows.append(row)
+            self._matrix = {"model_count": len(ids), "rows": rows}
         return self._matrix
+
+    def operations(self) -> list[dict[str, Any]]:
+        """The fleet operations running and the last finished ones, newest first
+        (``GET /admin/operations``)."""
+        return [operation.snapshot() for operation in self.gateway.operations.list()]
+
+    def _operations_key(self) -> tuple[Any, ...]:
+        # What the operations panel shows changes with these (a few operations: microseconds).
+        return tuple((op.id, op.state, op.step, op.error) for op in self.gateway.operations.list())
 
     def stats(self) -> dict[str, Any]:
         """The summary widgets' part of ``/v1/stats`` (its per-model part grows with the fleet)."""
@@ -272,6 +291,7 @@ class Dashboard:
             "history": gateway.monitor.history_entries(),
             "stats": self.stats(),
             "series": {b.name: self.series.points(b.name, POINTS) for b in backends},
+            "operations": self.operations(),
         }
 
     # -- fragments ------------------------------------------------------------------------------
@@ -282,6 +302,10 @@ class Dashboard:
         if step != self._step:  # a new chart point; latency, pending, the queue: per step
             self._step = step
             self._stale |= WIDGETS | BACKENDS
+        operations = self._operations_key()
+        if operations != self._operations_shown:
+            self._operations_shown = operations
+            self._stale |= OPERATIONS
         stale = self._stale
         if not stale:
             return self._fragments
@@ -299,6 +323,8 @@ class Dashboard:
             fragments.update(backend_fragments(self._render_cards(views)))
         if stale & MATRIX:
             fragments.update(matrix_fragments(views, self.matrix()))
+        if stale & OPERATIONS:
+            fragments.update(operations_fragments(self.operations()))
         if stale & HISTORY:
             rendered = {id(record): row for record, row in self._rows}
             self._rows = [

@@ -150,12 +150,20 @@ def card(backend: dict[str, Any], points: list[dict[str, Any]]) -> str:
     )
 
 
-def _action(path: str, label: str, target: Any, *, danger: bool = False) -> str:
-    """A button submitting the operator's action form (``ACTION_FORM``) to ``path``: inert on a
-    page without that form (a reader's)."""
+def _action(
+    path: str,
+    label: str,
+    target: Any,
+    *,
+    danger: bool = False,
+    field: tuple[str, Any] | None = None,
+) -> str:
+    """A button submitting the operator's action form (``ACTION_FORM``) to ``path``, with
+    ``field`` (name, value) if given: inert on a page without that form (a reader's)."""
     style = ' class="danger"' if danger else ""
+    value = f' name="{field[0]}" value="{_e(field[1])}"' if field is not None else ""
     return (
-        f'<button type="submit" form="{ACTION_FORM}" formaction="{_e(path)}"{style}>'
+        f'<button type="submit" form="{ACTION_FORM}" formaction="{_e(path)}"{value}{style}>'
         f'{label}<span class="visually-hidden"> {_e(target)}</span></button>'
     )
 
@@ -183,11 +191,13 @@ def _matrix(backends: list[dict[str, Any]], matrix: dict[str, Any]) -> str:
         total = len(rows)
     names = [b.get("name") for b in backends]
     head = "".join(f'<th scope="col">{_e(name)}</th>' for name in names)
-    # One cell per backend that serves a model, drawn once: a row costs a set and a lookup
-    # per column.
+    # One cell per backend that serves a model without a known lifecycle state, drawn once: a
+    # row costs a set and a lookup per column; cells with a state carry the model's controls.
+    statuses: dict[Any, str] = {}
     served: dict[Any, str] = {}
     for backend in backends:
         status = _status(backend.get("status"))
+        statuses[backend.get("name")] = status
         served[backend.get("name")] = (
             f'<td class="cell status-{status}"><span aria-hidden="true">●</span>'
             f'<span class="visually-hidden">{status}</span></td>'
@@ -195,10 +205,19 @@ def _matrix(backends: list[dict[str, Any]], matrix: dict[str, Any]) -> str:
     lines = []
     for row in rows:
         serving = set(row.get("backends") or ())
+        states = row.get("states") or {}
+        model = row.get("model")
         cells = "".join(
-            served[name] if name in serving else '<td class="cell"></td>' for name in names
+            (
+                _model_cell(name, statuses[name], model, states[name])
+                if name in states
+                else served[name]
+            )
+            if name in serving
+            else '<td class="cell"></td>'
+            for name in names
         )
-        lines.append(f'<tr><th scope="row">{_e(row.get("model"))}</th>{cells}</tr>')
+        lines.append(f'<tr><th scope="row">{_e(model)}</th>{cells}</tr>')
     note = ""
     if total > len(rows):
         note = (
@@ -210,6 +229,87 @@ def _matrix(backends: list[dict[str, Any]], matrix: dict[str, Any]) -> str:
         f'{note}<table class="matrix"><thead><tr><th scope="col">Model</th>{head}</tr></thead>'
         f"<tbody>{''.join(lines)}</tbody></table>"
     )
+
+
+#: A model's lifecycle states on a backend (``nexus_core.adapters.ModelState``), with the mark
+#: drawn for each; anything else is drawn as ``unknown``.
+MODEL_STATES = {
+    "loaded": "●",
+    "loading": "◐",
+    "unloaded": "○",
+    "sleeping": "○",
+    "downloading": "◐",
+}
+#: The states in which a model can be loaded from the matrix, and unloaded.
+LOADABLE = frozenset({"unloaded", "sleeping"})
+UNLOADABLE = frozenset({"loaded"})
+
+
+def _model_cell(backend: Any, status: str, model: Any, state: Any) -> str:
+    """A matrix cell of a backend whose server reports ``model``'s lifecycle ``state``: the
+    state, and the operator's load or unload button."""
+    state = state if state in MODEL_STATES else "unknown"
+    base = "/dashboard/backends/" + quote(str(backend), safe="")
+    target = f"{model} on {backend}"
+    if state in LOADABLE:
+        control = _action(base + "/load", "Load", target, field=("model", model))
+    elif state in UNLOADABLE:
+        control = _action(base + "/unload", "Unload", target, field=("model", model))
+    else:
+        control = ""
+    controls = f'<span class="controls">{control}</span>' if control else ""
+    return (
+        f'<td class="cell status-{status} model-{state}" title="{state}">'
+        f'<span aria-hidden="true">{MODEL_STATES.get(state, "?")}</span>'
+        f'<span class="visually-hidden">{status}, {state}</span>{controls}</td>'
+    )
+
+
+OPERATION_COLUMNS = ("Started", "Operation", "Model", "Backend", "State", "Step", "Error")
+#: Operation states with a colour of their own (``nexus_core.fleet.OperationState``).
+OPERATION_STATES = {
+    "pending": "loading",
+    "running": "loading",
+    "succeeded": "healthy",
+    "failed": "unhealthy",
+}
+
+
+def operations_fragments(operations: list[dict[str, Any]]) -> Fragments:
+    """The operations panel (``operations``: ``Operation.snapshot()``s, newest first) and how
+    many are running."""
+    running = sum(1 for op in operations if op.get("state") in ("pending", "running"))
+    if not operations:
+        return {"operation-count": "0", "operations": '<p class="empty">No operations yet.</p>'}
+    head = "".join(f'<th scope="col">{name}</th>' for name in OPERATION_COLUMNS)
+    rows = []
+    for op in operations:
+        state = str(op.get("state"))
+        colour = OPERATION_STATES.get(state, "unknown")
+        where = _e(op.get("backend"))
+        if op.get("target"):
+            where += f" → {_e(op.get('target'))}"
+        created = op.get("created_at")
+        started = (
+            datetime.fromtimestamp(created, UTC).strftime("%H:%M:%S")
+            if isinstance(created, (int, float))
+            else DASH
+        )
+        progress = op.get("progress")
+        step = _e(op.get("step") or DASH)
+        if isinstance(progress, (int, float)) and state in ("pending", "running"):
+            step += f" ({progress:.0%})"
+        rows.append(
+            f'<tr data-operation="{_e(op.get("id"))}"><td>{started}</td>'
+            f"<td>{_e(op.get('kind'))}</td><td>{_e(op.get('model'))}</td><td>{where}</td>"
+            f'<td><span class="pill status-{colour}">{_e(state)}</span></td>'
+            f"<td>{step}</td><td>{_e(op.get('error') or '')}</td></tr>"
+        )
+    return {
+        "operation-count": str(running),
+        "operations": f'<table class="operations"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>",
+    }
 
 
 HISTORY_COLUMNS = ("Time", "Model", "Backend", "Status", "Duration", "Tokens", "Error")
@@ -332,6 +432,7 @@ def snapshot_fragments(snapshot: dict[str, Any]) -> Fragments:
         **widget_fragments(snapshot.get("stats") or {}),
         **backend_fragments(cards),
         **matrix_fragments(backends, snapshot.get("matrix") or {}),
+        **operations_fragments(snapshot.get("operations") or []),
         **history_fragments([history_row(entry) for entry in snapshot.get("history") or []]),
     }
 
@@ -385,6 +486,12 @@ def page(
 <div id="matrix" class="scroll" tabindex="0" role="region" aria-labelledby="models-title">
 {f["matrix"]}</div>
 </section>
+<section aria-labelledby="operations-title">
+<h2 id="operations-title">Operations
+<span id="operation-count" class="count" title="running">{f["operation-count"]}</span></h2>
+<div id="operations" class="scroll" tabindex="0" role="region"
+ aria-labelledby="operations-title">{f["operations"]}</div>
+</section>
 <section id="requests" aria-labelledby="requests-title">
 <h2 id="requests-title">Last requests
 <span id="request-count" class="count">{f["request-count"]}</span></h2>
@@ -433,6 +540,8 @@ def manage_section(
     notice: str | None = None,
     failed: bool = False,
     back: str = "/",
+    backends: list[str] | None = None,
+    models: list[str] | None = None,
 ) -> str:
     """An operator's own part of the page: the action form (its CSRF token), the forms to add a
     backend, and to sign out (``signed_in``: by the admin key, not by the loopback rule).
@@ -470,7 +579,24 @@ def manage_section(
         'placeholder="http://192.168.1.20:11434"></label>'
         f'<label>Type <select name="type">{options}</select></label>'
         '<button type="submit">Add backend</button></form>'
+        f"{_migrate_form(hidden, backends or [], models or [])}"
         f"{sign_out}</section>"
+    )
+
+
+def _migrate_form(hidden: str, backends: list[str], models: list[str]) -> str:
+    """The form moving a model from one backend to another (``models``: suggestions, the
+    matrix's; any model id may be typed)."""
+    choices = "".join(f'<option value="{_e(name)}">{_e(name)}</option>' for name in backends)
+    suggestions = "".join(f'<option value="{_e(model)}">' for model in models)
+    return (
+        '<form id="migrate" method="post" action="/dashboard/models/migrate">'
+        f"{hidden}"
+        '<label>Model <input name="model" list="model-names" required></label>'
+        f'<datalist id="model-names">{suggestions}</datalist>'
+        f'<label>From <select name="from">{choices}</select></label>'
+        f'<label>To <select name="to">{choices}</select></label>'
+        '<button type="submit">Migrate</button></form>'
     )
 
 
@@ -522,6 +648,8 @@ LIVE_REGIONS = (
     "backends",
     "model-count",
     "matrix",
+    "operation-count",
+    "operations",
     "request-count",
     "history",
 )
