@@ -21,7 +21,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from nexus_core.testing import FakeBackend, FakeLlamaCpp
 from nexus_server.testing import RunningServer, running_server
-from tests.conftest import gateway_config
+from tests.conftest import gateway_config, nexus_serve
 
 CHROMIUM = Path("/usr/bin/chromium")
 ADMIN_KEY = "nxa-dashboard-operator-key-0123456789abcdef"
@@ -307,3 +307,63 @@ def test_a_model_is_loaded_and_unloaded_from_the_matrix_by_clicks(
     assert kinds[1] == ("load", "b", "succeeded")
     assert kinds[0][:2] == ("unload", "b")
     context.close()
+
+
+# -- several workers -----------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
+def test_a_session_holds_on_every_worker_and_ends_on_all(tmp_path: Path) -> None:
+    """``nexus serve --workers 2``: the session is in the shared state store, so whichever
+    worker a new connection reaches knows it; signing out ends it for both."""
+    backend = FakeBackend("a", models=["llama3"])
+    with backend.running():
+        config = tmp_path / "nexus.toml"
+        config.write_text(
+            f"""
+[discovery]
+enabled = false
+
+[state]
+backend = "sqlite"
+path = "{tmp_path / "state.sqlite3"}"
+
+[auth]
+admin_key_env = "{ADMIN_ENV}"
+
+[[backends]]
+name = "a"
+url = "{backend.url}"
+""",
+            encoding="utf-8",
+        )
+        with nexus_serve(config, "--workers", "2", env={ADMIN_ENV: ADMIN_KEY}) as (_, url):
+
+            def fresh(method: str, path: str, **kwargs: Any) -> httpx.Response:
+                # A new connection each time: the kernel hands it to either worker.
+                with httpx.Client(base_url=url, timeout=10, headers={"Origin": url}) as client:
+                    return client.request(method, path, **kwargs)
+
+            signed = fresh("POST", "/dashboard/sign-in", data={"key": ADMIN_KEY})
+            assert signed.status_code == 303, signed.text
+            cookies = {"Cookie": f"nexus_session={signed.cookies['nexus_session']}"}
+            page = fresh("GET", "/", headers=cookies).text
+            found = re.search(r'name="csrf" value="([^"]+)"', page)
+            assert found is not None
+            csrf = found.group(1)
+            for index in range(8):
+                verb = "drain" if index % 2 == 0 else "resume"
+                answer = fresh(
+                    "POST", f"/dashboard/backends/a/{verb}", data={"csrf": csrf}, headers=cookies
+                )
+                assert answer.status_code == 303, (index, answer.text)
+                # The notice is shown by whichever worker serves the next page.
+                shown = fresh("GET", "/", headers=cookies).text
+                assert ("Draining a" if verb == "drain" else "Resumed a") in shown
+            out = fresh("POST", "/dashboard/sign-out", data={"csrf": csrf}, headers=cookies)
+            assert out.status_code == 303
+            for _ in range(4):
+                after = fresh(
+                    "POST", "/dashboard/backends/a/drain", data={"csrf": csrf}, headers=cookies
+                )
+                assert after.status_code == 401

@@ -362,7 +362,7 @@ def operator(server: RunningServer, key: str | None = None) -> tuple[httpx.Clien
     if key is not None:
         signed = client.post("/dashboard/sign-in", data={"key": key})
         assert signed.status_code == 303, signed.text
-    page = client.get("/").text
+    page = client.get("/", headers={"Accept": "text/html"}).text
     found = re.search(r'name="csrf" value="([^"]+)"', page)
     assert found is not None
     return client, found.group(1)

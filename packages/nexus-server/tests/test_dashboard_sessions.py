@@ -1,30 +1,48 @@
-"""The dashboard's operator sessions: random ids kept as digests, expiry, a bound, CSRF tokens."""
+"""The dashboard's operator sessions: random ids kept as digests in the state store, expiry,
+CSRF tokens, the cookie."""
 
 from __future__ import annotations
 
 import re
 
+import pytest
+
+from nexus_core.state import MemoryStore
 from nexus_server.dashboard.sessions import (
+    COLLECTION,
     COOKIE,
     SESSION_SECONDS,
     Sessions,
     cleared_cookie,
     cookie,
+    digest,
     session_id_in,
 )
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
 
 
 class Clock:
     def __init__(self) -> None:
-        self.now = 1000.0
+        self.now = 1_800_000_000.0
 
     def __call__(self) -> float:
         return self.now
 
 
-def test_session_ids_and_tokens_are_random_and_the_ids_are_not_kept() -> None:
-    sessions = Sessions()
-    opened = [sessions.open(local=False) for _ in range(200)]
+def sessions_on(clock: Clock) -> tuple[Sessions, MemoryStore]:
+    store = MemoryStore(clock=clock)
+    return Sessions(store, clock=clock), store
+
+
+async def test_session_ids_and_tokens_are_random_and_the_ids_are_not_kept() -> None:
+    sessions, store = sessions_on(Clock())
+    opened = [await sessions.open(local=False) for _ in range(200)]
     ids = {session_id for session_id, _ in opened}
     tokens = {session.csrf for _, session in opened}
     assert len(ids) == 200
@@ -32,61 +50,71 @@ def test_session_ids_and_tokens_are_random_and_the_ids_are_not_kept() -> None:
     assert not ids & tokens
     for session_id in ids:
         assert re.fullmatch(r"[A-Za-z0-9_-]{43}", session_id)  # 32 random bytes
-    # Kept by their digests only: a copy of the table gives no cookie.
-    kept = repr(sessions._sessions)
+    # Kept under their digests: a copy of the store gives no cookie.
+    kept = repr(store._expiring)
     assert not any(session_id in kept for session_id in ids)
-    assert all(sessions.get(session_id) is session for session_id, session in opened)
+    for session_id, session in opened:
+        found = await sessions.get(session_id)
+        assert found is not None
+        assert found.csrf == session.csrf
 
 
-def test_a_session_expires_and_is_forgotten() -> None:
+async def test_a_session_expires_and_is_forgotten() -> None:
     clock = Clock()
-    sessions = Sessions(clock=clock)
-    session_id, session = sessions.open(local=False)
+    sessions, store = sessions_on(clock)
+    session_id, session = await sessions.open(local=False)
     clock.now += SESSION_SECONDS - 1
-    assert sessions.get(session_id) is session
+    assert await sessions.get(session_id) is not None
     clock.now += 1
-    assert sessions.get(session_id) is None
-    assert len(sessions) == 0
-    assert sessions.get(session_id) is None
+    assert await sessions.get(session_id) is None
+    assert await store.get(COLLECTION, session.key) is None
 
 
-def test_sessions_are_bounded_and_the_oldest_go_first() -> None:
+async def test_a_session_is_shared_by_every_worker_of_the_store_and_ends_for_all() -> None:
     clock = Clock()
-    sessions = Sessions(limit=3, clock=clock)
-    first, _ = sessions.open(local=True)
-    clock.now += 1
-    later = [sessions.open(local=True)[0] for _ in range(3)]
-    assert len(sessions) == 3
-    assert sessions.get(first) is None
-    assert all(sessions.get(session_id) is not None for session_id in later)
-    # Expired ones are swept when a session opens.
-    clock.now += SESSION_SECONDS
-    sessions.open(local=True)
-    assert len(sessions) == 1
+    store = MemoryStore(clock=clock)
+    one, other = Sessions(store, clock=clock), Sessions(store, clock=clock)
+    session_id, session = await one.open(local=False)
+    session.tell("Drained a")
+    await one.save(session)
+    seen = await other.get(session_id)
+    assert seen is not None
+    assert seen.take_notice() == ("Drained a", False)
+    await other.save(seen)
+    again = await one.get(session_id)
+    assert again is not None
+    assert again.notice is None
+    await other.close(session_id)
+    assert await one.get(session_id) is None
 
 
-def test_closing_a_session_ends_it() -> None:
-    sessions = Sessions()
-    session_id, _ = sessions.open(local=False)
-    sessions.close(session_id)
-    assert sessions.get(session_id) is None
-    sessions.close(None)
-    sessions.close("unknown")
-    assert sessions.get(None) is None
-    assert sessions.get("") is None
+async def test_unknown_forged_and_oversized_ids_are_no_session() -> None:
+    sessions, store = sessions_on(Clock())
+    assert await sessions.get(None) is None
+    assert await sessions.get("") is None
+    assert await sessions.get("x" * 10_000) is None
+    assert await sessions.get("unknown") is None
+    # A record this code did not write (another version's, a tampered store): no session.
+    for garbage in ("not json", "[]", '{"csrf": "x"}', '{"csrf": "x", "expires": "soon"}'):
+        await store.put(COLLECTION, digest("planted"), garbage, ttl_seconds=60)
+        assert await sessions.get("planted") is None
+    await sessions.close(None)
+    await sessions.close("unknown")
 
 
-def test_the_csrf_token_must_match_exactly() -> None:
-    _, session = Sessions().open(local=False)
+async def test_the_csrf_token_must_match_exactly() -> None:
+    sessions, _ = sessions_on(Clock())
+    _, session = await sessions.open(local=False)
     assert session.csrf_matches(session.csrf)
     for wrong in (None, "", session.csrf[:-1], session.csrf + "a", session.csrf.swapcase(), "é"):
         assert not session.csrf_matches(wrong)
 
 
-def test_a_notice_is_shown_once() -> None:
-    _, session = Sessions().open(local=False)
-    session.tell("Drained a", failed=False)
-    assert session.take_notice() == ("Drained a", False)
+async def test_a_notice_is_shown_once() -> None:
+    sessions, _ = sessions_on(Clock())
+    _, session = await sessions.open(local=True)
+    session.tell("Unknown backend", failed=True)
+    assert session.take_notice() == ("Unknown backend", True)
     assert session.take_notice() == (None, False)
 
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,9 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.static_files import create_static_files_router
 
 from nexus_core.errors import GatewayError
+from nexus_core.state import StateError
 from nexus_server.dashboard import control
-from nexus_server.dashboard.live import Dashboard, origin_allowed, viewer_allowed
+from nexus_server.dashboard.live import Dashboard, may_view, origin_allowed, viewer_allowed
 from nexus_server.dashboard.render import (
     STYLE_HASH,
     manage_section,
@@ -49,8 +51,8 @@ def route_handlers(dashboard: Dashboard) -> list[Any]:
     sessions = dashboard.sessions
     types: list[str] = []
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        if not viewer_allowed(gateway, connection.scope, sessions):  # type: ignore[arg-type]
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        if not await may_view(gateway, connection.scope, sessions):  # type: ignore[arg-type]
             raise GatewayError(
                 401,
                 "With [auth] on, the dashboard needs the admin key or a client on this machine",
@@ -58,19 +60,31 @@ def route_handlers(dashboard: Dashboard) -> list[Any]:
                 code="invalid_admin_key",
             )
 
-    def operator(scope: Any, headers: dict[str, str]) -> Session | None:
+    async def operator(scope: Any, headers: dict[str, str]) -> Session | None:
         """The request's operator session; a browser on this machine gets one without signing
-        in while no admin key is configured (its session still binds the CSRF token to it)."""
-        session = control.operator_of(dashboard, scope)
-        if session is None and control.loopback_rule(gateway, scope):
-            session_id, session = sessions.open(local=True)
-            headers["Set-Cookie"] = cookie(session_id, secure=control.over_https(scope))
+        in while no admin key is configured (its session still binds the CSRF token to it).
+        None too while the state store does not answer: the page is then a reader's."""
+        try:
+            session = await control.operator_of(dashboard, scope)
+            if (
+                session is None
+                and control.loopback_rule(gateway, scope)
+                and control.is_page_load(scope)
+            ):
+                session_id, session = await sessions.open(local=True)
+                headers["Set-Cookie"] = cookie(session_id, secure=control.over_https(scope))
+        except StateError as exc:
+            gateway.store_outage.failed("dashboard session", exc)
+            return None
         return session
 
-    def manage(session: Session, back: str = "/") -> str:
+    async def manage(session: Session, back: str = "/") -> str:
         if not types:
             types.extend(sorted(gateway.backend_types))
         notice, failed = session.take_notice()
+        if notice is not None:
+            with contextlib.suppress(StateError):  # shown again next time, at worst
+                await sessions.save(session)
         return manage_section(
             session.csrf,
             signed_in=not session.local,
@@ -93,10 +107,10 @@ def route_handlers(dashboard: Dashboard) -> list[Any]:
             "Cache-Control": "no-store",
             "X-Content-Type-Options": "nosniff",
         }
-        session = operator(scope, headers)
+        session = await operator(scope, headers)
         if session is not None:
-            return html(dashboard.page(manage(session), operator=True), headers)
-        if not viewer_allowed(gateway, scope, sessions):
+            return html(dashboard.page(await manage(session), operator=True), headers)
+        if not viewer_allowed(gateway, scope):
             message = "With [auth] on, the dashboard shows to this machine and the admin key only"
             return html(sign_in_page(message), headers, 401)
         viewer = sign_in_form() if gateway.keys.admin_digest is not None else ""
@@ -112,12 +126,14 @@ def route_handlers(dashboard: Dashboard) -> list[Any]:
             "Cache-Control": "no-store",
             "X-Content-Type-Options": "nosniff",
         }
-        session = operator(scope, headers)
+        session = await operator(scope, headers)
         if session is None:
             return html(
                 sign_in_page("Sign in with the admin key to manage this server"), headers, 401
             )
-        return html(plain_page("Nexus: manage", manage(session, "/dashboard/manage")), headers)
+        return html(
+            plain_page("Nexus: manage", await manage(session, "/dashboard/manage")), headers
+        )
 
     @get("/dashboard/fragments", include_in_schema=False, guards=[guard])
     async def fragments() -> Response[str]:

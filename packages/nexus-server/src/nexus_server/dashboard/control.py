@@ -55,13 +55,13 @@ FORM = b"application/x-www-form-urlencoded"
 NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
-def operator_of(dashboard: Dashboard, scope: Scope) -> Session | None:
+async def operator_of(dashboard: Dashboard, scope: Scope) -> Session | None:
     """The live operator session of a request, or None.
 
     A session opened by signing in is good while an admin key is configured; one opened by the
     loopback rule only while none is and the request is still from this machine.
     """
-    session = dashboard.sessions.get(session_id_in(scope["headers"]))
+    session = await dashboard.sessions.get(session_id_in(scope["headers"]))
     if session is None:
         return None
     admin_set = dashboard.gateway.keys.admin_digest is not None
@@ -74,6 +74,12 @@ def loopback_rule(gateway: Gateway, scope: Scope) -> bool:
     """Whether a request may manage without signing in: no admin key is configured and the
     client is on this machine (the admin API's rule, ``nexus_server.trust``)."""
     return gateway.keys.admin_digest is None and scope.get(LOCAL_KEY) is True
+
+
+def is_page_load(scope: Scope) -> bool:
+    """Whether a request is a browser loading a page (it accepts HTML): only those open a
+    session by the loopback rule, so that scripts polling ``/`` fill no store."""
+    return any(n == b"accept" and b"text/html" in v for n, v in scope["headers"])
 
 
 def over_https(scope: Scope) -> bool:
@@ -161,7 +167,7 @@ def route_handlers(dashboard: Dashboard) -> list[Any]:
         refusal = write_refusal(scope, request.app.state.trust)
         if refusal is not None:
             return refused(refusal)
-        session = operator_of(dashboard, scope)
+        session = await operator_of(dashboard, scope)
         if session is None:
             return refused(
                 GatewayError(
@@ -194,8 +200,12 @@ def route_handlers(dashboard: Dashboard) -> list[Any]:
             session.tell(await action(gateway, form, request))
         except GatewayError as exc:
             session.tell(exc.message, failed=True)
-        except StateError:
+        except StateError as exc:
+            gateway.store_outage.failed(f"dashboard {request.url.path!r}", exc)
             session.tell("The state store is not answering: nothing was changed", failed=True)
+        # The notice is for the next page, which another worker may serve. (The store down:
+        # the app's handler answers 503.)
+        await dashboard.sessions.save(session)
         return back_to_page(form=form)
 
     @post("/dashboard/sign-in", include_in_schema=False)
@@ -227,9 +237,10 @@ def route_handlers(dashboard: Dashboard) -> list[Any]:
                 )
             )
         # A new id on every sign-in: an id planted before it is worth nothing after.
-        dashboard.sessions.close(session_id_in(scope["headers"]))
-        session_id, session = dashboard.sessions.open(local=False)
+        await dashboard.sessions.close(session_id_in(scope["headers"]))
+        session_id, session = await dashboard.sessions.open(local=False)
         session.tell("Signed in: the controls are on the cards, the matrix and below")
+        await dashboard.sessions.save(session)
         secure = over_https(scope)
         return back_to_page({"Set-Cookie": cookie(session_id, secure=secure)})
 
@@ -240,7 +251,7 @@ def route_handlers(dashboard: Dashboard) -> list[Any]:
         if isinstance(outcome, Response):
             return outcome
         scope: Any = request.scope
-        dashboard.sessions.close(session_id_in(scope["headers"]))
+        await dashboard.sessions.close(session_id_in(scope["headers"]))
         return back_to_page({"Set-Cookie": cleared_cookie(secure=over_https(scope))})
 
     async def add(gateway: Gateway, form: dict[str, str], request: Request[Any, Any, Any]) -> str:

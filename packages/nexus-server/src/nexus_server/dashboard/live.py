@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from nexus_core.auth import presented_key
+from nexus_core.state import StateError
 from nexus_server.dashboard.render import (
     CARD_MODELS,
     CHART_POINTS,
@@ -88,22 +89,31 @@ def _encode(fragments: Fragments) -> str:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
 
 
-def viewer_allowed(gateway: Any, scope: Scope, sessions: Sessions | None = None) -> bool:
-    """With ``[auth]`` on, the dashboard shows to this machine (``nexus_server.trust``), to the
-    admin key and to an operator signed in with it (``sessions``) only: it shows every tenant's
-    requests, which a gateway key may not see."""
+def viewer_allowed(gateway: Any, scope: Scope) -> bool:
+    """With ``[auth]`` on, the dashboard shows to this machine (``nexus_server.trust``) and to
+    the admin key only: it shows every tenant's requests, which a gateway key may not see
+    (``may_view`` adds the operators signed in with the admin key)."""
     keys = gateway.keys
     if not keys.enabled:
         return True
     if scope.get(LOCAL_KEY) is True:
         return True
-    if sessions is not None and keys.admin_digest is not None:
-        session = sessions.get(session_id_in(scope["headers"]))
-        if session is not None and not session.local:
-            return True
     found = dict(scope["headers"])
     admin: bool = keys.is_admin(presented_key(found.get(b"authorization"), found.get(b"x-api-key")))
     return admin
+
+
+async def may_view(gateway: Any, scope: Scope, sessions: Sessions) -> bool:
+    """``viewer_allowed``, or an operator signed in with the admin key (its session cookie)."""
+    if viewer_allowed(gateway, scope):
+        return True
+    if gateway.keys.admin_digest is None:
+        return False
+    try:
+        session = await sessions.get(session_id_in(scope["headers"]))
+    except StateError:
+        return False  # the store is down: the admin key in a header still works
+    return session is not None and not session.local
 
 
 def origin_allowed(headers: list[tuple[bytes, bytes]], trust: Trust) -> bool:
@@ -155,7 +165,7 @@ class Dashboard:
         self.gateway = gateway
         self.queue_size = queue_size
         #: The operators' sessions (``control``): who sees and may use the controls.
-        self.sessions = Sessions()
+        self.sessions = Sessions(gateway.accountant.store)
         self.series = Series()
         self.clients: set[Client] = set()
         # Per backend: the ``models`` dict the list was taken from (the registry replaces it on
@@ -407,7 +417,7 @@ class Dashboard:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
-        if not origin_allowed(scope["headers"], trust) or not viewer_allowed(
+        if not origin_allowed(scope["headers"], trust) or not await may_view(
             self.gateway, scope, self.sessions
         ):
             # Closing before accepting makes the server answer the handshake with 403.

@@ -1,41 +1,47 @@
 """The dashboard's operator sessions: who may use its controls, and their CSRF tokens.
 
 A browser cannot send the admin key with a page load, so an operator posts it once to
-``POST /dashboard/sign-in`` and gets a session cookie instead: a random id (256 bits) that the
-server keeps, as a SHA-256 digest, with an expiry and a CSRF token of its own. The key itself
-is never stored, in the browser or here. With no admin key configured, a browser on this
-machine gets a session without signing in (the admin API's loopback rule), still bound to that
-rule and with its own CSRF token.
+``POST /dashboard/sign-in`` and gets a session cookie instead: a random id (256 bits). The
+server keeps the session in the ``[state]`` store, under the SHA-256 digest of its id, with its
+expiry and a CSRF token of its own; the key itself is never stored, in the browser or here.
+With no admin key configured, a browser on this machine gets a session without signing in (the
+admin API's loopback rule), still bound to that rule and with its own CSRF token.
 
-Sessions live in this process's memory: bounded (``MAX_SESSIONS``, the oldest dropped first),
-gone when the server restarts.
+The store (memory, SQLite, Redis) is what ``nexus serve --workers N`` shares: a session opened
+by one worker is good on the others, and signing out ends it on all of them. Its records expire
+with the session.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from nexus_core.state import StateStore
+
 #: The session cookie's name.
 COOKIE = "nexus_session"
 #: Seconds a session lasts from its sign-in (not extended by use): a working day.
 SESSION_SECONDS = 8 * 3600
-#: Sessions kept at once; past it the oldest is dropped (a flood of sign-ins or of page loads
-#: from this machine costs bounded memory).
-MAX_SESSIONS = 1024
 #: Random bytes of a session id and of a CSRF token.
 TOKEN_BYTES = 32
+#: The state store's collection of sessions (keys: digests of the ids).
+COLLECTION = "dashboard_sessions"
 
 
 @dataclass(slots=True)
 class Session:
     """One operator's session: its CSRF token, when it ends, how it was opened."""
 
+    #: The digest of its id: where the store keeps it.
+    key: str
     csrf: str
+    #: Epoch seconds.
     expires: float
     #: Opened by the loopback rule (no admin key configured), not by signing in: it is only
     #: good for requests that are still local while no admin key is configured.
@@ -51,7 +57,7 @@ class Session:
         return hmac.compare_digest(presented.encode("utf-8"), self.csrf.encode("utf-8"))
 
     def tell(self, notice: str, *, failed: bool = False) -> None:
-        """Keep ``notice`` for the next page."""
+        """Keep ``notice`` for the next page (``Sessions.save`` keeps it in the store)."""
         self.notice, self.failed = notice, failed
 
     def take_notice(self) -> tuple[str | None, bool]:
@@ -60,62 +66,84 @@ class Session:
         self.notice, self.failed = None, False
         return notice, failed
 
+    def dumps(self) -> str:
+        """The session as the store keeps it."""
+        fields = {
+            "csrf": self.csrf,
+            "expires": self.expires,
+            "local": self.local,
+            "notice": self.notice,
+            "failed": self.failed,
+        }
+        return json.dumps(fields, separators=(",", ":"))
 
-def _digest(session_id: str) -> bytes:
-    return hashlib.sha256(session_id.encode("utf-8")).digest()
+
+def digest(session_id: str) -> str:
+    """Where the store keeps the session of ``session_id`` (a copy of the store gives no id)."""
+    return hashlib.sha256(session_id.encode("utf-8")).hexdigest()
 
 
 class Sessions:
-    """The operator sessions of one server, by the digest of their ids (insertion order: oldest
-    first)."""
+    """The operator sessions of one server, kept in its state store."""
 
     def __init__(
         self,
+        store: StateStore,
         *,
         lifetime: float = SESSION_SECONDS,
-        limit: int = MAX_SESSIONS,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self.store = store
         self.lifetime = lifetime
-        self.limit = limit
         self.clock = clock
-        self._sessions: dict[bytes, Session] = {}
 
-    def __len__(self) -> int:
-        return len(self._sessions)
-
-    def open(self, *, local: bool) -> tuple[str, Session]:
-        """A new session: its id (for the cookie, never kept here) and the session."""
-        now = self.clock()
-        sessions = self._sessions
-        for key in [k for k, s in sessions.items() if s.expires <= now]:
-            del sessions[key]
-        while len(sessions) >= self.limit:
-            del sessions[next(iter(sessions))]
+    async def open(self, *, local: bool) -> tuple[str, Session]:
+        """A new session: its id (for the cookie, never kept) and the session."""
         session_id = secrets.token_urlsafe(TOKEN_BYTES)
         session = Session(
-            csrf=secrets.token_urlsafe(TOKEN_BYTES), expires=now + self.lifetime, local=local
+            key=digest(session_id),
+            csrf=secrets.token_urlsafe(TOKEN_BYTES),
+            expires=self.clock() + self.lifetime,
+            local=local,
         )
-        sessions[_digest(session_id)] = session
+        await self.store.put(COLLECTION, session.key, session.dumps(), ttl_seconds=self.lifetime)
         return session_id, session
 
-    def get(self, session_id: str | None) -> Session | None:
-        """The live session of ``session_id``, or None (unknown, or expired: then forgotten)."""
-        if not session_id:
+    async def get(self, session_id: str | None) -> Session | None:
+        """The live session of ``session_id``, or None (unknown, ended or expired)."""
+        if not session_id or len(session_id) > 4 * TOKEN_BYTES:
             return None
-        key = _digest(session_id)
-        session = self._sessions.get(key)
-        if session is None:
+        key = digest(session_id)
+        text = await self.store.get(COLLECTION, key)
+        if text is None:
             return None
+        try:
+            fields = json.loads(text)
+            session = Session(
+                key=key,
+                csrf=str(fields["csrf"]),
+                expires=float(fields["expires"]),
+                local=fields["local"] is True,
+                notice=fields.get("notice"),
+                failed=fields.get("failed") is True,
+            )
+        except (ValueError, KeyError, TypeError):
+            return None  # not a record this code wrote: no session
         if session.expires <= self.clock():
-            del self._sessions[key]
+            await self.store.delete(COLLECTION, key)
             return None
         return session
 
-    def close(self, session_id: str | None) -> None:
-        """End a session (signing out)."""
-        if session_id:
-            self._sessions.pop(_digest(session_id), None)
+    async def save(self, session: Session) -> None:
+        """Keep what changed in ``session`` (its notice), until it expires as before."""
+        left = session.expires - self.clock()
+        if left > 0:
+            await self.store.put(COLLECTION, session.key, session.dumps(), ttl_seconds=left)
+
+    async def close(self, session_id: str | None) -> None:
+        """End a session (signing out), for every worker."""
+        if session_id and len(session_id) <= 4 * TOKEN_BYTES:
+            await self.store.delete(COLLECTION, digest(session_id))
 
 
 def session_id_in(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
