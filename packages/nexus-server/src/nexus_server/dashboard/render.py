@@ -588,6 +588,11 @@ def _migrate_form(hidden: str, backends: list[str], models: list[str]) -> str:
     """The form moving a model from one backend to another (``models``: suggestions, the
     matrix's; any model id may be typed)."""
     choices = "".join(f'<option value="{_e(name)}">{_e(name)}</option>' for name in backends)
+    # "To" starts on the second backend: a migration is never to its own source.
+    targets = "".join(
+        f'<option value="{_e(name)}"{" selected" if index == 1 else ""}>{_e(name)}</option>'
+        for index, name in enumerate(backends)
+    )
     suggestions = "".join(f'<option value="{_e(model)}">' for model in models)
     return (
         '<form id="migrate" method="post" action="/dashboard/models/migrate">'
@@ -595,7 +600,7 @@ def _migrate_form(hidden: str, backends: list[str], models: list[str]) -> str:
         '<label>Model <input name="model" list="model-names" required></label>'
         f'<datalist id="model-names">{suggestions}</datalist>'
         f'<label>From <select name="from">{choices}</select></label>'
-        f'<label>To <select name="to">{choices}</select></label>'
+        f'<label>To <select name="to">{targets}</select></label>'
         '<button type="submit">Migrate</button></form>'
     )
 
