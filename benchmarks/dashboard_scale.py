@@ -22,12 +22,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from nexus_core.adapters import BackendStatus, ModelInfo
+from nexus_core.adapters import BackendStatus, ModelInfo, ModelState
 from nexus_core.config import BackendConfig, validate_config
 from nexus_core.gateway import Gateway
 from nexus_core.observability import RequestRecord
 from nexus_core.registry import Backend
 from nexus_server.dashboard import Dashboard, render_page
+from nexus_server.dashboard.render import manage_section, matrix_fragments
 
 
 def fleet(backends: int, models: int, shared: int) -> Gateway:
@@ -126,6 +127,35 @@ def main() -> None:
 
     every_step = timed(step, rounds)
     served = timed(dashboard.page, rounds)
+    views = [dashboard.backend(b) for b in gateway.registry]
+
+    def forget_matrix() -> None:
+        dashboard._matrix = None
+
+    def matrix() -> str:
+        return matrix_fragments(views, dashboard.matrix())["matrix"]
+
+    plain_matrix = timed(matrix, rounds, before=forget_matrix)
+    # Every model's lifecycle state known on every backend (servers with lifecycle operations):
+    # each cell then carries the state and its load or unload button.
+    for backend in gateway.registry:
+        backend.model_states = {
+            model: ModelState.LOADED if index % 2 else ModelState.UNLOADED
+            for index, model in enumerate(sorted(backend.models))
+        }
+    stated_matrix = timed(matrix, rounds, before=forget_matrix)
+    token = "x" * 43
+    names = [b.name for b in gateway.registry]
+    matrix_models = [row["model"] for row in dashboard.matrix()["rows"]]
+
+    def operator_page() -> str:
+        # GET / for an operator: the shared page plus the operator's own section.
+        viewer = manage_section(
+            token, signed_in=True, types=["ollama"], backends=names, models=matrix_models
+        )
+        return dashboard.page(viewer, operator=True)
+
+    operator = timed(operator_page, rounds)
     rows = [
         ("Dashboard.snapshot()", snap, None),
         ("snapshot after a models change", changed, None),
@@ -134,6 +164,9 @@ def main() -> None:
         ("GET / (Dashboard.page())", served, len(served[2].encode())),
         ("JSON of the snapshot", encoded, len(encoded[2].encode())),
         ("one step of the feed (every card)", every_step, len(every_step[2].encode())),
+        ("the matrix, rendered", plain_matrix, len(plain_matrix[2].encode())),
+        ("the matrix, every model's state", stated_matrix, len(stated_matrix[2].encode())),
+        ("GET / for an operator (controls)", operator, len(operator[2].encode())),
     ]
     for label, (median, worst, _), size in rows:
         text = f"{label:34s} {median:8.1f} ms  worst {worst:8.1f} ms"

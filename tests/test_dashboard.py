@@ -208,7 +208,7 @@ def test_page_without_javascript(browser: Any, server: Any) -> None:
     assert page.locator("#backends article.card").count() == 2
     assert EVIL in page.locator('[data-backend="alpha"] .models').inner_text()
     assert page.locator("#history tbody tr").count() == 1
-    assert page.locator("noscript").count() == 1
+    assert page.locator("head noscript").count() == 1
     html = page.content()
     assert 'http-equiv="refresh"' in html
     assert page.locator("main img").count() == 0
@@ -225,10 +225,13 @@ def test_keyboard_and_phone_width(browser: Any, server: Any) -> None:
     assert page.evaluate("document.documentElement.scrollWidth") <= 360
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.className") == "skip"
-    page.keyboard.press("Tab")
-    page.keyboard.press("Tab")
-    focused = page.evaluate("document.activeElement.getAttribute('role')")
-    assert focused == "region"
+    # The scroll regions are reached with the keyboard (past the operator's controls: this
+    # browser is on the server's machine, which manages it when no admin key is set).
+    roles = []
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        roles.append(page.evaluate("document.activeElement.getAttribute('role')"))
+    assert "region" in roles
 
 
 def test_first_render_is_fast(browser: Any, server: Any) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -341,6 +342,230 @@ def test_cross_site_forms_cannot_drive_the_proxy_doors(server: RunningServer) ->
     assert openai_door.headers["x-content-type-options"] == "nosniff"
 
 
+# -- the dashboard's controls ---------------------------------------------------------------------
+
+ADMIN_KEY = "nxa-hostile-browsers-admin-key-0123456789"
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def status_of(server: RunningServer, name: str = "local", key: str | None = None) -> str:
+    """A backend's status through the admin API, asked the right way."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    backends = httpx.get(server.url + "/admin/backends", headers=headers).json()["data"]
+    return str(next(b["status"] for b in backends if b["name"] == name))
+
+
+def operator(server: RunningServer, key: str | None = None) -> tuple[httpx.Client, str]:
+    """A client holding an operator's session (signed in with ``key``, or by the loopback rule
+    without one) and the session's CSRF token, as the page gives them."""
+    client = httpx.Client(base_url=server.url, headers={"Origin": server.url}, timeout=30)
+    if key is not None:
+        signed = client.post("/dashboard/sign-in", data={"key": key})
+        assert signed.status_code == 303, signed.text
+    page = client.get("/", headers={"Accept": "text/html"}).text
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found is not None
+    return client, found.group(1)
+
+
+@pytest.fixture
+def keyed(monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningServer]:
+    """A server with an admin key (the dashboard's controls need signing in with it)."""
+    monkeypatch.setenv("NEXUS_TEST_ADMIN_KEY", ADMIN_KEY)
+    local = FakeBackend("local", models=["fake-model"])
+    with local.running():
+        config = gateway_config(local)
+        config["auth"] = {"admin_key_env": "NEXUS_TEST_ADMIN_KEY"}
+        with running_server(config) as running:
+            yield running
+
+
+def test_a_page_of_another_origin_cannot_drive_the_dashboard_controls(
+    server: RunningServer, target: FakeBackend
+) -> None:
+    # Even holding the session and its token (which a page of another origin cannot read), a
+    # write that does not come from the dashboard's own page changes nothing.
+    client, csrf = operator(server)
+    drain = "/dashboard/backends/local/drain"
+    add = {"csrf": csrf, "url": target.url, "name": "evil"}
+    for headers in (
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Origin": f"http://localhost:{port(server)}"},  # another origin of the same machine
+        {"Origin": server.url, "Sec-Fetch-Site": "cross-site"},
+        {"Origin": server.url, "Sec-Fetch-Site": "same-site"},
+    ):
+        for path, body in ((drain, {"csrf": csrf}), ("/dashboard/backends", add)):
+            answer = client.post(path, data=body, headers={**FORM, **headers})
+            assert answer.status_code == 403, (headers, answer.text)
+            assert "location" not in answer.headers
+    # Neither Origin nor Sec-Fetch-Site: no browser's form, refused as well.
+    bare = httpx.post(server.url + drain, data={"csrf": csrf}, cookies=client.cookies, headers=FORM)
+    assert bare.status_code == 403
+    # The dashboard's own origin, but not a form: a JSON or text/plain body is refused.
+    for content_type in ("text/plain", "application/json", "multipart/form-data; boundary=x"):
+        answer = client.post(drain, content=f"csrf={csrf}", headers={"Content-Type": content_type})
+        assert answer.status_code == 415, content_type
+    assert status_of(server) == "healthy"
+    assert names(server) == ["local"]
+    assert not target.requests
+    # The same write from the page itself goes through (the checks above are what refused).
+    assert client.post(drain, data={"csrf": csrf}).status_code == 303
+    assert status_of(server) == "draining"
+
+
+def test_a_missing_or_wrong_csrf_token_is_refused_and_changes_nothing(
+    server: RunningServer, target: FakeBackend
+) -> None:
+    client, csrf = operator(server)
+    _, other_csrf = operator(server)
+    assert other_csrf != csrf
+    for body in (
+        {},
+        {"csrf": ""},
+        {"csrf": csrf[:-1]},
+        {"csrf": csrf + "x"},
+        {"csrf": csrf.upper() if csrf.upper() != csrf else csrf.lower()},
+        {"csrf": other_csrf},  # another session's token
+    ):
+        for path, extra in (
+            ("/dashboard/backends/local/drain", {}),
+            ("/dashboard/backends/local/remove", {}),
+            ("/dashboard/backends", {"url": target.url, "name": "t"}),
+            ("/dashboard/models/migrate", {"model": "fake-model", "from": "local", "to": "t"}),
+        ):
+            answer = client.post(path, data={**body, **extra}, headers=FORM)
+            assert answer.status_code == 403, (body, path)
+            assert "CSRF" in answer.text
+    # Without the session cookie the right token is worth nothing either.
+    anonymous = httpx.post(
+        server.url + "/dashboard/backends/local/drain",
+        data={"csrf": csrf},
+        headers={"Origin": server.url},
+    )
+    assert anonymous.status_code == 401
+    assert status_of(server) == "healthy"
+    assert names(server) == ["local"]
+    assert not target.requests
+
+
+def test_the_session_cookie_is_no_key_for_the_admin_api(keyed: RunningServer) -> None:
+    client, _ = operator(keyed, ADMIN_KEY)
+    assert client.cookies.get("nexus_session")
+    drain = "/admin/backends/local/drain"
+    # A page of another origin, with the browser adding the cookie: refused before anything.
+    cross = client.post(drain, json={}, headers={"Origin": "http://evil.example"})
+    assert cross.status_code == 403
+    assert cross.json()["error"]["code"] == "origin_not_allowed"
+    # Even from the server's own origin, the admin API takes the key, never the cookie.
+    for method, path in (("POST", drain), ("GET", "/admin/backends"), ("GET", "/admin/operations")):
+        answer = client.request(method, path, json={} if method == "POST" else None)
+        assert answer.status_code == 401, (path, answer.text)
+        assert answer.json()["error"]["code"] == "invalid_admin_key"
+    assert status_of(keyed, key=ADMIN_KEY) == "healthy"
+
+
+def test_a_wrong_admin_key_does_not_sign_in(keyed: RunningServer, target: FakeBackend) -> None:
+    client = httpx.Client(base_url=keyed.url, headers={"Origin": keyed.url})
+    # Near misses and nothing; the comparison is of SHA-256 digests with hmac.compare_digest
+    # (constant time), as the admin API's.
+    for key in ("", "x", ADMIN_KEY[:-1], ADMIN_KEY + "0", " " + ADMIN_KEY, ADMIN_KEY.upper()):
+        answer = client.post("/dashboard/sign-in", data={"key": key})
+        assert answer.status_code == 401, key
+        assert "set-cookie" not in answer.headers
+        assert ADMIN_KEY not in answer.text
+    # A sign-in form posted from another site's page is refused whatever the key.
+    cross = client.post(
+        "/dashboard/sign-in", data={"key": ADMIN_KEY}, headers={"Origin": "http://evil.example"}
+    )
+    assert cross.status_code == 403
+    assert "set-cookie" not in cross.headers
+    # No session, no control; the page reads, and shows no operator's form.
+    page = client.get("/")
+    assert page.status_code == 200
+    assert 'name="csrf"' not in page.text
+    assert "set-cookie" not in page.headers  # this machine earns nothing with an admin key set
+    answer = client.post("/dashboard/backends", data={"url": target.url, "csrf": "guess"})
+    assert answer.status_code == 401
+    assert not target.requests
+    # The right key: a session.
+    signed = client.post("/dashboard/sign-in", data={"key": ADMIN_KEY})
+    assert signed.status_code == 303
+    assert "nexus_session=" in signed.headers["set-cookie"]
+
+
+def test_without_an_admin_key_nobody_signs_in(server: RunningServer) -> None:
+    answer = httpx.post(
+        server.url + "/dashboard/sign-in", data={"key": "anything"}, headers={"Origin": server.url}
+    )
+    assert answer.status_code == 403
+    assert "set-cookie" not in answer.headers
+
+
+def test_session_ids_are_random_and_end_with_sign_out(keyed: RunningServer) -> None:
+    ids = set()
+    for _ in range(20):
+        client = httpx.Client(base_url=keyed.url, headers={"Origin": keyed.url})
+        signed = client.post("/dashboard/sign-in", data={"key": ADMIN_KEY})
+        header = signed.headers["set-cookie"]
+        assert "HttpOnly" in header
+        assert "SameSite=Strict" in header
+        assert "Path=/" in header
+        assert "Max-Age=28800" in header
+        assert "Secure" not in header  # plain http here; over https it is Secure
+        session_id = client.cookies["nexus_session"]
+        assert re.fullmatch(r"[A-Za-z0-9_-]{43}", session_id)  # 256 random bits
+        ids.add(session_id)
+    assert len(ids) == 20
+    client, csrf = operator(keyed, ADMIN_KEY)
+    old = client.cookies["nexus_session"]
+    out = client.post("/dashboard/sign-out", data={"csrf": csrf})
+    assert out.status_code == 303
+    assert "Max-Age=0" in out.headers["set-cookie"]
+    # The old id, replayed after sign-out, is nothing.
+    replay = httpx.post(
+        keyed.url + "/dashboard/backends/local/drain",
+        data={"csrf": csrf},
+        cookies={"nexus_session": old},
+        headers={"Origin": keyed.url},
+    )
+    assert replay.status_code == 401
+    # Behind a TLS proxy (the page's Origin is https), the cookie is Secure.
+    secure = httpx.post(
+        keyed.url + "/dashboard/sign-in",
+        data={"key": ADMIN_KEY},
+        headers={
+            "Origin": "https://127.0.0.1:" + str(port(keyed)),
+            "Host": f"127.0.0.1:{port(keyed)}",
+        },
+    )
+    assert secure.status_code == 303, secure.text
+    assert secure.headers["set-cookie"].endswith("; Secure")
+    assert status_of(keyed, key=ADMIN_KEY) == "healthy"
+
+
+def test_dns_rebinding_gets_no_dashboard_control(server: RunningServer) -> None:
+    client, csrf = operator(server)
+    rebound = {
+        "Host": f"evil.example:{port(server)}",
+        "Origin": f"http://evil.example:{port(server)}",
+        "Sec-Fetch-Site": "same-origin",  # as it is, to the browser
+    }
+    for path, body in (
+        ("/dashboard/sign-in", {"key": "x"}),
+        ("/dashboard/sign-out", {"csrf": csrf}),
+        ("/dashboard/backends/local/drain", {"csrf": csrf}),
+        ("/dashboard/backends", {"csrf": csrf, "url": "http://127.0.0.1:1"}),
+        ("/dashboard/models/migrate", {"csrf": csrf, "model": "m", "from": "local", "to": "x"}),
+    ):
+        answer = client.post(path, data=body, headers=rebound)
+        assert answer.status_code == 421, path
+    manage = httpx.get(server.url + "/dashboard/manage", headers={"Host": "evil.example"})
+    assert manage.status_code == 421
+    assert 'name="csrf"' not in manage.text
+    assert status_of(server) == "healthy"
+
+
 # -- in a real browser -----------------------------------------------------------------------------
 
 
@@ -467,3 +692,51 @@ def test_cross_site_requests_in_a_real_browser_get_nothing(
     assert not target.requests
     history = httpx.get(server.url + "/v1/history").json()["data"]
     assert [entry["status"] for entry in history] == [415]
+
+
+def test_dashboard_controls_from_another_site_in_a_real_browser_get_nothing(
+    chromium: Any, server: RunningServer, target: FakeBackend
+) -> None:
+    context = chromium.new_context()
+    # The victim's browser has the dashboard open: it holds an operator's session cookie (this
+    # machine, no admin key).
+    victim = context.new_page()
+    victim.goto(server.url + "/")
+    assert [c for c in context.cookies() if c["name"] == "nexus_session"]
+    page = context.new_page()
+    origin = f"http://attacker.test:{port(server) + 1}/"
+    page.route(origin, lambda route: route.fulfill(body="<html><body>attacker</body></html>"))
+    page.goto(origin)
+    statuses: list[int] = []
+    page.on("response", lambda r: statuses.append(r.status) if "/dashboard/" in r.url else None)
+    page.evaluate(
+        """async ([nexus, target]) => {
+            const form = "application/x-www-form-urlencoded";
+            await fetch(nexus + "/dashboard/backends/local/drain", {method: "POST",
+                mode: "no-cors", credentials: "include", headers: {"Content-Type": form},
+                body: "csrf=guess"});
+            await fetch(nexus + "/dashboard/backends", {method: "POST", mode: "no-cors",
+                credentials: "include", headers: {"Content-Type": form},
+                body: "csrf=guess&name=evil&url=" + encodeURIComponent(target)});
+        }""",
+        [server.url, target.url],
+    )
+    # A classic form, as any page can post; and the page framed to trick a click
+    # (clickjacking): the dashboard refuses to be framed (frame-ancestors 'none').
+    page.set_content(
+        f"""<form method="post" action="{server.url}/dashboard/backends/local/remove">
+        <input name="csrf" value="guess"></form>
+        <iframe src="{server.url}/"></iframe>"""
+    )
+    frame = page.frames[-1]
+    assert frame is not page.main_frame
+    assert frame.url.startswith("chrome-error:")  # the browser refused to show it
+    assert 'name="csrf"' not in frame.content()
+    with page.expect_response(lambda response: "/remove" in response.url) as answer:
+        page.evaluate("document.forms[0].submit()")
+    assert answer.value.status == 403
+    assert statuses[:2] == [403, 403]
+    assert status_of(server) == "healthy"
+    assert names(server) == ["local"]
+    assert not target.requests
+    context.close()

@@ -562,3 +562,59 @@ def test_health_counts_models_as_the_model_list_does() -> None:
     # nowhere, only-here is on an unhealthy backend).
     assert len(fleet.list_models()) == 6
     assert fleet.health_summary()["models"] == 6
+
+
+def test_controls_and_operations_escape_names_and_know_only_their_states() -> None:
+    backend = {"name": "b", "status": "draining", "models": [EVIL], "model_count": 1}
+    matrix = {
+        "model_count": 3,
+        "rows": [
+            {"model": EVIL, "backends": ["b"], "states": {"b": "unloaded"}},
+            {"model": "m2", "backends": ["b"], "states": {"b": "loaded"}},
+            {"model": "m3", "backends": ["b"], "states": {"b": EVIL}},
+        ],
+    }
+    operations = [
+        {
+            "id": EVIL,
+            "kind": "migrate",
+            "model": EVIL,
+            "backend": "b",
+            "target": EVIL,
+            "state": EVIL,
+            "step": EVIL,
+            "progress": 0.5,
+            "error": EVIL,
+            "created_at": 1764180000.0,
+        }
+    ]
+    html = render_page(
+        {"backends": [backend], "matrix": matrix, "operations": operations, "series": {}}
+    )
+    assert "<img" not in html
+    # A draining backend's card offers resume, not drain; the model's button carries its name.
+    assert 'formaction="/dashboard/backends/b/resume"' in html
+    assert 'formaction="/dashboard/backends/b/drain"' not in html
+    assert 'formaction="/dashboard/backends/b/load" name="model" value="&lt;img' in html
+    assert 'formaction="/dashboard/backends/b/unload" name="model" value="m2"' in html
+    # A state nobody knows is drawn as unknown, with no button and no class of its own.
+    assert html.count('formaction="/dashboard/backends/b/') == 4  # resume, remove, load, unload
+    assert "model-unknown" in html
+    assert 'class="pill status-unknown"' in html
+
+
+def test_the_operations_panel_follows_the_operations() -> None:
+    fleet = gateway()
+    dashboard = Dashboard(fleet)
+    assert "No operations yet" in dashboard.refresh()["operations"]
+    dashboard.flush()
+    # An operation that changes state is rendered again at the next flush, and only then.
+    from nexus_core.fleet.operations import Operation, OperationKind, OperationState, Origin
+
+    operation = Operation("op_1", OperationKind.LOAD, "m", "b", None, Origin.ADMIN)
+    fleet.operations._active[operation.id] = operation
+    assert 'data-operation="op_1"' in dashboard.refresh()["operations"]
+    assert "pending" in dashboard.refresh()["operations"]
+    operation.state = OperationState.SUCCEEDED
+    assert "succeeded" in dashboard.refresh()["operations"]
+    assert dashboard.snapshot()["operations"][0]["id"] == "op_1"

@@ -11,9 +11,9 @@ keys made here are kept as digests, their plaintext shown once.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from litestar import Controller, Response, Router, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 from pydantic import ValidationError
@@ -116,17 +116,89 @@ def _snapshot(backend: Backend) -> BackendAnswer:
     return answer(BackendAnswer, backend.snapshot())
 
 
+#: Addresses being added right now, per server (probing takes a while): a second add of the
+#: same address waits its turn. ``create_app`` puts one in the app's state (``adding``).
+Adding = dict[tuple[str, int, str], str]
+
+
+async def add_new_backend(gateway: Gateway, data: NewBackend, adding: Adding) -> Backend:
+    """Add a backend (probed, its type detected unless given) and keep it in the state store.
+
+    The admin API and the dashboard's form both add backends through this, with the same checks.
+    """
+    url = checked_url(data.url)
+    fields = data.model_dump(exclude_none=True)
+    fields.setdefault("name", _name_from_url(url))
+    try:
+        config = BackendConfig(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'body'}: "
+            f"{error['msg'].removeprefix('Value error, ')}"
+            for error in exc.errors()
+        )
+        raise GatewayError(400, f"Invalid backend: {problems}") from None
+    refusal = gateway.key_env_refusal(config)
+    if refusal is not None:
+        raise refusal
+    # One server under two names would be probed twice and counted twice in routing.
+    existing = gateway.registry.at_address(url, discovered=False)
+    if existing is not None and existing.name != config.name:
+        raise url_taken(existing, url)
+    address = server_address(url)
+    if address in adding:
+        raise GatewayError(
+            409,
+            f"{url} is being added right now as backend '{adding[address]}'",
+            param="url",
+            code="backend_url_exists",
+            details={"backend": adding[address], "url": url},
+        )
+    adding[address] = config.name
+    try:
+        backend = await gateway.add_backend(config, source="admin")
+    finally:
+        adding.pop(address, None)
+    try:
+        await gateway.save_backend(backend)
+    except StateError:
+        # Not kept, so not added: a backend that would vanish at the next restart (or
+        # never reach the other workers) is not half there. The handler answers 503.
+        await gateway.remove_backend(backend.name)
+        raise
+    return backend
+
+
+async def remove_named_backend(gateway: Gateway, name: str) -> None:
+    """Remove a backend (requests on it finish) and forget it for restarts."""
+    _backend_or_404(gateway, name)
+    # Forgotten by the store first: if that fails (503), the backend is still there rather
+    # than gone now and back after the next restart.
+    await gateway.forget_backend(name)
+    await gateway.remove_backend(name)
+
+
+def drain_named_backend(gateway: Gateway, name: str, by: str = "the admin API") -> Backend:
+    """No new requests for the backend; those in flight finish."""
+    backend = _backend_or_404(gateway, name)
+    gateway.registry.set_status(backend, BackendStatus.DRAINING, f"drained by {by}")
+    return backend
+
+
+async def resume_named_backend(gateway: Gateway, name: str, by: str = "the admin API") -> Backend:
+    """Probe the backend again; it is routed to once healthy."""
+    backend = _backend_or_404(gateway, name)
+    gateway.registry.set_status(backend, BackendStatus.UNKNOWN, f"resumed by {by}")
+    await gateway.resume_backend(backend)
+    return backend
+
+
 class AdminController(Controller):
     """``/admin/backends`` and ``/admin/keys``: the running server's backends and keys."""
 
     path = "/admin"
     guards = [admin_guard]
     tags = ["admin"]
-
-    def __init__(self, owner: Router) -> None:
-        super().__init__(owner)
-        #: Addresses being added right now (probing takes a while): a second add waits its turn.
-        self.adding: dict[tuple[str, int, str], str] = {}
 
     @get("/backends", responses=errors(ErrorEnvelope, REFUSALS))
     async def list_backends(self, gateway: NamedDependency[Gateway]) -> BackendList:
@@ -146,50 +218,13 @@ class AdminController(Controller):
         ),
     )
     async def add_backend(
-        self, gateway: NamedDependency[Gateway], data: JSONBody[NewBackend]
+        self,
+        request: Request[Any, Any, Any],
+        gateway: NamedDependency[Gateway],
+        data: JSONBody[NewBackend],
     ) -> BackendAnswer:
         """Add a backend: probed (its type detected unless given) before the answer."""
-        url = checked_url(data.url)
-        fields = data.model_dump(exclude_none=True)
-        fields.setdefault("name", _name_from_url(url))
-        try:
-            config = BackendConfig(**fields)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in error['loc']) or 'body'}: "
-                f"{error['msg'].removeprefix('Value error, ')}"
-                for error in exc.errors()
-            )
-            raise GatewayError(400, f"Invalid backend: {problems}") from None
-        refusal = gateway.key_env_refusal(config)
-        if refusal is not None:
-            raise refusal
-        # One server under two names would be probed twice and counted twice in routing.
-        existing = gateway.registry.at_address(url, discovered=False)
-        if existing is not None and existing.name != config.name:
-            raise url_taken(existing, url)
-        address = server_address(url)
-        adding = self.adding
-        if address in adding:
-            raise GatewayError(
-                409,
-                f"{url} is being added right now as backend '{adding[address]}'",
-                param="url",
-                code="backend_url_exists",
-                details={"backend": adding[address], "url": url},
-            )
-        adding[address] = config.name
-        try:
-            backend = await gateway.add_backend(config, source="admin")
-        finally:
-            adding.pop(address, None)
-        try:
-            await gateway.save_backend(backend)
-        except StateError:
-            # Not kept, so not added: a backend that would vanish at the next restart (or
-            # never reach the other workers) is not half there. The handler answers 503.
-            await gateway.remove_backend(backend.name)
-            raise
+        backend = await add_new_backend(gateway, data, request.app.state.adding)
         return _snapshot(backend)
 
     @delete(
@@ -201,11 +236,7 @@ class AdminController(Controller):
         self, gateway: NamedDependency[Gateway], name: FromPath[str]
     ) -> Removed:
         """Remove a backend (requests on it finish) and forget it for restarts."""
-        _backend_or_404(gateway, name)
-        # Forgotten by the store first: if that fails (503), the backend is still there rather
-        # than gone now and back after the next restart.
-        await gateway.forget_backend(name)
-        await gateway.remove_backend(name)
+        await remove_named_backend(gateway, name)
         return Removed(removed=name)
 
     @post(
@@ -217,9 +248,7 @@ class AdminController(Controller):
         self, gateway: NamedDependency[Gateway], name: FromPath[str]
     ) -> BackendAnswer:
         """No new requests for the backend; those in flight finish."""
-        backend = _backend_or_404(gateway, name)
-        gateway.registry.set_status(backend, BackendStatus.DRAINING, "drained by the admin API")
-        return _snapshot(backend)
+        return _snapshot(drain_named_backend(gateway, name))
 
     @post(
         "/backends/{name:str}/resume",
@@ -230,10 +259,7 @@ class AdminController(Controller):
         self, gateway: NamedDependency[Gateway], name: FromPath[str]
     ) -> BackendAnswer:
         """Probe the backend again; it is routed to once healthy."""
-        backend = _backend_or_404(gateway, name)
-        gateway.registry.set_status(backend, BackendStatus.UNKNOWN, "resumed by the admin API")
-        await gateway.resume_backend(backend)
-        return _snapshot(backend)
+        return _snapshot(await resume_named_backend(gateway, name))
 
     @get("/models", responses=errors(ErrorEnvelope, REFUSALS))
     async def list_models(self, gateway: NamedDependency[Gateway]) -> ModelList:

@@ -398,7 +398,9 @@ def create_app(gateway: Gateway, *, default_ollama: bool = False) -> Any:
             "gateway": Provide(lambda: gateway, use_cache=True, sync_to_thread=False),
             "viewer": Provide(provide_viewer, sync_to_thread=False),
         },
-        state=State({"gateway": gateway, "trust": trust, "unknown_paths": unknown_paths}),
+        state=State(
+            {"gateway": gateway, "trust": trust, "unknown_paths": unknown_paths, "adding": {}}
+        ),
         request_class=NexusRequest,
         # Request bodies are pydantic models checked strictly: a boolean is never a number, a
         # string never an integer (nexus_server.schemas).

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from nexus_core.auth import presented_key
+from nexus_core.state import StateError
 from nexus_server.dashboard.render import (
     CARD_MODELS,
     CHART_POINTS,
@@ -48,10 +49,12 @@ from nexus_server.dashboard.render import (
     history_row,
     matrix_fragments,
     new_history_fragments,
+    operations_fragments,
     page,
     widget_fragments,
 )
 from nexus_server.dashboard.series import POINTS, STEP, Series
+from nexus_server.dashboard.sessions import Sessions, session_id_in
 from nexus_server.trust import LOCAL_KEY, Trust
 
 if TYPE_CHECKING:
@@ -69,8 +72,8 @@ SCHEMA_VERSION = 2
 #: what a burst of requests is gathered into.
 FLUSH_SECONDS = 0.25
 #: The parts of the page a listener can mark out of date.
-HEALTH, WIDGETS, BACKENDS, MATRIX, HISTORY = 1, 2, 4, 8, 16
-EVERYTHING = HEALTH | WIDGETS | BACKENDS | MATRIX | HISTORY
+HEALTH, WIDGETS, BACKENDS, MATRIX, HISTORY, OPERATIONS = 1, 2, 4, 8, 16, 32
+EVERYTHING = HEALTH | WIDGETS | BACKENDS | MATRIX | HISTORY | OPERATIONS
 #: Messages waiting for one client before it counts as too slow and is disconnected.
 QUEUE_SIZE = 256
 #: Seconds one send may take before the client counts as too slow.
@@ -88,7 +91,8 @@ def _encode(fragments: Fragments) -> str:
 
 def viewer_allowed(gateway: Any, scope: Scope) -> bool:
     """With ``[auth]`` on, the dashboard shows to this machine (``nexus_server.trust``) and to
-    the admin key only: it shows every tenant's requests, which a gateway key may not see."""
+    the admin key only: it shows every tenant's requests, which a gateway key may not see
+    (``may_view`` adds the operators signed in with the admin key)."""
     keys = gateway.keys
     if not keys.enabled:
         return True
@@ -97,6 +101,19 @@ def viewer_allowed(gateway: Any, scope: Scope) -> bool:
     found = dict(scope["headers"])
     admin: bool = keys.is_admin(presented_key(found.get(b"authorization"), found.get(b"x-api-key")))
     return admin
+
+
+async def may_view(gateway: Any, scope: Scope, sessions: Sessions) -> bool:
+    """``viewer_allowed``, or an operator signed in with the admin key (its session cookie)."""
+    if viewer_allowed(gateway, scope):
+        return True
+    if gateway.keys.admin_digest is None:
+        return False
+    try:
+        session = await sessions.get(session_id_in(scope["headers"]))
+    except StateError:
+        return False  # the store is down: the admin key in a header still works
+    return session is not None and not session.local
 
 
 def origin_allowed(headers: list[tuple[bytes, bytes]], trust: Trust) -> bool:
@@ -147,6 +164,8 @@ class Dashboard:
     def __init__(self, gateway: Gateway, *, queue_size: int = QUEUE_SIZE) -> None:
         self.gateway = gateway
         self.queue_size = queue_size
+        #: The operators' sessions (``control``): who sees and may use the controls.
+        self.sessions = Sessions(gateway.accountant.store)
         self.series = Series()
         self.clients: set[Client] = set()
         # Per backend: the ``models`` dict the list was taken from (the registry replaces it on
@@ -163,6 +182,8 @@ class Dashboard:
         self._layout: list[tuple[str, str]] = []
         self._stale = EVERYTHING
         self._step = -1
+        #: What the operations panel was rendered from (``_operations_key``).
+        self._operations_shown: tuple[Any, ...] = ()
         # The history's rows, newest first: each record (a finished one never changes) and
         # its row, rendered once.
         self._rows: list[tuple[RequestRecord, str]] = []
@@ -236,14 +257,30 @@ class Dashboard:
         if self._matrix is None:
             registry = self.gateway.registry
             ids = registry.model_ids()
-            self._matrix = {
-                "model_count": len(ids),
-                "rows": [
-                    {"model": model, "backends": [b.name for b in registry.serving(model)]}
-                    for model in heapq.nsmallest(MATRIX_MODELS, ids)
-                ],
-            }
+            rows = []
+            for model in heapq.nsmallest(MATRIX_MODELS, ids):
+                serving = registry.serving(model)
+                row: dict[str, Any] = {"model": model, "backends": [b.name for b in serving]}
+                # Where the server reports it (lifecycle operations), the model's state there.
+                states = {
+                    b.name: state.value
+                    for b in serving
+                    if (state := b.model_states.get(model)) is not None
+                }
+                if states:
+                    row["states"] = states
+                rows.append(row)
+            self._matrix = {"model_count": len(ids), "rows": rows}
         return self._matrix
+
+    def operations(self) -> list[dict[str, Any]]:
+        """The fleet operations running and the last finished ones, newest first
+        (``GET /admin/operations``)."""
+        return [operation.snapshot() for operation in self.gateway.operations.list()]
+
+    def _operations_key(self) -> tuple[Any, ...]:
+        # What the operations panel shows changes with these (a few operations: microseconds).
+        return tuple((op.id, op.state, op.step, op.error) for op in self.gateway.operations.list())
 
     def stats(self) -> dict[str, Any]:
         """The summary widgets' part of ``/v1/stats`` (its per-model part grows with the fleet)."""
@@ -264,6 +301,7 @@ class Dashboard:
             "history": gateway.monitor.history_entries(),
             "stats": self.stats(),
             "series": {b.name: self.series.points(b.name, POINTS) for b in backends},
+            "operations": self.operations(),
         }
 
     # -- fragments ------------------------------------------------------------------------------
@@ -274,6 +312,10 @@ class Dashboard:
         if step != self._step:  # a new chart point; latency, pending, the queue: per step
             self._step = step
             self._stale |= WIDGETS | BACKENDS
+        operations = self._operations_key()
+        if operations != self._operations_shown:
+            self._operations_shown = operations
+            self._stale |= OPERATIONS
         stale = self._stale
         if not stale:
             return self._fragments
@@ -291,6 +333,8 @@ class Dashboard:
             fragments.update(backend_fragments(self._render_cards(views)))
         if stale & MATRIX:
             fragments.update(matrix_fragments(views, self.matrix()))
+        if stale & OPERATIONS:
+            fragments.update(operations_fragments(self.operations()))
         if stale & HISTORY:
             rendered = {id(record): row for record, row in self._rows}
             self._rows = [
@@ -360,10 +404,10 @@ class Dashboard:
             self._everything = _encode(self._sent)
         return self._everything
 
-    def page(self) -> str:
-        """The whole page, current (``GET /``)."""
+    def page(self, viewer: str = "", *, operator: bool = False) -> str:
+        """The whole page, current (``GET /``), with the ``viewer``'s own part."""
         self.flush()
-        return page(self._sent)
+        return page(self._sent, viewer=viewer, operator=operator)
 
     # -- the WebSocket --------------------------------------------------------------------------
 
@@ -373,7 +417,9 @@ class Dashboard:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
-        if not origin_allowed(scope["headers"], trust) or not viewer_allowed(self.gateway, scope):
+        if not origin_allowed(scope["headers"], trust) or not await may_view(
+            self.gateway, scope, self.sessions
+        ):
             # Closing before accepting makes the server answer the handshake with 403.
             await send({"type": "websocket.close", "code": CLOSE_FORBIDDEN})
             return

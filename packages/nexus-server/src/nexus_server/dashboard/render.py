@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from nexus_core.observability import HISTORY
 from nexus_server import __version__
@@ -126,6 +127,7 @@ def card(backend: dict[str, Any], points: list[dict[str, Any]]) -> str:
     model_items = "".join(f"<li>{_e(model)}</li>" for model in models)
     more = count - len(models)
     error = backend.get("last_error")
+    name = backend.get("name")
     return (
         f"<header><h3>{_e(backend.get('name'))}</h3>"
         f'<span class="pill status-{status}">{_e(status)}</span></header>'
@@ -144,6 +146,39 @@ def card(backend: dict[str, Any], points: list[dict[str, Any]]) -> str:
         f'<p class="models-title">{_count(count)} model{"" if count == 1 else "s"}</p>'
         f'<ul class="models">{model_items}</ul>'
         + (f'<p class="more">and {_count(more)} more</p>' if more > 0 else "")
+        + _card_controls(name, status)
+    )
+
+
+def _action(
+    path: str,
+    label: str,
+    target: Any,
+    *,
+    danger: bool = False,
+    field: tuple[str, Any] | None = None,
+) -> str:
+    """A button submitting the operator's action form (``ACTION_FORM``) to ``path``, with
+    ``field`` (name, value) if given: inert on a page without that form (a reader's)."""
+    style = ' class="danger"' if danger else ""
+    value = f' name="{field[0]}" value="{_e(field[1])}"' if field is not None else ""
+    return (
+        f'<button type="submit" form="{ACTION_FORM}" formaction="{_e(path)}"{value}{style}>'
+        f'{label}<span class="visually-hidden"> {_e(target)}</span></button>'
+    )
+
+
+def _card_controls(name: Any, status: str) -> str:
+    """Drain or resume, and remove: the operator's controls of a backend's card."""
+    base = "/dashboard/backends/" + quote(str(name), safe="")
+    toggle = (
+        _action(base + "/resume", "Resume", name)
+        if status == "draining"
+        else _action(base + "/drain", "Drain", name)
+    )
+    return (
+        f'<div class="controls">{toggle}'
+        f"{_action(base + '/remove', 'Remove', name, danger=True)}</div>"
     )
 
 
@@ -156,11 +191,13 @@ def _matrix(backends: list[dict[str, Any]], matrix: dict[str, Any]) -> str:
         total = len(rows)
     names = [b.get("name") for b in backends]
     head = "".join(f'<th scope="col">{_e(name)}</th>' for name in names)
-    # One cell per backend that serves a model, drawn once: a row costs a set and a lookup
-    # per column.
+    # One cell per backend that serves a model without a known lifecycle state, drawn once: a
+    # row costs a set and a lookup per column; cells with a state carry the model's controls.
+    statuses: dict[Any, str] = {}
     served: dict[Any, str] = {}
     for backend in backends:
         status = _status(backend.get("status"))
+        statuses[backend.get("name")] = status
         served[backend.get("name")] = (
             f'<td class="cell status-{status}"><span aria-hidden="true">●</span>'
             f'<span class="visually-hidden">{status}</span></td>'
@@ -168,10 +205,19 @@ def _matrix(backends: list[dict[str, Any]], matrix: dict[str, Any]) -> str:
     lines = []
     for row in rows:
         serving = set(row.get("backends") or ())
+        states = row.get("states") or {}
+        model = row.get("model")
         cells = "".join(
-            served[name] if name in serving else '<td class="cell"></td>' for name in names
+            (
+                _model_cell(name, statuses[name], model, states[name])
+                if name in states
+                else served[name]
+            )
+            if name in serving
+            else '<td class="cell"></td>'
+            for name in names
         )
-        lines.append(f'<tr><th scope="row">{_e(row.get("model"))}</th>{cells}</tr>')
+        lines.append(f'<tr><th scope="row">{_e(model)}</th>{cells}</tr>')
     note = ""
     if total > len(rows):
         note = (
@@ -183,6 +229,87 @@ def _matrix(backends: list[dict[str, Any]], matrix: dict[str, Any]) -> str:
         f'{note}<table class="matrix"><thead><tr><th scope="col">Model</th>{head}</tr></thead>'
         f"<tbody>{''.join(lines)}</tbody></table>"
     )
+
+
+#: A model's lifecycle states on a backend (``nexus_core.adapters.ModelState``), with the mark
+#: drawn for each; anything else is drawn as ``unknown``.
+MODEL_STATES = {
+    "loaded": "●",
+    "loading": "◐",
+    "unloaded": "○",
+    "sleeping": "○",
+    "downloading": "◐",
+}
+#: The states in which a model can be loaded from the matrix, and unloaded.
+LOADABLE = frozenset({"unloaded", "sleeping"})
+UNLOADABLE = frozenset({"loaded"})
+
+
+def _model_cell(backend: Any, status: str, model: Any, state: Any) -> str:
+    """A matrix cell of a backend whose server reports ``model``'s lifecycle ``state``: the
+    state, and the operator's load or unload button."""
+    state = state if state in MODEL_STATES else "unknown"
+    base = "/dashboard/backends/" + quote(str(backend), safe="")
+    target = f"{model} on {backend}"
+    if state in LOADABLE:
+        control = _action(base + "/load", "Load", target, field=("model", model))
+    elif state in UNLOADABLE:
+        control = _action(base + "/unload", "Unload", target, field=("model", model))
+    else:
+        control = ""
+    controls = f'<span class="controls">{control}</span>' if control else ""
+    return (
+        f'<td class="cell status-{status} model-{state}" title="{state}">'
+        f'<span aria-hidden="true">{MODEL_STATES.get(state, "?")}</span>'
+        f'<span class="visually-hidden">{status}, {state}</span>{controls}</td>'
+    )
+
+
+OPERATION_COLUMNS = ("Started", "Operation", "Model", "Backend", "State", "Step", "Error")
+#: Operation states with a colour of their own (``nexus_core.fleet.OperationState``).
+OPERATION_STATES = {
+    "pending": "loading",
+    "running": "loading",
+    "succeeded": "healthy",
+    "failed": "unhealthy",
+}
+
+
+def operations_fragments(operations: list[dict[str, Any]]) -> Fragments:
+    """The operations panel (``operations``: ``Operation.snapshot()``s, newest first) and how
+    many are running."""
+    running = sum(1 for op in operations if op.get("state") in ("pending", "running"))
+    if not operations:
+        return {"operation-count": "0", "operations": '<p class="empty">No operations yet.</p>'}
+    head = "".join(f'<th scope="col">{name}</th>' for name in OPERATION_COLUMNS)
+    rows = []
+    for op in operations:
+        state = str(op.get("state"))
+        colour = OPERATION_STATES.get(state, "unknown")
+        where = _e(op.get("backend"))
+        if op.get("target"):
+            where += f" → {_e(op.get('target'))}"
+        created = op.get("created_at")
+        started = (
+            datetime.fromtimestamp(created, UTC).strftime("%H:%M:%S")
+            if isinstance(created, (int, float))
+            else DASH
+        )
+        progress = op.get("progress")
+        step = _e(op.get("step") or DASH)
+        if isinstance(progress, (int, float)) and state in ("pending", "running"):
+            step += f" ({progress:.0%})"
+        rows.append(
+            f'<tr data-operation="{_e(op.get("id"))}"><td>{started}</td>'
+            f"<td>{_e(op.get('kind'))}</td><td>{_e(op.get('model'))}</td><td>{where}</td>"
+            f'<td><span class="pill status-{colour}">{_e(state)}</span></td>'
+            f"<td>{step}</td><td>{_e(op.get('error') or '')}</td></tr>"
+        )
+    return {
+        "operation-count": str(running),
+        "operations": f'<table class="operations"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>",
+    }
 
 
 HISTORY_COLUMNS = ("Time", "Model", "Backend", "Status", "Duration", "Tokens", "Error")
@@ -305,14 +432,23 @@ def snapshot_fragments(snapshot: dict[str, Any]) -> Fragments:
         **widget_fragments(snapshot.get("stats") or {}),
         **backend_fragments(cards),
         **matrix_fragments(backends, snapshot.get("matrix") or {}),
+        **operations_fragments(snapshot.get("operations") or []),
         **history_fragments([history_row(entry) for entry in snapshot.get("history") or []]),
     }
 
 
-def page(fragments: Fragments, now: float | None = None) -> str:
-    """The whole page with ``fragments`` in its live regions, as rendered at ``now``."""
+def page(
+    fragments: Fragments, now: float | None = None, *, viewer: str = "", operator: bool = False
+) -> str:
+    """The whole page with ``fragments`` in its live regions, as rendered at ``now``.
+
+    ``viewer`` is the part of the page that is this viewer's own (``manage_section`` for an
+    operator, ``sign_in_form`` for a reader who could sign in); an ``operator``'s page shows
+    the controls.
+    """
     stamp = datetime.fromtimestamp(now or time.time(), UTC)
     f = {key: fragments.get(key, "") for key in LIVE_REGIONS}
+    body = '<body class="operator">' if operator else "<body>"
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -324,7 +460,7 @@ def page(fragments: Fragments, now: float | None = None) -> str:
 <noscript><meta http-equiv="refresh" content="{REFRESH_SECONDS}"></noscript>
 <script src="/dashboard/static/dashboard.js" defer></script>
 </head>
-<body>
+{body}
 <a class="skip" href="#requests">Skip to recent requests</a>
 <header class="top">
 <h1>Nexus</h1>
@@ -334,6 +470,7 @@ def page(fragments: Fragments, now: float | None = None) -> str:
  refreshed every {REFRESH_SECONDS} s</span>
 </header>
 <main>
+{viewer}
 <section aria-labelledby="summary-title">
 <h2 id="summary-title" class="visually-hidden">Summary</h2>
 <div id="widgets" class="widgets">{f["widgets"]}</div>
@@ -348,6 +485,12 @@ def page(fragments: Fragments, now: float | None = None) -> str:
 <span id="model-count" class="count">{f["model-count"]}</span></h2>
 <div id="matrix" class="scroll" tabindex="0" role="region" aria-labelledby="models-title">
 {f["matrix"]}</div>
+</section>
+<section aria-labelledby="operations-title">
+<h2 id="operations-title">Operations
+<span id="operation-count" class="count" title="running">{f["operation-count"]}</span></h2>
+<div id="operations" class="scroll" tabindex="0" role="region"
+ aria-labelledby="operations-title">{f["operations"]}</div>
 </section>
 <section id="requests" aria-labelledby="requests-title">
 <h2 id="requests-title">Last requests
@@ -365,6 +508,143 @@ def page(fragments: Fragments, now: float | None = None) -> str:
 """
 
 
+#: The ``id`` of the operator's action form: the controls in the cards and the matrix submit it
+#: (``form`` and ``formaction`` attributes), so that the shared fragments carry no token.
+ACTION_FORM = "act"
+
+
+def _csrf(token: str, back: str = "/") -> str:
+    hidden = f'<input type="hidden" name="csrf" value="{_e(token)}">'
+    if back != "/":
+        hidden += f'<input type="hidden" name="back" value="{_e(back)}">'
+    return hidden
+
+
+def _notice(notice: str | None, failed: bool) -> str:
+    if not notice:
+        return ""
+    kind = "notice failed" if failed else "notice"
+    return f'<p class="{kind}" role="status">{_e(notice)}</p>'
+
+
+#: Where a write sends the browser back to (the form's ``back`` field): the page, or the page of
+#: forms that does not reload itself.
+PAGES = ("/", "/dashboard/manage")
+
+
+def manage_section(
+    csrf: str,
+    *,
+    signed_in: bool,
+    types: list[str],
+    notice: str | None = None,
+    failed: bool = False,
+    back: str = "/",
+    backends: list[str] | None = None,
+    models: list[str] | None = None,
+) -> str:
+    """An operator's own part of the page: the action form (its CSRF token), the forms to add a
+    backend, and to sign out (``signed_in``: by the admin key, not by the loopback rule).
+
+    ``back``: the page the forms come back to (``PAGES``). Without JavaScript the dashboard
+    reloads every few seconds, which would empty a form being filled: it links to
+    ``/dashboard/manage``, the same forms on a page that does not reload.
+    """
+    options = "".join(f'<option value="{_e(t)}">{_e(t)}</option>' for t in ["auto", *types])
+    who = "signed in with the admin key" if signed_in else "on this machine (no admin key set)"
+    sign_out = (
+        '<form method="post" action="/dashboard/sign-out">'
+        f'{_csrf(csrf)}<button type="submit">Sign out</button></form>'
+        if signed_in
+        else ""
+    )
+    hidden = _csrf(csrf, back)
+    still = (
+        '<noscript><p class="more">Without JavaScript this page reloads every '
+        f'{REFRESH_SECONDS} s: fill the forms on <a href="/dashboard/manage">a page that '
+        "does not</a>.</p></noscript>"
+        if back == "/"
+        else ""
+    )
+    return (
+        '<section id="manage" class="manage" aria-labelledby="manage-title">'
+        f'<h2 id="manage-title">Manage <span class="count">{who}</span></h2>'
+        f"{_notice(notice, failed)}{still}"
+        f'<form id="{ACTION_FORM}" method="post" action="/dashboard/backends">'
+        f"{hidden}</form>"
+        '<form id="add-backend" method="post" action="/dashboard/backends">'
+        f"{hidden}"
+        '<label>Name <input name="name" placeholder="from the URL" maxlength="64"></label>'
+        '<label>URL <input name="url" type="url" required '
+        'placeholder="http://192.168.1.20:11434"></label>'
+        f'<label>Type <select name="type">{options}</select></label>'
+        '<button type="submit">Add backend</button></form>'
+        f"{_migrate_form(hidden, backends or [], models or [])}"
+        f"{sign_out}</section>"
+    )
+
+
+def _migrate_form(hidden: str, backends: list[str], models: list[str]) -> str:
+    """The form moving a model from one backend to another (``models``: suggestions, the
+    matrix's; any model id may be typed)."""
+    choices = "".join(f'<option value="{_e(name)}">{_e(name)}</option>' for name in backends)
+    # "To" starts on the second backend: a migration is never to its own source.
+    targets = "".join(
+        f'<option value="{_e(name)}"{" selected" if index == 1 else ""}>{_e(name)}</option>'
+        for index, name in enumerate(backends)
+    )
+    suggestions = "".join(f'<option value="{_e(model)}">' for model in models)
+    return (
+        '<form id="migrate" method="post" action="/dashboard/models/migrate">'
+        f"{hidden}"
+        '<label>Model <input name="model" list="model-names" required></label>'
+        f'<datalist id="model-names">{suggestions}</datalist>'
+        f'<label>From <select name="from">{choices}</select></label>'
+        f'<label>To <select name="to">{targets}</select></label>'
+        '<button type="submit">Migrate</button></form>'
+    )
+
+
+def sign_in_form(notice: str | None = None) -> str:
+    """The form a reader signs in with (shown when an admin key is configured)."""
+    return (
+        '<section class="sign-in-section" aria-label="Sign in">'
+        f"{_notice(notice, True)}"
+        '<form class="sign-in" method="post" action="/dashboard/sign-in">'
+        '<label for="admin-key">Admin key</label>'
+        '<input id="admin-key" name="key" type="password" autocomplete="off" required>'
+        '<button type="submit">Sign in to manage</button></form></section>'
+    )
+
+
+def sign_in_page(message: str) -> str:
+    """A page of its own with ``message`` and the sign-in form (a refused sign-in, a dashboard
+    that shows only to the admin key)."""
+    return plain_page("Nexus: sign in", f"<p>{_e(message)}</p>{sign_in_form()}")
+
+
+def plain_page(title: str, inside: str) -> str:
+    """A page of the dashboard's style that is not live (no script, no reload)."""
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="color-scheme" content="light dark">
+<title>{_e(title)}</title>
+<style>{INLINE_CSS}</style>
+</head>
+<body class="operator">
+<header class="top"><h1>Nexus</h1></header>
+<main>
+{inside}
+<p><a href="/">Back to the dashboard</a></p>
+</main>
+</body>
+</html>
+"""
+
+
 #: The ids of the page's live regions, in page order: every fragment set fills some of them.
 LIVE_REGIONS = (
     "health",
@@ -373,6 +653,8 @@ LIVE_REGIONS = (
     "backends",
     "model-count",
     "matrix",
+    "operation-count",
+    "operations",
     "request-count",
     "history",
 )
