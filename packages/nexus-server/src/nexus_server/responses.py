@@ -150,7 +150,7 @@ class ResponsesEndpoint(ProxyEndpoint):
             await send({"type": "http.response.body", "body": b"".join(held) + last})
         finally:
             await stream.aclose()
-        if converter.response is not None and self.on_complete is not None:
+        if self.on_complete is not None and converter.response is not None:
             await self.on_complete(input_items(data), converter.response)
 
     async def _earlier_items(
