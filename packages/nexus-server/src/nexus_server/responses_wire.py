@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -90,9 +91,18 @@ class ResponsesRequestError(TranslationError):
 
 
 def new_id(prefix: str) -> str:
-    """A fresh id of OpenAI's shape: ``resp_``, ``msg_``, ``fc_`` followed by hex."""
-    # Random as uuid4 (a response id must not be guessable), at a quarter of its cost.
+    """A fresh id of OpenAI's shape: ``resp_``, ``msg_``, ``fc_`` followed by hex.
+
+    From the operating system's random source, as uuid4: a response id must not be guessable
+    (it is what ``GET /v1/responses/{id}`` and ``previous_response_id`` find a stored one by).
+    """
     return f"{prefix}_{os.urandom(16).hex()}"
+
+
+def _item_id(prefix: str) -> str:
+    """An id for an output item or a call: unique, not a secret (nothing is found by it), so
+    from ``random`` rather than a system call (which costs microseconds in some sandboxes)."""
+    return f"{prefix}_{random.getrandbits(128):032x}"
 
 
 def _int(value: Any) -> int:
@@ -639,11 +649,11 @@ def chat_answer_to_response(
     namespaces = tool_namespaces(request)
     reasoning = _reasoning_of(message)
     if reasoning:
-        output.append(_reasoning_item(new_id("rs"), reasoning, "completed"))
+        output.append(_reasoning_item(_item_id("rs"), reasoning, "completed"))
     text = openai_text(message.get("content"))
     tool_calls = message.get("tool_calls") or []
     if text or not tool_calls:
-        output.append(_message_item(new_id("msg"), text, status))
+        output.append(_message_item(_item_id("msg"), text, status))
     for call in tool_calls:
         function = call.get("function") or {}
         arguments = function.get("arguments")
@@ -652,8 +662,8 @@ def chat_answer_to_response(
         name = function.get("name") or ""
         output.append(
             _call_item(
-                new_id("fc"),
-                call.get("id") or new_id("call"),
+                _item_id("fc"),
+                call.get("id") or _item_id("call"),
                 name,
                 arguments,
                 "completed",
@@ -960,7 +970,7 @@ class ChatStreamToResponses:
         return b"".join(out)
 
     def _open(self, kind: str) -> _Item:
-        item = _Item(kind, new_id(_ID_PREFIXES[kind]))
+        item = _Item(kind, _item_id(_ID_PREFIXES[kind]))
         item.place(len(self._items))
         self._items.append(item)
         return item
@@ -1063,7 +1073,7 @@ class ChatStreamToResponses:
         state = self._calls.get(index)
         if state is None:
             # Not an output item until its name is known.
-            state = self._calls[index] = _Item("function_call", new_id("fc"))
+            state = self._calls[index] = _Item("function_call", _item_id("fc"))
         if isinstance(call_id, str) and call_id and not state.call_id:
             state.call_id = call_id
         name = function.get("name")
@@ -1094,7 +1104,7 @@ class ChatStreamToResponses:
         self._close_message(out, "completed")
         state.place(len(self._items))
         self._items.append(state)
-        state.call_id = state.call_id or new_id("call")
+        state.call_id = state.call_id or _item_id("call")
         state.namespace = self._namespaces.get(state.name)
         self._item_added(out, state)
         if state.parts:
