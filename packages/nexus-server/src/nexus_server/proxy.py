@@ -97,7 +97,7 @@ class ProxyEndpoint:
     ) -> ProxyResult | None:
         """Proxy a body a translating door made; on a gateway error answer it in the door's
         shape and return None."""
-        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        payload = fastjson.dumps(body)
         try:
             return await self.gateway.proxy(
                 endpoint,
