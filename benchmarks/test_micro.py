@@ -17,6 +17,7 @@ from nexus_core import fastjson
 from nexus_core.adapters import Endpoint
 from nexus_core.routing import analyze, replace_model
 from nexus_core.sse import SSEParser, completes_answer, event_data
+from nexus_server.responses_wire import ChatStreamToResponses, chat_answer_to_response
 
 pytest.importorskip("pytest_benchmark")
 
@@ -117,3 +118,54 @@ def test_replace_model(benchmark: Benchmark, kilobytes: int) -> None:
     body = chat_body(kilobytes)
     benchmark.extra_info["kilobytes"] = len(body) / 1024
     assert benchmark(replace_model, body, "other").startswith(b'{"model": "other"')
+
+
+RESPONSES_REQUEST = {"model": "mock", "input": "Hello!", "store": False, "stream": True}
+#: The canned backend's streamed answer (mock-nginx.conf): a role chunk, nine deltas, the finish.
+RESPONSES_CHUNKS: list[dict[str, Any]] = [
+    {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    for delta, finish in [
+        ({"role": "assistant", "content": ""}, None),
+        *[
+            ({"content": word}, None)
+            for word in ["Hello", "!", " How", " can", " I", " help", " you", " today", "?"]
+        ],
+        ({}, "stop"),
+    ]
+]
+RESPONSES_ANSWER = {
+    "id": "chatcmpl-bench",
+    "object": "chat.completion",
+    "created": 1700000000,
+    "model": "mock",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello! How can I help you today?"},
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 9, "completion_tokens": 9, "total_tokens": 18},
+}
+
+
+def test_responses_stream_translation(benchmark: Benchmark) -> None:
+    """The Responses door's events for one streamed answer of 11 chat chunks (17 events)."""
+
+    def translate() -> int:
+        converter = ChatStreamToResponses(RESPONSES_REQUEST)
+        size = len(converter.start())
+        for chunk in RESPONSES_CHUNKS:
+            size += len(converter.feed(chunk))
+        return size + len(converter.finish())
+
+    assert benchmark(translate) > 0
+
+
+def test_responses_whole_answer(benchmark: Benchmark) -> None:
+    """The Responses door's `response` for one whole chat answer, translated and encoded."""
+
+    def translate() -> int:
+        return len(fastjson.dumps(chat_answer_to_response(RESPONSES_ANSWER, RESPONSES_REQUEST)))
+
+    assert benchmark(translate) > 0

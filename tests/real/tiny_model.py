@@ -129,6 +129,16 @@ def write_tiny_model(
     return out
 
 
+def token_id(model: str | os.PathLike[str], piece: str) -> int:
+    """The id of the token spelled exactly ``piece`` in ``model``'s vocabulary."""
+    tokens = gguf.GGUFReader(model).fields["tokenizer.ggml.tokens"]
+    wanted = piece.encode()
+    for index, part in enumerate(tokens.data):
+        if bytes(tokens.parts[part]) == wanted:
+            return index
+    raise KeyError(f"no token {piece!r} in {model}")
+
+
 def _copy_field(writer: gguf.GGUFWriter, field: gguf.ReaderField) -> None:
     """Copy one metadata key as it is stored: strings as raw bytes, arrays with their item type."""
     kind = field.types[0]

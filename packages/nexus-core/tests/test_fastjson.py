@@ -60,3 +60,26 @@ def test_invalid_json_is_a_value_error(raw: bytes) -> None:
 def test_absurd_nesting_is_a_recursion_error_as_with_json() -> None:
     with pytest.raises(RecursionError):
         fastjson.loads(b"[" * 100_000 + b"]" * 100_000)
+
+
+@given(JSON_VALUES)
+def test_dumps_writes_what_the_standard_library_reads_back(value: Any) -> None:
+    data = fastjson.dumps(value)
+    assert json.loads(data) == value
+    if not any(isinstance(leaf, float) for leaf in _leaves(value)):  # msgspec spells 1e20
+        assert data == json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def test_dumps_escapes_a_lone_surrogate_rather_than_fail() -> None:
+    value = fastjson.loads(b'{"x": "a\\ud800b", "y": "\xc3\xa9"}')
+    data = fastjson.dumps(value)
+    assert data.isascii()
+    assert json.loads(data) == value
+
+
+def _leaves(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [leaf for v in value.values() for leaf in _leaves(v)]
+    if isinstance(value, list):
+        return [leaf for v in value for leaf in _leaves(v)]
+    return [value]

@@ -16,6 +16,7 @@ from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from nexus_core import fastjson
 from nexus_server.responses_wire import (
     IGNORED_FIELDS,
     ChatStreamToResponses,
@@ -23,6 +24,8 @@ from nexus_server.responses_wire import (
     chat_answer_to_response,
     input_items,
     items_to_messages,
+    response_shell,
+    response_usage,
     responses_request_to_chat,
     usage_to_chat,
 )
@@ -575,6 +578,117 @@ def test_a_stream_accumulates_in_the_sdk_to_the_whole_answer(
     ] == strip
     assert converter.response["usage"] == whole["usage"]
     assert chat_message_of(converter.response) == chat_message_of(whole)
+
+
+#: Request settings a response echoes, with text that JSON must escape.
+ODD_TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=8)
+SETTINGS_REQUESTS = st.fixed_dictionaries(
+    {"model": st.just("m"), "input": st.just("x")},
+    optional={
+        "instructions": ODD_TEXT,
+        "temperature": st.floats(0, 2),
+        "max_output_tokens": st.integers(1, 2**40),
+        "metadata": st.dictionaries(ODD_TEXT, ODD_TEXT, max_size=2),
+        "user": ODD_TEXT,
+        "store": st.booleans(),
+        "parallel_tool_calls": st.booleans(),
+        "reasoning": st.just({"effort": "low", "summary": None}),
+        "tool_choice": st.just("required"),
+        "tools": st.just(
+            [
+                {"type": "namespace", "name": "ns", "tools": [{"type": "function", "name": "a"}]},
+                {"type": "function", "name": "b", "parameters": {"type": "object"}},
+            ]
+        ),
+        "text": st.just(
+            {"format": {"type": "json_schema", "name": "x", "schema": {"type": "object"}}}
+        ),
+    },
+)
+
+
+def event_payloads(data: bytes) -> list[dict[str, Any]]:
+    """Each event's data as JSON (its ``event:`` line checked against its ``type``)."""
+    payloads = []
+    for block in data.decode().split("\n\n"):
+        if block:
+            name_line, data_line = block.split("\n")
+            payload = json.loads(data_line.removeprefix("data: "))
+            assert name_line == f"event: {payload['type']}"
+            payloads.append(payload)
+    return payloads
+
+
+@SETTINGS
+@given(
+    SETTINGS_REQUESTS,
+    completions(),
+    st.lists(st.integers(0, 100), max_size=4),
+    st.none() | st.integers(0, 30),
+)
+def test_streamed_snapshots_are_the_response_they_describe(
+    request_: dict[str, Any], completion: dict[str, Any], cuts: list[int], break_at: int | None
+) -> None:
+    """The events are written from byte templates: what they say must be the response object
+    built as a dict, for any settings; a stream broken at ``break_at`` shows each item as far
+    as its deltas went."""
+    converter = ChatStreamToResponses(request_)
+    chunks = stream_chunks(completion, cuts)
+    data = converter.start()
+    for chunk in chunks if break_at is None else chunks[:break_at]:
+        data += converter.feed(chunk)
+    data += converter.finish() if break_at is None else converter.error('gone "away" \u00e9')
+    payloads = event_payloads(data)
+    assert [p["sequence_number"] for p in payloads] == list(range(len(payloads)))
+    shell = response_shell(
+        request_, response_id=converter.response_id, created_at=converter.created_at
+    )
+    assert payloads[0]["response"] == payloads[1]["response"] == shell
+    last = payloads[-1]["response"]
+    if break_at is None:
+        assert last == converter.response
+        done = [p["item"] for p in payloads if p["type"] == "response.output_item.done"]
+        assert sorted(done, key=last["output"].index) == last["output"]
+        return
+    assert converter.response is None
+    assert payloads[-2] == {
+        "type": "error",
+        "sequence_number": len(payloads) - 2,
+        "code": "server_error",
+        "message": 'gone "away" \u00e9',
+        "param": None,
+    }
+    assert last == {
+        **shell,
+        "status": "failed",
+        "error": {"code": "server_error", "message": 'gone "away" \u00e9'},
+        "output": last["output"],
+        "usage": response_usage(completion["usage"]) if break_at >= len(chunks) else None,
+    }
+    for item in last["output"]:
+        assert item["status"] == "incomplete"
+        deltas = "".join(
+            p["delta"]
+            for p in payloads
+            if p["type"].endswith(".delta") and p["item_id"] == item["id"]
+        )
+        if item["type"] == "function_call":
+            assert item["arguments"] == deltas
+        else:
+            assert item["content"][0]["text"] == deltas
+
+
+def test_a_lone_surrogate_in_a_delta_is_escaped_not_fatal() -> None:
+    # fastjson.loads lets a lone \ud800 escape through (as json.loads does); UTF-8 cannot hold it.
+    chunk = fastjson.loads(b'{"choices":[{"index":0,"delta":{"content":"a\\ud800"}}]}')
+    converter = ChatStreamToResponses({"model": "m", "input": "x"})
+    data = converter.feed(chunk)
+    data += converter.feed({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    data += converter.finish()
+    payloads = event_payloads(data)
+    deltas = [p["delta"] for p in payloads if p["type"] == "response.output_text.delta"]
+    assert deltas == ["a\ud800"]
+    assert payloads[-1]["response"]["output"][0]["content"][0]["text"] == "a\ud800"
 
 
 def test_a_broken_stream_ends_with_error_and_response_failed() -> None:

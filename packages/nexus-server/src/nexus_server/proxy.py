@@ -99,7 +99,7 @@ class ProxyEndpoint:
         """Proxy a body a translating door made; on a gateway error answer it in the door's
         shape and return None. ``native``: the door's own request, for the backends that speak
         its API (``result.native`` says one answered)."""
-        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        payload = fastjson.dumps(body)
         try:
             return await self.gateway.proxy(
                 endpoint,

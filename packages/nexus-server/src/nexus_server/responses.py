@@ -35,6 +35,7 @@ from nexus_core.registry import Backend
 from nexus_core.sse import event_data
 from nexus_core.state import StateError
 from nexus_server.proxy import (
+    BATCH_BYTES,
     JSON,
     ProxyEndpoint,
     Send,
@@ -135,8 +136,7 @@ class ResponsesEndpoint(ProxyEndpoint):
             response = chat_answer_to_response(answer, data)
             if keep:
                 await self._save(response, items[len(earlier) :], previous, owner, record)
-            out = json.dumps(response, ensure_ascii=False, separators=(",", ":")).encode()
-            await send_whole(send, result.status, JSON, out, headers)
+            await send_whole(send, result.status, JSON, fastjson.dumps(response), headers)
             if self.on_complete is not None:
                 await self.on_complete(input_items(data), response)
             return
@@ -144,39 +144,45 @@ class ResponsesEndpoint(ProxyEndpoint):
         converter = ChatStreamToResponses(data)
         try:
             await start_response(send, 200, SSE, headers)
-            await send_chunk(send, converter.start())
+            # Events of chunks that arrived together go out in one write, as on the chat door.
+            held = [converter.start()]
+            size = len(held[0])
             try:
                 async for chunk in openai_chunks(stream):
                     events = converter.feed(chunk)
-                    if events:
-                        await send_chunk(send, events)
+                    held.append(events)
+                    size += len(events)
+                    if not stream.ready() or size >= BATCH_BYTES:
+                        if size:
+                            await send_chunk(send, b"".join(held))
+                        held.clear()
+                        size = 0
             except asyncio.CancelledError:
                 await end_cut_stream(
                     send,
-                    converter.error(
+                    b"".join(held)
+                    + converter.error(
                         "Nexus is shutting down; the answer was cut short", code="shutdown"
                     ),
                 )
                 raise
             except StreamBroke as broke:
-                await send_chunk(send, converter.error(broke.message))
+                last = converter.error(broke.message)
             else:
                 if converter.finish_reason is None:
                     # The upstream ended without finishing: never present it as a whole answer.
-                    await send_chunk(
-                        send, converter.error("the upstream stream ended before the answer did")
-                    )
+                    last = converter.error("the upstream stream ended before the answer did")
                 else:
-                    final = converter.finish()
+                    last = converter.finish()
                     if keep and converter.response is not None:
                         # Kept before the client hears it is complete: a next turn finds it.
                         new = items[len(earlier) :]
                         await self._save(converter.response, new, previous, owner, record)
-                    await send_chunk(send, final)
-            await send({"type": "http.response.body", "body": b""})
+            # The last events and the body's end in one write.
+            await send({"type": "http.response.body", "body": b"".join(held) + last})
         finally:
             await stream.aclose()
-        if converter.response is not None and self.on_complete is not None:
+        if self.on_complete is not None and converter.response is not None:
             await self.on_complete(input_items(data), converter.response)
 
     async def _relay_native(

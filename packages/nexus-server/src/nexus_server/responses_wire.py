@@ -35,11 +35,13 @@ summarised here:
 from __future__ import annotations
 
 import json
+import os
+import random
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from nexus_core import fastjson
 from nexus_core.anthropic_format import TEXT_SEPARATOR, JSONDict, TranslationError, openai_text
 
 __all__ = [
@@ -89,13 +91,18 @@ class ResponsesRequestError(TranslationError):
 
 
 def new_id(prefix: str) -> str:
-    """A fresh id of OpenAI's shape: ``resp_``, ``msg_``, ``fc_`` followed by hex."""
-    return f"{prefix}_{uuid.uuid4().hex}"
+    """A fresh id of OpenAI's shape: ``resp_``, ``msg_``, ``fc_`` followed by hex.
+
+    From the operating system's random source, as uuid4: a response id must not be guessable
+    (it is what ``GET /v1/responses/{id}`` and ``previous_response_id`` find a stored one by).
+    """
+    return f"{prefix}_{os.urandom(16).hex()}"
 
 
-def _sse(event: JSONDict) -> bytes:
-    data = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {event['type']}\ndata: {data}\n\n".encode()
+def _item_id(prefix: str) -> str:
+    """An id for an output item or a call: unique, not a secret (nothing is found by it), so
+    from ``random`` rather than a system call (which costs microseconds in some sandboxes)."""
+    return f"{prefix}_{random.getrandbits(128):032x}"
 
 
 def _int(value: Any) -> int:
@@ -642,11 +649,11 @@ def chat_answer_to_response(
     namespaces = tool_namespaces(request)
     reasoning = _reasoning_of(message)
     if reasoning:
-        output.append(_reasoning_item(new_id("rs"), reasoning, "completed"))
+        output.append(_reasoning_item(_item_id("rs"), reasoning, "completed"))
     text = openai_text(message.get("content"))
     tool_calls = message.get("tool_calls") or []
     if text or not tool_calls:
-        output.append(_message_item(new_id("msg"), text, status))
+        output.append(_message_item(_item_id("msg"), text, status))
     for call in tool_calls:
         function = call.get("function") or {}
         arguments = function.get("arguments")
@@ -655,8 +662,8 @@ def chat_answer_to_response(
         name = function.get("name") or ""
         output.append(
             _call_item(
-                new_id("fc"),
-                call.get("id") or new_id("call"),
+                _item_id("fc"),
+                call.get("id") or _item_id("call"),
                 name,
                 arguments,
                 "completed",
@@ -675,29 +682,168 @@ def chat_answer_to_response(
     return response
 
 
+#: The fields of a response object that change while it streams; the others echo the request's
+#: settings and are encoded once per stream (``_ShellTemplate``).
+_VARIABLE_FIELDS = ("status", "error", "incomplete_details", "output", "usage")
+_NULL = b"null"
+_EMPTY_TEXT_PART = b'{"type":"output_text","text":"","annotations":[],"logprobs":[]}'
+
+
+def _heads(*event_types: str) -> dict[str, bytes]:
+    """Each event's bytes up to its sequence number."""
+    return {
+        name: f'event: {name}\ndata: {{"type":"{name}","sequence_number":'.encode()
+        for name in event_types
+    }
+
+
+_HEADS = _heads(
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+    "response.output_text.delta",
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "response.reasoning_text.delta",
+    "response.reasoning_text.done",
+    "response.function_call_arguments.delta",
+    "response.function_call_arguments.done",
+    "response.completed",
+    "response.incomplete",
+    "response.failed",
+    "error",
+)
+
+
+class _ShellTemplate:
+    """A response object's JSON as fixed pieces around its variable fields
+    (``_VARIABLE_FIELDS``, in the shell's order), so a snapshot encodes only what changed."""
+
+    __slots__ = ("pieces",)
+
+    def __init__(self, shell: Mapping[str, Any]) -> None:
+        pieces: list[bytes] = []
+        fixed: JSONDict = {}
+        piece = b"{"
+        for key, value in shell.items():
+            if key not in _VARIABLE_FIELDS:
+                fixed[key] = value
+                continue
+            if fixed:
+                piece += fastjson.dumps(fixed)[1:-1] + b","
+                fixed = {}
+            pieces.append(b'%s"%s":' % (piece, key.encode()))
+            piece = b","
+        pieces.append(b"," + fastjson.dumps(fixed)[1:] if fixed else b"}")
+        self.pieces = pieces
+
+    def render(
+        self, status: str, error: bytes, incomplete: bytes, output: bytes, usage: bytes
+    ) -> bytes:
+        """The response object with these values of its variable fields (all but ``status``
+        already JSON)."""
+        p = self.pieces
+        return b'%s"%s"%s%s%s%s%s%s%s%s%s' % (
+            p[0],
+            status.encode(),
+            p[1],
+            error,
+            p[2],
+            incomplete,
+            p[3],
+            output,
+            p[4],
+            usage,
+            p[5],
+        )
+
+
 class _Item:
     """One output item being streamed: a message's text, a function call's arguments, or
     reasoning text."""
 
-    __slots__ = ("call_id", "done", "id", "index", "kind", "name", "namespace", "parts")
+    __slots__ = (
+        "call_id",
+        "done",
+        "id",
+        "index",
+        "kind",
+        "name",
+        "namespace",
+        "parts",
+        "ref",
+        "text_json",
+    )
 
-    def __init__(self, kind: str, index: int, item_id: str) -> None:
+    def __init__(self, kind: str, item_id: str) -> None:
         self.kind = kind
-        self.index = index
         self.id = item_id
+        #: Its place in ``output``; -1 until it is an output item (a call without a name yet).
+        self.index = -1
         self.call_id = ""
         self.name = ""
         self.namespace: str | None = None
         self.parts: list[str] = []
         self.done = False
+        #: ``,"item_id":"…","output_index":N``, which most of its events carry.
+        self.ref = b""
+        #: Its whole text (a call's arguments) as JSON once closed: encoded once for the events
+        #: and snapshots that repeat it.
+        self.text_json = b'""'
+
+    def place(self, index: int) -> None:
+        """Make it the output item at ``index``."""
+        self.index = index
+        self.ref = b',"item_id":"%s","output_index":%d' % (self.id.encode(), index)
+
+    def close(self) -> bytes:
+        """Mark it done; its whole text as JSON."""
+        self.done = True
+        self.text_json = fastjson.dumps("".join(self.parts))
+        return self.text_json
 
     def as_item(self, status: str) -> JSONDict:
+        """The item as a response's ``output`` holds it."""
         text = "".join(self.parts)
         if self.kind == "message":
             return _message_item(self.id, text, status)
         if self.kind == "reasoning":
             return _reasoning_item(self.id, text, status)
         return _call_item(self.id, self.call_id, self.name, text, status, self.namespace)
+
+    def encode(self, status: str, *, added: bool = False) -> bytes:
+        """``as_item(status)`` as JSON, with the text it was closed with; ``added``: as
+        ``response.output_item.added`` shows it, with no text yet."""
+        head = b'{"id":"%s","type":"%s","status":"%s"' % (
+            self.id.encode(),
+            self.kind.encode(),
+            status.encode(),
+        )
+        if self.kind == "message":
+            if added:
+                return head + b',"role":"assistant","content":[]}'
+            return b'%s,"role":"assistant","content":[%s]}' % (head, _text_part(self.text_json))
+        if self.kind == "reasoning":
+            if added:
+                return head + b',"summary":[],"content":[]}'
+            return b'%s,"summary":[],"content":[{"type":"reasoning_text","text":%s}]}' % (
+                head,
+                self.text_json,
+            )
+        namespace = self.namespace
+        return b'%s,"call_id":%s,"name":%s,"arguments":%s%s}' % (
+            head,
+            fastjson.dumps(self.call_id),
+            fastjson.dumps(self.name),
+            b'""' if added else self.text_json,
+            b"" if namespace is None else b',"namespace":' + fastjson.dumps(namespace),
+        )
+
+
+def _text_part(text_json: bytes) -> bytes:
+    return b'{"type":"output_text","text":%s,"annotations":[],"logprobs":[]}' % text_json
 
 
 class ChatStreamToResponses:
@@ -708,6 +854,10 @@ class ChatStreamToResponses:
     ``response.incomplete`` when the backend stopped at the length limit); ``error`` ends a
     broken stream with ``error`` and ``response.failed``. ``response`` is the final response
     object once finished; ``finish_reason`` tells a complete stream from a cut one.
+
+    Events are written from byte templates rather than encoded dicts: the request's settings
+    are encoded once per stream, an item's id and index once per item, a delta's text once, and
+    an item's whole text once when it closes, however many events repeat it.
     """
 
     def __init__(
@@ -721,7 +871,10 @@ class ChatStreamToResponses:
         self.response_id = response_id or new_id("resp")
         self.created_at = created_at if created_at is not None else int(time.time())
         self.finish_reason: str | None = None
-        self.response: JSONDict | None = None
+        self._shell = response_shell(
+            request, response_id=self.response_id, created_at=self.created_at
+        )
+        self._template = _ShellTemplate(self._shell)
         self._sequence = 0
         self._started = False
         self._usage: Any = None
@@ -731,27 +884,57 @@ class ChatStreamToResponses:
         self._calls: dict[int, _Item] = {}
         self._last_call: int | None = None
         self._namespaces = tool_namespaces(request)
+        #: (status, incomplete_details) once finished.
+        self._ending: tuple[str, JSONDict | None] | None = None
+        self._response: JSONDict | None = None
 
-    def _event(self, out: list[bytes], event_type: str, **fields: Any) -> None:
-        event: JSONDict = {"type": event_type, "sequence_number": self._sequence, **fields}
+    @property
+    def response(self) -> JSONDict | None:
+        """The final response object (completed or incomplete); None until ``finish``."""
+        if self._ending is not None and self._response is None:
+            status, incomplete = self._ending
+            response = dict(self._shell)
+            response["status"] = status
+            response["incomplete_details"] = incomplete
+            response["output"] = [
+                item.as_item(status if item.kind == "message" else "completed")
+                for item in self._items
+            ]
+            response["usage"] = response_usage(self._usage)
+            self._response = response
+        return self._response
+
+    def _emit(self, out: list[bytes], event_type: str, body: bytes) -> None:
+        """One event: its head, the next sequence number, then ``body``: the event's other
+        fields, from the comma before the first to the event's end."""
+        out.append(b"%s%d%s}\n\n" % (_HEADS[event_type], self._sequence, body))
         self._sequence += 1
-        out.append(_sse(event))
 
-    def _snapshot(self, status: str) -> JSONDict:
-        response = response_shell(
-            self.request, response_id=self.response_id, created_at=self.created_at
+    def _response_json(self, status: str, output_status: str | None, error: bytes) -> bytes:
+        """The response with its items so far; ``output_status`` for every item, else the
+        response's for messages and ``completed`` for the others."""
+        output = b"[%s]" % b",".join(
+            item.encode(output_status or (status if item.kind == "message" else "completed"))
+            for item in self._items
         )
-        response["status"] = status
-        return response
+        incomplete = self._ending[1] if self._ending is not None else None
+        return self._template.render(
+            status,
+            error,
+            _NULL if incomplete is None else fastjson.dumps(incomplete),
+            output,
+            _NULL if self._usage is None else fastjson.dumps(response_usage(self._usage)),
+        )
 
     def start(self) -> bytes:
         """``response.created`` and ``response.in_progress`` (once)."""
         if self._started:
             return b""
         self._started = True
+        body = b',"response":' + self._template.render("in_progress", _NULL, _NULL, b"[]", _NULL)
         out: list[bytes] = []
-        self._event(out, "response.created", response=self._snapshot("in_progress"))
-        self._event(out, "response.in_progress", response=self._snapshot("in_progress"))
+        self._emit(out, "response.created", body)
+        self._emit(out, "response.in_progress", body)
         return b"".join(out)
 
     def feed(self, chunk: Mapping[str, Any]) -> bytes:
@@ -760,50 +943,63 @@ class ChatStreamToResponses:
         if not self._started:
             out.append(self.start())
         usage = chunk.get("usage")
-        if isinstance(usage, Mapping):
+        # dict rather than Mapping in these tests: a parsed chunk holds dicts, and an abstract
+        # class's isinstance costs several times as much, on every chunk.
+        if usage is not None and isinstance(usage, dict):
             self._usage = usage
-        for choice in chunk.get("choices") or ():
-            if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
-            delta = choice.get("delta") or {}
-            reasoning = _reasoning_of(delta)
-            if reasoning:
-                self._reasoning_delta(out, reasoning)
-            text = delta.get("content")
-            if isinstance(text, str) and text:
-                self._text(out, text)
-            for call in delta.get("tool_calls") or ():
-                if isinstance(call, Mapping):
-                    self._tool_delta(out, call)
+            delta = choice.get("delta")
+            if isinstance(delta, dict) and delta:
+                reasoning = _reasoning_of(delta)
+                if reasoning:
+                    self._reasoning_delta(out, reasoning)
+                text = delta.get("content")
+                if text and isinstance(text, str):
+                    self._text(out, text)
+                calls = delta.get("tool_calls")
+                if calls and isinstance(calls, list):
+                    for call in calls:
+                        if isinstance(call, dict):
+                            self._tool_delta(out, call)
             finish_reason = choice.get("finish_reason")
             if finish_reason:
                 self.finish_reason = finish_reason
         return b"".join(out)
 
     def _open(self, kind: str) -> _Item:
-        item = _Item(kind, len(self._items), new_id(_ID_PREFIXES[kind]))
+        item = _Item(kind, _item_id(_ID_PREFIXES[kind]))
+        item.place(len(self._items))
         self._items.append(item)
         return item
+
+    def _item_added(self, out: list[bytes], item: _Item) -> None:
+        self._emit(
+            out,
+            "response.output_item.added",
+            b',"output_index":%d,"item":%s' % (item.index, item.encode("in_progress", added=True)),
+        )
+
+    def _item_done(self, out: list[bytes], item: _Item, status: str) -> None:
+        self._emit(
+            out,
+            "response.output_item.done",
+            b',"output_index":%d,"item":%s' % (item.index, item.encode(status)),
+        )
 
     def _reasoning_delta(self, out: list[bytes], text: str) -> None:
         item = self._reasoning
         if item is None:
             self._close_message(out, "completed")
             item = self._reasoning = self._open("reasoning")
-            self._event(
-                out,
-                "response.output_item.added",
-                output_index=item.index,
-                item={**item.as_item("in_progress"), "content": []},
-            )
+            self._item_added(out, item)
         item.parts.append(text)
-        self._event(
+        self._emit(
             out,
             "response.reasoning_text.delta",
-            item_id=item.id,
-            output_index=item.index,
-            content_index=0,
-            delta=text,
+            b'%s,"content_index":0,"delta":%s' % (item.ref, fastjson.dumps(text)),
         )
 
     def _close_reasoning(self, out: list[bytes]) -> None:
@@ -811,54 +1007,34 @@ class ChatStreamToResponses:
         if item is None:
             return
         self._reasoning = None
-        item.done = True
-        self._event(
+        text = item.close()
+        self._emit(
             out,
             "response.reasoning_text.done",
-            item_id=item.id,
-            output_index=item.index,
-            content_index=0,
-            text="".join(item.parts),
+            b'%s,"content_index":0,"text":%s' % (item.ref, text),
         )
-        self._event(
-            out,
-            "response.output_item.done",
-            output_index=item.index,
-            item=item.as_item("completed"),
-        )
+        self._item_done(out, item, "completed")
 
     def _open_message(self, out: list[bytes]) -> _Item:
         message = self._message
         if message is None:
             self._close_reasoning(out)
             message = self._message = self._open("message")
-            self._event(
-                out,
-                "response.output_item.added",
-                output_index=message.index,
-                item={**message.as_item("in_progress"), "content": []},
-            )
-            self._event(
+            self._item_added(out, message)
+            self._emit(
                 out,
                 "response.content_part.added",
-                item_id=message.id,
-                output_index=message.index,
-                content_index=0,
-                part={"type": "output_text", "text": "", "annotations": [], "logprobs": []},
+                b'%s,"content_index":0,"part":%s' % (message.ref, _EMPTY_TEXT_PART),
             )
         return message
 
     def _text(self, out: list[bytes], text: str) -> None:
         message = self._open_message(out)
         message.parts.append(text)
-        self._event(
+        self._emit(
             out,
             "response.output_text.delta",
-            item_id=message.id,
-            output_index=message.index,
-            content_index=0,
-            delta=text,
-            logprobs=[],
+            b'%s,"content_index":0,"delta":%s,"logprobs":[]' % (message.ref, fastjson.dumps(text)),
         )
 
     def _close_message(self, out: list[bytes], status: str) -> None:
@@ -866,32 +1042,19 @@ class ChatStreamToResponses:
         if message is None:
             return
         self._message = None
-        message.done = True
-        text = "".join(message.parts)
-        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-        self._event(
+        text = message.close()
+        ref = message.ref
+        self._emit(
             out,
             "response.output_text.done",
-            item_id=message.id,
-            output_index=message.index,
-            content_index=0,
-            text=text,
-            logprobs=[],
+            b'%s,"content_index":0,"text":%s,"logprobs":[]' % (ref, text),
         )
-        self._event(
+        self._emit(
             out,
             "response.content_part.done",
-            item_id=message.id,
-            output_index=message.index,
-            content_index=0,
-            part=part,
+            b'%s,"content_index":0,"part":%s' % (ref, _text_part(text)),
         )
-        self._event(
-            out,
-            "response.output_item.done",
-            output_index=message.index,
-            item=message.as_item(status),
-        )
+        self._item_done(out, message, status)
 
     def _tool_delta(self, out: list[bytes], call: Mapping[str, Any]) -> None:
         call_id = call.get("id")
@@ -909,8 +1072,8 @@ class ChatStreamToResponses:
         function = call.get("function") or {}
         state = self._calls.get(index)
         if state is None:
-            # Not an output item until its name is known (index -1).
-            state = self._calls[index] = _Item("function_call", -1, new_id("fc"))
+            # Not an output item until its name is known.
+            state = self._calls[index] = _Item("function_call", _item_id("fc"))
         if isinstance(call_id, str) and call_id and not state.call_id:
             state.call_id = call_id
         name = function.get("name")
@@ -925,37 +1088,27 @@ class ChatStreamToResponses:
             if state.name:
                 self._open_call(out, state)
         elif arguments:
-            self._event(
-                out,
-                "response.function_call_arguments.delta",
-                item_id=state.id,
-                output_index=state.index,
-                delta=arguments,
-            )
+            self._arguments_delta(out, state, arguments)
+
+    def _arguments_delta(self, out: list[bytes], state: _Item, arguments: str) -> None:
+        self._emit(
+            out,
+            "response.function_call_arguments.delta",
+            b'%s,"delta":%s' % (state.ref, fastjson.dumps(arguments)),
+        )
 
     def _open_call(self, out: list[bytes], state: _Item) -> None:
         """Make a call an output item: ``output_item.added``, then the arguments so far."""
         # A function call is an item of its own, after the text before it.
         self._close_reasoning(out)
         self._close_message(out, "completed")
-        state.index = len(self._items)
+        state.place(len(self._items))
         self._items.append(state)
-        state.call_id = state.call_id or new_id("call")
+        state.call_id = state.call_id or _item_id("call")
         state.namespace = self._namespaces.get(state.name)
-        self._event(
-            out,
-            "response.output_item.added",
-            output_index=state.index,
-            item={**state.as_item("in_progress"), "arguments": ""},
-        )
+        self._item_added(out, state)
         if state.parts:
-            self._event(
-                out,
-                "response.function_call_arguments.delta",
-                item_id=state.id,
-                output_index=state.index,
-                delta="".join(state.parts),
-            )
+            self._arguments_delta(out, state, "".join(state.parts))
 
     def _close_calls(self, out: list[bytes]) -> None:
         for state in self._calls.values():
@@ -963,44 +1116,29 @@ class ChatStreamToResponses:
                 continue
             if state.index < 0:  # arguments but never a name: still worth handing over
                 self._open_call(out, state)
-            state.done = True
-            arguments = "".join(state.parts)
-            self._event(
+            arguments = state.close()
+            self._emit(
                 out,
                 "response.function_call_arguments.done",
-                item_id=state.id,
-                output_index=state.index,
-                name=state.name,
-                arguments=arguments,
+                b'%s,"name":%s,"arguments":%s' % (state.ref, fastjson.dumps(state.name), arguments),
             )
-            self._event(
-                out,
-                "response.output_item.done",
-                output_index=state.index,
-                item=state.as_item("completed"),
-            )
+            self._item_done(out, state, "completed")
 
     def finish(self) -> bytes:
         """Close the open items, then ``response.completed`` (or ``response.incomplete``)."""
         out: list[bytes] = []
         if not self._started:
             out.append(self.start())
-        status, incomplete = _status_of(self.finish_reason)
+        self._ending = _status_of(self.finish_reason)
+        status = self._ending[0]
         if not self._calls and not any(item.kind != "reasoning" for item in self._items):
             # An answer with no text and no call is still one (empty) message, as whole.
             self._open_message(out)
         self._close_reasoning(out)
         self._close_message(out, status)
         self._close_calls(out)
-        response = self._snapshot(status)
-        response["incomplete_details"] = incomplete
-        response["output"] = [
-            item.as_item(status if item.kind == "message" else "completed") for item in self._items
-        ]
-        response["usage"] = response_usage(self._usage)
-        self.response = response
         event = "response.completed" if status == "completed" else "response.incomplete"
-        self._event(out, event, response=response)
+        self._emit(out, event, b',"response":' + self._response_json(status, None, _NULL))
         return b"".join(out)
 
     def error(self, message: str, code: str = "server_error") -> bytes:
@@ -1008,10 +1146,19 @@ class ChatStreamToResponses:
         out: list[bytes] = []
         if not self._started:
             out.append(self.start())
-        self._event(out, "error", code=code, message=message, param=None)
-        response = self._snapshot("failed")
-        response["error"] = {"code": "server_error", "message": message}
-        response["output"] = [item.as_item("incomplete") for item in self._items]
-        response["usage"] = response_usage(self._usage)
-        self._event(out, "response.failed", response=response)
+        encoded = fastjson.dumps(message)
+        self._emit(
+            out,
+            "error",
+            b',"code":%s,"message":%s,"param":null' % (fastjson.dumps(code), encoded),
+        )
+        for item in self._items:
+            if not item.done:  # its text so far, as the failed response shows it
+                item.text_json = fastjson.dumps("".join(item.parts))
+        error = b'{"code":"server_error","message":%s}' % encoded
+        self._emit(
+            out,
+            "response.failed",
+            b',"response":' + self._response_json("failed", "incomplete", error),
+        )
         return b"".join(out)
