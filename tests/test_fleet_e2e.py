@@ -19,7 +19,14 @@ from nexus_backend_llamacpp import LlamaCppAdapter
 from nexus_core.adapters import NO_LIFECYCLE, ModelInventory
 from nexus_core.config import BackendConfig
 from nexus_core.http import HttpClients
-from nexus_core.testing import Behaviour, FakeBackend, FakeLlamaCpp, FakeOllama, FakeVLLM
+from nexus_core.testing import (
+    Behaviour,
+    FakeBackend,
+    FakeLlamaCpp,
+    FakeLMStudio,
+    FakeOllama,
+    FakeVLLM,
+)
 from nexus_server.testing import RunningServer, running_server
 
 GiB = 1024**3
@@ -145,6 +152,12 @@ CASES = [
         "m",
         id="vllm",
     ),
+    pytest.param(
+        lambda: FakeLMStudio("box", [{"id": "m", "state": "not-loaded"}], load_delay=0.1),
+        "lmstudio",
+        "m",
+        id="lmstudio",
+    ),
 ]
 
 
@@ -153,6 +166,7 @@ def test_load_then_unload_through_the_admin_api(
     make: Callable[[], FakeBackend], kind: str, model: str
 ) -> None:
     with serving((make(), kind)) as (nexus, admin):
+        wait_until(lambda: state_of(admin, "box", model) in ("unloaded", "sleeping"))
         started = operation(admin, "load", {"model": model, "backend": "box"})
         assert started.status_code == 202, started.text
         op = started.json()
