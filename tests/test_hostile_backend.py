@@ -359,8 +359,10 @@ def test_memory_returns_to_its_baseline_after_endless_answers(tmp_path: Path) ->
         # Generous timeouts: what is proved is the size limit, and pushing 1.7 GB through
         # loopback must not end in a 504 when the test shares the machine with other work.
         text = config_text(hostile, None, "").replace(
-            "idle_timeout_seconds = 0.5\nrequest_timeout_seconds = 10.0",
-            "idle_timeout_seconds = 20.0\nrequest_timeout_seconds = 60.0",
+            "first_byte_timeout_seconds = 1.0\nidle_timeout_seconds = 0.5\n"
+            "request_timeout_seconds = 10.0",
+            "first_byte_timeout_seconds = 20.0\nidle_timeout_seconds = 20.0\n"
+            "request_timeout_seconds = 60.0",
         )
         assert "request_timeout_seconds = 60.0" in text
         config.write_text(text, encoding="utf-8")
