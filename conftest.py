@@ -55,10 +55,11 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     """Spread a run of the whole suite over WORKERS xdist workers."""
     if hasattr(config, "workerinput") or not config.pluginmanager.hasplugin("xdist"):
         return
-    if config.option.numprocesses is not None or config.getoption("usepdb"):
-        return
-    if config.args_source is not pytest.Config.ArgsSource.TESTPATHS:
-        return
-    config.option.numprocesses = WORKERS
-    if config.option.dist == "no":
+    if config.option.numprocesses is None:
+        if config.getoption("usepdb"):
+            return
+        if config.args_source is not pytest.Config.ArgsSource.TESTPATHS:
+            return
+        config.option.numprocesses = WORKERS
+    if config.option.dist == "no":  # `-n N` alone balances the same way
         config.option.dist = "worksteal"
