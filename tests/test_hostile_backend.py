@@ -356,8 +356,17 @@ def test_memory_returns_to_its_baseline_after_endless_answers(tmp_path: Path) ->
     leave the server's RSS near where it started; unbounded, each would add about 1 GB a second."""
     with HostileBackend(Attack.ENDLESS_BODY, models=["hostile-only"]) as hostile:
         config = tmp_path / "nexus.toml"
-        config.write_text(config_text(hostile, None, ""), encoding="utf-8")
-        with nexus_serve(config) as (process, url), httpx.Client(timeout=30) as client:
+        # Generous timeouts: what is proved is the size limit, and pushing 1.7 GB through
+        # loopback must not end in a 504 when the test shares the machine with other work.
+        text = config_text(hostile, None, "").replace(
+            "first_byte_timeout_seconds = 1.0\nidle_timeout_seconds = 0.5\n"
+            "request_timeout_seconds = 10.0",
+            "first_byte_timeout_seconds = 20.0\nidle_timeout_seconds = 20.0\n"
+            "request_timeout_seconds = 60.0",
+        )
+        assert "request_timeout_seconds = 60.0" in text
+        config.write_text(text, encoding="utf-8")
+        with nexus_serve(config) as (process, url), httpx.Client(timeout=90) as client:
             body = {"model": "hostile-only", "messages": MESSAGES}
 
             def attack(stream: bool) -> None:
