@@ -4,8 +4,8 @@ One cluster for the module: a real ``redis-server`` (append-only file, fsync on 
 real ``nexus serve`` processes (``--no-discovery``, ``[state] backend = "redis"``) and Debian's
 nginx in front of them with the proxy settings of ``deploy/nginx/nexus-proxy.conf`` (the same
 file), all on 127.0.0.1, started in parallel. Clients are the ``openai`` SDK and httpx, through
-nginx unless a test talks to one replica on purpose. Each test leaves the cluster as it found it
-(a killed replica is started again, Redis is restarted on the same port and files).
+nginx unless a test talks to one replica on purpose. Each test starts with the whole cluster (a
+replica killed by an earlier test is started again; Redis is restarted on its port and files).
 """
 
 from __future__ import annotations
@@ -308,6 +308,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             shutil.rmtree(prefix, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def whole(cluster: Cluster) -> None:
+    """Every test starts with three replicas: one killed by an earlier test is started again."""
+    dead = [r for r in cluster.replicas if r.process is None or r.process.poll() is not None]
+    for replica in dead:
+        replica.start()
+    for replica in dead:
+        _wait(replica.ready, f"{replica.name} is back", 60)
+
+
 def _up(url: str) -> bool:
     try:
         return httpx.get(url + "/health", timeout=1).status_code == 200
@@ -440,6 +450,49 @@ def test_a_responses_conversation_continues_on_any_replica(cluster: Cluster) -> 
     assert through_nginx.responses.retrieve(previous.id).output_text == "Hello from local"
 
 
+def test_a_redis_restart_loses_no_recorded_spend_and_replicas_reconnect(cluster: Cluster) -> None:
+    key = cluster.create_key(cluster.replicas[1], "spender", monthly_budget_usd=1000)
+    _known_everywhere(cluster, key)
+
+    def spent(replica: Replica) -> float:
+        answer = httpx.get(
+            replica.url + "/v1/stats", headers={"Authorization": f"Bearer {key}"}, timeout=5
+        )
+        assert answer.status_code == 200, answer.text
+        value: float = answer.json()["budget"]["spent_usd"]
+        return value
+
+    # One request on each replica: the same question and answer, so the same cost each.
+    for replica in cluster.replicas:
+        assert _chat(replica.url, key, model="priced-model").status_code == 200
+    _wait(
+        lambda: len({spent(r) for r in cluster.replicas}) == 1 and spent(cluster.replicas[0]) > 0,
+        "every replica sees the three requests' spend",
+    )
+    before = spent(cluster.replicas[0])
+
+    cluster.redis.kill()
+    # While Redis is down, a request that must be metered is refused, never let through.
+    outage = _chat(cluster.replicas[0].url, key, model="priced-model")
+    assert outage.status_code == 503
+    assert outage.json()["error"]["code"] == "state_unavailable"
+    cluster.redis.start()
+    cluster.redis.wait_ready()
+
+    # The replicas reconnect by themselves: each serves a metered request again.
+    for replica in cluster.replicas:
+        _wait(
+            lambda r=replica: _chat(r.url, key, model="priced-model").status_code == 200,  # type: ignore[misc]
+            f"{replica.name} reconnects to Redis",
+            20,
+        )
+    # Nothing recorded before the restart was lost: the three new requests add to it.
+    _wait(
+        lambda: all(abs(spent(r) - 2 * before) < 1e-9 for r in cluster.replicas),
+        f"every replica reports twice {before} USD",
+    )
+
+
 def test_killing_a_replica_mid_load_loses_no_request_not_yet_streaming(cluster: Cluster) -> None:
     key = cluster.create_key(cluster.replicas[0], "load")
     _known_everywhere(cluster, key)
@@ -496,48 +549,3 @@ def test_killing_a_replica_mid_load_loses_no_request_not_yet_streaming(cluster: 
     finally:
         stop.set()
         cluster.local.behave(Behaviour())
-        victim.start()
-        _wait(victim.ready, "the killed replica is back", 30)
-
-
-def test_a_redis_restart_loses_no_recorded_spend_and_replicas_reconnect(cluster: Cluster) -> None:
-    key = cluster.create_key(cluster.replicas[1], "spender", monthly_budget_usd=1000)
-    _known_everywhere(cluster, key)
-
-    def spent(replica: Replica) -> float:
-        answer = httpx.get(
-            replica.url + "/v1/stats", headers={"Authorization": f"Bearer {key}"}, timeout=5
-        )
-        assert answer.status_code == 200, answer.text
-        value: float = answer.json()["budget"]["spent_usd"]
-        return value
-
-    # One request on each replica: the same question and answer, so the same cost each.
-    for replica in cluster.replicas:
-        assert _chat(replica.url, key, model="priced-model").status_code == 200
-    _wait(
-        lambda: len({spent(r) for r in cluster.replicas}) == 1 and spent(cluster.replicas[0]) > 0,
-        "every replica sees the three requests' spend",
-    )
-    before = spent(cluster.replicas[0])
-
-    cluster.redis.kill()
-    # While Redis is down, a request that must be metered is refused, never let through.
-    outage = _chat(cluster.replicas[0].url, key, model="priced-model")
-    assert outage.status_code == 503
-    assert outage.json()["error"]["code"] == "state_unavailable"
-    cluster.redis.start()
-    cluster.redis.wait_ready()
-
-    # The replicas reconnect by themselves: each serves a metered request again.
-    for replica in cluster.replicas:
-        _wait(
-            lambda r=replica: _chat(r.url, key, model="priced-model").status_code == 200,  # type: ignore[misc]
-            f"{replica.name} reconnects to Redis",
-            20,
-        )
-    # Nothing recorded before the restart was lost: the three new requests add to it.
-    _wait(
-        lambda: all(abs(spent(r) - 2 * before) < 1e-9 for r in cluster.replicas),
-        f"every replica reports twice {before} USD",
-    )
