@@ -10,6 +10,7 @@ replica killed by an earlier test is started again; Redis is restarted on its po
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -28,6 +29,9 @@ import httpx
 import openai
 import pytest
 
+from nexus_core.accounting import GLOBAL_SCOPE, month_of
+from nexus_core.auth import COLLECTION as KEYS_COLLECTION
+from nexus_core.state.redis import RedisStore
 from nexus_core.testing import FakeBackend, free_port
 from nexus_core.testing.fake_backend import Behaviour
 from tests.conftest import NEXUS, toml_text
@@ -451,7 +455,9 @@ def test_a_responses_conversation_continues_on_any_replica(cluster: Cluster) -> 
 
 
 def test_a_redis_restart_loses_no_recorded_spend_and_replicas_reconnect(cluster: Cluster) -> None:
-    key = cluster.create_key(cluster.replicas[1], "spender", monthly_budget_usd=1000)
+    key = cluster.create_key(
+        cluster.replicas[1], "spender", monthly_budget_usd=1000, requests_per_minute=600
+    )
     _known_everywhere(cluster, key)
 
     def spent(replica: Replica) -> float:
@@ -470,6 +476,9 @@ def test_a_redis_restart_loses_no_recorded_spend_and_replicas_reconnect(cluster:
         "every replica sees the three requests' spend",
     )
     before = spent(cluster.replicas[0])
+    store = RedisStore(cluster.redis.url)
+    recorded = asyncio.run(_month_spend(store))
+    assert recorded > 0
 
     cluster.redis.kill()
     # While Redis is down, a request that must be metered is refused, never let through.
@@ -478,8 +487,13 @@ def test_a_redis_restart_loses_no_recorded_spend_and_replicas_reconnect(cluster:
     assert outage.json()["error"]["code"] == "state_unavailable"
     cluster.redis.start()
     cluster.redis.wait_ready()
+    # What Redis had acknowledged is back from its append-only file: the spend, and the key
+    # made at run time (which the replicas would otherwise drop at their next catch-up).
+    assert asyncio.run(_month_spend(store)) == recorded
+    assert "spender" in asyncio.run(_stored_keys(store))
 
-    # The replicas reconnect by themselves: each serves a metered request again.
+    # The replicas reconnect by themselves: each serves a metered, rate-limited request again
+    # (the rate limit's Lua script is loaded again into the new Redis).
     for replica in cluster.replicas:
         _wait(
             lambda r=replica: _chat(r.url, key, model="priced-model").status_code == 200,  # type: ignore[misc]
@@ -491,6 +505,23 @@ def test_a_redis_restart_loses_no_recorded_spend_and_replicas_reconnect(cluster:
         lambda: all(abs(spent(r) - 2 * before) < 1e-9 for r in cluster.replicas),
         f"every replica reports twice {before} USD",
     )
+
+
+async def _month_spend(store: RedisStore) -> int:
+    """The gateway-wide spend of this month in Redis, read by a client of its own."""
+    try:
+        await store.open()
+        return await store.total(GLOBAL_SCOPE, month_of(time.time()))
+    finally:
+        await store.close()
+
+
+async def _stored_keys(store: RedisStore) -> dict[str, str]:
+    try:
+        await store.open()
+        return await store.items(KEYS_COLLECTION)
+    finally:
+        await store.close()
 
 
 def test_killing_a_replica_mid_load_loses_no_request_not_yet_streaming(cluster: Cluster) -> None:
