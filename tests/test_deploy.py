@@ -136,6 +136,8 @@ def test_the_objects_refer_to_each_other() -> None:
     assert config["state"]["redis_url_env"] in environment
     assert config["auth"]["admin_key_env"] in environment
     assert {k["key_env"] for k in config["auth"]["keys"]} <= environment.keys()
+    # The admin API answers to the Service's name (clients in the cluster call it by it).
+    assert resources[("Service", "nexus")]["metadata"]["name"] in config["server"]["allowed_hosts"]
     redis = resources[("StatefulSet", "redis")]["spec"]
     assert redis["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
     args = redis["template"]["spec"]["containers"][0]["args"]
