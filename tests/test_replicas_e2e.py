@@ -524,59 +524,106 @@ async def _stored_keys(store: RedisStore) -> dict[str, str]:
         await store.close()
 
 
-def test_killing_a_replica_mid_load_loses_no_request_not_yet_streaming(cluster: Cluster) -> None:
-    key = cluster.create_key(cluster.replicas[0], "load")
-    _known_everywhere(cluster, key)
-    victim = cluster.replicas[2]
-    # Answers take a while, so requests are in flight on the victim when it dies.
+@dataclass
+class Load:
+    """What the clients of ``_under_load`` saw."""
+
+    plain: list[httpx.Response]
+    #: Each stream: whether its first chunk had come, and the error that ended it (None: whole).
+    streams: list[tuple[bool, BaseException | None]]
+    #: How many whole answers had come when the replica was gone.
+    gone_at: int
+    #: nginx's ``X-Replica`` of every answer, whole or streamed: the replicas it tried, in order.
+    routes: list[str]
+
+
+def _under_load(cluster: Cluster, key: str, victim: Replica, signum: int) -> Load:
+    """Whole and streamed requests through nginx from six threads; ``signum`` to ``victim``
+    halfway; the load goes on until a dozen more whole answers came."""
+    # Answers take a while, so requests are in flight on the victim when it goes.
     cluster.local.behave(Behaviour(delay_before_headers=0.3))
     stop = threading.Event()
     plain: list[httpx.Response] = []
-    streams: list[tuple[bool, BaseException | None]] = []  # (had it started?, how it ended)
+    streams: list[tuple[bool, BaseException | None]] = []
+    routes: list[str] = []
 
     def ask() -> None:
         while not stop.is_set():
-            plain.append(_chat(cluster.nginx_url, key))
+            answer = _chat(cluster.nginx_url, key)
+            routes.append(answer.headers["x-replica"])
+            plain.append(answer)
 
     def stream() -> None:
-        sdk = _sdk(cluster.nginx_url, key)
-        while not stop.is_set():
-            started = False
-            try:
-                chunks = sdk.chat.completions.create(
-                    model="fake-model", messages=MESSAGES, max_tokens=5, stream=True
-                )
-                for _ in chunks:
-                    started = True
-                streams.append((started, None))
-            except (openai.APIError, httpx.HTTPError) as exc:
-                streams.append((started, exc))
+        hooks = {"response": [lambda r: routes.append(r.headers["x-replica"])]}
+        with httpx.Client(event_hooks=hooks) as client:
+            sdk = openai.OpenAI(
+                base_url=cluster.nginx_url + "/v1", api_key=key, max_retries=0, http_client=client
+            )
+            while not stop.is_set():
+                started = False
+                try:
+                    chunks = sdk.chat.completions.create(
+                        model="fake-model", messages=MESSAGES, max_tokens=5, stream=True
+                    )
+                    for _ in chunks:
+                        started = True
+                    streams.append((started, None))
+                except (openai.APIError, httpx.HTTPError) as exc:
+                    streams.append((started, exc))
 
     try:
         with ThreadPoolExecutor(6) as pool:
             workers = [pool.submit(ask) for _ in range(4)] + [pool.submit(stream) for _ in range(2)]
             _wait(lambda: len(plain) >= 8, "some load went through")
             assert victim.process is not None
-            victim.process.send_signal(signal.SIGKILL)
-            victim.process.wait(10)
-            killed_at = len(plain)
-            _wait(lambda: len(plain) >= killed_at + 12, "the load goes on after the kill")
+            victim.process.send_signal(signum)
+            victim.process.wait(15)
+            gone_at = len(plain)
+            _wait(lambda: len(plain) >= gone_at + 12, "the load goes on after the replica left")
             stop.set()
             for worker in workers:
                 worker.result()
-        failed = [a for a in plain if a.status_code != 200]
-        assert not failed, [(a.status_code, a.text) for a in failed]
-        # Every stream that had not started before the kill ended whole.
-        assert [exc for started, exc in streams if not started and exc is not None] == []
-        assert any(exc is None for _, exc in streams)
-        # nginx did retry: some answers name the dead replica, then the one that answered.
-        victim_address = f"127.0.0.1:{victim.port}"
-        retried = [a for a in plain if victim_address in a.headers["x-replica"].split(",")[0]]
-        assert any(_replica_of(a) != victim_address for a in retried)
-        # The other two keep serving.
-        after = {_replica_of(a) for a in plain[killed_at + 4 :]}
-        assert after
-        assert victim_address not in after
     finally:
         stop.set()
         cluster.local.behave(Behaviour())
+    return Load(plain, streams, gone_at, routes)
+
+
+def _the_others_serve(load: Load, victim: Replica) -> None:
+    """Requests after the replica left were answered by the other two."""
+    after = {_replica_of(a) for a in load.plain[load.gone_at + 4 :]}
+    assert after
+    assert f"127.0.0.1:{victim.port}" not in after
+
+
+def test_a_replica_stopped_with_sigterm_mid_load_drops_nothing(cluster: Cluster) -> None:
+    """A rolling update's stop: the replica drains (server.drain_timeout_seconds) and exits."""
+    key = cluster.create_key(cluster.replicas[0], "rolling")
+    _known_everywhere(cluster, key)
+    victim = cluster.replicas[1]
+    load = _under_load(cluster, key, victim, signal.SIGTERM)
+    assert victim.process is not None
+    assert victim.process.returncode == 0
+    failed = [a for a in load.plain if a.status_code != 200]
+    assert not failed, [(a.status_code, a.text) for a in failed]
+    # Streams too, even those that had started on the stopping replica: they finished there.
+    assert [exc for _, exc in load.streams if exc is not None] == []
+    assert load.streams
+    _the_others_serve(load, victim)
+
+
+def test_killing_a_replica_mid_load_loses_no_request_not_yet_streaming(cluster: Cluster) -> None:
+    key = cluster.create_key(cluster.replicas[0], "load")
+    _known_everywhere(cluster, key)
+    victim = cluster.replicas[2]
+    load = _under_load(cluster, key, victim, signal.SIGKILL)
+    failed = [a for a in load.plain if a.status_code != 200]
+    assert not failed, [(a.status_code, a.text) for a in failed]
+    # Every stream that had not started before the kill ended whole.
+    assert [exc for started, exc in load.streams if not started and exc is not None] == []
+    assert any(exc is None for _, exc in load.streams)
+    # nginx did retry: some answers name the dead replica, then the one that answered.
+    victim_address = f"127.0.0.1:{victim.port}"
+    tried = [[part.strip() for part in route.split(",")] for route in load.routes]
+    assert any(r[0] == victim_address and r[-1] != victim_address for r in tried), load.routes
+    _the_others_serve(load, victim)
