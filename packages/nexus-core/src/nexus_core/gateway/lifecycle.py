@@ -19,7 +19,8 @@ log = logging.getLogger("nexus.gateway")
 
 __all__ = ["Lifecycle"]
 
-#: How often a worker of several catches up with keys and backends its siblings changed.
+#: How often a worker of several, or a replica sharing Redis, catches up with the keys and
+#: run-time backends the others changed.
 SYNC_SECONDS = 2.0
 
 
@@ -45,8 +46,9 @@ class Lifecycle(BackendManagement):
         self.prewarmer.start()
         await asyncio.gather(*(self._add_static(b) for b in self.config.backends))
         await self._restore_backends()
-        if self.config.server.workers > 1:
-            # Sibling workers change keys and run-time backends through the shared store.
+        if self.config.server.workers > 1 or self.config.state.backend is StateBackend.REDIS:
+            # Sibling workers, and replicas sharing Redis, change keys and run-time backends
+            # through the shared store: a bounded catch-up, off the request path.
             task = asyncio.get_running_loop().create_task(self._sync_loop())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
