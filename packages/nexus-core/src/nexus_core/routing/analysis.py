@@ -178,6 +178,8 @@ def prefix_key(endpoint: Endpoint, data: dict[str, Any]) -> int:
             if not isinstance(message, dict):
                 continue
             role = message.get("role")
+            if role == "developer":
+                role = "system"  # OpenAI's newer name for it; other doors send "system"
             if isinstance(role, str):
                 digest.update(_utf8(role[:32]))
             digest.update(b"\x1e")
