@@ -191,5 +191,5 @@ def test_serve_and_config_check_refuse_a_strategy_nothing_registered(
     assert alone.returncode == 1
     assert alone.stderr.splitlines() == [
         f"{config}: routing.strategy: unknown routing strategy 'reverse_priorty' (known "
-        "strategies: least_loaded, priority_only, random, round_robin, smart)"
+        "strategies: cache_affinity, least_loaded, priority_only, random, round_robin, smart)"
     ]
