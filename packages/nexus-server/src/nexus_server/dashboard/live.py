@@ -207,6 +207,8 @@ class Dashboard:
                 record.backend, record.duration, record.status >= 400 or bool(record.error)
             )
         self._stale |= HISTORY | WIDGETS
+        if record.cached_tokens is not None:
+            self._stale |= BACKENDS  # its card's cache hit ratio moved
 
     def _on_backend(self, event: str, backend: Backend) -> None:
         if event != "status":  # added, removed, models: the matrix is built again when read
