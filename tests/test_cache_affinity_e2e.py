@@ -148,6 +148,26 @@ def test_every_turn_of_a_conversation_lands_on_one_backend_through_every_door(
         assert all(b["tokens"]["cached"] > 0 for b in stats["backends"])
         history = httpx.get(server.url + "/v1/history").json()["data"]
         assert {entry["cached_tokens"] for entry in history} - {0, None}
+        # A stream's usage counts too (the last conversation: its prompts are still cached).
+        client = openai.OpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0)
+        chunks = list(
+            client.chat.completions.create(
+                model=MODEL,
+                messages=turn_messages(5, 6),  # type: ignore[arg-type]
+                max_tokens=8,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        usage = chunks[-1].usage
+        assert usage is not None
+        assert usage.prompt_tokens_details is not None
+        cached_now = usage.prompt_tokens_details.cached_tokens
+        assert cached_now
+        newest = httpx.get(server.url + "/v1/history").json()["data"][0]
+        assert newest["stream"] is True
+        assert newest["cached_tokens"] == cached_now
+        assert newest["route_reason"] == "cache-affinity"
 
 
 def test_two_nexus_servers_place_conversations_alike(llamas: list[FakeLlamaCpp]) -> None:
