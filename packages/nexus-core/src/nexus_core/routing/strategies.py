@@ -287,10 +287,12 @@ class CacheAffinityStrategy:
         if home is not ring[0]:
             ring.remove(home)
             ring.insert(0, home)
-        if self._over(home, ring):
+        # One more request in flight on a backend may not pass ceil((1 + epsilon) x average).
+        bound = math.ceil(self.factor * (sum(b.pending for b in ring) + 1) / len(ring))
+        if _over(home, bound):
             for index in range(1, len(ring)):
                 other = ring[index]
-                if not self._over(other, ring):
+                if not _over(other, bound):
                     del ring[index]
                     ring.insert(0, other)
                     moved = True
@@ -308,14 +310,6 @@ class CacheAffinityStrategy:
                 return backend
         return min(ring, key=lambda b: counts.get(b.name, 0))  # the first of the least loaded
 
-    def _over(self, backend: Backend, ring: list[Backend]) -> bool:
-        """Full, or one more request would put it past the bound on requests in flight."""
-        limit = backend.max_concurrent
-        if limit is not None and backend.pending >= limit:
-            return True
-        average = (sum(b.pending for b in ring) + 1) / len(ring)
-        return backend.pending + 1 > math.ceil(self.factor * average)
-
     def _forget(self, now: float) -> None:
         """Drop conversations idle past ``idle_seconds``, and the oldest past the maximum."""
         placed = self._placed
@@ -327,6 +321,13 @@ class CacheAffinityStrategy:
                 return
             del placed[slot]
             counts[name] -= 1
+
+
+def _over(backend: Backend, bound: int) -> bool:
+    """Full, or one more request would put it past ``bound`` requests in flight."""
+    limit = backend.max_concurrent
+    pending = backend.pending
+    return (limit is not None and pending >= limit) or pending + 1 > bound
 
 
 #: The built-in strategies ``[routing] strategy`` names, each built once when the router is. A new
