@@ -6,6 +6,8 @@ seven rounds, so other processes on a shared machine disturb it less than wall t
 checkouts with the same interpreter:
 
     PYTHONPATH=<checkout>/packages/nexus-core/src uv run python benchmarks/request_path.py
+
+Arguments: the rounds per measurement (4000), then the routing strategy (``smart``).
 """
 
 from __future__ import annotations
@@ -59,9 +61,9 @@ class MemoryAdapter:
         """Nothing to close."""
 
 
-async def measure(rounds: int) -> dict[str, float]:
+async def measure(rounds: int, strategy: str = "smart") -> dict[str, float]:
     """Best per-request CPU µs for a whole answer and for a stream, two backends serving."""
-    gateway = Gateway({"state": {"backend": "memory"}})
+    gateway = Gateway({"state": {"backend": "memory"}, "routing": {"strategy": strategy}})
     for index in range(2):
         config = BackendConfig(name=f"b{index}", url=f"http://127.0.0.1:{9 + index}")
         backend = Backend(
@@ -96,7 +98,8 @@ async def measure(rounds: int) -> dict[str, float]:
 def main() -> None:
     """Print the figures."""
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 4000
-    figures = asyncio.run(measure(rounds))
+    strategy = sys.argv[2] if len(sys.argv) > 2 else "smart"
+    figures = asyncio.run(measure(rounds, strategy))
     print(", ".join(f"{label} {value:.2f} µs" for label, value in figures.items()))
 
 

@@ -15,7 +15,7 @@ import pytest
 from benchmarks.routing_decision import build
 from nexus_core import fastjson
 from nexus_core.adapters import Endpoint
-from nexus_core.routing import analyze, replace_model
+from nexus_core.routing import analyze, prefix_key, replace_model
 from nexus_core.sse import SSEParser, completes_answer, event_data
 from nexus_server.responses_wire import ChatStreamToResponses, chat_answer_to_response
 
@@ -24,12 +24,13 @@ pytest.importorskip("pytest_benchmark")
 Benchmark = Callable[..., Any]
 
 
-@pytest.mark.parametrize("strategy", ["smart", "round_robin", "least_loaded"])
+@pytest.mark.parametrize("strategy", ["smart", "round_robin", "least_loaded", "cache_affinity"])
 @pytest.mark.parametrize("backends", [5, 50, 500])
 def test_routing_decision(benchmark: Benchmark, backends: int, strategy: str) -> None:
     """One `Router.plan` for a one-message chat request (target at 50 backends: <= 20 us)."""
     plan = build(backends, strategy).plan
-    needs = analyze(Endpoint.CHAT, {"model": "m", "messages": [{"role": "user", "content": "Hi"}]})
+    body = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
+    needs = analyze(Endpoint.CHAT, body, keyed=strategy == "cache_affinity")
     routes = benchmark(plan, needs)
     assert len(routes) >= 1
 
@@ -110,6 +111,16 @@ def test_body_inspection(benchmark: Benchmark, kilobytes: int) -> None:
 
     benchmark.extra_info["kilobytes"] = len(body) / 1024
     assert benchmark(inspect) is False
+
+
+@pytest.mark.parametrize("kilobytes", [1, 10, 100])
+def test_conversation_key(benchmark: Benchmark, kilobytes: int) -> None:
+    """``prefix_key`` of a conversation with a system prompt of ``kilobytes`` KB (cache_affinity's
+    extra work per request; it reads at most 32,768 characters)."""
+    system = ("lorem ipsum dolor sit amet " * (40 * kilobytes))[: kilobytes * 1024]
+    data = {"model": "m", "messages": [{"role": "system", "content": system}, {"role": "user"}]}
+    benchmark.extra_info["kilobytes"] = kilobytes
+    assert benchmark(prefix_key, Endpoint.CHAT, data) != 0
 
 
 @pytest.mark.parametrize("kilobytes", [1, 10, 100])

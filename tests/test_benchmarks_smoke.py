@@ -1,7 +1,8 @@
 """The benchmark scripts still run (they are not part of the test run, so nothing else notices).
 
-Each micro-benchmark runs once with timing off (``--benchmark-disable``), and ``run.py`` and
-``soak.py`` parse their options; the figures themselves are for ``docs/performance.md``.
+Each micro-benchmark runs once with timing off (``--benchmark-disable``), ``run.py`` and
+``soak.py`` parse their options, and ``cache_affinity.py`` runs its workload on fakes; the figures
+themselves are for ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -73,3 +74,27 @@ def test_the_litestar_cost_benchmark_runs_in_process() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     for row in ("connections/s", "per broadcast to 100 pages", "msgspec Struct", "pydantic model"):
         assert row in result.stdout
+
+
+def test_the_cache_affinity_benchmark_runs_on_fakes() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "cache_affinity.py"),
+            "--fake",
+            "--turns",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ")]
+    figures = {row[0].strip(): [cell.strip() for cell in row[1:]] for row in rows[1:]}
+    assert list(figures) == ["round_robin", "least_loaded", "cache_affinity"]
+    # Each conversation's second turn found its first in the fake's prompt cache.
+    assert figures["cache_affinity"][2] != "0 %"
+    assert "cache_affinity median / least_loaded median" in result.stdout
+    assert "cache_affinity request counts" in result.stdout

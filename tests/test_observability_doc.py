@@ -42,6 +42,7 @@ def _records() -> list[RequestRecord]:
             duration=0.2,
             prompt_tokens=3,
             completion_tokens=5,
+            cached_tokens=2,
             cost_usd=0.001,
             attempts=1,
             **base,

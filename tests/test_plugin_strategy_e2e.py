@@ -176,8 +176,8 @@ def test_serve_and_config_check_refuse_a_strategy_nothing_registered(
     )
     expected = (
         f"{config}: routing.strategy: unknown routing strategy 'reverse_priorty'; did you mean "
-        "'reverse_priority'? (known strategies: least_loaded, name_order, priority_only, random, "
-        "reverse_priority, round_robin, smart)"
+        "'reverse_priority'? (known strategies: cache_affinity, least_loaded, name_order, "
+        "priority_only, random, reverse_priority, round_robin, smart)"
     )
     env = plugin_env(plugin_site)
     served = run_nexus(
@@ -191,5 +191,5 @@ def test_serve_and_config_check_refuse_a_strategy_nothing_registered(
     assert alone.returncode == 1
     assert alone.stderr.splitlines() == [
         f"{config}: routing.strategy: unknown routing strategy 'reverse_priorty' (known "
-        "strategies: least_loaded, priority_only, random, round_robin, smart)"
+        "strategies: cache_affinity, least_loaded, priority_only, random, round_robin, smart)"
     ]

@@ -130,7 +130,8 @@ def test_every_configurable_strategy_is_registered(name: str) -> None:
     router = Router(registry, RoutingConfig(strategy=name))
     assert router.strategy_name == name
     assert isinstance(router.strategy, type(STRATEGIES[name](RoutingConfig(), None)))
-    routes = router.plan(RequestNeeds("m"))
+    # A conversation key, for the strategies that order by it (cache_affinity).
+    routes = router.plan(RequestNeeds("m", prefix_key=1))
     assert sorted(r.backend.name for r in routes) == ["a", "b", "c"]
     assert routes[0].reason == router.strategy.reason
 

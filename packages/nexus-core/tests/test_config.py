@@ -215,7 +215,8 @@ CASES = [
         "[routing]\nstrategy = 'the best'\n",
         [
             "routing.strategy: must be a built-in strategy ('smart', 'round_robin', "
-            "'priority_only', 'random', 'least_loaded') or the name of one a plugin registers "
+            "'priority_only', 'random', 'least_loaded', 'cache_affinity') or the name of one a "
+            "plugin registers "
             "(lower-case letters, digits, '_', '.', '-', starting with a letter) (got 'the best')"
         ],
         id="bad-strategy-name",

@@ -229,8 +229,8 @@ def test_an_unknown_strategy_or_one_that_is_none_is_a_config_error() -> None:
         Router(Registry(), RoutingConfig(strategy="last_frist"))
     assert unknown.value.errors == [
         "routing.strategy: unknown routing strategy 'last_frist'; did you mean 'last_first'? "
-        "(known strategies: broken, last_first, least_loaded, priority_only, random, "
-        "round_robin, smart)"
+        "(known strategies: broken, cache_affinity, last_first, least_loaded, priority_only, "
+        "random, round_robin, smart)"
     ]
     with pytest.raises(ConfigError) as broken:
         Router(Registry(), RoutingConfig(strategy="broken"))
@@ -247,7 +247,7 @@ def test_config_problems_name_an_unknown_strategy_and_the_known_ones() -> None:
     unknown = NexusConfig.model_validate({"routing": {"strategy": "fastest"}})
     assert plugins.config_problems(unknown, "nexus.toml") == [
         "nexus.toml: routing.strategy: unknown routing strategy 'fastest' (known strategies: "
-        "last_first, least_loaded, priority_only, random, round_robin, smart)"
+        "cache_affinity, last_first, least_loaded, priority_only, random, round_robin, smart)"
     ]
 
 

@@ -260,7 +260,10 @@ def _first(policies: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
     failures=st.lists(st.tuples(st.integers(0, 5), st.sampled_from(list(BackendStatus)))),
     requested=st.sampled_from([*MODELS, "alias-x"]),
     flexible=st.booleans(),
-    strategy=st.sampled_from(["smart", "round_robin", "priority_only", "random", "least_loaded"]),
+    strategy=st.sampled_from(
+        ["smart", "round_robin", "priority_only", "random", "least_loaded", "cache_affinity"]
+    ),
+    conversation=st.integers(min_value=1, max_value=2**64 - 1),
 )
 def test_restricted_traffic_never_planned_to_open_or_lower_tier(
     fleet: list[dict[str, Any]],
@@ -271,6 +274,7 @@ def test_restricted_traffic_never_planned_to_open_or_lower_tier(
     requested: str,
     flexible: bool,
     strategy: str,
+    conversation: int,
 ) -> None:
     registry = Registry()
     backends = [
@@ -296,7 +300,9 @@ def test_restricted_traffic_never_planned_to_open_or_lower_tier(
         if step is not None:
             backends[step[0] % len(backends)].status = step[1]
         try:
-            routes = router.plan(chat(requested, flexible=flexible))
+            needs = chat(requested, flexible=flexible)
+            needs.prefix_key = conversation  # cache_affinity's key (the others ignore it)
+            routes = router.plan(needs)
         except GatewayError as error:
             status = error.status
             routes = []

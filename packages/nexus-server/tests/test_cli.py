@@ -147,8 +147,9 @@ def test_check_reports_every_error_and_exits_1(
     assert out == ""
     assert sorted(err.splitlines()) == [
         f"{path}: routing.strategy: must be a built-in strategy ('smart', 'round_robin', "
-        "'priority_only', 'random', 'least_loaded') or the name of one a plugin registers "
-        "(lower-case letters, digits, '_', '.', '-', starting with a letter) (got 'the best')",
+        "'priority_only', 'random', 'least_loaded', 'cache_affinity') or the name of one a "
+        "plugin registers (lower-case letters, digits, '_', '.', '-', starting with a letter) "
+        "(got 'the best')",
         f"{path}: sever: unknown key; did you mean 'server'?",
     ]
 

@@ -474,6 +474,7 @@ def test_the_card_view_is_the_backend_snapshot_with_its_first_models(big_fleet: 
         ids = [model["id"] for model in full.pop("models")]
         assert view.pop("models") == sorted(ids)[:CARD_MODELS]
         assert view.pop("model_count") == len(ids)
+        assert view.pop("cache_hit_ratio") is None  # no answer said what it cached
         assert view == full
 
 
@@ -618,3 +619,23 @@ def test_the_operations_panel_follows_the_operations() -> None:
     operation.state = OperationState.SUCCEEDED
     assert "succeeded" in dashboard.refresh()["operations"]
     assert dashboard.snapshot()["operations"][0]["id"] == "op_1"
+
+
+def test_a_card_shows_the_backends_cache_hits_once_an_answer_said() -> None:
+    fleet = gateway()
+    box = add(fleet, "box", ["m1"])
+    dashboard = Dashboard(fleet)
+    dashboard.everything()
+    assert "Cache hits" not in dashboard.page()  # nothing said how much was cached yet
+    client = Client()
+    dashboard.clients.add(client)
+    record = RequestRecord(request_id="r", model="m1", served_model="m1", backend=box.name)
+    record.begin("chat")
+    record.status = 200
+    record.prompt_tokens = 400
+    record.cached_tokens = 300
+    fleet.monitor.finish(record)
+    dashboard.flush()
+    (changed,) = fragments_of(client)
+    (slot,) = [key for key in changed if key.startswith("card-")]
+    assert "<dt>Cache hits</dt><dd>75 %</dd>" in changed[slot]

@@ -74,6 +74,9 @@ class RequestRecord:
     ttft: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    #: Prompt tokens the backend served from its cache (``prompt_tokens_details.cached_tokens``,
+    #: llama-server's ``timings.cache_n``); None: it did not say.
+    cached_tokens: int | None = None
     cost_usd: float | None = None
     attempts: int = 0
     #: Backends that failed before the one that answered, in order.
@@ -125,6 +128,7 @@ class RequestRecord:
             "ttft_ms": None if self.ttft is None else round(self.ttft * 1000, 3),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
             "cost_usd": self.cost_usd,
             "retries": max(0, self.attempts - 1),
             "error": self.error,
@@ -150,6 +154,8 @@ class _Series:
     """Running figures of one backend or one model for ``/v1/stats``."""
 
     __slots__ = (
+        "cache_prompt_tokens",
+        "cached_tokens",
         "completion_tokens",
         "cost_usd",
         "durations",
@@ -174,6 +180,9 @@ class _Series:
         self.ttfts: deque[float] = deque(maxlen=window)
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        #: Cached prompt tokens, and the prompt tokens of the answers that said how many.
+        self.cached_tokens = 0
+        self.cache_prompt_tokens = 0
         self.cost_usd = 0.0
 
     def add(self, record: RequestRecord, failed: bool) -> None:
@@ -190,6 +199,10 @@ class _Series:
             self.ttfts.append(record.ttft)
         self.prompt_tokens += record.prompt_tokens or 0
         self.completion_tokens += record.completion_tokens or 0
+        cached = record.cached_tokens
+        if cached is not None:
+            self.cached_tokens += cached
+            self.cache_prompt_tokens += record.prompt_tokens or 0
         self.cost_usd += record.cost_usd or 0.0
 
     def summary(self) -> dict[str, Any]:
@@ -205,9 +218,20 @@ class _Series:
                 "avg": _ms(self.sum_ttft / self.ttft_count) if self.ttft_count else None,
                 "p95": _ms(_p95(self.ttfts)),
             },
-            "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
+            "tokens": {
+                "prompt": self.prompt_tokens,
+                "completion": self.completion_tokens,
+                "cached": self.cached_tokens,
+            },
+            "cache_hit_ratio": self.cache_hit_ratio(),
             "cost_usd": round(self.cost_usd, 9),
         }
+
+    def cache_hit_ratio(self) -> float | None:
+        """Cached of the prompt tokens of the answers that said how many; None: none did."""
+        if not self.cache_prompt_tokens:
+            return None
+        return round(self.cached_tokens / self.cache_prompt_tokens, 4)
 
 
 class _KeyFigures:
@@ -288,6 +312,8 @@ class Monitor:
         self.durations: dict[tuple[str, str], _Histogram] = {}
         self.ttfts: dict[tuple[str, str], _Histogram] = {}
         self.tokens: dict[tuple[str, str, str], int] = {}
+        #: Prompt tokens served from a backend's cache, by (model, backend).
+        self.cached: dict[tuple[str, str], int] = {}
         self.errors: dict[tuple[str, str], int] = {}
         self.fallbacks: dict[tuple[str, str], int] = {}
         self.failovers: dict[tuple[str, str], int] = {}
@@ -346,6 +372,8 @@ class Monitor:
         if record.completion_tokens:
             token_key = (model, backend, "completion")
             self.tokens[token_key] = self.tokens.get(token_key, 0) + record.completion_tokens
+        if record.cached_tokens:
+            self.cached[pair] = self.cached.get(pair, 0) + record.cached_tokens
         if record.cost_usd:
             self.costs[(backend, model)] = self.costs.get((backend, model), 0.0) + record.cost_usd
         if failed:
@@ -550,6 +578,14 @@ class Monitor:
             "counter",
             "Tokens from the answers' usage, by type (prompt, completion).",
             (("model", "backend", "type"), self.tokens.items()),
+        )
+        _family(
+            out,
+            "nexus_prompt_tokens_cached_total",
+            "counter",
+            "Prompt tokens the backend served from its prompt cache (the answers' "
+            "usage.prompt_tokens_details.cached_tokens, llama-server's timings.cache_n).",
+            (("model", "backend"), self.cached.items()),
         )
         _family(
             out,

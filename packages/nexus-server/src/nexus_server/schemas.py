@@ -561,6 +561,8 @@ class Tokens(Answer):
 
     prompt: int
     completion: int
+    #: Prompt tokens served from the backend's prompt cache (not in a key's fleet-wide line).
+    cached: int = 0
 
 
 class RequestCounts(Answer):
@@ -585,6 +587,8 @@ class BackendStats(Answer):
     latency_ms: Latency
     ttft_ms: Latency
     tokens: Tokens
+    #: Cached of the prompt tokens of answers that said how many; null when none did.
+    cache_hit_ratio: float | None
     cost_usd: float
 
 
@@ -598,6 +602,8 @@ class ModelStats(Answer):
     latency_ms: Latency
     ttft_ms: Latency
     tokens: Tokens
+    #: Cached of the prompt tokens of answers that said how many; null when none did.
+    cache_hit_ratio: float | None
     cost_usd: float
 
 
@@ -657,6 +663,8 @@ class KeyBackendStats(Answer):
     latency_ms: Latency
     ttft_ms: Latency
     tokens: Tokens
+    #: Cached of the prompt tokens of answers that said how many; null when none did.
+    cache_hit_ratio: float | None
     cost_usd: float
 
 
@@ -699,6 +707,7 @@ class HistoryEntry(Answer):
     ttft_ms: float | None
     prompt_tokens: int | None
     completion_tokens: int | None
+    cached_tokens: int | None
     cost_usd: float | None
     retries: int
     error: str | None

@@ -31,6 +31,7 @@ class RoutingStrategy(LowerEnum):
     PRIORITY_ONLY = "priority_only"
     RANDOM = "random"
     LEAST_LOADED = "least_loaded"
+    CACHE_AFFINITY = "cache_affinity"
 
 
 class SystemMessages(LowerEnum):

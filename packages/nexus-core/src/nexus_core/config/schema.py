@@ -321,6 +321,31 @@ class WeightsConfig(Section):
     latency: float = Field(default=20.0, ge=0, description="Weight of the measured latency.")
 
 
+class CacheAffinityConfig(Section):
+    """``[routing.cache_affinity]``: the ``cache_affinity`` strategy's bounded loads and memory."""
+
+    epsilon: float = Field(
+        default=0.25,
+        ge=0,
+        le=10,
+        description="Load bound: a backend that would be past (1 + epsilon) x the average load "
+        "(conversations placed, requests in flight) is skipped for the next on the ring.",
+    )
+    idle_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="A conversation with no request for this long no longer counts towards "
+        "its backend's load.",
+    )
+    max_conversations: int = Field(
+        default=10_000,
+        ge=1,
+        le=10_000_000,
+        description="Conversations whose placement is remembered (the least recent forgotten "
+        "first); bounds the memory the strategy takes.",
+    )
+
+
 class PolicyConfig(Section):
     """``[[routing.policies]]``: rules by model name; the first matching policy wins."""
 
@@ -417,7 +442,8 @@ class RoutingConfig(Section):
     strategy: Strategy = Field(
         default=RoutingStrategy.SMART.value,
         description="smart (score of priority, load and latency), round_robin, priority_only, "
-        "random, least_loaded, or the name of a strategy a plugin registers.",
+        "random, least_loaded, cache_affinity (each conversation where its prompt is cached), "
+        "or the name of a strategy a plugin registers.",
     )
     max_retries: int = Field(
         default=2,
@@ -429,6 +455,10 @@ class RoutingConfig(Section):
     weights: WeightsConfig = Field(
         default_factory=WeightsConfig,
         description="Weights of the smart strategy (relative: they are normalised).",
+    )
+    cache_affinity: CacheAffinityConfig = Field(
+        default_factory=CacheAffinityConfig,
+        description="Bounded loads and memory of the cache_affinity strategy.",
     )
     aliases: dict[str, str] = Field(
         default_factory=dict,

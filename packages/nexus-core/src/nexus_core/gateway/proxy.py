@@ -100,9 +100,14 @@ class Requests(Catalogue):
         if self.config.logging.enable_content_logging:
             record.content = (_clip(body), None if result.body is None else _clip(result.body))
         if stream is None:
-            usage = result.data.get("usage") if isinstance(result.data, dict) else None
+            data = result.data
+            usage = data.get("usage") if isinstance(data, dict) else None
             if isinstance(usage, dict):
                 _tokens(record, usage)
+            if record.cached_tokens is None and isinstance(data, dict):
+                timings = data.get("timings")  # llama-server's, also without usage details
+                if isinstance(timings, dict) and isinstance(timings.get("cache_n"), int):
+                    record.cached_tokens = timings["cache_n"]
             _cost(record, result)
             self._count_tokens(record)
             self.monitor.finish(record)
@@ -131,7 +136,7 @@ class Requests(Catalogue):
                 raise GatewayError(
                     400, f"The request body is not valid JSON: {exc}", code="invalid_json"
                 ) from None
-        needs = analyze(endpoint, data)
+        needs = analyze(endpoint, data, self.router.keyed)
         model = needs.model
         # The client names the model: a record (history, logs) keeps a bounded part of it.
         record.model = model if len(model) <= MODEL_NAME_KEPT else model[:MODEL_NAME_KEPT] + "…"
@@ -331,6 +336,11 @@ def _tokens(record: RequestRecord, usage: Mapping[str, Any]) -> None:
         record.prompt_tokens = prompt
     if isinstance(completion, int):
         record.completion_tokens = completion
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+    if isinstance(details, dict):
+        cached = details.get("cached_tokens")
+        if isinstance(cached, int) and cached >= 0:
+            record.cached_tokens = cached
 
 
 def _cost(record: RequestRecord, result: ProxyResult) -> None:

@@ -17,12 +17,14 @@ from nexus_core.routing.analysis import (
     analyze,
     missing,
     missing_reason,
+    prefix_key,
 )
 from nexus_core.routing.body import replace_model, with_include_usage
 from nexus_core.routing.policies import CompiledPolicy, Constraint
 from nexus_core.routing.router import PERMANENT_REASONS, Route, Router
 from nexus_core.routing.strategies import (
     STRATEGIES,
+    CacheAffinityStrategy,
     LeastLoadedStrategy,
     PriorityStrategy,
     RandomStrategy,
@@ -39,6 +41,7 @@ __all__ = [
     "CHARS_PER_TOKEN",
     "PERMANENT_REASONS",
     "STRATEGIES",
+    "CacheAffinityStrategy",
     "CompiledPolicy",
     "Constraint",
     "LeastLoadedStrategy",
@@ -56,6 +59,7 @@ __all__ = [
     "load_ratio",
     "missing",
     "missing_reason",
+    "prefix_key",
     "replace_model",
     "with_include_usage",
 ]

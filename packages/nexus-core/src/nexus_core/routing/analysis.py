@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from hashlib import blake2b
 from typing import Any
 
 from nexus_core.adapters import CAPABILITIES, Endpoint, ModelInfo
@@ -15,10 +16,16 @@ __all__ = [
     "analyze",
     "missing",
     "missing_reason",
+    "prefix_key",
 ]
 
 # Rough bytes-per-token used to estimate prompt size before the context-length check.
 CHARS_PER_TOKEN = 4
+#: Characters of a request's leading text (system prompt, first user message) its conversation
+#: key hashes at most: enough to tell conversations apart, bounded work for a huge prompt.
+PREFIX_KEY_CHARS = 32_768
+#: Tool names the conversation key hashes at most.
+PREFIX_KEY_TOOLS = 64
 
 
 @dataclass(slots=True)
@@ -39,6 +46,11 @@ class RequestNeeds:
     embeddings: bool = False
     #: The request's prompt field (``messages``, ``prompt``, ``input``), named by its errors.
     prompt_param: str = "messages"
+    #: The conversation's key (``prefix_key``), set only when the strategy orders by it; 0: none.
+    prefix_key: int = 0
+    #: ``X-Nexus-Route-Reason`` a strategy that takes ``needs`` chose for this request ("": its
+    #: ``reason``).
+    route_reason: str = ""
 
 
 def missing(info: ModelInfo, needs: RequestNeeds) -> tuple[str, ...]:
@@ -77,8 +89,11 @@ def missing_reason(info: ModelInfo, needs: RequestNeeds, lacks: tuple[str, ...])
     return {"missing": list(lacks), "message": "; ".join(parts), **fields}
 
 
-def analyze(endpoint: Endpoint, data: Any) -> RequestNeeds:
-    """Read the fields routing depends on; refuse bodies the gateway cannot route."""
+def analyze(endpoint: Endpoint, data: Any, keyed: bool = False) -> RequestNeeds:
+    """Read the fields routing depends on; refuse bodies the gateway cannot route.
+
+    ``keyed``: the strategy orders by the conversation (``Router.keyed``): ``prefix_key`` too.
+    """
     if not isinstance(data, dict):
         raise bad_request("The request body must be a JSON object")
     model = data.get("model")
@@ -131,7 +146,72 @@ def analyze(endpoint: Endpoint, data: Any) -> RequestNeeds:
         needs.embeddings = True
         if data.get("input") is None:
             raise _field_error("input", None, "")
+    if keyed:
+        needs.prefix_key = prefix_key(endpoint, data)
     return needs
+
+
+def prefix_key(endpoint: Endpoint, data: dict[str, Any]) -> int:
+    """A stable 64-bit key of the request's conversation (0 for an embeddings request).
+
+    Chat: the tools' names and the leading messages up to and including the first user message
+    (role and text), at most ``PREFIX_KEY_CHARS`` characters of text. Every turn of a
+    conversation re-sends that prefix unchanged, so all its turns share the key; two
+    conversations differ in their system prompt or first question. Text is hashed the same
+    whether it comes as a string or as text parts, so a conversation translated from another
+    door keys alike. Completions: the prompt's first ``PREFIX_KEY_CHARS`` characters.
+    A keyed hash (BLAKE2b), not ``hash()``: two Nexus processes compute the same key.
+    """
+    digest = blake2b(digest_size=8)
+    budget = PREFIX_KEY_CHARS
+    if endpoint is Endpoint.CHAT:
+        tools = data.get("tools") or data.get("functions")
+        if isinstance(tools, list):
+            for tool in tools[:PREFIX_KEY_TOOLS]:
+                if isinstance(tool, dict):
+                    function = tool.get("function", tool)
+                    name = function.get("name") if isinstance(function, dict) else None
+                    if isinstance(name, str):
+                        digest.update(_utf8(name[:256]) + b"\x00")
+        digest.update(b"\x01")
+        for message in data.get("messages") or ():
+            if not isinstance(message, dict):
+                continue
+            role = message.get("role")
+            if role == "developer":
+                role = "system"  # OpenAI's newer name for it; other doors send "system"
+            if isinstance(role, str):
+                digest.update(_utf8(role[:32]))
+            digest.update(b"\x1e")
+            content = message.get("content")
+            if isinstance(content, str):
+                text = content[:budget]
+                digest.update(_utf8(text))
+                budget -= len(text)
+            elif isinstance(content, list):
+                for part in content:
+                    text_part = part.get("text") if isinstance(part, dict) else None
+                    if isinstance(text_part, str) and budget > 0:
+                        text = text_part[:budget]
+                        digest.update(_utf8(text))
+                        budget -= len(text)
+            if role == "user" or budget <= 0:
+                break
+    elif endpoint is Endpoint.COMPLETIONS:
+        prompt = data.get("prompt")
+        if isinstance(prompt, list):
+            prompt = prompt[0] if prompt else None
+        if not isinstance(prompt, str):
+            return 0
+        digest.update(_utf8(prompt[:budget]))
+    else:
+        return 0
+    return int.from_bytes(digest.digest(), "big") or 1
+
+
+def _utf8(text: str) -> bytes:
+    # surrogatepass: JSON may carry a lone surrogate ("\ud800"); it still hashes.
+    return text.encode("utf-8", "surrogatepass")
 
 
 def _field_error(name: str, value: Any, expected: str) -> GatewayError:

@@ -8,7 +8,7 @@ import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from nexus_core.adapters import BackendStatus
 from nexus_core.config import MAX_ALIAS_DEPTH, RoutingConfig, Zone
@@ -30,7 +30,7 @@ from nexus_core.routing.policies import (
     privacy_reason,
     tier_reason,
 )
-from nexus_core.routing.strategies import SmartStrategy, Strategy, build_strategy
+from nexus_core.routing.strategies import SmartStrategy, Strategy, build_strategy, takes_needs
 
 if TYPE_CHECKING:
     from nexus_core.accounting import Accountant
@@ -153,6 +153,11 @@ class Router:
         self.strategy: Strategy = strategy or build_strategy(config, quality)
         #: The strategy's name in the debug lines: the config's, or a custom one's class.
         self.strategy_name = str(config.strategy) if strategy is None else type(strategy).__name__
+        #: The strategy's ``order`` takes the request's ``needs`` (``takes_needs``): requests
+        #: are analysed with their conversation key (``analyze(..., keyed=True)``).
+        self.keyed = takes_needs(self.strategy)
+        #: Its reason when the demotion of cold or full backends moved its pick.
+        self._overflow_reason: str | None = getattr(self.strategy, "overflow_reason", None)
         if isinstance(self.strategy, SmartStrategy):
             # Backends keep their smart score current from now on (see Backend.rank).
             weights = self.strategy.weights
@@ -382,8 +387,12 @@ class Router:
         base = constraint_for(self.policies, self.names(requested)) if self.policies else None
         candidates = self.eligible(model, needs, None, base)
         if candidates:
-            ordered = self._order(candidates, model)
-            first_reason = self.strategy.reason if len(ordered) > 1 else "only-candidate"
+            needs.route_reason = ""
+            ordered = self._order(candidates, model, needs)
+            if len(ordered) == 1:
+                first_reason = "only-candidate"
+            else:
+                first_reason = needs.route_reason or self.strategy.reason
             restricted = base is not None and base.restricted_by is not None
             for index, backend in enumerate(ordered[:limit]):
                 reason = first_reason if index == 0 else "failover"
@@ -398,7 +407,7 @@ class Router:
             fallback_candidates = self.eligible(fallback_model, needs, None, constraint)
             if not fallback_candidates:
                 continue
-            ordered = self._order(fallback_candidates, fallback_model)
+            ordered = self._order(fallback_candidates, fallback_model, needs)
             restricted = constraint is not None and constraint.restricted_by is not None
             for backend in ordered[:limit]:
                 routes.append(
@@ -460,11 +469,14 @@ class Router:
         own = constraint_for(self.policies, self.names(fallback))
         return own if base is None else base.stricter(own)
 
-    def _order(self, candidates: list[Backend], model: str) -> list[Backend]:
+    def _order(self, candidates: list[Backend], model: str, needs: RequestNeeds) -> list[Backend]:
         """Strategy order; then backends where the model is cold, then full ones, go last."""
         if len(candidates) == 1:
             return candidates
-        ordered = self.strategy.order(candidates, model)
+        if self.keyed:
+            ordered = cast(_KeyedStrategy, self.strategy).order(candidates, model, needs)
+        else:
+            ordered = self.strategy.order(candidates, model)
         budget = self.budget
         if budget is not None and budget.prefer_local:
             # Past the soft limit: local first (strategy order within), then cloud ones.
@@ -477,7 +489,10 @@ class Router:
             if (info is not None and info.loaded is False) or (
                 b.max_concurrent is not None and b.pending >= b.max_concurrent
             ):
+                pick = ordered[0]
                 ordered.sort(key=lambda b: _demotion(b, model))  # stable: strategy order within
+                if ordered[0] is not pick and self._overflow_reason is not None:
+                    needs.route_reason = self._overflow_reason
                 break
         return ordered
 
@@ -503,6 +518,16 @@ class Router:
         if reasons and all(r["reason"] == "model_loading" for r in reasons):
             return model_loading(requested, reasons)
         return no_backend(requested, reasons)
+
+
+class _KeyedStrategy(Protocol):
+    """A strategy whose ``order`` takes the request's ``needs`` too (``takes_needs``)."""
+
+    reason: str
+
+    def order(
+        self, candidates: Sequence[Backend], model: str, needs: RequestNeeds
+    ) -> list[Backend]: ...
 
 
 def _excluded_text(excluded: Sequence[Mapping[str, Any]]) -> str:

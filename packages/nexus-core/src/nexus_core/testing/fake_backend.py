@@ -151,6 +151,13 @@ class FakeBackend:
     public_paths: frozenset[str] = frozenset({"/health"})
     #: Paths of the server's model lifecycle API, which ``Behaviour(lifecycle=True)`` applies to.
     lifecycle_paths: frozenset[str] = frozenset()
+    #: Chat answers say how many prompt tokens came from the server's prompt cache
+    #: (``usage.prompt_tokens_details.cached_tokens``), as llama-server, vLLM and OpenAI do.
+    reports_cached_tokens: bool = False
+    #: Prompts the fake's prompt cache remembers (a server's slots): ``cached_prompt_tokens``.
+    prompt_cache_slots: int = 4
+    #: Shorter prompts say nothing of the cache (OpenAI caches prompts of 1,024 tokens or more).
+    cache_min_prompt_tokens: int = 0
 
     def __init__(
         self,
@@ -185,8 +192,25 @@ class FakeBackend:
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        #: The last chat prompts, newest last: the fake's prompt cache.
+        self._prompts: deque[list[Any]] = deque(maxlen=self.prompt_cache_slots)
         if behaviour is not None:
             self.behave(behaviour)
+
+    def cached_prompt_tokens(self, messages: Sequence[Any]) -> int:
+        """Tokens of the longest run of leading messages ``messages`` shares with one of the
+        last ``prompt_cache_slots`` prompts this server saw (what a server's KV cache would
+        serve: the earlier turns of the same conversation), then remembers ``messages``."""
+        best = 0
+        for seen in self._prompts:
+            shared = 0
+            for old, new in zip(seen, messages, strict=False):
+                if old != new:
+                    break
+                shared += 1
+            best = max(best, shared)
+        self._prompts.append(list(messages))
+        return shapes.count_tokens(list(messages[:best])) if best else 0
 
     # -- what tests read and steer -----------------------------------------------------------
 
@@ -596,6 +620,11 @@ class FakeBackend:
                 return refusal
             completion_id = f"chatcmpl-{self.name}-{number}"
             prompt_tokens = max(1, shapes.count_tokens(messages))
+            cached = (
+                self.cached_prompt_tokens(messages)
+                if self.reports_cached_tokens and prompt_tokens >= self.cache_min_prompt_tokens
+                else None
+            )
             if not stream:
                 answer = shapes.chat_completion(
                     completion_id=completion_id,
@@ -607,6 +636,7 @@ class FakeBackend:
                     reasoning=behaviour.reasoning,
                     finish_reason=behaviour.finish_reason,
                 )
+                shapes.add_cached_tokens(answer, cached)
                 return self._ok(behaviour, answer, extra=True)
             chunks = shapes.chat_chunks(
                 completion_id=completion_id,
@@ -619,6 +649,7 @@ class FakeBackend:
                 reasoning=behaviour.reasoning,
                 finish_reason=behaviour.finish_reason,
             )
+            shapes.add_cached_tokens(chunks[-1], cached)
         else:
             completion_id = f"cmpl-{self.name}-{number}"
             prompt_tokens = max(1, shapes.count_tokens(payload.get("prompt", "")))

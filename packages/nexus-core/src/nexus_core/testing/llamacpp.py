@@ -538,7 +538,9 @@ class FakeLlamaCpp(FakeBackend):
         completion_id = f"chatcmpl-{self.name}-{next(self._ids)}"
         created = int(time.time())
         if kind == "chat":
-            prompt_tokens = max(1, shapes.count_tokens(payload.get("messages")))
+            messages = payload.get("messages")
+            prompt_tokens = max(1, shapes.count_tokens(messages))
+            cached = self.cached_prompt_tokens(messages if isinstance(messages, list) else [])
             if not stream:
                 answer = shapes.chat_completion(
                     completion_id=completion_id,
@@ -549,6 +551,7 @@ class FakeLlamaCpp(FakeBackend):
                     prompt_tokens=prompt_tokens,
                     reasoning=behaviour.reasoning,
                 )
+                shapes.add_cached_tokens(answer, cached)
                 return self._ok(behaviour, _llama_answer(answer, "message"), extra=True)
             chunks = shapes.chat_chunks(
                 completion_id=completion_id,
@@ -560,6 +563,7 @@ class FakeLlamaCpp(FakeBackend):
                 include_usage=True,
                 reasoning=behaviour.reasoning,
             )
+            shapes.add_cached_tokens(chunks[-1], cached)
             events = _llama_chat_chunks(chunks, include_usage=include_usage)
         else:
             prompt_tokens = max(1, shapes.count_tokens(payload.get("prompt", "")))
@@ -817,8 +821,13 @@ def _llama_usage(usage: Mapping[str, Any]) -> dict[str, Any]:
         "completion_tokens": usage["completion_tokens"],
         "prompt_tokens": usage["prompt_tokens"],
         "total_tokens": usage["total_tokens"],
-        "prompt_tokens_details": {"cached_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": _cached(usage)},
     }
+
+
+def _cached(usage: Mapping[str, Any]) -> int:
+    details = usage.get("prompt_tokens_details")
+    return int(details["cached_tokens"]) if isinstance(details, Mapping) else 0
 
 
 def _llama_answer(answer: Mapping[str, Any], field: str) -> dict[str, Any]:
@@ -853,7 +862,7 @@ def _llama_answer(answer: Mapping[str, Any], field: str) -> dict[str, Any]:
         "object": answer["object"],
         "usage": _llama_usage(usage),
         "id": answer["id"],
-        "timings": _timings(usage["prompt_tokens"], usage["completion_tokens"]),
+        "timings": _timings(usage["prompt_tokens"], usage["completion_tokens"], _cached(usage)),
     }
 
 
@@ -884,7 +893,7 @@ def _llama_chat_chunks(
                 "object": "chat.completion.chunk",
             }
         )
-    timings = _timings(usage["prompt_tokens"], usage["completion_tokens"])
+    timings = _timings(usage["prompt_tokens"], usage["completion_tokens"], _cached(usage))
     if include_usage:
         last = {**result[-1], "choices": [], "usage": _llama_usage(usage), "timings": timings}
         result.append(last)
@@ -926,10 +935,12 @@ def _llama_completion_chunks(chunks: Sequence[Mapping[str, Any]]) -> list[dict[s
     return result
 
 
-def _timings(prompt_tokens: int, predicted: int) -> dict[str, Any]:
+def _timings(prompt_tokens: int, predicted: int, cached: int = 0) -> dict[str, Any]:
+    """llama-server's ``timings``: ``prompt_n`` the prompt tokens evaluated, ``cache_n`` those
+    taken from the slot's cache."""
     return {
-        "cache_n": 0,
-        "prompt_n": prompt_tokens,
+        "cache_n": cached,
+        "prompt_n": prompt_tokens - cached,
         "prompt_ms": 0.9,
         "prompt_per_token_ms": 0.9 / max(1, prompt_tokens),
         "prompt_per_second": prompt_tokens / 0.0009,

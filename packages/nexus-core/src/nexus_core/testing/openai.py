@@ -59,6 +59,10 @@ _NO_KEY = (
 class FakeOpenAI(FakeBackend):
     """A fake OpenAI API on ``127.0.0.1`` (point ``base_url`` at ``url + "/v1"``)."""
 
+    reports_cached_tokens = True
+    #: OpenAI's prompt caching starts at 1,024 tokens.
+    cache_min_prompt_tokens = 1024
+
     inference_paths = {**_INFERENCE_PATHS, "/v1/responses": "responses"}
 
     def __init__(

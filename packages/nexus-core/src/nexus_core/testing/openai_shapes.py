@@ -99,6 +99,14 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
+def add_cached_tokens(answer: dict[str, Any], cached: int | None) -> None:
+    """Say in ``answer``'s usage (if it has one) that ``cached`` prompt tokens came from the
+    prompt cache (``prompt_tokens_details.cached_tokens``); None: say nothing."""
+    usage = answer.get("usage")
+    if cached is not None and isinstance(usage, dict):
+        usage["prompt_tokens_details"] = {"cached_tokens": min(cached, usage["prompt_tokens"])}
+
+
 def normalise_tool_calls(tool_calls: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Fill what a short tool call leaves out (``id``, ``type``, JSON-string ``arguments``)."""
     result: list[dict[str, Any]] = []

@@ -61,6 +61,9 @@ _PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 class FakeVLLM(FakeBackend):
     """A vLLM server on ``127.0.0.1``: OpenAI wire plus vLLM's health, models and metrics."""
 
+    #: As vLLM started with ``--enable-prompt-tokens-details`` (without it: ``null``).
+    reports_cached_tokens = True
+
     public_paths = frozenset({"/health", "/ping", "/load", "/version", "/metrics"})
     lifecycle_paths = frozenset({"/sleep", "/wake_up", "/is_sleeping"})
 

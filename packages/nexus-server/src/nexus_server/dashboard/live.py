@@ -207,6 +207,8 @@ class Dashboard:
                 record.backend, record.duration, record.status >= 400 or bool(record.error)
             )
         self._stale |= HISTORY | WIDGETS
+        if record.cached_tokens is not None:
+            self._stale |= BACKENDS  # its card's cache hit ratio moved
 
     def _on_backend(self, event: str, backend: Backend) -> None:
         if event != "status":  # added, removed, models: the matrix is built again when read
@@ -230,6 +232,7 @@ class Dashboard:
                 heapq.nsmallest(CARD_MODELS, models),
             )
         latency = backend.latency_ms
+        series = self.gateway.monitor.by_backend.get(backend.name)
         return {
             "name": backend.name,
             "url": backend.config.url,
@@ -248,6 +251,7 @@ class Dashboard:
             "version": backend.version,
             "requests_total": backend.requests_total,
             "errors_total": backend.errors_total,
+            "cache_hit_ratio": None if series is None else series.cache_hit_ratio(),
             "models": cached[1],
             "model_count": len(models),
         }
@@ -488,6 +492,7 @@ def _card_key(view: dict[str, Any], charts: int | None) -> tuple[Any, ...]:
         view["zone"],
         view["latency_ms"],
         view["pending"],
+        view.get("cache_hit_ratio"),
         view["max_concurrent"],
         view["last_error"],
         view["model_count"],

@@ -128,6 +128,12 @@ def card(backend: dict[str, Any], points: list[dict[str, Any]]) -> str:
     more = count - len(models)
     error = backend.get("last_error")
     name = backend.get("name")
+    ratio = backend.get("cache_hit_ratio")
+    cache = (
+        f"<div><dt>Cache hits</dt><dd>{ratio * 100:.0f} %</dd></div>"
+        if isinstance(ratio, (int, float))
+        else ""
+    )
     return (
         f"<header><h3>{_e(backend.get('name'))}</h3>"
         f'<span class="pill status-{status}">{_e(status)}</span></header>'
@@ -136,7 +142,8 @@ def card(backend: dict[str, Any], points: list[dict[str, Any]]) -> str:
         f"<div><dt>Zone</dt><dd>{_e(backend.get('zone'))}</dd></div>"
         f"<div><dt>Latency</dt><dd>{_ms(backend.get('latency_ms'))}</dd></div>"
         f"<div><dt>Pending</dt><dd>{_e(pending)}</dd></div>"
-        "</dl>"
+        + cache
+        + "</dl>"
         + (f'<p class="error">{_e(error)}</p>' if error else "")
         + '<div class="charts">'
         + _chart("req/s", "rps", points, "")
