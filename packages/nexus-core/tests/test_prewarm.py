@@ -11,9 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nexus_core import Gateway
 from nexus_core.adapters import RESIDENT_STATES, AvailableModel, ModelState
+from nexus_core.config import NexusConfig
 from nexus_core.fleet.demand import COLLECTION, MAX_MODELS_PER_BUCKET, DemandLog, ModelDemand
 from nexus_core.fleet.prewarm import BackendView, Plan, PlanSettings, plan
+from nexus_core.observability import _Series
 from nexus_core.state import MemoryStore, SqliteStore
 
 MODELS = ("a", "b", "c", "d")
@@ -247,6 +250,30 @@ def test_demand_log_counts_the_window_and_the_same_hour() -> None:
     assert found.same_hour == 2
     assert found.days == 3
     assert found.same_hour_average == 2 / 3
+
+
+def test_the_log_files_what_the_totals_grew_by_under_the_minute_it_samples() -> None:
+    now = 1_800_000_000.0
+    totals = {"m": 3}
+    log = DemandLog(
+        window_seconds=600, lookback_days=1, clock=lambda: now, totals=lambda: totals.items()
+    )
+    log.catch_up(now - 900)  # three requests, sampled before the window began
+    totals["m"] = 7
+    totals["n"] = 2
+    found = log.demand(now)  # a reading samples first: four more of m, two of n, now
+    assert (found["m"].recent, found["n"].recent) == (4, 2)
+    assert log.demand(now)["m"].recent == 4  # nothing new: nothing counted twice
+    totals["m"] = 1  # the totals started again (a new monitor): all of it is new
+    assert log.demand(now)["m"].recent == 5
+
+
+def test_requests_through_a_gateway_reach_the_log_without_a_listener() -> None:
+    gateway = Gateway(NexusConfig())
+    assert gateway.monitor.subscribers == []  # nothing runs per request for pre-warming
+    series = gateway.monitor.by_model.setdefault("m", _Series())
+    series.requests = 3
+    assert gateway.demand.demand()["m"].recent == 3
 
 
 def test_demand_log_is_bounded() -> None:

@@ -2,9 +2,12 @@
 
 Pre-warming reads two figures per model from it: the requests of the last ``window`` seconds
 (per-minute counts), and the requests at this clock hour (UTC) on each of the previous days
-(per-hour counts). ``/v1/history`` keeps only the last 100 requests, too few for either, so the
-gateway feeds this log from the monitor's finished records (``Monitor.subscribers``): one dict
-increment per request.
+(per-hour counts). ``/v1/history`` keeps only the last 100 requests, too few for either. The
+monitor already counts every finished request per model (``Monitor.by_model``: the model
+served, else the model asked for when some backend lists it); this log samples those totals
+(``catch_up``: every ``TICK_SECONDS`` in the background, and before every reading) and files
+the difference under the minute and hour of the sample. A request therefore costs pre-warming
+nothing; a count lands at most ``TICK_SECONDS`` late.
 
 The per-minute counts live in memory only. The per-hour counts are also kept in the state store
 (``sync``, once per pre-warming cycle), one record per hour and process, so the same hour of
@@ -14,16 +17,16 @@ the store served.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from nexus_core.observability import RequestRecord
-    from nexus_core.registry import Registry
     from nexus_core.state import StateStore
 
 __all__ = ["DemandLog", "ModelDemand"]
@@ -34,6 +37,11 @@ MAX_MODELS_PER_BUCKET = 512
 #: The state store's collection of hourly counts: ``"<epoch hour>:<process id>"`` → JSON
 #: ``{model: requests}``.
 COLLECTION = "fleet_demand"
+#: How often the background task samples the monitor's totals (seconds).
+TICK_SECONDS = 15.0
+
+#: Where the totals come from: each model's requests since start (``Monitor.by_model``).
+Totals = Callable[[], Iterable[tuple[str, int]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +77,14 @@ class DemandLog:
         window_seconds: float,
         lookback_days: int,
         clock: Callable[[], float] = time.time,
+        totals: Totals | None = None,
     ) -> None:
         self.window_seconds = window_seconds
+        #: The running totals sampled by ``catch_up`` (None: only ``record`` counts).
+        self.totals = totals
+        #: Each model's total at the last sample.
+        self._seen: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
         self.lookback_days = lookback_days
         self.clock = clock
         #: Epoch minute → model → requests.
@@ -85,33 +99,55 @@ class DemandLog:
         #: Hours counted in since the last ``sync``.
         self._unsaved: set[int] = set()
 
-    def record(self, model: str, at: float | None = None) -> None:
-        """Count one request for ``model`` at ``at`` (default: now)."""
+    def record(self, model: str, at: float | None = None, count: int = 1) -> None:
+        """Count ``count`` requests for ``model`` at ``at`` (default: now)."""
         when = self.clock() if at is None else at
         minute = int(when // 60)
         if minute != self._minute:
             self._minute = minute
             self._prune(when)
-        _add(self._minutes, minute, model)
+        _add(self._minutes, minute, model, count)
         hour = minute // 60
-        _add(self._hours, hour, model)
+        _add(self._hours, hour, model, count)
         self._unsaved.add(hour)
 
-    def subscriber(self, registry: Registry) -> Callable[[RequestRecord], None]:
-        """A ``Monitor`` subscriber counting each request's model (the model served, else the
-        model asked for when some backend lists it; never a name a client made up)."""
+    def catch_up(self, now: float | None = None) -> None:
+        """File the requests the totals grew by since the last sample under ``now``."""
+        if self.totals is None:
+            return
+        seen = self._seen
+        for model, total in self.totals():
+            before = seen.get(model, 0)
+            if total != before:
+                seen[model] = total
+                # A total that went down was started again: all of it is new.
+                self.record(model, now, total - before if total > before else total)
 
-        def count(record: RequestRecord) -> None:
-            model = record.served_model or record.model
-            if not model or (record.served_model is None and not registry.serving(model)):
-                return
-            self.record(model, record.started or None)
+    def start(self) -> None:
+        """Sample the totals every ``TICK_SECONDS`` until ``stop``."""
+        if self.totals is not None and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._tick(), name="nexus-fleet-demand"
+            )
 
-        return count
+    async def stop(self) -> None:
+        """End the sampling (a last sample first: nothing counted is left out)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.catch_up()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            self.catch_up()
 
     def demand(self, now: float | None = None) -> dict[str, ModelDemand]:
         """Every model asked for in the window or at this hour on the days looked back."""
         now = self.clock() if now is None else now
+        self.catch_up(now)
         first_minute = int((now - self.window_seconds) // 60) + 1
         last_minute = int(now // 60)
         recent: dict[str, int] = {}
@@ -141,6 +177,7 @@ class DemandLog:
         if self.lookback_days <= 0:
             return
         now = self.clock() if now is None else now
+        self.catch_up(now)
         hour = int(now // 3600)
         unsaved, self._unsaved = self._unsaved, set()
         try:
@@ -183,12 +220,12 @@ class DemandLog:
             del self._hours[hour]
 
 
-def _add(buckets: dict[int, dict[str, int]], key: int, model: str) -> None:
+def _add(buckets: dict[int, dict[str, int]], key: int, model: str, count: int) -> None:
     counts = buckets.get(key)
     if counts is None:
         counts = buckets[key] = {}
-    count = counts.get(model)
-    if count is not None:
-        counts[model] = count + 1
+    already = counts.get(model)
+    if already is not None:
+        counts[model] = already + count
     elif len(counts) < MAX_MODELS_PER_BUCKET:
-        counts[model] = 1
+        counts[model] = count

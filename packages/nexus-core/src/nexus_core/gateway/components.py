@@ -122,11 +122,13 @@ class GatewayComponents:
             probe=self.health.check,
         )
         prewarm = fleet.prewarm
-        #: Requests per model over time, for pre-warming (fed by the monitor).
+        by_model = self.monitor.by_model
+        #: Requests per model over time, for pre-warming (sampled from the monitor's totals).
         self.demand = DemandLog(
-            window_seconds=prewarm.window_seconds, lookback_days=prewarm.hour_lookback_days
+            window_seconds=prewarm.window_seconds,
+            lookback_days=prewarm.hour_lookback_days,
+            totals=lambda: [(model, series.requests) for model, series in by_model.items()],
         )
-        self.monitor.subscribers.append(self.demand.subscriber(self.registry))
         #: Keeps the models in demand loaded (``[fleet.prewarm]``); its plan is always readable.
         self.prewarmer = Prewarmer(
             self.registry,

@@ -43,6 +43,7 @@ class Lifecycle(BackendManagement):
         self.keys.store = self.accountant.store
         await self.keys.load()
         self.fleet.start()
+        self.demand.start()
         self.prewarmer.start()
         await asyncio.gather(*(self._add_static(b) for b in self.config.backends))
         await self._restore_backends()
@@ -120,6 +121,7 @@ class Lifecycle(BackendManagement):
                     log.exception("discovery source %r failed to stop", name)
             self.discovery.clear()
             await self.prewarmer.stop()
+            await self.demand.stop()
             await self.operations.stop()
             await self.fleet.stop()
             await self.health.stop()
