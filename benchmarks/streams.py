@@ -299,12 +299,16 @@ def run_load(
     start_at = time.monotonic() + 1.0  # every generator is up and imported by then
     timeout = args.chunks * args.gap_ms / 1000 * 4 + args.ramp + 30
     processes = []
+    outs = [
+        Path(tempfile.mkdtemp(prefix="nexus-streams-gen-")) / "out.json" for _ in range(generators)
+    ]
     for index in range(generators):
         share = streams // generators + (1 if index < streams % generators else 0)
         command = [sys.executable, __file__, "generate", "--port", str(port)]
         command += ["--count", str(share), "--ramp", str(args.ramp)]
         command += ["--start-at", repr(start_at), "--timeout", str(timeout)]
-        processes.append(subprocess.Popen(command, stdout=subprocess.PIPE))
+        command += ["--out", str(outs[index])]
+        processes.append(subprocess.Popen(command))
     watched = [backend, *(p.pid for p in processes)] + ([nexus] if nexus else [])
     before = {pid: harness.cpu_seconds(pid) for pid in watched}
     result = PathResult(streams=streams)
@@ -324,7 +328,9 @@ def run_load(
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    outputs = [json.loads(p.communicate()[0] or b"{}") for p in processes]
+    for process in processes:
+        process.wait()
+    outputs = [json.loads(out.read_text()) if out.exists() else {} for out in outs]
     wall = time.monotonic() - start_at
     stop.set()
     sampler.join()
@@ -395,6 +401,7 @@ def main() -> int:
     generator.add_argument("--ramp", type=float, required=True)
     generator.add_argument("--start-at", type=float, required=True)
     generator.add_argument("--timeout", type=float, required=True)
+    generator.add_argument("--out", type=Path, required=True, help="where the figures go (JSON)")
     parser.add_argument("--streams", default="1000,5000,10000", help="N values (1000,5000,10000)")
     parser.add_argument("--chunks", type=int, default=100, help="chunks per stream (100)")
     parser.add_argument("--gap-ms", type=float, default=50.0, help="between chunks (50)")
@@ -414,7 +421,7 @@ def main() -> int:
         return 0
     if args.role == "generate":
         out = runner(generate(args.port, args.count, args.ramp, args.start_at, args.timeout))
-        sys.stdout.write(json.dumps(out))
+        args.out.write_text(json.dumps(out))
         return 0
     sizes = [int(value) for value in args.streams.split(",")]
     needed = max(sizes) + 64
