@@ -254,9 +254,19 @@ class PathResult:
     cpu_backend_s: float = 0.0
     cpu_generators_s: float = 0.0
     cpu_nexus_s: float = 0.0
+    cpu_machine_s: float = 0.0
+    measured_s: float = 0.0
+    load_average: float = 0.0
     nexus_peak_rss_mb: float = 0.0
     nexus_rss_idle_mb: float = 0.0
     nexus_cpu_per_1k_events: float = 0.0
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (every process, all cores), from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    # user, nice, system, irq, softirq (not idle, iowait or steal)
+    return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / harness.TICK
 
 
 def percentile(ordered: list[float], share: float) -> float:
@@ -311,6 +321,8 @@ def run_load(
         processes.append(subprocess.Popen(command))
     watched = [backend, *(p.pid for p in processes)] + ([nexus] if nexus else [])
     before = {pid: harness.cpu_seconds(pid) for pid in watched}
+    machine_before = machine_busy_seconds()
+    measure_started = time.monotonic()
     result = PathResult(streams=streams)
     if nexus:
         result.nexus_rss_idle_mb = harness.memory_mb(nexus)[0]
@@ -335,6 +347,9 @@ def run_load(
     stop.set()
     sampler.join()
     after = {pid: harness.cpu_seconds(pid) or last_cpu[pid] for pid in watched}
+    result.cpu_machine_s = machine_busy_seconds() - machine_before
+    result.measured_s = time.monotonic() - measure_started
+    result.load_average = float(Path("/proc/loadavg").read_text().split()[0])
     gaps = sorted(g * 1000 for out in outputs for g in out.get("gaps", ()))
     spans = [tuple(span) for out in outputs for span in out.get("spans", ())]
     for out in outputs:
@@ -370,18 +385,19 @@ def show(label: str, result: PathResult) -> None:
         if result.cpu_nexus_s
         else f"{'':8} {'':9}"
     )
+    wall = result.measured_s or 1.0
+    other = (
+        result.cpu_machine_s - result.cpu_backend_s - result.cpu_generators_s - result.cpu_nexus_s
+    )
     cores = (
-        f"b {result.cpu_backend_s / result.wall_s:.2f} "
-        f"g {result.cpu_generators_s / result.wall_s:.2f} "
-        f"n {result.cpu_nexus_s / result.wall_s:.2f}"
-        if result.wall_s
-        else ""
+        f"b {result.cpu_backend_s / wall:.2f} g {result.cpu_generators_s / wall:.2f} "
+        f"n {result.cpu_nexus_s / wall:.2f} other {other / wall:.2f}"
     )
     print(
         f"{label:>14} {result.streams:>7,} {result.completed:>9,} {result.peak_open:>6,} "
         f"{result.events:>10,} {result.gap_p50:8.2f} {result.gap_p99:8.2f} {nexus} "
         f"{result.wall_s:6.1f}  {cores}  first event p50/p99 {result.first_p50:.1f}/"
-        f"{result.first_p99:.1f} ms  errors {errors}",
+        f"{result.first_p99:.1f} ms  load {result.load_average:.1f}  errors {errors}",
         flush=True,
     )
 
@@ -435,7 +451,7 @@ def main() -> int:
     print(
         f"{'path':>14} {'streams':>7} {'completed':>9} {'open':>6} {'events':>10} "
         f"{'gap p50':>8} {'gap p99':>8} {'peak MB':>8} {'CPU s/1k':>9} {'wall s':>6}  "
-        "cores used: backend, generators, Nexus",
+        "cores used: backend, generators, Nexus, other processes",
         flush=True,
     )
     rows: list[dict[str, Any]] = []
