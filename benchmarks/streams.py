@@ -454,6 +454,13 @@ def main() -> int:
         "cores used: backend, generators, Nexus, other processes",
         flush=True,
     )
+    if limit < needed:
+        # The backend holds N sockets: raising the hard limit is the caller's (ulimit -Hn).
+        print(
+            f"WARNING: the open-file limit {limit:,} is below the {needed:,} the backend needs "
+            f"for {max(sizes):,} streams: raise the hard limit (ulimit -Hn {needed})",
+            flush=True,
+        )
     rows: list[dict[str, Any]] = []
     work = Path(tempfile.mkdtemp(prefix="nexus-streams-"))
     ok = True
