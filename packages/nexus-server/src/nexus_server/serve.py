@@ -228,6 +228,10 @@ class GatewayServer(uvicorn.Server):
                 self._captured_signals.clear()
 
 
+#: Allocations between two collections of the young generation, and young collections between two
+#: of the middle one (``gc.set_threshold``).
+GC_YOUNG_THRESHOLD = 20_000
+GC_MIDDLE_THRESHOLD = 2
 #: File descriptors kept for everything but client connections and their backend connections
 #: (listening socket, state store, log files, health probes, idle pooled backend connections).
 FD_RESERVE = 256
@@ -373,10 +377,13 @@ def _serve(config: NexusConfig, sock: socket.socket | None, config_file: Path | 
             print(line, file=sys.stderr)
         return 1
     # Everything imported so far lives for the whole run: keep it out of the collector's scans,
-    # and collect the young generation less often (fewer pauses under load).
+    # and collect the young generation less often (fewer pauses under load). The middle one is
+    # collected after every second young collection: open streams' objects outlive the young
+    # generation, and after 50 it held up to a million of them (a 0.5 s pause at 10,000 streams;
+    # docs/performance.md, "Open streams").
     gc.collect()
     gc.freeze()
-    gc.set_threshold(20_000, 50, 100)
+    gc.set_threshold(GC_YOUNG_THRESHOLD, GC_MIDDLE_THRESHOLD, 100)
     server.run(sockets=[sock] if sock is not None else None)
     return 0 if server.started else 1
 
