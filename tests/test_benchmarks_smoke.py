@@ -1,8 +1,9 @@
 """The benchmark scripts still run (they are not part of the test run, so nothing else notices).
 
 Each micro-benchmark runs once with timing off (``--benchmark-disable``), ``run.py`` and
-``soak.py`` parse their options, and ``cache_affinity.py`` runs its workload on fakes; the figures
-themselves are for ``docs/performance.md``.
+``soak.py`` parse their options, ``cache_affinity.py`` runs its workload on fakes, and
+``streams.py`` runs 50 streams (its paced backend, generator processes and a real
+``nexus serve``); the figures themselves are for ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -98,3 +99,37 @@ def test_the_cache_affinity_benchmark_runs_on_fakes() -> None:
     assert figures["cache_affinity"][2] != "0 %"
     assert "cache_affinity median / least_loaded median" in result.stdout
     assert "cache_affinity request counts" in result.stdout
+
+
+def test_the_streams_benchmark_runs_a_few_streams() -> None:
+    """50 paced streams of 5 chunks, directly and through a real `nexus serve`."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "streams.py"),
+            "--streams",
+            "50",
+            "--chunks",
+            "5",
+            "--ramp",
+            "0.5",
+            "--generators",
+            "2",
+            "--port",
+            "18791",
+            "--backend-port",
+            "18792",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.strip()}
+    # path, streams, completed: every stream completed on both paths, with no error.
+    assert rows["direct"][1:3] == ["50", "50"], result.stdout
+    through = next(line for line in result.stdout.splitlines() if "through Nexus" in line)
+    assert through.split()[2:4] == ["50", "50"], result.stdout
+    assert through.endswith("errors 0"), result.stdout
+    assert "added" in rows

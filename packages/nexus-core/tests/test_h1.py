@@ -1148,6 +1148,29 @@ async def test_only_events_keep_a_stream_alive(client: H1Transport, filler: byte
         assert await server.peers[0].wait_closed(1.0)
 
 
+async def test_steady_events_outlive_the_idle_timeout_and_silence_after_them_does_not(
+    client: H1Transport,
+) -> None:
+    """The idle timeout counts from the last event: one timer serves many waits (re-armed)."""
+    paced = [b'data: {"n":%d}\n\n' % index for index in range(12)]
+
+    async def handler(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.write(SSE_HEAD)
+        for event in paced:  # 12 events 50 ms apart: 0.55 s, well past the 0.2 s idle timeout
+            await peer.write(chunk(event))
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(5)
+
+    async with ScriptedServer(handler) as server:
+        answer = await post(client, server.url(), stream=True, timeouts=Timeouts(1.0, 1.0, 0.2))
+        received: list[bytes] = []
+        with pytest.raises(BackendError) as caught:
+            await read_into(answer, received)
+        assert caught.value.message == "stream stalled: no event for 0.2 s"
+        assert received == paced
+
+
 async def test_comments_before_the_first_event_end_at_the_first_byte_timeout(
     client: H1Transport,
 ) -> None:

@@ -651,12 +651,22 @@ def _expire(exchange: _Exchange, seconds: float) -> None:
         exchange.wake()
 
 
-def _stall(reader: _EventReader) -> None:
-    """No stream event within the idle timeout (or the first one within the first-byte one)."""
+def _stall(reader: _EventReader, when: float) -> None:
+    """A reader's timer is due: stalled if its wait's deadline is still ``when``, else re-armed.
+
+    The reader keeps one timer for many waits (not one per event): each wait only moves
+    ``reader.due``, and the timer, once due, looks whether the deadline moved on meanwhile.
+    """
+    reader.timer = None
     exchange = reader.exchange
-    if exchange.error is None and exchange.waiter is not None:
-        exchange.error = stalled(reader.started, reader.first_byte, reader.idle)
-        exchange.wake()
+    if exchange.error is not None or exchange.waiter is None:
+        return  # not waiting: the next wait arms a timer
+    if reader.due > when:
+        reader.timer = asyncio.get_running_loop().call_at(reader.due, _stall, reader, reader.due)
+        return
+    # No stream event within the idle timeout (or the first one within the first-byte one).
+    exchange.error = stalled(reader.started, reader.first_byte, reader.idle)
+    exchange.wake()
 
 
 def stalled(started: bool, first_byte: float, idle: float) -> BackendError:
@@ -683,12 +693,14 @@ class _EventReader:
         "connection",
         "deadline",
         "done",
+        "due",
         "events",
         "exchange",
         "first_byte",
         "idle",
         "parser",
         "started",
+        "timer",
     )
 
     def __init__(
@@ -708,6 +720,9 @@ class _EventReader:
         self.done = False
         #: An event was handed over (the idle timeout applies from then on).
         self.started = False
+        #: The current wait's deadline, and the timer that checks it (see ``_stall``).
+        self.due = deadline
+        self.timer: asyncio.TimerHandle | None = None
 
     def _parse(self) -> None:
         exchange = self.exchange
@@ -775,12 +790,15 @@ class _EventReader:
                 if deadline is None:
                     deadline = loop.time() + self.idle
                     self.started = True
+                self.due = deadline
+                timer = self.timer
+                # One timer serves many waits: a new one only when this deadline comes sooner.
+                if timer is None or timer.when() > deadline:
+                    if timer is not None:
+                        timer.cancel()
+                    self.timer = loop.call_at(deadline, _stall, self, deadline)
                 waiter = exchange.waiter = loop.create_future()
-                timer = loop.call_at(deadline, _stall, self)
-                try:
-                    await waiter
-                finally:
-                    timer.cancel()
+                await waiter
             tail = self.parser.flush()
             if tail is not None:
                 if not self.complete:
@@ -798,6 +816,10 @@ class _EventReader:
 
         Stopped at [DONE] before the answer's end arrived, it may linger for that end.
         """
+        timer = self.timer
+        if timer is not None:
+            self.timer = None
+            timer.cancel()
         exchange = self.exchange
         if exchange.finished:
             return

@@ -228,6 +228,10 @@ class GatewayServer(uvicorn.Server):
                 self._captured_signals.clear()
 
 
+#: Allocations between two collections of the young generation, and young collections between two
+#: of the middle one (``gc.set_threshold``).
+GC_YOUNG_THRESHOLD = 20_000
+GC_MIDDLE_THRESHOLD = 2
 #: File descriptors kept for everything but client connections and their backend connections
 #: (listening socket, state store, log files, health probes, idle pooled backend connections).
 FD_RESERVE = 256
@@ -235,25 +239,59 @@ FD_RESERVE = 256
 WS_MAX_BYTES = 64 * 1024
 
 
-def connection_cap(configured: int) -> int:
-    """``server.max_connections``, lowered to fit the file-descriptor limit.
+def raise_open_file_limit(needed: int) -> int | None:
+    """Raise this process's open-file limit towards ``needed``; return the soft limit (None: none).
 
-    The soft limit is raised to the hard one first. Each client connection may need a second
-    descriptor for its backend, so at most half of what is left after ``FD_RESERVE``.
+    The soft limit goes up to the hard one; when the hard one is below ``needed`` it is raised
+    too, which a privileged process may do (``CAP_SYS_RESOURCE``, up to ``fs.nr_open``). What was
+    set is logged; when ``needed`` is out of reach, a warning says what to raise.
     """
     try:
         import resource
     except ImportError:  # not a POSIX system
-        return configured
+        return None
+    infinity = resource.RLIM_INFINITY
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 2 * configured + FD_RESERVE)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
+    if soft == infinity:
+        return None
+    before = soft
+    if hard != infinity and hard < needed:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
+            soft = hard = needed
+    target = hard if hard != infinity else max(soft, needed)
+    if soft < target:
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-            soft = wanted
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
         except (ValueError, OSError) as exc:
-            log.warning("could not raise the open-file limit from %d to %d: %s", soft, wanted, exc)
-    if soft == resource.RLIM_INFINITY:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
+    if soft != before:
+        log.info("open-file limit raised from %d to %d (hard limit %s)", before, soft, hard)
+    if soft < needed:
+        log.warning(
+            "the open-file limit is %d; %d are needed for server.max_connections: raise the hard "
+            "limit to %d (ulimit -Hn %d, LimitNOFILE=%d in systemd, --ulimit nofile=%d:%d in "
+            "Docker)",
+            soft,
+            needed,
+            needed,
+            needed,
+            needed,
+            needed,
+            needed,
+        )
+    return soft
+
+
+def connection_cap(configured: int) -> int:
+    """``server.max_connections``, lowered to fit the file-descriptor limit.
+
+    The limit is raised first (``raise_open_file_limit``). Each client connection may need a
+    second descriptor for its backend, so at most half of what is left after ``FD_RESERVE``.
+    """
+    soft = raise_open_file_limit(2 * configured + FD_RESERVE)
+    if soft is None:
         return configured
     fits = max(16, (soft - FD_RESERVE) // 2)
     if configured > fits:
@@ -339,10 +377,13 @@ def _serve(config: NexusConfig, sock: socket.socket | None, config_file: Path | 
             print(line, file=sys.stderr)
         return 1
     # Everything imported so far lives for the whole run: keep it out of the collector's scans,
-    # and collect the young generation less often (fewer pauses under load).
+    # and collect the young generation less often (fewer pauses under load). The middle one is
+    # collected after every second young collection: open streams' objects outlive the young
+    # generation, and after 50 it held up to a million of them (a 0.5 s pause at 10,000 streams;
+    # docs/performance.md, "Open streams").
     gc.collect()
     gc.freeze()
-    gc.set_threshold(20_000, 50, 100)
+    gc.set_threshold(GC_YOUNG_THRESHOLD, GC_MIDDLE_THRESHOLD, 100)
     server.run(sockets=[sock] if sock is not None else None)
     return 0 if server.started else 1
 
