@@ -31,11 +31,11 @@ from nexus_core.adapter_kit import (
     UpstreamErrors,
     bearer,
     deadline_in,
-    lifecycle_call,
     poll_until,
     probe_get,
     read_error,
     time_left,
+    unknown_model,
 )
 from nexus_core.adapters import (
     LOAD_TIMEOUT_SECONDS,
@@ -320,7 +320,9 @@ class LlamaCppAdapter(OpenAIWireAdapter):
 
     async def available_models(self) -> ModelInventory:
         """``GET /models``: each model with its ``status.value``, size and context once loaded."""
-        answer = await self._lifecycle("GET", "/models", timeout=LIST_TIMEOUT_SECONDS)
+        answer = await self.lifecycle_request(
+            "GET", self.root + "/models", timeout=LIST_TIMEOUT_SECONDS
+        )
         entries = answer.get("data")
         if not isinstance(entries, list):
             raise BackendError(ErrorKind.MALFORMED, "llama-server's /models is not a model list")
@@ -340,18 +342,22 @@ class LlamaCppAdapter(OpenAIWireAdapter):
         if entry.state in (ModelState.LOADED, ModelState.SLEEPING):
             return entry  # a sleeping child wakes on the first request by itself
         if entry.state is not ModelState.LOADING:
-            answer = await self._lifecycle(
-                "POST", "/models/load", {"model": model}, timeout=time_left(deadline), check=False
+            answer = await self.lifecycle_request(
+                "POST",
+                self.root + "/models/load",
+                body={"model": model},
+                timeout=time_left(deadline),
+                check=False,
             )
             if answer.status == 404:
-                raise _unknown(model, self.name)
+                raise unknown_model(model, self.name)
             if not answer.ok and "already running" not in _error_message(answer):
-                raise self._failure(answer)
+                raise self.answer_error(answer)
 
         async def loaded() -> AvailableModel | None:
             now = (await self.available_models()).get(model)
             if now is None:
-                raise _unknown(model, self.name)
+                raise unknown_model(model, self.name)
             if now.state is ModelState.LOADED:
                 return now
             if now.state is ModelState.UNLOADED:
@@ -377,11 +383,15 @@ class LlamaCppAdapter(OpenAIWireAdapter):
         entry = await self._router_entry(model, "unload")
         if entry.state in (ModelState.UNLOADED, ModelState.DOWNLOADING):
             return
-        answer = await self._lifecycle(
-            "POST", "/models/unload", {"model": model}, timeout=time_left(deadline), check=False
+        answer = await self.lifecycle_request(
+            "POST",
+            self.root + "/models/unload",
+            body={"model": model},
+            timeout=time_left(deadline),
+            check=False,
         )
         if not answer.ok and "not running" not in _error_message(answer):
-            raise self._failure(answer)
+            raise self.answer_error(answer)
 
         async def gone() -> bool | None:
             now = (await self.available_models()).get(model)
@@ -393,7 +403,9 @@ class LlamaCppAdapter(OpenAIWireAdapter):
 
     async def _router_entry(self, model: str, operation: str) -> AvailableModel:
         """The model's entry on a router; NOT_SUPPORTED on a single-model server."""
-        answer = await self._lifecycle("GET", "/models", timeout=LIST_TIMEOUT_SECONDS)
+        answer = await self.lifecycle_request(
+            "GET", self.root + "/models", timeout=LIST_TIMEOUT_SECONDS
+        )
         entries = answer.get("data")
         cards = (
             [entry for entry in entries if isinstance(entry, dict)]
@@ -406,29 +418,8 @@ class LlamaCppAdapter(OpenAIWireAdapter):
             )
         entry = next((_available(card) for card in cards if card.get("id") == model), None)
         if entry is None:
-            raise _unknown(model, self.name)
+            raise unknown_model(model, self.name)
         return entry
-
-    async def _lifecycle(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        timeout: float,  # noqa: ASYNC109 - passed on to lifecycle_call
-        check: bool = True,
-    ) -> ProbeAnswer:
-        answer = await lifecycle_call(
-            self.clients, method, self.root + path, self.probe_headers, body=body, timeout=timeout
-        )
-        if check and not answer.ok:
-            raise self._failure(answer)
-        return answer
-
-    def _failure(self, answer: ProbeAnswer) -> BackendError:
-        return self.upstream_error(
-            BackendError.from_status(answer.status, answer.content, answer.headers)
-        )
 
     # -- detection -------------------------------------------------------------------------------
 
@@ -503,12 +494,6 @@ def _available(card: Mapping[str, Any]) -> AvailableModel:
         size_bytes=size,
         context_length=context,
         detail=detail,
-    )
-
-
-def _unknown(model: str, backend: str) -> LifecycleError:
-    return LifecycleError(
-        LifecycleFailure.UNKNOWN_MODEL, f"backend '{backend}' has no model '{model}'", status=404
     )
 
 

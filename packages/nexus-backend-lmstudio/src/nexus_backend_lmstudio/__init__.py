@@ -32,11 +32,11 @@ from nexus_core.adapter_kit import (
     UpstreamErrors,
     bearer,
     deadline_in,
-    lifecycle_call,
     poll_until,
     probe_get,
     read_error,
     time_left,
+    unknown_model,
 )
 from nexus_core.adapters import (
     LOAD_TIMEOUT_SECONDS,
@@ -149,7 +149,9 @@ class LMStudioAdapter(OpenAIWireAdapter):
         v1 = await self._v1_models()
         if v1 is not None:
             return ModelInventory(tuple(_v1_available(card) for card in v1))
-        v0 = await self._lifecycle("GET", "/api/v0/models", timeout=LIST_TIMEOUT_SECONDS)
+        v0 = await self.lifecycle_request(
+            "GET", self._root + "/api/v0/models", timeout=LIST_TIMEOUT_SECONDS
+        )
         data = v0.get("data")
         if not isinstance(data, list):
             raise BackendError(ErrorKind.MALFORMED, "LM Studio's /api/v0/models is not a list")
@@ -169,10 +171,10 @@ class LMStudioAdapter(OpenAIWireAdapter):
         card = await self._v1_card(model, "load")
         if _instances(card):
             return _v1_available(card)
-        answer = await self._lifecycle(
+        answer = await self.lifecycle_request(
             "POST",
-            "/api/v1/models/load",
-            {"model": model},
+            self._root + "/api/v1/models/load",
+            body={"model": model},
             timeout=time_left(deadline),
             check=False,
         )
@@ -196,10 +198,10 @@ class LMStudioAdapter(OpenAIWireAdapter):
         deadline = deadline_in(timeout)
         card = await self._v1_card(model, "unload")
         for instance in _instances(card):
-            answer = await self._lifecycle(
+            answer = await self.lifecycle_request(
                 "POST",
-                "/api/v1/models/unload",
-                {"instance_id": instance},
+                self._root + "/api/v1/models/unload",
+                body={"instance_id": instance},
                 timeout=time_left(deadline),
                 check=False,
             )
@@ -208,15 +210,15 @@ class LMStudioAdapter(OpenAIWireAdapter):
 
     async def _v1_models(self) -> list[dict[str, Any]] | None:
         """``/api/v1/models``' models; None on a server without the v1 API (before 0.4)."""
-        answer = await self._lifecycle(
-            "GET", "/api/v1/models", timeout=LIST_TIMEOUT_SECONDS, check=False
+        answer = await self.lifecycle_request(
+            "GET", self._root + "/api/v1/models", timeout=LIST_TIMEOUT_SECONDS, check=False
         )
         models = answer.get("models")
         if answer.ok and isinstance(models, list):
             return [card for card in models if isinstance(card, dict)]
         if answer.ok or answer.status == 404:
             return None  # LM Studio's 200 "Unexpected endpoint or method."
-        raise self._failure(answer)
+        raise self.answer_error(answer)
 
     async def _v1_card(self, model: str, operation: str) -> dict[str, Any]:
         cards = await self._v1_models()
@@ -226,7 +228,7 @@ class LMStudioAdapter(OpenAIWireAdapter):
             )
         card = next((card for card in cards if card.get("key") == model), None)
         if card is None:
-            raise _unknown(model, self.name)
+            raise unknown_model(model, self.name)
         return card
 
     def _check_answer(self, answer: ProbeAnswer, model: str, operation: str) -> None:
@@ -235,34 +237,13 @@ class LMStudioAdapter(OpenAIWireAdapter):
         if answer.ok and error is None:
             return
         if answer.status == 404:
-            raise _unknown(model, self.name)
+            raise unknown_model(model, self.name)
         message = read_error(answer.content).message or f"HTTP {answer.status}"
         raise LifecycleError(
             LifecycleFailure.LOAD_FAILED,
             f"LM Studio could not {operation} '{model}': {clip(message)}",
             status=answer.status,
             body=answer.content,
-        )
-
-    async def _lifecycle(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        timeout: float,  # noqa: ASYNC109 - passed on to lifecycle_call
-        check: bool = True,
-    ) -> ProbeAnswer:
-        answer = await lifecycle_call(
-            self.clients, method, self._root + path, self.probe_headers, body=body, timeout=timeout
-        )
-        if check and not answer.ok:
-            raise self._failure(answer)
-        return answer
-
-    def _failure(self, answer: ProbeAnswer) -> BackendError:
-        return self.upstream_error(
-            BackendError.from_status(answer.status, answer.content, answer.headers)
         )
 
     @classmethod
@@ -330,12 +311,6 @@ def _v0_available(entry: Mapping[str, Any]) -> AvailableModel:
         id=str(entry.get("id")),
         state=ModelState.LOADED if loaded else ModelState.UNLOADED,
         context_length=_positive(entry.get("loaded_context_length")) if loaded else None,
-    )
-
-
-def _unknown(model: str, backend: str) -> LifecycleError:
-    return LifecycleError(
-        LifecycleFailure.UNKNOWN_MODEL, f"backend '{backend}' has no model '{model}'", status=404
     )
 
 

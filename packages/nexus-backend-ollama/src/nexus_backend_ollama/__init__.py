@@ -32,7 +32,6 @@ from nexus_core.adapter_kit import (
     UpstreamErrors,
     bearer,
     deadline_in,
-    lifecycle_call,
     poll_until,
     probe_get,
     read_error,
@@ -280,8 +279,8 @@ class OllamaAdapter(OpenAIWireAdapter):
     async def available_models(self) -> ModelInventory:
         """``/api/tags`` with ``/api/ps``: each model, loaded or not, its size and memory."""
         tags, ps = await asyncio.gather(
-            self._lifecycle("GET", "/api/tags", timeout=LIST_TIMEOUT_SECONDS),
-            self._lifecycle("GET", "/api/ps", timeout=LIST_TIMEOUT_SECONDS),
+            self.lifecycle_request("GET", self.root + "/api/tags", timeout=LIST_TIMEOUT_SECONDS),
+            self.lifecycle_request("GET", self.root + "/api/ps", timeout=LIST_TIMEOUT_SECONDS),
         )
         on_disk = _entries(tags)
         in_memory = {_name(entry): entry for entry in _entries(ps)}
@@ -308,8 +307,12 @@ class OllamaAdapter(OpenAIWireAdapter):
         entry = await self._entry(model)
         if entry.loaded:
             return entry
-        answer = await self._lifecycle(
-            "POST", "/api/generate", {"model": model}, timeout=time_left(deadline), check=False
+        answer = await self.lifecycle_request(
+            "POST",
+            self.root + "/api/generate",
+            body={"model": model},
+            timeout=time_left(deadline),
+            check=False,
         )
         self._check_answer(answer, model, "load")
 
@@ -333,10 +336,10 @@ class OllamaAdapter(OpenAIWireAdapter):
         entry = await self._entry(model)
         if not entry.loaded:
             return
-        answer = await self._lifecycle(
+        answer = await self.lifecycle_request(
             "POST",
-            "/api/generate",
-            {"model": model, "keep_alive": 0},
+            self.root + "/api/generate",
+            body={"model": model, "keep_alive": 0},
             timeout=time_left(deadline),
             check=False,
         )
@@ -380,27 +383,7 @@ class OllamaAdapter(OpenAIWireAdapter):
                 status=500,
                 body=answer.content,
             )
-        raise self.upstream_error(
-            BackendError.from_status(answer.status, answer.content, answer.headers)
-        )
-
-    async def _lifecycle(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        timeout: float,  # noqa: ASYNC109 - passed on to lifecycle_call
-        check: bool = True,
-    ) -> ProbeAnswer:
-        answer = await lifecycle_call(
-            self.clients, method, self.root + path, self.probe_headers, body=body, timeout=timeout
-        )
-        if check and not answer.ok:
-            raise self.upstream_error(
-                BackendError.from_status(answer.status, answer.content, answer.headers)
-            )
-        return answer
+        raise self.answer_error(answer)
 
     async def close(self) -> None:
         """Stop ``/api/show`` requests still running."""

@@ -32,7 +32,6 @@ from nexus_core.adapter_kit import (
     bearer,
     deadline_in,
     http_phrase,
-    lifecycle_call,
     poll_until,
     probe_get,
     read_error,
@@ -268,15 +267,11 @@ class VLLMAdapter(OpenAIWireAdapter):
         params: dict[str, str] | None = None,
         allow_missing: bool = False,
     ) -> ProbeAnswer:
-        answer = await lifecycle_call(
-            self.clients, method, url, self.probe_headers, params=params, timeout=timeout
+        answer = await self.lifecycle_request(
+            method, url, params=params, timeout=timeout, check=False
         )
-        if answer.status == 404 and allow_missing:
-            return answer
-        if not answer.ok:
-            raise self.upstream_error(
-                BackendError.from_status(answer.status, answer.content, answer.headers)
-            )
+        if not answer.ok and not (answer.status == 404 and allow_missing):
+            raise self.answer_error(answer)
         return answer
 
     def stream_events(self, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -31,7 +31,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from nexus_core.adapters import BackendError, BackendStatus, ErrorKind, ProbeResult, clip
+from nexus_core.adapters import (
+    BackendError,
+    BackendStatus,
+    ErrorKind,
+    LifecycleError,
+    LifecycleFailure,
+    ProbeResult,
+    clip,
+)
 
 if TYPE_CHECKING:
     from nexus_core.http import HttpClients
@@ -55,6 +63,7 @@ __all__ = [
     "read_error",
     "refused",
     "time_left",
+    "unknown_model",
 ]
 
 #: Characters of a text error body kept as the error's message (as ``errors.backend_message``).
@@ -514,6 +523,13 @@ async def lifecycle_call(
     except (ValueError, RecursionError):
         payload = None
     return ProbeAnswer(response.status_code, payload, content, response.headers)
+
+
+def unknown_model(model: str, backend: str) -> LifecycleError:
+    """The lifecycle error for a model ``backend`` cannot serve (404)."""
+    return LifecycleError(
+        LifecycleFailure.UNKNOWN_MODEL, f"backend '{backend}' has no model '{model}'", status=404
+    )
 
 
 def deadline_in(seconds: float) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
-from nexus_core.adapter_kit import ProbeAnswer, UpstreamErrors, bearer, probe_get
+from nexus_core.adapter_kit import ProbeAnswer, UpstreamErrors, bearer, lifecycle_call, probe_get
 from nexus_core.adapter_kit import dumps as dumps
 from nexus_core.adapters import (
     OPENAI_PATHS,
@@ -90,6 +90,31 @@ class OpenAIWireAdapter:
         """A stream's events as the client should get them; override to rewrite them (the
         default, passing them through, costs nothing: ``send`` does not call it)."""
         return events
+
+    async def lifecycle_request(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+        timeout: float,  # noqa: ASYNC109 - passed on to lifecycle_call
+        check: bool = True,
+    ) -> ProbeAnswer:
+        """One model-lifecycle request with ``probe_headers`` (``lifecycle_call``); an HTTP
+        error answer raises ``answer_error`` unless ``check`` is False."""
+        answer = await lifecycle_call(
+            self.clients, method, url, self.probe_headers, body=body, params=params, timeout=timeout
+        )
+        if check and not answer.ok:
+            raise self.answer_error(answer)
+        return answer
+
+    def answer_error(self, answer: ProbeAnswer) -> BackendError:
+        """An error answer read as the server meant it (``upstream_error``)."""
+        return self.upstream_error(
+            BackendError.from_status(answer.status, answer.content, answer.headers)
+        )
 
     async def probe_get(self, url: str, *, params: Mapping[str, str] | None = None) -> ProbeAnswer:
         """GET ``url`` with ``probe_headers`` through the bounded probe client; never raises."""
