@@ -38,6 +38,7 @@ from nexus_core.adapter_kit import (
     unknown_model,
 )
 from nexus_core.adapters import (
+    LIST_TIMEOUT_SECONDS,
     LOAD_TIMEOUT_SECONDS,
     UNLOAD_TIMEOUT_SECONDS,
     AvailableModel,
@@ -71,8 +72,6 @@ DEFERRED = "llamacpp:requests_deferred"
 _METRICS = frozenset({PROCESSING, DEFERRED})
 #: Router-mode model states in which a child server runs (``status.value``).
 RUNNING_STATES = frozenset({"loaded", "loading", "sleeping"})
-#: How long listing the router's models may take (seconds).
-LIST_TIMEOUT_SECONDS = 10.0
 #: What a single-model llama-server says about the lifecycle.
 SINGLE_MODEL = (
     "llama-server runs one model (-m): it cannot load or unload models; "

@@ -39,6 +39,7 @@ from nexus_core.adapter_kit import (
     unknown_model,
 )
 from nexus_core.adapters import (
+    LIST_TIMEOUT_SECONDS,
     LOAD_TIMEOUT_SECONDS,
     UNLOAD_TIMEOUT_SECONDS,
     AvailableModel,
@@ -64,8 +65,6 @@ __all__ = ["ERRORS", "LMStudioAdapter", "describe", "register_backends"]
 UNEXPECTED_ENDPOINT = "Unexpected endpoint or method."
 _VISION = {"vlm": True, "llm": False, "embeddings": False}
 _EMBEDDINGS = {"embeddings": True, "llm": False, "vlm": False}
-#: How long listing the models may take (seconds).
-LIST_TIMEOUT_SECONDS = 10.0
 REST_V1 = (
     "LM Studio REST API v1: /api/v1/models, /api/v1/models/load and /api/v1/models/unload; "
     "whether a request loads a model (just-in-time loading) is a server setting it does not report"

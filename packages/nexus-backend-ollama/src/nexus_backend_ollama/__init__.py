@@ -38,6 +38,7 @@ from nexus_core.adapter_kit import (
     time_left,
 )
 from nexus_core.adapters import (
+    LIST_TIMEOUT_SECONDS,
     LOAD_TIMEOUT_SECONDS,
     UNLOAD_TIMEOUT_SECONDS,
     AvailableModel,
@@ -69,8 +70,6 @@ SHOW_CONCURRENCY = 4
 #: How long a probe waits for ``/api/show`` answers; slower ones land in the next probe.
 SHOW_BUDGET_SECONDS = 2.0
 
-#: How long listing the models may take (seconds).
-LIST_TIMEOUT_SECONDS = 10.0
 #: What Ollama offers of the lifecycle, whatever its version.
 SUPPORT = LifecycleSupport(
     available_models=True,

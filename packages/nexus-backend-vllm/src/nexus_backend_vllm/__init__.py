@@ -38,6 +38,7 @@ from nexus_core.adapter_kit import (
     time_left,
 )
 from nexus_core.adapters import (
+    LIST_TIMEOUT_SECONDS,
     LOAD_TIMEOUT_SECONDS,
     UNLOAD_TIMEOUT_SECONDS,
     AvailableModel,
@@ -79,8 +80,6 @@ ERRORS = UpstreamErrors(
 #: The shapes of an error event in a stream.
 _ERROR_SHAPES = frozenset({ErrorShape.ENVELOPE, ErrorShape.TEXT_ERROR, ErrorShape.FLAT})
 
-#: How long listing the models may take (seconds).
-LIST_TIMEOUT_SECONDS = 10.0
 #: The sleep level Nexus uses: level 1 keeps the weights in CPU memory, so ``/wake_up`` alone
 #: brings the model back; after level 2 the weights must be reloaded by other means.
 SLEEP_LEVEL = "1"

@@ -338,6 +338,8 @@ class AdapterFactory(Protocol):
 
 #: How long ``load_model`` waits for a model to serve, unless the caller says otherwise (seconds).
 LOAD_TIMEOUT_SECONDS = 600.0
+#: How long listing a backend's models (``available_models``) may take (seconds).
+LIST_TIMEOUT_SECONDS = 10.0
 #: How long ``unload_model`` waits for a model to leave memory, unless the caller says otherwise.
 UNLOAD_TIMEOUT_SECONDS = 120.0
 
