@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -354,9 +353,7 @@ class NativeRequest:
         """The body as sent (serialised once)."""
         body = self._body
         if body is None:
-            body = self._body = json.dumps(
-                self.data, ensure_ascii=False, separators=(",", ":")
-            ).encode()
+            body = self._body = fastjson.dumps(self.data)
         return body
 
 

@@ -17,7 +17,6 @@ use OpenAI's envelope with the chat door's codes; a stream that breaks later end
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 import uuid
@@ -423,8 +422,8 @@ class NativeStream:
 
 
 def _native_sse(event: JSONDict) -> bytes:
-    data = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {event['type']}\ndata: {data}\n\n".encode()
+    kind = str(event["type"]).encode()
+    return b"event: " + kind + b"\ndata: " + fastjson.dumps(event) + b"\n\n"
 
 
 def _error_message(event: bytes) -> str:
