@@ -33,6 +33,7 @@ import json
 import os
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -397,6 +398,10 @@ def nginx_serving(binary: str, port: int, backend_port: int, streams: int) -> It
     Its configuration, pid file, error log and temporary paths are in a directory of their own;
     warnings and errors from its log are printed when it stops.
     """
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            # Something already answers there: the figures would be that server's.
+            raise SystemExit(f"port {port} is in use: stop what listens there or pass --nginx-port")
     prefix = Path(tempfile.mkdtemp(prefix="nexus-streams-nginx-"))
     prefix.chmod(0o755)  # an unprivileged worker may need its temporary paths
     config = prefix / "nginx.conf"
