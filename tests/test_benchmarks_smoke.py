@@ -3,14 +3,21 @@
 Each micro-benchmark runs once with timing off (``--benchmark-disable``), ``run.py`` and
 ``soak.py`` parse their options, ``cache_affinity.py`` runs its workload on fakes, and
 ``streams.py`` runs 50 streams (its paced backend, generator processes and a real
-``nexus serve``); the figures themselves are for ``docs/performance.md``.
+``nexus serve``, one process or two workers, and Debian's nginx as the control path); the
+figures themselves are for ``docs/performance.md``.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -133,3 +140,71 @@ def test_the_streams_benchmark_runs_a_few_streams() -> None:
     assert through.split()[2:4] == ["50", "50"], result.stdout
     assert through.endswith("errors 0"), result.stdout
     assert "added" in rows
+
+
+def _streams(tmp_path: Path, *options: str) -> tuple[str, list[dict[str, Any]]]:
+    """streams.py on 50 streams of 5 chunks with ``options``: its output and its JSON rows."""
+    out = tmp_path / "streams.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "streams.py"),
+            "--streams",
+            "50",
+            "--chunks",
+            "5",
+            "--ramp",
+            "0.5",
+            "--port",
+            "18794",
+            "--backend-port",
+            "18795",
+            "--nginx-port",
+            "18796",
+            "--json",
+            str(out),
+            *options,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows: list[dict[str, Any]] = json.loads(out.read_text())["rows"]
+    return result.stdout, rows
+
+
+def test_the_streams_benchmark_measures_every_nexus_worker(tmp_path: Path) -> None:
+    """`--workers 2`: `nexus serve --workers 2`, both workers measured, their peaks summed."""
+    output, rows = _streams(tmp_path, "--only", "nexus", "--workers", "2")
+    assert "each of the 2 Nexus workers about 306" in output, output
+    line = next(line for line in output.splitlines() if "Nexus \N{MULTIPLICATION SIGN}2" in line)
+    assert line.split()[2:4] == ["50", "50"], output
+    assert "largest worker" in line, output
+    assert line.endswith("errors 0"), output
+    (row,) = rows
+    assert (row["path"], row["workers"], row["proxy_processes"]) == ("nexus", 2, 2)
+    assert row["completed"] == 50
+    assert row["errors"] == 0
+    # Two live Python processes: each has a peak, and the sum is more than the larger one.
+    assert 0 < row["proxy_peak_rss_max_mb"] < row["proxy_peak_rss_mb"]
+
+
+def test_the_streams_benchmark_runs_the_nginx_control_path(tmp_path: Path) -> None:
+    """`--only direct,nginx`: the same streams through nginx's one worker, measured as Nexus is."""
+    if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
+        message = "nginx is not installed (Debian: .ci/run installs nginx-light)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    output, rows = _streams(tmp_path, "--only", "direct,nginx")
+    through = next(line for line in output.splitlines() if "through nginx" in line)
+    assert through.split()[2:4] == ["50", "50"], output
+    assert through.endswith("errors 0"), output
+    assert "(through nginx minus direct, ms)" in output, output
+    assert [row["path"] for row in rows] == ["direct", "nginx", "added-nginx"]
+    nginx = rows[1]
+    assert nginx["proxy_processes"] == 1
+    assert nginx["completed"] == 50
+    assert nginx["proxy_peak_rss_mb"] == nginx["proxy_peak_rss_max_mb"] > 0
