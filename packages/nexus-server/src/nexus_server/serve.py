@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from nexus_core.http import UpstreamClientError
 from nexus_core.state import open_store
 from nexus_core.telemetry import TelemetryError
 from nexus_server.app import create_app
+from nexus_server.collector import SurvivorFreezer
 from nexus_server.protocol import ClientLimits, protocol_for
 
 log = logging.getLogger("nexus.server")
@@ -228,10 +228,6 @@ class GatewayServer(uvicorn.Server):
                 self._captured_signals.clear()
 
 
-#: Allocations between two collections of the young generation, and young collections between two
-#: of the middle one (``gc.set_threshold``).
-GC_YOUNG_THRESHOLD = 20_000
-GC_MIDDLE_THRESHOLD = 2
 #: File descriptors kept for everything but client connections and their backend connections
 #: (listening socket, state store, log files, health probes, idle pooled backend connections).
 FD_RESERVE = 256
@@ -376,14 +372,10 @@ def _serve(config: NexusConfig, sock: socket.socket | None, config_file: Path | 
         for line in exc.errors:
             print(line, file=sys.stderr)
         return 1
-    # Everything imported so far lives for the whole run: keep it out of the collector's scans,
-    # and collect the young generation less often (fewer pauses under load). The middle one is
-    # collected after every second young collection: open streams' objects outlive the young
-    # generation, and after 50 it held up to a million of them (a 0.5 s pause at 10,000 streams;
-    # docs/performance.md, "Open streams").
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, GC_MIDDLE_THRESHOLD, 100)
+    # Everything imported so far lives for the whole run, and so does most of what survives a
+    # young collection under load (open streams): each is walked once, then frozen
+    # (nexus_server.collector; docs/performance.md, "Open streams").
+    SurvivorFreezer().install()
     server.run(sockets=[sock] if sock is not None else None)
     return 0 if server.started else 1
 
