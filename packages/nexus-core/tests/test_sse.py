@@ -9,7 +9,16 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from nexus_core.sse import DONE, EventTooLarge, SSEParser, completes_answer, error_event, event_data
+from nexus_core.sse import (
+    _FINISHED,
+    DONE,
+    EventTooLarge,
+    SSEParser,
+    _has_finish_reason,
+    completes_answer,
+    error_event,
+    event_data,
+)
 
 EVENTS = [
     b'data: {"id":"1","choices":[{"delta":{"content":"Hel"}}]}\n\n',
@@ -51,6 +60,41 @@ def test_split_at_every_byte_boundary() -> None:
 
 def test_one_byte_at_a_time() -> None:
     assert parse(*(STREAM[i : i + 1] for i in range(len(STREAM)))) == EXPECTED
+
+
+def test_each_event_in_a_chunk_of_its_own_comes_out_as_sent() -> None:
+    """How backends write: one event per chunk. Such a chunk is handed back as it is."""
+    assert parse(*EVENTS) == EXPECTED
+    parser = SSEParser()
+    chunk = EVENTS[0]
+    assert parser.feed(chunk)[0] is chunk
+
+
+@pytest.mark.parametrize(
+    ("chunks", "events"),
+    [
+        # Each of these looks like one whole event but is not one as it stands.
+        ([b"data: a\n", b"data: b\n\n"], [b"data: a\ndata: b\n\n"]),
+        # (CR then LF across two chunks is one line end.)
+        ([b"data: a\r", b"\ndata: b\n\n"], [b"data: a\ndata: b\n\n"]),
+        ([b"\ndata: a\n\n"], [b"data: a\n\n"]),
+        ([b": keep-alive\n\n"], []),
+        ([b"data: a\n: note\n\n"], [b"data: a\n\n"]),
+        ([b"data: a\r\n\r\n"], [b"data: a\n\n"]),
+        ([b"data: a\n\ndata: b\n\n"], [b"data: a\n\n", b"data: b\n\n"]),
+        ([b"\n\n"], []),
+    ],
+)
+def test_chunks_that_look_like_one_event_but_are_not(
+    chunks: list[bytes], events: list[bytes]
+) -> None:
+    assert parse(*chunks) == events
+
+
+def test_a_one_event_chunk_over_the_limit_is_refused() -> None:
+    parser = SSEParser(max_event_bytes=16)
+    with pytest.raises(EventTooLarge):
+        parser.feed(b"data: " + b"x" * 20 + b"\n\n")
 
 
 def test_events_come_out_as_soon_as_their_blank_line_arrives() -> None:
@@ -282,3 +326,36 @@ def test_any_chunking_gives_the_same_events(
 )
 def test_a_responses_stream_is_complete_at_its_final_event(event: bytes, complete: bool) -> None:
     assert completes_answer(event) is complete
+
+
+@pytest.mark.parametrize(
+    ("event", "complete"),
+    [
+        (b'data: {"choices":[{"delta":{},"finish_reason":null}]}\n\n', False),
+        (b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\n', True),
+        (b'data: {"choices":[{"delta":{},"finish_reason": "length"}]}\n\n', True),
+        (b'data: {"choices":[{"finish_reason" : \n "stop"}]}\n\n', True),
+        (b'data: {"choices":[{"finish_reason": null}]}\n\n', False),
+        # n > 1: the first choice is still going, the second is done.
+        (b'data: {"choices":[{"finish_reason":null},{"finish_reason":"stop"}]}\n\n', True),
+        (b'data: {"choices":[{"delta":{"content":"\\"finish_reason\\""}}]}\n\n', False),
+    ],
+)
+def test_a_chat_chunk_completes_the_answer_with_a_finish_reason(
+    event: bytes, complete: bool
+) -> None:
+    assert completes_answer(event) is complete
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [b'"finish_reason"', b":", b" ", b"\n", b'"', b"null", b'"stop"', b"x", b"{", b"}"]
+        ),
+        max_size=12,
+    )
+)
+def test_finish_reasons_are_found_as_the_pattern_finds_them(parts: list[bytes]) -> None:
+    """The fast look for a finish_reason agrees with the regular expression it stands for."""
+    event = b"data: {" + b"".join(parts) + b"}\n\n"
+    assert _has_finish_reason(event) is (_FINISHED.search(event) is not None)

@@ -97,13 +97,30 @@ async def test_a_lone_write_leaves_when_the_turn_ends(
     assert corked.get_write_buffer_size() >= 4
     await asyncio.sleep(0)  # one turn of the loop: the held write is flushed before any I/O wait
     assert recording.writes == [b"head"]
-    corked.write(b"one")
-    corked.write(memoryview(b"two"))
+    await wait_for(peer, 4)
+    assert bytes(peer.received) == b"head"
+
+
+async def test_after_the_first_flush_writes_go_straight_out_until_corked_again(
+    pair: tuple[CorkedTransport, Recording, Peer],
+) -> None:
+    """A stream's events (each in a turn of its own) are not held; a new request corks again."""
+    corked, recording, peer = pair
+    corked.write(b"head")
+    await asyncio.sleep(0)
+    corked.write(b"event1")
+    assert recording.writes == [b"head", b"event1"]  # written at once: nothing held
+    corked.write(memoryview(b"event2"))
+    assert recording.writes == [b"head", b"event1", b"event2"]
+    assert corked.get_write_buffer_size() >= 0
+    corked.cork()  # the next request on the connection
+    corked.write(b"HEAD2")
+    corked.write(b"body2")
     corked.write(b"three")
     await asyncio.sleep(0)
-    assert recording.writes == [b"head", b"onetwo", b"three"]
-    await wait_for(peer, 15)
-    assert bytes(peer.received) == b"headonetwothree"
+    assert recording.writes == [b"head", b"event1", b"event2", b"HEAD2body2", b"three"]
+    await wait_for(peer, 31)
+    assert bytes(peer.received) == b"headevent1event2HEAD2body2three"
 
 
 async def test_close_sends_what_is_held_first(

@@ -137,6 +137,10 @@ class ProxyResult:
         return out
 
 
+#: How a complete JSON object or array ends.
+JSON_ENDS = (b"}", b"]")
+
+
 class ProxyStream:
     """Relays upstream SSE events up to ``[DONE]``; releases the backend exactly once, however
     it ends.
@@ -230,7 +234,7 @@ class ProxyStream:
                 self.completed = True
                 yield first
                 return
-            if not (b'"usage"' in first and self._usage_event(first)):
+            if not (first.find(b'"usage"') >= 0 and self._usage_event(first)):
                 self.chunks += 1
                 yield first
             if events is None:
@@ -247,15 +251,21 @@ class ProxyStream:
                     # A data event whose JSON was cut off cannot end in } or ]: end the stream
                     # with an error event rather than relay what the client cannot parse (two
                     # byte checks, no parsing).
-                    if event[:5] == b"data:" and event.rstrip()[-1:] not in (b"}", b"]"):
+                    # (Events end in a blank line: the byte before it decides, most of the time.)
+                    if (
+                        event[:5] == b"data:"
+                        and event[-3:-2] not in JSON_ENDS
+                        and event.rstrip()[-1:] not in JSON_ENDS
+                    ):
                         raise BackendError(
                             ErrorKind.MALFORMED, "the backend sent a stream event that is not JSON"
                         )
-                    # A cheap test first: most chunks carry no usage, or "usage": null.
+                    # A cheap test first: most chunks carry no usage, or "usage": null. (find,
+                    # not ``in``: see nexus_core.sse.)
                     if (
-                        b'"usage"' in event
-                        and b'"usage":null' not in event
-                        and b'"usage": null' not in event
+                        event.find(b'"usage"') >= 0
+                        and event.find(b'"usage":null') < 0
+                        and event.find(b'"usage": null') < 0
                         and self._usage_event(event)
                     ):
                         continue

@@ -4,6 +4,10 @@ The relay forwards each event the moment its blank line arrives. Events may be s
 chunks anywhere (even between ``\\r`` and ``\\n``), use CRLF, LF or CR line ends, carry comments
 (``: keep-alive``) or several ``data:`` lines. Output events are normalised to LF line ends and
 end in a blank line; comment lines are dropped (they carry no data for an OpenAI client).
+
+Per event, substrings are looked for with ``bytes.find``, not ``in``: CPython 3.11's ``in`` on
+bytes first tries its operand as an integer, and raises (then clears) a formatted ``TypeError``
+each time, twice the cost of the search itself.
 """
 
 from __future__ import annotations
@@ -37,13 +41,35 @@ def completes_answer(event: bytes) -> bool:
     """
     return (
         event.startswith(DONE_PREFIXES)
-        or _FINISHED.search(event) is not None
+        or _has_finish_reason(event)
         # A Responses API stream (a backend that speaks it natively) ends at its final event;
         # a prefix test (no scan of the event) keeps chat chunks off the pattern.
         or (event.startswith(_RESPONSE_EVENTS) and _RESPONSE_END.search(event) is not None)
     )
 
 
+_FINISH_KEY = b'"finish_reason"'
+
+
+def _has_finish_reason(event: bytes) -> bool:
+    """Whether a ``finish_reason`` with a string value is in ``event`` (``_FINISHED``).
+
+    Every chat chunk names ``finish_reason``, almost always ``"finish_reason":null``: the two
+    usual spellings are told by a slice, and only other spacing goes to the pattern.
+    """
+    at = event.find(_FINISH_KEY)
+    while at >= 0:
+        value = event[at + 15 : at + 17]
+        if value == b':"':
+            return True
+        if value != b":n" and _FINISHED.match(event, at) is not None:
+            return True
+        at = event.find(_FINISH_KEY, at + 15)
+    return False
+
+
+#: How a chunk that is exactly one clean event cannot start: a blank line, or a comment.
+_NOT_AN_EVENT_START = (b"\n", b":")
 #: The default limit on one event (``server.max_stream_event_bytes``).
 MAX_EVENT_BYTES = 16 * 1024 * 1024
 #: Pieces of an incomplete event kept as they came; past this many they are gathered into one.
@@ -84,17 +110,30 @@ class SSEParser:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Add a chunk; return the events it completed, in order."""
+        if (
+            # The usual chunk (a backend writes each event whole): one event, LF line ends, no
+            # comment line, nothing pending. It is its own clean form: handed back as it is.
+            not self._pending
+            and chunk[-2:] == b"\n\n"
+            and chunk.find(b"\n\n") == len(chunk) - 2
+            and not self._skip_lf
+            and chunk[:1] not in _NOT_AN_EVENT_START
+            and chunk.find(b"\r") < 0
+            and chunk.find(b"\n:") < 0
+            and len(chunk) <= self._max
+        ):
+            return [chunk]
         if self._skip_lf and chunk:
             self._skip_lf = False
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
-        if b"\r" in chunk:
+        if chunk.find(b"\r") >= 0:
             # A trailing "\r" already ends its line (so a CR-only event is not held back until
             # more bytes come); a "\n" at the start of the next chunk is then swallowed.
             self._skip_lf = chunk[-1:] == b"\r"
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         pending = self._pending
-        if b"\n\n" not in chunk and not (
+        if chunk.find(b"\n\n") < 0 and not (
             pending and chunk[:1] == b"\n" and pending[-1][-1:] == b"\n"
         ):
             # No event ends here: keep the piece (only the new bytes were searched).
@@ -159,7 +198,7 @@ def _clean(block: bytes) -> bytes | None:
         block = block.lstrip(b"\n")
     if not block:
         return None
-    if block[:1] == b":" or b"\n:" in block:
+    if block[:1] == b":" or block.find(b"\n:") >= 0:
         lines = [line for line in block.split(b"\n") if line and line[:1] != b":"]
         if not lines:
             return None

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -667,10 +667,11 @@ class NexusApp:
                 await _preflight(scope, send, extra)
                 return
 
-        async def send_with_id(message: Message) -> None:
+        # Not a coroutine of its own: a streamed answer's every event passes through here.
+        def send_with_id(message: Message) -> Awaitable[None]:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", ()), *extra]
-            await send(message)
+            return send(message)
 
         if proxy is not None:
             await proxy(scope, receive, send_with_id)

@@ -9,7 +9,9 @@ of proxying a small answer, so two writes per answer cost measurably more than o
 ``CorkedTransport`` holds a write until either a second write comes in the same turn of the
 event loop (both go out as one) or the turn ends (it goes out alone). Nothing waits for later
 data: a held write is flushed by a ``call_soon`` callback, which runs before the loop next waits
-for I/O.
+for I/O. Only an answer's first write is held: once it is out, the answer's later writes (a
+stream's events, each in a turn of its own) go straight to the socket, until the next request
+on the connection corks it again.
 
 **Disconnect.** Each request's scope carries a ``Disconnect`` (under ``DISCONNECT_KEY``) whose
 callback runs the moment the connection is lost before the answer is complete. The proxy
@@ -79,14 +81,23 @@ class Disconnect:
 class CorkedTransport:
     """A stream transport whose writes within one loop turn are joined (see the module)."""
 
-    __slots__ = ("_held", "_loop", "_transport")
+    __slots__ = ("_corked", "_held", "_loop", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._held: bytes | None = None
+        #: Whether the next write is held (an answer's first); cleared by the flush.
+        self._corked = True
+
+    def cork(self) -> None:
+        """Hold the next write again (a new request: its answer's head and body go as one)."""
+        self._corked = True
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._corked:
+            self._transport.write(data)
+            return
         held = self._held
         if held is None:
             self._held = bytes(data)
@@ -99,7 +110,8 @@ class CorkedTransport:
         self.write(b"".join(lines))
 
     def flush(self) -> None:
-        """Write what is held now."""
+        """Write what is held now; later writes go straight out until ``cork``."""
+        self._corked = False
         held = self._held
         if held is not None:
             self._held = None
@@ -307,6 +319,7 @@ class NexusHttpProtocol(HttpToolsProtocol):
 
     limits: ClassVar[ClientLimits] = ClientLimits()
 
+    corked: CorkedTransport
     counted = False
     #: A request's line and headers are being read (from its first byte, or the connection's).
     in_head = True
@@ -315,7 +328,7 @@ class NexusHttpProtocol(HttpToolsProtocol):
     body_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        corked = CorkedTransport(transport, self.loop)
+        corked = self.corked = CorkedTransport(transport, self.loop)
         super().connection_made(corked)  # type: ignore[arg-type]
         guard = _GUARDS.get(self.server_state)
         if guard is None:
@@ -360,6 +373,7 @@ class NexusHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.corked.cork()
         self.scope[DISCONNECT_KEY] = Disconnect()  # type: ignore[literal-required]
         # A request's first byte: its head is due within the header timeout (a new connection's
         # first request keeps the deadline of the connection's opening).
