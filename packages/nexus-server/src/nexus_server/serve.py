@@ -228,6 +228,10 @@ class GatewayServer(uvicorn.Server):
                 self._captured_signals.clear()
 
 
+#: Connections the kernel queues for Nexus to accept (Linux caps it at net.core.somaxconn, 4096
+#: by default since 5.4). A queue that overflows while Nexus is short of CPU ends in connections
+#: reset by the kernel (docs/performance.md, "Open streams"); uvicorn's default is 2048.
+LISTEN_BACKLOG = 4096
 #: File descriptors kept for everything but client connections and their backend connections
 #: (listening socket, state store, log files, health probes, idle pooled backend connections).
 FD_RESERVE = 256
@@ -320,6 +324,7 @@ def uvicorn_config(app: Any, config: NexusConfig, **options: Any) -> uvicorn.Con
         "server_header": False,
         "proxy_headers": False,
         "ws_max_size": WS_MAX_BYTES,
+        "backlog": LISTEN_BACKLOG,
     }
     settings.update(options)
     return uvicorn.Config(app, **settings)
@@ -413,7 +418,7 @@ def run_workers(config: NexusConfig, workers: int, config_file: Path | None = No
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", host, port, exc)
         return 1
-    sock.listen(2048)
+    sock.listen(LISTEN_BACKLOG)
     sock.set_inheritable(True)
     log.info("nexus listening on http://%s:%d with %d workers", host, port, workers)
     return WorkerSupervisor(config, sock, config_file).run(workers)
