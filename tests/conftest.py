@@ -30,6 +30,32 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+#: Debian's chromium, for the dashboard's browser tests (Playwright drives it headless).
+CHROMIUM = Path("/usr/bin/chromium")
+#: A browser test's mark: skipped when chromium is missing, except under CI (``.ci/run`` installs
+#: it), where a missing browser fails the run.
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists() and not os.environ.get("CI"),
+    reason="Debian's chromium is not installed (.ci/run installs it)",
+)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless chromium for the module."""
+    assert CHROMIUM.exists(), "CI needs /usr/bin/chromium: apt-get install chromium"
+    from playwright.sync_api import sync_playwright  # only the browser tests need it
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True
+        )
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
 def gateway_config(*backends: FakeBackend | dict[str, Any], **routing: Any) -> dict[str, Any]:
     """A config for the fakes (in priority order): fast timeouts, no discovery, state in memory."""
     entries: list[dict[str, Any]] = []

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from nexus_core.testing import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -108,42 +110,9 @@ def test_the_cache_affinity_benchmark_runs_on_fakes() -> None:
     assert "cache_affinity request counts" in result.stdout
 
 
-def test_the_streams_benchmark_runs_a_few_streams() -> None:
-    """50 paced streams of 5 chunks, directly and through a real `nexus serve`."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "streams.py"),
-            "--streams",
-            "50",
-            "--chunks",
-            "5",
-            "--ramp",
-            "0.5",
-            "--generators",
-            "2",
-            "--port",
-            "18791",
-            "--backend-port",
-            "18792",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.strip()}
-    # path, streams, completed: every stream completed on both paths, with no error.
-    assert rows["direct"][1:3] == ["50", "50"], result.stdout
-    through = next(line for line in result.stdout.splitlines() if "through Nexus" in line)
-    assert through.split()[2:4] == ["50", "50"], result.stdout
-    assert through.endswith("errors 0"), result.stdout
-    assert "added" in rows
-
-
 def _streams(tmp_path: Path, *options: str) -> tuple[str, list[dict[str, Any]]]:
-    """streams.py on 50 streams of 5 chunks with ``options``: its output and its JSON rows."""
+    """streams.py on 50 streams of 5 chunks with ``options``, on free ports (tests run in
+    parallel): its output and its JSON rows."""
     out = tmp_path / "streams.json"
     result = subprocess.run(
         [
@@ -156,11 +125,11 @@ def _streams(tmp_path: Path, *options: str) -> tuple[str, list[dict[str, Any]]]:
             "--ramp",
             "0.5",
             "--port",
-            "18794",
+            str(free_port()),
             "--backend-port",
-            "18795",
+            str(free_port()),
             "--nginx-port",
-            "18796",
+            str(free_port()),
             "--json",
             str(out),
             *options,
@@ -173,6 +142,18 @@ def _streams(tmp_path: Path, *options: str) -> tuple[str, list[dict[str, Any]]]:
     assert result.returncode == 0, result.stdout + result.stderr
     rows: list[dict[str, Any]] = json.loads(out.read_text())["rows"]
     return result.stdout, rows
+
+
+def test_the_streams_benchmark_runs_a_few_streams(tmp_path: Path) -> None:
+    """50 paced streams of 5 chunks, directly and through a real `nexus serve`."""
+    output, _ = _streams(tmp_path, "--generators", "2")
+    rows = {line.split()[0]: line.split() for line in output.splitlines() if line.strip()}
+    # path, streams, completed: every stream completed on both paths, with no error.
+    assert rows["direct"][1:3] == ["50", "50"], output
+    through = next(line for line in output.splitlines() if "through Nexus" in line)
+    assert through.split()[2:4] == ["50", "50"], output
+    assert through.endswith("errors 0"), output
+    assert "added" in rows
 
 
 def test_the_streams_benchmark_measures_every_nexus_worker(tmp_path: Path) -> None:

@@ -17,34 +17,15 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from nexus_core.testing import FakeBackend
 from nexus_server.testing import RunningServer, running_server
-from tests.conftest import gateway_config
+from tests.conftest import gateway_config, needs_chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
 EVIL = "<img src=x onerror=alert(1)>"
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists() and not os.environ.get("CI"),
-    reason="Debian's chromium is not installed (.ci/run installs it)",
-)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """One headless chromium for the module."""
-    assert CHROMIUM.exists(), "CI needs /usr/bin/chromium: apt-get install chromium"
-
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True
-        )
-        try:
-            yield instance
-        finally:
-            instance.close()
+pytestmark = needs_chromium
 
 
 @pytest.fixture

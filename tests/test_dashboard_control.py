@@ -8,7 +8,6 @@ sites' pages, forged tokens, DNS rebinding) is in ``tests/test_hostile_browsers.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -17,34 +16,16 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from nexus_core.testing import FakeBackend, FakeLlamaCpp
 from nexus_server.testing import RunningServer, running_server
-from tests.conftest import gateway_config, nexus_serve
+from tests.conftest import gateway_config, needs_chromium, nexus_serve
 
-CHROMIUM = Path("/usr/bin/chromium")
 ADMIN_KEY = "nxa-dashboard-operator-key-0123456789abcdef"
 ADMIN_ENV = "NEXUS_ADMIN_KEY_DASHBOARD_TEST"
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists() and not os.environ.get("CI"),
-    reason="Debian's chromium is not installed (.ci/run installs it)",
-)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """One headless chromium for the module."""
-    assert CHROMIUM.exists(), "CI needs /usr/bin/chromium: apt-get install chromium"
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True
-        )
-        try:
-            yield instance
-        finally:
-            instance.close()
+pytestmark = needs_chromium
 
 
 @pytest.fixture

@@ -27,10 +27,9 @@ import pytest
 
 from nexus_core.testing import FakeBackend
 from nexus_server.testing import RunningServer, running_server
-from tests.conftest import gateway_config
+from tests.conftest import CHROMIUM, gateway_config
 
 SECRET = "sk-live-do-not-leak-0123456789"
-CHROMIUM = Path("/usr/bin/chromium")
 JSON = {"Content-Type": "application/json"}
 
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nexus_core.adapters import BackendStatus, Endpoint, ModelInfo
-from nexus_core.config import BackendConfig, RoutingConfig
+from nexus_core.config import RoutingConfig
 from nexus_core.registry import Backend, Registry
 from nexus_core.routing import (
     CacheAffinityStrategy,
@@ -20,33 +20,11 @@ from nexus_core.routing import (
 )
 from nexus_core.routing.analysis import PREFIX_KEY_CHARS
 from nexus_core.routing.strategies import takes_needs
-
-
-class _NoAdapter:
-    """Routing never calls the adapter; this one fails loudly if it does."""
-
-    name = "x"
-    url = "http://127.0.0.1:9"
-    type_name = "generic"
-    is_cloud = False
-
-    def __getattr__(self, item: str) -> Any:
-        raise AssertionError(f"router touched adapter.{item}")
+from nexus_core.testing.routing import routed_backend
 
 
 def make_backend(registry: Registry, name: str, max_concurrent: int | None = None) -> Backend:
-    config = BackendConfig(name=name, url="http://127.0.0.1:9", max_concurrent=max_concurrent)
-    backend = Backend(
-        name=name,
-        config=config,
-        adapter=_NoAdapter(),  # type: ignore[arg-type]
-        zone=config.zone_for(False),
-        is_cloud=False,
-    )
-    registry.add(backend)
-    registry.set_models(backend, [ModelInfo("m")])
-    backend.status = BackendStatus.HEALTHY
-    return backend
+    return routed_backend(registry, name, max_concurrent=max_concurrent)
 
 
 def fleet(*names: str, **affinity: Any) -> tuple[Registry, Router]:

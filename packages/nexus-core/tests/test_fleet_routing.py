@@ -3,40 +3,21 @@ models are never routed to, unloaded ones go last as ``cold-load``, loading alon
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nexus_core.adapters import BackendStatus, Endpoint, ModelInfo, ModelState
-from nexus_core.config import BackendConfig, RoutingConfig
+from nexus_core.adapters import Endpoint, ModelInfo, ModelState
+from nexus_core.config import RoutingConfig
 from nexus_core.errors import GatewayError
 from nexus_core.registry import Backend, Registry
 from nexus_core.routing import Router, analyze
 from nexus_core.routing.router import COLD_LOAD
-
-
-class _NoAdapter:
-    """Routing never calls the adapter."""
-
-    def __getattr__(self, item: str) -> Any:
-        raise AssertionError(f"router touched adapter.{item}")
+from nexus_core.testing.routing import routed_backend
 
 
 def make_backend(registry: Registry, name: str, priority: int = 50) -> Backend:
-    config = BackendConfig(name=name, url="http://127.0.0.1:9", priority=priority)
-    backend = Backend(
-        name=name,
-        config=config,
-        adapter=_NoAdapter(),  # type: ignore[arg-type]
-        zone=config.zone_for(False),
-        is_cloud=False,
-    )
-    registry.add(backend)
-    registry.set_models(backend, [ModelInfo("m"), ModelInfo("other")])
-    backend.status = BackendStatus.HEALTHY
-    return backend
+    return routed_backend(registry, name, ["m", "other"], priority=priority)
 
 
 CHAT = analyze(Endpoint.CHAT, {"model": "m", "messages": []})

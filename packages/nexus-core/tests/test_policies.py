@@ -10,21 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nexus_core.adapters import BackendStatus, Endpoint, ModelInfo
-from nexus_core.config import BackendConfig, RoutingConfig, Zone
+from nexus_core.config import RoutingConfig, Zone
 from nexus_core.errors import GatewayError
 from nexus_core.failover import ProxyResult
 from nexus_core.registry import Backend, Registry
 from nexus_core.routing import RequestNeeds, Router, analyze
-
-
-class _NoAdapter:
-    name = "x"
-    url = "http://127.0.0.1:9"
-    type_name = "generic"
-    is_cloud = False
-
-    def __getattr__(self, item: str) -> Any:
-        raise AssertionError(f"router touched adapter.{item}")
+from nexus_core.testing.routing import routed_backend
 
 
 def make_backend(
@@ -37,20 +28,16 @@ def make_backend(
     status: BackendStatus = BackendStatus.HEALTHY,
     priority: int = 50,
 ) -> Backend:
-    config = BackendConfig(
-        name=name, url="http://127.0.0.1:9", zone=zone, tier=tier, priority=priority
+    return routed_backend(
+        registry,
+        name,
+        models,
+        status=status,
+        cloud=zone == "open",
+        zone=zone,
+        tier=tier,
+        priority=priority,
     )
-    backend = Backend(
-        name=name,
-        config=config,
-        adapter=_NoAdapter(),  # type: ignore[arg-type]
-        zone=config.zone_for(zone == "open"),
-        is_cloud=zone == "open",
-    )
-    registry.add(backend)
-    registry.set_models(backend, [ModelInfo(m) for m in models])
-    backend.status = status
-    return backend
 
 
 def chat(model: str, *, flexible: bool = False) -> RequestNeeds:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from nexus_core.adapters import BackendStatus, Endpoint, ModelInfo
-from nexus_core.config import BackendConfig, QualityConfig, RoutingConfig
+from nexus_core.adapters import Endpoint
+from nexus_core.config import QualityConfig, RoutingConfig
 from nexus_core.quality import MAX_BACKOFF_FACTOR, QualityTracker
 from nexus_core.registry import Backend, Registry
 from nexus_core.routing import Router, analyze
+from nexus_core.testing.routing import routed_backend
 
 
 class Clock:
@@ -104,26 +105,8 @@ def test_failure_while_cooling_does_not_extend() -> None:
     assert quality.cooling("a", "m") == 7.0
 
 
-class _NoAdapter:
-    name = "x"
-    url = "http://127.0.0.1:9"
-    type_name = "generic"
-    is_cloud = False
-
-
 def make_backend(registry: Registry, name: str, priority: int) -> Backend:
-    config = BackendConfig(name=name, url="http://127.0.0.1:9", priority=priority)
-    backend = Backend(
-        name=name,
-        config=config,
-        adapter=_NoAdapter(),  # type: ignore[arg-type]
-        zone=config.zone_for(False),
-        is_cloud=False,
-    )
-    registry.add(backend)
-    registry.set_models(backend, [ModelInfo("m")])
-    backend.status = BackendStatus.HEALTHY
-    return backend
+    return routed_backend(registry, name, priority=priority)
 
 
 def test_router_skips_cooling_backend_and_explains() -> None:

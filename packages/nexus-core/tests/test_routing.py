@@ -11,22 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nexus_core.adapters import BackendStatus, Endpoint, ModelInfo
-from nexus_core.config import BackendConfig, RoutingConfig
+from nexus_core.config import RoutingConfig
 from nexus_core.errors import GatewayError
 from nexus_core.registry import Backend, Registry
 from nexus_core.routing import RequestNeeds, Router, analyze, replace_model, with_include_usage
-
-
-class _NoAdapter:
-    """Routing never calls the adapter; this one fails loudly if it does."""
-
-    name = "x"
-    url = "http://127.0.0.1:9"
-    type_name = "generic"
-    is_cloud = False
-
-    def __getattr__(self, item: str) -> Any:
-        raise AssertionError(f"router touched adapter.{item}")
+from nexus_core.testing.routing import routed_backend
 
 
 def make_backend(
@@ -38,20 +27,9 @@ def make_backend(
     priority: int = 50,
     max_concurrent: int | None = None,
 ) -> Backend:
-    config = BackendConfig(
-        name=name, url="http://127.0.0.1:9", priority=priority, max_concurrent=max_concurrent
+    return routed_backend(
+        registry, name, models, status=status, priority=priority, max_concurrent=max_concurrent
     )
-    backend = Backend(
-        name=name,
-        config=config,
-        adapter=_NoAdapter(),  # type: ignore[arg-type]
-        zone=config.zone_for(False),
-        is_cloud=False,
-    )
-    registry.add(backend)
-    registry.set_models(backend, [m if isinstance(m, ModelInfo) else ModelInfo(m) for m in models])
-    backend.status = status
-    return backend
 
 
 def chat(model: str, **extra: Any) -> RequestNeeds:

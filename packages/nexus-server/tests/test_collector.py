@@ -25,6 +25,16 @@ async def young_collection_in_the_loop():
     # A full collection that a young one finds due runs as the loop's next callback.
     gc.collect(0)
     await asyncio.sleep(0)
+
+def installed(heap, clock, *, min_seconds=0.0, check_seconds=0.0):
+    # A freezer whose heap size and time the test sets: (freezer, [heap], [clock]).
+    sizes, now = [heap], [clock]
+    freezer = SurvivorFreezer(
+        young=1_000, growth=2.0, min_seconds=min_seconds, check_seconds=check_seconds,
+        blocks=lambda: sizes[0], clock=lambda: now[0],
+    )
+    freezer.install()
+    return freezer, sizes, now
 """
 
 
@@ -64,13 +74,7 @@ def test_what_survives_a_young_collection_is_frozen_and_the_old_generations_stay
 def test_a_frozen_cycle_is_freed_when_the_heap_has_grown_enough_and_not_before() -> None:
     run(
         """
-        heap = [1_000]
-        clock = [0.0]
-        freezer = SurvivorFreezer(
-            young=1_000, growth=2.0, min_seconds=60.0, check_seconds=1.0,
-            blocks=lambda: heap[0], clock=lambda: clock[0],
-        )
-        freezer.install()
+        freezer, heap, clock = installed(1_000, 0.0, min_seconds=60.0, check_seconds=1.0)
         a, b = Node(), Node()
         a.other, b.other = b, a
         alive = weakref.ref(a)
@@ -103,13 +107,7 @@ def test_a_frozen_cycle_is_freed_when_the_heap_has_grown_enough_and_not_before()
 def test_outside_the_event_loop_a_full_collection_waits_for_it() -> None:
     run(
         """
-        heap = [1_000]
-        clock = [100.0]
-        freezer = SurvivorFreezer(
-            young=1_000, growth=2.0, min_seconds=0.0, check_seconds=0.0,
-            blocks=lambda: heap[0], clock=lambda: clock[0],
-        )
-        freezer.install()
+        freezer, heap, clock = installed(1_000, 100.0)
         heap[0] = 5_000
         young_collection()  # no event loop in this thread: nothing can run it now
         assert freezer.thaws == 0
@@ -127,13 +125,7 @@ def test_outside_the_event_loop_a_full_collection_waits_for_it() -> None:
 def test_a_heap_that_stays_the_same_size_is_never_fully_collected() -> None:
     run(
         """
-        heap = [10_000]
-        clock = [0.0]
-        freezer = SurvivorFreezer(
-            young=1_000, growth=2.0, min_seconds=0.0, check_seconds=0.0,
-            blocks=lambda: heap[0], clock=lambda: clock[0],
-        )
-        freezer.install()
+        freezer, heap, clock = installed(10_000, 0.0)
 
         async def main():
             for step in range(50):
